@@ -1,0 +1,161 @@
+//! Command line (clap): `ponte [-c FILE]`, `ponte check-config [FILE]`, and the process entry that runs the daemon.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, ConfigError};
+
+/// How long a graceful shutdown may take before the process exits anyway.
+pub const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "ponte",
+    version,
+    about = "Self-hosted P2P chat: web client, WebSocket signaling and a STUN/TURN relay in one daemon",
+    long_about = "ponte serves a browser chat client, introduces browsers to each other over WebSocket signaling, \
+and relays their WebRTC traffic through its embedded STUN/TURN server when no direct path exists.\n\n\
+With no config file it runs on defaults: HTTP on 0.0.0.0:8080, STUN/TURN on UDP+TCP 3478, relay ports 49152-65535.",
+    after_help = "Examples:\n  ponte                         run on defaults\n  ponte -c /etc/ponte/ponte.toml run with a config file\n  ponte check-config ponte.toml  validate a config file (exit 2 on problems)"
+)]
+pub struct Cli {
+    /// Config file (TOML). Without one, ponte runs on its embedded defaults.
+    #[arg(short, long, value_name = "FILE", env = "PONTE_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon (the default).
+    Run,
+    /// Validate a config file: prints "ok" or every problem; exit code 2 on error.
+    CheckConfig {
+        /// The file to check (defaults to --config / PONTE_CONFIG).
+        file: Option<PathBuf>,
+    },
+}
+
+/// Entry point used by `main.rs`.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::CheckConfig { file }) => check_config(file.or(cli.config).as_deref()),
+        Some(Command::Run) | None => run_daemon(cli.config.as_deref()),
+    }
+}
+
+fn check_config(file: Option<&Path>) -> ExitCode {
+    let Some(file) = file else {
+        eprintln!("ponte check-config: name a file (ponte check-config FILE) or set --config / PONTE_CONFIG");
+        return ExitCode::from(2);
+    };
+    match Config::load(file) {
+        Ok(_) => {
+            println!("ok");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            for line in e.lines() {
+                eprintln!("{line}");
+            }
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+    match file {
+        Some(f) => Config::load(f),
+        None => Ok(Config::default()),
+    }
+}
+
+fn run_daemon(file: Option<&Path>) -> ExitCode {
+    let config = match load(file) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("ponte: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    crate::logging::init(&config.log);
+    match file {
+        Some(f) => tracing::info!(version = env!("CARGO_PKG_VERSION"), config = %f.display(), "ponte starting"),
+        None => tracing::info!(version = env!("CARGO_PKG_VERSION"), "ponte starting with embedded defaults (no config file)"),
+    }
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("ponte").build() {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!("cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let code = runtime.block_on(async move {
+        let listeners = match crate::server::Listeners::bind(&config) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!("{e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let shutdown = CancellationToken::new();
+        tokio::spawn(watch_signals(shutdown.clone()));
+        let daemon = crate::server::run(config, listeners, shutdown.clone());
+        tokio::pin!(daemon);
+        let result = tokio::select! {
+            r = &mut daemon => r,
+            _ = shutdown.cancelled() => {
+                // Graceful shutdown has begun: give it the deadline, then leave regardless.
+                match tokio::time::timeout(SHUTDOWN_DEADLINE, &mut daemon).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        tracing::warn!("shutdown did not finish within {}s; exiting anyway", SHUTDOWN_DEADLINE.as_secs());
+                        Ok(())
+                    }
+                }
+            }
+        };
+        match result {
+            Ok(()) => {
+                tracing::info!("ponte stopped");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                tracing::error!("ponte failed: {e:#}");
+                ExitCode::FAILURE
+            }
+        }
+    });
+    // Do not wait for stray blocking tasks (e.g. a slow disk read) past the deadline.
+    runtime.shutdown_timeout(Duration::from_millis(200));
+    code
+}
+
+/// Cancel `shutdown` on SIGINT or SIGTERM. A second signal exits at once.
+async fn watch_signals(shutdown: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        tracing::error!("cannot install signal handlers; stop ponte with SIGKILL");
+        return;
+    };
+    let name = tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    };
+    tracing::info!("{name} received: shutting down gracefully");
+    shutdown.cancel();
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = int.recv() => {},
+    }
+    tracing::warn!("second signal: exiting now");
+    std::process::exit(130);
+}

@@ -1,0 +1,151 @@
+//! HTTP listener (hyper): routing for the web client, `/healthz` and the `/ws` upgrade; graceful connection shutdown.
+
+pub mod static_files;
+
+use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio_util::sync::CancellationToken;
+
+use crate::health::{Component, Status};
+use crate::server::Context;
+use crate::signaling::Hub;
+
+pub type Body = Full<Bytes>;
+
+/// Slowloris guard: a client must finish sending request headers within this time.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serve HTTP on `listener` until `shutdown`, then stop accepting and let in-flight requests finish.
+pub async fn serve(ctx: Arc<Context>, hub: Arc<Hub>, listener: std::net::TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::from_std(listener)?;
+    let addr = listener.local_addr()?;
+    tracing::info!("HTTP listening on http://{addr} (web client, /healthz, WebSocket signaling at /ws)");
+    let web = Arc::new(static_files::WebRoot::from_config(&ctx.config.http)?);
+
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT).keep_alive(true);
+    builder.http2().timer(TokioTimer::new()).keep_alive_interval(Duration::from_secs(30));
+    let graceful = GracefulShutdown::new();
+    ctx.health.set(Component::Http, Status::Ok);
+
+    loop {
+        let (stream, remote) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning; the listener itself is still fine.
+                    tracing::warn!("HTTP accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let (ctx, hub, web) = (ctx.clone(), hub.clone(), web.clone());
+        let service = service_fn(move |req| {
+            let (ctx, hub, web) = (ctx.clone(), hub.clone(), web.clone());
+            async move { Ok::<_, Infallible>(route(&ctx, &hub, &web, req, remote).await) }
+        });
+        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%remote, "HTTP connection ended with error: {e}");
+            }
+        });
+    }
+    ctx.health.set(Component::Http, Status::Stopping);
+    drop(listener);
+    tracing::debug!("HTTP listener closed; waiting for in-flight requests");
+    if tokio::time::timeout(Duration::from_secs(3), graceful.shutdown()).await.is_err() {
+        tracing::debug!("some HTTP connections were still open at shutdown");
+    }
+    Ok(())
+}
+
+async fn route(ctx: &Context, hub: &Arc<Hub>, web: &static_files::WebRoot, req: Request<Incoming>, socket_addr: SocketAddr) -> Response<Body> {
+    let remote = client_addr(ctx, &req, socket_addr);
+    let path = req.uri().path();
+    let mut resp = match (req.method(), path) {
+        (&Method::GET, "/ws") => return hub.upgrade(req, remote),
+        (&Method::GET | &Method::HEAD, "/healthz") => {
+            let status = if ctx.health.healthy() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+            let mut r = json_response(status, &ctx.health.to_json());
+            r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            r
+        }
+        (&Method::GET | &Method::HEAD, _) => web.serve(&req).await,
+        _ => {
+            let mut r = text_response(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+            r.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+            r
+        }
+    };
+    if req.method() == Method::HEAD {
+        *resp.body_mut() = Body::default();
+    }
+    security_headers(&mut resp);
+    resp
+}
+
+/// The client's address: the socket's, or the last untrusted hop of `X-Forwarded-For` when the socket
+/// belongs to a proxy listed in `http.trusted_proxies`.
+pub fn client_addr<B>(ctx: &Context, req: &Request<B>, socket_addr: SocketAddr) -> SocketAddr {
+    let trusted = |ip: IpAddr| ctx.config.http.trusted_proxies.iter().any(|n| n.contains(&ip));
+    if !trusted(socket_addr.ip()) {
+        return socket_addr;
+    }
+    let Some(xff) = req.headers().get("x-forwarded-for").and_then(|v| v.to_str().ok()) else {
+        return socket_addr;
+    };
+    // Walk from the nearest hop outwards; the first address not belonging to a trusted proxy is the client.
+    for hop in xff.rsplit(',') {
+        match hop.trim().parse::<IpAddr>() {
+            Ok(ip) if trusted(ip) => continue,
+            Ok(ip) => return SocketAddr::new(ip, 0),
+            Err(_) => break,
+        }
+    }
+    socket_addr
+}
+
+fn security_headers(resp: &mut Response<Body>) {
+    let h = resp.headers_mut();
+    h.insert("x-content-type-options", HeaderValue::from_static("nosniff"));
+    h.insert("referrer-policy", HeaderValue::from_static("no-referrer"));
+    h.insert("x-frame-options", HeaderValue::from_static("DENY"));
+    h.insert(
+        "content-security-policy",
+        HeaderValue::from_static(
+            "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; \
+             media-src 'self' blob:; connect-src 'self' ws: wss:; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
+        ),
+    );
+}
+
+pub fn text_response(status: StatusCode, text: &'static str) -> Response<Body> {
+    let mut r = Response::new(Body::new(Bytes::from_static(text.as_bytes())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    r
+}
+
+pub fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
+    let mut r = Response::new(Body::new(Bytes::from(value.to_string())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}

@@ -1,0 +1,13 @@
+//! ponte: a self-hosted P2P chat appliance — web client, WebSocket signaling and an embedded STUN/TURN relay in one daemon.
+
+pub mod cli;
+pub mod config;
+pub mod credentials;
+pub mod health;
+pub mod http;
+pub mod logging;
+pub mod server;
+pub mod signaling;
+pub mod turn;
+
+pub use server::{run, Context, Listeners};

@@ -1,0 +1,231 @@
+//! Daemon lifecycle: binding every listener up front, `run()` supervising the core tasks, graceful shutdown.
+//!
+//! `run` takes already-bound sockets and a shutdown token so that tests start the real server on port 0 and
+//! never sleep waiting for it.
+
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, Secret};
+use crate::health::{Component, Health, Status};
+
+/// How long tasks get to finish after shutdown is requested, inside `run` (the CLI adds its own hard deadline).
+const DRAIN: Duration = Duration::from_secs(4);
+
+/// Every socket the daemon serves on, bound before `run` so that a port clash is reported before anything starts.
+#[derive(Debug)]
+pub struct Listeners {
+    pub http: TcpListener,
+    pub turn_udp: Vec<UdpSocket>,
+    pub turn_tcp: Vec<TcpListener>,
+}
+
+/// A listener that could not be bound, naming the config key that chose the address.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot bind {key} = \"{addr}\": {source}{hint}")]
+pub struct BindError {
+    pub key: String,
+    pub addr: SocketAddr,
+    pub source: std::io::Error,
+    hint: &'static str,
+}
+
+impl BindError {
+    fn new(key: String, addr: SocketAddr, source: std::io::Error) -> Self {
+        let hint = match source.kind() {
+            std::io::ErrorKind::AddrInUse => {
+                " — another program (or another ponte) already uses this port; stop it or change the address"
+            }
+            std::io::ErrorKind::PermissionDenied => {
+                " — ports below 1024 need CAP_NET_BIND_SERVICE (the systemd unit grants it) or a higher port"
+            }
+            std::io::ErrorKind::AddrNotAvailable => " — this host has no such address; use one of its interface addresses or 0.0.0.0",
+            _ => "",
+        };
+        BindError { key, addr, source, hint }
+    }
+}
+
+impl Listeners {
+    /// Bind every listener the config asks for.
+    pub fn bind(config: &Config) -> Result<Listeners, BindError> {
+        let http = bind_tcp(config.http.listen).map_err(|e| BindError::new("http.listen".into(), config.http.listen, e))?;
+        let mut turn_udp = Vec::new();
+        let mut turn_tcp = Vec::new();
+        if config.turn.enabled {
+            for (i, a) in config.turn.listen_udp.iter().enumerate() {
+                turn_udp.push(bind_udp(*a).map_err(|e| BindError::new(format!("turn.listen_udp[{i}]"), *a, e))?);
+            }
+            for (i, a) in config.turn.listen_tcp.iter().enumerate() {
+                turn_tcp.push(bind_tcp(*a).map_err(|e| BindError::new(format!("turn.listen_tcp[{i}]"), *a, e))?);
+            }
+        }
+        Ok(Listeners { http, turn_udp, turn_tcp })
+    }
+
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http.local_addr().expect("bound socket has an address")
+    }
+    pub fn turn_udp_addrs(&self) -> Vec<SocketAddr> {
+        self.turn_udp.iter().filter_map(|s| s.local_addr().ok()).collect()
+    }
+    pub fn turn_tcp_addrs(&self) -> Vec<SocketAddr> {
+        self.turn_tcp.iter().filter_map(|s| s.local_addr().ok()).collect()
+    }
+}
+
+fn new_socket(addr: SocketAddr, ty: Type, proto: Protocol) -> std::io::Result<Socket> {
+    let socket = Socket::new(Domain::for_address(addr), ty, Some(proto))?;
+    if addr.is_ipv6() && addr.ip().is_unspecified() {
+        // `[::]:port` serves IPv4 too, as people expect from a dual-stack wildcard.
+        socket.set_only_v6(false)?;
+    }
+    socket.set_nonblocking(true)?;
+    Ok(socket)
+}
+
+/// A TCP listener with SO_REUSEADDR (a restart must not fail on TIME_WAIT) and a deep accept queue.
+pub fn bind_tcp(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = new_socket(addr, Type::STREAM, Protocol::TCP)?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    Ok(socket.into())
+}
+
+/// A UDP socket with large buffers: a busy STUN/TURN port drops packets with the default 208 KiB.
+pub fn bind_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
+    let socket = new_socket(addr, Type::DGRAM, Protocol::UDP)?;
+    // Best effort: the kernel caps these at net.core.{r,w}mem_max.
+    let _ = socket.set_recv_buffer_size(4 << 20);
+    let _ = socket.set_send_buffer_size(4 << 20);
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
+}
+
+/// What every component shares: the validated config plus facts settled at start.
+#[derive(Debug)]
+pub struct Context {
+    pub config: Config,
+    /// The TURN REST secret that mints new credentials.
+    pub turn_secret: Secret,
+    /// Every secret the TURN server accepts (`turn_secret` first, then `turn.accept_secrets`).
+    pub turn_secrets: Vec<Secret>,
+    pub health: Health,
+    /// Where HTTP actually listens (port 0 resolved).
+    pub http_addr: SocketAddr,
+    /// Where STUN/TURN actually listens (port 0 resolved); empty when TURN is disabled.
+    pub turn_udp_addrs: Vec<SocketAddr>,
+    pub turn_tcp_addrs: Vec<SocketAddr>,
+}
+
+impl Context {
+    /// Build the context: settle the TURN secret (configured, from file, or generated for this run).
+    pub fn new(config: Config, listeners: &Listeners) -> anyhow::Result<Context> {
+        let turn_secret = if let Some(s) = &config.turn.secret {
+            s.clone()
+        } else if let Some(path) = &config.turn.secret_file {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("turn.secret_file: cannot read {}", path.display()))?;
+            let first = text.lines().next().map(str::trim).unwrap_or("");
+            anyhow::ensure!(!first.is_empty(), "turn.secret_file: {} is empty; write the secret on its first line", path.display());
+            Secret::new(first)
+        } else {
+            if config.turn.enabled {
+                tracing::info!(
+                    "generated a random TURN secret for this run (set turn.secret or turn.secret_file to keep \
+                     credentials valid across restarts or to share it with an external TURN server)"
+                );
+            }
+            Secret::generate()
+        };
+        let mut turn_secrets = vec![turn_secret.clone()];
+        turn_secrets.extend(config.turn.accept_secrets.iter().cloned());
+        Ok(Context {
+            turn_secret,
+            turn_secrets,
+            health: Health::default(),
+            http_addr: listeners.http_addr(),
+            turn_udp_addrs: listeners.turn_udp_addrs(),
+            turn_tcp_addrs: listeners.turn_tcp_addrs(),
+            config,
+        })
+    }
+}
+
+type TaskResult = (&'static str, anyhow::Result<()>);
+
+/// Run the daemon on already-bound listeners until `shutdown` is cancelled (→ `Ok`) or a core task fails
+/// (→ `Err`, after stopping the others: never a half-alive process).
+pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let ctx = Arc::new(Context::new(config, &listeners)?);
+    run_with_context(ctx, listeners, shutdown).await
+}
+
+/// Like [`run`], with a context the caller built (tests use it to read the generated secret).
+pub async fn run_with_context(ctx: Arc<Context>, listeners: Listeners, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let Listeners { http, turn_udp, turn_tcp } = listeners;
+    let mut tasks: JoinSet<TaskResult> = JoinSet::new();
+
+    let hub = crate::signaling::Hub::new(ctx.clone());
+    {
+        let (hub, shutdown) = (hub.clone(), shutdown.clone());
+        tasks.spawn(async move { ("signaling", hub.run(shutdown).await) });
+    }
+    {
+        let (ctx, hub, shutdown) = (ctx.clone(), hub.clone(), shutdown.clone());
+        tasks.spawn(async move { ("http", crate::http::serve(ctx, hub, http, shutdown).await) });
+    }
+    if ctx.config.turn.enabled {
+        let (ctx, shutdown) = (ctx.clone(), shutdown.clone());
+        tasks.spawn(async move { ("turn", crate::turn::serve(ctx, turn_udp, turn_tcp, shutdown).await) });
+    } else {
+        ctx.health.set(Component::Turn, Status::Disabled);
+        tracing::info!("embedded STUN/TURN disabled (turn.enabled = false)");
+    }
+
+    let mut failure: Option<anyhow::Error> = None;
+    while let Some(joined) = tasks.join_next().await {
+        let (name, result) = match joined {
+            Ok(r) => r,
+            Err(e) => ("a core task", Err(anyhow::anyhow!("panicked: {e}"))),
+        };
+        if shutdown.is_cancelled() {
+            if let Err(e) = result {
+                tracing::warn!("{name} reported an error while stopping: {e:#}");
+            }
+            continue;
+        }
+        // A core task ended while we were supposed to be running: bring everything down so that the
+        // supervisor (systemd) restarts a whole process rather than leaving a half-alive one.
+        let err = match result {
+            Ok(()) => anyhow::anyhow!("{name} stopped unexpectedly"),
+            Err(e) => e.context(format!("{name} failed")),
+        };
+        tracing::error!("{err:#}; stopping ponte");
+        for c in crate::health::Component::ALL {
+            if c.name() == name {
+                ctx.health.set(c, Status::Failed);
+            }
+        }
+        failure = Some(err);
+        shutdown.cancel();
+        break;
+    }
+    if !tasks.is_empty() {
+        if tokio::time::timeout(DRAIN, async { while tasks.join_next().await.is_some() {} }).await.is_err() {
+            tracing::warn!("some tasks did not stop within {}s", DRAIN.as_secs());
+            tasks.abort_all();
+        }
+    }
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
