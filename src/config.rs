@@ -481,7 +481,10 @@ fn describe_toml_error(e: &toml::de::Error, text: &str) -> String {
         let line = before.matches('\n').count() + 1;
         let col = before.rsplit('\n').next().map(|l| l.chars().count()).unwrap_or(0) + 1;
         let key = enclosing_key(text, span.start);
-        if let Some(key) = key {
+        let value = text.get(span.clone()).map(str::trim).filter(|v| !v.is_empty() && v.len() <= 80 && !v.contains('\n'));
+        if let (Some(key), Some(value)) = (&key, value.filter(|_| !msg.contains("unknown field"))) {
+            msg = format!("line {line}, column {col}: {key} = {value}: {msg}{}", value_hint(key, &msg));
+        } else if let Some(key) = key {
             msg = format!("line {line}, column {col}: {key}: {msg}");
         } else {
             msg = format!("line {line}, column {col}: {msg}");
@@ -491,6 +494,19 @@ fn describe_toml_error(e: &toml::de::Error, text: &str) -> String {
         msg.push_str(" (remove or rename the key; see config.example.toml for every key)");
     }
     msg
+}
+
+/// How to write a value whose syntax serde rejected.
+fn value_hint(key: &str, msg: &str) -> &'static str {
+    if key.ends_with("_peers") || key.ends_with("trusted_proxies") {
+        "; write a network in CIDR form, like \"192.168.1.0/24\" or \"2001:db8::/32\""
+    } else if msg.contains("socket address") {
+        "; write IP:PORT, like \"0.0.0.0:8080\" or \"[::]:8080\""
+    } else if msg.contains("IP address") {
+        "; write an IP address, like \"203.0.113.7\" or \"2001:db8::1\""
+    } else {
+        ""
+    }
 }
 
 /// Best-effort full key path (`section.key`) for the byte offset of an error, from the nearest `[section]`
