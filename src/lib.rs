@@ -8,6 +8,7 @@ pub mod http;
 pub mod logging;
 pub mod server;
 pub mod signaling;
+pub mod systemd;
 pub mod turn;
 
 pub use server::{run, Context, Listeners};

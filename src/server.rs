@@ -45,7 +45,9 @@ impl BindError {
             std::io::ErrorKind::PermissionDenied => {
                 " — ports below 1024 need CAP_NET_BIND_SERVICE (the systemd unit grants it) or a higher port"
             }
-            std::io::ErrorKind::AddrNotAvailable => " — this host has no such address; use one of its interface addresses or 0.0.0.0",
+            std::io::ErrorKind::AddrNotAvailable => {
+                " — this host has no such address; use one of its interface addresses or 0.0.0.0"
+            }
             _ => "",
         };
         BindError { key, addr, source, hint }
@@ -55,7 +57,8 @@ impl BindError {
 impl Listeners {
     /// Bind every listener the config asks for.
     pub fn bind(config: &Config) -> Result<Listeners, BindError> {
-        let http = bind_tcp(config.http.listen).map_err(|e| BindError::new("http.listen".into(), config.http.listen, e))?;
+        let http =
+            bind_tcp(config.http.listen).map_err(|e| BindError::new("http.listen".into(), config.http.listen, e))?;
         let mut turn_udp = Vec::new();
         let mut turn_tcp = Vec::new();
         if config.turn.enabled {
@@ -134,7 +137,11 @@ impl Context {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("turn.secret_file: cannot read {}", path.display()))?;
             let first = text.lines().next().map(str::trim).unwrap_or("");
-            anyhow::ensure!(!first.is_empty(), "turn.secret_file: {} is empty; write the secret on its first line", path.display());
+            anyhow::ensure!(
+                !first.is_empty(),
+                "turn.secret_file: {} is empty; write the secret on its first line",
+                path.display()
+            );
             Secret::new(first)
         } else {
             if config.turn.enabled {
@@ -169,7 +176,11 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationTok
 }
 
 /// Like [`run`], with a context the caller built (tests use it to read the generated secret).
-pub async fn run_with_context(ctx: Arc<Context>, listeners: Listeners, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run_with_context(
+    ctx: Arc<Context>,
+    listeners: Listeners,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let Listeners { http, turn_udp, turn_tcp } = listeners;
     let mut tasks: JoinSet<TaskResult> = JoinSet::new();
 
@@ -188,6 +199,21 @@ pub async fn run_with_context(ctx: Arc<Context>, listeners: Listeners, shutdown:
     } else {
         ctx.health.set(Component::Turn, Status::Disabled);
         tracing::info!("embedded STUN/TURN disabled (turn.enabled = false)");
+    }
+
+    tokio::spawn(crate::systemd::watchdog(shutdown.clone()));
+    let mut status = format!("web on http://{}", ctx.http_addr);
+    if ctx.config.turn.enabled {
+        let list = |v: &[SocketAddr]| v.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(" ");
+        status.push_str(&format!("; STUN/TURN udp {} tcp {}", list(&ctx.turn_udp_addrs), list(&ctx.turn_tcp_addrs)));
+    }
+    crate::systemd::ready(&status);
+    {
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            shutdown.cancelled().await;
+            crate::systemd::stopping();
+        });
     }
 
     let mut failure: Option<anyhow::Error> = None;

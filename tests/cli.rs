@@ -30,7 +30,8 @@ struct Daemon {
 
 impl Daemon {
     fn spawn(cmd: &mut Command) -> Daemon {
-        let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("spawn ponte");
+        let mut child =
+            cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("spawn ponte");
         let stderr = child.stderr.take().unwrap();
         let (tx, lines) = mpsc::channel();
         std::thread::spawn(move || {
@@ -146,7 +147,11 @@ fn check_config_reports_problems_with_exit_2() {
         }
     }
     // Several problems are all reported, one per line, each with the file name.
-    let f = write(&dir, "multi.toml", "[turn]\nrelay_port_min = 6000\nrelay_port_max = 5000\nrealm = \"\"\n[signaling]\nping_interval_secs = 1\n");
+    let f = write(
+        &dir,
+        "multi.toml",
+        "[turn]\nrelay_port_min = 6000\nrelay_port_max = 5000\nrealm = \"\"\n[signaling]\nping_interval_secs = 1\n",
+    );
     let out = Command::new(BIN).arg("check-config").arg(&f).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(err.lines().count(), 3, "{err}");
@@ -219,7 +224,11 @@ fn sigint_also_shuts_down() {
 fn port_in_use_fails_with_one_clear_line() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let cfg = write(&dir, "ponte.toml", &LOOPBACK_CONFIG.replace("127.0.0.1:0\"\n[turn]", &format!("{}\"\n[turn]", taken.local_addr().unwrap())));
+    let cfg = write(
+        &dir,
+        "ponte.toml",
+        &LOOPBACK_CONFIG.replace("127.0.0.1:0\"\n[turn]", &format!("{}\"\n[turn]", taken.local_addr().unwrap())),
+    );
     let mut d = Daemon::spawn(Command::new(BIN).arg("-c").arg(&cfg));
     let (code, log) = d.wait_exit(Duration::from_secs(10));
     assert_eq!(code, Some(1), "{log}");

@@ -28,7 +28,12 @@ pub type Body = Full<Bytes>;
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serve HTTP on `listener` until `shutdown`, then stop accepting and let in-flight requests finish.
-pub async fn serve(ctx: Arc<Context>, hub: Arc<Hub>, listener: std::net::TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn serve(
+    ctx: Arc<Context>,
+    hub: Arc<Hub>,
+    listener: std::net::TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::from_std(listener)?;
     let addr = listener.local_addr()?;
     tracing::info!("HTTP listening on http://{addr} (web client, /healthz, WebSocket signaling at /ws)");
@@ -76,7 +81,13 @@ pub async fn serve(ctx: Arc<Context>, hub: Arc<Hub>, listener: std::net::TcpList
     Ok(())
 }
 
-async fn route(ctx: &Context, hub: &Arc<Hub>, web: &static_files::WebRoot, req: Request<Incoming>, socket_addr: SocketAddr) -> Response<Body> {
+async fn route(
+    ctx: &Context,
+    hub: &Arc<Hub>,
+    web: &static_files::WebRoot,
+    req: Request<Incoming>,
+    socket_addr: SocketAddr,
+) -> Response<Body> {
     let remote = client_addr(ctx, &req, socket_addr);
     let path = req.uri().path();
     let mut resp = match (req.method(), path) {

@@ -36,7 +36,8 @@ impl TestServer {
         let problems = config.validate();
         assert!(problems.is_empty(), "test config invalid: {problems:?}");
         let listeners = Listeners::bind(&config).expect("bind test listeners");
-        let (http, turn_udp, turn_tcp) = (listeners.http_addr(), listeners.turn_udp_addrs(), listeners.turn_tcp_addrs());
+        let (http, turn_udp, turn_tcp) =
+            (listeners.http_addr(), listeners.turn_udp_addrs(), listeners.turn_tcp_addrs());
         let ctx = Arc::new(Context::new(config, &listeners).expect("context"));
         let shutdown = CancellationToken::new();
         let handle = tokio::spawn(ponte::server::run_with_context(ctx.clone(), listeners, shutdown.clone()));
@@ -99,7 +100,11 @@ pub fn require_tool(name: &str) -> bool {
 }
 
 /// A tiny HTTP/1.1 client for tests: returns (status, headers lowercased, body).
-pub async fn http_get(addr: SocketAddr, path: &str, extra_headers: &[(&str, &str)]) -> (u16, Vec<(String, String)>, Vec<u8>) {
+pub async fn http_get(
+    addr: SocketAddr,
+    path: &str,
+    extra_headers: &[(&str, &str)],
+) -> (u16, Vec<(String, String)>, Vec<u8>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
     let mut req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
@@ -109,7 +114,10 @@ pub async fn http_get(addr: SocketAddr, path: &str, extra_headers: &[(&str, &str
     req.push_str("\r\n");
     s.write_all(req.as_bytes()).await.unwrap();
     let mut buf = Vec::new();
-    tokio::time::timeout(std::time::Duration::from_secs(10), s.read_to_end(&mut buf)).await.expect("response in time").unwrap();
+    tokio::time::timeout(std::time::Duration::from_secs(10), s.read_to_end(&mut buf))
+        .await
+        .expect("response in time")
+        .unwrap();
     let split = buf.windows(4).position(|w| w == b"\r\n\r\n").expect("header end");
     let head = String::from_utf8_lossy(&buf[..split]).to_string();
     let mut body = buf[split + 4..].to_vec();
@@ -129,7 +137,9 @@ fn dechunk(mut data: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     loop {
         let Some(eol) = data.windows(2).position(|w| w == b"\r\n") else { break };
-        let size = usize::from_str_radix(std::str::from_utf8(&data[..eol]).unwrap().split(';').next().unwrap().trim(), 16).unwrap();
+        let size =
+            usize::from_str_radix(std::str::from_utf8(&data[..eol]).unwrap().split(';').next().unwrap().trim(), 16)
+                .unwrap();
         if size == 0 {
             break;
         }
