@@ -58,6 +58,7 @@ pub struct Config {
     pub http: HttpConfig,
     pub turn: TurnConfig,
     pub signaling: SignalingConfig,
+    pub metrics: MetricsConfig,
     pub log: LogConfig,
 }
 
@@ -227,6 +228,21 @@ impl Default for SignalingConfig {
             ping_interval_secs: 20,
             ice_servers: Vec::new(),
         }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Serve Prometheus metrics at `/metrics` on `listen`.
+    pub enabled: bool,
+    /// Address of the metrics listener. Keep it on loopback (or a management network): metrics reveal usage.
+    pub listen: SocketAddr,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig { enabled: true, listen: "127.0.0.1:9477".parse().unwrap() }
     }
 }
 
@@ -485,6 +501,16 @@ impl Config {
                     "username and credential go together; set both or neither".into(),
                 );
             }
+        }
+
+        if self.metrics.enabled && self.http.listen == self.metrics.listen && self.http.listen.port() != 0 {
+            bad(
+                "metrics.listen",
+                format!(
+                    "{} is also http.listen; give metrics its own port (default 127.0.0.1:9477)",
+                    self.metrics.listen
+                ),
+            );
         }
 
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {

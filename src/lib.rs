@@ -6,6 +6,7 @@ pub mod credentials;
 pub mod health;
 pub mod http;
 pub mod logging;
+pub mod metrics;
 pub mod server;
 pub mod signaling;
 pub mod systemd;

@@ -22,6 +22,8 @@ const DRAIN: Duration = Duration::from_secs(4);
 #[derive(Debug)]
 pub struct Listeners {
     pub http: TcpListener,
+    /// `/metrics`, when `metrics.enabled`.
+    pub metrics: Option<TcpListener>,
     pub turn_udp: Vec<UdpSocket>,
     pub turn_tcp: Vec<TcpListener>,
 }
@@ -59,6 +61,13 @@ impl Listeners {
     pub fn bind(config: &Config) -> Result<Listeners, BindError> {
         let http =
             bind_tcp(config.http.listen).map_err(|e| BindError::new("http.listen".into(), config.http.listen, e))?;
+        let metrics = match config.metrics.enabled {
+            true => Some(
+                bind_tcp(config.metrics.listen)
+                    .map_err(|e| BindError::new("metrics.listen".into(), config.metrics.listen, e))?,
+            ),
+            false => None,
+        };
         let mut turn_udp = Vec::new();
         let mut turn_tcp = Vec::new();
         if config.turn.enabled {
@@ -69,11 +78,14 @@ impl Listeners {
                 turn_tcp.push(bind_tcp(*a).map_err(|e| BindError::new(format!("turn.listen_tcp[{i}]"), *a, e))?);
             }
         }
-        Ok(Listeners { http, turn_udp, turn_tcp })
+        Ok(Listeners { http, metrics, turn_udp, turn_tcp })
     }
 
     pub fn http_addr(&self) -> SocketAddr {
         self.http.local_addr().expect("bound socket has an address")
+    }
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().and_then(|l| l.local_addr().ok())
     }
     pub fn turn_udp_addrs(&self) -> Vec<SocketAddr> {
         self.turn_udp.iter().filter_map(|s| s.local_addr().ok()).collect()
@@ -121,6 +133,8 @@ pub struct Context {
     /// Every secret the TURN server accepts (`turn_secret` first, then `turn.accept_secrets`).
     pub turn_secrets: Vec<Secret>,
     pub health: Health,
+    /// Counters of every component, rendered at `/metrics`.
+    pub metrics: crate::metrics::Metrics,
     /// Where HTTP actually listens (port 0 resolved).
     pub http_addr: SocketAddr,
     /// Where STUN/TURN actually listens (port 0 resolved); empty when TURN is disabled.
@@ -158,6 +172,7 @@ impl Context {
             turn_secret,
             turn_secrets,
             health: Health::default(),
+            metrics: crate::metrics::Metrics::new(),
             http_addr: listeners.http_addr(),
             turn_udp_addrs: listeners.turn_udp_addrs(),
             turn_tcp_addrs: listeners.turn_tcp_addrs(),
@@ -181,7 +196,7 @@ pub async fn run_with_context(
     listeners: Listeners,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let Listeners { http, turn_udp, turn_tcp } = listeners;
+    let Listeners { http, metrics, turn_udp, turn_tcp } = listeners;
     let mut tasks: JoinSet<TaskResult> = JoinSet::new();
 
     let hub = crate::signaling::Hub::new(ctx.clone());
@@ -192,6 +207,10 @@ pub async fn run_with_context(
     {
         let (ctx, hub, shutdown) = (ctx.clone(), hub.clone(), shutdown.clone());
         tasks.spawn(async move { ("http", crate::http::serve(ctx, hub, http, shutdown).await) });
+    }
+    if let Some(listener) = metrics {
+        let (ctx, shutdown) = (ctx.clone(), shutdown.clone());
+        tasks.spawn(async move { ("metrics", crate::http::serve_metrics(ctx, listener, shutdown).await) });
     }
     if ctx.config.turn.enabled {
         let (ctx, shutdown) = (ctx.clone(), shutdown.clone());
@@ -244,11 +263,11 @@ pub async fn run_with_context(
         shutdown.cancel();
         break;
     }
-    if !tasks.is_empty() {
-        if tokio::time::timeout(DRAIN, async { while tasks.join_next().await.is_some() {} }).await.is_err() {
-            tracing::warn!("some tasks did not stop within {}s", DRAIN.as_secs());
-            tasks.abort_all();
-        }
+    if !tasks.is_empty()
+        && tokio::time::timeout(DRAIN, async { while tasks.join_next().await.is_some() {} }).await.is_err()
+    {
+        tracing::warn!("some tasks did not stop within {}s", DRAIN.as_secs());
+        tasks.abort_all();
     }
     match failure {
         Some(e) => Err(e),

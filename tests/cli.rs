@@ -46,6 +46,10 @@ impl Daemon {
 
     /// Wait (bounded) for a log line containing `needle`; returns it.
     fn wait_for(&mut self, needle: &str) -> String {
+        // Tasks start concurrently, so their lines come in any order: look at what was already read first.
+        if let Some(line) = self.seen.iter().find(|l| l.contains(needle)) {
+            return line.clone();
+        }
         let deadline = Instant::now() + Duration::from_secs(20);
         while let Some(left) = deadline.checked_duration_since(Instant::now()) {
             match self.lines.recv_timeout(left) {
@@ -107,6 +111,8 @@ listen = "127.0.0.1:0"
 listen_udp = ["127.0.0.1:0"]
 listen_tcp = ["127.0.0.1:0"]
 relay_ip = "127.0.0.1"
+[metrics]
+listen = "127.0.0.1:0"
 "#;
 
 fn blocking_get(addr: SocketAddr, path: &str) -> String {
@@ -278,6 +284,7 @@ fn runs_with_no_config_on_default_ports() {
     assert_eq!(d.http_addr(), "0.0.0.0:8080".parse().unwrap());
     d.wait_for("STUN/TURN listening on udp://0.0.0.0:3478");
     d.wait_for("STUN/TURN listening on tcp://0.0.0.0:3478");
+    d.wait_for("metrics listening on http://127.0.0.1:9477/metrics");
     let gen = d.seen.iter().any(|l| l.contains("generated a random TURN secret"));
     assert!(gen, "the generated secret is announced (never printed): {:?}", d.seen);
 

@@ -214,3 +214,24 @@ fn example_config_is_the_defaults() {
     }
     assert!(checked >= 8, "expected the optional keys to be shown; checked {checked}");
 }
+
+#[tokio::test]
+async fn metrics_endpoint_counts_http_responses() {
+    let s = TestServer::start_default().await;
+    let before = s.scrape().await;
+    assert_eq!(
+        ponte::metrics::value_of(&before, &format!("ponte_build_info{{version=\"{}\"}}", env!("CARGO_PKG_VERSION"))),
+        Some(1.0)
+    );
+    let ok_before = ponte::metrics::value_of(&before, "ponte_http_responses_total{code=\"2xx\"}").unwrap();
+    let nf_before = ponte::metrics::value_of(&before, "ponte_http_responses_total{code=\"4xx\"}").unwrap();
+    http_get(s.http, "/", &[]).await;
+    http_get(s.http, "/healthz", &[]).await;
+    http_get(s.http, "/missing", &[]).await;
+    let after = s.scrape().await;
+    assert_eq!(ponte::metrics::value_of(&after, "ponte_http_responses_total{code=\"2xx\"}").unwrap() - ok_before, 2.0);
+    assert_eq!(ponte::metrics::value_of(&after, "ponte_http_responses_total{code=\"4xx\"}").unwrap() - nf_before, 1.0);
+    // Metrics are not served on the public listener.
+    assert_eq!(http_get(s.http, "/metrics", &[]).await.0, 404);
+    s.stop().await.unwrap();
+}

@@ -49,7 +49,7 @@ fn notifies_ready_and_stopping() {
     let cfg = dir.path().join("ponte.toml");
     std::fs::write(
         &cfg,
-        "[http]\nlisten = \"127.0.0.1:0\"\n[turn]\nlisten_udp = [\"127.0.0.1:0\"]\nlisten_tcp = [\"127.0.0.1:0\"]\nrelay_ip = \"127.0.0.1\"\n",
+        "[http]\nlisten = \"127.0.0.1:0\"\n[turn]\nlisten_udp = [\"127.0.0.1:0\"]\nlisten_tcp = [\"127.0.0.1:0\"]\nrelay_ip = \"127.0.0.1\"\n[metrics]\nlisten = \"127.0.0.1:0\"\n",
     )
     .unwrap();
     let mut child = Command::new(BIN)

@@ -17,6 +17,7 @@ pub fn test_config() -> Config {
     c.turn.listen_tcp = vec!["127.0.0.1:0".parse().unwrap()];
     c.turn.secret = Some(Secret::new("test-secret-0123456789abcdef"));
     c.turn.relay_ip = Some("127.0.0.1".parse().unwrap());
+    c.metrics.listen = "127.0.0.1:0".parse().unwrap();
     c
 }
 
@@ -25,6 +26,7 @@ pub struct TestServer {
     pub http: SocketAddr,
     pub turn_udp: Vec<SocketAddr>,
     pub turn_tcp: Vec<SocketAddr>,
+    pub metrics: Option<SocketAddr>,
     pub shutdown: CancellationToken,
     pub handle: JoinHandle<anyhow::Result<()>>,
 }
@@ -38,10 +40,11 @@ impl TestServer {
         let listeners = Listeners::bind(&config).expect("bind test listeners");
         let (http, turn_udp, turn_tcp) =
             (listeners.http_addr(), listeners.turn_udp_addrs(), listeners.turn_tcp_addrs());
+        let metrics = listeners.metrics_addr();
         let ctx = Arc::new(Context::new(config, &listeners).expect("context"));
         let shutdown = CancellationToken::new();
         let handle = tokio::spawn(ponte::server::run_with_context(ctx.clone(), listeners, shutdown.clone()));
-        TestServer { ctx, http, turn_udp, turn_tcp, shutdown, handle }
+        TestServer { ctx, http, turn_udp, turn_tcp, metrics, shutdown, handle }
     }
 
     pub async fn start_default() -> TestServer {
@@ -50,6 +53,13 @@ impl TestServer {
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.http, path)
+    }
+
+    /// Scrape `/metrics` and parse it into (series, value) pairs.
+    pub async fn scrape(&self) -> Vec<(String, f64)> {
+        let (status, _, body) = http_get(self.metrics.expect("metrics enabled"), "/metrics", &[]).await;
+        assert_eq!(status, 200);
+        ponte::metrics::parse_text(&String::from_utf8(body).unwrap())
     }
 
     pub fn ws_url(&self) -> String {
