@@ -138,7 +138,7 @@ impl Hub {
         let ws_config = WebSocketConfig::default()
             .read_buffer_size(4096)
             .write_buffer_size(4096)
-            .max_write_buffer_size(max.saturating_mul(4))
+            .max_write_buffer_size(4096 + max.saturating_mul(2))
             .max_message_size(Some(max))
             .max_frame_size(Some(max));
         let on_upgrade = hyper::upgrade::on(req);
