@@ -1,5 +1,10 @@
 //! Embedded STUN/TURN server (RFC 8489 / RFC 8656). Placeholder until the engine lands.
 
+pub mod auth;
+pub mod codec;
+pub mod core;
+pub mod policy;
+
 use std::net::{TcpListener, UdpSocket};
 use std::sync::Arc;
 
