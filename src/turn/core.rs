@@ -226,7 +226,7 @@ pub struct Core {
     by_relay: DashMap<SocketAddr, Arc<Allocation>>,
     usage: Mutex<Usage>,
     responses: DashMap<(FiveTuple, [u8; 12]), (Instant, Vec<u8>)>,
-    counters: Counters,
+    counters: Arc<Counters>,
     start: Instant,
     start_unix: u64,
 }
@@ -271,13 +271,13 @@ impl Core {
             by_relay: DashMap::new(),
             usage: Mutex::new(Usage::default()),
             responses: DashMap::new(),
-            counters: Counters::default(),
+            counters: Arc::default(),
             start: now,
             start_unix: now_unix,
         }
     }
 
-    pub fn counters(&self) -> &Counters {
+    pub fn counters(&self) -> &Arc<Counters> {
         &self.counters
     }
 

@@ -21,6 +21,10 @@ pub enum Denied {
 }
 
 /// IPv4 special-purpose ranges (IANA IPv4 Special-Purpose Address Registry plus multicast and reserved).
+///
+/// Deliberately absent: the documentation ranges (TEST-NET-1/2/3, 2001:db8::/32, 3fff::/20). No real host uses
+/// them, so refusing them protects nothing, and the project's network lab (`tests/lab/netlab.sh`) uses
+/// TEST-NET-2 as its "public internet".
 const V4_DENY: &[(&str, &str)] = &[
     ("0.0.0.0/8", "this network"),
     ("10.0.0.0/8", "private (RFC 1918)"),
@@ -29,15 +33,12 @@ const V4_DENY: &[(&str, &str)] = &[
     ("169.254.0.0/16", "link-local (incl. cloud metadata 169.254.169.254)"),
     ("172.16.0.0/12", "private (RFC 1918)"),
     ("192.0.0.0/24", "IETF protocol assignments"),
-    ("192.0.2.0/24", "documentation (TEST-NET-1)"),
     ("192.31.196.0/24", "AS112"),
     ("192.52.193.0/24", "AMT"),
     ("192.88.99.0/24", "6to4 relay anycast"),
     ("192.168.0.0/16", "private (RFC 1918)"),
     ("192.175.48.0/24", "AS112 direct delegation"),
     ("198.18.0.0/15", "benchmarking (RFC 2544)"),
-    ("198.51.100.0/24", "documentation (TEST-NET-2)"),
-    ("203.0.113.0/24", "documentation (TEST-NET-3)"),
     ("224.0.0.0/4", "multicast"),
     ("240.0.0.0/4", "reserved (incl. broadcast)"),
 ];
@@ -54,9 +55,7 @@ const V6_DENY: &[(&str, &str)] = &[
     ("64:ff9b:1::/48", "NAT64 local-use"),
     ("100::/64", "discard-only"),
     ("2001::/23", "IETF protocol assignments (incl. Teredo, benchmarking, ORCHID)"),
-    ("2001:db8::/32", "documentation"),
     ("2002::/16", "6to4"),
-    ("3fff::/20", "documentation"),
     ("5f00::/16", "SRv6 SIDs"),
     ("fc00::/7", "unique local (ULA)"),
     ("fe80::/10", "link-local"),
@@ -177,7 +176,8 @@ mod tests {
 
     #[test]
     fn public_addresses_pass() {
-        for a in ["8.8.8.8", "1.1.1.1", "93.184.216.34", "2606:4700:4700::1111", "2a00:1450:4001:80b::200e", "100.63.255.255", "100.128.0.0", "172.32.0.1", "11.0.0.1", "223.255.255.255"] {
+        // Documentation ranges pass too (see V4_DENY): the lab's public network is TEST-NET-2.
+        for a in ["192.0.2.1", "198.51.100.30", "203.0.113.9", "2001:db8::1", "3fff::1", "8.8.8.8", "1.1.1.1", "93.184.216.34", "2606:4700:4700::1111", "2a00:1450:4001:80b::200e", "100.63.255.255", "100.128.0.0", "172.32.0.1", "11.0.0.1", "223.255.255.255"] {
             assert_eq!(p().check(a.parse().unwrap()), Ok(a.parse().unwrap()), "{a} should be allowed");
         }
     }
@@ -186,9 +186,8 @@ mod tests {
     fn every_ipv4_special_range_denied() {
         for a in [
             "0.0.0.0", "0.1.2.3", "10.0.0.1", "10.255.255.255", "100.64.0.1", "100.127.255.254", "127.0.0.1", "127.255.255.254",
-            "169.254.169.254", "169.254.0.1", "172.16.0.1", "172.31.255.255", "192.0.0.8", "192.0.2.1", "192.31.196.1",
-            "192.52.193.1", "192.88.99.1", "192.168.1.1", "192.175.48.1", "198.18.0.1", "198.19.255.255", "198.51.100.7",
-            "203.0.113.9", "224.0.0.1", "239.255.255.250", "240.0.0.1", "255.255.255.255",
+            "169.254.169.254", "169.254.0.1", "172.16.0.1", "172.31.255.255", "192.0.0.8", "192.31.196.1",
+            "192.52.193.1", "192.88.99.1", "192.168.1.1", "192.175.48.1", "198.18.0.1", "198.19.255.255", "224.0.0.1", "239.255.255.250", "240.0.0.1", "255.255.255.255",
         ] {
             assert!(denied(a), "{a} must be denied");
         }
@@ -199,7 +198,7 @@ mod tests {
         for a in [
             "::", "::1", "::2", "fc00::1", "fd12:3456::1", "fe80::1", "febf::1", "fec0::1", "ff02::1", "ff05::1:3", "64:ff9b::7f00:1",
             "64:ff9b::808:808", "64:ff9b:1::a00:1", "100::1", "2001::1", "2001:0:4136:e378:8000:63bf:3fff:fdd2", "2001:2::1",
-            "2001:10::1", "2001:db8::1", "2002:7f00:1::1", "2002:808:808::1", "3fff::1", "5f00::1",
+            "2001:10::1", "2002:7f00:1::1", "2002:808:808::1", "5f00::1",
         ] {
             assert!(denied(a), "{a} must be denied");
         }
