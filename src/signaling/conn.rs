@@ -242,12 +242,7 @@ impl Conn {
         let conn_id = self.handle.conn_id;
         match msg {
             ClientMsg::Hello { .. } => {
-                self.reply(protocol::error(
-                    ErrorCode::BadMessage,
-                    "hello was already sent on this connection",
-                    Some("hello"),
-                    None,
-                ));
+                self.reply(protocol::error(ErrorCode::BadMessage, "hello was already sent on this connection", Some("hello"), None));
             }
             ClientMsg::RefreshIce => {
                 let (ice_servers, ice_expires) =
@@ -258,12 +253,7 @@ impl Conn {
             ClientMsg::Connect { to } => {
                 // Counted before any lookup: failed attempts are exactly what an ID scan consists of.
                 if !self.connects.try_take() {
-                    self.reply(protocol::error(
-                        ErrorCode::TooManyRequests,
-                        "too many connect requests; wait a minute",
-                        Some("connect"),
-                        None,
-                    ));
+                    self.reply(protocol::error(ErrorCode::TooManyRequests, "too many connect requests; wait a minute", Some("connect"), None));
                     return None;
                 }
                 let mut st = hub.state.lock();
@@ -291,12 +281,7 @@ impl Conn {
 
     fn hello(&mut self, v: u64, token: Option<&str>) -> Option<End> {
         if v != protocol::VERSION {
-            self.reply(protocol::error(
-                ErrorCode::UnsupportedVersion,
-                "this server speaks protocol version 1",
-                Some("hello"),
-                None,
-            ));
+            self.reply(protocol::error(ErrorCode::UnsupportedVersion, "this server speaks protocol version 1", Some("hello"), None));
             return Some(End::Close { code: 1002, reason: "unsupported protocol version", flush: true });
         }
         let hub = self.hub.clone();
@@ -311,9 +296,7 @@ impl Conn {
                 self.id = Some(id);
                 None
             }
-            HelloOutcome::ServerFull => {
-                Some(End::Close { code: 1013, reason: "server full, try again later", flush: true })
-            }
+            HelloOutcome::ServerFull => Some(End::Close { code: 1013, reason: "server full, try again later", flush: true }),
         }
     }
 }

@@ -165,9 +165,9 @@ impl State {
         now: Instant,
         ice: impl FnOnce(Id) -> (Vec<IceServer>, u64),
     ) -> HelloOutcome {
-        let claimed = token
-            .and_then(parse_token)
-            .filter(|(id, secret)| self.sessions.get(id).is_some_and(|s| s.secret.matches(secret)));
+        let claimed = token.and_then(parse_token).filter(|(id, secret)| {
+            self.sessions.get(id).is_some_and(|s| s.secret.matches(secret))
+        });
         if let Some((id, _)) = claimed {
             let s = self.sessions.get_mut(&id).expect("checked above");
             let was_away = s.conn.is_none();
@@ -203,10 +203,7 @@ impl State {
         }
 
         if self.sessions.len() >= self.settings.max_sessions {
-            push(
-                &conn,
-                protocol::error(ErrorCode::ServerFull, "the server is full; try again later", Some("hello"), None),
-            );
+            push(&conn, protocol::error(ErrorCode::ServerFull, "the server is full; try again later", Some("hello"), None));
             return HelloOutcome::ServerFull;
         }
         let id = loop {
@@ -219,29 +216,14 @@ impl State {
         let token = secret.token_for(id);
         self.sessions.insert(
             id,
-            Session {
-                secret,
-                conn: Some(conn),
-                away_until: None,
-                peers: Vec::new(),
-                outgoing: Vec::new(),
-                incoming: Vec::new(),
-            },
+            Session { secret, conn: Some(conn), away_until: None, peers: Vec::new(), outgoing: Vec::new(), incoming: Vec::new() },
         );
         let (ice_servers, ice_expires) = ice(id);
         self.send(id, self.welcome(id, token, false, &ice_servers, ice_expires, Vec::new()));
         HelloOutcome::Welcomed(id)
     }
 
-    fn welcome(
-        &self,
-        id: Id,
-        token: String,
-        resumed: bool,
-        ice: &[IceServer],
-        ice_expires: u64,
-        peers: Vec<Id>,
-    ) -> String {
+    fn welcome(&self, id: Id, token: String, resumed: bool, ice: &[IceServer], ice_expires: u64, peers: Vec<Id>) -> String {
         ServerMsg::Welcome {
             v: protocol::VERSION,
             id,
@@ -359,13 +341,7 @@ impl State {
             return self.err(me, ErrorCode::AlreadyPaired, "you are already paired with that client", R, Some(to));
         }
         if s.outgoing.iter().any(|(p, _)| *p == to) || s.incoming.contains(&to) {
-            return self.err(
-                me,
-                ErrorCode::DuplicateRequest,
-                "a request between you two is already pending",
-                R,
-                Some(to),
-            );
+            return self.err(me, ErrorCode::DuplicateRequest, "a request between you two is already pending", R, Some(to));
         }
         let deadline = now + self.settings.request_timeout;
         s.outgoing.push((to, deadline));
@@ -444,13 +420,7 @@ impl State {
         match self.sessions.get(&to).and_then(|s| s.conn.as_ref()) {
             // The sender's ID is stamped here; whatever `from` the client wrote was never parsed.
             Some(h) => push(h, protocol::signal(me, data)),
-            None => self.err(
-                me,
-                ErrorCode::PeerAway,
-                "that client is reconnecting; the message was dropped",
-                "signal",
-                Some(to),
-            ),
+            None => self.err(me, ErrorCode::PeerAway, "that client is reconnecting; the message was dropped", "signal", Some(to)),
         }
     }
 

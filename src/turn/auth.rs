@@ -68,11 +68,7 @@ pub struct Auth {
 
 impl std::fmt::Debug for Auth {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Auth")
-            .field("realm", &self.realm)
-            .field("secrets", &self.secrets.len())
-            .field("users", &self.users.len())
-            .finish()
+        f.debug_struct("Auth").field("realm", &self.realm).field("secrets", &self.secrets.len()).field("users", &self.users.len()).finish()
     }
 }
 
@@ -217,11 +213,7 @@ struct RateLimiter {
 
 impl RateLimiter {
     fn new(per_sec: u32) -> Self {
-        RateLimiter {
-            slots: (0..LIMITER_SLOTS).map(|_| AtomicU64::new(0)).collect(),
-            per_sec,
-            hasher: Default::default(),
-        }
+        RateLimiter { slots: (0..LIMITER_SLOTS).map(|_| AtomicU64::new(0)).collect(), per_sec, hasher: Default::default() }
     }
 
     fn allow(&self, ip: IpAddr, now: u64) -> bool {

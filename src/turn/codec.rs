@@ -102,8 +102,7 @@ pub fn tcp_frame_len(b: &[u8]) -> Result<Option<usize>, ()> {
 /// Iterate the attributes of a STUN message without copying: `(type, value range in b)`. Stops at the first
 /// malformed attribute (`Err`) so that callers reject truncated input.
 pub fn attrs(b: &[u8]) -> impl Iterator<Item = Result<(u16, Range<usize>), ()>> + '_ {
-    let end =
-        if b.len() >= STUN_HEADER { (STUN_HEADER + u16::from_be_bytes([b[2], b[3]]) as usize).min(b.len()) } else { 0 };
+    let end = if b.len() >= STUN_HEADER { (STUN_HEADER + u16::from_be_bytes([b[2], b[3]]) as usize).min(b.len()) } else { 0 };
     let mut off = STUN_HEADER.min(end);
     let mut failed = false;
     std::iter::from_fn(move || {
@@ -225,13 +224,7 @@ pub fn wrap_channel_data(buf: &mut [u8], start: usize, len: usize, channel: u16,
 
 /// Wrap `buf[start..start+len]` as a Data indication from `peer` in place (RFC 8656 §11.4 / §12.4): header,
 /// XOR-PEER-ADDRESS, DATA (padded). No per-packet allocation: this is the peer→client hot path without a channel.
-pub fn wrap_data_indication(
-    buf: &mut [u8],
-    start: usize,
-    len: usize,
-    peer: SocketAddr,
-    txid: &[u8; 12],
-) -> Range<usize> {
+pub fn wrap_data_indication(buf: &mut [u8], start: usize, len: usize, peer: SocketAddr, txid: &[u8; 12]) -> Range<usize> {
     let addr_len = if peer.is_ipv4() { 12 } else { 24 };
     let h = start - 4 - addr_len - STUN_HEADER;
     let pad = (4 - len % 4) % 4;
@@ -263,11 +256,7 @@ pub fn decode(b: &[u8]) -> Option<Message> {
 /// transaction, ready for the `stun` crate's setters. (stun 0.17 keeps `Method`/`MessageClass` constructors
 /// private, so the header is written here and decoded back.)
 pub fn message(method: u16, class: u8, txid: [u8; 12]) -> Message {
-    let t = (method & 0x000F)
-        | ((method & 0x0070) << 1)
-        | ((method & 0x0F80) << 2)
-        | (((class & 1) as u16) << 4)
-        | (((class & 2) as u16) << 7);
+    let t = (method & 0x000F) | ((method & 0x0070) << 1) | ((method & 0x0F80) << 2) | (((class & 1) as u16) << 4) | (((class & 2) as u16) << 7);
     let mut m = Message::new();
     m.raw.clear();
     m.raw.extend_from_slice(&t.to_be_bytes());

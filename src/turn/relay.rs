@@ -89,11 +89,7 @@ async fn run(shell: Arc<Shell>, socket: Arc<tokio::net::UdpSocket>, local: Socke
                 }
             }
             // ICMP errors from earlier sends surface here on Linux; they are not fatal for the socket.
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::ConnectionRefused | io::ErrorKind::ConnectionReset | io::ErrorKind::Interrupted
-                ) => {}
+            Err(e) if matches!(e.kind(), io::ErrorKind::ConnectionRefused | io::ErrorKind::ConnectionReset | io::ErrorKind::Interrupted) => {}
             Err(e) => {
                 tracing::warn!("TURN relay socket {local} failed: {e}");
                 break;
