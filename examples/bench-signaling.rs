@@ -122,7 +122,6 @@ async fn bench(args: &Args, server: &Server) -> anyhow::Result<()> {
     while let (Some(a), Some(b)) = (it.next(), it.next()) {
         paired.push((a, b));
     }
-    let stop_idle = Arc::new(AtomicBool::new(false));
     let mut idle_tasks = Vec::with_capacity(rest.len());
     for c in rest {
         idle_tasks.push(tokio::spawn(idle(c.ws)));
@@ -189,7 +188,6 @@ async fn bench(args: &Args, server: &Server) -> anyhow::Result<()> {
     }
     let rss_after = server.rss_kib()?;
     let hwm = server.status_kib("VmHWM")?;
-    stop_idle.store(true, Ordering::Relaxed);
 
     let msgs = count.load(Ordering::Relaxed);
     println!();
@@ -400,6 +398,7 @@ impl Server {
 }
 
 /// Raise the soft open-files limit to the hard limit; returns the new soft limit.
+#[allow(clippy::unnecessary_cast)] // rlim_t is not u64 on every platform
 fn raise_fd_limit() -> u64 {
     unsafe {
         let mut l = libc::rlimit { rlim_cur: 0, rlim_max: 0 };

@@ -919,3 +919,35 @@ async fn hello_must_come_within_ten_seconds_and_non_upgrade_refused() {
     assert!(t0.elapsed() >= Duration::from_secs(9));
     srv.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn client_that_stops_reading_is_disconnected_not_buffered() {
+    let mut cfg = test_config();
+    cfg.signaling.messages_per_sec = 10_000;
+    cfg.signaling.reconnect_grace_secs = 30;
+    let srv = TestServer::start(cfg).await;
+    let (mut a, b) = paired(&srv).await;
+    // B never reads again. A floods it with large signals: the kernel buffers fill, then B's outbox exceeds its
+    // byte budget and the server drops B instead of queueing without bound.
+    let big = "z".repeat(60 * 1024);
+    let msg = json!({"type": "signal", "to": b.id, "data": big}).to_string();
+    let t0 = Instant::now();
+    let mut away = None;
+    for _ in 0..2000 {
+        a.ws.send(Message::text(msg.clone())).await.unwrap();
+        if let Some(v) = recv_within(&mut a.ws, Duration::from_millis(1)).await {
+            away = Some(v);
+            break;
+        }
+    }
+    let v = match away {
+        Some(v) => v,
+        None => recv(&mut a.ws).await,
+    };
+    // Either B was dropped (peer_away) or A's later signals were refused because B is away already.
+    assert!(v["type"] == "peer_away" || (v["type"] == "error" && v["code"] == "peer_away"), "{v}");
+    assert_eq!(v["peer"], b.id);
+    assert!(t0.elapsed() < Duration::from_secs(20));
+    drop(b);
+    srv.stop().await.unwrap();
+}

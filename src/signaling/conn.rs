@@ -29,6 +29,8 @@ pub type Ws = WebSocketStream<TokioIo<Upgraded>>;
 pub const OUTBOX: usize = 256;
 /// `hello` must arrive within this time (contract: 10 s).
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Minimum byte budget of the outbox (it is at least four maximum-size messages).
+const OUTBOX_BYTES: usize = 256 * 1024;
 /// A write that makes no progress for this long means the client stopped reading.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a closing handshake may take.
@@ -60,7 +62,8 @@ struct Conn {
 
 pub async fn run(hub: Arc<Hub>, mut ws: Ws, info: ConnInfo, slot: Slot) {
     let (tx, mut rx) = mpsc::channel::<Utf8Bytes>(OUTBOX);
-    let ctl = ConnCtl::new(hub.stop.child_token());
+    let max_queued = (4 * hub.ctx.config.signaling.max_message_bytes).max(OUTBOX_BYTES);
+    let ctl = ConnCtl::new(hub.stop.child_token(), max_queued);
     let conn_id = hub.next_conn_id();
     let cfg = &hub.ctx.config.signaling;
     let mps = cfg.messages_per_sec as f64;
@@ -93,7 +96,11 @@ pub async fn run(hub: Arc<Hub>, mut ws: Ws, info: ConnInfo, slot: Slot) {
                 };
             }
             Some(first) = rx.recv() => {
-                if write_batch(&mut ws, first, &mut rx).await.is_err() {
+                if write_batch(&mut ws, first, &mut rx, &ctl).await.is_err() {
+                    // Cancelled mid-write: still close with the code the hub chose (or 1001).
+                    if ctl.cancel.is_cancelled() {
+                        continue;
+                    }
                     break End::Gone;
                 }
             }
@@ -144,7 +151,10 @@ pub async fn run(hub: Arc<Hub>, mut ws: Ws, info: ConnInfo, slot: Slot) {
                     break End::Close { code: 1008, reason: "missed pings", flush: false };
                 }
                 unanswered += 1;
-                if timed_send(&mut ws, Message::Ping(Default::default())).await.is_err() {
+                if bounded_write(ws.send(Message::Ping(Default::default())), &ctl).await.is_err() {
+                    if ctl.cancel.is_cancelled() {
+                        continue;
+                    }
                     break End::Gone;
                 }
             }
@@ -185,27 +195,31 @@ pub async fn run(hub: Arc<Hub>, mut ws: Ws, info: ConnInfo, slot: Slot) {
 }
 
 /// Write `first` and whatever else is already queued, then flush once: one syscall for a burst.
-async fn write_batch(ws: &mut Ws, first: Utf8Bytes, rx: &mut mpsc::Receiver<Utf8Bytes>) -> Result<(), ()> {
+async fn write_batch(ws: &mut Ws, first: Utf8Bytes, rx: &mut mpsc::Receiver<Utf8Bytes>, ctl: &ConnCtl) -> Result<(), ()> {
     let work = async {
+        ctl.written(first.len());
         ws.feed(Message::Text(first)).await?;
         let mut n = 1;
         while n < 64 {
             let Ok(m) = rx.try_recv() else { break };
+            ctl.written(m.len());
             ws.feed(Message::Text(m)).await?;
             n += 1;
         }
         ws.flush().await
     };
-    match tokio::time::timeout(WRITE_TIMEOUT, work).await {
-        Ok(Ok(())) => Ok(()),
-        _ => Err(()),
-    }
+    bounded_write(work, ctl).await
 }
 
-async fn timed_send(ws: &mut Ws, m: Message) -> Result<(), ()> {
-    match tokio::time::timeout(WRITE_TIMEOUT, ws.send(m)).await {
-        Ok(Ok(())) => Ok(()),
-        _ => Err(()),
+/// A write that gives up after [`WRITE_TIMEOUT`], or at once when the connection is told to close: a client
+/// that stopped reading blocks the write, and the hub's kill (or shutdown) must not wait behind it.
+async fn bounded_write<E>(work: impl std::future::Future<Output = Result<(), E>>, ctl: &ConnCtl) -> Result<(), ()> {
+    tokio::select! {
+        r = tokio::time::timeout(WRITE_TIMEOUT, work) => match r {
+            Ok(Ok(())) => Ok(()),
+            _ => Err(()),
+        },
+        _ = ctl.cancel.cancelled() => Err(()),
     }
 }
 
@@ -287,7 +301,7 @@ impl Conn {
         let hub = self.hub.clone();
         let host = self.info.ice_host.clone();
         let now_unix = crate::credentials::unix_now();
-        let outcome = hub.state.lock().hello(self.handle.clone(), token, Instant::now(), |id| {
+        let outcome = hub.state.lock().hello(self.handle.clone(), token, |id| {
             ice::servers_for(&hub.ctx, host.as_deref(), id, now_unix)
         });
         match outcome {

@@ -4,7 +4,7 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
-use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -35,11 +35,21 @@ pub struct ConnCtl {
     /// 0 = none chosen (the task closes with 1001 if cancelled by shutdown).
     pub close_code: AtomicU16,
     pub cancel: CancellationToken,
+    /// Bytes queued in the outbox and not yet written to the socket.
+    pub queued: AtomicUsize,
+    /// More than this queued means the client is not reading. Counted in bytes, not messages: 256 queued
+    /// 64 KiB signals would otherwise let one stalled client pin 16 MiB.
+    pub max_queued: usize,
 }
 
 impl ConnCtl {
-    pub fn new(cancel: CancellationToken) -> Arc<ConnCtl> {
-        Arc::new(ConnCtl { close_code: AtomicU16::new(0), cancel })
+    pub fn new(cancel: CancellationToken, max_queued: usize) -> Arc<ConnCtl> {
+        Arc::new(ConnCtl { close_code: AtomicU16::new(0), cancel, queued: AtomicUsize::new(0), max_queued })
+    }
+
+    /// The writer sent a message of `len` bytes.
+    pub fn written(&self, len: usize) {
+        self.queued.fetch_sub(len, Ordering::Relaxed);
     }
 
     /// Ask the task to close with `code`. The first reason given wins.
@@ -52,14 +62,24 @@ impl ConnCtl {
 /// Queue `text` on a connection; a full outbox means the client is not reading, so it is disconnected rather
 /// than buffered without bound.
 pub fn push(handle: &ConnHandle, text: String) {
+    let len = text.len();
+    let ctl = &handle.ctl;
+    if ctl.queued.fetch_add(len, Ordering::Relaxed) + len > ctl.max_queued {
+        ctl.queued.fetch_sub(len, Ordering::Relaxed);
+        tracing::debug!(conn = handle.conn_id, "outbox over its byte budget; disconnecting slow client");
+        ctl.kill(CLOSE_SLOW);
+        return;
+    }
     match handle.tx.try_send(Utf8Bytes::from(text)) {
         Ok(()) => {}
-        Err(mpsc::error::TrySendError::Full(_)) => {
-            tracing::debug!(conn = handle.conn_id, "outbox full; disconnecting slow client");
-            handle.ctl.kill(CLOSE_SLOW);
+        Err(e) => {
+            ctl.queued.fetch_sub(len, Ordering::Relaxed);
+            if matches!(e, mpsc::error::TrySendError::Full(_)) {
+                tracing::debug!(conn = handle.conn_id, "outbox full; disconnecting slow client");
+                ctl.kill(CLOSE_SLOW);
+            }
+            // Closed: the task is already gone; its `disconnected` call is on its way.
         }
-        // The task is already gone; its `disconnected` call is on its way.
-        Err(mpsc::error::TrySendError::Closed(_)) => {}
     }
 }
 
@@ -162,7 +182,6 @@ impl State {
         &mut self,
         conn: ConnHandle,
         token: Option<&str>,
-        now: Instant,
         ice: impl FnOnce(Id) -> (Vec<IceServer>, u64),
     ) -> HelloOutcome {
         let claimed = token.and_then(parse_token).filter(|(id, secret)| {
@@ -198,7 +217,6 @@ impl State {
             for p in outgoing {
                 self.send(id, ServerMsg::RequestSent { peer: p }.to_text());
             }
-            let _ = now;
             return HelloOutcome::Welcomed(id);
         }
 
