@@ -22,6 +22,8 @@ const DRAIN: Duration = Duration::from_secs(4);
 #[derive(Debug)]
 pub struct Listeners {
     pub http: TcpListener,
+    /// `/metrics`, when `metrics.enabled`.
+    pub metrics: Option<TcpListener>,
     pub turn_udp: Vec<UdpSocket>,
     pub turn_tcp: Vec<TcpListener>,
 }
@@ -45,7 +47,9 @@ impl BindError {
             std::io::ErrorKind::PermissionDenied => {
                 " — ports below 1024 need CAP_NET_BIND_SERVICE (the systemd unit grants it) or a higher port"
             }
-            std::io::ErrorKind::AddrNotAvailable => " — this host has no such address; use one of its interface addresses or 0.0.0.0",
+            std::io::ErrorKind::AddrNotAvailable => {
+                " — this host has no such address; use one of its interface addresses or 0.0.0.0"
+            }
             _ => "",
         };
         BindError { key, addr, source, hint }
@@ -55,7 +59,15 @@ impl BindError {
 impl Listeners {
     /// Bind every listener the config asks for.
     pub fn bind(config: &Config) -> Result<Listeners, BindError> {
-        let http = bind_tcp(config.http.listen).map_err(|e| BindError::new("http.listen".into(), config.http.listen, e))?;
+        let http =
+            bind_tcp(config.http.listen).map_err(|e| BindError::new("http.listen".into(), config.http.listen, e))?;
+        let metrics = match config.metrics.enabled {
+            true => Some(
+                bind_tcp(config.metrics.listen)
+                    .map_err(|e| BindError::new("metrics.listen".into(), config.metrics.listen, e))?,
+            ),
+            false => None,
+        };
         let mut turn_udp = Vec::new();
         let mut turn_tcp = Vec::new();
         if config.turn.enabled {
@@ -66,11 +78,14 @@ impl Listeners {
                 turn_tcp.push(bind_tcp(*a).map_err(|e| BindError::new(format!("turn.listen_tcp[{i}]"), *a, e))?);
             }
         }
-        Ok(Listeners { http, turn_udp, turn_tcp })
+        Ok(Listeners { http, metrics, turn_udp, turn_tcp })
     }
 
     pub fn http_addr(&self) -> SocketAddr {
         self.http.local_addr().expect("bound socket has an address")
+    }
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().and_then(|l| l.local_addr().ok())
     }
     pub fn turn_udp_addrs(&self) -> Vec<SocketAddr> {
         self.turn_udp.iter().filter_map(|s| s.local_addr().ok()).collect()
@@ -112,12 +127,18 @@ pub fn bind_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
 /// What every component shares: the validated config plus facts settled at start.
 #[derive(Debug)]
 pub struct Context {
+    /// The configuration the daemon started with. Settings that can change while running (see [`Context::reload`])
+    /// are read through [`Context::live`] instead.
     pub config: Config,
+    /// The current configuration, replaced by a successful reload (SIGHUP).
+    live: tokio::sync::watch::Sender<Arc<Config>>,
     /// The TURN REST secret that mints new credentials.
     pub turn_secret: Secret,
     /// Every secret the TURN server accepts (`turn_secret` first, then `turn.accept_secrets`).
     pub turn_secrets: Vec<Secret>,
     pub health: Health,
+    /// Counters of every component, rendered at `/metrics`.
+    pub metrics: crate::metrics::Metrics,
     /// Where HTTP actually listens (port 0 resolved).
     pub http_addr: SocketAddr,
     /// Where STUN/TURN actually listens (port 0 resolved); empty when TURN is disabled.
@@ -134,7 +155,11 @@ impl Context {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("turn.secret_file: cannot read {}", path.display()))?;
             let first = text.lines().next().map(str::trim).unwrap_or("");
-            anyhow::ensure!(!first.is_empty(), "turn.secret_file: {} is empty; write the secret on its first line", path.display());
+            anyhow::ensure!(
+                !first.is_empty(),
+                "turn.secret_file: {} is empty; write the secret on its first line",
+                path.display()
+            );
             Secret::new(first)
         } else {
             if config.turn.enabled {
@@ -148,14 +173,122 @@ impl Context {
         let mut turn_secrets = vec![turn_secret.clone()];
         turn_secrets.extend(config.turn.accept_secrets.iter().cloned());
         Ok(Context {
+            live: tokio::sync::watch::Sender::new(Arc::new(config.clone())),
             turn_secret,
             turn_secrets,
             health: Health::default(),
+            metrics: crate::metrics::Metrics::new(),
             http_addr: listeners.http_addr(),
             turn_udp_addrs: listeners.turn_udp_addrs(),
             turn_tcp_addrs: listeners.turn_tcp_addrs(),
             config,
         })
+    }
+}
+
+/// What a reload did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct ReloadReport {
+    /// Keys whose new values are in effect now.
+    pub applied: Vec<&'static str>,
+    /// Keys that changed but only take effect after a restart.
+    pub need_restart: Vec<&'static str>,
+}
+
+impl Context {
+    /// The current configuration (the startup one until a reload replaces it).
+    pub fn live(&self) -> Arc<Config> {
+        self.live.borrow().clone()
+    }
+
+    /// Be told whenever a reload replaces the configuration.
+    pub fn watch_config(&self) -> tokio::sync::watch::Receiver<Arc<Config>> {
+        self.live.subscribe()
+    }
+
+    /// Put an already validated configuration in place. Live settings (log level, signaling limits and ICE
+    /// servers, TURN peer policy and quotas, credential lifetime) apply at once; listen addresses and other
+    /// socket-level settings are reported as needing a restart and keep their running values.
+    pub fn reload(&self, new: Config) -> ReloadReport {
+        let old = self.live();
+        let mut report = ReloadReport::default();
+        macro_rules! diff {
+            ($list:ident, $($key:literal => $($field:ident).+),* $(,)?) => {
+                $( if old.$($field).+ != new.$($field).+ { report.$list.push($key); } )*
+            };
+        }
+        diff!(need_restart,
+            "http.listen" => http.listen,
+            "http.web_root" => http.web_root,
+            "metrics.enabled" => metrics.enabled,
+            "metrics.listen" => metrics.listen,
+            "turn.enabled" => turn.enabled,
+            "turn.listen_udp" => turn.listen_udp,
+            "turn.listen_tcp" => turn.listen_tcp,
+            "turn.realm" => turn.realm,
+            "turn.secret" => turn.secret,
+            "turn.secret_file" => turn.secret_file,
+            "turn.accept_secrets" => turn.accept_secrets,
+            "turn.users" => turn.users,
+            "turn.relay_ip" => turn.relay_ip,
+            "turn.external_ip" => turn.external_ip,
+            "turn.relay_port_min" => turn.relay_port_min,
+            "turn.relay_port_max" => turn.relay_port_max,
+            "log.format" => log.format,
+        );
+        diff!(applied,
+            "http.public_url" => http.public_url,
+            "http.allowed_origins" => http.allowed_origins,
+            "http.trusted_proxies" => http.trusted_proxies,
+            "turn.credential_ttl_secs" => turn.credential_ttl_secs,
+            "turn.allow_peers" => turn.allow_peers,
+            "turn.deny_peers" => turn.deny_peers,
+            "turn.max_allocations" => turn.max_allocations,
+            "turn.max_allocations_per_user" => turn.max_allocations_per_user,
+            "turn.max_permissions_per_allocation" => turn.max_permissions_per_allocation,
+            "turn.max_channels_per_allocation" => turn.max_channels_per_allocation,
+            "turn.max_bandwidth_per_allocation" => turn.max_bandwidth_per_allocation,
+            "turn.unauthenticated_rate_per_ip" => turn.unauthenticated_rate_per_ip,
+            "turn.software" => turn.software,
+            "signaling.reconnect_grace_secs" => signaling.reconnect_grace_secs,
+            "signaling.request_timeout_secs" => signaling.request_timeout_secs,
+            "signaling.max_message_bytes" => signaling.max_message_bytes,
+            "signaling.messages_per_sec" => signaling.messages_per_sec,
+            "signaling.connect_requests_per_min" => signaling.connect_requests_per_min,
+            "signaling.max_connections_per_ip" => signaling.max_connections_per_ip,
+            "signaling.max_connections" => signaling.max_connections,
+            "signaling.ping_interval_secs" => signaling.ping_interval_secs,
+            "signaling.ice_servers" => signaling.ice_servers,
+        );
+        if old.log.level != new.log.level {
+            if crate::logging::set_level(&new.log.level) {
+                report.applied.push("log.level");
+            } else {
+                tracing::info!(
+                    "log.level changed but RUST_LOG pins the log filter; unset RUST_LOG to control it from the config"
+                );
+            }
+        }
+        // Socket-level settings keep their running values, so that `live()` always describes what is running.
+        let mut merged = new;
+        merged.http.listen = old.http.listen;
+        merged.http.web_root = old.http.web_root.clone();
+        merged.metrics = old.metrics.clone();
+        merged.turn.enabled = old.turn.enabled;
+        merged.turn.listen_udp = old.turn.listen_udp.clone();
+        merged.turn.listen_tcp = old.turn.listen_tcp.clone();
+        merged.turn.realm = old.turn.realm.clone();
+        merged.turn.secret = old.turn.secret.clone();
+        merged.turn.secret_file = old.turn.secret_file.clone();
+        merged.turn.accept_secrets = old.turn.accept_secrets.clone();
+        merged.turn.users = old.turn.users.clone();
+        merged.turn.relay_ip = old.turn.relay_ip;
+        merged.turn.external_ip = old.turn.external_ip;
+        merged.turn.relay_port_min = old.turn.relay_port_min;
+        merged.turn.relay_port_max = old.turn.relay_port_max;
+        merged.log.format = old.log.format;
+        self.live.send_replace(Arc::new(merged));
+        report
     }
 }
 
@@ -169,8 +302,12 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationTok
 }
 
 /// Like [`run`], with a context the caller built (tests use it to read the generated secret).
-pub async fn run_with_context(ctx: Arc<Context>, listeners: Listeners, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let Listeners { http, turn_udp, turn_tcp } = listeners;
+pub async fn run_with_context(
+    ctx: Arc<Context>,
+    listeners: Listeners,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let Listeners { http, metrics, turn_udp, turn_tcp } = listeners;
     let mut tasks: JoinSet<TaskResult> = JoinSet::new();
 
     let hub = crate::signaling::Hub::new(ctx.clone());
@@ -182,12 +319,31 @@ pub async fn run_with_context(ctx: Arc<Context>, listeners: Listeners, shutdown:
         let (ctx, hub, shutdown) = (ctx.clone(), hub.clone(), shutdown.clone());
         tasks.spawn(async move { ("http", crate::http::serve(ctx, hub, http, shutdown).await) });
     }
+    if let Some(listener) = metrics {
+        let (ctx, shutdown) = (ctx.clone(), shutdown.clone());
+        tasks.spawn(async move { ("metrics", crate::http::serve_metrics(ctx, listener, shutdown).await) });
+    }
     if ctx.config.turn.enabled {
         let (ctx, shutdown) = (ctx.clone(), shutdown.clone());
         tasks.spawn(async move { ("turn", crate::turn::serve(ctx, turn_udp, turn_tcp, shutdown).await) });
     } else {
         ctx.health.set(Component::Turn, Status::Disabled);
         tracing::info!("embedded STUN/TURN disabled (turn.enabled = false)");
+    }
+
+    tokio::spawn(crate::systemd::watchdog(shutdown.clone()));
+    let mut status = format!("web on http://{}", ctx.http_addr);
+    if ctx.config.turn.enabled {
+        let list = |v: &[SocketAddr]| v.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(" ");
+        status.push_str(&format!("; STUN/TURN udp {} tcp {}", list(&ctx.turn_udp_addrs), list(&ctx.turn_tcp_addrs)));
+    }
+    crate::systemd::ready(&status);
+    {
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            shutdown.cancelled().await;
+            crate::systemd::stopping();
+        });
     }
 
     let mut failure: Option<anyhow::Error> = None;
@@ -218,11 +374,11 @@ pub async fn run_with_context(ctx: Arc<Context>, listeners: Listeners, shutdown:
         shutdown.cancel();
         break;
     }
-    if !tasks.is_empty() {
-        if tokio::time::timeout(DRAIN, async { while tasks.join_next().await.is_some() {} }).await.is_err() {
-            tracing::warn!("some tasks did not stop within {}s", DRAIN.as_secs());
-            tasks.abort_all();
-        }
+    if !tasks.is_empty()
+        && tokio::time::timeout(DRAIN, async { while tasks.join_next().await.is_some() {} }).await.is_err()
+    {
+        tracing::warn!("some tasks did not stop within {}s", DRAIN.as_secs());
+        tasks.abort_all();
     }
     match failure {
         Some(e) => Err(e),
