@@ -951,3 +951,53 @@ async fn client_that_stops_reading_is_disconnected_not_buffered() {
     drop(b);
     srv.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn reload_applies_limits_origins_and_ice_to_new_connections() {
+    let srv = TestServer::start(test_config()).await;
+    let mut old = client(&srv).await;
+    assert_eq!(open_with(&srv, &[("origin", "https://friend.example")]).await.err(), Some(403));
+
+    let mut new_cfg = (*srv.ctx.live()).clone();
+    new_cfg.signaling.messages_per_sec = 7;
+    new_cfg.signaling.connect_requests_per_min = 3;
+    new_cfg.turn.credential_ttl_secs = 300;
+    new_cfg.http.allowed_origins = vec!["https://friend.example".into()];
+    new_cfg.signaling.ice_servers =
+        vec![IceServerConfig { urls: vec!["stun:extra.example.org".into()], username: None, credential: None, secret: None }];
+    let report = srv.ctx.reload(new_cfg);
+    assert!(report.applied.contains(&"signaling.messages_per_sec"), "{report:?}");
+
+    let ws = open_with(&srv, &[("origin", "https://friend.example")]).await.expect("origin allowed after reload");
+    let c = hello(ws, None).await;
+    assert_eq!(c.welcome["limits"]["messages_per_sec"], 7);
+    assert_eq!(c.welcome["limits"]["connect_requests_per_min"], 3);
+    let ice = c.welcome["ice_servers"].as_array().unwrap();
+    assert_eq!(ice.last().unwrap(), &json!({"urls": ["stun:extra.example.org"]}));
+    check_rest_credential(&ice[1], "test-secret-0123456789abcdef", &c.id, 300);
+    // An existing connection keeps its limits but fresh credentials follow the new TTL.
+    send(&mut old.ws, json!({"type": "refresh_ice"})).await;
+    let r = expect(&mut old.ws, "ice_servers").await;
+    check_rest_credential(&r["ice_servers"][1], "test-secret-0123456789abcdef", &old.id, 300);
+    srv.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn metrics_count_connections_relays_errors_and_refusals() {
+    let srv = TestServer::start(test_config()).await;
+    let (mut a, mut b) = paired(&srv).await;
+    send(&mut a.ws, json!({"type": "signal", "to": b.id, "data": 1})).await;
+    expect(&mut b.ws, "signal").await;
+    ws_text(&mut a.ws, "nope").await;
+    expect_error(&mut a.ws, "bad_json").await;
+    assert_eq!(open_with(&srv, &[("origin", "http://evil.example")]).await.err(), Some(403));
+    let m = srv.scrape().await;
+    let v = |s: &str| ponte::metrics::value_of(&m, s).unwrap_or_else(|| panic!("no series {s} in {m:?}"));
+    assert_eq!(v("ponte_signaling_connections"), 2.0);
+    assert_eq!(v("ponte_signaling_sessions"), 2.0);
+    assert_eq!(v("ponte_signaling_relayed_total"), 1.0);
+    assert_eq!(v("ponte_signaling_errors_total{code=\"bad_json\"}"), 1.0);
+    assert_eq!(v("ponte_signaling_upgrades_refused_total{reason=\"origin\"}"), 1.0);
+    assert!(v("ponte_signaling_messages_total") >= 5.0);
+    srv.stop().await.unwrap();
+}

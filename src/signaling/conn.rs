@@ -18,8 +18,10 @@ use tokio_tungstenite::WebSocketStream;
 
 use super::hub::{push, ConnCtl, ConnHandle, HelloOutcome, CLOSE_RESUMED, CLOSE_SLOW};
 use super::ids::Id;
+use crate::config::Config;
 use super::limits::{Slot, TokenBucket};
 use super::protocol::{self, ClientMsg, ErrorCode, ParseError, ServerMsg};
+use super::stats::Stats;
 use super::{ice, Hub};
 
 pub type Ws = WebSocketStream<TokioIo<Upgraded>>;
@@ -39,6 +41,8 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// What the upgrade learnt about the client.
 pub struct ConnInfo {
     pub remote: SocketAddr,
+    /// The live config when the connection was accepted: its limits hold for the connection's lifetime.
+    pub cfg: Arc<Config>,
     /// Host for ponte's own ICE URLs (see `ice::advertised_host`).
     pub ice_host: Option<String>,
 }
@@ -62,12 +66,12 @@ struct Conn {
 
 pub async fn run(hub: Arc<Hub>, mut ws: Ws, info: ConnInfo, slot: Slot) {
     let (tx, mut rx) = mpsc::channel::<Utf8Bytes>(OUTBOX);
-    let max_queued = (4 * hub.ctx.config.signaling.max_message_bytes).max(OUTBOX_BYTES);
+    let max_queued = (4 * info.cfg.signaling.max_message_bytes).max(OUTBOX_BYTES);
     let ctl = ConnCtl::new(hub.stop.child_token(), max_queued);
     let conn_id = hub.next_conn_id();
-    let cfg = &hub.ctx.config.signaling;
-    let mps = cfg.messages_per_sec as f64;
-    let cpm = cfg.connect_requests_per_min as f64;
+    let mps = info.cfg.signaling.messages_per_sec as f64;
+    let cpm = info.cfg.signaling.connect_requests_per_min as f64;
+    let ping_every = Duration::from_secs(info.cfg.signaling.ping_interval_secs);
     let mut c = Conn {
         hub: hub.clone(),
         info,
@@ -78,7 +82,6 @@ pub async fn run(hub: Arc<Hub>, mut ws: Ws, info: ConnInfo, slot: Slot) {
     };
     tracing::debug!(conn = conn_id, remote = %c.info.remote, "WebSocket open");
 
-    let ping_every = Duration::from_secs(cfg.ping_interval_secs);
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut unanswered = 0u32;
@@ -91,7 +94,10 @@ pub async fn run(hub: Arc<Hub>, mut ws: Ws, info: ConnInfo, slot: Slot) {
             _ = ctl.cancel.cancelled() => {
                 break match ctl.close_code.load(Ordering::Relaxed) {
                     CLOSE_RESUMED => End::Close { code: CLOSE_RESUMED, reason: "session resumed elsewhere", flush: true },
-                    CLOSE_SLOW => End::Close { code: CLOSE_SLOW, reason: "too slow: outbox overflow", flush: false },
+                    CLOSE_SLOW => {
+                        Stats::inc(&hub.stats.slow_disconnects);
+                        End::Close { code: CLOSE_SLOW, reason: "too slow: outbox overflow", flush: false }
+                    }
                     _ => End::Close { code: 1001, reason: "server shutting down", flush: true },
                 };
             }
@@ -110,7 +116,7 @@ pub async fn run(hub: Arc<Hub>, mut ws: Ws, info: ConnInfo, slot: Slot) {
                     Some(Ok(m)) => m,
                     Some(Err(WsError::Capacity(CapacityError::MessageTooLong { size, max_size }))) => {
                         tracing::debug!(conn = conn_id, size, max_size, "message too large");
-                        c.reply(protocol::error(ErrorCode::TooLarge, &format!("messages are limited to {max_size} bytes"), None, None));
+                        c.error(ErrorCode::TooLarge, &format!("messages are limited to {max_size} bytes"), None, None);
                         break End::Close { code: 1009, reason: "message too large", flush: true };
                     }
                     Some(Err(e)) => {
@@ -120,10 +126,13 @@ pub async fn run(hub: Arc<Hub>, mut ws: Ws, info: ConnInfo, slot: Slot) {
                 };
                 // Any frame shows the client is alive.
                 unanswered = 0;
+                if matches!(msg, Message::Text(_) | Message::Binary(_)) {
+                    Stats::inc(&hub.stats.messages);
+                }
                 match msg {
                     Message::Text(text) => {
                         if !c.messages.try_take() {
-                            c.reply(protocol::error(ErrorCode::RateLimited, "too many messages; this one was dropped", None, None));
+                            c.error(ErrorCode::RateLimited, "too many messages; this one was dropped", None, None);
                             continue;
                         }
                         if let Some(end) = c.handle_text(&text) {
@@ -132,9 +141,9 @@ pub async fn run(hub: Arc<Hub>, mut ws: Ws, info: ConnInfo, slot: Slot) {
                     }
                     Message::Binary(_) => {
                         if c.messages.try_take() {
-                            c.reply(protocol::error(ErrorCode::BinaryNotSupported, "send JSON in text frames", None, None));
+                            c.error(ErrorCode::BinaryNotSupported, "send JSON in text frames", None, None);
                         } else {
-                            c.reply(protocol::error(ErrorCode::RateLimited, "too many messages; this one was dropped", None, None));
+                            c.error(ErrorCode::RateLimited, "too many messages; this one was dropped", None, None);
                         }
                     }
                     // tungstenite answers pings itself; pongs only count as liveness (above).
@@ -228,26 +237,31 @@ impl Conn {
         push(&self.handle, text);
     }
 
+    fn error(&self, code: ErrorCode, message: &str, ref_: Option<&str>, peer: Option<Id>) {
+        self.hub.stats.error(code);
+        self.reply(protocol::error(code, message, ref_, peer));
+    }
+
     /// Handle one text frame; `Some` ends the connection.
     fn handle_text(&mut self, text: &str) -> Option<End> {
         let msg = match protocol::parse(text) {
             Ok(m) => m,
             Err(ParseError::BadJson) => {
-                self.reply(protocol::error(ErrorCode::BadJson, "each message must be one JSON object", None, None));
+                self.error(ErrorCode::BadJson, "each message must be one JSON object", None, None);
                 return None;
             }
             Err(ParseError::BadMessage { ty, detail }) => {
-                self.reply(protocol::error(ErrorCode::BadMessage, &detail, ty.as_deref(), None));
+                self.error(ErrorCode::BadMessage, &detail, ty.as_deref(), None);
                 return None;
             }
             Err(ParseError::UnknownType(ty)) => {
-                self.reply(protocol::error(ErrorCode::UnknownType, "unknown message type", Some(&ty), None));
+                self.error(ErrorCode::UnknownType, "unknown message type", Some(&ty), None);
                 return None;
             }
         };
         let Some(me) = self.id else {
             let ClientMsg::Hello { v, token } = msg else {
-                self.reply(protocol::error(ErrorCode::HelloRequired, "send hello first", Some(msg.type_name()), None));
+                self.error(ErrorCode::HelloRequired, "send hello first", Some(msg.type_name()), None);
                 return None;
             };
             return self.hello(v, token.as_deref());
@@ -256,18 +270,20 @@ impl Conn {
         let conn_id = self.handle.conn_id;
         match msg {
             ClientMsg::Hello { .. } => {
-                self.reply(protocol::error(ErrorCode::BadMessage, "hello was already sent on this connection", Some("hello"), None));
+                self.error(ErrorCode::BadMessage, "hello was already sent on this connection", Some("hello"), None);
             }
             ClientMsg::RefreshIce => {
+                // The live config, not the connection's snapshot: fresh credentials follow a reloaded TTL.
+                let cfg = hub.ctx.live();
                 let (ice_servers, ice_expires) =
-                    ice::servers_for(&hub.ctx, self.info.ice_host.as_deref(), me, crate::credentials::unix_now());
+                    ice::servers_for(&hub.ctx, &cfg, self.info.ice_host.as_deref(), me, crate::credentials::unix_now());
                 self.reply(ServerMsg::IceServers { ice_servers: &ice_servers, ice_expires }.to_text());
             }
             ClientMsg::Ping { t } => self.reply(ServerMsg::Pong { t }.to_text()),
             ClientMsg::Connect { to } => {
                 // Counted before any lookup: failed attempts are exactly what an ID scan consists of.
                 if !self.connects.try_take() {
-                    self.reply(protocol::error(ErrorCode::TooManyRequests, "too many connect requests; wait a minute", Some("connect"), None));
+                    self.error(ErrorCode::TooManyRequests, "too many connect requests; wait a minute", Some("connect"), None);
                     return None;
                 }
                 let mut st = hub.state.lock();
@@ -295,14 +311,15 @@ impl Conn {
 
     fn hello(&mut self, v: u64, token: Option<&str>) -> Option<End> {
         if v != protocol::VERSION {
-            self.reply(protocol::error(ErrorCode::UnsupportedVersion, "this server speaks protocol version 1", Some("hello"), None));
+            self.error(ErrorCode::UnsupportedVersion, "this server speaks protocol version 1", Some("hello"), None);
             return Some(End::Close { code: 1002, reason: "unsupported protocol version", flush: true });
         }
         let hub = self.hub.clone();
         let host = self.info.ice_host.clone();
         let now_unix = crate::credentials::unix_now();
+        let cfg = self.info.cfg.clone();
         let outcome = hub.state.lock().hello(self.handle.clone(), token, |id| {
-            ice::servers_for(&hub.ctx, host.as_deref(), id, now_unix)
+            ice::servers_for(&hub.ctx, &cfg, host.as_deref(), id, now_unix)
         });
         match outcome {
             HelloOutcome::Welcomed(id) => {

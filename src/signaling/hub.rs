@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::ids::{parse_token, Id, TokenSecret};
 use super::protocol::{self, CancelReason, ErrorCode, IceServer, LeftReason, Limits, ServerMsg};
+use super::stats::Stats;
 
 /// Close code the hub asks a connection to use when it is replaced by a resumed session.
 pub const CLOSE_RESUMED: u16 = 4001;
@@ -104,13 +105,32 @@ enum Timer {
     Grace { id: Id },
 }
 
-/// Settings the state machine needs, copied out of the config once.
+/// Settings the state machine needs, copied out of the (live) config; replaced on reload.
 #[derive(Debug, Clone, Copy)]
 pub struct Settings {
     pub grace: Duration,
     pub request_timeout: Duration,
     pub max_sessions: usize,
     pub limits: Limits,
+}
+
+impl Settings {
+    pub fn from_config(cfg: &crate::config::Config) -> Settings {
+        let s = &cfg.signaling;
+        Settings {
+            grace: Duration::from_secs(s.reconnect_grace_secs),
+            request_timeout: Duration::from_secs(s.request_timeout_secs),
+            // Sessions in their grace period hold an ID but no socket; cap them too, or connect/disconnect
+            // cycles could pile them up. Twice the connection limit leaves room for a full server whose clients
+            // all reconnect at once.
+            max_sessions: s.max_connections.saturating_mul(2),
+            limits: Limits {
+                max_message_bytes: s.max_message_bytes,
+                messages_per_sec: s.messages_per_sec,
+                connect_requests_per_min: s.connect_requests_per_min,
+            },
+        }
+    }
 }
 
 /// What `hello` decided.
@@ -127,6 +147,7 @@ pub struct State {
     /// skipped. Stale entries are bounded by the connect rate limit times the timeout.
     timers: BinaryHeap<Reverse<(Instant, Timer)>>,
     settings: Settings,
+    stats: Arc<Stats>,
 }
 
 fn remove_id(v: &mut Vec<Id>, id: Id) -> bool {
@@ -150,12 +171,17 @@ fn remove_outgoing(v: &mut Vec<(Id, Instant)>, id: Id) -> bool {
 }
 
 impl State {
-    pub fn new(settings: Settings) -> State {
-        State { sessions: HashMap::new(), timers: BinaryHeap::new(), settings }
+    pub fn new(settings: Settings, stats: Arc<Stats>) -> State {
+        State { sessions: HashMap::new(), timers: BinaryHeap::new(), settings, stats }
     }
 
     pub fn session_count(&self) -> usize {
         self.sessions.len()
+    }
+
+    /// Apply reloaded settings: new timers and new sessions use them; running timers keep their deadlines.
+    pub fn set_settings(&mut self, settings: Settings) {
+        self.settings = settings;
     }
 
     /// Send to a client if it is connected (messages to a client in its grace period are dropped; partners
@@ -167,6 +193,7 @@ impl State {
     }
 
     fn err(&self, to: Id, code: ErrorCode, message: &str, ref_: &str, peer: Option<Id>) {
+        self.stats.error(code);
         self.send(to, protocol::error(code, message, Some(ref_), peer));
     }
 
@@ -221,6 +248,7 @@ impl State {
         }
 
         if self.sessions.len() >= self.settings.max_sessions {
+            self.stats.error(ErrorCode::ServerFull);
             push(&conn, protocol::error(ErrorCode::ServerFull, "the server is full; try again later", Some("hello"), None));
             return HelloOutcome::ServerFull;
         }
@@ -437,7 +465,10 @@ impl State {
         let Some(to) = self.paired_peer(me, to_raw, "signal") else { return };
         match self.sessions.get(&to).and_then(|s| s.conn.as_ref()) {
             // The sender's ID is stamped here; whatever `from` the client wrote was never parsed.
-            Some(h) => push(h, protocol::signal(me, data)),
+            Some(h) => {
+                Stats::inc(&self.stats.relayed);
+                push(h, protocol::signal(me, data));
+            }
             None => self.err(me, ErrorCode::PeerAway, "that client is reconnecting; the message was dropped", "signal", Some(to)),
         }
     }
