@@ -1001,3 +1001,32 @@ async fn metrics_count_connections_relays_errors_and_refusals() {
     assert!(v("ponte_signaling_messages_total") >= 5.0);
     srv.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn pairing_accepted_while_requester_away_is_replayed_on_resume() {
+    let mut cfg = test_config();
+    cfg.signaling.reconnect_grace_secs = 30;
+    let srv = TestServer::start(cfg).await;
+    let mut a = client(&srv).await;
+    let mut b = client(&srv).await;
+    send(&mut a.ws, json!({"type": "connect", "to": b.id})).await;
+    expect(&mut a.ws, "request_sent").await;
+    expect(&mut b.ws, "incoming").await;
+    let (a_id, a_token) = (a.id.clone(), a.token.clone());
+    drop(a.ws);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    send(&mut b.ws, json!({"type": "accept", "from": a_id})).await;
+    let p = expect(&mut b.ws, "paired").await;
+    assert_eq!(p["initiator"], false);
+    // A is away, so B learns that right after.
+    assert_eq!(expect(&mut b.ws, "peer_away").await["peer"], a_id);
+
+    let mut a2 = hello(open(&srv).await, Some(&a_token)).await;
+    assert_eq!(a2.welcome["peers"], json!([b.id]));
+    let p = expect(&mut a2.ws, "paired").await;
+    assert_eq!((p["peer"].as_str().unwrap(), p["initiator"].as_bool().unwrap()), (b.id.as_str(), true));
+    // No stale request_sent: the request is no longer pending.
+    assert_silent(&mut a2.ws, Duration::from_millis(200)).await;
+    assert_eq!(expect(&mut b.ws, "peer_back").await["peer"], a_id);
+    srv.stop().await.unwrap();
+}

@@ -97,6 +97,9 @@ struct Session {
     outgoing: Vec<(Id, Instant)>,
     /// Requests sent to me that are still pending.
     incoming: Vec<Id>,
+    /// Partners that accepted my request while I was away: `paired` is replayed to me on resume, since the
+    /// `peers` list alone does not tell a client its role.
+    paired_while_away: Vec<Id>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -211,8 +214,12 @@ impl State {
         token: Option<&str>,
         ice: impl FnOnce(Id) -> (Vec<IceServer>, u64),
     ) -> HelloOutcome {
+        let now = Instant::now();
+        // A grace period that ran out counts as over even if the sweeper has not removed the session yet.
         let claimed = token.and_then(parse_token).filter(|(id, secret)| {
-            self.sessions.get(id).is_some_and(|s| s.secret.matches(secret))
+            self.sessions
+                .get(id)
+                .is_some_and(|s| s.secret.matches(secret) && !s.away_until.is_some_and(|until| until <= now))
         });
         if let Some((id, _)) = claimed {
             let s = self.sessions.get_mut(&id).expect("checked above");
@@ -226,6 +233,7 @@ impl State {
             let peers = s.peers.clone();
             let incoming = s.incoming.clone();
             let outgoing: Vec<Id> = s.outgoing.iter().map(|(p, _)| *p).collect();
+            let paired_while_away = std::mem::take(&mut s.paired_while_away);
             let (ice_servers, ice_expires) = ice(id);
             self.send(id, self.welcome(id, token, true, &ice_servers, ice_expires, peers.clone()));
             // Replay what the client may have missed so it can rebuild its view from this connection alone.
@@ -237,6 +245,10 @@ impl State {
                 if was_away {
                     self.send(*p, ServerMsg::PeerBack { peer: id }.to_text());
                 }
+            }
+            for p in paired_while_away.into_iter().filter(|p| peers.contains(p)) {
+                // Only a requester can be away when its pairing is accepted, so it is the initiator.
+                self.send(id, ServerMsg::Paired { peer: p, initiator: true }.to_text());
             }
             for p in incoming {
                 self.send(id, ServerMsg::Incoming { peer: p }.to_text());
@@ -262,7 +274,15 @@ impl State {
         let token = secret.token_for(id);
         self.sessions.insert(
             id,
-            Session { secret, conn: Some(conn), away_until: None, peers: Vec::new(), outgoing: Vec::new(), incoming: Vec::new() },
+            Session {
+                secret,
+                conn: Some(conn),
+                away_until: None,
+                peers: Vec::new(),
+                outgoing: Vec::new(),
+                incoming: Vec::new(),
+                paired_while_away: Vec::new(),
+            },
         );
         let (ice_servers, ice_expires) = ice(id);
         self.send(id, self.welcome(id, token, false, &ice_servers, ice_expires, Vec::new()));
@@ -439,10 +459,17 @@ impl State {
                 if !s.peers.contains(&b) {
                     s.peers.push(b);
                 }
+                if s.conn.is_none() {
+                    s.paired_while_away.push(b);
+                }
             }
         }
         self.send(from, ServerMsg::Paired { peer: me, initiator: true }.to_text());
         self.send(me, ServerMsg::Paired { peer: from, initiator: false }.to_text());
+        // A new partner that is mid-reconnect: say so now, as if it had dropped after pairing.
+        if self.sessions.get(&from).is_some_and(|s| s.conn.is_none()) {
+            self.send(me, ServerMsg::PeerAway { peer: from }.to_text());
+        }
     }
 
     pub fn decline(&mut self, me: Id, from_raw: &str) {
