@@ -511,3 +511,128 @@ impl State {
         self.send(to, ServerMsg::PeerLeft { peer: me, reason: LeftReason::Bye }.to_text());
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> Settings {
+        Settings {
+            grace: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(5),
+            max_sessions: 100,
+            limits: Limits { max_message_bytes: 65536, messages_per_sec: 50, connect_requests_per_min: 20 },
+        }
+    }
+
+    struct TestConn {
+        handle: ConnHandle,
+        rx: mpsc::Receiver<Utf8Bytes>,
+    }
+
+    fn conn(n: u64) -> TestConn {
+        let (tx, rx) = mpsc::channel(64);
+        TestConn { handle: ConnHandle { conn_id: n, tx, ctl: ConnCtl::new(CancellationToken::new(), 1 << 20) }, rx }
+    }
+
+    impl TestConn {
+        /// Types of everything queued so far.
+        fn drain(&mut self) -> Vec<serde_json::Value> {
+            let mut out = Vec::new();
+            while let Ok(m) = self.rx.try_recv() {
+                out.push(serde_json::from_str(m.as_str()).unwrap());
+            }
+            out
+        }
+        fn types(&mut self) -> Vec<String> {
+            self.drain().iter().map(|v| v["type"].as_str().unwrap().to_string()).collect()
+        }
+    }
+
+    fn join(st: &mut State, c: &TestConn, token: Option<&str>) -> Id {
+        match st.hello(c.handle.clone(), token, |_| (Vec::new(), 0)) {
+            HelloOutcome::Welcomed(id) => id,
+            HelloOutcome::ServerFull => panic!("full"),
+        }
+    }
+
+    #[test]
+    fn stale_request_timer_does_not_expire_a_newer_request() {
+        let mut st = State::new(settings(), Arc::default());
+        let (mut a, mut b) = (conn(1), conn(2));
+        let (ia, ib) = (join(&mut st, &a, None), join(&mut st, &b, None));
+        a.drain();
+        b.drain();
+        let t0 = Instant::now();
+        st.connect(ia, ib.as_str(), t0);
+        st.cancel(ia, ib.as_str());
+        st.connect(ia, ib.as_str(), t0 + Duration::from_secs(3));
+        a.drain();
+        b.drain();
+        // The first request's deadline passes: nothing happens to the second.
+        st.expire(t0 + Duration::from_secs(6));
+        assert!(a.types().is_empty());
+        assert!(b.types().is_empty());
+        st.expire(t0 + Duration::from_secs(8));
+        assert_eq!(a.types(), ["request_timeout"]);
+        assert_eq!(b.types(), ["incoming_cancelled"]);
+    }
+
+    #[test]
+    fn stale_grace_timer_does_not_end_a_resumed_session() {
+        let mut st = State::new(settings(), Arc::default());
+        let mut a = conn(1);
+        let ia = join(&mut st, &a, None);
+        let token = a.drain()[0]["token"].as_str().unwrap().to_string();
+        let t0 = Instant::now();
+        st.disconnected(ia, 1, t0, true);
+        let a2 = conn(2);
+        assert_eq!(join(&mut st, &a2, Some(&token)), ia);
+        // Drops again later: a new grace period, which the first timer must not cut short.
+        st.disconnected(ia, 2, t0 + Duration::from_secs(8), true);
+        st.expire(t0 + Duration::from_secs(11));
+        assert_eq!(st.session_count(), 1);
+        st.expire(t0 + Duration::from_secs(19));
+        assert_eq!(st.session_count(), 0);
+    }
+
+    #[test]
+    fn disconnect_of_a_replaced_connection_is_ignored() {
+        let mut st = State::new(settings(), Arc::default());
+        let (mut a, mut b) = (conn(1), conn(2));
+        let ia = join(&mut st, &a, None);
+        let ib = join(&mut st, &b, None);
+        let token = a.drain()[0]["token"].as_str().unwrap().to_string();
+        st.connect(ia, ib.as_str(), Instant::now());
+        st.accept(ib, ia.as_str());
+        b.drain();
+        let a2 = conn(3);
+        join(&mut st, &a2, Some(&token));
+        assert!(a.handle.ctl.cancel.is_cancelled(), "old connection told to close");
+        assert_eq!(a.handle.ctl.close_code.load(Ordering::Relaxed), CLOSE_RESUMED);
+        // The old task ends and reports; the session stays attached to the new connection.
+        st.disconnected(ia, 1, Instant::now(), true);
+        assert!(st.is_current(ia, 3));
+        assert!(b.types().is_empty(), "partner must not see peer_away for a hand-over");
+    }
+
+    #[test]
+    fn full_outbox_kills_instead_of_growing() {
+        let (tx, _rx) = mpsc::channel(4);
+        let h = ConnHandle { conn_id: 1, tx, ctl: ConnCtl::new(CancellationToken::new(), 1 << 20) };
+        for _ in 0..4 {
+            push(&h, "x".into());
+        }
+        assert!(!h.ctl.cancel.is_cancelled());
+        push(&h, "x".into());
+        assert!(h.ctl.cancel.is_cancelled());
+        assert_eq!(h.ctl.close_code.load(Ordering::Relaxed), CLOSE_SLOW);
+
+        let (tx, _rx) = mpsc::channel(64);
+        let h = ConnHandle { conn_id: 2, tx, ctl: ConnCtl::new(CancellationToken::new(), 100) };
+        push(&h, "y".repeat(60));
+        assert!(!h.ctl.cancel.is_cancelled());
+        push(&h, "y".repeat(60));
+        assert!(h.ctl.cancel.is_cancelled(), "byte budget enforced");
+    }
+}
