@@ -219,7 +219,7 @@ impl State {
         let claimed = token.and_then(parse_token).filter(|(id, secret)| {
             self.sessions
                 .get(id)
-                .is_some_and(|s| s.secret.matches(secret) && !s.away_until.is_some_and(|until| until <= now))
+                .is_some_and(|s| s.secret.matches(secret) && s.away_until.is_none_or(|until| until > now))
         });
         if let Some((id, _)) = claimed {
             let s = self.sessions.get_mut(&id).expect("checked above");
