@@ -919,3 +919,114 @@ async fn hello_must_come_within_ten_seconds_and_non_upgrade_refused() {
     assert!(t0.elapsed() >= Duration::from_secs(9));
     srv.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn client_that_stops_reading_is_disconnected_not_buffered() {
+    let mut cfg = test_config();
+    cfg.signaling.messages_per_sec = 10_000;
+    cfg.signaling.reconnect_grace_secs = 30;
+    let srv = TestServer::start(cfg).await;
+    let (mut a, b) = paired(&srv).await;
+    // B never reads again. A floods it with large signals: the kernel buffers fill, then B's outbox exceeds its
+    // byte budget and the server drops B instead of queueing without bound.
+    let big = "z".repeat(60 * 1024);
+    let msg = json!({"type": "signal", "to": b.id, "data": big}).to_string();
+    let t0 = Instant::now();
+    let mut away = None;
+    for _ in 0..2000 {
+        a.ws.send(Message::text(msg.clone())).await.unwrap();
+        if let Some(v) = recv_within(&mut a.ws, Duration::from_millis(1)).await {
+            away = Some(v);
+            break;
+        }
+    }
+    let v = match away {
+        Some(v) => v,
+        None => recv(&mut a.ws).await,
+    };
+    // Either B was dropped (peer_away) or A's later signals were refused because B is away already.
+    assert!(v["type"] == "peer_away" || (v["type"] == "error" && v["code"] == "peer_away"), "{v}");
+    assert_eq!(v["peer"], b.id);
+    assert!(t0.elapsed() < Duration::from_secs(20));
+    drop(b);
+    srv.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn reload_applies_limits_origins_and_ice_to_new_connections() {
+    let srv = TestServer::start(test_config()).await;
+    let mut old = client(&srv).await;
+    assert_eq!(open_with(&srv, &[("origin", "https://friend.example")]).await.err(), Some(403));
+
+    let mut new_cfg = (*srv.ctx.live()).clone();
+    new_cfg.signaling.messages_per_sec = 7;
+    new_cfg.signaling.connect_requests_per_min = 3;
+    new_cfg.turn.credential_ttl_secs = 300;
+    new_cfg.http.allowed_origins = vec!["https://friend.example".into()];
+    new_cfg.signaling.ice_servers =
+        vec![IceServerConfig { urls: vec!["stun:extra.example.org".into()], username: None, credential: None, secret: None }];
+    let report = srv.ctx.reload(new_cfg);
+    assert!(report.applied.contains(&"signaling.messages_per_sec"), "{report:?}");
+
+    let ws = open_with(&srv, &[("origin", "https://friend.example")]).await.expect("origin allowed after reload");
+    let c = hello(ws, None).await;
+    assert_eq!(c.welcome["limits"]["messages_per_sec"], 7);
+    assert_eq!(c.welcome["limits"]["connect_requests_per_min"], 3);
+    let ice = c.welcome["ice_servers"].as_array().unwrap();
+    assert_eq!(ice.last().unwrap(), &json!({"urls": ["stun:extra.example.org"]}));
+    check_rest_credential(&ice[1], "test-secret-0123456789abcdef", &c.id, 300);
+    // An existing connection keeps its limits but fresh credentials follow the new TTL.
+    send(&mut old.ws, json!({"type": "refresh_ice"})).await;
+    let r = expect(&mut old.ws, "ice_servers").await;
+    check_rest_credential(&r["ice_servers"][1], "test-secret-0123456789abcdef", &old.id, 300);
+    srv.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn metrics_count_connections_relays_errors_and_refusals() {
+    let srv = TestServer::start(test_config()).await;
+    let (mut a, mut b) = paired(&srv).await;
+    send(&mut a.ws, json!({"type": "signal", "to": b.id, "data": 1})).await;
+    expect(&mut b.ws, "signal").await;
+    ws_text(&mut a.ws, "nope").await;
+    expect_error(&mut a.ws, "bad_json").await;
+    assert_eq!(open_with(&srv, &[("origin", "http://evil.example")]).await.err(), Some(403));
+    let m = srv.scrape().await;
+    let v = |s: &str| ponte::metrics::value_of(&m, s).unwrap_or_else(|| panic!("no series {s} in {m:?}"));
+    assert_eq!(v("ponte_signaling_connections"), 2.0);
+    assert_eq!(v("ponte_signaling_sessions"), 2.0);
+    assert_eq!(v("ponte_signaling_relayed_total"), 1.0);
+    assert_eq!(v("ponte_signaling_errors_total{code=\"bad_json\"}"), 1.0);
+    assert_eq!(v("ponte_signaling_upgrades_refused_total{reason=\"origin\"}"), 1.0);
+    assert!(v("ponte_signaling_messages_total") >= 5.0);
+    srv.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn pairing_accepted_while_requester_away_is_replayed_on_resume() {
+    let mut cfg = test_config();
+    cfg.signaling.reconnect_grace_secs = 30;
+    let srv = TestServer::start(cfg).await;
+    let mut a = client(&srv).await;
+    let mut b = client(&srv).await;
+    send(&mut a.ws, json!({"type": "connect", "to": b.id})).await;
+    expect(&mut a.ws, "request_sent").await;
+    expect(&mut b.ws, "incoming").await;
+    let (a_id, a_token) = (a.id.clone(), a.token.clone());
+    drop(a.ws);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    send(&mut b.ws, json!({"type": "accept", "from": a_id})).await;
+    let p = expect(&mut b.ws, "paired").await;
+    assert_eq!(p["initiator"], false);
+    // A is away, so B learns that right after.
+    assert_eq!(expect(&mut b.ws, "peer_away").await["peer"], a_id);
+
+    let mut a2 = hello(open(&srv).await, Some(&a_token)).await;
+    assert_eq!(a2.welcome["peers"], json!([b.id]));
+    let p = expect(&mut a2.ws, "paired").await;
+    assert_eq!((p["peer"].as_str().unwrap(), p["initiator"].as_bool().unwrap()), (b.id.as_str(), true));
+    // No stale request_sent: the request is no longer pending.
+    assert_silent(&mut a2.ws, Duration::from_millis(200)).await;
+    assert_eq!(expect(&mut b.ws, "peer_back").await["peer"], a_id);
+    srv.stop().await.unwrap();
+}
