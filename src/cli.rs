@@ -88,7 +88,10 @@ fn run_daemon(file: Option<&Path>) -> ExitCode {
     crate::logging::init(&config.log);
     match file {
         Some(f) => tracing::info!(version = env!("CARGO_PKG_VERSION"), config = %f.display(), "ponte starting"),
-        None => tracing::info!(version = env!("CARGO_PKG_VERSION"), "ponte starting with embedded defaults (no config file)"),
+        None => tracing::info!(
+            version = env!("CARGO_PKG_VERSION"),
+            "ponte starting with embedded defaults (no config file)"
+        ),
     }
 
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("ponte").build() {

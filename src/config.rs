@@ -58,6 +58,7 @@ pub struct Config {
     pub http: HttpConfig,
     pub turn: TurnConfig,
     pub signaling: SignalingConfig,
+    pub metrics: MetricsConfig,
     pub log: LogConfig,
 }
 
@@ -230,6 +231,21 @@ impl Default for SignalingConfig {
     }
 }
 
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Serve Prometheus metrics at `/metrics` on `listen`.
+    pub enabled: bool,
+    /// Address of the metrics listener. Keep it on loopback (or a management network): metrics reveal usage.
+    pub listen: SocketAddr,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig { enabled: true, listen: "127.0.0.1:9477".parse().unwrap() }
+    }
+}
+
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
@@ -295,17 +311,15 @@ impl ConfigError {
 impl Config {
     /// Parse and validate a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
         Config::parse(&text, path)
     }
 
     /// Parse and validate config text; `path` is only used in messages.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: path.to_owned(),
-            message: describe_toml_error(&e, text),
-        })?;
+        let config: Config = toml::from_str(text)
+            .map_err(|e| ConfigError::Parse { path: path.to_owned(), message: describe_toml_error(&e, text) })?;
         let problems = config.validate();
         if problems.is_empty() {
             Ok(config)
@@ -329,7 +343,10 @@ impl Config {
         }
         if let Some(url) = &self.http.public_url {
             if parse_origin(url).is_none() {
-                bad("http.public_url", format!("{url:?} is not an http:// or https:// URL; write it like \"https://chat.example.org\""));
+                bad(
+                    "http.public_url",
+                    format!("{url:?} is not an http:// or https:// URL; write it like \"https://chat.example.org\""),
+                );
             }
         }
         for (i, o) in self.http.allowed_origins.iter().enumerate() {
@@ -359,7 +376,10 @@ impl Config {
         }
         if let Some(s) = &t.secret {
             if s.expose().len() < 16 {
-                bad("turn.secret", "is shorter than 16 characters; use a long random string (e.g. `openssl rand -hex 32`)".into());
+                bad(
+                    "turn.secret",
+                    "is shorter than 16 characters; use a long random string (e.g. `openssl rand -hex 32`)".into(),
+                );
             }
         }
         if let Some(f) = &t.secret_file {
@@ -375,11 +395,17 @@ impl Config {
             bad("turn.realm", "must be 1 to 127 characters (RFC 8489 §14.9)".into());
         }
         if !(60..=7 * 86_400).contains(&t.credential_ttl_secs) {
-            bad("turn.credential_ttl_secs", format!("{} is out of range; use 60 to 604800 seconds (default 86400)", t.credential_ttl_secs));
+            bad(
+                "turn.credential_ttl_secs",
+                format!("{} is out of range; use 60 to 604800 seconds (default 86400)", t.credential_ttl_secs),
+            );
         }
         for (i, u) in t.users.iter().enumerate() {
             if u.username.is_empty() || u.username.contains(':') {
-                bad(&format!("turn.users[{i}].username"), format!("{:?} must be non-empty and contain no ':' (':' marks TURN REST usernames)", u.username));
+                bad(
+                    &format!("turn.users[{i}].username"),
+                    format!("{:?} must be non-empty and contain no ':' (':' marks TURN REST usernames)", u.username),
+                );
             }
             if u.password.is_empty() {
                 bad(&format!("turn.users[{i}].password"), "must not be empty".into());
@@ -400,7 +426,12 @@ impl Config {
                 }
             }
         }
-        for key in ["max_allocations", "max_allocations_per_user", "max_permissions_per_allocation", "max_channels_per_allocation"] {
+        for key in [
+            "max_allocations",
+            "max_allocations_per_user",
+            "max_permissions_per_allocation",
+            "max_channels_per_allocation",
+        ] {
             let v = match key {
                 "max_allocations" => t.max_allocations,
                 "max_allocations_per_user" => t.max_allocations_per_user,
@@ -417,7 +448,10 @@ impl Config {
 
         let s = &self.signaling;
         if s.max_message_bytes < 1024 || s.max_message_bytes > 16 * 1024 * 1024 {
-            bad("signaling.max_message_bytes", format!("{} is out of range; use 1024 to 16777216 (SDP offers need a few KiB)", s.max_message_bytes));
+            bad(
+                "signaling.max_message_bytes",
+                format!("{} is out of range; use 1024 to 16777216 (SDP offers need a few KiB)", s.max_message_bytes),
+            );
         }
         for (key, v) in [
             ("signaling.messages_per_sec", s.messages_per_sec as u64),
@@ -431,23 +465,52 @@ impl Config {
             }
         }
         if !(5..=300).contains(&s.ping_interval_secs) {
-            bad("signaling.ping_interval_secs", format!("{} is out of range; use 5 to 300 seconds", s.ping_interval_secs));
+            bad(
+                "signaling.ping_interval_secs",
+                format!("{} is out of range; use 5 to 300 seconds", s.ping_interval_secs),
+            );
         }
         for (i, ice) in s.ice_servers.iter().enumerate() {
             if ice.urls.is_empty() {
-                bad(&format!("signaling.ice_servers[{i}].urls"), "needs at least one stun:, turn: or turns: URL".into());
+                bad(
+                    &format!("signaling.ice_servers[{i}].urls"),
+                    "needs at least one stun:, turn: or turns: URL".into(),
+                );
             }
             for (j, u) in ice.urls.iter().enumerate() {
-                if !(u.starts_with("stun:") || u.starts_with("stuns:") || u.starts_with("turn:") || u.starts_with("turns:")) {
-                    bad(&format!("signaling.ice_servers[{i}].urls[{j}]"), format!("{u:?} must start with stun:, stuns:, turn: or turns:"));
+                if !(u.starts_with("stun:")
+                    || u.starts_with("stuns:")
+                    || u.starts_with("turn:")
+                    || u.starts_with("turns:"))
+                {
+                    bad(
+                        &format!("signaling.ice_servers[{i}].urls[{j}]"),
+                        format!("{u:?} must start with stun:, stuns:, turn: or turns:"),
+                    );
                 }
             }
             if ice.secret.is_some() && (ice.username.is_some() || ice.credential.is_some()) {
-                bad(&format!("signaling.ice_servers[{i}].secret"), "use either secret (TURN REST) or username + credential, not both".into());
+                bad(
+                    &format!("signaling.ice_servers[{i}].secret"),
+                    "use either secret (TURN REST) or username + credential, not both".into(),
+                );
             }
             if ice.username.is_some() != ice.credential.is_some() {
-                bad(&format!("signaling.ice_servers[{i}].username"), "username and credential go together; set both or neither".into());
+                bad(
+                    &format!("signaling.ice_servers[{i}].username"),
+                    "username and credential go together; set both or neither".into(),
+                );
             }
+        }
+
+        if self.metrics.enabled && self.http.listen == self.metrics.listen && self.http.listen.port() != 0 {
+            bad(
+                "metrics.listen",
+                format!(
+                    "{} is also http.listen; give metrics its own port (default 127.0.0.1:9477)",
+                    self.metrics.listen
+                ),
+            );
         }
 
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
@@ -481,7 +544,11 @@ fn describe_toml_error(e: &toml::de::Error, text: &str) -> String {
         let line = before.matches('\n').count() + 1;
         let col = before.rsplit('\n').next().map(|l| l.chars().count()).unwrap_or(0) + 1;
         let key = enclosing_key(text, span.start);
-        if let Some(key) = key {
+        let value =
+            text.get(span.clone()).map(str::trim).filter(|v| !v.is_empty() && v.len() <= 80 && !v.contains('\n'));
+        if let (Some(key), Some(value)) = (&key, value.filter(|_| !msg.contains("unknown field"))) {
+            msg = format!("line {line}, column {col}: {key} = {value}: {msg}{}", value_hint(key, &msg));
+        } else if let Some(key) = key {
             msg = format!("line {line}, column {col}: {key}: {msg}");
         } else {
             msg = format!("line {line}, column {col}: {msg}");
@@ -491,6 +558,19 @@ fn describe_toml_error(e: &toml::de::Error, text: &str) -> String {
         msg.push_str(" (remove or rename the key; see config.example.toml for every key)");
     }
     msg
+}
+
+/// How to write a value whose syntax serde rejected.
+fn value_hint(key: &str, msg: &str) -> &'static str {
+    if key.ends_with("_peers") || key.ends_with("trusted_proxies") {
+        "; write a network in CIDR form, like \"192.168.1.0/24\" or \"2001:db8::/32\""
+    } else if msg.contains("socket address") {
+        "; write IP:PORT, like \"0.0.0.0:8080\" or \"[::]:8080\""
+    } else if msg.contains("IP address") {
+        "; write an IP address, like \"203.0.113.7\" or \"2001:db8::1\""
+    } else {
+        ""
+    }
 }
 
 /// Best-effort full key path (`section.key`) for the byte offset of an error, from the nearest `[section]`
@@ -560,8 +640,9 @@ mod tests {
 
     #[test]
     fn all_problems_reported_at_once() {
-        let e = parse("[turn]\nrelay_port_min = 60000\nrelay_port_max = 50000\nrealm = \"\"\n[log]\nlevel = \"loud[\"\n")
-            .unwrap_err();
+        let e =
+            parse("[turn]\nrelay_port_min = 60000\nrelay_port_max = 50000\nrealm = \"\"\n[log]\nlevel = \"loud[\"\n")
+                .unwrap_err();
         let keys: Vec<_> = match &e {
             ConfigError::Invalid { problems, .. } => problems.iter().map(|p| p.key.clone()).collect(),
             _ => panic!("{e}"),

@@ -6,8 +6,10 @@ pub mod credentials;
 pub mod health;
 pub mod http;
 pub mod logging;
+pub mod metrics;
 pub mod server;
 pub mod signaling;
+pub mod systemd;
 pub mod turn;
 
 pub use server::{run, Context, Listeners};

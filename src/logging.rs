@@ -17,9 +17,7 @@ pub fn init(cfg: &LogConfig) {
     let under_journald = std::env::var_os("JOURNAL_STREAM").is_some();
     let _ = match cfg.format {
         LogFormat::Json => builder.json().with_current_span(false).try_init(),
-        LogFormat::Text if under_journald => {
-            builder.with_ansi(false).without_time().with_target(true).try_init()
-        }
+        LogFormat::Text if under_journald => builder.with_ansi(false).without_time().with_target(true).try_init(),
         LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).try_init(),
     };
 }

@@ -22,6 +22,8 @@ const DRAIN: Duration = Duration::from_secs(4);
 #[derive(Debug)]
 pub struct Listeners {
     pub http: TcpListener,
+    /// `/metrics`, when `metrics.enabled`.
+    pub metrics: Option<TcpListener>,
     pub turn_udp: Vec<UdpSocket>,
     pub turn_tcp: Vec<TcpListener>,
 }
@@ -45,7 +47,9 @@ impl BindError {
             std::io::ErrorKind::PermissionDenied => {
                 " — ports below 1024 need CAP_NET_BIND_SERVICE (the systemd unit grants it) or a higher port"
             }
-            std::io::ErrorKind::AddrNotAvailable => " — this host has no such address; use one of its interface addresses or 0.0.0.0",
+            std::io::ErrorKind::AddrNotAvailable => {
+                " — this host has no such address; use one of its interface addresses or 0.0.0.0"
+            }
             _ => "",
         };
         BindError { key, addr, source, hint }
@@ -55,7 +59,15 @@ impl BindError {
 impl Listeners {
     /// Bind every listener the config asks for.
     pub fn bind(config: &Config) -> Result<Listeners, BindError> {
-        let http = bind_tcp(config.http.listen).map_err(|e| BindError::new("http.listen".into(), config.http.listen, e))?;
+        let http =
+            bind_tcp(config.http.listen).map_err(|e| BindError::new("http.listen".into(), config.http.listen, e))?;
+        let metrics = match config.metrics.enabled {
+            true => Some(
+                bind_tcp(config.metrics.listen)
+                    .map_err(|e| BindError::new("metrics.listen".into(), config.metrics.listen, e))?,
+            ),
+            false => None,
+        };
         let mut turn_udp = Vec::new();
         let mut turn_tcp = Vec::new();
         if config.turn.enabled {
@@ -66,11 +78,14 @@ impl Listeners {
                 turn_tcp.push(bind_tcp(*a).map_err(|e| BindError::new(format!("turn.listen_tcp[{i}]"), *a, e))?);
             }
         }
-        Ok(Listeners { http, turn_udp, turn_tcp })
+        Ok(Listeners { http, metrics, turn_udp, turn_tcp })
     }
 
     pub fn http_addr(&self) -> SocketAddr {
         self.http.local_addr().expect("bound socket has an address")
+    }
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().and_then(|l| l.local_addr().ok())
     }
     pub fn turn_udp_addrs(&self) -> Vec<SocketAddr> {
         self.turn_udp.iter().filter_map(|s| s.local_addr().ok()).collect()
@@ -118,6 +133,8 @@ pub struct Context {
     /// Every secret the TURN server accepts (`turn_secret` first, then `turn.accept_secrets`).
     pub turn_secrets: Vec<Secret>,
     pub health: Health,
+    /// Counters of every component, rendered at `/metrics`.
+    pub metrics: crate::metrics::Metrics,
     /// Where HTTP actually listens (port 0 resolved).
     pub http_addr: SocketAddr,
     /// Where STUN/TURN actually listens (port 0 resolved); empty when TURN is disabled.
@@ -134,7 +151,11 @@ impl Context {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("turn.secret_file: cannot read {}", path.display()))?;
             let first = text.lines().next().map(str::trim).unwrap_or("");
-            anyhow::ensure!(!first.is_empty(), "turn.secret_file: {} is empty; write the secret on its first line", path.display());
+            anyhow::ensure!(
+                !first.is_empty(),
+                "turn.secret_file: {} is empty; write the secret on its first line",
+                path.display()
+            );
             Secret::new(first)
         } else {
             if config.turn.enabled {
@@ -151,6 +172,7 @@ impl Context {
             turn_secret,
             turn_secrets,
             health: Health::default(),
+            metrics: crate::metrics::Metrics::new(),
             http_addr: listeners.http_addr(),
             turn_udp_addrs: listeners.turn_udp_addrs(),
             turn_tcp_addrs: listeners.turn_tcp_addrs(),
@@ -169,8 +191,12 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationTok
 }
 
 /// Like [`run`], with a context the caller built (tests use it to read the generated secret).
-pub async fn run_with_context(ctx: Arc<Context>, listeners: Listeners, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let Listeners { http, turn_udp, turn_tcp } = listeners;
+pub async fn run_with_context(
+    ctx: Arc<Context>,
+    listeners: Listeners,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let Listeners { http, metrics, turn_udp, turn_tcp } = listeners;
     let mut tasks: JoinSet<TaskResult> = JoinSet::new();
 
     let hub = crate::signaling::Hub::new(ctx.clone());
@@ -182,12 +208,31 @@ pub async fn run_with_context(ctx: Arc<Context>, listeners: Listeners, shutdown:
         let (ctx, hub, shutdown) = (ctx.clone(), hub.clone(), shutdown.clone());
         tasks.spawn(async move { ("http", crate::http::serve(ctx, hub, http, shutdown).await) });
     }
+    if let Some(listener) = metrics {
+        let (ctx, shutdown) = (ctx.clone(), shutdown.clone());
+        tasks.spawn(async move { ("metrics", crate::http::serve_metrics(ctx, listener, shutdown).await) });
+    }
     if ctx.config.turn.enabled {
         let (ctx, shutdown) = (ctx.clone(), shutdown.clone());
         tasks.spawn(async move { ("turn", crate::turn::serve(ctx, turn_udp, turn_tcp, shutdown).await) });
     } else {
         ctx.health.set(Component::Turn, Status::Disabled);
         tracing::info!("embedded STUN/TURN disabled (turn.enabled = false)");
+    }
+
+    tokio::spawn(crate::systemd::watchdog(shutdown.clone()));
+    let mut status = format!("web on http://{}", ctx.http_addr);
+    if ctx.config.turn.enabled {
+        let list = |v: &[SocketAddr]| v.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(" ");
+        status.push_str(&format!("; STUN/TURN udp {} tcp {}", list(&ctx.turn_udp_addrs), list(&ctx.turn_tcp_addrs)));
+    }
+    crate::systemd::ready(&status);
+    {
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            shutdown.cancelled().await;
+            crate::systemd::stopping();
+        });
     }
 
     let mut failure: Option<anyhow::Error> = None;
@@ -218,11 +263,11 @@ pub async fn run_with_context(ctx: Arc<Context>, listeners: Listeners, shutdown:
         shutdown.cancel();
         break;
     }
-    if !tasks.is_empty() {
-        if tokio::time::timeout(DRAIN, async { while tasks.join_next().await.is_some() {} }).await.is_err() {
-            tracing::warn!("some tasks did not stop within {}s", DRAIN.as_secs());
-            tasks.abort_all();
-        }
+    if !tasks.is_empty()
+        && tokio::time::timeout(DRAIN, async { while tasks.join_next().await.is_some() {} }).await.is_err()
+    {
+        tracing::warn!("some tasks did not stop within {}s", DRAIN.as_secs());
+        tasks.abort_all();
     }
     match failure {
         Some(e) => Err(e),

@@ -28,7 +28,12 @@ pub type Body = Full<Bytes>;
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serve HTTP on `listener` until `shutdown`, then stop accepting and let in-flight requests finish.
-pub async fn serve(ctx: Arc<Context>, hub: Arc<Hub>, listener: std::net::TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn serve(
+    ctx: Arc<Context>,
+    hub: Arc<Hub>,
+    listener: std::net::TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::from_std(listener)?;
     let addr = listener.local_addr()?;
     tracing::info!("HTTP listening on http://{addr} (web client, /healthz, WebSocket signaling at /ws)");
@@ -76,7 +81,13 @@ pub async fn serve(ctx: Arc<Context>, hub: Arc<Hub>, listener: std::net::TcpList
     Ok(())
 }
 
-async fn route(ctx: &Context, hub: &Arc<Hub>, web: &static_files::WebRoot, req: Request<Incoming>, socket_addr: SocketAddr) -> Response<Body> {
+async fn route(
+    ctx: &Context,
+    hub: &Arc<Hub>,
+    web: &static_files::WebRoot,
+    req: Request<Incoming>,
+    socket_addr: SocketAddr,
+) -> Response<Body> {
     let remote = client_addr(ctx, &req, socket_addr);
     let path = req.uri().path();
     let mut resp = match (req.method(), path) {
@@ -98,7 +109,58 @@ async fn route(ctx: &Context, hub: &Arc<Hub>, web: &static_files::WebRoot, req: 
         *resp.body_mut() = Body::default();
     }
     security_headers(&mut resp);
+    ctx.metrics.http.record(resp.status().as_u16());
     resp
+}
+
+/// Serve `GET /metrics` (Prometheus text format) on its own listener until `shutdown`.
+pub async fn serve_metrics(
+    ctx: Arc<Context>,
+    listener: std::net::TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::from_std(listener)?;
+    tracing::info!("metrics listening on http://{}/metrics", listener.local_addr()?);
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder.timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
+    loop {
+        let (stream, _) = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!("metrics accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let ctx = ctx.clone();
+        let service = service_fn(move |req: Request<Incoming>| {
+            let ctx = ctx.clone();
+            async move {
+                let resp = if req.uri().path() == "/metrics" && req.method() == Method::GET {
+                    let mut r = Response::new(Body::new(Bytes::from(ctx.metrics.render())));
+                    r.headers_mut().insert(
+                        header::CONTENT_TYPE,
+                        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+                    );
+                    r
+                } else {
+                    text_response(StatusCode::NOT_FOUND, "metrics are at /metrics\n")
+                };
+                Ok::<_, Infallible>(resp)
+            }
+        });
+        let conn = builder.serve_connection(TokioIo::new(stream), service);
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = conn => {}
+                _ = shutdown.cancelled() => {}
+            }
+        });
+    }
 }
 
 /// The client's address: the socket's, or the last untrusted hop of `X-Forwarded-For` when the socket

@@ -18,7 +18,9 @@ struct Assets;
 
 /// Where files come from.
 pub enum WebRoot {
-    Embedded { gzip_cache: Mutex<HashMap<String, Bytes>> },
+    Embedded {
+        gzip_cache: Mutex<HashMap<String, Bytes>>,
+    },
     /// Canonical directory; every served file must canonicalise to a path inside it.
     Disk(PathBuf),
 }

@@ -9,7 +9,12 @@ use crate::health::{Component, Status};
 use crate::server::Context;
 
 /// Serve STUN/TURN on the given sockets until `shutdown`.
-pub async fn serve(ctx: Arc<Context>, udp: Vec<UdpSocket>, tcp: Vec<TcpListener>, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn serve(
+    ctx: Arc<Context>,
+    udp: Vec<UdpSocket>,
+    tcp: Vec<TcpListener>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     for s in &udp {
         tracing::info!("STUN/TURN listening on udp://{}", s.local_addr()?);
     }

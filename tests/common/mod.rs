@@ -17,6 +17,7 @@ pub fn test_config() -> Config {
     c.turn.listen_tcp = vec!["127.0.0.1:0".parse().unwrap()];
     c.turn.secret = Some(Secret::new("test-secret-0123456789abcdef"));
     c.turn.relay_ip = Some("127.0.0.1".parse().unwrap());
+    c.metrics.listen = "127.0.0.1:0".parse().unwrap();
     c
 }
 
@@ -25,6 +26,7 @@ pub struct TestServer {
     pub http: SocketAddr,
     pub turn_udp: Vec<SocketAddr>,
     pub turn_tcp: Vec<SocketAddr>,
+    pub metrics: Option<SocketAddr>,
     pub shutdown: CancellationToken,
     pub handle: JoinHandle<anyhow::Result<()>>,
 }
@@ -36,11 +38,13 @@ impl TestServer {
         let problems = config.validate();
         assert!(problems.is_empty(), "test config invalid: {problems:?}");
         let listeners = Listeners::bind(&config).expect("bind test listeners");
-        let (http, turn_udp, turn_tcp) = (listeners.http_addr(), listeners.turn_udp_addrs(), listeners.turn_tcp_addrs());
+        let (http, turn_udp, turn_tcp) =
+            (listeners.http_addr(), listeners.turn_udp_addrs(), listeners.turn_tcp_addrs());
+        let metrics = listeners.metrics_addr();
         let ctx = Arc::new(Context::new(config, &listeners).expect("context"));
         let shutdown = CancellationToken::new();
         let handle = tokio::spawn(ponte::server::run_with_context(ctx.clone(), listeners, shutdown.clone()));
-        TestServer { ctx, http, turn_udp, turn_tcp, shutdown, handle }
+        TestServer { ctx, http, turn_udp, turn_tcp, metrics, shutdown, handle }
     }
 
     pub async fn start_default() -> TestServer {
@@ -49,6 +53,13 @@ impl TestServer {
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.http, path)
+    }
+
+    /// Scrape `/metrics` and parse it into (series, value) pairs.
+    pub async fn scrape(&self) -> Vec<(String, f64)> {
+        let (status, _, body) = http_get(self.metrics.expect("metrics enabled"), "/metrics", &[]).await;
+        assert_eq!(status, 200);
+        ponte::metrics::parse_text(&String::from_utf8(body).unwrap())
     }
 
     pub fn ws_url(&self) -> String {
@@ -99,7 +110,11 @@ pub fn require_tool(name: &str) -> bool {
 }
 
 /// A tiny HTTP/1.1 client for tests: returns (status, headers lowercased, body).
-pub async fn http_get(addr: SocketAddr, path: &str, extra_headers: &[(&str, &str)]) -> (u16, Vec<(String, String)>, Vec<u8>) {
+pub async fn http_get(
+    addr: SocketAddr,
+    path: &str,
+    extra_headers: &[(&str, &str)],
+) -> (u16, Vec<(String, String)>, Vec<u8>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
     let mut req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
@@ -109,7 +124,10 @@ pub async fn http_get(addr: SocketAddr, path: &str, extra_headers: &[(&str, &str
     req.push_str("\r\n");
     s.write_all(req.as_bytes()).await.unwrap();
     let mut buf = Vec::new();
-    tokio::time::timeout(std::time::Duration::from_secs(10), s.read_to_end(&mut buf)).await.expect("response in time").unwrap();
+    tokio::time::timeout(std::time::Duration::from_secs(10), s.read_to_end(&mut buf))
+        .await
+        .expect("response in time")
+        .unwrap();
     let split = buf.windows(4).position(|w| w == b"\r\n\r\n").expect("header end");
     let head = String::from_utf8_lossy(&buf[..split]).to_string();
     let mut body = buf[split + 4..].to_vec();
@@ -127,9 +145,10 @@ pub async fn http_get(addr: SocketAddr, path: &str, extra_headers: &[(&str, &str
 
 fn dechunk(mut data: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
-    loop {
-        let Some(eol) = data.windows(2).position(|w| w == b"\r\n") else { break };
-        let size = usize::from_str_radix(std::str::from_utf8(&data[..eol]).unwrap().split(';').next().unwrap().trim(), 16).unwrap();
+    while let Some(eol) = data.windows(2).position(|w| w == b"\r\n") {
+        let size =
+            usize::from_str_radix(std::str::from_utf8(&data[..eol]).unwrap().split(';').next().unwrap().trim(), 16)
+                .unwrap();
         if size == 0 {
             break;
         }
