@@ -1,28 +1,320 @@
-//! Embedded STUN/TURN server (RFC 8489 / RFC 8656). Placeholder until the engine lands.
+//! Embedded STUN/TURN server (RFC 8489 / RFC 8656): wiring of the sans-IO [`core`] to its I/O shells (UDP, TCP, relay sockets), address resolution and metrics.
+//!
+//! Layout: [`codec`] (wire helpers), [`policy`] (peer policy), [`auth`] (credentials, nonces), [`core`]
+//! (the state machine), and the thin shells [`udp`], [`tcp`], [`relay`] that own sockets and carry out the
+//! core's [`Action`](core::Action)s.
 
-use std::net::{TcpListener, UdpSocket};
+pub mod auth;
+pub mod codec;
+pub mod core;
+pub mod policy;
+pub(crate) mod relay;
+pub(crate) mod tcp;
+pub(crate) mod udp;
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
+use dashmap::DashMap;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use self::core::{Action, Core, CoreConfig, Counters, FiveTuple, Transport};
+use crate::config::TurnConfig;
 use crate::health::{Component, Status};
 use crate::server::Context;
 
-/// Serve STUN/TURN on the given sockets until `shutdown`.
-pub async fn serve(
-    ctx: Arc<Context>,
-    udp: Vec<UdpSocket>,
-    tcp: Vec<TcpListener>,
-    shutdown: CancellationToken,
-) -> anyhow::Result<()> {
-    for s in &udp {
-        tracing::info!("STUN/TURN listening on udp://{}", s.local_addr()?);
+pub use self::core::CountersSnapshot;
+
+/// State shared by every shell task: the core plus the socket registries the actions refer to.
+pub(crate) struct Shell {
+    pub core: Core,
+    /// Our UDP listening sockets by local address (responses and relayed data to UDP clients leave from the
+    /// address the client talked to).
+    pub udp: HashMap<SocketAddr, Arc<tokio::net::UdpSocket>>,
+    /// Writers of live TCP (later TLS) client connections.
+    pub streams: DashMap<FiveTuple, mpsc::Sender<bytes::Bytes>>,
+    /// Relay sockets by local address.
+    pub relays: DashMap<SocketAddr, relay::Relay>,
+    pub port_range: (u16, u16),
+    pub shutdown: CancellationToken,
+}
+
+impl Shell {
+    /// Carry out actions. `pkt` is the packet `ToPeer` ranges refer to.
+    pub async fn execute(self: &Arc<Self>, pkt: &[u8], actions: &mut Vec<Action>) {
+        // OpenRelay produces further actions (the Allocate answer), so drain in a loop.
+        while !actions.is_empty() {
+            let mut more = Vec::new();
+            for a in actions.drain(..) {
+                match a {
+                    Action::ToPeer { relay, peer, data } => {
+                        let sock = self.relays.get(&relay).map(|r| r.socket.clone());
+                        if let Some(s) = sock {
+                            send_udp(&s, &pkt[data], peer).await;
+                        }
+                    }
+                    Action::ToClient { to, data } => self.to_client(to, &data).await,
+                    Action::OpenRelay(req) => {
+                        let bound = relay::open(self, &req);
+                        self.core.relay_opened(req, bound, Instant::now(), &mut more);
+                    }
+                    Action::CloseRelay { relay } => {
+                        if let Some((_, r)) = self.relays.remove(&relay) {
+                            r.stop.cancel();
+                        }
+                    }
+                }
+            }
+            *actions = more;
+        }
     }
-    for s in &tcp {
-        tracing::info!("STUN/TURN listening on tcp://{}", s.local_addr()?);
+
+    pub async fn to_client(&self, to: FiveTuple, data: &[u8]) {
+        match to.transport {
+            Transport::Udp => {
+                if let Some(s) = self.udp.get(&to.server) {
+                    send_udp(s, data, to.client).await;
+                }
+            }
+            Transport::Tcp => {
+                let tx = self.streams.get(&to).map(|t| t.clone());
+                if let Some(tx) = tx {
+                    // A full queue means the client does not read: drop rather than stall the relay.
+                    let _ = tx.try_send(bytes::Bytes::copy_from_slice(data));
+                }
+            }
+        }
+    }
+}
+
+/// Send a datagram without waiting in the common case; when the socket buffer is full, wait for room
+/// (backpressure on this one task) instead of silently dropping.
+async fn send_udp(s: &tokio::net::UdpSocket, data: &[u8], to: SocketAddr) {
+    match s.try_send_to(data, to) {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+            let _ = tokio::time::timeout(Duration::from_millis(100), s.send_to(data, to)).await;
+        }
+        Err(e) => tracing::trace!("UDP send to {to} failed: {e}"),
+    }
+}
+
+/// The local addresses relay sockets bind on (one per family): `turn.relay_ip`, else the specific addresses
+/// of the UDP listeners, else the primary interface address, else 127.0.0.1 (with a loud warning).
+pub fn relay_ips(cfg: &TurnConfig, listen: &[SocketAddr]) -> Vec<IpAddr> {
+    if let Some(ip) = cfg.relay_ip {
+        return vec![ip];
+    }
+    let mut out: Vec<IpAddr> = Vec::new();
+    for a in listen.iter().map(|a| policy::canonical(a.ip())) {
+        if !a.is_unspecified() && !out.iter().any(|o| o.is_ipv4() == a.is_ipv4()) {
+            out.push(a);
+        }
+    }
+    if out.is_empty() {
+        if let Some(ip) = primary_ip("198.51.100.1:9") {
+            out.push(ip);
+        }
+        if listen.iter().any(|a| a.is_ipv6()) {
+            if let Some(ip) = primary_ip("[2001:db8::1]:9") {
+                out.push(ip);
+            }
+        }
+    }
+    if out.is_empty() {
+        tracing::warn!(
+            "TURN: cannot find this host's primary address; relay sockets bind on 127.0.0.1 and relaying will only work \
+             on this machine. Set turn.relay_ip to the LAN/public address of this host."
+        );
+        out.push(IpAddr::V4(Ipv4Addr::LOCALHOST));
+    }
+    out
+}
+
+/// The address the routing table would use to reach `probe`: UDP `connect` sends no packet.
+fn primary_ip(probe: &str) -> Option<IpAddr> {
+    let probe: SocketAddr = probe.parse().ok()?;
+    let bind: SocketAddr = if probe.is_ipv4() { "0.0.0.0:0".parse().ok()? } else { "[::]:0".parse().ok()? };
+    let s = UdpSocket::bind(bind).ok()?;
+    s.connect(probe).ok()?;
+    let ip = s.local_addr().ok()?.ip();
+    (!ip.is_unspecified()).then_some(ip)
+}
+
+/// The public address clients reach relays on: `turn.external_ip`, else the (first) relay address. The
+/// signaling side uses the same host in the `turn:` URLs it hands out.
+pub fn public_ip(cfg: &TurnConfig, listen: &[SocketAddr]) -> IpAddr {
+    cfg.external_ip.unwrap_or_else(|| relay_ips(cfg, listen)[0])
+}
+
+fn is_private(ip: IpAddr) -> bool {
+    match policy::canonical(ip) {
+        IpAddr::V4(v4) => v4.is_private() || v4.is_loopback() || v4.is_link_local() || (v4.octets()[0] == 100 && (v4.octets()[1] & 0xC0) == 64),
+        IpAddr::V6(v6) => v6.is_loopback() || (v6.segments()[0] & 0xfe00) == 0xfc00 || (v6.segments()[0] & 0xffc0) == 0xfe80,
+    }
+}
+
+/// Every address of this host's interfaces (for the "never relay to ourselves" rule when listening on a
+/// wildcard address).
+fn interface_ips() -> Vec<IpAddr> {
+    let mut out = Vec::new();
+    // SAFETY: getifaddrs fills a linked list we only read and then free with freeifaddrs.
+    unsafe {
+        let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+        if libc::getifaddrs(&mut head) != 0 {
+            return out;
+        }
+        let mut p = head;
+        while !p.is_null() {
+            let sa = (*p).ifa_addr;
+            if !sa.is_null() {
+                match (*sa).sa_family as i32 {
+                    libc::AF_INET => {
+                        let a = &*(sa as *const libc::sockaddr_in);
+                        out.push(IpAddr::V4(Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr))));
+                    }
+                    libc::AF_INET6 => {
+                        let a = &*(sa as *const libc::sockaddr_in6);
+                        out.push(IpAddr::V6(std::net::Ipv6Addr::from(a.sin6_addr.s6_addr)));
+                    }
+                    _ => {}
+                }
+            }
+            p = (*p).ifa_next;
+        }
+        libc::freeifaddrs(head);
+    }
+    out
+}
+
+/// Exposes the core's counters at `/metrics`.
+struct TurnMetrics(Arc<Counters>);
+
+impl crate::metrics::Source for TurnMetrics {
+    fn collect(&self, out: &mut Vec<crate::metrics::Sample>) {
+        use crate::metrics::Sample;
+        let s = self.0.snapshot();
+        out.push(Sample::gauge("turn_allocations", "Current TURN allocations", s.allocations_active));
+        out.push(Sample::counter("turn_allocations_created", "TURN allocations created", s.allocations_created));
+        out.push(Sample::counter("stun_binding_requests", "STUN Binding requests answered", s.binding_requests));
+        out.push(Sample::counter("turn_relayed_packets", "Packets relayed", s.packets_client_to_peer).label("direction", "client_to_peer"));
+        out.push(Sample::counter("turn_relayed_packets", "Packets relayed", s.packets_peer_to_client).label("direction", "peer_to_client"));
+        out.push(Sample::counter("turn_relayed_bytes", "Payload bytes relayed", s.bytes_client_to_peer).label("direction", "client_to_peer"));
+        out.push(Sample::counter("turn_relayed_bytes", "Payload bytes relayed", s.bytes_peer_to_client).label("direction", "peer_to_client"));
+        out.push(Sample::counter("turn_auth_challenges", "401 challenges to requests without credentials", s.auth_challenges));
+        out.push(Sample::counter("turn_auth_failures", "Requests with wrong, unknown or expired credentials", s.auth_failures));
+        out.push(Sample::counter("turn_challenges_rate_limited", "401/438 answers suppressed by the per-IP limit", s.challenges_rate_limited));
+        out.push(Sample::counter("turn_denied_peers", "Peers refused by the peer policy", s.denied_peers));
+        out.push(Sample::counter("turn_quota_rejections", "Requests refused by a quota", s.quota_rejections));
+        out.push(Sample::counter("turn_dropped_packets", "Packets dropped (garbage, no permission, bandwidth cap)", s.dropped_packets));
+    }
+}
+
+/// Serve STUN/TURN on the given (bound, non-blocking) sockets until `shutdown`. Sets health Turn → Ok once
+/// listening; returns `Err` if a listener fails. Relay sockets are closed on return.
+pub async fn serve(ctx: Arc<Context>, udp: Vec<UdpSocket>, tcp: Vec<TcpListener>, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let cfg = &ctx.config.turn;
+    let listen: Vec<SocketAddr> =
+        udp.iter().filter_map(|s| s.local_addr().ok()).chain(tcp.iter().filter_map(|s| s.local_addr().ok())).collect();
+    let relay_ips = relay_ips(cfg, &listen);
+    for ip in &relay_ips {
+        if is_private(*ip) && cfg.external_ip.is_none() {
+            tracing::warn!(
+                "TURN relay address {ip} is private and turn.external_ip is not set: clients outside this network \
+                 cannot reach the relay. Behind a router, forward UDP {}-{} and 3478 to this host and set \
+                 turn.external_ip to the public address.",
+                cfg.relay_port_min,
+                cfg.relay_port_max
+            );
+        }
+    }
+    let mut own: Vec<IpAddr> = relay_ips.clone();
+    own.extend(listen.iter().map(|a| a.ip()));
+    own.extend(cfg.external_ip);
+    if listen.iter().any(|a| a.ip().is_unspecified()) {
+        own.extend(interface_ips());
+    }
+    let core = Core::new(
+        CoreConfig { turn: cfg.clone(), secrets: ctx.turn_secrets.clone(), relay_ips: relay_ips.clone(), own_ips: own },
+        Instant::now(),
+        crate::credentials::unix_now(),
+    );
+    ctx.metrics.register(Arc::new(TurnMetrics(core.counters().clone())));
+
+    let mut udp_socks = Vec::new();
+    let mut udp_map = HashMap::new();
+    for s in udp {
+        let addr = s.local_addr()?;
+        let s = Arc::new(tokio::net::UdpSocket::from_std(s)?);
+        udp_map.insert(addr, s.clone());
+        udp_socks.push(s);
+    }
+    let shell = Arc::new(Shell {
+        core,
+        udp: udp_map,
+        streams: DashMap::new(),
+        relays: DashMap::new(),
+        port_range: (cfg.relay_port_min, cfg.relay_port_max),
+        shutdown: shutdown.child_token(),
+    });
+
+    let mut tasks: JoinSet<anyhow::Result<()>> = JoinSet::new();
+    for s in udp_socks {
+        tracing::info!("STUN/TURN listening on udp://{}", s.local_addr()?);
+        tasks.spawn(udp::run(shell.clone(), s));
+    }
+    for l in tcp {
+        let l = tokio::net::TcpListener::from_std(l)?;
+        tracing::info!("STUN/TURN listening on tcp://{}", l.local_addr()?);
+        tasks.spawn(tcp::run(shell.clone(), l));
+    }
+    let advertised: Vec<String> = relay_ips.iter().map(|ip| shell.core.advertised(SocketAddr::new(*ip, 0)).ip().to_string()).collect();
+    tracing::info!(
+        "TURN relays bind on {} ports {}-{}, advertised as {}",
+        relay_ips.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(", "),
+        cfg.relay_port_min,
+        cfg.relay_port_max,
+        advertised.join(", ")
+    );
+    {
+        let shell = shell.clone();
+        tasks.spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut actions = Vec::new();
+            loop {
+                tokio::select! {
+                    _ = shell.shutdown.cancelled() => return Ok(()),
+                    _ = tick.tick() => {
+                        shell.core.tick(Instant::now(), &mut actions);
+                        shell.execute(&[], &mut actions).await;
+                    }
+                }
+            }
+        });
     }
     ctx.health.set(Component::Turn, Status::Ok);
-    shutdown.cancelled().await;
-    ctx.health.set(Component::Turn, Status::Stopping);
-    Ok(())
+
+    let result = tokio::select! {
+        _ = shutdown.cancelled() => Ok(()),
+        Some(r) = tasks.join_next() => match r {
+            Ok(Ok(())) => Err(anyhow::anyhow!("a STUN/TURN listener stopped unexpectedly")),
+            Ok(Err(e)) => Err(e),
+            Err(e) => Err(anyhow::anyhow!("a STUN/TURN task panicked: {e}")),
+        },
+    };
+    ctx.health.set(Component::Turn, if result.is_ok() { Status::Stopping } else { Status::Failed });
+    shell.shutdown.cancel();
+    // Close every relay socket now rather than when the last task lets go of it.
+    for r in shell.relays.iter() {
+        r.stop.cancel();
+    }
+    shell.relays.clear();
+    let _ = tokio::time::timeout(Duration::from_secs(2), async { while tasks.join_next().await.is_some() {} }).await;
+    tasks.abort_all();
+    result
 }

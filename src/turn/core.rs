@@ -1,0 +1,902 @@
+//! Sans-IO STUN/TURN state machine (RFC 8489 Binding, RFC 8656 allocations): bytes + 5-tuple + time in, actions out; owns allocations, permissions, channels, quotas and counters.
+//!
+//! No sockets and no clock here: the I/O shells feed packets with `now` and carry out the returned
+//! [`Action`]s, so every method, error path and timer is unit-tested by calling functions.
+//!
+//! Concurrency: the core is shared (`&self`) by every listener and relay task. Allocations live in sharded
+//! `DashMap`s and each allocation's small mutable state sits behind its own `parking_lot` mutex, so the relay
+//! hot paths take one shard read-lock and one uncontended sync lock — never an async lock — and allocate
+//! nothing (payloads are referenced by range, headers are written into the caller's headroom).
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dashmap::DashMap;
+use parking_lot::Mutex;
+use stun::attributes::AttrType;
+use stun::message::{Message, Setter};
+
+use super::auth::{self, Auth, Integrity, KeyError, NonceCheck};
+use super::codec::{self, *};
+use super::policy::{self, Denied, PeerPolicy};
+use crate::config::{Secret, TurnConfig};
+
+pub const DEFAULT_ALLOCATION_LIFETIME: Duration = Duration::from_secs(600);
+pub const MAX_ALLOCATION_LIFETIME: Duration = Duration::from_secs(3600);
+pub const PERMISSION_LIFETIME: Duration = Duration::from_secs(300);
+pub const CHANNEL_LIFETIME: Duration = Duration::from_secs(600);
+/// How long a response is kept for retransmissions of the same transaction (RFC 8489 §6.3.1: 40 s covers
+/// every client retransmission schedule).
+const RESPONSE_CACHE_TTL: Duration = Duration::from_secs(40);
+/// Upper bound on cached responses; past it we stop caching (retransmissions are then re-processed, which is
+/// still correct for everything except the Allocate/Refresh-0 corner cases) rather than grow.
+const RESPONSE_CACHE_MAX: usize = 65_536;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Transport {
+    Udp,
+    Tcp,
+}
+
+/// The client side of an allocation: who sent it, to which of our listening addresses, over what.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FiveTuple {
+    pub client: SocketAddr,
+    pub server: SocketAddr,
+    pub transport: Transport,
+}
+
+/// Instructions for the I/O shell.
+#[derive(Debug)]
+pub enum Action {
+    /// Send a STUN message to a client.
+    ToClient { to: FiveTuple, data: Vec<u8> },
+    /// Send `input[data]` (a range of the packet passed to `handle`) from relay socket `relay` to `peer`.
+    ToPeer { relay: SocketAddr, peer: SocketAddr, data: Range<usize> },
+    /// Bind a relay socket for this request and report back with [`Core::relay_opened`].
+    OpenRelay(RelayRequest),
+    /// Close the relay socket bound at `relay` (allocation deleted or expired).
+    CloseRelay { relay: SocketAddr },
+}
+
+/// An authenticated, admitted Allocate waiting for its relay socket.
+#[derive(Debug)]
+pub struct RelayRequest {
+    pub tuple: FiveTuple,
+    /// Local address to bind (port chosen by the shell within the configured range).
+    pub ip: IpAddr,
+    /// EVEN-PORT (R=0): the relayed port must be even.
+    pub even_port: bool,
+    txid: [u8; 12],
+    username: String,
+    key: [u8; 16],
+    integrity: Integrity,
+    lifetime: Duration,
+    fingerprint: bool,
+}
+
+/// Metrics-ready counters (plain atomics; the exporter reads them with [`Core::counters`]).
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub allocations_active: AtomicU64,
+    pub allocations_created: AtomicU64,
+    pub binding_requests: AtomicU64,
+    pub packets_client_to_peer: AtomicU64,
+    pub bytes_client_to_peer: AtomicU64,
+    pub packets_peer_to_client: AtomicU64,
+    pub bytes_peer_to_client: AtomicU64,
+    /// 401 challenges sent to requests without credentials (the normal first round trip).
+    pub auth_challenges: AtomicU64,
+    /// Requests with wrong, unknown or expired credentials.
+    pub auth_failures: AtomicU64,
+    /// 401/438 answers suppressed by `turn.unauthenticated_rate_per_ip`.
+    pub challenges_rate_limited: AtomicU64,
+    /// Peers refused by the peer policy (403).
+    pub denied_peers: AtomicU64,
+    /// Requests refused by a quota (486/508).
+    pub quota_rejections: AtomicU64,
+    /// Packets dropped: garbage, no permission/channel, bandwidth cap.
+    pub dropped_packets: AtomicU64,
+}
+
+/// A copy of the counters at one moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CountersSnapshot {
+    pub allocations_active: u64,
+    pub allocations_created: u64,
+    pub binding_requests: u64,
+    pub packets_client_to_peer: u64,
+    pub bytes_client_to_peer: u64,
+    pub packets_peer_to_client: u64,
+    pub bytes_peer_to_client: u64,
+    pub auth_challenges: u64,
+    pub auth_failures: u64,
+    pub challenges_rate_limited: u64,
+    pub denied_peers: u64,
+    pub quota_rejections: u64,
+    pub dropped_packets: u64,
+}
+
+impl Counters {
+    pub fn snapshot(&self) -> CountersSnapshot {
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        CountersSnapshot {
+            allocations_active: g(&self.allocations_active),
+            allocations_created: g(&self.allocations_created),
+            binding_requests: g(&self.binding_requests),
+            packets_client_to_peer: g(&self.packets_client_to_peer),
+            bytes_client_to_peer: g(&self.bytes_client_to_peer),
+            packets_peer_to_client: g(&self.packets_peer_to_client),
+            bytes_peer_to_client: g(&self.bytes_peer_to_client),
+            auth_challenges: g(&self.auth_challenges),
+            auth_failures: g(&self.auth_failures),
+            challenges_rate_limited: g(&self.challenges_rate_limited),
+            denied_peers: g(&self.denied_peers),
+            quota_rejections: g(&self.quota_rejections),
+            dropped_packets: g(&self.dropped_packets),
+        }
+    }
+}
+
+fn inc(a: &AtomicU64) {
+    a.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Settings the core needs, settled by the shell at start (addresses resolved).
+#[derive(Debug, Clone)]
+pub struct CoreConfig {
+    pub turn: TurnConfig,
+    pub secrets: Vec<Secret>,
+    /// Local relay addresses, at most one per family.
+    pub relay_ips: Vec<IpAddr>,
+    /// Every address of this server (listeners, relay, external) — denied as peers.
+    pub own_ips: Vec<IpAddr>,
+}
+
+/// Token bucket in bytes for the optional per-allocation bandwidth cap (burst = one second's worth).
+#[derive(Debug)]
+struct Bucket {
+    tokens: u64,
+    last: Instant,
+}
+
+impl Bucket {
+    fn take(&mut self, rate: u64, n: usize, now: Instant) -> bool {
+        if rate == 0 {
+            return true;
+        }
+        let dt = now.saturating_duration_since(self.last);
+        let refill = (rate as u128 * dt.as_nanos() / 1_000_000_000) as u64;
+        if refill > 0 {
+            self.tokens = (self.tokens + refill).min(rate);
+            self.last = now;
+        }
+        if self.tokens >= n as u64 {
+            self.tokens -= n as u64;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[derive(Debug)]
+struct AllocState {
+    expires: Instant,
+    /// Keyed by canonical peer IP (permissions ignore the port, RFC 8656 §9).
+    perms: HashMap<IpAddr, Instant>,
+    channels: HashMap<u16, (SocketAddr, Instant)>,
+    by_peer: HashMap<SocketAddr, u16>,
+    up: Bucket,
+    down: Bucket,
+}
+
+#[derive(Debug)]
+struct Allocation {
+    tuple: FiveTuple,
+    relay: SocketAddr,
+    username: String,
+    st: Mutex<AllocState>,
+}
+
+#[derive(Debug, Default)]
+struct Usage {
+    total: usize,
+    per_user: HashMap<String, usize>,
+}
+
+/// Who passed authentication, and how to sign the answer.
+struct Authed {
+    username: String,
+    key: [u8; 16],
+    integrity: Integrity,
+}
+
+/// The STUN/TURN engine.
+pub struct Core {
+    cfg: TurnConfig,
+    auth: Auth,
+    policy: PeerPolicy,
+    relay_ips: Vec<IpAddr>,
+    allocs: DashMap<FiveTuple, Arc<Allocation>>,
+    by_relay: DashMap<SocketAddr, Arc<Allocation>>,
+    usage: Mutex<Usage>,
+    responses: DashMap<(FiveTuple, [u8; 12]), (Instant, Vec<u8>)>,
+    counters: Arc<Counters>,
+    start: Instant,
+    start_unix: u64,
+}
+
+impl std::fmt::Debug for Core {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Core").field("allocations", &self.allocs.len()).finish()
+    }
+}
+
+/// Attributes we understand in requests; any other comprehension-required one (< 0x8000) gets 420.
+const KNOWN_ATTRS: &[u16] = &[
+    ATTR_USERNAME,
+    ATTR_MESSAGE_INTEGRITY,
+    ATTR_ERROR_CODE,
+    ATTR_UNKNOWN_ATTRIBUTES,
+    ATTR_CHANNEL_NUMBER,
+    ATTR_LIFETIME,
+    ATTR_XOR_PEER_ADDRESS,
+    ATTR_DATA,
+    ATTR_REALM,
+    ATTR_NONCE,
+    ATTR_XOR_RELAYED_ADDRESS,
+    ATTR_REQUESTED_ADDRESS_FAMILY,
+    ATTR_EVEN_PORT,
+    ATTR_REQUESTED_TRANSPORT,
+    ATTR_MESSAGE_INTEGRITY_SHA256,
+    ATTR_XOR_MAPPED_ADDRESS,
+    ATTR_RESERVATION_TOKEN,
+];
+
+impl Core {
+    /// `now`/`now_unix` anchor the monotonic clock the shells pass in to wall-clock time (REST expiry, nonces).
+    pub fn new(cfg: CoreConfig, now: Instant, now_unix: u64) -> Core {
+        let policy = PeerPolicy::new(&cfg.turn.allow_peers, &cfg.turn.deny_peers, &cfg.own_ips);
+        Core {
+            auth: Auth::new(&cfg.turn, &cfg.secrets),
+            policy,
+            relay_ips: cfg.relay_ips,
+            cfg: cfg.turn,
+            allocs: DashMap::new(),
+            by_relay: DashMap::new(),
+            usage: Mutex::new(Usage::default()),
+            responses: DashMap::new(),
+            counters: Arc::default(),
+            start: now,
+            start_unix: now_unix,
+        }
+    }
+
+    pub fn counters(&self) -> &Arc<Counters> {
+        &self.counters
+    }
+
+    pub fn allocation_count(&self) -> usize {
+        self.allocs.len()
+    }
+
+    fn unix(&self, now: Instant) -> u64 {
+        self.start_unix + now.saturating_duration_since(self.start).as_secs()
+    }
+
+    /// The address clients are told for a relay socket bound at `local`: the external IP when configured
+    /// (same family), else the local one.
+    pub fn advertised(&self, local: SocketAddr) -> SocketAddr {
+        match self.cfg.external_ip {
+            Some(ip) if ip.is_ipv4() == local.is_ipv4() => SocketAddr::new(ip, local.port()),
+            _ => local,
+        }
+    }
+
+    /// Process one packet from a client (a UDP datagram or one TCP frame).
+    pub fn handle(&self, pkt: &[u8], from: FiveTuple, now: Instant, out: &mut Vec<Action>) {
+        match codec::classify(pkt) {
+            Kind::ChannelData => self.channel_data(pkt, from, now, out),
+            Kind::Stun => self.stun(pkt, from, now, out),
+            Kind::Garbage => inc(&self.counters.dropped_packets),
+        }
+    }
+
+    // ---------------------------------------------------------------- hot path: client → peer
+
+    fn channel_data(&self, pkt: &[u8], from: FiveTuple, now: Instant, out: &mut Vec<Action>) {
+        let Some((ch, data)) = codec::parse_channel_data(pkt) else {
+            inc(&self.counters.dropped_packets);
+            return;
+        };
+        let Some(a) = self.allocs.get(&from) else {
+            inc(&self.counters.dropped_packets);
+            return;
+        };
+        let mut st = a.st.lock();
+        let peer = match st.channels.get(&ch) {
+            Some((peer, exp)) if *exp > now => *peer,
+            _ => {
+                inc(&self.counters.dropped_packets);
+                return;
+            }
+        };
+        if !st.perms.get(&peer.ip()).is_some_and(|e| *e > now) || !st.up.take(self.cfg.max_bandwidth_per_allocation, data.len(), now) {
+            inc(&self.counters.dropped_packets);
+            return;
+        }
+        drop(st);
+        self.counters.packets_client_to_peer.fetch_add(1, Ordering::Relaxed);
+        self.counters.bytes_client_to_peer.fetch_add(data.len() as u64, Ordering::Relaxed);
+        out.push(Action::ToPeer { relay: a.relay, peer, data });
+    }
+
+    /// Send indication (RFC 8656 §11.2): parsed with the zero-copy attribute walker, no allocation.
+    fn send_indication(&self, pkt: &[u8], from: FiveTuple, now: Instant, out: &mut Vec<Action>) {
+        let drop_it = || inc(&self.counters.dropped_packets);
+        let Some(a) = self.allocs.get(&from) else { return drop_it() };
+        let (mut peer, mut data) = (None, None);
+        for attr in codec::attrs(pkt) {
+            let Ok((t, r)) = attr else { return drop_it() };
+            match t {
+                ATTR_XOR_PEER_ADDRESS if peer.is_none() => peer = codec::decode_xor_addr(&pkt[r], &codec::transaction_id(pkt)),
+                ATTR_DATA if data.is_none() => data = Some(r),
+                _ => {}
+            }
+        }
+        let (Some(peer), Some(data)) = (peer, data) else { return drop_it() };
+        let peer = SocketAddr::new(policy::canonical(peer.ip()), peer.port());
+        if peer.is_ipv4() != a.relay.is_ipv4() {
+            return drop_it();
+        }
+        let mut st = a.st.lock();
+        // A permission exists only for peers that passed the policy when it was installed.
+        if !st.perms.get(&peer.ip()).is_some_and(|e| *e > now) || !st.up.take(self.cfg.max_bandwidth_per_allocation, data.len(), now) {
+            return drop_it();
+        }
+        drop(st);
+        self.counters.packets_client_to_peer.fetch_add(1, Ordering::Relaxed);
+        self.counters.bytes_client_to_peer.fetch_add(data.len() as u64, Ordering::Relaxed);
+        out.push(Action::ToPeer { relay: a.relay, peer, data });
+    }
+
+    // ---------------------------------------------------------------- hot path: peer → client
+
+    /// A datagram arrived on relay socket `relay` from `peer`. The payload is `buf[HEADROOM..HEADROOM+len]`
+    /// and `buf` has [`TAILROOM`] bytes after it. Returns where to send and the frame's range in `buf` (the
+    /// ChannelData or Data-indication header is written in place), or `None` to drop (no permission).
+    pub fn from_peer(&self, relay: SocketAddr, peer: SocketAddr, buf: &mut [u8], len: usize, now: Instant) -> Option<(FiveTuple, Range<usize>)> {
+        let a = self.by_relay.get(&relay)?;
+        let peer = SocketAddr::new(policy::canonical(peer.ip()), peer.port());
+        let mut st = a.st.lock();
+        if !st.perms.get(&peer.ip()).is_some_and(|e| *e > now) || !st.down.take(self.cfg.max_bandwidth_per_allocation, len, now) {
+            drop(st);
+            inc(&self.counters.dropped_packets);
+            return None;
+        }
+        let ch = st.by_peer.get(&peer).copied().filter(|c| st.channels.get(c).is_some_and(|(_, e)| *e > now));
+        drop(st);
+        let tuple = a.tuple;
+        let range = match ch {
+            Some(c) => codec::wrap_channel_data(buf, HEADROOM, len, c, tuple.transport == Transport::Tcp),
+            None => codec::wrap_data_indication(buf, HEADROOM, len, peer, &rand::random()),
+        };
+        self.counters.packets_peer_to_client.fetch_add(1, Ordering::Relaxed);
+        self.counters.bytes_peer_to_client.fetch_add(len as u64, Ordering::Relaxed);
+        Some((tuple, range))
+    }
+
+    // ---------------------------------------------------------------- STUN control path
+
+    fn stun(&self, pkt: &[u8], from: FiveTuple, now: Instant, out: &mut Vec<Action>) {
+        let len = u16::from_be_bytes([pkt[2], pkt[3]]) as usize;
+        if len % 4 != 0 || STUN_HEADER + len > pkt.len() {
+            inc(&self.counters.dropped_packets);
+            return;
+        }
+        let pkt = &pkt[..STUN_HEADER + len];
+        // Validate the attribute layout and FINGERPRINT (must be last and correct, RFC 8489 §14.7) once.
+        let mut fingerprint = false;
+        for a in codec::attrs(pkt) {
+            let Ok((t, r)) = a else {
+                inc(&self.counters.dropped_packets);
+                return;
+            };
+            if t == ATTR_FINGERPRINT {
+                let ok = r.len() == 4
+                    && r.end == pkt.len()
+                    && u32::from_be_bytes(pkt[r.clone()].try_into().expect("4 bytes")) == stun::fingerprint::fingerprint_value(&pkt[..r.start - 4]);
+                if !ok {
+                    inc(&self.counters.dropped_packets);
+                    return;
+                }
+                fingerprint = true;
+            }
+        }
+        let (method, class) = codec::method_and_class(pkt);
+        let txid = codec::transaction_id(pkt);
+        match (class, method) {
+            (1, METHOD_SEND) => self.send_indication(pkt, from, now, out),
+            (1, _) => {} // Binding indications are keepalives; other indications are ignored.
+            (0, _) => {
+                if let Some(cached) = self.responses.get(&(from, txid)) {
+                    // Retransmission: same transaction, same answer (RFC 8489 §6.3.1).
+                    out.push(Action::ToClient { to: from, data: cached.1.clone() });
+                    return;
+                }
+                if method == METHOD_BINDING {
+                    inc(&self.counters.binding_requests);
+                    let mut m = codec::message(METHOD_BINDING, 2, txid);
+                    let client = SocketAddr::new(policy::canonical(from.client.ip()), from.client.port());
+                    let _ = stun::xoraddr::XorMappedAddress { ip: client.ip(), port: client.port() }.add_to(&mut m);
+                    out.push(Action::ToClient { to: from, data: self.finish(m, None, fingerprint) });
+                    return;
+                }
+                let Some(msg) = codec::decode(pkt) else {
+                    inc(&self.counters.dropped_packets);
+                    return;
+                };
+                self.request(pkt, &msg, method, txid, from, fingerprint, now, out);
+            }
+            _ => inc(&self.counters.dropped_packets), // responses are never for us
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn request(&self, raw: &[u8], msg: &Message, method: u16, txid: [u8; 12], from: FiveTuple, fp: bool, now: Instant, out: &mut Vec<Action>) {
+        if !matches!(method, METHOD_ALLOCATE | METHOD_REFRESH | METHOD_CREATE_PERMISSION | METHOD_CHANNEL_BIND) {
+            let m = self.error(method, txid, 400, "Unknown method");
+            out.push(Action::ToClient { to: from, data: self.finish(m, None, fp) });
+            return;
+        }
+        let Some(who) = self.authenticate(raw, msg, method, txid, from, fp, now, out) else { return };
+        let unknown: Vec<AttrType> =
+            msg.attributes.0.iter().map(|a| a.typ).filter(|t| t.0 < 0x8000 && !KNOWN_ATTRS.contains(&t.0)).collect();
+        let result = if !unknown.is_empty() {
+            let mut m = self.error(method, txid, 420, "Unknown Attribute");
+            let _ = stun::uattrs::UnknownAttributes(unknown).add_to(&mut m);
+            Err(m)
+        } else {
+            match method {
+                METHOD_ALLOCATE => self.allocate(msg, txid, from, &who, fp, out),
+                METHOD_REFRESH => self.refresh(msg, txid, from, &who, now, out),
+                METHOD_CREATE_PERMISSION => self.create_permission(msg, txid, from, &who, now),
+                _ => self.channel_bind(msg, txid, from, &who, now),
+            }
+        };
+        let m = match result {
+            Ok(Some(m)) | Err(m) => m,
+            Ok(None) => return, // Allocate in progress: the response comes from relay_opened
+        };
+        let data = self.finish(m, Some(&who), fp);
+        self.remember(from, txid, &data, now);
+        out.push(Action::ToClient { to: from, data });
+    }
+
+    /// Long-term credential check (RFC 8489 §9.2.4). Challenges and failures are rate-limited per source IP
+    /// because they are sent to unauthenticated (possibly spoofed) addresses.
+    #[allow(clippy::too_many_arguments)]
+    fn authenticate(&self, raw: &[u8], msg: &Message, method: u16, txid: [u8; 12], from: FiveTuple, fp: bool, now: Instant, out: &mut Vec<Action>) -> Option<Authed> {
+        let unix = self.unix(now);
+        let ip = from.client.ip();
+        let has_mi = msg.contains(AttrType(ATTR_MESSAGE_INTEGRITY)) || msg.contains(AttrType(ATTR_MESSAGE_INTEGRITY_SHA256));
+        let challenge = |code: u16, reason: &str, out: &mut Vec<Action>| {
+            if !self.auth.allow_challenge(ip, unix) {
+                inc(&self.counters.challenges_rate_limited);
+                return;
+            }
+            let mut m = self.error(method, txid, code, reason);
+            if code == 401 || code == 438 {
+                m.add(AttrType(ATTR_REALM), self.auth.realm.as_bytes());
+                m.add(AttrType(ATTR_NONCE), self.auth.mint_nonce(ip, unix).as_bytes());
+            }
+            out.push(Action::ToClient { to: from, data: self.finish(m, None, fp) });
+        };
+        if !has_mi {
+            inc(&self.counters.auth_challenges);
+            challenge(401, "Unauthorized", out);
+            return None;
+        }
+        let text = |t: u16| msg.get(AttrType(t)).ok();
+        let (Some(user), Some(_realm), Some(nonce)) = (text(ATTR_USERNAME), text(ATTR_REALM), text(ATTR_NONCE)) else {
+            inc(&self.counters.auth_failures);
+            challenge(400, "Missing USERNAME, REALM or NONCE", out);
+            return None;
+        };
+        if self.auth.check_nonce(&nonce, ip, unix) != NonceCheck::Valid {
+            challenge(438, "Stale Nonce", out);
+            return None;
+        }
+        let Ok(username) = String::from_utf8(user) else {
+            inc(&self.counters.auth_failures);
+            challenge(401, "Unauthorized", out);
+            return None;
+        };
+        let keys = match self.auth.keys_for(&username, unix) {
+            Ok(k) => k,
+            Err(e) => {
+                inc(&self.counters.auth_failures);
+                tracing::debug!(client = %from.client, username, "TURN auth failed: {}", if e == KeyError::Expired { "expired REST credential" } else { "unknown user" });
+                challenge(401, "Unauthorized", out);
+                return None;
+            }
+        };
+        for key in keys {
+            if let Some(integrity) = auth::verify(raw, &key) {
+                return Some(Authed { username, key, integrity });
+            }
+        }
+        inc(&self.counters.auth_failures);
+        tracing::debug!(client = %from.client, username, "TURN auth failed: wrong password");
+        challenge(401, "Unauthorized", out);
+        None
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn allocate(&self, msg: &Message, txid: [u8; 12], from: FiveTuple, who: &Authed, fp: bool, out: &mut Vec<Action>) -> Result<Option<Message>, Message> {
+        let e = |code, reason| Err(self.error(METHOD_ALLOCATE, txid, code, reason));
+        if self.allocs.contains_key(&from) {
+            // Same transaction would have hit the response cache; a new one is a mismatch (RFC 8656 §7.2 step 2).
+            return e(437, "Allocation Mismatch");
+        }
+        let Ok(transport) = msg.get(AttrType(ATTR_REQUESTED_TRANSPORT)) else { return e(400, "Missing REQUESTED-TRANSPORT") };
+        if transport.len() != 4 {
+            return e(400, "Bad REQUESTED-TRANSPORT");
+        }
+        if transport[0] != 17 {
+            return e(442, "Unsupported Transport Protocol");
+        }
+        let family = msg.get(AttrType(ATTR_REQUESTED_ADDRESS_FAMILY)).ok();
+        let even = msg.get(AttrType(ATTR_EVEN_PORT)).ok();
+        let token = msg.contains(AttrType(ATTR_RESERVATION_TOKEN));
+        if token && (even.is_some() || family.is_some()) {
+            return e(400, "RESERVATION-TOKEN with EVEN-PORT or REQUESTED-ADDRESS-FAMILY");
+        }
+        if token {
+            // We never hand out reservation tokens, so no token can be valid (RFC 8656 §7.2 step 6).
+            return e(508, "Insufficient Capacity");
+        }
+        let want_v6 = match family.as_deref() {
+            None => false,
+            Some([1, 0, 0, 0]) => false,
+            Some([2, 0, 0, 0]) => true,
+            Some(_) => return e(440, "Address Family not Supported"),
+        };
+        let Some(ip) = self.relay_ips.iter().copied().find(|ip| ip.is_ipv6() == want_v6) else {
+            return e(440, "Address Family not Supported");
+        };
+        let even_port = match even.as_deref() {
+            None => false,
+            Some([b, ..]) if b & 0x80 != 0 => {
+                // R bit: reserve the next port too. We do not reserve ports (no RESERVATION-TOKEN support).
+                return e(508, "Insufficient Capacity");
+            }
+            Some(_) => true,
+        };
+        let lifetime = requested_lifetime(msg).unwrap_or(DEFAULT_ALLOCATION_LIFETIME);
+        let lifetime = lifetime.min(MAX_ALLOCATION_LIFETIME).max(DEFAULT_ALLOCATION_LIFETIME);
+        {
+            // Reserve quota now; relay_opened commits or releases it.
+            let mut u = self.usage.lock();
+            let mine = u.per_user.get(&who.username).copied().unwrap_or(0);
+            if mine >= self.cfg.max_allocations_per_user {
+                drop(u);
+                inc(&self.counters.quota_rejections);
+                tracing::warn!(username = %who.username, client = %from.client, "TURN allocation refused: {} allocations per user reached (turn.max_allocations_per_user)", self.cfg.max_allocations_per_user);
+                return e(486, "Allocation Quota Reached");
+            }
+            if u.total >= self.cfg.max_allocations {
+                drop(u);
+                inc(&self.counters.quota_rejections);
+                tracing::warn!(client = %from.client, "TURN allocation refused: {} allocations in total reached (turn.max_allocations)", self.cfg.max_allocations);
+                return e(508, "Insufficient Capacity");
+            }
+            u.total += 1;
+            *u.per_user.entry(who.username.clone()).or_default() += 1;
+        }
+        out.push(Action::OpenRelay(RelayRequest {
+            tuple: from,
+            ip,
+            even_port,
+            txid,
+            username: who.username.clone(),
+            key: who.key,
+            integrity: who.integrity,
+            lifetime,
+            fingerprint: fp,
+        }));
+        Ok(None)
+    }
+
+    /// The shell bound (or failed to bind) the relay socket for `req`.
+    pub fn relay_opened(&self, req: RelayRequest, bound: std::io::Result<SocketAddr>, now: Instant, out: &mut Vec<Action>) {
+        let who = Authed { username: req.username.clone(), key: req.key, integrity: req.integrity };
+        let m = match bound {
+            Err(err) => {
+                self.release(&req.username);
+                inc(&self.counters.quota_rejections);
+                tracing::warn!(client = %req.tuple.client, "TURN allocation refused: no relay port available in turn.relay_port_min..max ({err})");
+                self.error(METHOD_ALLOCATE, req.txid, 508, "Insufficient Capacity")
+            }
+            Ok(relay) => {
+                let alloc = Arc::new(Allocation {
+                    tuple: req.tuple,
+                    relay,
+                    username: req.username.clone(),
+                    st: Mutex::new(AllocState {
+                        expires: now + req.lifetime,
+                        perms: HashMap::new(),
+                        channels: HashMap::new(),
+                        by_peer: HashMap::new(),
+                        up: Bucket { tokens: self.cfg.max_bandwidth_per_allocation, last: now },
+                        down: Bucket { tokens: self.cfg.max_bandwidth_per_allocation, last: now },
+                    }),
+                });
+                self.allocs.insert(req.tuple, alloc.clone());
+                self.by_relay.insert(relay, alloc);
+                inc(&self.counters.allocations_created);
+                self.counters.allocations_active.store(self.allocs.len() as u64, Ordering::Relaxed);
+                tracing::debug!(client = %req.tuple.client, relay = %relay, username = %req.username, "TURN allocation created");
+                let mut m = codec::message(METHOD_ALLOCATE, 2, req.txid);
+                let adv = self.advertised(relay);
+                let _ = stun::xoraddr::XorMappedAddress { ip: adv.ip(), port: adv.port() }.add_to_as(&mut m, AttrType(ATTR_XOR_RELAYED_ADDRESS));
+                let client = SocketAddr::new(policy::canonical(req.tuple.client.ip()), req.tuple.client.port());
+                let _ = stun::xoraddr::XorMappedAddress { ip: client.ip(), port: client.port() }.add_to(&mut m);
+                m.add(AttrType(ATTR_LIFETIME), &(req.lifetime.as_secs() as u32).to_be_bytes());
+                m
+            }
+        };
+        let data = self.finish(m, Some(&who), req.fingerprint);
+        self.remember(req.tuple, req.txid, &data, now);
+        out.push(Action::ToClient { to: req.tuple, data });
+    }
+
+    fn release(&self, username: &str) {
+        let mut u = self.usage.lock();
+        u.total = u.total.saturating_sub(1);
+        if let Some(c) = u.per_user.get_mut(username) {
+            *c -= 1;
+            if *c == 0 {
+                u.per_user.remove(username);
+            }
+        }
+    }
+
+    fn delete(&self, tuple: &FiveTuple, out: &mut Vec<Action>) {
+        if let Some((_, a)) = self.allocs.remove(tuple) {
+            self.by_relay.remove(&a.relay);
+            self.release(&a.username);
+            self.counters.allocations_active.store(self.allocs.len() as u64, Ordering::Relaxed);
+            out.push(Action::CloseRelay { relay: a.relay });
+        }
+    }
+
+    /// The allocation for `from`, checking it exists (437) and belongs to the same user (441).
+    fn owned(&self, method: u16, txid: [u8; 12], from: FiveTuple, who: &Authed) -> Result<Arc<Allocation>, Message> {
+        let Some(a) = self.allocs.get(&from).map(|a| a.clone()) else {
+            return Err(self.error(method, txid, 437, "Allocation Mismatch"));
+        };
+        if a.username != who.username {
+            return Err(self.error(method, txid, 441, "Wrong Credentials"));
+        }
+        Ok(a)
+    }
+
+    fn refresh(&self, msg: &Message, txid: [u8; 12], from: FiveTuple, who: &Authed, now: Instant, out: &mut Vec<Action>) -> Result<Option<Message>, Message> {
+        let a = self.owned(METHOD_REFRESH, txid, from, who)?;
+        if let Ok(f) = msg.get(AttrType(ATTR_REQUESTED_ADDRESS_FAMILY)) {
+            let v6 = f.first() == Some(&2);
+            if v6 != a.relay.is_ipv6() {
+                return Err(self.error(METHOD_REFRESH, txid, 443, "Peer Address Family Mismatch"));
+            }
+        }
+        let req = requested_lifetime(msg);
+        let lifetime = if req == Some(Duration::ZERO) {
+            self.delete(&from, out);
+            Duration::ZERO
+        } else {
+            let l = req.unwrap_or(DEFAULT_ALLOCATION_LIFETIME).min(MAX_ALLOCATION_LIFETIME).max(DEFAULT_ALLOCATION_LIFETIME);
+            a.st.lock().expires = now + l;
+            l
+        };
+        let mut m = codec::message(METHOD_REFRESH, 2, txid);
+        m.add(AttrType(ATTR_LIFETIME), &(lifetime.as_secs() as u32).to_be_bytes());
+        Ok(Some(m))
+    }
+
+    /// Every XOR-PEER-ADDRESS of a request, checked against the policy; the first refusal fails the whole
+    /// request (RFC 8656 §9.2: all or nothing).
+    fn peers(&self, msg: &Message, method: u16, txid: [u8; 12], relay: SocketAddr, from: FiveTuple) -> Result<Vec<SocketAddr>, Message> {
+        let mut peers = Vec::new();
+        for a in msg.attributes.0.iter().filter(|a| a.typ.0 == ATTR_XOR_PEER_ADDRESS) {
+            let Some(p) = codec::decode_xor_addr(&a.value, &txid) else {
+                return Err(self.error(method, txid, 400, "Bad XOR-PEER-ADDRESS"));
+            };
+            match self.policy.check(p.ip()) {
+                Ok(ip) => {
+                    if ip.is_ipv4() != relay.is_ipv4() {
+                        return Err(self.error(method, txid, 443, "Peer Address Family Mismatch"));
+                    }
+                    peers.push(SocketAddr::new(ip, p.port()));
+                }
+                Err(why) => {
+                    inc(&self.counters.denied_peers);
+                    let what = match why {
+                        Denied::SpecialPurpose(r) => r,
+                        Denied::OwnAddress => "this server's own address",
+                        Denied::Configured => "turn.deny_peers",
+                    };
+                    tracing::info!(client = %from.client, peer = %p.ip(), "TURN peer refused (403): {what}");
+                    return Err(self.error(method, txid, 403, "Forbidden"));
+                }
+            }
+        }
+        if peers.is_empty() {
+            return Err(self.error(method, txid, 400, "Missing XOR-PEER-ADDRESS"));
+        }
+        Ok(peers)
+    }
+
+    fn create_permission(&self, msg: &Message, txid: [u8; 12], from: FiveTuple, who: &Authed, now: Instant) -> Result<Option<Message>, Message> {
+        let a = self.owned(METHOD_CREATE_PERMISSION, txid, from, who)?;
+        let peers = self.peers(msg, METHOD_CREATE_PERMISSION, txid, a.relay, from)?;
+        let mut st = a.st.lock();
+        let new = peers.iter().filter(|p| !st.perms.contains_key(&p.ip())).map(|p| p.ip()).collect::<std::collections::HashSet<_>>().len();
+        if st.perms.len() + new > self.cfg.max_permissions_per_allocation {
+            drop(st);
+            inc(&self.counters.quota_rejections);
+            tracing::warn!(client = %from.client, "TURN permission refused: {} per allocation reached (turn.max_permissions_per_allocation)", self.cfg.max_permissions_per_allocation);
+            return Err(self.error(METHOD_CREATE_PERMISSION, txid, 508, "Insufficient Capacity"));
+        }
+        for p in peers {
+            st.perms.insert(p.ip(), now + PERMISSION_LIFETIME);
+        }
+        Ok(Some(codec::message(METHOD_CREATE_PERMISSION, 2, txid)))
+    }
+
+    fn channel_bind(&self, msg: &Message, txid: [u8; 12], from: FiveTuple, who: &Authed, now: Instant) -> Result<Option<Message>, Message> {
+        const M: u16 = METHOD_CHANNEL_BIND;
+        let a = self.owned(M, txid, from, who)?;
+        let ch = match msg.get(AttrType(ATTR_CHANNEL_NUMBER)).ok().as_deref() {
+            Some([a, b, _, _]) => u16::from_be_bytes([*a, *b]),
+            _ => return Err(self.error(M, txid, 400, "Missing CHANNEL-NUMBER")),
+        };
+        if !(0x4000..=0x7FFF).contains(&ch) {
+            return Err(self.error(M, txid, 400, "Bad channel number"));
+        }
+        let peers = self.peers(msg, M, txid, a.relay, from)?;
+        if peers.len() != 1 {
+            return Err(self.error(M, txid, 400, "One XOR-PEER-ADDRESS expected"));
+        }
+        let peer = peers[0];
+        let mut st = a.st.lock();
+        if let Some((bound, exp)) = st.channels.get(&ch) {
+            if *bound != peer && *exp > now {
+                return Err(self.error(M, txid, 400, "Channel bound to another peer"));
+            }
+        }
+        if let Some(c) = st.by_peer.get(&peer) {
+            if *c != ch && st.channels.get(c).is_some_and(|(_, e)| *e > now) {
+                return Err(self.error(M, txid, 400, "Peer bound to another channel"));
+            }
+        }
+        let fresh = !st.channels.contains_key(&ch);
+        if fresh && st.channels.len() >= self.cfg.max_channels_per_allocation {
+            drop(st);
+            inc(&self.counters.quota_rejections);
+            tracing::warn!(client = %from.client, "TURN channel refused: {} per allocation reached (turn.max_channels_per_allocation)", self.cfg.max_channels_per_allocation);
+            return Err(self.error(M, txid, 508, "Insufficient Capacity"));
+        }
+        if fresh && !st.perms.contains_key(&peer.ip()) && st.perms.len() >= self.cfg.max_permissions_per_allocation {
+            drop(st);
+            inc(&self.counters.quota_rejections);
+            return Err(self.error(M, txid, 508, "Insufficient Capacity"));
+        }
+        if let Some((old, _)) = st.channels.insert(ch, (peer, now + CHANNEL_LIFETIME)) {
+            if old != peer {
+                st.by_peer.remove(&old);
+            }
+        }
+        st.by_peer.insert(peer, ch);
+        // ChannelBind also installs or refreshes the permission (RFC 8656 §12.2).
+        st.perms.insert(peer.ip(), now + PERMISSION_LIFETIME);
+        Ok(Some(codec::message(M, 2, txid)))
+    }
+
+    // ---------------------------------------------------------------- timers and connection events
+
+    /// Expire allocations, permissions, channels and cached responses. Shells call it about once a second.
+    pub fn tick(&self, now: Instant, out: &mut Vec<Action>) {
+        let mut dead = Vec::new();
+        for a in self.allocs.iter() {
+            let mut st = a.st.lock();
+            if st.expires <= now {
+                dead.push(*a.key());
+                continue;
+            }
+            st.perms.retain(|_, e| *e > now);
+            let mut gone = Vec::new();
+            st.channels.retain(|_, (p, e)| {
+                let keep = *e > now;
+                if !keep {
+                    gone.push(*p);
+                }
+                keep
+            });
+            for p in gone {
+                st.by_peer.remove(&p);
+            }
+        }
+        for t in dead {
+            tracing::debug!(client = %t.client, "TURN allocation expired");
+            self.delete(&t, out);
+        }
+        self.responses.retain(|_, (at, _)| now.saturating_duration_since(*at) < RESPONSE_CACHE_TTL);
+    }
+
+    /// The next moment [`tick`](Self::tick) has work (for shells that prefer a precise timer).
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.allocs
+            .iter()
+            .map(|a| {
+                let st = a.st.lock();
+                let p = st.perms.values().chain(st.channels.values().map(|(_, e)| e)).min().copied();
+                p.map_or(st.expires, |p| p.min(st.expires))
+            })
+            .min()
+    }
+
+    /// A TCP client connection closed: its allocation goes with it (RFC 8656 §3.1).
+    pub fn client_closed(&self, tuple: FiveTuple, out: &mut Vec<Action>) {
+        self.delete(&tuple, out);
+    }
+
+    // ---------------------------------------------------------------- encoding helpers
+
+    fn error(&self, method: u16, txid: [u8; 12], code: u16, reason: &str) -> Message {
+        let mut m = codec::message(method, 3, txid);
+        let _ = stun::error_code::ErrorCodeAttribute { code: stun::error_code::ErrorCode(code), reason: reason.as_bytes().to_vec() }.add_to(&mut m);
+        m
+    }
+
+    /// SOFTWARE (only if configured), integrity in the request's kind, FINGERPRINT if the request had one.
+    fn finish(&self, mut m: Message, who: Option<&Authed>, fingerprint: bool) -> Vec<u8> {
+        if let Some(s) = &self.cfg.software {
+            m.add(AttrType(ATTR_SOFTWARE), s.as_bytes());
+        }
+        if let Some(w) = who {
+            match w.integrity {
+                Integrity::Sha1 => {
+                    let _ = stun::integrity::MessageIntegrity(w.key.to_vec()).add_to(&mut m);
+                }
+                Integrity::Sha256 => auth::add_integrity_sha256(&mut m, &w.key),
+            }
+        }
+        if fingerprint {
+            let _ = stun::fingerprint::FINGERPRINT.add_to(&mut m);
+        }
+        m.raw
+    }
+
+    fn remember(&self, from: FiveTuple, txid: [u8; 12], data: &[u8], now: Instant) {
+        if self.responses.len() < RESPONSE_CACHE_MAX {
+            self.responses.insert((from, txid), (now, data.to_vec()));
+        }
+    }
+}
+
+fn requested_lifetime(msg: &Message) -> Option<Duration> {
+    match msg.get(AttrType(ATTR_LIFETIME)).ok().as_deref() {
+        Some([a, b, c, d]) => Some(Duration::from_secs(u32::from_be_bytes([*a, *b, *c, *d]) as u64)),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+#[path = "core_tests.rs"]
+mod tests;

@@ -1,0 +1,894 @@
+//! Unit tests of the sans-IO core: every method, error path, timer and retransmission, without sockets.
+
+use super::*;
+use crate::config::StaticUser;
+use stun::integrity::MessageIntegrity;
+use stun::message::Getter;
+
+const SECRET: &str = "unit-test-secret-0123456789";
+const REALM: &str = "ponte";
+
+fn cfg() -> TurnConfig {
+    let mut t = TurnConfig::default();
+    t.external_ip = Some("203.0.113.1".parse().unwrap());
+    t.users.push(StaticUser { username: "alice".into(), password: Secret::new("wonderland") });
+    t.unauthenticated_rate_per_ip = 1000;
+    t
+}
+
+struct T {
+    core: Core,
+    t0: Instant,
+    now: Instant,
+    tuple: FiveTuple,
+    user: String,
+    pass: String,
+    nonce: Vec<u8>,
+    next_port: u16,
+}
+
+fn public(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+impl T {
+    fn with(turn: TurnConfig) -> T {
+        let t0 = Instant::now();
+        let core = Core::new(
+            CoreConfig {
+                turn,
+                secrets: vec![Secret::new(SECRET), Secret::new("previous-secret-0123456789")],
+                relay_ips: vec!["10.1.1.1".parse().unwrap()],
+                own_ips: vec!["10.1.1.1".parse().unwrap(), "203.0.113.1".parse().unwrap()],
+            },
+            t0,
+            1_000_000,
+        );
+        let user = "1003600:peer-a".to_string();
+        let pass = crate::credentials::password_for(&Secret::new(SECRET), &user);
+        T {
+            core,
+            t0,
+            now: t0,
+            tuple: FiveTuple { client: public("198.51.100.7:40000"), server: public("10.1.1.1:3478"), transport: Transport::Udp },
+            user,
+            pass,
+            nonce: Vec::new(),
+            next_port: 50000,
+        }
+    }
+    fn new() -> T {
+        T::with(cfg())
+    }
+
+    fn advance(&mut self, secs: u64) {
+        self.now += Duration::from_secs(secs);
+    }
+
+    /// Feed a packet; opening relays is answered automatically with a fake bound address.
+    fn feed(&mut self, pkt: &[u8]) -> Vec<Action> {
+        let mut out = Vec::new();
+        self.core.handle(pkt, self.tuple, self.now, &mut out);
+        let mut done = Vec::new();
+        for a in out {
+            match a {
+                Action::OpenRelay(r) => {
+                    let mut port = self.next_port;
+                    self.next_port += 1;
+                    if r.even_port && port % 2 == 1 {
+                        port += 1;
+                        self.next_port += 1;
+                    }
+                    let addr = SocketAddr::new(r.ip, port);
+                    done.push(Action::OpenRelay(RelayRequest { ..r.clone_for_test() }));
+                    self.core.relay_opened(r, Ok(addr), self.now, &mut done);
+                }
+                other => done.push(other),
+            }
+        }
+        done
+    }
+
+    /// Feed and return the single STUN answer, decoded.
+    fn ask(&mut self, pkt: &[u8]) -> Message {
+        let out = self.feed(pkt);
+        let answers: Vec<&Vec<u8>> = out.iter().filter_map(|a| if let Action::ToClient { data, .. } = a { Some(data) } else { None }).collect();
+        assert_eq!(answers.len(), 1, "expected one answer, got {out:?}");
+        codec::decode(answers[0]).expect("answer decodes")
+    }
+
+    fn build(&self, method: u16, txid: [u8; 12], attrs: &dyn Fn(&mut Message), auth: bool) -> Vec<u8> {
+        let mut m = codec::message(method, 0, txid);
+        attrs(&mut m);
+        if auth {
+            m.add(AttrType(ATTR_USERNAME), self.user.as_bytes());
+            m.add(AttrType(ATTR_REALM), REALM.as_bytes());
+            m.add(AttrType(ATTR_NONCE), &self.nonce);
+            MessageIntegrity::new_long_term_integrity(self.user.clone(), REALM.into(), self.pass.clone()).add_to(&mut m).unwrap();
+        }
+        stun::fingerprint::FINGERPRINT.add_to(&mut m).unwrap();
+        m.raw
+    }
+
+    /// Get a nonce the way a client does: an unauthenticated request, then read the 401.
+    fn get_nonce(&mut self) {
+        let pkt = self.build(METHOD_ALLOCATE, rand::random(), &|m| transport(m, 17), false);
+        let r = self.ask(&pkt);
+        assert_eq!(code(&r), Some(401));
+        self.nonce = r.get(AttrType(ATTR_NONCE)).unwrap();
+    }
+
+    /// One authenticated request with the current nonce, as is.
+    fn request_once(&mut self, method: u16, attrs: &dyn Fn(&mut Message)) -> Message {
+        if self.nonce.is_empty() {
+            self.get_nonce();
+        }
+        let pkt = self.build(method, rand::random(), attrs, true);
+        self.ask(&pkt)
+    }
+
+    /// Like a real client: on 438 take the fresh nonce and retry once.
+    fn request(&mut self, method: u16, attrs: &dyn Fn(&mut Message)) -> Message {
+        let r = self.request_once(method, attrs);
+        if code(&r) == Some(438) {
+            self.nonce = r.get(AttrType(ATTR_NONCE)).unwrap();
+            return self.request_once(method, attrs);
+        }
+        r
+    }
+
+    fn allocate(&mut self) -> SocketAddr {
+        let r = self.request(METHOD_ALLOCATE, &|m| transport(m, 17));
+        assert_eq!(code(&r), None, "allocate failed: {r}");
+        relayed(&r)
+    }
+
+    fn perm(&mut self, peer: SocketAddr) -> Message {
+        self.request(METHOD_CREATE_PERMISSION, &move |m| peer_attr(m, peer))
+    }
+
+    fn bind(&mut self, ch: u16, peer: SocketAddr) -> Message {
+        self.request(METHOD_CHANNEL_BIND, &move |m| {
+            m.add(AttrType(ATTR_CHANNEL_NUMBER), &[(ch >> 8) as u8, ch as u8, 0, 0]);
+            peer_attr(m, peer)
+        })
+    }
+
+    fn key(&self) -> Vec<u8> {
+        auth::long_term_key(&self.user, REALM, &self.pass).to_vec()
+    }
+}
+
+impl RelayRequest {
+    fn clone_for_test(&self) -> RelayRequest {
+        RelayRequest {
+            tuple: self.tuple,
+            ip: self.ip,
+            even_port: self.even_port,
+            txid: self.txid,
+            username: self.username.clone(),
+            key: self.key,
+            integrity: self.integrity,
+            lifetime: self.lifetime,
+            fingerprint: self.fingerprint,
+        }
+    }
+}
+
+fn transport(m: &mut Message, proto: u8) {
+    m.add(AttrType(ATTR_REQUESTED_TRANSPORT), &[proto, 0, 0, 0]);
+}
+
+fn peer_attr(m: &mut Message, peer: SocketAddr) {
+    stun::xoraddr::XorMappedAddress { ip: peer.ip(), port: peer.port() }.add_to_as(m, AttrType(ATTR_XOR_PEER_ADDRESS)).unwrap();
+}
+
+fn code(m: &Message) -> Option<u16> {
+    let mut e = stun::error_code::ErrorCodeAttribute::default();
+    e.get_from(m).ok().map(|_| e.code.0)
+}
+
+fn relayed(m: &Message) -> SocketAddr {
+    let mut a = stun::xoraddr::XorMappedAddress::default();
+    a.get_from_as(m, AttrType(ATTR_XOR_RELAYED_ADDRESS)).unwrap();
+    SocketAddr::new(a.ip, a.port)
+}
+
+fn lifetime(m: &Message) -> u32 {
+    u32::from_be_bytes(m.get(AttrType(ATTR_LIFETIME)).unwrap().try_into().unwrap())
+}
+
+fn to_peer(out: &[Action]) -> Vec<(SocketAddr, SocketAddr, Range<usize>)> {
+    out.iter().filter_map(|a| if let Action::ToPeer { relay, peer, data } = a { Some((*relay, *peer, data.clone())) } else { None }).collect()
+}
+
+fn send_indication(peer: SocketAddr, data: &[u8]) -> Vec<u8> {
+    let mut m = codec::message(METHOD_SEND, 1, rand::random());
+    peer_attr(&mut m, peer);
+    m.add(AttrType(ATTR_DATA), data);
+    m.raw
+}
+
+fn peer_packet(t: &T, relay_local: SocketAddr, peer: SocketAddr, payload: &[u8]) -> Option<(FiveTuple, Vec<u8>)> {
+    let mut buf = vec![0u8; HEADROOM + payload.len() + TAILROOM];
+    buf[HEADROOM..HEADROOM + payload.len()].copy_from_slice(payload);
+    t.core.from_peer(relay_local, peer, &mut buf, payload.len(), t.now).map(|(to, r)| (to, buf[r].to_vec()))
+}
+
+/// Local relay address of the (single) allocation: advertised port on the local relay IP.
+fn local(relay: SocketAddr) -> SocketAddr {
+    SocketAddr::new("10.1.1.1".parse().unwrap(), relay.port())
+}
+
+// ------------------------------------------------------------------------------------------ Binding
+
+#[test]
+fn binding_returns_xor_mapped_address_and_fingerprint() {
+    let mut t = T::new();
+    let pkt = t.build(METHOD_BINDING, [9; 12], &|_| {}, false);
+    let r = t.ask(&pkt);
+    assert_eq!(codec::method_and_class(&r.raw).1, 2);
+    assert_eq!(r.transaction_id.0, [9; 12]);
+    let mut x = stun::xoraddr::XorMappedAddress::default();
+    x.get_from(&r).unwrap();
+    assert_eq!(SocketAddr::new(x.ip, x.port), t.tuple.client);
+    stun::fingerprint::FINGERPRINT.check(&r).expect("fingerprint echoed");
+    assert!(!r.contains(AttrType(ATTR_SOFTWARE)), "no SOFTWARE unless configured");
+    // Without FINGERPRINT in the request, none in the response.
+    let r = t.ask(&codec::message(METHOD_BINDING, 0, [1; 12]).raw);
+    assert!(!r.contains(AttrType(ATTR_FINGERPRINT)));
+    assert_eq!(t.core.counters().snapshot().binding_requests, 2);
+}
+
+#[test]
+fn binding_reports_mapped_ipv4_for_dual_stack_and_software_when_configured() {
+    let mut c = cfg();
+    c.software = Some("ponte-test".into());
+    let mut t = T::with(c);
+    t.tuple.client = public("[::ffff:198.51.100.9]:1234");
+    let r = t.ask(&codec::message(METHOD_BINDING, 0, [1; 12]).raw);
+    let mut x = stun::xoraddr::XorMappedAddress::default();
+    x.get_from(&r).unwrap();
+    assert_eq!(SocketAddr::new(x.ip, x.port), public("198.51.100.9:1234"));
+    assert_eq!(r.get(AttrType(ATTR_SOFTWARE)).unwrap(), b"ponte-test");
+}
+
+#[test]
+fn garbage_truncated_and_bad_fingerprint_are_dropped() {
+    let mut t = T::new();
+    let good = t.build(METHOD_BINDING, [2; 12], &|_| {}, false);
+    let mut bad_fp = good.clone();
+    let n = bad_fp.len();
+    bad_fp[n - 1] ^= 0xFF;
+    let mut response_class = codec::message(METHOD_BINDING, 2, [3; 12]).raw;
+    response_class.extend_from_slice(&[]);
+    let mut odd_len = good.clone();
+    odd_len[3] = 3;
+    let inputs: Vec<Vec<u8>> = vec![
+        vec![],
+        vec![0xFF; 100],
+        good[..good.len() - 4].to_vec(),
+        good[..19].to_vec(),
+        bad_fp,
+        response_class,
+        odd_len,
+        vec![0x40, 0x00, 0x00, 0xFF, 1, 2],
+        vec![0x00, 0x03, 0x00, 0x08, 0x21, 0x12, 0xA4, 0x42, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x00, 0x19, 0x00, 0x40],
+    ];
+    for (i, p) in inputs.iter().enumerate() {
+        assert!(t.feed(p).is_empty(), "input {i} must be dropped");
+    }
+    // Random fuzz: never panics.
+    for _ in 0..2000 {
+        let len = rand::random::<u8>() as usize;
+        let mut p: Vec<u8> = (0..len).map(|_| rand::random()).collect();
+        if p.len() >= 8 && rand::random::<bool>() {
+            p[0] &= 0x3F;
+            p[4..8].copy_from_slice(&MAGIC_COOKIE.to_be_bytes());
+        }
+        let _ = t.feed(&p);
+    }
+    assert!(t.core.counters().snapshot().dropped_packets >= inputs.len() as u64);
+}
+
+// ------------------------------------------------------------------------------------------ Auth
+
+#[test]
+fn unauthenticated_allocate_gets_401_with_realm_and_nonce_no_integrity() {
+    let mut t = T::new();
+    let pkt = t.build(METHOD_ALLOCATE, [5; 12], &|m| transport(m, 17), false);
+    let r = t.ask(&pkt);
+    assert_eq!(code(&r), Some(401));
+    assert_eq!(r.get(AttrType(ATTR_REALM)).unwrap(), REALM.as_bytes());
+    assert_eq!(r.get(AttrType(ATTR_NONCE)).unwrap().len(), 40);
+    assert!(!r.contains(AttrType(ATTR_MESSAGE_INTEGRITY)));
+    assert_eq!(t.core.allocation_count(), 0, "no state before auth");
+    assert_eq!(t.core.counters().snapshot().auth_challenges, 1);
+}
+
+#[test]
+fn wrong_password_unknown_user_and_expired_rest_get_401() {
+    let mut t = T::new();
+    t.get_nonce();
+    t.pass = "wrong".into();
+    assert_eq!(code(&t.request(METHOD_ALLOCATE, &|m| transport(m, 17))), Some(401));
+    t.user = "mallory".into();
+    assert_eq!(code(&t.request(METHOD_ALLOCATE, &|m| transport(m, 17))), Some(401));
+    // Expired REST username (expiry before the core's clock) with the right password.
+    t.user = "999999:peer".into();
+    t.pass = crate::credentials::password_for(&Secret::new(SECRET), &t.user);
+    assert_eq!(code(&t.request(METHOD_ALLOCATE, &|m| transport(m, 17))), Some(401));
+    // The same username becomes expired when time passes.
+    t.user = "1000100:peer".into();
+    t.pass = crate::credentials::password_for(&Secret::new(SECRET), &t.user);
+    t.advance(101);
+    t.get_nonce();
+    assert_eq!(code(&t.request(METHOD_ALLOCATE, &|m| transport(m, 17))), Some(401));
+    assert_eq!(t.core.counters().snapshot().auth_failures, 4);
+    assert_eq!(t.core.allocation_count(), 0);
+}
+
+#[test]
+fn rotated_secret_and_static_user_accepted() {
+    let mut t = T::new();
+    t.pass = crate::credentials::password_for(&Secret::new("previous-secret-0123456789"), &t.user);
+    t.allocate();
+    let mut t = T::new();
+    t.user = "alice".into();
+    t.pass = "wonderland".into();
+    t.allocate();
+}
+
+#[test]
+fn stale_forged_and_foreign_nonces_get_438() {
+    let mut t = T::new();
+    t.get_nonce();
+    t.advance(auth::NONCE_TTL_SECS + 1);
+    let r = t.request_once(METHOD_ALLOCATE, &|m| transport(m, 17));
+    assert_eq!(code(&r), Some(438));
+    let fresh = r.get(AttrType(ATTR_NONCE)).unwrap();
+    assert_ne!(fresh, t.nonce);
+    t.nonce = vec![b'0'; 40];
+    assert_eq!(code(&t.request_once(METHOD_ALLOCATE, &|m| transport(m, 17))), Some(438));
+    // A nonce minted for another client address does not transfer.
+    t.nonce = fresh;
+    t.tuple.client = public("198.51.100.99:40000");
+    assert_eq!(code(&t.request_once(METHOD_ALLOCATE, &|m| transport(m, 17))), Some(438));
+}
+
+#[test]
+fn integrity_without_username_is_400() {
+    let mut t = T::new();
+    t.get_nonce();
+    let mut m = codec::message(METHOD_ALLOCATE, 0, [7; 12]);
+    transport(&mut m, 17);
+    MessageIntegrity::new_long_term_integrity(t.user.clone(), REALM.into(), t.pass.clone()).add_to(&mut m).unwrap();
+    assert_eq!(code(&t.ask(&m.raw)), Some(400));
+}
+
+#[test]
+fn message_integrity_sha256_accepted_and_answered_in_kind() {
+    let mut t = T::new();
+    t.get_nonce();
+    let mut m = codec::message(METHOD_ALLOCATE, 0, [8; 12]);
+    transport(&mut m, 17);
+    m.add(AttrType(ATTR_USERNAME), t.user.as_bytes());
+    m.add(AttrType(ATTR_REALM), REALM.as_bytes());
+    m.add(AttrType(ATTR_NONCE), &t.nonce);
+    auth::add_integrity_sha256(&mut m, &t.key());
+    let out = t.feed(&m.raw);
+    let Some(Action::ToClient { data, .. }) = out.iter().find(|a| matches!(a, Action::ToClient { .. })) else { panic!("{out:?}") };
+    assert_eq!(auth::verify(data, &t.key()), Some(Integrity::Sha256));
+    assert_eq!(code(&codec::decode(data).unwrap()), None);
+}
+
+#[test]
+fn challenges_are_rate_limited_per_source() {
+    let mut c = cfg();
+    c.unauthenticated_rate_per_ip = 5;
+    let mut t = T::with(c);
+    let mut answered = 0;
+    for _ in 0..20 {
+        let pkt = t.build(METHOD_ALLOCATE, rand::random(), &|m| transport(m, 17), false);
+        answered += t.feed(&pkt).len();
+    }
+    assert_eq!(answered, 5);
+    assert_eq!(t.core.counters().snapshot().challenges_rate_limited, 15);
+    // Another source is not affected; the next second refills.
+    t.tuple.client = public("192.0.2.77:1");
+    let pkt = t.build(METHOD_ALLOCATE, rand::random(), &|m| transport(m, 17), false);
+    assert_eq!(t.feed(&pkt).len(), 1);
+    t.tuple.client = public("198.51.100.7:40000");
+    t.advance(1);
+    assert_eq!(t.feed(&pkt).len(), 1);
+}
+
+// ------------------------------------------------------------------------------------------ Allocate
+
+#[test]
+fn allocate_success_advertises_external_ip_and_signs() {
+    let mut t = T::new();
+    t.get_nonce();
+    let pkt = t.build(METHOD_ALLOCATE, [1; 12], &|m| transport(m, 17), true);
+    let out = t.feed(&pkt);
+    let open = out.iter().find_map(|a| if let Action::OpenRelay(r) = a { Some(r) } else { None }).expect("OpenRelay");
+    assert_eq!(open.ip, "10.1.1.1".parse::<IpAddr>().unwrap(), "binds on the local relay address");
+    let Some(Action::ToClient { data, .. }) = out.last() else { panic!() };
+    assert_eq!(auth::verify(data, &t.key()), Some(Integrity::Sha1));
+    let r = codec::decode(data).unwrap();
+    assert_eq!(code(&r), None);
+    assert_eq!(relayed(&r), public("203.0.113.1:50000"), "advertises turn.external_ip");
+    assert_eq!(lifetime(&r), 600);
+    let mut x = stun::xoraddr::XorMappedAddress::default();
+    x.get_from(&r).unwrap();
+    assert_eq!(x.port, 40000);
+    stun::fingerprint::FINGERPRINT.check(&r).unwrap();
+    let s = t.core.counters().snapshot();
+    assert_eq!((s.allocations_active, s.allocations_created), (1, 1));
+}
+
+#[test]
+fn allocate_retransmission_gets_identical_answer_and_no_second_relay() {
+    let mut t = T::new();
+    t.get_nonce();
+    let pkt = t.build(METHOD_ALLOCATE, [1; 12], &|m| transport(m, 17), true);
+    let first = t.feed(&pkt);
+    let again = t.feed(&pkt);
+    assert_eq!(again.len(), 1, "{again:?}");
+    let (Some(Action::ToClient { data: a, .. }), Some(Action::ToClient { data: b, .. })) = (first.last(), again.last()) else { panic!() };
+    assert_eq!(a, b);
+    // Even after the nonce went stale, the retransmission gets the same answer.
+    t.advance(auth::NONCE_TTL_SECS + 5);
+    let Some(Action::ToClient { data: c, .. }) = t.feed(&pkt).pop() else { panic!() };
+    assert_eq!(a, &c);
+    // A new transaction is a mismatch.
+    assert_eq!(code(&t.request(METHOD_ALLOCATE, &|m| transport(m, 17))), Some(437));
+}
+
+#[test]
+fn allocate_error_codes() {
+    let mut t = T::new();
+    assert_eq!(code(&t.request(METHOD_ALLOCATE, &|_| {})), Some(400), "missing REQUESTED-TRANSPORT");
+    assert_eq!(code(&t.request(METHOD_ALLOCATE, &|m| transport(m, 6))), Some(442), "TCP relay unsupported");
+    assert_eq!(
+        code(&t.request(METHOD_ALLOCATE, &|m| {
+            transport(m, 17);
+            m.add(AttrType(ATTR_REQUESTED_ADDRESS_FAMILY), &[2, 0, 0, 0]);
+        })),
+        Some(440),
+        "no IPv6 relay address"
+    );
+    assert_eq!(
+        code(&t.request(METHOD_ALLOCATE, &|m| {
+            transport(m, 17);
+            m.add(AttrType(ATTR_REQUESTED_ADDRESS_FAMILY), &[9, 0, 0, 0]);
+        })),
+        Some(440)
+    );
+    assert_eq!(
+        code(&t.request(METHOD_ALLOCATE, &|m| {
+            transport(m, 17);
+            m.add(AttrType(ATTR_EVEN_PORT), &[0x80]);
+        })),
+        Some(508),
+        "EVEN-PORT with R: no reservations"
+    );
+    assert_eq!(
+        code(&t.request(METHOD_ALLOCATE, &|m| {
+            transport(m, 17);
+            m.add(AttrType(ATTR_RESERVATION_TOKEN), &[1; 8]);
+        })),
+        Some(508)
+    );
+    assert_eq!(
+        code(&t.request(METHOD_ALLOCATE, &|m| {
+            transport(m, 17);
+            m.add(AttrType(ATTR_RESERVATION_TOKEN), &[1; 8]);
+            m.add(AttrType(ATTR_EVEN_PORT), &[0]);
+        })),
+        Some(400)
+    );
+    let r = t.request(METHOD_ALLOCATE, &|m| {
+        transport(m, 17);
+        m.add(AttrType(ATTR_DONT_FRAGMENT), &[]);
+        m.add(AttrType(0x7777), &[1, 2, 3, 4]);
+        m.add(AttrType(0xC001), &[1]); // comprehension-optional: ignored
+    });
+    assert_eq!(code(&r), Some(420));
+    let ua = r.get(AttrType(ATTR_UNKNOWN_ATTRIBUTES)).unwrap();
+    assert_eq!(ua, vec![0x00, 0x1A, 0x77, 0x77]);
+    assert_eq!(t.core.allocation_count(), 0);
+    // Unknown method.
+    let r = t.request(0x0FF, &|_| {});
+    assert_eq!(code(&r), Some(400));
+}
+
+#[test]
+fn allocate_ipv6_family_when_available_and_even_port() {
+    let mut c = cfg();
+    c.external_ip = None;
+    let mut t = T::with(c);
+    t.core.relay_ips.push("2001:db8::10".parse().unwrap());
+    let r = t.request(METHOD_ALLOCATE, &|m| {
+        transport(m, 17);
+        m.add(AttrType(ATTR_REQUESTED_ADDRESS_FAMILY), &[2, 0, 0, 0]);
+    });
+    assert_eq!(code(&r), None);
+    assert!(relayed(&r).is_ipv6());
+    t.tuple.client = public("198.51.100.7:40001");
+    t.next_port = 50001;
+    let r = t.request(METHOD_ALLOCATE, &|m| {
+        transport(m, 17);
+        m.add(AttrType(ATTR_EVEN_PORT), &[0]);
+    });
+    assert_eq!(code(&r), None);
+    assert_eq!(relayed(&r).port() % 2, 0);
+    assert_eq!(relayed(&r).ip(), "10.1.1.1".parse::<IpAddr>().unwrap(), "no external_ip: local address advertised");
+}
+
+#[test]
+fn allocate_lifetime_is_clamped() {
+    let mut t = T::new();
+    let r = t.request(METHOD_ALLOCATE, &|m| {
+        transport(m, 17);
+        m.add(AttrType(ATTR_LIFETIME), &100_000u32.to_be_bytes());
+    });
+    assert_eq!(lifetime(&r), 3600);
+    t.tuple.client = public("198.51.100.7:40001");
+    let r = t.request(METHOD_ALLOCATE, &|m| {
+        transport(m, 17);
+        m.add(AttrType(ATTR_LIFETIME), &30u32.to_be_bytes());
+    });
+    assert_eq!(lifetime(&r), 600);
+}
+
+#[test]
+fn quotas_per_user_total_and_relay_ports() {
+    let mut c = cfg();
+    c.max_allocations_per_user = 2;
+    c.max_allocations = 3;
+    let mut t = T::with(c);
+    for p in 0..2 {
+        t.tuple.client = SocketAddr::new(t.tuple.client.ip(), 41000 + p);
+        t.allocate();
+    }
+    t.tuple.client = public("198.51.100.7:41002");
+    assert_eq!(code(&t.request(METHOD_ALLOCATE, &|m| transport(m, 17))), Some(486));
+    t.user = "alice".into();
+    t.pass = "wonderland".into();
+    t.allocate();
+    t.tuple.client = public("198.51.100.7:41003");
+    assert_eq!(code(&t.request(METHOD_ALLOCATE, &|m| transport(m, 17))), Some(508), "total capacity");
+    assert_eq!(t.core.counters().snapshot().quota_rejections, 2);
+
+    // No relay port: 508 and the quota reservation is released.
+    let mut t = T::new();
+    t.get_nonce();
+    let pkt = t.build(METHOD_ALLOCATE, [4; 12], &|m| transport(m, 17), true);
+    let mut out = Vec::new();
+    t.core.handle(&pkt, t.tuple, t.now, &mut out);
+    let Some(Action::OpenRelay(req)) = out.pop() else { panic!() };
+    let mut out = Vec::new();
+    t.core.relay_opened(req, Err(std::io::Error::new(std::io::ErrorKind::AddrInUse, "full")), t.now, &mut out);
+    let Some(Action::ToClient { data, .. }) = out.pop() else { panic!() };
+    assert_eq!(code(&codec::decode(&data).unwrap()), Some(508));
+    assert_eq!(t.core.usage.lock().total, 0);
+    t.allocate();
+}
+
+// ------------------------------------------------------------------------------------------ Refresh
+
+#[test]
+fn refresh_extends_and_zero_deletes_retransmission_safe() {
+    let mut t = T::new();
+    let relay = t.allocate();
+    t.advance(500);
+    let r = t.request(METHOD_REFRESH, &|m| m.add(AttrType(ATTR_LIFETIME), &1200u32.to_be_bytes()));
+    assert_eq!((code(&r), lifetime(&r)), (None, 1200));
+    t.advance(1000);
+    let mut out = Vec::new();
+    t.core.tick(t.now, &mut out);
+    assert!(out.is_empty(), "refreshed allocation must survive: {out:?}");
+    t.get_nonce();
+    let pkt = t.build(METHOD_REFRESH, [6; 12], &|m| m.add(AttrType(ATTR_LIFETIME), &0u32.to_be_bytes()), true);
+    let out = t.feed(&pkt);
+    assert!(out.iter().any(|a| matches!(a, Action::CloseRelay { relay: r } if *r == local(relay))), "{out:?}");
+    assert_eq!(t.core.allocation_count(), 0);
+    let Some(Action::ToClient { data, .. }) = out.last() else { panic!() };
+    assert_eq!(lifetime(&codec::decode(data).unwrap()), 0);
+    // A retransmitted delete gets the same success, not 437.
+    let again = t.feed(&pkt);
+    assert_eq!(again.len(), 1);
+    let Some(Action::ToClient { data: d2, .. }) = again.last() else { panic!() };
+    assert_eq!(data, d2);
+    // A new refresh now: 437.
+    assert_eq!(code(&t.request(METHOD_REFRESH, &|_| {})), Some(437));
+    assert_eq!(t.core.counters().snapshot().allocations_active, 0);
+}
+
+#[test]
+fn refresh_by_other_user_is_441_and_family_mismatch_443() {
+    let mut t = T::new();
+    t.allocate();
+    let r = t.request(METHOD_REFRESH, &|m| m.add(AttrType(ATTR_REQUESTED_ADDRESS_FAMILY), &[2, 0, 0, 0]));
+    assert_eq!(code(&r), Some(443));
+    t.user = "alice".into();
+    t.pass = "wonderland".into();
+    assert_eq!(code(&t.request(METHOD_REFRESH, &|_| {})), Some(441));
+    assert_eq!(code(&t.perm(public("8.8.8.8:1"))), Some(441));
+}
+
+#[test]
+fn allocation_expires_and_closes_relay() {
+    let mut t = T::new();
+    let relay = t.allocate();
+    let mut out = Vec::new();
+    t.core.tick(t.now + Duration::from_secs(599), &mut out);
+    assert!(out.is_empty());
+    assert!(t.core.next_deadline().unwrap() <= t.t0 + Duration::from_secs(600));
+    t.core.tick(t.now + Duration::from_secs(600), &mut out);
+    assert!(matches!(out.as_slice(), [Action::CloseRelay { relay: r }] if *r == local(relay)), "{out:?}");
+    assert_eq!(t.core.allocation_count(), 0);
+    assert_eq!(t.core.usage.lock().total, 0);
+}
+
+#[test]
+fn tcp_connection_close_deletes_allocation() {
+    let mut t = T::new();
+    t.tuple.transport = Transport::Tcp;
+    let relay = t.allocate();
+    let mut out = Vec::new();
+    t.core.client_closed(t.tuple, &mut out);
+    assert!(matches!(out.as_slice(), [Action::CloseRelay { relay: r }] if *r == local(relay)));
+}
+
+// ------------------------------------------------------------------------------------------ Permissions & data
+
+#[test]
+fn permission_send_and_data_indication_round_trip() {
+    let mut t = T::new();
+    let relay = t.allocate();
+    let peer = public("8.8.8.8:5000");
+    // Without permission: Send indication and peer data are dropped.
+    assert!(to_peer(&t.feed(&send_indication(peer, b"x"))).is_empty());
+    assert!(peer_packet(&t, local(relay), peer, b"y").is_none());
+    assert_eq!(code(&t.perm(public("8.8.8.8:1"))), None, "permission ignores the port");
+    let pkt = send_indication(peer, b"hello");
+    let out = t.feed(&pkt);
+    let sent = to_peer(&out);
+    assert_eq!(sent.len(), 1);
+    assert_eq!((sent[0].0, sent[0].1), (local(relay), peer));
+    assert_eq!(&pkt[sent[0].2.clone()], b"hello");
+    let (to, frame) = peer_packet(&t, local(relay), peer, b"world!").unwrap();
+    assert_eq!(to, t.tuple);
+    let m = codec::decode(&frame).unwrap();
+    assert_eq!(codec::method_and_class(&m.raw).0, METHOD_DATA);
+    assert_eq!(m.get(AttrType(ATTR_DATA)).unwrap(), b"world!");
+    let mut pa = turn::proto::peeraddr::PeerAddress::default();
+    pa.get_from(&m).unwrap();
+    assert_eq!(SocketAddr::new(pa.ip, pa.port), peer);
+    let s = t.core.counters().snapshot();
+    assert_eq!((s.packets_client_to_peer, s.bytes_client_to_peer, s.packets_peer_to_client, s.bytes_peer_to_client), (1, 5, 1, 6));
+    // Another peer IP is still blocked.
+    assert!(peer_packet(&t, local(relay), public("8.8.4.4:5000"), b"z").is_none());
+}
+
+#[test]
+fn permissions_expire_after_300s_and_refresh() {
+    let mut t = T::new();
+    let relay = t.allocate();
+    let peer = public("8.8.8.8:5000");
+    t.perm(peer);
+    t.advance(299);
+    assert!(peer_packet(&t, local(relay), peer, b"a").is_some());
+    t.perm(peer);
+    t.advance(299);
+    assert!(peer_packet(&t, local(relay), peer, b"a").is_some(), "refreshed");
+    t.advance(1);
+    assert!(peer_packet(&t, local(relay), peer, b"a").is_none(), "expired at 300 s");
+    assert!(to_peer(&t.feed(&send_indication(peer, b"x"))).is_empty());
+    let mut out = Vec::new();
+    t.core.tick(t.now, &mut out);
+    assert!(t.core.allocs.get(&t.tuple).unwrap().st.lock().perms.is_empty());
+}
+
+#[test]
+fn create_permission_errors() {
+    let mut t = T::new();
+    assert_eq!(code(&t.perm(public("8.8.8.8:1"))), Some(437), "no allocation");
+    t.allocate();
+    assert_eq!(code(&t.request(METHOD_CREATE_PERMISSION, &|_| {})), Some(400), "no peer");
+    assert_eq!(code(&t.perm(public("[2606:4700::1111]:1"))), Some(443), "IPv6 peer on IPv4 relay");
+    // All or nothing: one forbidden peer fails the request and installs nothing.
+    let r = t.request(METHOD_CREATE_PERMISSION, &|m| {
+        peer_attr(m, public("8.8.8.8:1"));
+        peer_attr(m, public("192.168.1.1:1"));
+    });
+    assert_eq!(code(&r), Some(403));
+    assert!(t.core.allocs.get(&t.tuple).unwrap().st.lock().perms.is_empty());
+}
+
+#[test]
+fn forbidden_peers_in_every_encoding_get_403() {
+    let mut t = T::new();
+    t.allocate();
+    let forbidden = [
+        "127.0.0.1:80",
+        "0.0.0.0:80",
+        "10.0.0.5:80",
+        "172.16.0.1:80",
+        "192.168.0.1:80",
+        "100.64.0.1:80",
+        "169.254.169.254:80",
+        "224.0.0.1:80",
+        "255.255.255.255:80",
+        "198.18.0.1:80",
+        "240.0.0.1:80",
+        "[::ffff:127.0.0.1]:80",
+        "[::ffff:169.254.169.254]:80",
+        "[::127.0.0.1]:80",
+        "[::ffff:10.1.1.1]:80",
+        "10.1.1.1:9",      // the relay address itself
+        "203.0.113.1:80",  // our external address
+        "[::ffff:203.0.113.1]:80",
+    ];
+    for p in forbidden {
+        assert_eq!(code(&t.perm(public(p))), Some(403), "{p} must be refused");
+        assert_eq!(
+            code(&t.bind(0x4000, public(p))),
+            Some(403),
+            "{p} must be refused for ChannelBind"
+        );
+    }
+    assert_eq!(t.core.counters().snapshot().denied_peers, 2 * forbidden.len() as u64);
+    // Send to a forbidden peer never leaves (no permission can exist for it).
+    assert!(to_peer(&t.feed(&send_indication(public("127.0.0.1:80"), b"x"))).is_empty());
+}
+
+#[test]
+fn ipv4_mapped_public_peer_is_canonicalised_for_sending() {
+    let mut t = T::new();
+    let relay = t.allocate();
+    assert_eq!(code(&t.perm(public("[::ffff:8.8.8.8]:1"))), None);
+    let out = t.feed(&send_indication(public("[::ffff:8.8.8.8]:53"), b"q"));
+    assert_eq!(to_peer(&out)[0].1, public("8.8.8.8:53"));
+    assert!(peer_packet(&t, local(relay), public("8.8.8.8:53"), b"r").is_some());
+}
+
+#[test]
+fn allow_peers_opens_private_ranges() {
+    let mut c = cfg();
+    c.allow_peers = vec!["192.168.1.0/24".parse().unwrap()];
+    c.deny_peers = vec!["8.8.8.0/24".parse().unwrap()];
+    let mut t = T::with(c);
+    t.allocate();
+    assert_eq!(code(&t.perm(public("192.168.1.50:1"))), None);
+    assert_eq!(code(&t.perm(public("192.168.2.50:1"))), Some(403));
+    assert_eq!(code(&t.perm(public("8.8.8.8:1"))), Some(403));
+}
+
+#[test]
+fn permission_quota_is_508() {
+    let mut c = cfg();
+    c.max_permissions_per_allocation = 2;
+    let mut t = T::with(c);
+    t.allocate();
+    assert_eq!(code(&t.perm(public("8.8.8.8:1"))), None);
+    assert_eq!(code(&t.perm(public("8.8.4.4:1"))), None);
+    assert_eq!(code(&t.perm(public("8.8.8.8:2"))), None, "refreshing an existing one is fine");
+    assert_eq!(code(&t.perm(public("1.1.1.1:1"))), Some(508));
+}
+
+// ------------------------------------------------------------------------------------------ Channels
+
+#[test]
+fn channel_bind_and_channel_data_both_ways() {
+    let mut t = T::new();
+    let relay = t.allocate();
+    let peer = public("8.8.8.8:5000");
+    assert_eq!(code(&t.bind(0x4001, peer)), None);
+    let pkt = [0x40, 0x01, 0x00, 0x03, b'a', b'b', b'c', 0];
+    let out = t.feed(&pkt);
+    assert_eq!(to_peer(&out), vec![(local(relay), peer, 4..7)]);
+    // Peer → client uses the channel (no padding over UDP).
+    let (_, frame) = peer_packet(&t, local(relay), peer, b"xyz").unwrap();
+    assert_eq!(frame, vec![0x40, 0x01, 0x00, 0x03, b'x', b'y', b'z']);
+    // Unknown channel, short frame: dropped.
+    assert!(t.feed(&[0x40, 0x02, 0x00, 0x01, 1]).is_empty());
+    assert!(t.feed(&[0x40, 0x01, 0x00, 0x09, 1]).is_empty());
+    // The same peer from another port has the permission but no channel: Data indication.
+    let (_, frame) = peer_packet(&t, local(relay), public("8.8.8.8:5001"), b"q").unwrap();
+    assert_eq!(codec::method_and_class(&frame).0, METHOD_DATA);
+}
+
+#[test]
+fn channel_data_to_tcp_client_is_padded() {
+    let mut t = T::new();
+    t.tuple.transport = Transport::Tcp;
+    let relay = t.allocate();
+    let peer = public("8.8.8.8:5000");
+    t.bind(0x4001, peer);
+    let (_, frame) = peer_packet(&t, local(relay), peer, b"xyzzy").unwrap();
+    assert_eq!(frame.len(), 12);
+    assert_eq!(&frame[..9], &[0x40, 0x01, 0x00, 0x05, b'x', b'y', b'z', b'z', b'y']);
+}
+
+#[test]
+fn channel_bind_errors_and_refresh() {
+    let mut t = T::new();
+    assert_eq!(code(&t.bind(0x4001, public("8.8.8.8:1"))), Some(437));
+    t.allocate();
+    assert_eq!(code(&t.bind(0x3FFF, public("8.8.8.8:1"))), Some(400), "below range");
+    assert_eq!(code(&t.bind(0x8000, public("8.8.8.8:1"))), Some(400), "above range");
+    assert_eq!(code(&t.request(METHOD_CHANNEL_BIND, &|m| peer_attr(m, public("8.8.8.8:1")))), Some(400), "no number");
+    assert_eq!(code(&t.bind(0x4001, public("8.8.8.8:1"))), None);
+    assert_eq!(code(&t.bind(0x4001, public("8.8.8.8:1"))), None, "rebinding the same pair refreshes");
+    assert_eq!(code(&t.bind(0x4001, public("8.8.8.8:2"))), Some(400), "channel taken by another peer");
+    assert_eq!(code(&t.bind(0x4002, public("8.8.8.8:1"))), Some(400), "peer has another channel");
+}
+
+#[test]
+fn channels_expire_after_600s_unless_refreshed() {
+    let mut t = T::new();
+    let relay = t.allocate();
+    let peer = public("8.8.8.8:5000");
+    t.bind(0x4001, peer);
+    t.request(METHOD_REFRESH, &|m| m.add(AttrType(ATTR_LIFETIME), &3600u32.to_be_bytes()));
+    t.advance(290);
+    t.perm(peer); // keep the permission alive separately
+    t.advance(290);
+    t.perm(peer);
+    assert!(!to_peer(&t.feed(&[0x40, 0x01, 0, 1, 7, 0, 0, 0])).is_empty());
+    t.advance(20); // 600 s since the bind
+    assert!(to_peer(&t.feed(&[0x40, 0x01, 0, 1, 7, 0, 0, 0])).is_empty(), "channel expired");
+    let (_, frame) = peer_packet(&t, local(relay), peer, b"q").unwrap();
+    assert_eq!(codec::method_and_class(&frame).0, METHOD_DATA, "falls back to Data indication");
+    let mut out = Vec::new();
+    t.core.tick(t.now, &mut out);
+    // After expiry the channel number may be bound again.
+    assert_eq!(code(&t.bind(0x4001, public("8.8.8.8:7"))), None);
+}
+
+#[test]
+fn channel_quota_is_508() {
+    let mut c = cfg();
+    c.max_channels_per_allocation = 1;
+    let mut t = T::with(c);
+    t.allocate();
+    assert_eq!(code(&t.bind(0x4001, public("8.8.8.8:1"))), None);
+    assert_eq!(code(&t.bind(0x4002, public("8.8.8.8:2"))), Some(508));
+}
+
+#[test]
+fn create_permission_retransmission_same_answer() {
+    let mut t = T::new();
+    t.allocate();
+    let peer = public("8.8.8.8:1");
+    let pkt = t.build(METHOD_CREATE_PERMISSION, [0x33; 12], &move |m| peer_attr(m, peer), true);
+    let a = t.feed(&pkt);
+    let b = t.feed(&pkt);
+    let (Some(Action::ToClient { data: a, .. }), Some(Action::ToClient { data: b, .. })) = (a.last(), b.last()) else { panic!() };
+    assert_eq!(a, b);
+    // Cached responses are dropped after 40 s.
+    let mut out = Vec::new();
+    t.core.tick(t.now + Duration::from_secs(41), &mut out);
+    assert!(t.core.responses.is_empty());
+}
+
+#[test]
+fn bandwidth_cap_drops_excess() {
+    let mut c = cfg();
+    c.max_bandwidth_per_allocation = 1000;
+    let mut t = T::with(c);
+    let relay = t.allocate();
+    let peer = public("8.8.8.8:5000");
+    t.bind(0x4001, peer);
+    let mut pkt = vec![0x40, 0x01, 0x01, 0x90];
+    pkt.extend_from_slice(&[0u8; 400]);
+    let sent: usize = (0..5).map(|_| to_peer(&t.feed(&pkt)).len()).sum();
+    assert_eq!(sent, 2, "1000 bytes/s allows two 400-byte packets at once");
+    t.now += Duration::from_millis(500);
+    assert_eq!(to_peer(&t.feed(&pkt)).len(), 1, "half a second refills 500 bytes");
+    let got = (0..5).filter(|_| peer_packet(&t, local(relay), peer, &[0u8; 400]).is_some()).count();
+    assert_eq!(got, 2, "the cap applies per direction");
+}

@@ -1,0 +1,251 @@
+//! Peer address policy (RFC 8656 §21.2.3, "secure by default"): which peers a relay may talk to, after canonicalising every IPv4-in-IPv6 encoding.
+//!
+//! Why so strict: a TURN server is an authenticated open proxy from the Internet into the server's own
+//! network. Relaying to loopback, RFC 1918, link-local (cloud metadata at 169.254.169.254) and friends turns it
+//! into an SSRF tool. coturn's CVE-2020-26262 was exactly an alternate encoding (`0.0.0.0`, `[::]`) reaching
+//! loopback past its checks, so every address is canonicalised *before* any list is consulted.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+
+/// Why a peer was refused (for logs and counters).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Denied {
+    /// An IANA special-purpose range (name of the range).
+    SpecialPurpose(&'static str),
+    /// One of this server's own addresses.
+    OwnAddress,
+    /// `turn.deny_peers`.
+    Configured,
+}
+
+/// IPv4 special-purpose ranges (IANA IPv4 Special-Purpose Address Registry plus multicast and reserved).
+///
+/// Deliberately absent: the documentation ranges (TEST-NET-1/2/3, 2001:db8::/32, 3fff::/20). No real host uses
+/// them, so refusing them protects nothing, and the project's network lab (`tests/lab/netlab.sh`) uses
+/// TEST-NET-2 as its "public internet".
+const V4_DENY: &[(&str, &str)] = &[
+    ("0.0.0.0/8", "this network"),
+    ("10.0.0.0/8", "private (RFC 1918)"),
+    ("100.64.0.0/10", "shared address space (CGNAT, RFC 6598)"),
+    ("127.0.0.0/8", "loopback"),
+    ("169.254.0.0/16", "link-local (incl. cloud metadata 169.254.169.254)"),
+    ("172.16.0.0/12", "private (RFC 1918)"),
+    ("192.0.0.0/24", "IETF protocol assignments"),
+    ("192.31.196.0/24", "AS112"),
+    ("192.52.193.0/24", "AMT"),
+    ("192.88.99.0/24", "6to4 relay anycast"),
+    ("192.168.0.0/16", "private (RFC 1918)"),
+    ("192.175.48.0/24", "AS112 direct delegation"),
+    ("198.18.0.0/15", "benchmarking (RFC 2544)"),
+    ("224.0.0.0/4", "multicast"),
+    ("240.0.0.0/4", "reserved (incl. broadcast)"),
+];
+
+/// IPv6 special-purpose ranges. Ranges that embed IPv4 (NAT64, 6to4, Teredo) are denied whole: a relay has no
+/// business sending through translators, and it closes every "embedded private IPv4" trick at once.
+const V6_DENY: &[(&str, &str)] = &[
+    ("::/128", "unspecified"),
+    ("::1/128", "loopback"),
+    ("::/96", "IPv4-compatible (deprecated)"),
+    ("::ffff:0:0/96", "IPv4-mapped"),
+    ("::ffff:0:0:0/96", "IPv4-translated (SIIT)"),
+    ("64:ff9b::/96", "NAT64 well-known prefix"),
+    ("64:ff9b:1::/48", "NAT64 local-use"),
+    ("100::/64", "discard-only"),
+    ("2001::/23", "IETF protocol assignments (incl. Teredo, benchmarking, ORCHID)"),
+    ("2002::/16", "6to4"),
+    ("5f00::/16", "SRv6 SIDs"),
+    ("fc00::/7", "unique local (ULA)"),
+    ("fe80::/10", "link-local"),
+    ("fec0::/10", "site-local (deprecated)"),
+    ("ff00::/8", "multicast"),
+];
+
+/// Reduce an address to the one form the policy reasons about: IPv4 stays IPv4; IPv4-mapped (`::ffff:a.b.c.d`)
+/// and IPv4-compatible (`::a.b.c.d`, except `::` and `::1`) IPv6 become the IPv4 address they carry, because
+/// that is where a dual-stack socket would actually send. Other IPv6 forms stay IPv6 (their prefixes are
+/// denied whole above).
+pub fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return IpAddr::V4(v4);
+            }
+            let s = v6.segments();
+            if s[..6] == [0; 6] && !(s[6] == 0 && s[7] <= 1) {
+                return IpAddr::V4(Ipv4Addr::new((s[6] >> 8) as u8, s[6] as u8, (s[7] >> 8) as u8, s[7] as u8));
+            }
+            ip
+        }
+    }
+}
+
+/// The IPv4 address embedded in well-known translation prefixes (NAT64, 6to4, Teredo), for log lines.
+pub fn embedded_ipv4(v6: Ipv6Addr) -> Option<Ipv4Addr> {
+    let s = v6.segments();
+    let o = v6.octets();
+    if s[0] == 0x64 && s[1] == 0xff9b {
+        return Some(Ipv4Addr::new(o[12], o[13], o[14], o[15]));
+    }
+    if s[0] == 0x2002 {
+        return Some(Ipv4Addr::new(o[2], o[3], o[4], o[5]));
+    }
+    if s[0] == 0x2001 && s[1] == 0 {
+        // Teredo: the client address is the last 32 bits, inverted.
+        return Some(Ipv4Addr::new(!o[12], !o[13], !o[14], !o[15]));
+    }
+    None
+}
+
+fn canonical_net(n: &IpNet) -> IpNet {
+    // `::ffff:10.0.0.0/104` in a config means 10.0.0.0/8: compare like with like.
+    if let IpNet::V6(v6) = n {
+        if let (IpAddr::V4(a), true) = (canonical(IpAddr::V6(v6.network())), v6.prefix_len() >= 96) {
+            if v6.network().to_ipv4_mapped().is_some() {
+                return IpNet::V4(Ipv4Net::new(a, v6.prefix_len() - 96).expect("prefix <= 32"));
+            }
+        }
+    }
+    *n
+}
+
+/// The peer policy of one server: built-in ranges, the server's own addresses, and the owner's lists.
+#[derive(Debug, Clone)]
+pub struct PeerPolicy {
+    builtin: Vec<(IpNet, &'static str)>,
+    own: Vec<IpAddr>,
+    allow: Vec<IpNet>,
+    deny: Vec<IpNet>,
+}
+
+impl PeerPolicy {
+    pub fn new(allow: &[IpNet], deny: &[IpNet], own: &[IpAddr]) -> PeerPolicy {
+        let mut builtin = Vec::new();
+        for (n, why) in V4_DENY {
+            builtin.push((IpNet::V4(n.parse::<Ipv4Net>().expect("static range")), *why));
+        }
+        for (n, why) in V6_DENY {
+            builtin.push((IpNet::V6(n.parse::<Ipv6Net>().expect("static range")), *why));
+        }
+        let mut own: Vec<IpAddr> = own.iter().map(|a| canonical(*a)).filter(|a| !a.is_unspecified()).collect();
+        own.sort();
+        own.dedup();
+        PeerPolicy {
+            builtin,
+            own,
+            allow: allow.iter().map(canonical_net).collect(),
+            deny: deny.iter().map(canonical_net).collect(),
+        }
+    }
+
+    /// Check a peer. Returns the canonical address to use (so callers send where they checked) or why not.
+    /// Order: `allow_peers` wins over everything (the owner asked for it), then own addresses, the
+    /// configured deny list, and the built-in ranges.
+    pub fn check(&self, ip: IpAddr) -> Result<IpAddr, Denied> {
+        let ip = canonical(ip);
+        if self.allow.iter().any(|n| n.contains(&ip)) {
+            return Ok(ip);
+        }
+        if self.own.contains(&ip) {
+            return Err(Denied::OwnAddress);
+        }
+        if self.deny.iter().any(|n| n.contains(&ip)) {
+            return Err(Denied::Configured);
+        }
+        if let Some((_, why)) = self.builtin.iter().find(|(n, _)| n.contains(&ip)) {
+            return Err(Denied::SpecialPurpose(why));
+        }
+        Ok(ip)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p() -> PeerPolicy {
+        PeerPolicy::new(&[], &[], &["203.0.113.200".parse().unwrap(), "8.8.4.4".parse().unwrap()])
+    }
+
+    fn denied(s: &str) -> bool {
+        p().check(s.parse().unwrap()).is_err()
+    }
+
+    #[test]
+    fn public_addresses_pass() {
+        // Documentation ranges pass too (see V4_DENY): the lab's public network is TEST-NET-2.
+        for a in ["192.0.2.1", "198.51.100.30", "203.0.113.9", "2001:db8::1", "3fff::1", "8.8.8.8", "1.1.1.1", "93.184.216.34", "2606:4700:4700::1111", "2a00:1450:4001:80b::200e", "100.63.255.255", "100.128.0.0", "172.32.0.1", "11.0.0.1", "223.255.255.255"] {
+            assert_eq!(p().check(a.parse().unwrap()), Ok(a.parse().unwrap()), "{a} should be allowed");
+        }
+    }
+
+    #[test]
+    fn every_ipv4_special_range_denied() {
+        for a in [
+            "0.0.0.0", "0.1.2.3", "10.0.0.1", "10.255.255.255", "100.64.0.1", "100.127.255.254", "127.0.0.1", "127.255.255.254",
+            "169.254.169.254", "169.254.0.1", "172.16.0.1", "172.31.255.255", "192.0.0.8", "192.31.196.1",
+            "192.52.193.1", "192.88.99.1", "192.168.1.1", "192.175.48.1", "198.18.0.1", "198.19.255.255", "224.0.0.1", "239.255.255.250", "240.0.0.1", "255.255.255.255",
+        ] {
+            assert!(denied(a), "{a} must be denied");
+        }
+    }
+
+    #[test]
+    fn every_ipv6_special_range_denied() {
+        for a in [
+            "::", "::1", "::2", "fc00::1", "fd12:3456::1", "fe80::1", "febf::1", "fec0::1", "ff02::1", "ff05::1:3", "64:ff9b::7f00:1",
+            "64:ff9b::808:808", "64:ff9b:1::a00:1", "100::1", "2001::1", "2001:0:4136:e378:8000:63bf:3fff:fdd2", "2001:2::1",
+            "2001:10::1", "2002:7f00:1::1", "2002:808:808::1", "5f00::1",
+        ] {
+            assert!(denied(a), "{a} must be denied");
+        }
+    }
+
+    #[test]
+    fn ipv4_in_ipv6_encodings_are_canonicalised() {
+        // Mapped and compatible forms of private/loopback addresses are denied as their IPv4 selves…
+        for a in ["::ffff:127.0.0.1", "::ffff:7f00:1", "::127.0.0.1", "::ffff:10.0.0.1", "::ffff:169.254.169.254", "::ffff:0.0.0.0", "::0.0.0.2", "::ffff:192.168.0.1", "::ffff:100.64.0.1", "::ffff:224.0.0.1"] {
+            assert!(denied(a), "{a} must be denied");
+        }
+        assert_eq!(canonical("::ffff:127.0.0.1".parse().unwrap()), "127.0.0.1".parse::<IpAddr>().unwrap());
+        assert_eq!(canonical("::10.1.2.3".parse().unwrap()), "10.1.2.3".parse::<IpAddr>().unwrap());
+        assert_eq!(canonical("::1".parse().unwrap()), "::1".parse::<IpAddr>().unwrap());
+        // …and mapped public addresses are allowed, returned in IPv4 form so the relay sends where it checked.
+        assert_eq!(p().check("::ffff:8.8.8.8".parse().unwrap()), Ok("8.8.8.8".parse().unwrap()));
+        // Translators are refused even when they embed a public address.
+        assert!(denied("64:ff9b::8.8.8.8"));
+        assert!(denied("::ffff:0:8.8.8.8"));
+        assert_eq!(embedded_ipv4("64:ff9b::a00:1".parse().unwrap()), Some("10.0.0.1".parse().unwrap()));
+        assert_eq!(embedded_ipv4("2002:c0a8:101::".parse().unwrap()), Some("192.168.1.1".parse().unwrap()));
+        assert_eq!(embedded_ipv4("2001:0:4136:e378:8000:63bf:3fff:fdd2".parse().unwrap()), Some("192.0.2.45".parse().unwrap()));
+    }
+
+    #[test]
+    fn own_addresses_denied_in_every_form() {
+        assert_eq!(p().check("203.0.113.200".parse().unwrap()), Err(Denied::OwnAddress));
+        assert_eq!(p().check("8.8.4.4".parse().unwrap()), Err(Denied::OwnAddress));
+        assert_eq!(p().check("::ffff:8.8.4.4".parse().unwrap()), Err(Denied::OwnAddress));
+        assert_eq!(p().check("::8.8.4.4".parse().unwrap()), Err(Denied::OwnAddress));
+    }
+
+    #[test]
+    fn allow_wins_and_deny_adds() {
+        let pol = PeerPolicy::new(
+            &["192.168.1.0/24".parse().unwrap(), "127.0.0.1/32".parse().unwrap()],
+            &["8.8.8.0/24".parse().unwrap(), "::ffff:9.9.9.0/120".parse().unwrap()],
+            &["127.0.0.1".parse().unwrap()],
+        );
+        assert!(pol.check("192.168.1.20".parse().unwrap()).is_ok());
+        assert!(pol.check("::ffff:192.168.1.20".parse().unwrap()).is_ok(), "allow list matches the canonical form");
+        assert!(pol.check("192.168.2.20".parse().unwrap()).is_err());
+        assert!(pol.check("127.0.0.1".parse().unwrap()).is_ok(), "allow wins even over own addresses");
+        assert!(pol.check("127.0.0.2".parse().unwrap()).is_err());
+        assert_eq!(pol.check("8.8.8.8".parse().unwrap()), Err(Denied::Configured));
+        assert_eq!(pol.check("::ffff:8.8.8.8".parse().unwrap()), Err(Denied::Configured));
+        assert_eq!(pol.check("9.9.9.9".parse().unwrap()), Err(Denied::Configured), "mapped CIDR in config canonicalised");
+        assert!(pol.check("8.8.9.8".parse().unwrap()).is_ok());
+    }
+}

@@ -1,0 +1,99 @@
+//! Relay sockets (RFC 8656 §7.2 relayed transport address): one UDP socket per allocation, bound within `turn.relay_port_min..=max` on the relay address, and the task that forwards peer datagrams to the client.
+//!
+//! The task owns its socket and receive buffer; per datagram it asks the core (one shard read-lock, one
+//! uncontended per-allocation mutex) where to send, with the header written into the buffer's headroom —
+//! no allocation and no async lock on the peer→client path.
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Instant;
+
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio_util::sync::CancellationToken;
+
+use super::codec::{HEADROOM, TAILROOM};
+use super::core::RelayRequest;
+use super::Shell;
+
+/// Largest peer datagram relayed: the Data indication built around it must still fit STUN's 16-bit length.
+const MAX_PAYLOAD: usize = 65535 - HEADROOM;
+/// How many ports to try before answering 508: random probing finds a free port quickly unless the range is
+/// nearly full, and a bounded search keeps a full range from turning each Allocate into a port scan.
+const BIND_ATTEMPTS: u32 = 128;
+
+/// A live relay socket, registered in the shell so that client→peer sends find it.
+pub struct Relay {
+    pub socket: Arc<tokio::net::UdpSocket>,
+    pub stop: CancellationToken,
+}
+
+/// Bind a relay socket for `req`, register it and start its task. Returns the local address.
+pub fn open(shell: &Arc<Shell>, req: &RelayRequest) -> io::Result<SocketAddr> {
+    let std = bind_in_range(req.ip, shell.port_range, req.even_port)?;
+    let local = std.local_addr()?;
+    let socket = Arc::new(tokio::net::UdpSocket::from_std(std)?);
+    let stop = shell.shutdown.child_token();
+    shell.relays.insert(local, Relay { socket: socket.clone(), stop: stop.clone() });
+    tokio::spawn(run(shell.clone(), socket, local, stop));
+    Ok(local)
+}
+
+/// Bind a UDP socket on `ip` at a random port in `range` (even if asked), trying a bounded number of ports.
+pub fn bind_in_range(ip: IpAddr, (min, max): (u16, u16), even: bool) -> io::Result<std::net::UdpSocket> {
+    let span = (max as u32).saturating_sub(min as u32) + 1;
+    let mut last = io::Error::new(io::ErrorKind::AddrInUse, "no free port in the relay range");
+    let start: u32 = rand::random::<u32>() % span;
+    for i in 0..BIND_ATTEMPTS.min(span) {
+        // Probe from a random start with a stride, so that concurrent allocations do not collide in order.
+        let mut port = min as u32 + (start + i * 7919) % span;
+        if even && port % 2 == 1 {
+            port = if port < max as u32 { port + 1 } else { port - 1 };
+            if port < min as u32 {
+                continue;
+            }
+        }
+        let addr = SocketAddr::new(ip, port as u16);
+        let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+        if addr.is_ipv6() {
+            socket.set_only_v6(true)?;
+        }
+        // Best effort: bursts from a peer should queue, not drop (capped by net.core.rmem_max).
+        let _ = socket.set_recv_buffer_size(1 << 20);
+        let _ = socket.set_send_buffer_size(1 << 20);
+        match socket.bind(&addr.into()) {
+            Ok(()) => {
+                socket.set_nonblocking(true)?;
+                return Ok(socket.into());
+            }
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse => last = e,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last)
+}
+
+/// Forward datagrams from peers to the allocation's client until the allocation is closed.
+async fn run(shell: Arc<Shell>, socket: Arc<tokio::net::UdpSocket>, local: SocketAddr, stop: CancellationToken) {
+    let mut buf = vec![0u8; HEADROOM + MAX_PAYLOAD + TAILROOM];
+    loop {
+        let r = tokio::select! {
+            biased;
+            _ = stop.cancelled() => break,
+            r = socket.recv_from(&mut buf[HEADROOM..HEADROOM + MAX_PAYLOAD]) => r,
+        };
+        match r {
+            Ok((n, peer)) => {
+                if let Some((to, range)) = shell.core.from_peer(local, peer, &mut buf, n, Instant::now()) {
+                    shell.to_client(to, &buf[range]).await;
+                }
+            }
+            // ICMP errors from earlier sends surface here on Linux; they are not fatal for the socket.
+            Err(e) if matches!(e.kind(), io::ErrorKind::ConnectionRefused | io::ErrorKind::ConnectionReset | io::ErrorKind::Interrupted) => {}
+            Err(e) => {
+                tracing::warn!("TURN relay socket {local} failed: {e}");
+                break;
+            }
+        }
+    }
+}

@@ -1,0 +1,307 @@
+//! STUN/TURN through the real daemon's sockets on loopback: Binding over UDP and TCP, a full TURN session
+//! (Allocate, CreatePermission, Send/Data, ChannelBind, ChannelData, Refresh) over UDP and TCP with a local
+//! echo peer, bad input that must not hurt anyone, and clean shutdown.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::{test_config, TestServer};
+use ponte::config::Config;
+use ponte::turn::codec::{self, *};
+use stun::attributes::AttrType;
+use stun::integrity::MessageIntegrity;
+use stun::message::{Getter, Message, Setter};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpStream, UdpSocket};
+
+const T: Duration = Duration::from_secs(5);
+
+/// A loopback-friendly config: peers on 127.0.0.1 allowed explicitly (secure default refuses them).
+fn lo_config() -> Config {
+    let mut c = test_config();
+    c.turn.allow_peers = vec!["127.0.0.1/32".parse().unwrap()];
+    c.turn.relay_port_min = 20000;
+    c.turn.relay_port_max = 29999;
+    c
+}
+
+enum Conn {
+    Udp(UdpSocket, SocketAddr),
+    Tcp(TcpStream, Vec<u8>),
+}
+
+/// A minimal TURN client over the `stun` crate, enough to drive every method.
+struct Client {
+    conn: Conn,
+    user: String,
+    pass: String,
+    realm: Vec<u8>,
+    nonce: Vec<u8>,
+}
+
+impl Client {
+    async fn udp(server: SocketAddr, srv: &TestServer) -> Client {
+        let s = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        Client::with(Conn::Udp(s, server), srv)
+    }
+    async fn tcp(server: SocketAddr, srv: &TestServer) -> Client {
+        Client::with(Conn::Tcp(TcpStream::connect(server).await.unwrap(), Vec::new()), srv)
+    }
+    fn with(conn: Conn, srv: &TestServer) -> Client {
+        let cred = ponte::credentials::mint(&srv.ctx.turn_secret, "itest", ponte::credentials::unix_now(), 3600);
+        Client { conn, user: cred.username, pass: cred.password, realm: Vec::new(), nonce: Vec::new() }
+    }
+
+    async fn send_raw(&mut self, b: &[u8]) {
+        match &mut self.conn {
+            Conn::Udp(s, to) => {
+                s.send_to(b, *to).await.unwrap();
+            }
+            Conn::Tcp(s, _) => s.write_all(b).await.unwrap(),
+        }
+    }
+
+    /// Next STUN message or ChannelData frame from the server.
+    async fn recv(&mut self) -> Vec<u8> {
+        tokio::time::timeout(T, async {
+            match &mut self.conn {
+                Conn::Udp(s, _) => {
+                    let mut b = vec![0u8; 70000];
+                    let (n, _) = s.recv_from(&mut b).await.unwrap();
+                    b.truncate(n);
+                    b
+                }
+                Conn::Tcp(s, buf) => loop {
+                    if let Ok(Some(n)) = codec::tcp_frame_len(buf) {
+                        return buf.drain(..n).collect();
+                    }
+                    let mut chunk = [0u8; 4096];
+                    let n = s.read(&mut chunk).await.unwrap();
+                    assert!(n > 0, "server closed the connection");
+                    buf.extend_from_slice(&chunk[..n]);
+                },
+            }
+        })
+        .await
+        .expect("answer from the server in time")
+    }
+
+    async fn recv_stun(&mut self) -> Message {
+        let b = self.recv().await;
+        codec::decode(&b).expect("a STUN message")
+    }
+
+    fn build(&self, method: u16, attrs: &dyn Fn(&mut Message), auth: bool) -> Vec<u8> {
+        let mut m = codec::message(method, 0, rand::random());
+        attrs(&mut m);
+        if auth {
+            m.add(AttrType(ATTR_USERNAME), self.user.as_bytes());
+            m.add(AttrType(ATTR_REALM), &self.realm);
+            m.add(AttrType(ATTR_NONCE), &self.nonce);
+            let realm = String::from_utf8(self.realm.clone()).unwrap();
+            MessageIntegrity::new_long_term_integrity(self.user.clone(), realm, self.pass.clone()).add_to(&mut m).unwrap();
+        }
+        stun::fingerprint::FINGERPRINT.add_to(&mut m).unwrap();
+        m.raw
+    }
+
+    /// An authenticated request, doing the 401/438 dance like a real client.
+    async fn request(&mut self, method: u16, attrs: &dyn Fn(&mut Message)) -> Message {
+        for _ in 0..3 {
+            let auth = !self.nonce.is_empty();
+            let pkt = self.build(method, attrs, auth);
+            self.send_raw(&pkt).await;
+            let r = self.recv_stun().await;
+            match code(&r) {
+                Some(401) if !auth => {}
+                Some(438) => {}
+                _ => return r,
+            }
+            self.realm = r.get(AttrType(ATTR_REALM)).unwrap();
+            self.nonce = r.get(AttrType(ATTR_NONCE)).unwrap();
+        }
+        panic!("authentication did not converge");
+    }
+
+    async fn allocate(&mut self) -> SocketAddr {
+        let r = self.request(METHOD_ALLOCATE, &|m| m.add(AttrType(ATTR_REQUESTED_TRANSPORT), &[17, 0, 0, 0])).await;
+        assert_eq!(code(&r), None, "Allocate failed: {r}");
+        let mut a = stun::xoraddr::XorMappedAddress::default();
+        a.get_from_as(&r, AttrType(ATTR_XOR_RELAYED_ADDRESS)).unwrap();
+        SocketAddr::new(a.ip, a.port)
+    }
+}
+
+fn code(m: &Message) -> Option<u16> {
+    let mut e = stun::error_code::ErrorCodeAttribute::default();
+    e.get_from(m).ok().map(|_| e.code.0)
+}
+
+fn peer_attr(m: &mut Message, peer: SocketAddr) {
+    stun::xoraddr::XorMappedAddress { ip: peer.ip(), port: peer.port() }.add_to_as(m, AttrType(ATTR_XOR_PEER_ADDRESS)).unwrap();
+}
+
+async fn binding(c: &mut Client) -> SocketAddr {
+    let pkt = c.build(METHOD_BINDING, &|_| {}, false);
+    c.send_raw(&pkt).await;
+    let r = c.recv_stun().await;
+    stun::fingerprint::FINGERPRINT.check(&r).expect("FINGERPRINT in answer");
+    assert!(!r.contains(AttrType(ATTR_SOFTWARE)), "no SOFTWARE unless configured");
+    let mut x = stun::xoraddr::XorMappedAddress::default();
+    x.get_from(&r).unwrap();
+    SocketAddr::new(x.ip, x.port)
+}
+
+#[tokio::test]
+async fn stun_binding_over_udp_and_tcp() {
+    let srv = TestServer::start(lo_config()).await;
+    let mut u = Client::udp(srv.turn_udp[0], &srv).await;
+    let Conn::Udp(s, _) = &u.conn else { unreachable!() };
+    let local = s.local_addr().unwrap();
+    assert_eq!(binding(&mut u).await, local);
+    let mut t = Client::tcp(srv.turn_tcp[0], &srv).await;
+    let Conn::Tcp(s, _) = &t.conn else { unreachable!() };
+    let local = s.local_addr().unwrap();
+    assert_eq!(binding(&mut t).await, local);
+    assert_eq!(srv.ctx.health.get(ponte::health::Component::Turn), ponte::health::Status::Ok);
+    srv.stop().await.unwrap();
+}
+
+/// Full TURN session against a local UDP echo peer.
+async fn session(mut c: Client) {
+    let peer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let peer_addr = peer.local_addr().unwrap();
+    let relay = c.allocate().await;
+    assert_eq!(relay.ip().to_string(), "127.0.0.1");
+    assert!((20000..=29999).contains(&relay.port()));
+
+    // Send indication before any permission: dropped, the peer gets nothing.
+    let mut m = codec::message(METHOD_SEND, 1, rand::random());
+    peer_attr(&mut m, peer_addr);
+    m.add(AttrType(ATTR_DATA), b"too early");
+    c.send_raw(&m.raw).await;
+
+    let r = c.request(METHOD_CREATE_PERMISSION, &move |m| peer_attr(m, peer_addr)).await;
+    assert_eq!(code(&r), None);
+    let mut m = codec::message(METHOD_SEND, 1, rand::random());
+    peer_attr(&mut m, peer_addr);
+    m.add(AttrType(ATTR_DATA), b"via send");
+    c.send_raw(&m.raw).await;
+    let mut b = [0u8; 2000];
+    let (n, from) = tokio::time::timeout(T, peer.recv_from(&mut b)).await.unwrap().unwrap();
+    assert_eq!(&b[..n], b"via send", "the early Send must have been dropped");
+    assert_eq!(from, relay, "peer sees the relayed address");
+    peer.send_to(b"pong-data", from).await.unwrap();
+    let d = c.recv_stun().await;
+    assert_eq!(d.get(AttrType(ATTR_DATA)).unwrap(), b"pong-data");
+
+    let r = c
+        .request(METHOD_CHANNEL_BIND, &move |m| {
+            m.add(AttrType(ATTR_CHANNEL_NUMBER), &[0x40, 0x00, 0, 0]);
+            peer_attr(m, peer_addr)
+        })
+        .await;
+    assert_eq!(code(&r), None);
+    // ChannelData with an odd length: over TCP it must be padded (RFC 8656 §11.5).
+    let mut cd = vec![0x40, 0x00, 0x00, 0x05];
+    cd.extend_from_slice(b"chan!");
+    if matches!(c.conn, Conn::Tcp(..)) {
+        cd.extend_from_slice(&[0, 0, 0]);
+    }
+    c.send_raw(&cd).await;
+    let (n, _) = tokio::time::timeout(T, peer.recv_from(&mut b)).await.unwrap().unwrap();
+    assert_eq!(&b[..n], b"chan!");
+    peer.send_to(b"back", relay).await.unwrap();
+    let f = c.recv().await;
+    assert_eq!(&f[..4], &[0x40, 0x00, 0x00, 0x04]);
+    assert_eq!(&f[4..8], b"back");
+
+    let r = c.request(METHOD_REFRESH, &|m| m.add(AttrType(ATTR_LIFETIME), &0u32.to_be_bytes())).await;
+    assert_eq!(code(&r), None);
+}
+
+#[tokio::test]
+async fn turn_session_over_udp() {
+    let srv = TestServer::start(lo_config()).await;
+    session(Client::udp(srv.turn_udp[0], &srv).await).await;
+    let m = srv.ctx.metrics.render();
+    assert!(m.contains("ponte_turn_relayed_packets_total{direction=\"client_to_peer\"} 2"), "{m}");
+    assert!(m.contains("ponte_turn_allocations 0"), "{m}");
+    srv.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn turn_session_over_tcp() {
+    let srv = TestServer::start(lo_config()).await;
+    session(Client::tcp(srv.turn_tcp[0], &srv).await).await;
+    srv.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn loopback_peer_refused_by_default_and_wrong_credentials_get_401() {
+    let srv = TestServer::start(test_config()).await;
+    let mut c = Client::udp(srv.turn_udp[0], &srv).await;
+    c.allocate().await;
+    let r = c.request(METHOD_CREATE_PERMISSION, &|m| peer_attr(m, "127.0.0.1:9".parse().unwrap())).await;
+    assert_eq!(code(&r), Some(403));
+    let r = c.request(METHOD_CREATE_PERMISSION, &|m| peer_attr(m, "[::ffff:127.0.0.1]:9".parse().unwrap())).await;
+    assert_eq!(code(&r), Some(403));
+
+    let mut bad = Client::udp(srv.turn_udp[0], &srv).await;
+    bad.pass = "not-the-password".into();
+    let r = bad.request(METHOD_ALLOCATE, &|m| m.add(AttrType(ATTR_REQUESTED_TRANSPORT), &[17, 0, 0, 0])).await;
+    assert_eq!(code(&r), Some(401));
+    let mut expired = Client::udp(srv.turn_udp[0], &srv).await;
+    let cred = ponte::credentials::mint(&srv.ctx.turn_secret, "old", ponte::credentials::unix_now() - 7200, 3600);
+    expired.user = cred.username;
+    expired.pass = cred.password;
+    let r = expired.request(METHOD_ALLOCATE, &|m| m.add(AttrType(ATTR_REQUESTED_TRANSPORT), &[17, 0, 0, 0])).await;
+    assert_eq!(code(&r), Some(401));
+    srv.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn garbage_and_truncated_tcp_frames_do_not_stall_others() {
+    let srv = TestServer::start(lo_config()).await;
+    // A connection stuck in the middle of a frame…
+    let mut stuck = TcpStream::connect(srv.turn_tcp[0]).await.unwrap();
+    stuck.write_all(&[0x00, 0x01, 0x00, 0x40, 0x21, 0x12]).await.unwrap();
+    // …one that sends garbage is closed by the server…
+    let mut garbage = TcpStream::connect(srv.turn_tcp[0]).await.unwrap();
+    garbage.write_all(&[0xFF; 64]).await.unwrap();
+    let mut b = [0u8; 16];
+    let n = tokio::time::timeout(T, garbage.read(&mut b)).await.expect("closed in time").unwrap_or(0);
+    assert_eq!(n, 0, "garbage stream closed without an answer");
+    // …UDP garbage and truncated STUN are dropped…
+    let u = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    for p in [&[0xFFu8; 10][..], &[0x00, 0x01, 0x00, 0x08, 0x21, 0x12, 0xA4, 0x42, 1, 2, 3][..], &[0x40, 0x00, 0x10, 0x00][..]] {
+        u.send_to(p, srv.turn_udp[0]).await.unwrap();
+    }
+    // …and everyone else is served.
+    let mut c = Client::udp(srv.turn_udp[0], &srv).await;
+    binding(&mut c).await;
+    let mut t = Client::tcp(srv.turn_tcp[0], &srv).await;
+    binding(&mut t).await;
+    // The half-frame connection just idles (closed after 400 s of silence); it never blocked anyone.
+    drop(stuck);
+    srv.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn shutdown_closes_relay_sockets() {
+    let mut cfg = lo_config();
+    cfg.turn.relay_port_min = 31000;
+    cfg.turn.relay_port_max = 31000;
+    let srv = TestServer::start(cfg).await;
+    let mut c = Client::udp(srv.turn_udp[0], &srv).await;
+    let relay = c.allocate().await;
+    assert_eq!(relay.port(), 31000);
+    // The only port is taken: a second allocation gets 508.
+    let mut c2 = Client::udp(srv.turn_udp[0], &srv).await;
+    let r = c2.request(METHOD_ALLOCATE, &|m| m.add(AttrType(ATTR_REQUESTED_TRANSPORT), &[17, 0, 0, 0])).await;
+    assert_eq!(code(&r), Some(508));
+    srv.stop().await.unwrap();
+    std::net::UdpSocket::bind(relay).expect("relay port released at shutdown");
+}
