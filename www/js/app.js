@@ -483,7 +483,8 @@ function renderChatHead(c) {
   fail.hidden = !showFail;
   if (showFail) $('#failure-text').textContent = failureText(c);
   $('#retry-btn').hidden = !c.serverPaired;
-  $('#end-btn').textContent = c.closed ? t('chat.remove') : t('chat.end');
+  $('#end-btn .end-label').textContent = c.closed ? t('chat.remove') : t('chat.end');
+  $('#end-btn').setAttribute('aria-label', c.closed ? t('chat.remove') : t('chat.end'));
   $('#end-btn').dataset.mode = c.closed ? 'remove' : 'end';
   $('#typing').textContent = c.typing ? t('chat.typing', { id: d }) : '';
   const composerOff = c.closed;

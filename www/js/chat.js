@@ -222,8 +222,8 @@ export class Chat {
       if (x.dir === 'in') {
         if (!this.hooks.isVisible(this)) this.unread += 1;
         this.hooks.messageArrived(this, x.name);
-        this.preview = `📎 ${x.name}`;
-      } else this.preview = `${t('chat.you')}: 📎 ${x.name}`;
+        this.preview = t('chat.file_preview', { name: x.name });
+      } else this.preview = `${t('chat.you')}: ${t('chat.file_preview', { name: x.name })}`;
       this.changed();
     } else {
       render(x, n, this);

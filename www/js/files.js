@@ -3,7 +3,7 @@
 // Control messages travel on the chat channel: file-offer → file-accept | file-decline, file-cancel (either side),
 // file-result (receiver's verdict). The bytes travel on an ordered, reliable channel labelled `file:<id>` that the
 // sender opens after the accept: 64 KiB binary chunks with back-pressure on bufferedAmount, then one text message
-// {t:"end", digest, chunks}. Integrity: SHA-256 of every chunk (native crypto.subtle), then SHA-256 over the list
+// {t:"end", digest, chunks}. Integrity: SHA-256 of every chunk (crypto.subtle, or sha256.js where the page is not a secure context), then SHA-256 over the list
 // of chunk digests, computed on both sides and compared. The receiver collects chunks into a Blob (the browser
 // keeps large blobs on disk), so 100 MB and more work without holding one giant ArrayBuffer.
 
@@ -13,6 +13,8 @@ const HIGH_WATER = 8 * 1024 * 1024;
 const LOW_WATER = 1024 * 1024;
 const FLUSH_PARTS_BYTES = 8 * 1024 * 1024;
 const PROGRESS_MS = 150;
+
+import { digest } from './sha256.js';
 
 let seq = 0;
 function newId() {
@@ -28,7 +30,7 @@ async function listDigest(chunkDigests) {
   const parts = await Promise.all(chunkDigests);
   const all = new Uint8Array(parts.length * 32);
   parts.forEach((d, i) => all.set(new Uint8Array(d), i * 32));
-  return hex(await crypto.subtle.digest('SHA-256', all));
+  return hex(await digest(all));
 }
 
 export class FileTransfers {
@@ -166,7 +168,7 @@ export class FileTransfers {
         for (let o = 0; o < buf.byteLength; o += CHUNK) {
           if (closed()) return;
           const chunk = buf.slice(o, Math.min(buf.byteLength, o + CHUNK));
-          digests.push(crypto.subtle.digest('SHA-256', chunk));
+          digests.push(digest(chunk));
           if (ch.bufferedAmount > HIGH_WATER) await waitLow(ch);
           if (closed()) return;
           ch.send(chunk);
@@ -224,7 +226,7 @@ export class FileTransfers {
         return;
       }
       const data = ev.data;
-      x.chunkDigests.push(crypto.subtle.digest('SHA-256', data));
+      x.chunkDigests.push(digest(data));
       x.parts.push(data);
       x.partsBytes += data.byteLength;
       x.bytes += data.byteLength;

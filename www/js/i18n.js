@@ -89,6 +89,7 @@ const en = {
   'chat.not_connected': 'Not connected — messages will be sent when the connection is back.',
   'chat.closed': 'This conversation has ended.',
   'chat.remove': 'Close',
+  'chat.file_preview': 'File: {name}',
 
   'status.queued': 'Waiting to send',
   'status.sent': 'Sent',
@@ -267,6 +268,7 @@ const ptBR = {
   'chat.not_connected': 'Sem conexão — as mensagens serão enviadas quando a conexão voltar.',
   'chat.closed': 'Esta conversa foi encerrada.',
   'chat.remove': 'Fechar',
+  'chat.file_preview': 'Arquivo: {name}',
 
   'status.queued': 'Aguardando envio',
   'status.sent': 'Enviada',

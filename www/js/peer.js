@@ -8,6 +8,8 @@
 // Events: `state` {state: connecting|connected|reconnecting|failed, diagnosis?}, `chat-open`, `chat-close`,
 // `chat-message` {msg}, `file-channel` {channel}, `stats` {path, rtt, local, remote}, `security` {code}.
 
+import { digest } from './sha256.js';
+
 const CONNECT_TIMEOUT_MS = 25000;
 const RESTART_AFTER_DISCONNECT_MS = { impolite: 2500, polite: 4500 };
 const MAX_RESTARTS = 4;
@@ -174,7 +176,9 @@ export class PeerLink extends EventTarget {
       this.setState('connected');
       this.pollStats();
     } else if (s === 'disconnected' || ice === 'disconnected') {
-      if (this.everConnected) this.setState('reconnecting');
+      // Before the first connection there is nothing to restore: the connect timeout decides.
+      if (!this.everConnected) return;
+      this.setState('reconnecting');
       clearTimeout(this.disconnectTimer);
       this.disconnectTimer = setTimeout(() => {
         if (this.pc.connectionState !== 'connected') this.restart();
@@ -341,9 +345,9 @@ export function fingerprint(sdp) {
  */
 export async function securityCode(fpA, fpB) {
   const [a, b] = [fpA, fpB].sort();
-  const digest = new Uint8Array(await crypto.subtle.digest('SHA-256', new TextEncoder().encode(`ponte-sas-v1|${a}|${b}`)));
+  const d = new Uint8Array(await digest(new TextEncoder().encode(`ponte-sas-v1|${a}|${b}`)));
   let n = 0n;
-  for (let i = 0; i < 8; i++) n = (n << 8n) | BigInt(digest[i]);
+  for (let i = 0; i < 8; i++) n = (n << 8n) | BigInt(d[i]);
   const digits = (n % 10n ** 12n).toString().padStart(12, '0');
   return `${digits.slice(0, 4)} ${digits.slice(4, 8)} ${digits.slice(8)}`;
 }

@@ -1,0 +1,195 @@
+// End-to-end tests in the network-namespace lab (tests/lab/netlab.sh): ponte on a public-looking address
+// (198.51.100.10), two Chromiums each in its own home behind its own NAT (cone or symmetric). Needs root.
+//
+//   cd tests/browser && node --test lab.test.mjs
+//
+// Every packet stays inside the namespaces the test creates; nothing is connected to the host's network.
+
+import { test, describe, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { mkdtempSync, writeFileSync, rmSync, chmodSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import {
+  ROOT, CHROMIUM, requirements, launch, newPage, startPonte, openApp, pair, waitConnected, sendMessage,
+  waitForMessage, screenshot, which,
+} from './lib.mjs';
+
+const NETLAB = path.join(ROOT, 'tests', 'lab', 'netlab.sh');
+const SRV_IP = '198.51.100.10';
+const HTTP_PORT = 8080;
+
+function labMissing() {
+  const base = requirements();
+  if (base) return base;
+  const why = [];
+  if (process.getuid && process.getuid() !== 0) why.push('root (network namespaces)');
+  if (!which('ip')) why.push('ip (apt-get install iproute2)');
+  if (!which('iptables')) why.push('iptables');
+  if (why.length && process.env.CI === 'true') throw new Error(`lab tests cannot run, missing: ${why.join(', ')}`);
+  return why.length ? `lab needs ${why.join(', ')}` : null;
+}
+const missing = labMissing();
+
+let labCounter = 0;
+/** Bring up a lab, ponte in it, and one Chromium per home. */
+async function startLab({ nat1, nat2, turn = true }) {
+  const prefix = `pw${process.pid % 10000}${labCounter++}`;
+  execFileSync('bash', [NETLAB, 'up', prefix, nat1, nat2], { stdio: 'inherit' });
+  const dir = mkdtempSync(path.join(tmpdir(), 'ponte-lab-'));
+  const lab = { prefix, dir, browsers: [], pages: [] };
+  try {
+    lab.server = await startPonte({
+      netns: `${prefix}-srv`,
+      toml: `[http]
+listen = "${SRV_IP}:${HTTP_PORT}"
+[turn]
+enabled = ${turn}
+listen_udp = ["${SRV_IP}:3478"]
+listen_tcp = ["${SRV_IP}:3478"]
+external_ip = "${SRV_IP}"
+relay_ip = "${SRV_IP}"
+allow_peers = ["198.51.100.0/24"]
+secret = "lab-secret-not-for-production"
+`,
+    });
+    lab.url = `http://${SRV_IP}:${HTTP_PORT}`;
+    for (const home of ['h1', 'h2']) {
+      const wrapper = path.join(dir, `chromium-${home}.sh`);
+      writeFileSync(wrapper, `#!/bin/sh\nexec ip netns exec ${prefix}-${home} ${CHROMIUM} "$@"\n`);
+      chmodSync(wrapper, 0o755);
+      lab.browsers.push(await launch({ executablePath: wrapper }));
+    }
+  } catch (e) {
+    await stopLab(lab);
+    throw e;
+  }
+  return lab;
+}
+
+async function stopLab(lab) {
+  if (!lab) return;
+  for (const p of lab.pages) if (p.errors && p.errors.length) console.log(`[${lab.prefix}] page errors: ${p.errors.join(' | ')}`);
+  for (const b of lab.browsers) await b.close().catch(() => {});
+  if (lab.server) await lab.server.stop().catch(() => {});
+  try { execFileSync('bash', [NETLAB, 'down', lab.prefix], { stdio: 'inherit' }); } catch { /* best effort */ }
+  rmSync(lab.dir, { recursive: true, force: true });
+}
+
+/** Desktop page in home 1, 360 px page in home 2, paired (A requests, B accepts). */
+async function twoPeers(lab) {
+  const a = await newPage(lab.browsers[0]);
+  const b = await newPage(lab.browsers[1], { mobile: true });
+  lab.pages.push(a, b);
+  await openApp(a, lab.url);
+  const idB = await openApp(b, lab.url);
+  await pair(a, b, idB);
+  return { a, b, idB };
+}
+
+async function chatBothWays(a, b) {
+  await sendMessage(a, 'hello from home 1');
+  await waitForMessage(b, 'hello from home 1');
+  await sendMessage(b, 'hello from home 2');
+  await waitForMessage(a, 'hello from home 2');
+  await a.waitForSelector('[data-testid=message-status][data-status=delivered]');
+  await b.waitForSelector('[data-testid=message-status][data-status=delivered]');
+}
+
+async function pathText(page, re) {
+  await page.waitForFunction((src) => new RegExp(src, 'i').test(document.querySelector('[data-testid=path-label]').textContent), re.source, { timeout: 15000 });
+  return page.getByTestId('path-label').textContent();
+}
+
+describe('NAT lab', { skip: missing || false, concurrency: 1 }, () => {
+  describe('both behind cone NAT', () => {
+    let lab;
+    before(async () => { lab = await startLab({ nat1: 'cone', nat2: 'cone' }); });
+    after(async () => stopLab(lab));
+
+    test('request, accept, chat both ways, path shows direct', { timeout: 90000 }, async () => {
+      const { a, b } = await twoPeers(lab);
+      await waitConnected(a, 40000);
+      await waitConnected(b, 40000);
+      await chatBothWays(a, b);
+      const pa = await pathText(a, /direct/);
+      const pb = await pathText(b, /direct/);
+      assert.doesNotMatch(pa, /relay/i);
+      assert.doesNotMatch(pb, /relay/i);
+      await a.getByTestId('details-toggle').click();
+      await screenshot(a, 'lab-direct-desktop');
+      await screenshot(b, 'lab-direct-360');
+    });
+
+    test('/diag reports STUN and TURN working', { timeout: 60000 }, async () => {
+      const p = await newPage(lab.browsers[0]);
+      lab.pages.push(p);
+      await p.goto(`${lab.url}/diag`);
+      await p.waitForSelector('body[data-done=true]', { timeout: 40000 });
+      const result = (key) => p.getAttribute(`[data-testid=diag-check][data-check=${key}]`, 'data-result');
+      assert.equal(await result('ws'), 'ok');
+      assert.equal(await result('stun'), 'ok', 'STUN');
+      assert.equal(await result('turn-udp'), 'ok', 'TURN over UDP');
+      assert.equal(await result('turn-tcp'), 'ok', 'TURN over TCP');
+      assert.match(await p.getByTestId('diag-summary').textContent(), /everything works/i);
+      // The public address STUN saw is the NAT's WAN address.
+      assert.match(await p.locator('[data-check=stun] .check-detail').textContent(), /198\.51\.100\.21/);
+      await screenshot(p, 'diag-desktop');
+      const m = await newPage(lab.browsers[1], { mobile: true });
+      lab.pages.push(m);
+      await m.goto(`${lab.url}/diag`);
+      await m.waitForSelector('body[data-done=true]', { timeout: 40000 });
+      await screenshot(m, 'diag-360');
+    });
+  });
+
+  describe('both behind symmetric NAT', () => {
+    let lab;
+    before(async () => { lab = await startLab({ nat1: 'symmetric', nat2: 'symmetric' }); });
+    after(async () => stopLab(lab));
+
+    test('chat works and the path shows relayed through this server', { timeout: 90000 }, async () => {
+      const { a, b } = await twoPeers(lab);
+      await waitConnected(a, 40000);
+      await waitConnected(b, 40000);
+      await chatBothWays(a, b);
+      assert.match(await pathText(a, /relayed/), /relayed through this server \(TURN (udp|tcp)/i);
+      assert.match(await pathText(b, /relayed/), /relayed through this server/i);
+      await a.getByTestId('details-toggle').click();
+      await screenshot(a, 'lab-relayed-desktop');
+      await screenshot(b, 'lab-relayed-360');
+    });
+  });
+
+  describe('symmetric NAT with TURN disabled', () => {
+    let lab;
+    before(async () => { lab = await startLab({ nat1: 'symmetric', nat2: 'symmetric', turn: false }); });
+    after(async () => stopLab(lab));
+
+    test('the UI shows a clear failure, not an endless spinner', { timeout: 90000 }, async () => {
+      const { a, b } = await twoPeers(lab);
+      const started = Date.now();
+      for (const p of [a, b]) {
+        await p.waitForSelector('[data-testid=connection-state][data-state=failed]', { timeout: 45000 }).catch(async (e) => {
+          await screenshot(p, 'lab-failed-timeout');
+          const st = await p.evaluate(async () => {
+            const c = [...document.querySelectorAll('[data-testid=conversation]')].map((x) => x.dataset.peer);
+            const conv = c.length ? window.ponte.conversation(c[0]) : null;
+            const diag = conv ? await Promise.race([conv.link.diagnose().then((d) => JSON.stringify(d)).catch((er) => `threw ${er}`), new Promise((r) => setTimeout(() => r('hung'), 5000))]) : null;
+            return { diag, timer: conv && conv.link.connectTimer, restarts: conv && conv.link.restarts, convs: c, state: conv && conv.link.state, pc: conv && conv.link.pc.connectionState, ice: conv && conv.link.pc.iceConnectionState, badge: document.querySelector('[data-testid=connection-state]').dataset.state };
+          });
+          throw new Error(`${e.message}\nstate: ${JSON.stringify(st)}`);
+        });
+        await p.getByTestId('failure').waitFor();
+        const text = await p.getByTestId('failure-text').textContent();
+        assert.match(text, /no path/i);
+        assert.match(text, /relay \(TURN\)/i);
+      }
+      assert.ok(Date.now() - started < 45000);
+      assert.equal(await a.getByTestId('message-input').isEnabled(), true);
+      await screenshot(a, 'lab-failed-desktop');
+      await screenshot(b, 'lab-failed-360');
+    });
+  });
+});
