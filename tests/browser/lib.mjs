@@ -107,7 +107,9 @@ export async function startPonte({ toml, netns, name = 'ponte' }) {
   const cfg = path.join(dir, 'ponte.toml');
   const webRoot = `web_root = ${JSON.stringify(WWW)}`;
   const text = /\[http\]/.test(toml) ? toml.replace(/\[http\]/, `[http]\n${webRoot}`) : `[http]\n${webRoot}\n${toml}`;
-  writeFileSync(cfg, text);
+  // Several pontes run at once in the tests: no shared metrics port.
+  const full = /\[metrics\]/.test(text) ? text : `${text}\n[metrics]\nenabled = false\n`;
+  writeFileSync(cfg, full);
   const cmd = netns ? 'ip' : PONTE;
   const args = netns ? ['netns', 'exec', netns, PONTE, '-c', cfg] : ['-c', cfg];
   const proc = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, RUST_LOG: process.env.PONTE_LOG || 'info', NO_COLOR: '1' } });

@@ -10,7 +10,7 @@ import { createReadStream, createWriteStream, mkdtempSync, rmSync } from 'node:f
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import {
-  requirements, launch, newPage, startPonte, freeUdpTcpPort, openApp, pair, waitConnected, sendMessage,
+  requirements, launch, newPage, startPonte, freeTcpPort, freeUdpTcpPort, openApp, pair, waitConnected, sendMessage,
   waitForMessage, screenshot,
 } from './lib.mjs';
 
@@ -236,6 +236,50 @@ request_timeout_secs = 60
       assert.equal(await sha256File(saved), want);
     } finally {
       rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  test('a direct chat keeps working while the signaling server restarts; the new ID is announced', { timeout: 120000 }, async () => {
+    const port = await freeTcpPort();
+    const turnPort = await freeUdpTcpPort();
+    const toml = `[http]
+listen = "127.0.0.1:${port}"
+[turn]
+listen_udp = ["127.0.0.1:${turnPort}"]
+listen_tcp = ["127.0.0.1:${turnPort}"]
+`;
+    let own = await startPonte({ toml, name: 'restartable ponte' });
+    try {
+      const a = await open();
+      const b = await open();
+      const idA = await openApp(a, own.url);
+      const idB = await openApp(b, own.url);
+      await pair(a, b, idB);
+      await waitConnected(a);
+      await waitConnected(b);
+      await sendMessage(a, 'before the restart');
+      await waitForMessage(b, 'before the restart');
+
+      await own.stop();
+      await a.waitForSelector('[data-testid=server-status]:not([data-state=open])');
+      await b.waitForSelector('[data-testid=server-status]:not([data-state=open])');
+      await sendMessage(a, 'while the server is down');
+      await waitForMessage(b, 'while the server is down');
+      await sendMessage(b, 'still here');
+      await waitForMessage(a, 'still here');
+      assert.equal(await a.getByTestId('connection-state').getAttribute('data-state'), 'connected');
+      await screenshot(a, 'server-down-desktop');
+
+      own = await startPonte({ toml, name: 'restarted ponte' });
+      await a.waitForSelector('[data-testid=server-status][data-state=open]', { timeout: 30000 });
+      const newA = await a.evaluate(() => window.ponte.id);
+      assert.notEqual(newA, idA, 'IDs do not survive a server restart');
+      assert.match(await a.getByTestId('banner').textContent(), /new ID/);
+      assert.equal((await a.getByTestId('my-id').textContent()).replace('-', ''), newA);
+      await sendMessage(a, 'after the restart');
+      await waitForMessage(b, 'after the restart');
+    } finally {
+      await own.stop();
     }
   });
 

@@ -159,7 +159,8 @@ function chime() {
 
 function renderNotifyButton() {
   const b = $('#notify-btn');
-  if (!('Notification' in window)) { b.hidden = true; return; }
+  // Notifications need a secure context (https or localhost); elsewhere the browser refuses them outright.
+  if (!('Notification' in window) || !window.isSecureContext) { b.hidden = true; return; }
   b.hidden = false;
   const p = Notification.permission;
   b.disabled = p !== 'default';
