@@ -122,6 +122,33 @@ describe('NAT lab', { skip: missing || false, concurrency: 1 }, () => {
       await screenshot(b, 'lab-direct-360');
     });
 
+    test('when the direct path drops, ICE restarts and the chat comes back', { timeout: 120000 }, async () => {
+      const { a, b } = await twoPeers(lab);
+      await waitConnected(a, 40000);
+      await waitConnected(b, 40000);
+      await pathText(a, /direct/);
+      // Home 1's router starts dropping all UDP (the WebSocket, on TCP, keeps working).
+      const nat1 = `${lab.prefix}-nat1`;
+      execFileSync('ip', ['netns', 'exec', nat1, 'iptables', '-I', 'FORWARD', '1', '-p', 'udp', '-j', 'DROP']);
+      let blocked = true;
+      try {
+        await a.waitForSelector('[data-testid=connection-state][data-state=reconnecting]', { timeout: 30000 });
+        await screenshot(a, 'lab-reconnecting-desktop');
+        // The restarted ICE may find TURN over TCP while UDP is blocked; either way it must come back.
+        await a.waitForSelector('[data-testid=connection-state][data-state=connected]', { timeout: 40000 }).catch(() => {});
+        execFileSync('ip', ['netns', 'exec', nat1, 'iptables', '-D', 'FORWARD', '1']);
+        blocked = false;
+        await waitConnected(a, 60000);
+        await waitConnected(b, 60000);
+        await sendMessage(a, 'after the path came back');
+        await waitForMessage(b, 'after the path came back');
+        await sendMessage(b, 'welcome back');
+        await waitForMessage(a, 'welcome back');
+      } finally {
+        if (blocked) execFileSync('ip', ['netns', 'exec', nat1, 'iptables', '-D', 'FORWARD', '1']);
+      }
+    });
+
     test('/diag reports STUN and TURN working', { timeout: 60000 }, async () => {
       const p = await newPage(lab.browsers[0]);
       lab.pages.push(p);

@@ -278,6 +278,14 @@ listen_tcp = ["127.0.0.1:${turnPort}"]
       assert.equal((await a.getByTestId('my-id').textContent()).replace('-', ''), newA);
       await sendMessage(a, 'after the restart');
       await waitForMessage(b, 'after the restart');
+      // The two tell each other their new IDs over the chat channel and silently re-pair on the new server, so
+      // ICE restarts can be signalled again.
+      await b.waitForSelector('[data-testid=server-status][data-state=open]', { timeout: 30000 });
+      const newB = await b.evaluate(() => window.ponte.id);
+      await a.waitForFunction((id) => window.ponte.conversation(id)?.serverPaired === true, newB, { timeout: 20000 });
+      await b.waitForFunction((id) => window.ponte.conversation(id)?.serverPaired === true, newA, { timeout: 20000 });
+      assert.equal(await a.locator(`[data-testid=conversation][data-peer="${newB}"]`).count(), 1);
+      assert.equal(await b.getByTestId('incoming-request').count(), 0, 'the re-pairing needs no click');
     } finally {
       await own.stop();
     }

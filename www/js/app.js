@@ -74,6 +74,14 @@ sig.addEventListener('welcome', (ev) => {
     renderPending();
     for (const peer of [...incoming.keys()]) removeIncoming(peer);
   }
+  // After a server restart everybody has a new ID and the pairings are gone, but direct chats still run: tell each
+  // peer my new ID over the chat channel so the pairing can be re-made (needed for ICE restarts later).
+  if (!w.resumed) {
+    for (const c of convs.values()) {
+      if (!c.closed && !c.serverPaired) c.link.send({ t: 'rejoin', id: me.id });
+    }
+  }
+  for (const c of convs.values()) tryRejoin(c);
   if (autoConnect) {
     const id = autoConnect;
     autoConnect = null;
@@ -267,7 +275,12 @@ function endPending(peer, messageKey) {
   if (messageKey) setConnectMessage(t(messageKey, { id: displayId(peer) }), messageKey === 'connect.cancelled' ? 'info' : 'error');
 }
 
-sig.addEventListener('request_sent', (ev) => { pendingOut.set(ev.detail.peer, 'waiting'); renderPending(); });
+sig.addEventListener('request_sent', (ev) => {
+  const c = convs.get(ev.detail.peer);
+  if (c && c.rejoinRequested) return; // a silent re-pairing, not the user's request
+  pendingOut.set(ev.detail.peer, 'waiting');
+  renderPending();
+});
 sig.addEventListener('request_cancelled', (ev) => endPending(ev.detail.peer, null));
 sig.addEventListener('request_timeout', (ev) => endPending(ev.detail.peer, 'connect.timeout'));
 sig.addEventListener('declined', (ev) => endPending(ev.detail.peer, 'connect.declined'));
@@ -306,6 +319,8 @@ takeHash();
 
 sig.addEventListener('incoming', (ev) => {
   const peer = ev.detail.peer;
+  const known = convs.get(peer);
+  if (known && !known.closed && known.expectRejoin) { sig.send({ type: 'accept', from: peer }); return; }
   if (incoming.has(peer)) return;
   const d = displayId(peer);
   const accept = el('button', { class: 'btn primary', type: 'button', 'data-testid': 'accept' }, t('incoming.accept'));
@@ -351,15 +366,23 @@ sig.addEventListener('paired', (ev) => {
   setConnectMessage('');
   input.value = '';
   const old = convs.get(peer);
-  if (old && !old.closed) { old.serverPaired = true; return; }
+  if (old && !old.closed) {
+    old.serverPaired = true;
+    old.expectRejoin = false;
+    old.rejoinRequested = false;
+    if (old.link.state !== 'connected') old.link.retry(sig.session && sig.session.ice_servers);
+    chatHooks.changed(old);
+    return;
+  }
   if (old) old.destroy();
-  const conv = new Chat({
+  let conv = null;
+  conv = new Chat({
     peer,
     link: new PeerLink({
       peer,
       initiator,
       iceServers: (sig.session && sig.session.ice_servers) || [],
-      signal: (data) => sig.send({ type: 'signal', to: peer, data }),
+      signal: (data) => sig.send({ type: 'signal', to: conv ? conv.peer : peer, data }),
     }),
     hooks: chatHooks,
   });
@@ -388,8 +411,41 @@ sig.addEventListener('peer_left', (ev) => {
   c.end(ev.detail.reason === 'bye' ? 'chat.peer_left' : 'chat.peer_disconnected', { id: displayId(c.peer) });
 });
 
+/** The peer told us (over the chat channel) its new ID after a server restart. */
+function peerRejoined(c, newId) {
+  const { id } = parseId(newId);
+  if (!id || c.closed || (me && id === me.id)) return;
+  if (id !== c.peer) {
+    const old = c.peer;
+    convs.delete(old);
+    c.peer = id;
+    c.link.peer = id;
+    convs.set(id, c);
+    if (c.item) {
+      c.item.btn.dataset.peer = id;
+      c.item.name.textContent = displayId(id);
+    }
+    if (selected === old) selected = id;
+    c.system('chat.peer_new_id', { old: displayId(old), id: displayId(id) });
+  }
+  // The announcement itself says the old pairing is gone (our own welcome may simply not have arrived yet).
+  c.serverPaired = false;
+  c.expectRejoin = true;
+  if (incoming.has(id)) { sig.send({ type: 'accept', from: id }); removeIncoming(id); }
+  tryRejoin(c);
+  chatHooks.changed(c);
+}
+
+/** The original initiator re-makes the pairing once it is online and knows the peer's new ID. */
+function tryRejoin(c) {
+  if (c.closed || c.serverPaired || !c.expectRejoin || c.rejoinRequested || !c.link.initiator || !sig.isOpen) return;
+  c.rejoinRequested = true;
+  sig.send({ type: 'connect', to: c.peer });
+}
+
 // Hooks the Chat objects call back into the page.
 const chatHooks = {
+  rejoin: peerRejoined,
   isVisible: (c) => selected === c.peer && !document.hidden,
   changed: (c) => {
     renderConvItem(c);
@@ -418,7 +474,7 @@ function addConvItem(c) {
   const btn = el('button', { type: 'button', class: 'conv-item', 'data-testid': 'conversation', 'data-peer': c.peer },
     avatar, el('span', { class: 'conv-text' }, el('span', { class: 'conv-name mono' }, d), sub), badge);
   btn.addEventListener('click', () => select(c.peer));
-  c.item = { li: el('li', {}, btn), btn, badge, sub };
+  c.item = { li: el('li', {}, btn), btn, badge, sub, name: btn.querySelector('.conv-name') };
   $('#conv-list').prepend(c.item.li);
   $('#convs-empty').hidden = true;
   renderConvItem(c);

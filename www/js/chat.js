@@ -71,7 +71,7 @@ export class Chat {
   }
 
   get selected() {
-    return this.hooks.isVisible(this) || (this.list && this.list.isConnected && this.list.dataset.peer === this.peer);
+    return this.hooks.isVisible(this);
   }
 
   changed() {
@@ -80,13 +80,13 @@ export class Chat {
 
   attach(list) {
     this.list = list;
-    list.dataset.peer = this.peer;
+    list.ponteChat = this;
     list.replaceChildren(...this.nodes);
     list.scrollTop = list.scrollHeight;
   }
 
   isAttached() {
-    return this.list && this.list.dataset.peer === this.peer;
+    return !!this.list && this.list.ponteChat === this;
   }
 
   append(node, forceScroll) {
@@ -200,6 +200,9 @@ export class Chat {
         break;
       case 'path':
         this.link.setRemotePath(msg);
+        break;
+      case 'rejoin':
+        this.hooks.rejoin(this, String(msg.id || ''));
         break;
       default:
         if (this.files) this.files.handle(msg);
