@@ -204,6 +204,33 @@ request_timeout_secs = 60
     assert.equal(await badge.isVisible(), false);
   });
 
+  test('glare: both sides restart ICE at the same moment and perfect negotiation sorts it out', async () => {
+    const a = await open();
+    const b = await open();
+    const idA = await openApp(a, server.url);
+    const idB = await openApp(b, server.url);
+    await pair(a, b, idB);
+    await waitConnected(a);
+    await waitConnected(b);
+    const restart = (p, peer) => p.evaluate((id) => { window.ponte.conversation(id).link.restart(); }, peer);
+    for (let round = 0; round < 3; round++) {
+      await Promise.all([restart(a, idB), restart(b, idA)]);
+      await a.waitForTimeout(300);
+      await a.waitForFunction((id) => {
+        const l = window.ponte.conversation(id).link;
+        return l.pc.signalingState === 'stable' && l.pc.connectionState === 'connected';
+      }, idB, { timeout: 15000 });
+      await b.waitForFunction((id) => {
+        const l = window.ponte.conversation(id).link;
+        return l.pc.signalingState === 'stable' && l.pc.connectionState === 'connected';
+      }, idA, { timeout: 15000 });
+      await sendMessage(a, `glare round ${round}`);
+      await waitForMessage(b, `glare round ${round}`);
+    }
+    assert.deepEqual(a.errors, []);
+    assert.deepEqual(b.errors, []);
+  });
+
   test('a 100 MB file arrives intact, with progress on both sides', { timeout: 300000 }, async () => {
     const dir = mkdtempSync(path.join(tmpdir(), 'ponte-file-'));
     try {

@@ -477,6 +477,7 @@ function addConvItem(c) {
   c.item = { li: el('li', {}, btn), btn, badge, sub, name: btn.querySelector('.conv-name') };
   $('#conv-list').prepend(c.item.li);
   $('#convs-empty').hidden = true;
+  document.body.classList.add('has-convs');
   renderConvItem(c);
 }
 
@@ -593,6 +594,7 @@ $('#end-btn').addEventListener('click', () => {
   convs.delete(c.peer);
   c.item.li.remove();
   $('#convs-empty').hidden = convs.size > 0;
+  document.body.classList.toggle('has-convs', convs.size > 0);
   select(null);
 });
 
