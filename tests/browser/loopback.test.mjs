@@ -11,8 +11,9 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import {
   requirements, launch, newPage, startPonte, freeTcpPort, freeUdpTcpPort, openApp, pair, waitConnected, sendMessage,
-  waitForMessage, screenshot,
+  waitForMessage, screenshot, which,
 } from './lib.mjs';
+import { execFileSync } from 'node:child_process';
 
 const missing = requirements();
 
@@ -62,6 +63,19 @@ request_timeout_secs = 60
     const m = await open({ mobile: true });
     await openApp(m, server.url);
     await screenshot(m, 'start-360');
+    // QR code of the share link; decoded with zbarimg when it is installed (apt-get install zbar-tools).
+    await m.getByTestId('qr-toggle').click();
+    await m.locator('[data-testid=qr] svg').waitFor();
+    await screenshot(m, 'start-qr-360');
+    if (which('zbarimg')) {
+      const png = path.join(tmpdir(), `ponte-qr-${process.pid}.png`);
+      await m.locator('[data-testid=qr] svg').screenshot({ path: png });
+      const decoded = execFileSync('zbarimg', ['-q', '--raw', png], { encoding: 'utf8' }).trim();
+      rmSync(png, { force: true });
+      assert.equal(decoded, await m.getByTestId('share-link').inputValue());
+    } else {
+      console.log('# zbarimg not installed: the QR code is drawn but not decoded');
+    }
     const dark = await open({ colorScheme: 'dark' });
     await openApp(dark, server.url);
     await screenshot(dark, 'start-desktop-dark');

@@ -8,6 +8,7 @@ import { Chat } from './chat.js';
 import { t, detectLanguage, setLanguage, fillLanguageSelect, language } from './i18n.js';
 import { $, el, avatarColor } from './dom.js';
 import { renderTransfer } from './filecard.js';
+import { qrSvg } from './qr.js';
 
 setLanguage(detectLanguage());
 fillLanguageSelect($('#lang-select'));
@@ -103,6 +104,8 @@ function renderMe() {
   $('#my-id').textContent = me ? me.display : '····-····';
   $('#share-link').value = shareLink();
   $('#copy-id').disabled = !me;
+  $('#qr-btn').disabled = !me;
+  renderQr();
   $('#copy-link').disabled = !me;
   document.title = titleText();
 }
@@ -124,6 +127,22 @@ async function copy(text, button) {
   button.classList.add('done');
   setTimeout(() => { label.textContent = t(before); button.classList.remove('done'); }, 1500);
 }
+
+function renderQr() {
+  const box = $('#qr-box');
+  if (box.hidden || !me) return;
+  try {
+    box.replaceChildren(qrSvg(shareLink(), { label: t('me.qr_label') }));
+  } catch {
+    box.replaceChildren();
+  }
+}
+$('#qr-btn').addEventListener('click', () => {
+  const box = $('#qr-box');
+  box.hidden = !box.hidden;
+  $('#qr-btn').setAttribute('aria-expanded', String(!box.hidden));
+  renderQr();
+});
 
 $('#copy-id').addEventListener('click', (e) => me && copy(me.display, e.currentTarget));
 $('#copy-link').addEventListener('click', (e) => me && copy(shareLink(), e.currentTarget));
