@@ -422,9 +422,14 @@ sig.addEventListener('peer_away', (ev) => {
 });
 sig.addEventListener('peer_back', (ev) => {
   const c = convs.get(ev.detail.peer);
-  if (c && !c.closed) c.system('chat.peer_back', { id: displayId(c.peer) });
+  if (!c || c.closed) return;
+  c.system('chat.peer_back', { id: displayId(c.peer) });
+  // Signals sent while it was away were refused (error peer_away): restart ICE if the path is not up.
+  if (c.link.state !== 'connected') c.link.retry(sig.session && sig.session.ice_servers);
 });
 sig.addEventListener('peer_left', (ev) => {
+  // Also ends a pending request of mine when its target went away for good.
+  if (pendingOut.has(ev.detail.peer)) endPending(ev.detail.peer, 'connect.left');
   const c = convs.get(ev.detail.peer);
   if (!c || c.closed) return;
   c.end(ev.detail.reason === 'bye' ? 'chat.peer_left' : 'chat.peer_disconnected', { id: displayId(c.peer) });
