@@ -109,9 +109,16 @@ fn run_daemon(file: Option<&Path>) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
+        let ctx = match crate::server::Context::new(config, &listeners) {
+            Ok(c) => std::sync::Arc::new(c),
+            Err(e) => {
+                tracing::error!("{e:#}");
+                return ExitCode::FAILURE;
+            }
+        };
         let shutdown = CancellationToken::new();
-        tokio::spawn(watch_signals(shutdown.clone()));
-        let daemon = crate::server::run(config, listeners, shutdown.clone());
+        tokio::spawn(watch_signals(shutdown.clone(), ctx.clone(), file.map(Path::to_path_buf)));
+        let daemon = crate::server::run_with_context(ctx, listeners, shutdown.clone());
         tokio::pin!(daemon);
         let result = tokio::select! {
             r = &mut daemon => r,
@@ -142,16 +149,25 @@ fn run_daemon(file: Option<&Path>) -> ExitCode {
     code
 }
 
-/// Cancel `shutdown` on SIGINT or SIGTERM. A second signal exits at once.
-async fn watch_signals(shutdown: CancellationToken) {
+/// Cancel `shutdown` on SIGINT or SIGTERM (a second one exits at once); reload the config file on SIGHUP.
+async fn watch_signals(
+    shutdown: CancellationToken,
+    ctx: std::sync::Arc<crate::server::Context>,
+    file: Option<PathBuf>,
+) {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) =
+        (signal(SignalKind::terminate()), signal(SignalKind::interrupt()), signal(SignalKind::hangup()))
+    else {
         tracing::error!("cannot install signal handlers; stop ponte with SIGKILL");
         return;
     };
-    let name = tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
+    let name = loop {
+        tokio::select! {
+            _ = term.recv() => break "SIGTERM",
+            _ = int.recv() => break "SIGINT",
+            _ = hup.recv() => reload(&ctx, file.as_deref()),
+        }
     };
     tracing::info!("{name} received: shutting down gracefully");
     shutdown.cancel();
@@ -161,4 +177,38 @@ async fn watch_signals(shutdown: CancellationToken) {
     }
     tracing::warn!("second signal: exiting now");
     std::process::exit(130);
+}
+
+/// SIGHUP: re-read and validate the config file; a bad file is rejected and the running config stays.
+fn reload(ctx: &crate::server::Context, file: Option<&Path>) {
+    let Some(file) = file else {
+        tracing::warn!("SIGHUP received, but ponte was started without a config file: nothing to reload");
+        return;
+    };
+    crate::systemd::reloading();
+    match Config::load(file) {
+        Err(e) => {
+            // One line per event keeps journald readable.
+            tracing::error!(
+                "config reload rejected, the running configuration stays in effect: {}",
+                e.lines().join("; ")
+            );
+        }
+        Ok(new) => {
+            let report = ctx.reload(new);
+            if report.applied.is_empty() && report.need_restart.is_empty() {
+                tracing::info!(config = %file.display(), "configuration reloaded: nothing changed");
+            } else if !report.applied.is_empty() {
+                tracing::info!(config = %file.display(), "configuration reloaded; now in effect: {}", report.applied.join(", "));
+            }
+            if !report.need_restart.is_empty() {
+                tracing::warn!(
+                    "changed in {} but only applied after a restart (systemctl restart ponte): {}",
+                    file.display(),
+                    report.need_restart.join(", ")
+                );
+            }
+        }
+    }
+    crate::systemd::ready("configuration reloaded");
 }

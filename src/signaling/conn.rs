@@ -18,8 +18,10 @@ use tokio_tungstenite::WebSocketStream;
 
 use super::hub::{push, ConnCtl, ConnHandle, HelloOutcome, CLOSE_RESUMED, CLOSE_SLOW};
 use super::ids::Id;
+use crate::config::Config;
 use super::limits::{Slot, TokenBucket};
 use super::protocol::{self, ClientMsg, ErrorCode, ParseError, ServerMsg};
+use super::stats::Stats;
 use super::{ice, Hub};
 
 pub type Ws = WebSocketStream<TokioIo<Upgraded>>;
@@ -29,6 +31,8 @@ pub type Ws = WebSocketStream<TokioIo<Upgraded>>;
 pub const OUTBOX: usize = 256;
 /// `hello` must arrive within this time (contract: 10 s).
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Minimum byte budget of the outbox (it is at least four maximum-size messages).
+const OUTBOX_BYTES: usize = 256 * 1024;
 /// A write that makes no progress for this long means the client stopped reading.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a closing handshake may take.
@@ -37,6 +41,8 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// What the upgrade learnt about the client.
 pub struct ConnInfo {
     pub remote: SocketAddr,
+    /// The live config when the connection was accepted: its limits hold for the connection's lifetime.
+    pub cfg: Arc<Config>,
     /// Host for ponte's own ICE URLs (see `ice::advertised_host`).
     pub ice_host: Option<String>,
 }
@@ -60,11 +66,12 @@ struct Conn {
 
 pub async fn run(hub: Arc<Hub>, mut ws: Ws, info: ConnInfo, slot: Slot) {
     let (tx, mut rx) = mpsc::channel::<Utf8Bytes>(OUTBOX);
-    let ctl = ConnCtl::new(hub.stop.child_token());
+    let max_queued = (4 * info.cfg.signaling.max_message_bytes).max(OUTBOX_BYTES);
+    let ctl = ConnCtl::new(hub.stop.child_token(), max_queued);
     let conn_id = hub.next_conn_id();
-    let cfg = &hub.ctx.config.signaling;
-    let mps = cfg.messages_per_sec as f64;
-    let cpm = cfg.connect_requests_per_min as f64;
+    let mps = info.cfg.signaling.messages_per_sec as f64;
+    let cpm = info.cfg.signaling.connect_requests_per_min as f64;
+    let ping_every = Duration::from_secs(info.cfg.signaling.ping_interval_secs);
     let mut c = Conn {
         hub: hub.clone(),
         info,
@@ -75,7 +82,6 @@ pub async fn run(hub: Arc<Hub>, mut ws: Ws, info: ConnInfo, slot: Slot) {
     };
     tracing::debug!(conn = conn_id, remote = %c.info.remote, "WebSocket open");
 
-    let ping_every = Duration::from_secs(cfg.ping_interval_secs);
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut unanswered = 0u32;
@@ -88,12 +94,19 @@ pub async fn run(hub: Arc<Hub>, mut ws: Ws, info: ConnInfo, slot: Slot) {
             _ = ctl.cancel.cancelled() => {
                 break match ctl.close_code.load(Ordering::Relaxed) {
                     CLOSE_RESUMED => End::Close { code: CLOSE_RESUMED, reason: "session resumed elsewhere", flush: true },
-                    CLOSE_SLOW => End::Close { code: CLOSE_SLOW, reason: "too slow: outbox overflow", flush: false },
+                    CLOSE_SLOW => {
+                        Stats::inc(&hub.stats.slow_disconnects);
+                        End::Close { code: CLOSE_SLOW, reason: "too slow: outbox overflow", flush: false }
+                    }
                     _ => End::Close { code: 1001, reason: "server shutting down", flush: true },
                 };
             }
             Some(first) = rx.recv() => {
-                if write_batch(&mut ws, first, &mut rx).await.is_err() {
+                if write_batch(&mut ws, first, &mut rx, &ctl).await.is_err() {
+                    // Cancelled mid-write: still close with the code the hub chose (or 1001).
+                    if ctl.cancel.is_cancelled() {
+                        continue;
+                    }
                     break End::Gone;
                 }
             }
@@ -103,7 +116,7 @@ pub async fn run(hub: Arc<Hub>, mut ws: Ws, info: ConnInfo, slot: Slot) {
                     Some(Ok(m)) => m,
                     Some(Err(WsError::Capacity(CapacityError::MessageTooLong { size, max_size }))) => {
                         tracing::debug!(conn = conn_id, size, max_size, "message too large");
-                        c.reply(protocol::error(ErrorCode::TooLarge, &format!("messages are limited to {max_size} bytes"), None, None));
+                        c.error(ErrorCode::TooLarge, &format!("messages are limited to {max_size} bytes"), None, None);
                         break End::Close { code: 1009, reason: "message too large", flush: true };
                     }
                     Some(Err(e)) => {
@@ -113,10 +126,13 @@ pub async fn run(hub: Arc<Hub>, mut ws: Ws, info: ConnInfo, slot: Slot) {
                 };
                 // Any frame shows the client is alive.
                 unanswered = 0;
+                if matches!(msg, Message::Text(_) | Message::Binary(_)) {
+                    Stats::inc(&hub.stats.messages);
+                }
                 match msg {
                     Message::Text(text) => {
                         if !c.messages.try_take() {
-                            c.reply(protocol::error(ErrorCode::RateLimited, "too many messages; this one was dropped", None, None));
+                            c.error(ErrorCode::RateLimited, "too many messages; this one was dropped", None, None);
                             continue;
                         }
                         if let Some(end) = c.handle_text(&text) {
@@ -125,9 +141,9 @@ pub async fn run(hub: Arc<Hub>, mut ws: Ws, info: ConnInfo, slot: Slot) {
                     }
                     Message::Binary(_) => {
                         if c.messages.try_take() {
-                            c.reply(protocol::error(ErrorCode::BinaryNotSupported, "send JSON in text frames", None, None));
+                            c.error(ErrorCode::BinaryNotSupported, "send JSON in text frames", None, None);
                         } else {
-                            c.reply(protocol::error(ErrorCode::RateLimited, "too many messages; this one was dropped", None, None));
+                            c.error(ErrorCode::RateLimited, "too many messages; this one was dropped", None, None);
                         }
                     }
                     // tungstenite answers pings itself; pongs only count as liveness (above).
@@ -144,7 +160,10 @@ pub async fn run(hub: Arc<Hub>, mut ws: Ws, info: ConnInfo, slot: Slot) {
                     break End::Close { code: 1008, reason: "missed pings", flush: false };
                 }
                 unanswered += 1;
-                if timed_send(&mut ws, Message::Ping(Default::default())).await.is_err() {
+                if bounded_write(ws.send(Message::Ping(Default::default())), &ctl).await.is_err() {
+                    if ctl.cancel.is_cancelled() {
+                        continue;
+                    }
                     break End::Gone;
                 }
             }
@@ -185,27 +204,31 @@ pub async fn run(hub: Arc<Hub>, mut ws: Ws, info: ConnInfo, slot: Slot) {
 }
 
 /// Write `first` and whatever else is already queued, then flush once: one syscall for a burst.
-async fn write_batch(ws: &mut Ws, first: Utf8Bytes, rx: &mut mpsc::Receiver<Utf8Bytes>) -> Result<(), ()> {
+async fn write_batch(ws: &mut Ws, first: Utf8Bytes, rx: &mut mpsc::Receiver<Utf8Bytes>, ctl: &ConnCtl) -> Result<(), ()> {
     let work = async {
+        ctl.written(first.len());
         ws.feed(Message::Text(first)).await?;
         let mut n = 1;
         while n < 64 {
             let Ok(m) = rx.try_recv() else { break };
+            ctl.written(m.len());
             ws.feed(Message::Text(m)).await?;
             n += 1;
         }
         ws.flush().await
     };
-    match tokio::time::timeout(WRITE_TIMEOUT, work).await {
-        Ok(Ok(())) => Ok(()),
-        _ => Err(()),
-    }
+    bounded_write(work, ctl).await
 }
 
-async fn timed_send(ws: &mut Ws, m: Message) -> Result<(), ()> {
-    match tokio::time::timeout(WRITE_TIMEOUT, ws.send(m)).await {
-        Ok(Ok(())) => Ok(()),
-        _ => Err(()),
+/// A write that gives up after [`WRITE_TIMEOUT`], or at once when the connection is told to close: a client
+/// that stopped reading blocks the write, and the hub's kill (or shutdown) must not wait behind it.
+async fn bounded_write<E>(work: impl std::future::Future<Output = Result<(), E>>, ctl: &ConnCtl) -> Result<(), ()> {
+    tokio::select! {
+        r = tokio::time::timeout(WRITE_TIMEOUT, work) => match r {
+            Ok(Ok(())) => Ok(()),
+            _ => Err(()),
+        },
+        _ = ctl.cancel.cancelled() => Err(()),
     }
 }
 
@@ -214,26 +237,31 @@ impl Conn {
         push(&self.handle, text);
     }
 
+    fn error(&self, code: ErrorCode, message: &str, ref_: Option<&str>, peer: Option<Id>) {
+        self.hub.stats.error(code);
+        self.reply(protocol::error(code, message, ref_, peer));
+    }
+
     /// Handle one text frame; `Some` ends the connection.
     fn handle_text(&mut self, text: &str) -> Option<End> {
         let msg = match protocol::parse(text) {
             Ok(m) => m,
             Err(ParseError::BadJson) => {
-                self.reply(protocol::error(ErrorCode::BadJson, "each message must be one JSON object", None, None));
+                self.error(ErrorCode::BadJson, "each message must be one JSON object", None, None);
                 return None;
             }
             Err(ParseError::BadMessage { ty, detail }) => {
-                self.reply(protocol::error(ErrorCode::BadMessage, &detail, ty.as_deref(), None));
+                self.error(ErrorCode::BadMessage, &detail, ty.as_deref(), None);
                 return None;
             }
             Err(ParseError::UnknownType(ty)) => {
-                self.reply(protocol::error(ErrorCode::UnknownType, "unknown message type", Some(&ty), None));
+                self.error(ErrorCode::UnknownType, "unknown message type", Some(&ty), None);
                 return None;
             }
         };
         let Some(me) = self.id else {
             let ClientMsg::Hello { v, token } = msg else {
-                self.reply(protocol::error(ErrorCode::HelloRequired, "send hello first", Some(msg.type_name()), None));
+                self.error(ErrorCode::HelloRequired, "send hello first", Some(msg.type_name()), None);
                 return None;
             };
             return self.hello(v, token.as_deref());
@@ -242,18 +270,20 @@ impl Conn {
         let conn_id = self.handle.conn_id;
         match msg {
             ClientMsg::Hello { .. } => {
-                self.reply(protocol::error(ErrorCode::BadMessage, "hello was already sent on this connection", Some("hello"), None));
+                self.error(ErrorCode::BadMessage, "hello was already sent on this connection", Some("hello"), None);
             }
             ClientMsg::RefreshIce => {
+                // The live config, not the connection's snapshot: fresh credentials follow a reloaded TTL.
+                let cfg = hub.ctx.live();
                 let (ice_servers, ice_expires) =
-                    ice::servers_for(&hub.ctx, self.info.ice_host.as_deref(), me, crate::credentials::unix_now());
+                    ice::servers_for(&hub.ctx, &cfg, self.info.ice_host.as_deref(), me, crate::credentials::unix_now());
                 self.reply(ServerMsg::IceServers { ice_servers: &ice_servers, ice_expires }.to_text());
             }
             ClientMsg::Ping { t } => self.reply(ServerMsg::Pong { t }.to_text()),
             ClientMsg::Connect { to } => {
                 // Counted before any lookup: failed attempts are exactly what an ID scan consists of.
                 if !self.connects.try_take() {
-                    self.reply(protocol::error(ErrorCode::TooManyRequests, "too many connect requests; wait a minute", Some("connect"), None));
+                    self.error(ErrorCode::TooManyRequests, "too many connect requests; wait a minute", Some("connect"), None);
                     return None;
                 }
                 let mut st = hub.state.lock();
@@ -281,14 +311,15 @@ impl Conn {
 
     fn hello(&mut self, v: u64, token: Option<&str>) -> Option<End> {
         if v != protocol::VERSION {
-            self.reply(protocol::error(ErrorCode::UnsupportedVersion, "this server speaks protocol version 1", Some("hello"), None));
+            self.error(ErrorCode::UnsupportedVersion, "this server speaks protocol version 1", Some("hello"), None);
             return Some(End::Close { code: 1002, reason: "unsupported protocol version", flush: true });
         }
         let hub = self.hub.clone();
         let host = self.info.ice_host.clone();
         let now_unix = crate::credentials::unix_now();
-        let outcome = hub.state.lock().hello(self.handle.clone(), token, Instant::now(), |id| {
-            ice::servers_for(&hub.ctx, host.as_deref(), id, now_unix)
+        let cfg = self.info.cfg.clone();
+        let outcome = hub.state.lock().hello(self.handle.clone(), token, |id| {
+            ice::servers_for(&hub.ctx, &cfg, host.as_deref(), id, now_unix)
         });
         match outcome {
             HelloOutcome::Welcomed(id) => {

@@ -4,7 +4,7 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
-use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::ids::{parse_token, Id, TokenSecret};
 use super::protocol::{self, CancelReason, ErrorCode, IceServer, LeftReason, Limits, ServerMsg};
+use super::stats::Stats;
 
 /// Close code the hub asks a connection to use when it is replaced by a resumed session.
 pub const CLOSE_RESUMED: u16 = 4001;
@@ -35,11 +36,21 @@ pub struct ConnCtl {
     /// 0 = none chosen (the task closes with 1001 if cancelled by shutdown).
     pub close_code: AtomicU16,
     pub cancel: CancellationToken,
+    /// Bytes queued in the outbox and not yet written to the socket.
+    pub queued: AtomicUsize,
+    /// More than this queued means the client is not reading. Counted in bytes, not messages: 256 queued
+    /// 64 KiB signals would otherwise let one stalled client pin 16 MiB.
+    pub max_queued: usize,
 }
 
 impl ConnCtl {
-    pub fn new(cancel: CancellationToken) -> Arc<ConnCtl> {
-        Arc::new(ConnCtl { close_code: AtomicU16::new(0), cancel })
+    pub fn new(cancel: CancellationToken, max_queued: usize) -> Arc<ConnCtl> {
+        Arc::new(ConnCtl { close_code: AtomicU16::new(0), cancel, queued: AtomicUsize::new(0), max_queued })
+    }
+
+    /// The writer sent a message of `len` bytes.
+    pub fn written(&self, len: usize) {
+        self.queued.fetch_sub(len, Ordering::Relaxed);
     }
 
     /// Ask the task to close with `code`. The first reason given wins.
@@ -52,14 +63,24 @@ impl ConnCtl {
 /// Queue `text` on a connection; a full outbox means the client is not reading, so it is disconnected rather
 /// than buffered without bound.
 pub fn push(handle: &ConnHandle, text: String) {
+    let len = text.len();
+    let ctl = &handle.ctl;
+    if ctl.queued.fetch_add(len, Ordering::Relaxed) + len > ctl.max_queued {
+        ctl.queued.fetch_sub(len, Ordering::Relaxed);
+        tracing::debug!(conn = handle.conn_id, "outbox over its byte budget; disconnecting slow client");
+        ctl.kill(CLOSE_SLOW);
+        return;
+    }
     match handle.tx.try_send(Utf8Bytes::from(text)) {
         Ok(()) => {}
-        Err(mpsc::error::TrySendError::Full(_)) => {
-            tracing::debug!(conn = handle.conn_id, "outbox full; disconnecting slow client");
-            handle.ctl.kill(CLOSE_SLOW);
+        Err(e) => {
+            ctl.queued.fetch_sub(len, Ordering::Relaxed);
+            if matches!(e, mpsc::error::TrySendError::Full(_)) {
+                tracing::debug!(conn = handle.conn_id, "outbox full; disconnecting slow client");
+                ctl.kill(CLOSE_SLOW);
+            }
+            // Closed: the task is already gone; its `disconnected` call is on its way.
         }
-        // The task is already gone; its `disconnected` call is on its way.
-        Err(mpsc::error::TrySendError::Closed(_)) => {}
     }
 }
 
@@ -76,6 +97,9 @@ struct Session {
     outgoing: Vec<(Id, Instant)>,
     /// Requests sent to me that are still pending.
     incoming: Vec<Id>,
+    /// Partners that accepted my request while I was away: `paired` is replayed to me on resume, since the
+    /// `peers` list alone does not tell a client its role.
+    paired_while_away: Vec<Id>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -84,13 +108,32 @@ enum Timer {
     Grace { id: Id },
 }
 
-/// Settings the state machine needs, copied out of the config once.
+/// Settings the state machine needs, copied out of the (live) config; replaced on reload.
 #[derive(Debug, Clone, Copy)]
 pub struct Settings {
     pub grace: Duration,
     pub request_timeout: Duration,
     pub max_sessions: usize,
     pub limits: Limits,
+}
+
+impl Settings {
+    pub fn from_config(cfg: &crate::config::Config) -> Settings {
+        let s = &cfg.signaling;
+        Settings {
+            grace: Duration::from_secs(s.reconnect_grace_secs),
+            request_timeout: Duration::from_secs(s.request_timeout_secs),
+            // Sessions in their grace period hold an ID but no socket; cap them too, or connect/disconnect
+            // cycles could pile them up. Twice the connection limit leaves room for a full server whose clients
+            // all reconnect at once.
+            max_sessions: s.max_connections.saturating_mul(2),
+            limits: Limits {
+                max_message_bytes: s.max_message_bytes,
+                messages_per_sec: s.messages_per_sec,
+                connect_requests_per_min: s.connect_requests_per_min,
+            },
+        }
+    }
 }
 
 /// What `hello` decided.
@@ -107,6 +150,7 @@ pub struct State {
     /// skipped. Stale entries are bounded by the connect rate limit times the timeout.
     timers: BinaryHeap<Reverse<(Instant, Timer)>>,
     settings: Settings,
+    stats: Arc<Stats>,
 }
 
 fn remove_id(v: &mut Vec<Id>, id: Id) -> bool {
@@ -130,12 +174,17 @@ fn remove_outgoing(v: &mut Vec<(Id, Instant)>, id: Id) -> bool {
 }
 
 impl State {
-    pub fn new(settings: Settings) -> State {
-        State { sessions: HashMap::new(), timers: BinaryHeap::new(), settings }
+    pub fn new(settings: Settings, stats: Arc<Stats>) -> State {
+        State { sessions: HashMap::new(), timers: BinaryHeap::new(), settings, stats }
     }
 
     pub fn session_count(&self) -> usize {
         self.sessions.len()
+    }
+
+    /// Apply reloaded settings: new timers and new sessions use them; running timers keep their deadlines.
+    pub fn set_settings(&mut self, settings: Settings) {
+        self.settings = settings;
     }
 
     /// Send to a client if it is connected (messages to a client in its grace period are dropped; partners
@@ -147,6 +196,7 @@ impl State {
     }
 
     fn err(&self, to: Id, code: ErrorCode, message: &str, ref_: &str, peer: Option<Id>) {
+        self.stats.error(code);
         self.send(to, protocol::error(code, message, Some(ref_), peer));
     }
 
@@ -162,11 +212,14 @@ impl State {
         &mut self,
         conn: ConnHandle,
         token: Option<&str>,
-        now: Instant,
         ice: impl FnOnce(Id) -> (Vec<IceServer>, u64),
     ) -> HelloOutcome {
+        let now = Instant::now();
+        // A grace period that ran out counts as over even if the sweeper has not removed the session yet.
         let claimed = token.and_then(parse_token).filter(|(id, secret)| {
-            self.sessions.get(id).is_some_and(|s| s.secret.matches(secret))
+            self.sessions
+                .get(id)
+                .is_some_and(|s| s.secret.matches(secret) && s.away_until.is_none_or(|until| until > now))
         });
         if let Some((id, _)) = claimed {
             let s = self.sessions.get_mut(&id).expect("checked above");
@@ -180,6 +233,7 @@ impl State {
             let peers = s.peers.clone();
             let incoming = s.incoming.clone();
             let outgoing: Vec<Id> = s.outgoing.iter().map(|(p, _)| *p).collect();
+            let paired_while_away = std::mem::take(&mut s.paired_while_away);
             let (ice_servers, ice_expires) = ice(id);
             self.send(id, self.welcome(id, token, true, &ice_servers, ice_expires, peers.clone()));
             // Replay what the client may have missed so it can rebuild its view from this connection alone.
@@ -192,17 +246,21 @@ impl State {
                     self.send(*p, ServerMsg::PeerBack { peer: id }.to_text());
                 }
             }
+            for p in paired_while_away.into_iter().filter(|p| peers.contains(p)) {
+                // Only a requester can be away when its pairing is accepted, so it is the initiator.
+                self.send(id, ServerMsg::Paired { peer: p, initiator: true }.to_text());
+            }
             for p in incoming {
                 self.send(id, ServerMsg::Incoming { peer: p }.to_text());
             }
             for p in outgoing {
                 self.send(id, ServerMsg::RequestSent { peer: p }.to_text());
             }
-            let _ = now;
             return HelloOutcome::Welcomed(id);
         }
 
         if self.sessions.len() >= self.settings.max_sessions {
+            self.stats.error(ErrorCode::ServerFull);
             push(&conn, protocol::error(ErrorCode::ServerFull, "the server is full; try again later", Some("hello"), None));
             return HelloOutcome::ServerFull;
         }
@@ -216,7 +274,15 @@ impl State {
         let token = secret.token_for(id);
         self.sessions.insert(
             id,
-            Session { secret, conn: Some(conn), away_until: None, peers: Vec::new(), outgoing: Vec::new(), incoming: Vec::new() },
+            Session {
+                secret,
+                conn: Some(conn),
+                away_until: None,
+                peers: Vec::new(),
+                outgoing: Vec::new(),
+                incoming: Vec::new(),
+                paired_while_away: Vec::new(),
+            },
         );
         let (ice_servers, ice_expires) = ice(id);
         self.send(id, self.welcome(id, token, false, &ice_servers, ice_expires, Vec::new()));
@@ -393,10 +459,17 @@ impl State {
                 if !s.peers.contains(&b) {
                     s.peers.push(b);
                 }
+                if s.conn.is_none() {
+                    s.paired_while_away.push(b);
+                }
             }
         }
         self.send(from, ServerMsg::Paired { peer: me, initiator: true }.to_text());
         self.send(me, ServerMsg::Paired { peer: from, initiator: false }.to_text());
+        // A new partner that is mid-reconnect: say so now, as if it had dropped after pairing.
+        if self.sessions.get(&from).is_some_and(|s| s.conn.is_none()) {
+            self.send(me, ServerMsg::PeerAway { peer: from }.to_text());
+        }
     }
 
     pub fn decline(&mut self, me: Id, from_raw: &str) {
@@ -419,7 +492,10 @@ impl State {
         let Some(to) = self.paired_peer(me, to_raw, "signal") else { return };
         match self.sessions.get(&to).and_then(|s| s.conn.as_ref()) {
             // The sender's ID is stamped here; whatever `from` the client wrote was never parsed.
-            Some(h) => push(h, protocol::signal(me, data)),
+            Some(h) => {
+                Stats::inc(&self.stats.relayed);
+                push(h, protocol::signal(me, data));
+            }
             None => self.err(me, ErrorCode::PeerAway, "that client is reconnecting; the message was dropped", "signal", Some(to)),
         }
     }
@@ -433,5 +509,130 @@ impl State {
             remove_id(&mut s.peers, me);
         }
         self.send(to, ServerMsg::PeerLeft { peer: me, reason: LeftReason::Bye }.to_text());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> Settings {
+        Settings {
+            grace: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(5),
+            max_sessions: 100,
+            limits: Limits { max_message_bytes: 65536, messages_per_sec: 50, connect_requests_per_min: 20 },
+        }
+    }
+
+    struct TestConn {
+        handle: ConnHandle,
+        rx: mpsc::Receiver<Utf8Bytes>,
+    }
+
+    fn conn(n: u64) -> TestConn {
+        let (tx, rx) = mpsc::channel(64);
+        TestConn { handle: ConnHandle { conn_id: n, tx, ctl: ConnCtl::new(CancellationToken::new(), 1 << 20) }, rx }
+    }
+
+    impl TestConn {
+        /// Types of everything queued so far.
+        fn drain(&mut self) -> Vec<serde_json::Value> {
+            let mut out = Vec::new();
+            while let Ok(m) = self.rx.try_recv() {
+                out.push(serde_json::from_str(m.as_str()).unwrap());
+            }
+            out
+        }
+        fn types(&mut self) -> Vec<String> {
+            self.drain().iter().map(|v| v["type"].as_str().unwrap().to_string()).collect()
+        }
+    }
+
+    fn join(st: &mut State, c: &TestConn, token: Option<&str>) -> Id {
+        match st.hello(c.handle.clone(), token, |_| (Vec::new(), 0)) {
+            HelloOutcome::Welcomed(id) => id,
+            HelloOutcome::ServerFull => panic!("full"),
+        }
+    }
+
+    #[test]
+    fn stale_request_timer_does_not_expire_a_newer_request() {
+        let mut st = State::new(settings(), Arc::default());
+        let (mut a, mut b) = (conn(1), conn(2));
+        let (ia, ib) = (join(&mut st, &a, None), join(&mut st, &b, None));
+        a.drain();
+        b.drain();
+        let t0 = Instant::now();
+        st.connect(ia, ib.as_str(), t0);
+        st.cancel(ia, ib.as_str());
+        st.connect(ia, ib.as_str(), t0 + Duration::from_secs(3));
+        a.drain();
+        b.drain();
+        // The first request's deadline passes: nothing happens to the second.
+        st.expire(t0 + Duration::from_secs(6));
+        assert!(a.types().is_empty());
+        assert!(b.types().is_empty());
+        st.expire(t0 + Duration::from_secs(8));
+        assert_eq!(a.types(), ["request_timeout"]);
+        assert_eq!(b.types(), ["incoming_cancelled"]);
+    }
+
+    #[test]
+    fn stale_grace_timer_does_not_end_a_resumed_session() {
+        let mut st = State::new(settings(), Arc::default());
+        let mut a = conn(1);
+        let ia = join(&mut st, &a, None);
+        let token = a.drain()[0]["token"].as_str().unwrap().to_string();
+        let t0 = Instant::now();
+        st.disconnected(ia, 1, t0, true);
+        let a2 = conn(2);
+        assert_eq!(join(&mut st, &a2, Some(&token)), ia);
+        // Drops again later: a new grace period, which the first timer must not cut short.
+        st.disconnected(ia, 2, t0 + Duration::from_secs(8), true);
+        st.expire(t0 + Duration::from_secs(11));
+        assert_eq!(st.session_count(), 1);
+        st.expire(t0 + Duration::from_secs(19));
+        assert_eq!(st.session_count(), 0);
+    }
+
+    #[test]
+    fn disconnect_of_a_replaced_connection_is_ignored() {
+        let mut st = State::new(settings(), Arc::default());
+        let (mut a, mut b) = (conn(1), conn(2));
+        let ia = join(&mut st, &a, None);
+        let ib = join(&mut st, &b, None);
+        let token = a.drain()[0]["token"].as_str().unwrap().to_string();
+        st.connect(ia, ib.as_str(), Instant::now());
+        st.accept(ib, ia.as_str());
+        b.drain();
+        let a2 = conn(3);
+        join(&mut st, &a2, Some(&token));
+        assert!(a.handle.ctl.cancel.is_cancelled(), "old connection told to close");
+        assert_eq!(a.handle.ctl.close_code.load(Ordering::Relaxed), CLOSE_RESUMED);
+        // The old task ends and reports; the session stays attached to the new connection.
+        st.disconnected(ia, 1, Instant::now(), true);
+        assert!(st.is_current(ia, 3));
+        assert!(b.types().is_empty(), "partner must not see peer_away for a hand-over");
+    }
+
+    #[test]
+    fn full_outbox_kills_instead_of_growing() {
+        let (tx, _rx) = mpsc::channel(4);
+        let h = ConnHandle { conn_id: 1, tx, ctl: ConnCtl::new(CancellationToken::new(), 1 << 20) };
+        for _ in 0..4 {
+            push(&h, "x".into());
+        }
+        assert!(!h.ctl.cancel.is_cancelled());
+        push(&h, "x".into());
+        assert!(h.ctl.cancel.is_cancelled());
+        assert_eq!(h.ctl.close_code.load(Ordering::Relaxed), CLOSE_SLOW);
+
+        let (tx, _rx) = mpsc::channel(64);
+        let h = ConnHandle { conn_id: 2, tx, ctl: ConnCtl::new(CancellationToken::new(), 100) };
+        push(&h, "y".repeat(60));
+        assert!(!h.ctl.cancel.is_cancelled());
+        push(&h, "y".repeat(60));
+        assert!(h.ctl.cancel.is_cancelled(), "byte budget enforced");
     }
 }

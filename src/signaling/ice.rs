@@ -3,6 +3,7 @@
 
 use std::net::IpAddr;
 
+use crate::config::Config;
 use crate::credentials;
 use crate::server::Context;
 
@@ -11,11 +12,11 @@ use super::protocol::IceServer;
 
 /// The host to put in ponte's own `stun:`/`turn:` URLs: `turn.external_ip`, else the host of `http.public_url`,
 /// else the `Host` the browser used (port stripped, IPv6 bracketed). `None` when none of them is usable.
-pub fn advertised_host(ctx: &Context, host_header: Option<&str>) -> Option<String> {
-    if let Some(ip) = ctx.config.turn.external_ip {
+pub fn advertised_host(cfg: &Config, host_header: Option<&str>) -> Option<String> {
+    if let Some(ip) = cfg.turn.external_ip {
         return Some(format_ip(ip));
     }
-    if let Some(url) = &ctx.config.http.public_url {
+    if let Some(url) = &cfg.http.public_url {
         let authority = url.split_once("://").map(|(_, r)| r).unwrap_or(url);
         let authority = authority.split(['/', '?', '#']).next().unwrap_or("");
         let authority = authority.rsplit('@').next().unwrap_or("");
@@ -59,9 +60,10 @@ fn host_of(authority: &str) -> Option<String> {
 }
 
 /// Build the list for client `id`, with credentials valid from `now`. Returns the list and when its
-/// credentials expire.
-pub fn servers_for(ctx: &Context, host: Option<&str>, id: Id, now: u64) -> (Vec<IceServer>, u64) {
-    let ttl = ctx.config.turn.credential_ttl_secs;
+/// credentials expire. `cfg` is the live config (TTL and extra servers follow reloads); the secret and the bound
+/// ports are fixed for the process.
+pub fn servers_for(ctx: &Context, cfg: &Config, host: Option<&str>, id: Id, now: u64) -> (Vec<IceServer>, u64) {
+    let ttl = cfg.turn.credential_ttl_secs;
     let mut out = Vec::new();
     if ctx.config.turn.enabled {
         if let Some(host) = host {
@@ -90,7 +92,7 @@ pub fn servers_for(ctx: &Context, host: Option<&str>, id: Id, now: u64) -> (Vec<
             }
         }
     }
-    for extra in &ctx.config.signaling.ice_servers {
+    for extra in &cfg.signaling.ice_servers {
         let (username, credential) = if let Some(secret) = &extra.secret {
             let c = credentials::mint(secret, id.as_str(), now, ttl);
             (Some(c.username), Some(c.password))

@@ -53,26 +53,25 @@ pub enum SlotError {
 pub struct ConnCounter {
     total: AtomicUsize,
     per_ip: Mutex<HashMap<IpAddr, usize>>,
-    max_total: usize,
-    max_per_ip: usize,
 }
 
 impl ConnCounter {
-    pub fn new(max_total: usize, max_per_ip: usize) -> Arc<ConnCounter> {
-        Arc::new(ConnCounter { total: AtomicUsize::new(0), per_ip: Mutex::new(HashMap::new()), max_total, max_per_ip })
+    pub fn new() -> Arc<ConnCounter> {
+        Arc::new(ConnCounter { total: AtomicUsize::new(0), per_ip: Mutex::new(HashMap::new()) })
     }
 
-    /// Reserve a slot for `ip`; the slot is given back when the returned guard drops, whatever path the
-    /// connection takes (failed upgrade, error, normal close).
-    pub fn acquire(self: &Arc<Self>, ip: IpAddr) -> Result<Slot, SlotError> {
+    /// Reserve a slot for `ip` under the given limits (passed per call: they follow config reloads); the slot is
+    /// given back when the returned guard drops, whatever path the connection takes (failed upgrade, error,
+    /// normal close).
+    pub fn acquire(self: &Arc<Self>, ip: IpAddr, max_total: usize, max_per_ip: usize) -> Result<Slot, SlotError> {
         let ip = canonical(ip);
         let mut per_ip = self.per_ip.lock();
         let n = per_ip.get(&ip).copied().unwrap_or(0);
-        if n >= self.max_per_ip {
+        if n >= max_per_ip {
             return Err(SlotError::PerIp);
         }
         // Checked and incremented under the per-IP lock, so two racing upgrades cannot both take the last slot.
-        if self.total.load(Ordering::Relaxed) >= self.max_total {
+        if self.total.load(Ordering::Relaxed) >= max_total {
             return Err(SlotError::Total);
         }
         self.total.fetch_add(1, Ordering::Relaxed);
@@ -131,16 +130,18 @@ mod tests {
 
     #[test]
     fn slots_count_per_ip_and_total() {
-        let c = ConnCounter::new(3, 2);
+        let c = ConnCounter::new();
         let a: IpAddr = "10.0.0.1".parse().unwrap();
         let b: IpAddr = "10.0.0.2".parse().unwrap();
-        let s1 = c.acquire(a).unwrap();
-        let _s2 = c.acquire("::ffff:10.0.0.1".parse().unwrap()).unwrap();
-        assert_eq!(c.acquire(a).unwrap_err(), SlotError::PerIp);
-        let _s3 = c.acquire(b).unwrap();
-        assert_eq!(c.acquire(b).unwrap_err(), SlotError::Total);
+        let s1 = c.acquire(a, 3, 2).unwrap();
+        let _s2 = c.acquire("::ffff:10.0.0.1".parse().unwrap(), 3, 2).unwrap();
+        assert_eq!(c.acquire(a, 3, 2).unwrap_err(), SlotError::PerIp);
+        let _s3 = c.acquire(b, 3, 2).unwrap();
+        assert_eq!(c.acquire(b, 3, 2).unwrap_err(), SlotError::Total);
         drop(s1);
         assert_eq!(c.total(), 2);
-        assert!(c.acquire(a).is_ok());
+        assert!(c.acquire(a, 3, 2).is_ok());
+        // A raised limit (reload) applies to the next upgrade.
+        assert!(c.acquire(b, 10, 10).is_ok());
     }
 }

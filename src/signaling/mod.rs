@@ -7,6 +7,7 @@ mod ice;
 pub mod ids;
 mod limits;
 pub mod protocol;
+mod stats;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,7 +25,7 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::parse_origin;
+use crate::config::{parse_origin, Config};
 use crate::health::{Component, Status};
 use crate::http::{text_response, Body};
 use crate::server::Context;
@@ -45,35 +46,25 @@ pub struct Hub {
     /// Cancelled at shutdown; every connection's control token is a child of it.
     stop: CancellationToken,
     tracker: TaskTracker,
-    origins: OriginPolicy,
     next_conn: AtomicU64,
+    stats: Arc<stats::Stats>,
 }
 
 impl Hub {
     pub fn new(ctx: Arc<Context>) -> Arc<Hub> {
-        let s = &ctx.config.signaling;
-        let settings = hub::Settings {
-            grace: Duration::from_secs(s.reconnect_grace_secs),
-            request_timeout: Duration::from_secs(s.request_timeout_secs),
-            // Sessions in their grace period hold an ID but no socket; cap them too, or connect/disconnect
-            // cycles could pile them up. Twice the connection limit leaves room for a full server to restart
-            // its clients' connections.
-            max_sessions: s.max_connections.saturating_mul(2),
-            limits: protocol::Limits {
-                max_message_bytes: s.max_message_bytes,
-                messages_per_sec: s.messages_per_sec,
-                connect_requests_per_min: s.connect_requests_per_min,
-            },
-        };
-        Arc::new(Hub {
-            state: Mutex::new(hub::State::new(settings)),
-            conns: ConnCounter::new(s.max_connections, s.max_connections_per_ip),
+        let settings = hub::Settings::from_config(&ctx.live());
+        let stats = Arc::new(stats::Stats::default());
+        let hub = Arc::new(Hub {
+            state: Mutex::new(hub::State::new(settings, stats.clone())),
+            conns: ConnCounter::new(),
             stop: CancellationToken::new(),
             tracker: TaskTracker::new(),
-            origins: OriginPolicy::new(&ctx),
             next_conn: AtomicU64::new(1),
+            stats,
             ctx,
-        })
+        });
+        hub.ctx.metrics.register(Arc::new(stats::HubSource(Arc::downgrade(&hub))));
+        hub
     }
 
     fn next_conn_id(&self) -> u64 {
@@ -92,6 +83,8 @@ impl Hub {
 
     /// Handle `GET /ws` (WebSocket upgrade). `remote` is the client's address (socket or trusted proxy header).
     pub fn upgrade(self: &Arc<Self>, req: Request<Incoming>, remote: SocketAddr) -> Response<Body> {
+        // Limits, origins and ICE settings follow reloads (SIGHUP); each connection keeps the ones it started with.
+        let cfg = self.ctx.live();
         let headers = req.headers();
         if !is_websocket_upgrade(headers) {
             return text_response(StatusCode::BAD_REQUEST, "expected a WebSocket upgrade (Upgrade: websocket)\n");
@@ -105,20 +98,24 @@ impl Hub {
             return text_response(StatusCode::BAD_REQUEST, "missing Sec-WebSocket-Key\n");
         };
         let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
-        if !self.origins.allows(headers.get(header::ORIGIN), host) {
+        if !OriginPolicy::new(&cfg).allows(headers.get(header::ORIGIN), host) {
+            stats::Stats::inc(&self.stats.refused_origin);
             tracing::info!(%remote, origin = ?headers.get(header::ORIGIN), "WebSocket refused: Origin not allowed");
             return text_response(StatusCode::FORBIDDEN, "this Origin may not open the signaling WebSocket\n");
         }
         if self.stop.is_cancelled() {
             return text_response(StatusCode::SERVICE_UNAVAILABLE, "server shutting down\n");
         }
-        let slot = match self.conns.acquire(remote.ip()) {
+        let sig = &cfg.signaling;
+        let slot = match self.conns.acquire(remote.ip(), sig.max_connections, sig.max_connections_per_ip) {
             Ok(s) => s,
             Err(SlotError::PerIp) => {
+                stats::Stats::inc(&self.stats.refused_per_ip);
                 tracing::debug!(%remote, "WebSocket refused: per-IP connection limit");
                 return text_response(StatusCode::TOO_MANY_REQUESTS, "too many connections from your address\n");
             }
             Err(SlotError::Total) => {
+                stats::Stats::inc(&self.stats.refused_total);
                 tracing::warn!("WebSocket refused: signaling.max_connections reached");
                 return text_response(StatusCode::SERVICE_UNAVAILABLE, "server full, try again later\n");
             }
@@ -130,15 +127,15 @@ impl Hub {
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
             .any(|p| p.trim() == SUBPROTOCOL);
-        let info = conn::ConnInfo { remote, ice_host: ice::advertised_host(&self.ctx, host) };
+        let max = sig.max_message_bytes;
+        let info = conn::ConnInfo { remote, ice_host: ice::advertised_host(&cfg, host), cfg: cfg.clone() };
 
-        let max = self.ctx.config.signaling.max_message_bytes;
         // Small buffers: tungstenite's defaults (128 KiB read buffer, allocated up front) would cost over
         // a gigabyte at 10k idle clients.
         let ws_config = WebSocketConfig::default()
             .read_buffer_size(4096)
             .write_buffer_size(4096)
-            .max_write_buffer_size(max.saturating_mul(4))
+            .max_write_buffer_size(4096 + max.saturating_mul(2))
             .max_message_size(Some(max))
             .max_frame_size(Some(max));
         let on_upgrade = hyper::upgrade::on(req);
@@ -174,10 +171,21 @@ impl Hub {
         self.ctx.health.set(Component::Signaling, Status::Ok);
         let mut tick = tokio::time::interval(SWEEP_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut reloads = self.ctx.watch_config();
+        let mut watching = true;
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = tick.tick() => self.state.lock().expire(Instant::now()),
+                changed = reloads.changed(), if watching => {
+                    if changed.is_err() {
+                        // The sender lives in the context, which outlives the hub; if it ever goes, stop watching.
+                        watching = false;
+                        continue;
+                    }
+                    let settings = hub::Settings::from_config(&reloads.borrow_and_update());
+                    self.state.lock().set_settings(settings);
+                }
             }
         }
         self.ctx.health.set(Component::Signaling, Status::Stopping);
@@ -216,8 +224,8 @@ struct OriginPolicy {
 }
 
 impl OriginPolicy {
-    fn new(ctx: &Context) -> OriginPolicy {
-        let http = &ctx.config.http;
+    fn new(cfg: &Config) -> OriginPolicy {
+        let http = &cfg.http;
         let mut allowed: Vec<String> = http.allowed_origins.iter().filter_map(|o| parse_origin(o)).collect();
         if let Some(u) = http.public_url.as_deref().and_then(parse_origin) {
             allowed.push(u);

@@ -188,6 +188,51 @@ pub enum ErrorCode {
     ServerFull,
 }
 
+impl ErrorCode {
+    pub const ALL: [ErrorCode; 17] = [
+        ErrorCode::BadJson,
+        ErrorCode::BadMessage,
+        ErrorCode::UnknownType,
+        ErrorCode::HelloRequired,
+        ErrorCode::UnsupportedVersion,
+        ErrorCode::UnknownPeer,
+        ErrorCode::SelfConnect,
+        ErrorCode::DuplicateRequest,
+        ErrorCode::AlreadyPaired,
+        ErrorCode::NoRequest,
+        ErrorCode::NotPaired,
+        ErrorCode::PeerAway,
+        ErrorCode::RateLimited,
+        ErrorCode::TooManyRequests,
+        ErrorCode::BinaryNotSupported,
+        ErrorCode::TooLarge,
+        ErrorCode::ServerFull,
+    ];
+
+    /// The wire name (`bad_json`), as serde writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadJson => "bad_json",
+            ErrorCode::BadMessage => "bad_message",
+            ErrorCode::UnknownType => "unknown_type",
+            ErrorCode::HelloRequired => "hello_required",
+            ErrorCode::UnsupportedVersion => "unsupported_version",
+            ErrorCode::UnknownPeer => "unknown_peer",
+            ErrorCode::SelfConnect => "self_connect",
+            ErrorCode::DuplicateRequest => "duplicate_request",
+            ErrorCode::AlreadyPaired => "already_paired",
+            ErrorCode::NoRequest => "no_request",
+            ErrorCode::NotPaired => "not_paired",
+            ErrorCode::PeerAway => "peer_away",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::TooManyRequests => "too_many_requests",
+            ErrorCode::BinaryNotSupported => "binary_not_supported",
+            ErrorCode::TooLarge => "too_large",
+            ErrorCode::ServerFull => "server_full",
+        }
+    }
+}
+
 /// Server → client messages (except `signal`, which [`signal`] writes around the raw payload).
 #[derive(Serialize, Debug)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -294,5 +339,8 @@ mod tests {
         assert_eq!(v, serde_json::json!({"type":"error","code":"not_paired","message":"m","ref":"signal","peer":"abcd2345"}));
         let v: serde_json::Value = serde_json::from_str(&ServerMsg::Pong { t: None }.to_text()).unwrap();
         assert_eq!(v, serde_json::json!({"type":"pong"}));
+        for c in ErrorCode::ALL {
+            assert_eq!(serde_json::to_value(c).unwrap(), c.as_str());
+        }
     }
 }
