@@ -263,13 +263,14 @@ pub async fn serve(ctx: Arc<Context>, udp: Vec<UdpSocket>, tcp: Vec<TcpListener>
     });
 
     let mut tasks: JoinSet<anyhow::Result<()>> = JoinSet::new();
+    let mut listening = Vec::new();
     for s in udp_socks {
-        tracing::info!("STUN/TURN listening on udp://{}", s.local_addr()?);
+        listening.push(format!("udp://{}", s.local_addr()?));
         tasks.spawn(udp::run(shell.clone(), s));
     }
     for l in tcp {
         let l = tokio::net::TcpListener::from_std(l)?;
-        tracing::info!("STUN/TURN listening on tcp://{}", l.local_addr()?);
+        listening.push(format!("tcp://{}", l.local_addr()?));
         tasks.spawn(tcp::run(shell.clone(), l));
     }
     let advertised: Vec<String> = relay_ips.iter().map(|ip| shell.core.advertised(SocketAddr::new(*ip, 0)).ip().to_string()).collect();
@@ -297,7 +298,11 @@ pub async fn serve(ctx: Arc<Context>, udp: Vec<UdpSocket>, tcp: Vec<TcpListener>
             }
         });
     }
+    // Healthy before the "listening" lines: tests and operators take those lines to mean "ready".
     ctx.health.set(Component::Turn, Status::Ok);
+    for l in &listening {
+        tracing::info!("STUN/TURN listening on {l}");
+    }
 
     let result = tokio::select! {
         _ = shutdown.cancelled() => Ok(()),
