@@ -251,3 +251,67 @@ fn wrong_and_expired_credentials_get_401() {
     let out = lab.uclient(&["-c", "-u", &user, "-w", &pass, "-e", PEER, "-r", "3480", "-n", "3"]);
     assert_eq!(summary(&out).2, 0, "{out}");
 }
+
+/// Real browser: Debian's Chromium in a home behind NAT gathers a server-reflexive candidate from ponte's STUN
+/// and relay candidates from its TURN over UDP and over TCP (driven by `tests/turn-browser/gather.mjs`).
+#[test]
+fn chromium_gathers_srflx_and_relay_candidates_udp_and_tcp() {
+    if !prerequisites() || !require_tool("node") || !require_tool("chromium") {
+        return;
+    }
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/turn-browser");
+    if !dir.join("node_modules/playwright-core").is_dir() {
+        let msg = "tests/turn-browser/node_modules is missing: run `npm ci` in tests/turn-browser (as .ci/run does)";
+        if in_ci() {
+            panic!("{msg}");
+        }
+        eprintln!("SKIPPED: {msg}");
+        return;
+    }
+    let lab = Lab::start("");
+    let wrapper = lab.dir.path().join("chromium-in-h1");
+    std::fs::write(&wrapper, format!("#!/bin/sh\nexec ip netns exec {}-h1 /usr/bin/chromium \"$@\"\n", lab.prefix)).unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let cred = ponte::credentials::mint(&ponte::config::Secret::new(SECRET), "browser", ponte::credentials::unix_now(), 3600);
+    let turn = |transport: &str| {
+        serde_json::json!({
+            "iceServers": [{ "urls": [format!("turn:{SERVER}:3478?transport={transport}")], "username": cred.username, "credential": cred.password }],
+            "iceTransportPolicy": "relay",
+        })
+    };
+    let config = serde_json::json!({
+        "chromium": wrapper,
+        "scenarios": {
+            "stun": { "iceServers": [{ "urls": [format!("stun:{SERVER}:3478")] }] },
+            "udp": turn("udp"),
+            "tcp": turn("tcp"),
+        },
+    });
+    let out = Command::new("timeout")
+        .args(["120", "node", "gather.mjs"])
+        .current_dir(&dir)
+        .env("GATHER_CONFIG", config.to_string())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "gather.mjs failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let got: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap_or("")).expect("JSON from gather.mjs");
+    let has = |scenario: &str, ty: &str, addr: &str, relay_proto: Option<&str>| {
+        got[scenario].as_array().unwrap().iter().any(|c| {
+            c["type"] == ty && c["address"] == addr && relay_proto.is_none_or(|p| c["relayProtocol"] == p)
+        })
+    };
+    assert!(has("stun", "srflx", "198.51.100.21", None), "no srflx candidate at the NAT's address: {got:#}");
+    // This Chromium leaves relayProtocol empty for UDP; the candidate's URL says which server entry it came from.
+    assert!(
+        got["udp"].as_array().unwrap().iter().any(|c| c["type"] == "relay"
+            && c["address"] == SERVER
+            && (c["relayProtocol"] == "udp" || c["url"].as_str().is_some_and(|u| u.ends_with("transport=udp")))),
+        "no relay candidate over UDP: {got:#}"
+    );
+    assert!(has("tcp", "relay", SERVER, Some("tcp")), "no relay candidate over TCP: {got:#}");
+    assert!(lab.metric("ponte_turn_allocations_created_total") >= 2);
+}
