@@ -323,3 +323,43 @@ pub async fn serve(ctx: Arc<Context>, udp: Vec<UdpSocket>, tcp: Vec<TcpListener>
     tasks.abort_all();
     result
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relay_address_resolution_order() {
+        let mut cfg = TurnConfig::default();
+        let wildcard: Vec<SocketAddr> = vec!["0.0.0.0:3478".parse().unwrap()];
+        let specific: Vec<SocketAddr> = vec!["192.0.2.7:3478".parse().unwrap(), "[2001:db8::7]:3478".parse().unwrap()];
+        // A specific listener address is the relay address (one per family).
+        assert_eq!(relay_ips(&cfg, &specific), vec!["192.0.2.7".parse::<IpAddr>().unwrap(), "2001:db8::7".parse().unwrap()]);
+        // Wildcard: the primary interface address (or loopback as the last resort), never unspecified.
+        let detected = relay_ips(&cfg, &wildcard);
+        assert_eq!(detected.len(), 1);
+        assert!(!detected[0].is_unspecified() && detected[0].is_ipv4());
+        // turn.relay_ip wins over everything.
+        cfg.relay_ip = Some("10.0.0.5".parse().unwrap());
+        assert_eq!(relay_ips(&cfg, &specific), vec!["10.0.0.5".parse::<IpAddr>().unwrap()]);
+        // The advertised host is turn.external_ip when set.
+        assert_eq!(public_ip(&cfg, &specific), "10.0.0.5".parse::<IpAddr>().unwrap());
+        cfg.external_ip = Some("203.0.113.9".parse().unwrap());
+        assert_eq!(public_ip(&cfg, &specific), "203.0.113.9".parse::<IpAddr>().unwrap());
+    }
+
+    #[test]
+    fn private_relay_addresses_are_recognised_for_the_warning() {
+        for ip in ["10.0.0.1", "192.168.1.2", "172.20.0.1", "127.0.0.1", "100.64.1.1", "169.254.1.1", "fd00::1", "fe80::1", "::1", "::ffff:192.168.1.1"] {
+            assert!(is_private(ip.parse().unwrap()), "{ip}");
+        }
+        for ip in ["198.51.100.10", "8.8.8.8", "2001:db8::1", "100.128.0.1"] {
+            assert!(!is_private(ip.parse().unwrap()), "{ip}");
+        }
+    }
+
+    #[test]
+    fn interface_addresses_include_loopback() {
+        assert!(interface_ips().contains(&IpAddr::V4(Ipv4Addr::LOCALHOST)));
+    }
+}
