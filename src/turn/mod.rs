@@ -64,7 +64,7 @@ impl Shell {
                     }
                     Action::CloseRelay { relay } => {
                         if let Some((_, r)) = self.relays.remove(&relay) {
-                            r.stop.cancel();
+                            r.stop();
                         }
                     }
                 }
@@ -93,7 +93,7 @@ impl Shell {
 
 /// Send a datagram without waiting in the common case; when the socket buffer is full, wait for room
 /// (backpressure on this one task) instead of silently dropping.
-async fn send_udp(s: &tokio::net::UdpSocket, data: &[u8], to: SocketAddr) {
+pub(crate) async fn send_udp(s: &tokio::net::UdpSocket, data: &[u8], to: SocketAddr) {
     match s.try_send_to(data, to) {
         Ok(_) => {}
         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
@@ -315,10 +315,16 @@ pub async fn serve(ctx: Arc<Context>, udp: Vec<UdpSocket>, tcp: Vec<TcpListener>
     ctx.health.set(Component::Turn, if result.is_ok() { Status::Stopping } else { Status::Failed });
     shell.shutdown.cancel();
     // Close every relay socket now rather than when the last task lets go of it.
-    for r in shell.relays.iter() {
-        r.stop.cancel();
+    let keys: Vec<SocketAddr> = shell.relays.iter().map(|r| *r.key()).collect();
+    let mut stopped = Vec::new();
+    for k in keys {
+        if let Some((_, r)) = shell.relays.remove(&k) {
+            r.stop();
+            stopped.push(r.task);
+        }
     }
-    shell.relays.clear();
+    // Wait for the aborted tasks to drop their sockets, so the ports are free when `serve` returns.
+    let _ = tokio::time::timeout(Duration::from_secs(1), futures_util::future::join_all(stopped)).await;
     let _ = tokio::time::timeout(Duration::from_secs(2), async { while tasks.join_next().await.is_some() {} }).await;
     tasks.abort_all();
     result
