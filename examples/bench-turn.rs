@@ -2,10 +2,12 @@
 //! peer and back) with p50/p99 round-trip times, for ponte and for coturn (`turnserver`, started here) on the
 //! same machine, loopback only, printed side by side with the ratio.
 //!
-//!     cargo run --release --example bench-turn [-- --secs 3 --clients 2 --window 32 --size 100]
+//!     cargo run --release --example bench-turn [-- --secs 2 --rounds 3 --clients 2 --window 32 --size 100]
 //!
 //! Both servers run as separate processes (ponte is this binary re-executed with `--serve-ponte`), with the
 //! same load generator, the same number of client threads and the same bounded duration and packet budget.
+//! Phases alternate between the servers for `--rounds` rounds and the median round is reported, so that
+//! load from other processes on a shared machine hits both about equally.
 
 use std::net::{SocketAddr, UdpSocket};
 use std::process::{Child, Command, Stdio};
@@ -24,6 +26,7 @@ const MAX_PER_PHASE: u64 = 5_000_000;
 
 struct Opts {
     secs: u64,
+    rounds: usize,
     clients: usize,
     window: usize,
     size: usize,
@@ -34,23 +37,25 @@ fn main() -> anyhow::Result<()> {
     if args.get(1).map(String::as_str) == Some("--serve-ponte") {
         return serve_ponte(&args[2]);
     }
-    let mut o = Opts { secs: 3, clients: 2, window: 32, size: 100 };
+    let mut o = Opts { secs: 2, rounds: 3, clients: 2, window: 32, size: 100 };
     let mut i = 1;
     while i + 1 < args.len() {
         let v: usize = args[i + 1].parse()?;
         match args[i].as_str() {
             "--secs" => o.secs = v.clamp(1, 60) as u64,
+            "--rounds" => o.rounds = v.clamp(1, 15),
             "--clients" => o.clients = v.clamp(1, 64),
             "--window" => o.window = v.clamp(1, 1024),
             "--size" => o.size = v.clamp(16, 1200),
-            other => anyhow::bail!("unknown option {other}; use --secs, --clients, --window, --size"),
+            other => anyhow::bail!("unknown option {other}; use --secs, --rounds, --clients, --window, --size"),
         }
         i += 2;
     }
     let dir = tempfile::tempdir()?;
     println!(
-        "bench-turn: {} s per phase, {} client threads, window {}, {}-byte payloads, loopback, {} CPUs",
+        "bench-turn: {} s per phase, median of {} alternating rounds, {} client threads, window {}, {}-byte payloads, loopback, {} CPUs",
         o.secs,
+        o.rounds,
         o.clients,
         o.window,
         o.size,
@@ -119,10 +124,16 @@ fn main() -> anyhow::Result<()> {
         wait_ready(addr).map_err(|e| anyhow::anyhow!("{name} did not answer STUN on {addr}: {e}"))?;
     }
 
-    let pb = binding_phase(ponte.1, &o);
-    let cb = binding_phase(coturn.1, &o);
-    let pr = relay_phase(ponte.1, &o).map_err(|e| e.context("ponte relay phase"))?;
-    let cr = relay_phase(coturn.1, &o).map_err(|e| e.context("coturn relay phase"))?;
+    let (mut pb, mut cb, mut pr, mut cr) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..o.rounds {
+        pb.push(binding_phase(ponte.1, &o));
+        cb.push(binding_phase(coturn.1, &o));
+    }
+    for _ in 0..o.rounds {
+        pr.push(relay_phase(ponte.1, &o).map_err(|e| e.context("ponte relay phase"))?);
+        cr.push(relay_phase(coturn.1, &o).map_err(|e| e.context("coturn relay phase"))?);
+    }
+    let (pb, cb, pr, cr) = (median(pb), median(cb), median(pr), median(cr));
     drop(ponte);
     drop(coturn);
 
@@ -186,6 +197,15 @@ fn wait_ready(addr: SocketAddr) -> anyhow::Result<()> {
         }
     }
     anyhow::bail!("timeout")
+}
+
+/// The round with the median rate (its latencies come along), with the losses of all rounds.
+fn median(mut v: Vec<Stats>) -> Stats {
+    let lost = v.iter().map(|s| s.lost).sum();
+    v.sort_by(|a, b| a.rate.total_cmp(&b.rate));
+    let mut m = v.swap_remove(v.len() / 2);
+    m.lost = lost;
+    m
 }
 
 struct Stats {
