@@ -244,10 +244,25 @@ async fn loopback_peer_refused_by_default_and_wrong_credentials_get_401() {
     let srv = TestServer::start(test_config()).await;
     let mut c = Client::udp(srv.turn_udp[0], &srv).await;
     c.allocate().await;
-    let r = c.request(METHOD_CREATE_PERMISSION, &|m| peer_attr(m, "127.0.0.1:9".parse().unwrap())).await;
-    assert_eq!(code(&r), Some(403));
-    let r = c.request(METHOD_CREATE_PERMISSION, &|m| peer_attr(m, "[::ffff:127.0.0.1]:9".parse().unwrap())).await;
-    assert_eq!(code(&r), Some(403));
+    for peer in ["127.0.0.2:9", "[::ffff:127.0.0.2]:9", "[::127.0.0.2]:9", "10.1.2.3:9", "169.254.169.254:80"] {
+        let r = c.request(METHOD_CREATE_PERMISSION, &|m| peer_attr(m, peer.parse().unwrap())).await;
+        assert_eq!(code(&r), Some(403), "{peer}");
+    }
+    // The relay address itself (127.0.0.1 here) is a legal peer for relay-to-relay, but a local service on it
+    // that is not a relay socket receives nothing.
+    let service = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let service_addr = service.local_addr().unwrap();
+    let r = c.request(METHOD_CREATE_PERMISSION, &move |m| peer_attr(m, service_addr)).await;
+    assert_eq!(code(&r), None);
+    let mut m = codec::message(METHOD_SEND, 1, rand::random());
+    peer_attr(&mut m, service_addr);
+    m.add(AttrType(ATTR_DATA), b"knock knock");
+    c.send_raw(&m.raw).await;
+    let mut b = [0u8; 100];
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), service.recv_from(&mut b)).await.is_err(),
+        "a non-relay port on the server's own address must not be reachable"
+    );
 
     let mut bad = Client::udp(srv.turn_udp[0], &srv).await;
     bad.pass = "not-the-password".into();
@@ -304,4 +319,28 @@ async fn shutdown_closes_relay_sockets() {
     assert_eq!(code(&r), Some(508));
     srv.stop().await.unwrap();
     std::net::UdpSocket::bind(relay).expect("relay port released at shutdown");
+}
+
+#[tokio::test]
+async fn tcp_frames_split_across_reads_and_coalesced_in_one_write() {
+    let srv = TestServer::start(lo_config()).await;
+    let mut c = Client::tcp(srv.turn_tcp[0], &srv).await;
+    let one = c.build(METHOD_BINDING, &|_| {}, false);
+    // One request in two pieces with a pause between them…
+    c.send_raw(&one[..7]).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    c.send_raw(&one[7..]).await;
+    // …then two requests and an odd-length ChannelData frame (no allocation: silently dropped) in one write.
+    let two = c.build(METHOD_BINDING, &|_| {}, false);
+    let three = c.build(METHOD_BINDING, &|_| {}, false);
+    let mut burst = two.clone();
+    burst.extend_from_slice(&[0x40, 0x00, 0x00, 0x01, 0xAA, 0, 0, 0]);
+    burst.extend_from_slice(&three);
+    c.send_raw(&burst).await;
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        ids.push(c.recv_stun().await.transaction_id.0);
+    }
+    assert_eq!(ids, [&one, &two, &three].map(|m| <[u8; 12]>::try_from(&m[8..20]).unwrap()));
+    srv.stop().await.unwrap();
 }

@@ -222,6 +222,10 @@ pub struct Core {
     auth: Auth,
     policy: PeerPolicy,
     relay_ips: Vec<IpAddr>,
+    /// Our relay addresses as clients see them (local and external) → the local relay IP, for addresses the
+    /// policy would refuse as "own". Peers there are reachable only at a live relay port: relay↔relay (both
+    /// browsers relayed by this server) must work, the server's other services must not.
+    relay_aliases: Vec<(IpAddr, IpAddr)>,
     allocs: DashMap<FiveTuple, Arc<Allocation>>,
     by_relay: DashMap<SocketAddr, Arc<Allocation>>,
     usage: Mutex<Usage>,
@@ -262,7 +266,16 @@ impl Core {
     /// `now`/`now_unix` anchor the monotonic clock the shells pass in to wall-clock time (REST expiry, nonces).
     pub fn new(cfg: CoreConfig, now: Instant, now_unix: u64) -> Core {
         let policy = PeerPolicy::new(&cfg.turn.allow_peers, &cfg.turn.deny_peers, &cfg.own_ips);
+        let mut relay_aliases = Vec::new();
+        for l in &cfg.relay_ips {
+            relay_aliases.push((*l, *l));
+            if let Some(e) = cfg.turn.external_ip.filter(|e| e.is_ipv4() == l.is_ipv4()) {
+                relay_aliases.push((policy::canonical(e), *l));
+            }
+        }
+        relay_aliases.retain(|(a, _)| policy.check(*a) == Err(Denied::OwnAddress));
         Core {
+            relay_aliases,
             auth: Auth::new(&cfg.turn, &cfg.secrets),
             policy,
             relay_ips: cfg.relay_ips,
@@ -309,6 +322,18 @@ impl Core {
 
     // ---------------------------------------------------------------- hot path: client → peer
 
+    /// Where a client→peer datagram really goes: a peer at one of our relay aliases must be a live relay
+    /// allocation (sent to its local address, no hairpin through the router), anything else as is.
+    fn dest(&self, peer: SocketAddr) -> Option<SocketAddr> {
+        for (alias, local) in &self.relay_aliases {
+            if *alias == peer.ip() {
+                let l = SocketAddr::new(*local, peer.port());
+                return self.by_relay.contains_key(&l).then_some(l);
+            }
+        }
+        Some(peer)
+    }
+
     fn channel_data(&self, pkt: &[u8], from: FiveTuple, now: Instant, out: &mut Vec<Action>) {
         let Some((ch, data)) = codec::parse_channel_data(pkt) else {
             inc(&self.counters.dropped_packets);
@@ -331,6 +356,10 @@ impl Core {
             return;
         }
         drop(st);
+        let Some(peer) = self.dest(peer) else {
+            inc(&self.counters.dropped_packets);
+            return;
+        };
         self.counters.packets_client_to_peer.fetch_add(1, Ordering::Relaxed);
         self.counters.bytes_client_to_peer.fetch_add(data.len() as u64, Ordering::Relaxed);
         out.push(Action::ToPeer { relay: a.relay, peer, data });
@@ -360,6 +389,10 @@ impl Core {
             return drop_it();
         }
         drop(st);
+        let Some(peer) = self.dest(peer) else {
+            inc(&self.counters.dropped_packets);
+            return;
+        };
         self.counters.packets_client_to_peer.fetch_add(1, Ordering::Relaxed);
         self.counters.bytes_client_to_peer.fetch_add(data.len() as u64, Ordering::Relaxed);
         out.push(Action::ToPeer { relay: a.relay, peer, data });
@@ -371,8 +404,20 @@ impl Core {
     /// and `buf` has [`TAILROOM`] bytes after it. Returns where to send and the frame's range in `buf` (the
     /// ChannelData or Data-indication header is written in place), or `None` to drop (no permission).
     pub fn from_peer(&self, relay: SocketAddr, peer: SocketAddr, buf: &mut [u8], len: usize, now: Instant) -> Option<(FiveTuple, Range<usize>)> {
+        let mut peer = SocketAddr::new(policy::canonical(peer.ip()), peer.port());
+        if self.relay_aliases.iter().any(|(_, l)| *l == peer.ip()) {
+            // From our own relay address: only another live relay allocation may talk (not some other local
+            // process), and the client knows that relay by its advertised address. Checked before taking
+            // the `by_relay` guard below: a second lookup while holding it could deadlock on its shard.
+            if !self.by_relay.contains_key(&peer) {
+                inc(&self.counters.dropped_packets);
+                return None;
+            }
+            if let Some(ext) = self.cfg.external_ip.filter(|e| e.is_ipv4() == peer.is_ipv4()) {
+                peer.set_ip(policy::canonical(ext));
+            }
+        }
         let a = self.by_relay.get(&relay)?;
-        let peer = SocketAddr::new(policy::canonical(peer.ip()), peer.port());
         let mut st = a.st.lock();
         if !st.perms.get(&peer.ip()).is_some_and(|e| *e > now) || !st.down.take(self.cfg.max_bandwidth_per_allocation, len, now) {
             drop(st);
@@ -717,7 +762,13 @@ impl Core {
             let Some(p) = codec::decode_xor_addr(&a.value, &txid) else {
                 return Err(self.error(method, txid, 400, "Bad XOR-PEER-ADDRESS"));
             };
-            match self.policy.check(p.ip()) {
+            let checked = match self.policy.check(p.ip()) {
+                Err(Denied::OwnAddress) if self.relay_aliases.iter().any(|(a, _)| *a == policy::canonical(p.ip())) => {
+                    Ok(policy::canonical(p.ip()))
+                }
+                other => other,
+            };
+            match checked {
                 Ok(ip) => {
                     if ip.is_ipv4() != relay.is_ipv4() {
                         return Err(self.error(method, txid, 443, "Peer Address Family Mismatch"));

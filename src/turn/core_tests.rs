@@ -39,7 +39,7 @@ impl T {
                 turn,
                 secrets: vec![Secret::new(SECRET), Secret::new("previous-secret-0123456789")],
                 relay_ips: vec!["10.1.1.1".parse().unwrap()],
-                own_ips: vec!["10.1.1.1".parse().unwrap(), "203.0.113.1".parse().unwrap()],
+                own_ips: vec!["10.1.1.1".parse().unwrap(), "203.0.113.1".parse().unwrap(), "192.0.2.50".parse().unwrap()],
             },
             t0,
             1_000_000,
@@ -727,10 +727,8 @@ fn forbidden_peers_in_every_encoding_get_403() {
         "[::ffff:127.0.0.1]:80",
         "[::ffff:169.254.169.254]:80",
         "[::127.0.0.1]:80",
-        "[::ffff:10.1.1.1]:80",
-        "10.1.1.1:9",      // the relay address itself
-        "203.0.113.1:80",  // our external address
-        "[::ffff:203.0.113.1]:80",
+        "192.0.2.50:80",          // another address of this server (not a relay address)
+        "[::ffff:192.0.2.50]:80",
     ];
     for p in forbidden {
         assert_eq!(code(&t.perm(public(p))), Some(403), "{p} must be refused");
@@ -891,4 +889,33 @@ fn bandwidth_cap_drops_excess() {
     assert_eq!(to_peer(&t.feed(&pkt)).len(), 1, "half a second refills 500 bytes");
     let got = (0..5).filter(|_| peer_packet(&t, local(relay), peer, &[0u8; 400]).is_some()).count();
     assert_eq!(got, 2, "the cap applies per direction");
+}
+
+#[test]
+fn relay_to_relay_through_own_addresses_only_at_live_relay_ports() {
+    let mut t = T::new();
+    let relay_a = t.allocate();
+    t.tuple.client = public("198.51.100.8:40000");
+    let relay_b = t.allocate();
+    assert_eq!(relay_b.ip(), "203.0.113.1".parse::<IpAddr>().unwrap());
+    // B lets A in, by A's advertised (external) address.
+    assert_eq!(code(&t.perm(relay_a)), None, "our own relay address is a valid peer for relay-to-relay");
+    t.tuple.client = public("198.51.100.7:40000");
+    assert_eq!(code(&t.perm(relay_b)), None);
+    // A → B goes straight to B's local relay socket (no hairpin through the router).
+    let out = t.feed(&send_indication(relay_b, b"hi"));
+    assert_eq!(to_peer(&out)[0].1, local(relay_b));
+    // A → another port on our address (HTTP, STUN, metrics, anything not a relay) is dropped.
+    for port in [3478u16, 8080, 22, relay_b.port() + 100] {
+        assert!(to_peer(&t.feed(&send_indication(SocketAddr::new(relay_b.ip(), port), b"x"))).is_empty(), "port {port}");
+    }
+    // B receives A's datagram from A's local address and sees A's advertised address.
+    let (to, frame) = peer_packet(&t, local(relay_b), local(relay_a), b"hi").unwrap();
+    assert_eq!(to.client, public("198.51.100.8:40000"));
+    let m = codec::decode(&frame).unwrap();
+    let mut pa = turn::proto::peeraddr::PeerAddress::default();
+    pa.get_from(&m).unwrap();
+    assert_eq!(SocketAddr::new(pa.ip, pa.port), relay_a);
+    // A local process on the relay IP that is not a relay cannot use B's permission.
+    assert!(peer_packet(&t, local(relay_b), public("10.1.1.1:9999"), b"x").is_none());
 }

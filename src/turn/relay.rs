@@ -10,7 +10,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use socket2::{Domain, Protocol, Socket, Type};
-use tokio_util::sync::CancellationToken;
 
 use super::codec::{HEADROOM, TAILROOM};
 use super::core::RelayRequest;
@@ -25,7 +24,15 @@ const BIND_ATTEMPTS: u32 = 128;
 /// A live relay socket, registered in the shell so that client→peer sends find it.
 pub struct Relay {
     pub socket: Arc<tokio::net::UdpSocket>,
-    pub stop: CancellationToken,
+    /// Aborting the task (allocation gone, shutdown) drops its socket handle; no per-datagram `select!`
+    /// against a cancellation future is needed.
+    pub task: tokio::task::JoinHandle<()>,
+}
+
+impl Relay {
+    pub fn stop(&self) {
+        self.task.abort();
+    }
 }
 
 /// Bind a relay socket for `req`, register it and start its task. Returns the local address.
@@ -33,9 +40,8 @@ pub fn open(shell: &Arc<Shell>, req: &RelayRequest) -> io::Result<SocketAddr> {
     let std = bind_in_range(req.ip, shell.port_range, req.even_port)?;
     let local = std.local_addr()?;
     let socket = Arc::new(tokio::net::UdpSocket::from_std(std)?);
-    let stop = shell.shutdown.child_token();
-    shell.relays.insert(local, Relay { socket: socket.clone(), stop: stop.clone() });
-    tokio::spawn(run(shell.clone(), socket, local, stop));
+    let task = tokio::spawn(run(shell.clone(), socket.clone(), local));
+    shell.relays.insert(local, Relay { socket, task });
     Ok(local)
 }
 
@@ -74,17 +80,22 @@ pub fn bind_in_range(ip: IpAddr, (min, max): (u16, u16), even: bool) -> io::Resu
 }
 
 /// Forward datagrams from peers to the allocation's client until the allocation is closed.
-async fn run(shell: Arc<Shell>, socket: Arc<tokio::net::UdpSocket>, local: SocketAddr, stop: CancellationToken) {
+async fn run(shell: Arc<Shell>, socket: Arc<tokio::net::UdpSocket>, local: SocketAddr) {
     let mut buf = vec![0u8; HEADROOM + MAX_PAYLOAD + TAILROOM];
+    // The listener socket towards this allocation's UDP client, looked up once rather than per datagram.
+    let mut out: Option<(SocketAddr, Arc<tokio::net::UdpSocket>)> = None;
     loop {
-        let r = tokio::select! {
-            biased;
-            _ = stop.cancelled() => break,
-            r = socket.recv_from(&mut buf[HEADROOM..HEADROOM + MAX_PAYLOAD]) => r,
-        };
-        match r {
+        match socket.recv_from(&mut buf[HEADROOM..HEADROOM + MAX_PAYLOAD]).await {
             Ok((n, peer)) => {
-                if let Some((to, range)) = shell.core.from_peer(local, peer, &mut buf, n, Instant::now()) {
+                let Some((to, range)) = shell.core.from_peer(local, peer, &mut buf, n, Instant::now()) else { continue };
+                if to.transport == super::core::Transport::Udp {
+                    if out.as_ref().is_none_or(|(a, _)| *a != to.server) {
+                        out = shell.udp.get(&to.server).map(|s| (to.server, s.clone()));
+                    }
+                    if let Some((_, s)) = &out {
+                        super::send_udp(s, &buf[range], to.client).await;
+                    }
+                } else {
                     shell.to_client(to, &buf[range]).await;
                 }
             }

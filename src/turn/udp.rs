@@ -17,11 +17,15 @@ pub async fn run(shell: Arc<Shell>, socket: Arc<tokio::net::UdpSocket>) -> anyho
     let server = socket.local_addr()?;
     let mut buf = vec![0u8; 65536];
     let mut actions = Vec::with_capacity(8);
+    // Pinned once; polled only when no datagram is ready (receive first), so a busy socket does not pay for
+    // (re)registering with the cancellation token on every packet.
+    let cancelled = shell.shutdown.cancelled();
+    tokio::pin!(cancelled);
     loop {
         let r = tokio::select! {
             biased;
-            _ = shell.shutdown.cancelled() => return Ok(()),
             r = socket.recv_from(&mut buf) => r,
+            _ = &mut cancelled => return Ok(()),
         };
         match r {
             Ok((n, client)) => {
