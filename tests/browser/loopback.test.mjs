@@ -186,6 +186,13 @@ request_timeout_secs = 60
     assert.equal(await a.evaluate(() => window.ponte.id), idA);
     assert.equal((await a.getByTestId('my-id').textContent()).replace('-', ''), idA);
 
+    // A dropped WebSocket (network blip) reconnects with the token and gets the same ID back.
+    await a.evaluate(() => window.ponte.signaling.ws.close());
+    await a.waitForSelector('[data-testid=server-status]:not([data-state=open])');
+    await a.waitForSelector('[data-testid=server-status][data-state=open]', { timeout: 15000 });
+    assert.equal(await a.evaluate(() => window.ponte.id), idA);
+    assert.equal(await a.evaluate(() => window.ponte.signaling.session.resumed), true);
+
     await b.goto(`${server.url}/#${idA.toUpperCase()}`);
     await a.getByTestId('incoming-request').waitFor();
     assert.equal(await a.getByTestId('incoming-request').getAttribute('data-peer'), await b.evaluate(() => window.ponte.id));

@@ -43,7 +43,8 @@ function renderServerStatus(detail) {
   } else {
     const tick = () => {
       const s = Math.max(0, Math.ceil((sig.nextRetryAt - Date.now()) / 1000));
-      text.textContent = t('server.offline', { s });
+      const live = [...convs.values()].some((c) => !c.closed && c.link.state === 'connected');
+      text.textContent = t(live ? 'server.offline_chats' : 'server.offline', { s });
     };
     tick();
     retryTick = setInterval(tick, 1000);
@@ -570,6 +571,7 @@ function renderChatHead(c) {
   $('#end-btn').dataset.mode = c.closed ? 'remove' : 'end';
   $('#typing').textContent = c.typing ? t('chat.typing', { id: d }) : '';
   const composerOff = c.closed;
+  $('#message-input').placeholder = c.closed ? t('chat.closed') : c.link.chatOpen ? t('chat.placeholder') : t('chat.placeholder_waiting');
   $('#message-input').disabled = composerOff;
   $('#send-btn').disabled = composerOff;
   $('#file-input').disabled = composerOff || !c.link.chatOpen;
@@ -717,6 +719,7 @@ window.ponte = {
   get id() { return me && me.id; },
   get language() { return language(); },
   conversation: (peer) => convs.get(peer),
+  signaling: sig,
 };
 
 sig.start();

@@ -17,6 +17,7 @@ const en = {
   'server.online': 'Online',
   'server.offline': 'Offline — retrying in {s} s',
   'server.retrying': 'Reconnecting…',
+  'server.offline_chats': 'Server offline (open chats keep working) — retrying in {s} s',
   'server.replaced': 'This ID is now open in another tab.',
   'server.new_id_button': 'Use a new ID here',
   'server.id_changed': 'The server restarted, so you have a new ID: {id}. Send it to your contacts again.',
@@ -75,6 +76,7 @@ const en = {
   'empty.text': 'Share your ID, or type someone else’s. Messages and files go directly between the two browsers; this server only introduces you (and relays, encrypted, when there is no direct path).',
 
   'chat.placeholder': 'Write a message',
+  'chat.placeholder_waiting': 'Write a message (sent once connected)',
   'chat.input_label': 'Message',
   'chat.send': 'Send',
   'chat.attach': 'Send a file',
@@ -200,6 +202,7 @@ const ptBR = {
   'server.online': 'Conectado',
   'server.offline': 'Sem conexão — nova tentativa em {s} s',
   'server.retrying': 'Reconectando…',
+  'server.offline_chats': 'Servidor fora do ar (as conversas abertas continuam) — nova tentativa em {s} s',
   'server.replaced': 'Este ID agora está aberto em outra aba.',
   'server.new_id_button': 'Usar um novo ID aqui',
   'server.id_changed': 'O servidor reiniciou e você tem um novo ID: {id}. Envie-o de novo aos seus contatos.',
@@ -258,6 +261,7 @@ const ptBR = {
   'empty.text': 'Compartilhe o seu ID ou digite o de outra pessoa. Mensagens e arquivos vão direto entre os dois navegadores; este servidor só apresenta vocês (e retransmite, criptografado, quando não há caminho direto).',
 
   'chat.placeholder': 'Escreva uma mensagem',
+  'chat.placeholder_waiting': 'Escreva uma mensagem (enviada ao conectar)',
   'chat.input_label': 'Mensagem',
   'chat.send': 'Enviar',
   'chat.attach': 'Enviar um arquivo',
