@@ -203,7 +203,7 @@ request_timeout_secs = 60
   });
 
   test('several conversations at once with unread counts', async () => {
-    const a = await open();
+    const a = await open({ colorScheme: 'dark' });
     const b = await open();
     const c = await open();
     await openApp(a, server.url);
@@ -219,10 +219,13 @@ request_timeout_secs = 60
     await sendMessage(b, 'two');
     const badge = a.locator(`[data-testid=conversation][data-peer="${idB}"] [data-testid=unread]`);
     await a.waitForFunction((sel) => document.querySelector(sel)?.textContent === '2', `[data-testid=conversation][data-peer="${idB}"] [data-testid=unread]`);
-    await screenshot(a, 'two-conversations-desktop');
+    await screenshot(a, 'two-conversations-desktop-dark');
     await a.locator(`[data-testid=conversation][data-peer="${idB}"]`).click();
     await waitForMessage(a, 'two');
     assert.equal(await badge.isVisible(), false);
+    await sendMessage(a, 'hello B, from the dark side');
+    await a.waitForSelector('[data-testid=message-status][data-status=delivered]');
+    await screenshot(a, 'chat-desktop-dark');
   });
 
   test('glare: both sides restart ICE at the same moment and perfect negotiation sorts it out', async () => {

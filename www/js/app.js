@@ -394,7 +394,10 @@ sig.addEventListener('paired', (ev) => {
     chatHooks.changed(old);
     return;
   }
-  if (old) old.destroy();
+  if (old) {
+    old.destroy();
+    if (old.item) old.item.li.remove();
+  }
   let conv = null;
   conv = new Chat({
     peer,
