@@ -91,8 +91,22 @@ sig.addEventListener('welcome', (ev) => {
   }
 });
 
+// TURN credentials expire (ice_expires): fetch fresh ones a minute before, for ICE restarts of open chats.
+let iceRefreshTimer = 0;
+function scheduleIceRefresh(expires) {
+  clearTimeout(iceRefreshTimer);
+  if (!Number.isFinite(expires) || expires <= 0) return;
+  const ms = Math.max(10000, Math.min(expires * 1000 - Date.now() - 60000, 2 ** 31 - 1));
+  iceRefreshTimer = setTimeout(() => sig.send({ type: 'refresh_ice' }), ms);
+}
+sig.addEventListener('welcome', (ev) => scheduleIceRefresh(ev.detail.ice_expires));
 sig.addEventListener('ice_servers', (ev) => {
-  if (sig.session) sig.session.ice_servers = ev.detail.ice_servers;
+  if (sig.session) {
+    sig.session.ice_servers = ev.detail.ice_servers;
+    sig.session.ice_expires = ev.detail.ice_expires;
+  }
+  for (const c of convs.values()) if (!c.closed) c.link.iceServers = ev.detail.ice_servers || [];
+  scheduleIceRefresh(ev.detail.ice_expires);
 });
 
 // ---------------------------------------------------------------- my ID, share link

@@ -246,10 +246,9 @@ export class PeerLink extends EventTarget {
   /** ICE restart, with fresh credentials if the app has them. */
   restart(iceServers) {
     if (this.closed) return;
-    if (iceServers) {
-      this.iceServers = iceServers;
-      try { this.pc.setConfiguration({ iceServers }); } catch (e) { console.warn('ponte: setConfiguration', e); }
-    }
+    // Always hand the latest servers (the app refreshes TURN credentials before they expire).
+    if (iceServers) this.iceServers = iceServers;
+    try { this.pc.setConfiguration({ iceServers: this.iceServers }); } catch (e) { console.warn('ponte: setConfiguration', e); }
     this.restarts += 1;
     clearTimeout(this.connectTimer);
     this.connectTimer = setTimeout(() => this.onConnectTimeout(), CONNECT_TIMEOUT_MS);
