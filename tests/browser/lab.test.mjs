@@ -96,12 +96,12 @@ describe('NAT lab', { skip: missing || false, concurrency: 1 }, () => {
       assert.match(await p.getByTestId('diag-summary').textContent(), /everything works/i);
       // The public address STUN saw is the NAT's WAN address.
       assert.match(await p.locator('[data-check=stun] .check-detail').textContent(), /198\.51\.100\.21/);
-      await screenshot(p, 'diag-desktop');
+      await screenshot(p, 'diag-desktop', { fullPage: true });
       const m = await newPage(lab.browsers[1], { mobile: true });
       lab.pages.push(m);
       await m.goto(`${lab.url}/diag`);
       await m.waitForSelector('body[data-done=true]', { timeout: 40000 });
-      await screenshot(m, 'diag-360');
+      await screenshot(m, 'diag-360', { fullPage: true });
     });
   });
 

@@ -141,10 +141,10 @@ export async function startPonte({ toml, netns, name = 'ponte' }) {
   return handle;
 }
 
-export async function screenshot(page, name) {
+export async function screenshot(page, name, { fullPage = false } = {}) {
   mkdirSync(SHOTS, { recursive: true });
   await page.waitForTimeout(150); // let transitions settle
-  await page.screenshot({ path: path.join(SHOTS, `${name}.png`) });
+  await page.screenshot({ path: path.join(SHOTS, `${name}.png`), fullPage });
 }
 
 /** Open the app and wait for an ID. Returns the ID (canonical). */

@@ -74,7 +74,7 @@ async function gather(server, url, relayOnly) {
       const c = ev.candidate;
       if (!c.candidate) return;
       const parsed = parseCandidate(c.candidate);
-      parsed.relayProtocol = c.relayProtocol || parsed.relayProtocol;
+      parsed.relayProtocol = c.relayProtocol || (parsed.type === 'relay' ? urlParts(url).transport : undefined);
       parsed.url = c.url || url || '';
       if (parsed.type === 'relay' && firstRelayMs === null) firstRelayMs = Math.round(performance.now() - started);
       cands.push(parsed);
@@ -197,7 +197,7 @@ async function run() {
   }
   if (!stunCount) check('stun', t('diag.stun', { url: '—' })).set('skip', '');
   if (!turnKinds.size) check('turn', t('diag.turn', { url: '—' })).set('skip', '');
-  else if (!turnKinds.has('tls')) check('turn-tls', t('diag.turn', { url: 'turns:' })).set('skip', '');
+  else if (!turnKinds.has('tls')) check('turn-tls', t('diag.turn_tls')).set('skip', '');
 
   const outcome = await Promise.all(jobs);
   const stunOk = outcome.some((o) => o.kind === 'stun' && o.ok);
