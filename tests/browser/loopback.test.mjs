@@ -255,6 +255,47 @@ request_timeout_secs = 60
     assert.deepEqual(b.errors, []);
   });
 
+  test('drop a file on the chat; the receiver declines one and accepts another; the list follows new messages', async () => {
+    const a = await open();
+    const b = await open();
+    await openApp(a, server.url);
+    const idB = await openApp(b, server.url);
+    await pair(a, b, idB);
+    await waitConnected(a);
+    await waitConnected(b);
+    const drop = async (name, text) => {
+      const dt = await a.evaluateHandle(([n, tx]) => {
+        const d = new DataTransfer();
+        d.items.add(new File([tx], n, { type: 'text/plain' }));
+        return d;
+      }, [name, text]);
+      await a.dispatchEvent('#chat', 'dragenter', { dataTransfer: dt });
+      assert.equal(await a.locator('#dropzone').isVisible(), true);
+      await a.dispatchEvent('#chat', 'drop', { dataTransfer: dt });
+    };
+    await drop('unwanted.txt', 'no thanks');
+    await b.locator('[data-testid=file-transfer][data-state=incoming]').waitFor();
+    await b.getByTestId('file-decline').click();
+    await a.waitForSelector('[data-testid=file-transfer][data-state=declined]');
+    await drop('notes.txt', 'olá, ponte');
+    await b.locator('[data-testid=file-transfer][data-state=incoming] [data-testid=file-accept]').click();
+    await b.waitForSelector('[data-testid=file-transfer][data-state=done] [data-testid=file-download]');
+    await a.waitForSelector('[data-testid=file-transfer][data-state=done]');
+    const [download] = await Promise.all([b.waitForEvent('download'), b.locator('[data-testid=file-download]').last().click()]);
+    assert.equal(download.suggestedFilename(), 'notes.txt');
+    const saved = await download.path();
+    const { readFileSync } = await import('node:fs');
+    assert.equal(readFileSync(saved, 'utf8'), 'olá, ponte');
+
+    // Auto-scroll: after many messages the newest is in view on the receiving side.
+    for (let i = 0; i < 40; i++) await sendMessage(a, `line ${i}`);
+    await waitForMessage(b, 'line 39');
+    await b.waitForFunction(() => {
+      const l = document.querySelector('[data-testid=message-list]');
+      return l.scrollHeight > l.clientHeight && l.scrollHeight - l.scrollTop - l.clientHeight < 4;
+    });
+  });
+
   test('a 100 MB file arrives intact, with progress on both sides', { timeout: 300000 }, async () => {
     const dir = mkdtempSync(path.join(tmpdir(), 'ponte-file-'));
     try {
