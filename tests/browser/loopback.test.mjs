@@ -383,6 +383,41 @@ listen_tcp = ["127.0.0.1:${turnPort}"]
     }
   });
 
+  test('a hidden tab gets a browser notification and a chime for a request and a message', async () => {
+    const a = await open();
+    const b = await open();
+    await b.addInitScript(() => {
+      // Record instead of showing; pretend the tab is in the background.
+      window.shown = [];
+      window.Notification = class {
+        static permission = 'granted';
+        static requestPermission() { return Promise.resolve('granted'); }
+        constructor(title, opts) { window.shown.push({ title, body: opts && opts.body }); }
+        close() {}
+      };
+      Object.defineProperty(document, 'hidden', { configurable: true, get: () => window.fakeHidden === true });
+      window.chimes = 0;
+      const orig = AudioContext.prototype.createOscillator;
+      AudioContext.prototype.createOscillator = function (...args) { window.chimes += 1; return orig.apply(this, args); };
+    });
+    await openApp(a, server.url);
+    const idB = await openApp(b, server.url);
+    await b.getByTestId('my-id').click(); // a user gesture, so the page may play sound later
+    await b.evaluate(() => { window.fakeHidden = true; });
+    await a.getByTestId('peer-id-input').fill(idB);
+    await a.getByTestId('connect').click();
+    await b.waitForFunction(() => window.shown.length === 1);
+    const [note] = await b.evaluate(() => window.shown);
+    assert.match(note.title, /chat request/i);
+    assert.match(note.body, /wants to chat/);
+    assert.ok(await b.evaluate(() => window.chimes) > 0, 'a chime played');
+    await b.getByTestId('accept').click();
+    await waitConnected(a);
+    await sendMessage(a, 'are you there?');
+    await b.waitForFunction(() => window.shown.length === 2);
+    assert.equal((await b.evaluate(() => window.shown))[1].body, 'are you there?');
+  });
+
   test('UI language follows the browser and can be switched', async () => {
     const p = await open({ locale: 'pt-BR' });
     await openApp(p, server.url);
