@@ -287,11 +287,16 @@ function requestConnect(id) {
 
 function renderPending() {
   const box = $('#pending');
-  if (!pendingOut.size) { box.hidden = true; return; }
+  const mirror = $('#empty-pending');
+  if (!pendingOut.size) { box.hidden = true; mirror.hidden = true; return; }
   const [peer, phase] = [...pendingOut.entries()].pop();
   box.hidden = false;
   box.dataset.peer = peer;
-  $('#pending-text').textContent = t(phase === 'waiting' ? 'connect.waiting' : 'connect.sending', { id: displayId(peer) });
+  const text = t(phase === 'waiting' ? 'connect.waiting' : 'connect.sending', { id: displayId(peer) });
+  $('#pending-text').textContent = text;
+  // The big empty pane says it too, where the eye is on a desktop.
+  mirror.hidden = false;
+  $('#empty-pending-text').textContent = text;
 }
 
 $('#cancel-btn').addEventListener('click', () => {
