@@ -17,6 +17,7 @@ export function labMissing() {
   if (process.getuid && process.getuid() !== 0) why.push('root (network namespaces)');
   if (!which('ip')) why.push('ip (apt-get install iproute2)');
   if (!which('iptables')) why.push('iptables');
+  if (!which('ping')) why.push('ping (apt-get install iputils-ping)');
   if (why.length && process.env.CI === 'true') throw new Error(`lab tests cannot run, missing: ${why.join(', ')}`);
   return why.length ? `lab needs ${why.join(', ')}` : null;
 }
@@ -26,6 +27,7 @@ let labCounter = 0;
 export async function startLab({ nat1, nat2, turn = true }) {
   const prefix = `pw${process.pid % 10000}${labCounter++}`;
   execFileSync('bash', [NETLAB, 'up', prefix, nat1, nat2], { stdio: 'inherit' });
+  await settle(prefix);
   const dir = mkdtempSync(path.join(tmpdir(), 'ponte-lab-'));
   const lab = { prefix, dir, browsers: [], pages: [] };
   try {
@@ -55,6 +57,31 @@ secret = "lab-secret-not-for-production"
     throw e;
   }
   return lab;
+}
+
+/**
+ * Wait until the lab's addresses are final (IPv6 duplicate-address detection done) and each home reaches the
+ * server. Otherwise Chromium, started in the middle of it, sees a "network change" and aborts the page's loads
+ * (net::ERR_NETWORK_CHANGED).
+ */
+async function settle(prefix) {
+  const deadline = Date.now() + 15000;
+  for (const node of ['srv', 'h1', 'h2', 'nat1', 'nat2']) {
+    while (execFileSync('ip', ['-n', `${prefix}-${node}`, 'addr', 'show', 'tentative'], { encoding: 'utf8' }).trim()) {
+      if (Date.now() > deadline) throw new Error(`${prefix}-${node}: addresses still tentative`);
+      await new Promise((r) => setTimeout(r, 200));
+    }
+  }
+  for (const home of ['h1', 'h2']) {
+    for (;;) {
+      try {
+        execFileSync('ip', ['netns', 'exec', `${prefix}-${home}`, 'ping', '-c', '1', '-W', '1', SRV_IP], { stdio: 'ignore' });
+        break;
+      } catch {
+        if (Date.now() > deadline) throw new Error(`${prefix}-${home} cannot reach ${SRV_IP}`);
+      }
+    }
+  }
 }
 
 export async function stopLab(lab) {

@@ -150,7 +150,14 @@ export async function screenshot(page, name, { fullPage = false } = {}) {
 /** Open the app and wait for an ID. Returns the ID (canonical). */
 export async function openApp(page, url) {
   await page.goto(url);
-  await page.waitForFunction(() => window.ponte && window.ponte.id, null, { timeout: 20000 });
+  try {
+    await page.waitForFunction(() => window.ponte && window.ponte.id, null, { timeout: 15000 });
+  } catch (e) {
+    // One more try if the load itself was cut (e.g. net::ERR_NETWORK_CHANGED right after a lab came up).
+    if (!page.errors.some((x) => /ERR_NETWORK_CHANGED|Failed to load/.test(x))) throw e;
+    await page.reload();
+    await page.waitForFunction(() => window.ponte && window.ponte.id, null, { timeout: 15000 });
+  }
   return page.evaluate(() => window.ponte.id);
 }
 
