@@ -85,12 +85,12 @@ fn main() -> anyhow::Result<()> {
 
 async fn run(args: Args) -> anyhow::Result<()> {
     let mut server = Server::start(&args)?;
-    let result = bench(&args, &server).await;
+    let result = bench(&args, &mut server).await;
     server.stop();
     result
 }
 
-async fn bench(args: &Args, server: &Server) -> anyhow::Result<()> {
+async fn bench(args: &Args, server: &mut Server) -> anyhow::Result<()> {
     let rss_base = server.rss_kib()?;
     println!("server pid {} on {}; RSS before clients: {:.1} MiB", server.pid(), server.addr, rss_base as f64 / 1024.0);
 
@@ -123,8 +123,9 @@ async fn bench(args: &Args, server: &Server) -> anyhow::Result<()> {
         paired.push((a, b));
     }
     let mut idle_tasks = Vec::with_capacity(rest.len());
+    let going_away = Arc::new(AtomicU64::new(0));
     for c in rest {
-        idle_tasks.push(tokio::spawn(idle(c.ws)));
+        idle_tasks.push(tokio::spawn(idle(c.ws, going_away.clone())));
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     let rss_idle = server.rss_kib()?;
@@ -203,9 +204,24 @@ async fn bench(args: &Args, server: &Server) -> anyhow::Result<()> {
     println!("server RSS         baseline {:.1} MiB, idle with {} clients {:.1} MiB, after relay {:.1} MiB, peak {:.1} MiB",
         rss_base as f64 / 1024.0, args.clients, rss_idle as f64 / 1024.0, rss_after as f64 / 1024.0, hwm as f64 / 1024.0);
     println!("per client         {per_client:.0} bytes");
-    for t in idle_tasks {
-        t.abort();
-    }
+
+    // Graceful shutdown with the idle clients still connected: every one should get close code 1001.
+    let idle_count = idle_tasks.len();
+    let t0 = Instant::now();
+    server.stop();
+    let stopped = t0.elapsed();
+    let wait = tokio::time::timeout(Duration::from_secs(10), async {
+        for t in idle_tasks {
+            let _ = t.await;
+        }
+    });
+    let _ = wait.await;
+    println!(
+        "shutdown           SIGTERM to exit {:.2} s; {}/{} idle clients got close 1001",
+        stopped.as_secs_f64(),
+        going_away.load(Ordering::Relaxed),
+        idle_count
+    );
     Ok(())
 }
 
@@ -242,9 +258,15 @@ async fn next_json(ws: &mut Ws) -> anyhow::Result<In> {
     }
 }
 
-/// Keep reading so tungstenite answers the server's pings, like an idle browser tab.
-async fn idle(mut ws: Ws) {
-    while let Some(Ok(_)) = ws.next().await {}
+/// Keep reading so tungstenite answers the server's pings, like an idle browser tab; count a 1001 close.
+async fn idle(mut ws: Ws, going_away: Arc<AtomicU64>) {
+    while let Some(Ok(m)) = ws.next().await {
+        if let Message::Close(Some(f)) = m {
+            if u16::from(f.code) == 1001 {
+                going_away.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
 }
 
 async fn pair(mut a: Client, mut b: Client) -> anyhow::Result<((Ws, String), (Ws, String))> {
@@ -307,6 +329,7 @@ async fn relay(mut ws: Ws, ctx: RelayCtx) -> anyhow::Result<Vec<u32>> {
 /// The ponte child process.
 struct Server {
     child: Child,
+    stopped: bool,
     addr: SocketAddr,
     _dir: tempfile::TempDir,
 }
@@ -346,7 +369,7 @@ impl Server {
             .stderr(Stdio::inherit())
             .spawn()
             .with_context(|| format!("spawn {}", bin.display()))?;
-        let mut server = Server { child, addr, _dir: dir };
+        let mut server = Server { child, stopped: false, addr, _dir: dir };
         let deadline = Instant::now() + Duration::from_secs(10);
         while std::net::TcpStream::connect(addr).is_err() {
             if let Some(st) = server.child.try_wait()? {
@@ -378,6 +401,9 @@ impl Server {
     }
 
     fn stop(&mut self) {
+        if std::mem::replace(&mut self.stopped, true) {
+            return; // already reaped: its pid may belong to another process by now
+        }
         // SIGTERM: ponte shuts down gracefully (closing every socket with 1001).
         unsafe {
             libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);

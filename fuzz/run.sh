@@ -10,6 +10,7 @@ secs=${1:-30}
 export RUSTC_BOOTSTRAP=1
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 cargo fuzz build -O
+n=0
 for t in $(cargo fuzz list); do
   mkdir -p "corpus/$t"
   seeds=(); [ -d "seeds/$t" ] && seeds=("seeds/$t")
@@ -18,6 +19,9 @@ for t in $(cargo fuzz list); do
     | grep -E '^(stat::number_of_executed_units|stat::peak_rss_mb|==[0-9]+== ERROR|SUMMARY|Done)' || true
   if ls "artifacts/$t"/crash-* "artifacts/$t"/oom-* "artifacts/$t"/timeout-* >/dev/null 2>&1; then
     echo "fuzz target $t found a failing input: see fuzz/artifacts/$t" >&2
+    echo "fuzz: $n passed, 1 failed"
     exit 1
   fi
+  n=$((n + 1))
 done
+echo "fuzz: $n passed, 0 failed"

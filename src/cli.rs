@@ -117,7 +117,16 @@ fn run_daemon(file: Option<&Path>) -> ExitCode {
             }
         };
         let shutdown = CancellationToken::new();
-        tokio::spawn(watch_signals(shutdown.clone(), ctx.clone(), file.map(Path::to_path_buf)));
+        // Install the handlers before `run` reports READY, so that no early SIGTERM/SIGHUP hits the default
+        // action (which would kill the process).
+        let signals = match Signals::install() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!("cannot install signal handlers: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        tokio::spawn(watch_signals(signals, shutdown.clone(), ctx.clone(), file.map(Path::to_path_buf)));
         let daemon = crate::server::run_with_context(ctx, listeners, shutdown.clone());
         tokio::pin!(daemon);
         let result = tokio::select! {
@@ -149,31 +158,47 @@ fn run_daemon(file: Option<&Path>) -> ExitCode {
     code
 }
 
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+        })
+    }
+}
+
 /// Cancel `shutdown` on SIGINT or SIGTERM (a second one exits at once); reload the config file on SIGHUP.
 async fn watch_signals(
+    mut sig: Signals,
     shutdown: CancellationToken,
     ctx: std::sync::Arc<crate::server::Context>,
     file: Option<PathBuf>,
 ) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int), Ok(mut hup)) =
-        (signal(SignalKind::terminate()), signal(SignalKind::interrupt()), signal(SignalKind::hangup()))
-    else {
-        tracing::error!("cannot install signal handlers; stop ponte with SIGKILL");
-        return;
-    };
     let name = loop {
         tokio::select! {
-            _ = term.recv() => break "SIGTERM",
-            _ = int.recv() => break "SIGINT",
-            _ = hup.recv() => reload(&ctx, file.as_deref()),
+            _ = sig.term.recv() => break "SIGTERM",
+            _ = sig.int.recv() => break "SIGINT",
+            _ = sig.hup.recv() => reload(&ctx, file.as_deref()),
+            // A core task failed: the daemon is stopping on its own.
+            _ = shutdown.cancelled() => break "",
         }
     };
-    tracing::info!("{name} received: shutting down gracefully");
-    shutdown.cancel();
+    if !name.is_empty() {
+        tracing::info!("{name} received: shutting down gracefully");
+        crate::systemd::stopping();
+        shutdown.cancel();
+    }
     tokio::select! {
-        _ = term.recv() => {},
-        _ = int.recv() => {},
+        _ = sig.term.recv() => {},
+        _ = sig.int.recv() => {},
     }
     tracing::warn!("second signal: exiting now");
     std::process::exit(130);

@@ -338,13 +338,6 @@ pub async fn run_with_context(
         status.push_str(&format!("; STUN/TURN udp {} tcp {}", list(&ctx.turn_udp_addrs), list(&ctx.turn_tcp_addrs)));
     }
     crate::systemd::ready(&status);
-    {
-        let shutdown = shutdown.clone();
-        tokio::spawn(async move {
-            shutdown.cancelled().await;
-            crate::systemd::stopping();
-        });
-    }
 
     let mut failure: Option<anyhow::Error> = None;
     while let Some(joined) = tasks.join_next().await {
@@ -371,6 +364,7 @@ pub async fn run_with_context(
             }
         }
         failure = Some(err);
+        crate::systemd::stopping();
         shutdown.cancel();
         break;
     }

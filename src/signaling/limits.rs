@@ -84,10 +84,15 @@ impl ConnCounter {
     }
 }
 
-/// IPv4-mapped IPv6 (`::ffff:1.2.3.4`, seen on dual-stack listeners) counts as the IPv4 address.
+/// The key a connection counts under. IPv4-mapped IPv6 (`::ffff:1.2.3.4`, seen on dual-stack listeners) counts as
+/// the IPv4 address; other IPv6 addresses count per /64, because one host is normally given a whole /64 and could
+/// otherwise pick a fresh address for every connection.
 fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(std::net::Ipv6Addr::from(u128::from(v6) & !((1u128 << 64) - 1))),
+        },
         v4 => v4,
     }
 }
@@ -141,6 +146,13 @@ mod tests {
         drop(s1);
         assert_eq!(c.total(), 2);
         assert!(c.acquire(a, 3, 2).is_ok());
+        // One IPv6 /64 is one client.
+        let v6a: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let v6b: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
+        let other: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        let _x = c.acquire(v6a, 100, 1).unwrap();
+        assert_eq!(c.acquire(v6b, 100, 1).unwrap_err(), SlotError::PerIp);
+        assert!(c.acquire(other, 100, 1).is_ok());
         // A raised limit (reload) applies to the next upgrade.
         assert!(c.acquire(b, 10, 10).is_ok());
     }
