@@ -117,7 +117,9 @@ fn main() -> anyhow::Result<()> {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .map_err(|e| anyhow::anyhow!("cannot start coturn's turnserver ({e}); install it with `apt-get install coturn`"))?;
+            .map_err(|e| {
+                anyhow::anyhow!("cannot start coturn's turnserver ({e}); install it with `apt-get install coturn`")
+            })?;
         (Guard(child), SocketAddr::from(([127, 0, 0, 1], port)))
     };
     for (name, addr) in [("ponte", ponte.1), ("coturn", coturn.1)] {
@@ -242,7 +244,8 @@ fn cpu_time(pid: u32) -> Duration {
 fn stats(mut rtts: Vec<u32>, elapsed: Duration, sent: u64, cpu: Duration, ops_per_rtt: u32) -> Stats {
     rtts.sort_unstable();
     let ops = (rtts.len() as u32).max(1) * ops_per_rtt;
-    let pct = |p: f64| rtts.get(((rtts.len() as f64 * p) as usize).min(rtts.len().saturating_sub(1))).copied().unwrap_or(0);
+    let pct =
+        |p: f64| rtts.get(((rtts.len() as f64 * p) as usize).min(rtts.len().saturating_sub(1))).copied().unwrap_or(0);
     Stats {
         rate: rtts.len() as f64 / elapsed.as_secs_f64(),
         cpu_per_op: cpu / ops,
@@ -339,7 +342,12 @@ impl TurnClient {
     fn new(server: SocketAddr, id: usize) -> anyhow::Result<TurnClient> {
         let s = UdpSocket::bind("127.0.0.1:0")?;
         s.set_read_timeout(Some(Duration::from_secs(2)))?;
-        let cred = ponte::credentials::mint(&ponte::config::Secret::new(SECRET), &format!("bench{id}"), ponte::credentials::unix_now(), 3600);
+        let cred = ponte::credentials::mint(
+            &ponte::config::Secret::new(SECRET),
+            &format!("bench{id}"),
+            ponte::credentials::unix_now(),
+            3600,
+        );
         Ok(TurnClient { s, server, user: cred.username, pass: cred.password, nonce: Vec::new() })
     }
 
@@ -351,7 +359,12 @@ impl TurnClient {
                 m.add(AttrType(ATTR_USERNAME), self.user.as_bytes());
                 m.add(AttrType(ATTR_REALM), REALM.as_bytes());
                 m.add(AttrType(ATTR_NONCE), &self.nonce);
-                stun::integrity::MessageIntegrity::new_long_term_integrity(self.user.clone(), REALM.into(), self.pass.clone()).add_to(&mut m)?;
+                stun::integrity::MessageIntegrity::new_long_term_integrity(
+                    self.user.clone(),
+                    REALM.into(),
+                    self.pass.clone(),
+                )
+                .add_to(&mut m)?;
             }
             self.s.send_to(&m.raw, self.server)?;
             let mut buf = [0u8; 1500];

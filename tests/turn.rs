@@ -101,7 +101,9 @@ impl Client {
             m.add(AttrType(ATTR_REALM), &self.realm);
             m.add(AttrType(ATTR_NONCE), &self.nonce);
             let realm = String::from_utf8(self.realm.clone()).unwrap();
-            MessageIntegrity::new_long_term_integrity(self.user.clone(), realm, self.pass.clone()).add_to(&mut m).unwrap();
+            MessageIntegrity::new_long_term_integrity(self.user.clone(), realm, self.pass.clone())
+                .add_to(&mut m)
+                .unwrap();
         }
         stun::fingerprint::FINGERPRINT.add_to(&mut m).unwrap();
         m.raw
@@ -140,7 +142,9 @@ fn code(m: &Message) -> Option<u16> {
 }
 
 fn peer_attr(m: &mut Message, peer: SocketAddr) {
-    stun::xoraddr::XorMappedAddress { ip: peer.ip(), port: peer.port() }.add_to_as(m, AttrType(ATTR_XOR_PEER_ADDRESS)).unwrap();
+    stun::xoraddr::XorMappedAddress { ip: peer.ip(), port: peer.port() }
+        .add_to_as(m, AttrType(ATTR_XOR_PEER_ADDRESS))
+        .unwrap();
 }
 
 async fn binding(c: &mut Client) -> SocketAddr {
@@ -291,7 +295,11 @@ async fn garbage_and_truncated_tcp_frames_do_not_stall_others() {
     assert_eq!(n, 0, "garbage stream closed without an answer");
     // …UDP garbage and truncated STUN are dropped…
     let u = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    for p in [&[0xFFu8; 10][..], &[0x00, 0x01, 0x00, 0x08, 0x21, 0x12, 0xA4, 0x42, 1, 2, 3][..], &[0x40, 0x00, 0x10, 0x00][..]] {
+    for p in [
+        &[0xFFu8; 10][..],
+        &[0x00, 0x01, 0x00, 0x08, 0x21, 0x12, 0xA4, 0x42, 1, 2, 3][..],
+        &[0x40, 0x00, 0x10, 0x00][..],
+    ] {
         u.send_to(p, srv.turn_udp[0]).await.unwrap();
     }
     // …and everyone else is served.

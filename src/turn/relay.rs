@@ -87,7 +87,9 @@ async fn run(shell: Arc<Shell>, socket: Arc<tokio::net::UdpSocket>, local: Socke
     loop {
         match socket.recv_from(&mut buf[HEADROOM..HEADROOM + MAX_PAYLOAD]).await {
             Ok((n, peer)) => {
-                let Some((to, range)) = shell.core.from_peer(local, peer, &mut buf, n, Instant::now()) else { continue };
+                let Some((to, range)) = shell.core.from_peer(local, peer, &mut buf, n, Instant::now()) else {
+                    continue;
+                };
                 if to.transport == super::core::Transport::Udp {
                     if out.as_ref().is_none_or(|(a, _)| *a != to.server) {
                         out = shell.udp.get(&to.server).map(|s| (to.server, s.clone()));
@@ -100,7 +102,11 @@ async fn run(shell: Arc<Shell>, socket: Arc<tokio::net::UdpSocket>, local: Socke
                 }
             }
             // ICMP errors from earlier sends surface here on Linux; they are not fatal for the socket.
-            Err(e) if matches!(e.kind(), io::ErrorKind::ConnectionRefused | io::ErrorKind::ConnectionReset | io::ErrorKind::Interrupted) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::ConnectionRefused | io::ErrorKind::ConnectionReset | io::ErrorKind::Interrupted
+                ) => {}
             Err(e) => {
                 tracing::warn!("TURN relay socket {local} failed: {e}");
                 break;
