@@ -352,3 +352,51 @@ async fn tcp_frames_split_across_reads_and_coalesced_in_one_write() {
     assert_eq!(ids, [&one, &two, &three].map(|m| <[u8; 12]>::try_from(&m[8..20]).unwrap()));
     srv.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn ipv6_relay_with_requested_address_family() {
+    if std::net::UdpSocket::bind("[::1]:0").is_err() {
+        assert!(!common::in_ci(), "IPv6 loopback is unavailable (CI=true)");
+        eprintln!("SKIPPED: no IPv6 loopback on this machine");
+        return;
+    }
+    let mut cfg = lo_config();
+    cfg.turn.listen_udp = vec!["[::1]:0".parse().unwrap()];
+    cfg.turn.listen_tcp = vec![];
+    cfg.turn.relay_ip = Some("::1".parse().unwrap());
+    cfg.turn.allow_peers = vec!["::1/128".parse().unwrap()];
+    let srv = TestServer::start(cfg).await;
+    let s = UdpSocket::bind("[::1]:0").await.unwrap();
+    let mut c = Client::with(Conn::Udp(s, srv.turn_udp[0]), &srv);
+    // IPv4 is the default family and this server has no IPv4 relay address: 440.
+    let r = c.request(METHOD_ALLOCATE, &|m| m.add(AttrType(ATTR_REQUESTED_TRANSPORT), &[17, 0, 0, 0])).await;
+    assert_eq!(code(&r), Some(440));
+    let r = c
+        .request(METHOD_ALLOCATE, &|m| {
+            m.add(AttrType(ATTR_REQUESTED_TRANSPORT), &[17, 0, 0, 0]);
+            m.add(AttrType(ATTR_REQUESTED_ADDRESS_FAMILY), &[2, 0, 0, 0]);
+        })
+        .await;
+    assert_eq!(code(&r), None, "{r}");
+    let mut a = stun::xoraddr::XorMappedAddress::default();
+    a.get_from_as(&r, AttrType(ATTR_XOR_RELAYED_ADDRESS)).unwrap();
+    let relay = SocketAddr::new(a.ip, a.port);
+    assert_eq!(relay.ip().to_string(), "::1");
+    let peer = UdpSocket::bind("[::1]:0").await.unwrap();
+    let peer_addr = peer.local_addr().unwrap();
+    let r = c.request(METHOD_CREATE_PERMISSION, &move |m| peer_attr(m, peer_addr)).await;
+    assert_eq!(code(&r), None);
+    let mut m = codec::message(METHOD_SEND, 1, rand::random());
+    peer_attr(&mut m, peer_addr);
+    m.add(AttrType(ATTR_DATA), b"v6");
+    c.send_raw(&m.raw).await;
+    let mut b = [0u8; 100];
+    let (n, from) = tokio::time::timeout(T, peer.recv_from(&mut b)).await.unwrap().unwrap();
+    assert_eq!((&b[..n], from), (&b"v6"[..], relay));
+    peer.send_to(b"back6", relay).await.unwrap();
+    assert_eq!(c.recv_stun().await.get(AttrType(ATTR_DATA)).unwrap(), b"back6");
+    // An IPv4 peer on an IPv6 relay: 443.
+    let r = c.request(METHOD_CREATE_PERMISSION, &|m| peer_attr(m, "8.8.8.8:53".parse().unwrap())).await;
+    assert_eq!(code(&r), Some(443));
+    srv.stop().await.unwrap();
+}
