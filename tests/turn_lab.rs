@@ -205,6 +205,22 @@ fn uclient_tcp_send_indications_no_loss() {
     relay_no_loss(&["-t", "-s"]);
 }
 
+/// uclient's default mode: an RTP allocation with EVEN-PORT (R=1) and an RTCP allocation that claims the
+/// reserved port with its RESERVATION-TOKEN, for every client.
+#[test]
+fn uclient_default_rtp_and_rtcp_with_reservation_tokens_no_loss() {
+    if !prerequisites() {
+        return;
+    }
+    let lab = Lab::start("");
+    let out = lab.uclient(&["-W", SECRET, "-e", PEER, "-r", "3480", "-m", "3", "-n", "40", "-l", "160"]);
+    let (sent, recv, lost) = summary(&out);
+    // uclient counts RTP and RTCP messages together, so only equality and a lower bound are fixed.
+    assert!(sent >= 120 && recv == sent && lost == 0, "{out}\nponte:\n{}", lab.log());
+    // At least an RTP and an RTCP allocation per client (the RTCP one through the RESERVATION-TOKEN).
+    assert!(lab.metric("ponte_turn_allocations_created_total") >= 6);
+}
+
 #[test]
 fn uclient_client_to_client_through_two_relays() {
     if !prerequisites() {

@@ -32,6 +32,9 @@ pub const CHANNEL_LIFETIME: Duration = Duration::from_secs(600);
 /// How long a response is kept for retransmissions of the same transaction (RFC 8489 §6.3.1: 40 s covers
 /// every client retransmission schedule).
 const RESPONSE_CACHE_TTL: Duration = Duration::from_secs(40);
+/// How long a port reserved by EVEN-PORT (R=1) waits for the Allocate with its RESERVATION-TOKEN
+/// (RFC 8656 §7.2 suggests about 30 s).
+pub const RESERVATION_LIFETIME: Duration = Duration::from_secs(30);
 /// Upper bound on cached responses; past it we stop caching (retransmissions are then re-processed, which is
 /// still correct for everything except the Allocate/Refresh-0 corner cases) rather than grow.
 const RESPONSE_CACHE_MAX: usize = 65_536;
@@ -69,8 +72,13 @@ pub struct RelayRequest {
     pub tuple: FiveTuple,
     /// Local address to bind (port chosen by the shell within the configured range).
     pub ip: IpAddr,
-    /// EVEN-PORT (R=0): the relayed port must be even.
+    /// EVEN-PORT: the relayed port must be even.
     pub even_port: bool,
+    /// EVEN-PORT with R=1: also bind the next port and hold it (the shell keeps it until the core says
+    /// `CloseRelay` for it or an Allocate with the token claims it).
+    pub reserve_next: bool,
+    /// RESERVATION-TOKEN: use the socket the shell holds at this address instead of binding one.
+    pub reserved: Option<SocketAddr>,
     txid: [u8; 12],
     username: String,
     key: [u8; 16],
@@ -230,6 +238,8 @@ pub struct Core {
     by_relay: DashMap<SocketAddr, Arc<Allocation>>,
     usage: Mutex<Usage>,
     responses: DashMap<(FiveTuple, [u8; 12]), (Instant, Vec<u8>)>,
+    /// RESERVATION-TOKEN → (reserved local relay address, expiry).
+    reservations: DashMap<[u8; 8], (SocketAddr, Instant)>,
     counters: Arc<Counters>,
     start: Instant,
     start_unix: u64,
@@ -284,6 +294,7 @@ impl Core {
             by_relay: DashMap::new(),
             usage: Mutex::new(Usage::default()),
             responses: DashMap::new(),
+            reservations: DashMap::new(),
             counters: Arc::default(),
             start: now,
             start_unix: now_unix,
@@ -531,7 +542,7 @@ impl Core {
             Err(m)
         } else {
             match method {
-                METHOD_ALLOCATE => self.allocate(msg, txid, from, &who, fp, out),
+                METHOD_ALLOCATE => self.allocate(msg, txid, from, &who, fp, now, out),
                 METHOD_REFRESH => self.refresh(msg, txid, from, &who, now, out),
                 METHOD_CREATE_PERMISSION => self.create_permission(msg, txid, from, &who, now),
                 _ => self.channel_bind(msg, txid, from, &who, now),
@@ -624,6 +635,7 @@ impl Core {
         from: FiveTuple,
         who: &Authed,
         fp: bool,
+        now: Instant,
         out: &mut Vec<Action>,
     ) -> Result<Option<Message>, Message> {
         let e = |code, reason| Err(self.error(METHOD_ALLOCATE, txid, code, reason));
@@ -642,30 +654,38 @@ impl Core {
         }
         let family = msg.get(AttrType(ATTR_REQUESTED_ADDRESS_FAMILY)).ok();
         let even = msg.get(AttrType(ATTR_EVEN_PORT)).ok();
-        let token = msg.contains(AttrType(ATTR_RESERVATION_TOKEN));
-        if token && (even.is_some() || family.is_some()) {
+        let token = msg.get(AttrType(ATTR_RESERVATION_TOKEN)).ok();
+        if token.is_some() && (even.is_some() || family.is_some()) {
             return e(400, "RESERVATION-TOKEN with EVEN-PORT or REQUESTED-ADDRESS-FAMILY");
         }
-        if token {
-            // We never hand out reservation tokens, so no token can be valid (RFC 8656 §7.2 step 6).
-            return e(508, "Insufficient Capacity");
-        }
+        let reserved = match token.as_deref() {
+            None => None,
+            Some(t) => {
+                let Ok(t) = <[u8; 8]>::try_from(t) else { return e(400, "Bad RESERVATION-TOKEN") };
+                match self.reservations.get(&t).map(|r| *r) {
+                    Some((addr, exp)) if exp > now => Some((t, addr)),
+                    // Unknown or expired token (RFC 8656 §7.2 step 6).
+                    _ => return e(508, "Insufficient Capacity"),
+                }
+            }
+        };
         let want_v6 = match family.as_deref() {
             None => false,
             Some([1, 0, 0, 0]) => false,
             Some([2, 0, 0, 0]) => true,
             Some(_) => return e(440, "Address Family not Supported"),
         };
-        let Some(ip) = self.relay_ips.iter().copied().find(|ip| ip.is_ipv6() == want_v6) else {
-            return e(440, "Address Family not Supported");
+        let ip = match reserved {
+            Some((_, addr)) => addr.ip(),
+            None => match self.relay_ips.iter().copied().find(|ip| ip.is_ipv6() == want_v6) {
+                Some(ip) => ip,
+                None => return e(440, "Address Family not Supported"),
+            },
         };
-        let even_port = match even.as_deref() {
-            None => false,
-            Some([b, ..]) if b & 0x80 != 0 => {
-                // R bit: reserve the next port too. We do not reserve ports (no RESERVATION-TOKEN support).
-                return e(508, "Insufficient Capacity");
-            }
-            Some(_) => true,
+        let (even_port, reserve_next) = match even.as_deref() {
+            None => (false, false),
+            Some([b, ..]) => (true, b & 0x80 != 0),
+            Some([]) => return e(400, "Bad EVEN-PORT"),
         };
         let lifetime = requested_lifetime(msg).unwrap_or(DEFAULT_ALLOCATION_LIFETIME);
         let lifetime = lifetime.min(MAX_ALLOCATION_LIFETIME).max(DEFAULT_ALLOCATION_LIFETIME);
@@ -688,10 +708,16 @@ impl Core {
             u.total += 1;
             *u.per_user.entry(who.username.clone()).or_default() += 1;
         }
+        if let Some((t, _)) = reserved {
+            // Claimed: a token is good for one Allocate.
+            self.reservations.remove(&t);
+        }
         out.push(Action::OpenRelay(RelayRequest {
             tuple: from,
             ip,
             even_port,
+            reserve_next,
+            reserved: reserved.map(|(_, a)| a),
             txid,
             username: who.username.clone(),
             key: who.key,
@@ -744,6 +770,12 @@ impl Core {
                 let client = SocketAddr::new(policy::canonical(req.tuple.client.ip()), req.tuple.client.port());
                 let _ = stun::xoraddr::XorMappedAddress { ip: client.ip(), port: client.port() }.add_to(&mut m);
                 m.add(AttrType(ATTR_LIFETIME), &(req.lifetime.as_secs() as u32).to_be_bytes());
+                if req.reserve_next {
+                    let token: [u8; 8] = rand::random();
+                    let next = SocketAddr::new(relay.ip(), relay.port().wrapping_add(1));
+                    self.reservations.insert(token, (next, now + RESERVATION_LIFETIME));
+                    m.add(AttrType(ATTR_RESERVATION_TOKEN), &token);
+                }
                 m
             }
         };
@@ -976,6 +1008,13 @@ impl Core {
             self.delete(&t, out);
         }
         self.responses.retain(|_, (at, _)| now.saturating_duration_since(*at) < RESPONSE_CACHE_TTL);
+        self.reservations.retain(|_, (addr, exp)| {
+            let keep = *exp > now;
+            if !keep {
+                out.push(Action::CloseRelay { relay: *addr });
+            }
+            keep
+        });
     }
 
     /// The next moment [`tick`](Self::tick) has work (for shells that prefer a precise timer).

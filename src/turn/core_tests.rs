@@ -88,7 +88,10 @@ impl T {
                         port += 1;
                         self.next_port += 1;
                     }
-                    let addr = SocketAddr::new(r.ip, port);
+                    if r.reserve_next {
+                        self.next_port += 1;
+                    }
+                    let addr = r.reserved.unwrap_or(SocketAddr::new(r.ip, port));
                     done.push(Action::OpenRelay(RelayRequest { ..r.clone_for_test() }));
                     self.core.relay_opened(r, Ok(addr), self.now, &mut done);
                 }
@@ -177,6 +180,8 @@ impl RelayRequest {
             tuple: self.tuple,
             ip: self.ip,
             even_port: self.even_port,
+            reserve_next: self.reserve_next,
+            reserved: self.reserved,
             txid: self.txid,
             username: self.username.clone(),
             key: self.key,
@@ -497,10 +502,10 @@ fn allocate_error_codes() {
     assert_eq!(
         code(&t.request(METHOD_ALLOCATE, &|m| {
             transport(m, 17);
-            m.add(AttrType(ATTR_EVEN_PORT), &[0x80]);
+            m.add(AttrType(ATTR_RESERVATION_TOKEN), &[1; 5]);
         })),
-        Some(508),
-        "EVEN-PORT with R: no reservations"
+        Some(400),
+        "RESERVATION-TOKEN must be 8 bytes"
     );
     assert_eq!(
         code(&t.request(METHOD_ALLOCATE, &|m| {
@@ -951,4 +956,58 @@ fn relay_to_relay_through_own_addresses_only_at_live_relay_ports() {
     assert_eq!(SocketAddr::new(pa.ip, pa.port), relay_a);
     // A local process on the relay IP that is not a relay cannot use B's permission.
     assert!(peer_packet(&t, local(relay_b), public("10.1.1.1:9999"), b"x").is_none());
+}
+
+#[test]
+fn even_port_reservation_and_token_claim_once() {
+    let mut t = T::new();
+    t.next_port = 50010;
+    let r = t.request(METHOD_ALLOCATE, &|m| {
+        transport(m, 17);
+        m.add(AttrType(ATTR_EVEN_PORT), &[0x80]);
+    });
+    assert_eq!(code(&r), None, "{r}");
+    let rtp = relayed(&r);
+    assert_eq!(rtp.port() % 2, 0);
+    let token = r.get(AttrType(ATTR_RESERVATION_TOKEN)).expect("token for the reserved port");
+    assert_eq!(token.len(), 8);
+    // The RTCP allocation (another 5-tuple) claims the reserved port P+1 with the token.
+    t.tuple.client = public("198.51.100.7:40001");
+    let r = t.request(METHOD_ALLOCATE, &|m| {
+        transport(m, 17);
+        m.add(AttrType(ATTR_RESERVATION_TOKEN), &token);
+    });
+    assert_eq!(code(&r), None, "{r}");
+    assert_eq!(relayed(&r).port(), rtp.port() + 1);
+    assert!(r.get(AttrType(ATTR_RESERVATION_TOKEN)).is_err());
+    // A token is good once.
+    t.tuple.client = public("198.51.100.7:40002");
+    let r = t.request(METHOD_ALLOCATE, &|m| {
+        transport(m, 17);
+        m.add(AttrType(ATTR_RESERVATION_TOKEN), &token);
+    });
+    assert_eq!(code(&r), Some(508));
+}
+
+#[test]
+fn unclaimed_reservations_expire_and_release_the_port() {
+    let mut t = T::new();
+    let r = t.request(METHOD_ALLOCATE, &|m| {
+        transport(m, 17);
+        m.add(AttrType(ATTR_EVEN_PORT), &[0x80]);
+    });
+    let token = r.get(AttrType(ATTR_RESERVATION_TOKEN)).unwrap();
+    let next = SocketAddr::new("10.1.1.1".parse().unwrap(), relayed(&r).port() + 1);
+    let mut out = Vec::new();
+    t.core.tick(t.now + Duration::from_secs(29), &mut out);
+    assert!(out.is_empty());
+    t.core.tick(t.now + Duration::from_secs(30), &mut out);
+    assert!(matches!(out.as_slice(), [Action::CloseRelay { relay }] if *relay == next), "{out:?}");
+    t.advance(31);
+    t.tuple.client = public("198.51.100.7:40001");
+    let r = t.request(METHOD_ALLOCATE, &|m| {
+        transport(m, 17);
+        m.add(AttrType(ATTR_RESERVATION_TOKEN), &token);
+    });
+    assert_eq!(code(&r), Some(508), "expired token");
 }

@@ -39,6 +39,8 @@ pub(crate) struct Shell {
     pub streams: DashMap<FiveTuple, mpsc::Sender<bytes::Bytes>>,
     /// Relay sockets by local address.
     pub relays: DashMap<SocketAddr, relay::Relay>,
+    /// Ports held for RESERVATION-TOKENs (bound, not yet relaying).
+    pub reserved: DashMap<SocketAddr, UdpSocket>,
     pub port_range: (u16, u16),
     pub shutdown: CancellationToken,
 }
@@ -66,6 +68,7 @@ impl Shell {
                         if let Some((_, r)) = self.relays.remove(&relay) {
                             r.stop();
                         }
+                        self.reserved.remove(&relay);
                     }
                 }
             }
@@ -298,6 +301,7 @@ pub async fn serve(
         udp: udp_map,
         streams: DashMap::new(),
         relays: DashMap::new(),
+        reserved: DashMap::new(),
         port_range: (cfg.relay_port_min, cfg.relay_port_max),
         shutdown: shutdown.child_token(),
     });
@@ -364,6 +368,7 @@ pub async fn serve(
             stopped.push(r.task);
         }
     }
+    shell.reserved.clear();
     // Wait for the aborted tasks to drop their sockets, so the ports are free when `serve` returns.
     let _ = tokio::time::timeout(Duration::from_secs(1), futures_util::future::join_all(stopped)).await;
     let _ = tokio::time::timeout(Duration::from_secs(2), async { while tasks.join_next().await.is_some() {} }).await;
