@@ -109,9 +109,25 @@ fn run_daemon(file: Option<&Path>) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
+        let ctx = match crate::server::Context::new(config, &listeners) {
+            Ok(c) => std::sync::Arc::new(c),
+            Err(e) => {
+                tracing::error!("{e:#}");
+                return ExitCode::FAILURE;
+            }
+        };
         let shutdown = CancellationToken::new();
-        tokio::spawn(watch_signals(shutdown.clone()));
-        let daemon = crate::server::run(config, listeners, shutdown.clone());
+        // Install the handlers before `run` reports READY, so that no early SIGTERM/SIGHUP hits the default
+        // action (which would kill the process).
+        let signals = match Signals::install() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!("cannot install signal handlers: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        tokio::spawn(watch_signals(signals, shutdown.clone(), ctx.clone(), file.map(Path::to_path_buf)));
+        let daemon = crate::server::run_with_context(ctx, listeners, shutdown.clone());
         tokio::pin!(daemon);
         let result = tokio::select! {
             r = &mut daemon => r,
@@ -142,23 +158,82 @@ fn run_daemon(file: Option<&Path>) -> ExitCode {
     code
 }
 
-/// Cancel `shutdown` on SIGINT or SIGTERM. A second signal exits at once.
-async fn watch_signals(shutdown: CancellationToken) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
-        tracing::error!("cannot install signal handlers; stop ponte with SIGKILL");
-        return;
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+        })
+    }
+}
+
+/// Cancel `shutdown` on SIGINT or SIGTERM (a second one exits at once); reload the config file on SIGHUP.
+async fn watch_signals(
+    mut sig: Signals,
+    shutdown: CancellationToken,
+    ctx: std::sync::Arc<crate::server::Context>,
+    file: Option<PathBuf>,
+) {
+    let name = loop {
+        tokio::select! {
+            _ = sig.term.recv() => break "SIGTERM",
+            _ = sig.int.recv() => break "SIGINT",
+            _ = sig.hup.recv() => reload(&ctx, file.as_deref()),
+            // A core task failed: the daemon is stopping on its own.
+            _ = shutdown.cancelled() => break "",
+        }
     };
-    let name = tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
-    };
-    tracing::info!("{name} received: shutting down gracefully");
-    shutdown.cancel();
+    if !name.is_empty() {
+        tracing::info!("{name} received: shutting down gracefully");
+        crate::systemd::stopping();
+        shutdown.cancel();
+    }
     tokio::select! {
-        _ = term.recv() => {},
-        _ = int.recv() => {},
+        _ = sig.term.recv() => {},
+        _ = sig.int.recv() => {},
     }
     tracing::warn!("second signal: exiting now");
     std::process::exit(130);
+}
+
+/// SIGHUP: re-read and validate the config file; a bad file is rejected and the running config stays.
+fn reload(ctx: &crate::server::Context, file: Option<&Path>) {
+    let Some(file) = file else {
+        tracing::warn!("SIGHUP received, but ponte was started without a config file: nothing to reload");
+        return;
+    };
+    crate::systemd::reloading();
+    match Config::load(file) {
+        Err(e) => {
+            // One line per event keeps journald readable.
+            tracing::error!(
+                "config reload rejected, the running configuration stays in effect: {}",
+                e.lines().join("; ")
+            );
+        }
+        Ok(new) => {
+            let report = ctx.reload(new);
+            if report.applied.is_empty() && report.need_restart.is_empty() {
+                tracing::info!(config = %file.display(), "configuration reloaded: nothing changed");
+            } else if !report.applied.is_empty() {
+                tracing::info!(config = %file.display(), "configuration reloaded; now in effect: {}", report.applied.join(", "));
+            }
+            if !report.need_restart.is_empty() {
+                tracing::warn!(
+                    "changed in {} but only applied after a restart (systemctl restart ponte): {}",
+                    file.display(),
+                    report.need_restart.join(", ")
+                );
+            }
+        }
+    }
+    crate::systemd::ready("configuration reloaded");
 }

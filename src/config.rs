@@ -540,7 +540,7 @@ pub fn parse_origin(url: &str) -> Option<String> {
 fn describe_toml_error(e: &toml::de::Error, text: &str) -> String {
     let mut msg = e.message().trim().to_string();
     if let Some(span) = e.span() {
-        let before = &text[..span.start.min(text.len())];
+        let before = text.get(..span.start).unwrap_or(text);
         let line = before.matches('\n').count() + 1;
         let col = before.rsplit('\n').next().map(|l| l.chars().count()).unwrap_or(0) + 1;
         let key = enclosing_key(text, span.start);
@@ -576,7 +576,10 @@ fn value_hint(key: &str, msg: &str) -> &'static str {
 /// Best-effort full key path (`section.key`) for the byte offset of an error, from the nearest `[section]`
 /// header above it and the key on the error's line.
 fn enclosing_key(text: &str, offset: usize) -> Option<String> {
-    let offset = offset.min(text.len());
+    let mut offset = offset.min(text.len());
+    while !text.is_char_boundary(offset) {
+        offset -= 1;
+    }
     let line_start = text[..offset].rfind('\n').map(|i| i + 1).unwrap_or(0);
     let line_end = text[offset..].find('\n').map(|i| offset + i).unwrap_or(text.len());
     let line = text[line_start..line_end].trim();

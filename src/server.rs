@@ -127,7 +127,11 @@ pub fn bind_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
 /// What every component shares: the validated config plus facts settled at start.
 #[derive(Debug)]
 pub struct Context {
+    /// The configuration the daemon started with. Settings that can change while running (see [`Context::reload`])
+    /// are read through [`Context::live`] instead.
     pub config: Config,
+    /// The current configuration, replaced by a successful reload (SIGHUP).
+    live: tokio::sync::watch::Sender<Arc<Config>>,
     /// The TURN REST secret that mints new credentials.
     pub turn_secret: Secret,
     /// Every secret the TURN server accepts (`turn_secret` first, then `turn.accept_secrets`).
@@ -169,6 +173,7 @@ impl Context {
         let mut turn_secrets = vec![turn_secret.clone()];
         turn_secrets.extend(config.turn.accept_secrets.iter().cloned());
         Ok(Context {
+            live: tokio::sync::watch::Sender::new(Arc::new(config.clone())),
             turn_secret,
             turn_secrets,
             health: Health::default(),
@@ -178,6 +183,112 @@ impl Context {
             turn_tcp_addrs: listeners.turn_tcp_addrs(),
             config,
         })
+    }
+}
+
+/// What a reload did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct ReloadReport {
+    /// Keys whose new values are in effect now.
+    pub applied: Vec<&'static str>,
+    /// Keys that changed but only take effect after a restart.
+    pub need_restart: Vec<&'static str>,
+}
+
+impl Context {
+    /// The current configuration (the startup one until a reload replaces it).
+    pub fn live(&self) -> Arc<Config> {
+        self.live.borrow().clone()
+    }
+
+    /// Be told whenever a reload replaces the configuration.
+    pub fn watch_config(&self) -> tokio::sync::watch::Receiver<Arc<Config>> {
+        self.live.subscribe()
+    }
+
+    /// Put an already validated configuration in place. Live settings (log level, signaling limits and ICE
+    /// servers, TURN peer policy and quotas, credential lifetime) apply at once; listen addresses and other
+    /// socket-level settings are reported as needing a restart and keep their running values.
+    pub fn reload(&self, new: Config) -> ReloadReport {
+        let old = self.live();
+        let mut report = ReloadReport::default();
+        macro_rules! diff {
+            ($list:ident, $($key:literal => $($field:ident).+),* $(,)?) => {
+                $( if old.$($field).+ != new.$($field).+ { report.$list.push($key); } )*
+            };
+        }
+        diff!(need_restart,
+            "http.listen" => http.listen,
+            "http.web_root" => http.web_root,
+            "metrics.enabled" => metrics.enabled,
+            "metrics.listen" => metrics.listen,
+            "turn.enabled" => turn.enabled,
+            "turn.listen_udp" => turn.listen_udp,
+            "turn.listen_tcp" => turn.listen_tcp,
+            "turn.realm" => turn.realm,
+            "turn.secret" => turn.secret,
+            "turn.secret_file" => turn.secret_file,
+            "turn.accept_secrets" => turn.accept_secrets,
+            "turn.users" => turn.users,
+            "turn.relay_ip" => turn.relay_ip,
+            "turn.external_ip" => turn.external_ip,
+            "turn.relay_port_min" => turn.relay_port_min,
+            "turn.relay_port_max" => turn.relay_port_max,
+            "log.format" => log.format,
+        );
+        diff!(applied,
+            "http.public_url" => http.public_url,
+            "http.allowed_origins" => http.allowed_origins,
+            "http.trusted_proxies" => http.trusted_proxies,
+            "turn.credential_ttl_secs" => turn.credential_ttl_secs,
+            "turn.allow_peers" => turn.allow_peers,
+            "turn.deny_peers" => turn.deny_peers,
+            "turn.max_allocations" => turn.max_allocations,
+            "turn.max_allocations_per_user" => turn.max_allocations_per_user,
+            "turn.max_permissions_per_allocation" => turn.max_permissions_per_allocation,
+            "turn.max_channels_per_allocation" => turn.max_channels_per_allocation,
+            "turn.max_bandwidth_per_allocation" => turn.max_bandwidth_per_allocation,
+            "turn.unauthenticated_rate_per_ip" => turn.unauthenticated_rate_per_ip,
+            "turn.software" => turn.software,
+            "signaling.reconnect_grace_secs" => signaling.reconnect_grace_secs,
+            "signaling.request_timeout_secs" => signaling.request_timeout_secs,
+            "signaling.max_message_bytes" => signaling.max_message_bytes,
+            "signaling.messages_per_sec" => signaling.messages_per_sec,
+            "signaling.connect_requests_per_min" => signaling.connect_requests_per_min,
+            "signaling.max_connections_per_ip" => signaling.max_connections_per_ip,
+            "signaling.max_connections" => signaling.max_connections,
+            "signaling.ping_interval_secs" => signaling.ping_interval_secs,
+            "signaling.ice_servers" => signaling.ice_servers,
+        );
+        if old.log.level != new.log.level {
+            if crate::logging::set_level(&new.log.level) {
+                report.applied.push("log.level");
+            } else {
+                tracing::info!(
+                    "log.level changed but RUST_LOG pins the log filter; unset RUST_LOG to control it from the config"
+                );
+            }
+        }
+        // Socket-level settings keep their running values, so that `live()` always describes what is running.
+        let mut merged = new;
+        merged.http.listen = old.http.listen;
+        merged.http.web_root = old.http.web_root.clone();
+        merged.metrics = old.metrics.clone();
+        merged.turn.enabled = old.turn.enabled;
+        merged.turn.listen_udp = old.turn.listen_udp.clone();
+        merged.turn.listen_tcp = old.turn.listen_tcp.clone();
+        merged.turn.realm = old.turn.realm.clone();
+        merged.turn.secret = old.turn.secret.clone();
+        merged.turn.secret_file = old.turn.secret_file.clone();
+        merged.turn.accept_secrets = old.turn.accept_secrets.clone();
+        merged.turn.users = old.turn.users.clone();
+        merged.turn.relay_ip = old.turn.relay_ip;
+        merged.turn.external_ip = old.turn.external_ip;
+        merged.turn.relay_port_min = old.turn.relay_port_min;
+        merged.turn.relay_port_max = old.turn.relay_port_max;
+        merged.log.format = old.log.format;
+        self.live.send_replace(Arc::new(merged));
+        report
     }
 }
 
@@ -227,13 +338,6 @@ pub async fn run_with_context(
         status.push_str(&format!("; STUN/TURN udp {} tcp {}", list(&ctx.turn_udp_addrs), list(&ctx.turn_tcp_addrs)));
     }
     crate::systemd::ready(&status);
-    {
-        let shutdown = shutdown.clone();
-        tokio::spawn(async move {
-            shutdown.cancelled().await;
-            crate::systemd::stopping();
-        });
-    }
 
     let mut failure: Option<anyhow::Error> = None;
     while let Some(joined) = tasks.join_next().await {
@@ -260,6 +364,7 @@ pub async fn run_with_context(
             }
         }
         failure = Some(err);
+        crate::systemd::stopping();
         shutdown.cancel();
         break;
     }

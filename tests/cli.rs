@@ -306,3 +306,33 @@ fn runs_with_no_config_on_default_ports() {
     let (code, log) = d.wait_exit(Duration::from_secs(5));
     assert_eq!(code, Some(0), "{log}");
 }
+
+#[test]
+fn sighup_reloads_live_settings_and_rejects_a_broken_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write(&dir, "ponte.toml", LOOPBACK_CONFIG);
+    let mut d = Daemon::spawn(Command::new(BIN).arg("-c").arg(&cfg).env_remove("RUST_LOG"));
+    let addr = d.http_addr();
+
+    // A valid change: live settings apply, listen addresses are reported as needing a restart.
+    let changed = LOOPBACK_CONFIG.replacen("listen = \"127.0.0.1:0\"", "listen = \"127.0.0.1:1\"", 1)
+        + "[signaling]\nmessages_per_sec = 7\n[log]\nlevel = \"debug\"\n";
+    std::fs::write(&cfg, changed).unwrap();
+    d.signal(libc::SIGHUP);
+    let line = d.wait_for("configuration reloaded");
+    assert!(line.contains("signaling.messages_per_sec") && line.contains("log.level"), "{line}");
+    let line = d.wait_for("only applied after a restart");
+    assert!(line.contains("http.listen"), "{line}");
+    assert!(blocking_get(addr, "/healthz").starts_with("HTTP/1.1 200"), "still serving on the old address");
+
+    // A broken file is rejected and the daemon keeps running.
+    std::fs::write(&cfg, "[turn]\nrelay_port_min = 9\nrelay_port_max = 8\n").unwrap();
+    d.signal(libc::SIGHUP);
+    let line = d.wait_for("config reload rejected");
+    assert!(line.contains("turn.relay_port_min"), "{line}");
+    assert!(blocking_get(addr, "/healthz").starts_with("HTTP/1.1 200"));
+
+    d.signal(libc::SIGTERM);
+    let (code, log) = d.wait_exit(Duration::from_secs(5));
+    assert_eq!(code, Some(0), "{log}");
+}

@@ -6,6 +6,9 @@ cd "$(dirname "$0")/.."
 
 cargo test --locked --all-targets
 
+# Debian packaging (cargo-deb, dpkg).
+bash tests/deb.sh
+
 if [ -f tests/browser/package.json ]; then
   cargo build --locked --bin ponte
   if [ ! -d tests/browser/node_modules ]; then

@@ -66,6 +66,16 @@ fn notifies_ready_and_stopping() {
     assert!(msg.lines().any(|l| l == "READY=1"), "{msg}");
     assert!(msg.contains("STATUS=web on http://127.0.0.1:"), "{msg}");
 
+    // A reload (SIGHUP) is bracketed by RELOADING=1 ... READY=1.
+    unsafe { libc::kill(child.id() as i32, libc::SIGHUP) };
+    let n = sock.recv(&mut buf).expect("RELOADING notification");
+    let msg = String::from_utf8_lossy(&buf[..n]).to_string();
+    assert!(msg.lines().any(|l| l == "RELOADING=1"), "{msg}");
+    assert!(msg.lines().any(|l| l.starts_with("MONOTONIC_USEC=")), "{msg}");
+    let n = sock.recv(&mut buf).expect("READY after reload");
+    let msg = String::from_utf8_lossy(&buf[..n]).to_string();
+    assert!(msg.lines().any(|l| l == "READY=1"), "{msg}");
+
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let n = sock.recv(&mut buf).expect("STOPPING notification");
     let msg = String::from_utf8_lossy(&buf[..n]).to_string();

@@ -166,7 +166,8 @@ pub async fn serve_metrics(
 /// The client's address: the socket's, or the last untrusted hop of `X-Forwarded-For` when the socket
 /// belongs to a proxy listed in `http.trusted_proxies`.
 pub fn client_addr<B>(ctx: &Context, req: &Request<B>, socket_addr: SocketAddr) -> SocketAddr {
-    let trusted = |ip: IpAddr| ctx.config.http.trusted_proxies.iter().any(|n| n.contains(&ip));
+    let live = ctx.live();
+    let trusted = |ip: IpAddr| live.http.trusted_proxies.iter().any(|n| n.contains(&ip));
     if !trusted(socket_addr.ip()) {
         return socket_addr;
     }

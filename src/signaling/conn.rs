@@ -1,0 +1,333 @@
+//! One task per WebSocket: reads frames, enforces the per-connection limits, hands messages to the hub, writes
+//! the outbox, pings, and closes with the contract's codes.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+use tokio_tungstenite::WebSocketStream;
+
+use super::hub::{push, ConnCtl, ConnHandle, HelloOutcome, CLOSE_RESUMED, CLOSE_SLOW};
+use super::ids::Id;
+use crate::config::Config;
+use super::limits::{Slot, TokenBucket};
+use super::protocol::{self, ClientMsg, ErrorCode, ParseError, ServerMsg};
+use super::stats::Stats;
+use super::{ice, Hub};
+
+pub type Ws = WebSocketStream<TokioIo<Upgraded>>;
+
+/// Messages queued for one client before it counts as too slow and is disconnected. Each slot is one message
+/// (at most `max_message_bytes`), so this bounds a stuck client's memory.
+pub const OUTBOX: usize = 256;
+/// `hello` must arrive within this time (contract: 10 s).
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Minimum byte budget of the outbox (it is at least four maximum-size messages).
+const OUTBOX_BYTES: usize = 256 * 1024;
+/// A write that makes no progress for this long means the client stopped reading.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a closing handshake may take.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What the upgrade learnt about the client.
+pub struct ConnInfo {
+    pub remote: SocketAddr,
+    /// The live config when the connection was accepted: its limits hold for the connection's lifetime.
+    pub cfg: Arc<Config>,
+    /// Host for ponte's own ICE URLs (see `ice::advertised_host`).
+    pub ice_host: Option<String>,
+}
+
+/// How the read loop ended.
+enum End {
+    /// The socket is gone (EOF, I/O or protocol error, or the client's close handshake).
+    Gone,
+    /// We close with this code and reason, after flushing the outbox when `flush` is set.
+    Close { code: u16, reason: &'static str, flush: bool },
+}
+
+struct Conn {
+    hub: Arc<Hub>,
+    info: ConnInfo,
+    handle: ConnHandle,
+    id: Option<Id>,
+    messages: TokenBucket,
+    connects: TokenBucket,
+}
+
+pub async fn run(hub: Arc<Hub>, mut ws: Ws, info: ConnInfo, slot: Slot) {
+    let (tx, mut rx) = mpsc::channel::<Utf8Bytes>(OUTBOX);
+    let max_queued = (4 * info.cfg.signaling.max_message_bytes).max(OUTBOX_BYTES);
+    let ctl = ConnCtl::new(hub.stop.child_token(), max_queued);
+    let conn_id = hub.next_conn_id();
+    let mps = info.cfg.signaling.messages_per_sec as f64;
+    let cpm = info.cfg.signaling.connect_requests_per_min as f64;
+    let ping_every = Duration::from_secs(info.cfg.signaling.ping_interval_secs);
+    let mut c = Conn {
+        hub: hub.clone(),
+        info,
+        handle: ConnHandle { conn_id, tx, ctl: ctl.clone() },
+        id: None,
+        messages: TokenBucket::new(mps, 2.0 * mps),
+        connects: TokenBucket::new(cpm / 60.0, cpm),
+    };
+    tracing::debug!(conn = conn_id, remote = %c.info.remote, "WebSocket open");
+
+    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut unanswered = 0u32;
+    let hello_deadline = tokio::time::sleep(HELLO_TIMEOUT);
+    tokio::pin!(hello_deadline);
+
+    let end = loop {
+        tokio::select! {
+            biased;
+            _ = ctl.cancel.cancelled() => {
+                break match ctl.close_code.load(Ordering::Relaxed) {
+                    CLOSE_RESUMED => End::Close { code: CLOSE_RESUMED, reason: "session resumed elsewhere", flush: true },
+                    CLOSE_SLOW => {
+                        Stats::inc(&hub.stats.slow_disconnects);
+                        End::Close { code: CLOSE_SLOW, reason: "too slow: outbox overflow", flush: false }
+                    }
+                    _ => End::Close { code: 1001, reason: "server shutting down", flush: true },
+                };
+            }
+            Some(first) = rx.recv() => {
+                if write_batch(&mut ws, first, &mut rx, &ctl).await.is_err() {
+                    // Cancelled mid-write: still close with the code the hub chose (or 1001).
+                    if ctl.cancel.is_cancelled() {
+                        continue;
+                    }
+                    break End::Gone;
+                }
+            }
+            frame = ws.next() => {
+                let msg = match frame {
+                    None => break End::Gone,
+                    Some(Ok(m)) => m,
+                    Some(Err(WsError::Capacity(CapacityError::MessageTooLong { size, max_size }))) => {
+                        tracing::debug!(conn = conn_id, size, max_size, "message too large");
+                        c.error(ErrorCode::TooLarge, &format!("messages are limited to {max_size} bytes"), None, None);
+                        break End::Close { code: 1009, reason: "message too large", flush: true };
+                    }
+                    Some(Err(e)) => {
+                        tracing::debug!(conn = conn_id, "WebSocket read error: {e}");
+                        break End::Gone;
+                    }
+                };
+                // Any frame shows the client is alive.
+                unanswered = 0;
+                if matches!(msg, Message::Text(_) | Message::Binary(_)) {
+                    Stats::inc(&hub.stats.messages);
+                }
+                match msg {
+                    Message::Text(text) => {
+                        if !c.messages.try_take() {
+                            c.error(ErrorCode::RateLimited, "too many messages; this one was dropped", None, None);
+                            continue;
+                        }
+                        if let Some(end) = c.handle_text(&text) {
+                            break end;
+                        }
+                    }
+                    Message::Binary(_) => {
+                        if c.messages.try_take() {
+                            c.error(ErrorCode::BinaryNotSupported, "send JSON in text frames", None, None);
+                        } else {
+                            c.error(ErrorCode::RateLimited, "too many messages; this one was dropped", None, None);
+                        }
+                    }
+                    // tungstenite answers pings itself; pongs only count as liveness (above).
+                    Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
+                    Message::Close(_) => break End::Gone,
+                }
+            }
+            _ = &mut hello_deadline, if c.id.is_none() => {
+                break End::Close { code: 1008, reason: "hello not sent within 10 s", flush: true };
+            }
+            _ = ping.tick() => {
+                if unanswered >= 2 {
+                    tracing::debug!(conn = conn_id, "missed two pings; dropping");
+                    break End::Close { code: 1008, reason: "missed pings", flush: false };
+                }
+                unanswered += 1;
+                if bounded_write(ws.send(Message::Ping(Default::default())), &ctl).await.is_err() {
+                    if ctl.cancel.is_cancelled() {
+                        continue;
+                    }
+                    break End::Gone;
+                }
+            }
+        }
+    };
+
+    // Partners learn at once that this client is away; the session itself waits out the grace period.
+    if let Some(id) = c.id {
+        let notify = !hub.stop.is_cancelled();
+        hub.state.lock().disconnected(id, conn_id, Instant::now(), notify);
+    }
+    match end {
+        End::Gone => {
+            // After the client's close frame, polling once more sends tungstenite's queued reply.
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, async { while let Some(Ok(_)) = ws.next().await {} }).await;
+        }
+        End::Close { code, reason, flush } => {
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+                if flush {
+                    while let Ok(m) = rx.try_recv() {
+                        if ws.feed(Message::Text(m)).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                let frame = CloseFrame { code: CloseCode::from(code), reason: reason.into() };
+                if ws.send(Message::Close(Some(frame))).await.is_err() {
+                    return;
+                }
+                // Wait for the client's close reply so the TCP connection ends cleanly on its side.
+                while let Some(Ok(_)) = ws.next().await {}
+            })
+            .await;
+        }
+    }
+    drop(slot);
+    tracing::debug!(conn = conn_id, "WebSocket closed");
+}
+
+/// Write `first` and whatever else is already queued, then flush once: one syscall for a burst.
+async fn write_batch(ws: &mut Ws, first: Utf8Bytes, rx: &mut mpsc::Receiver<Utf8Bytes>, ctl: &ConnCtl) -> Result<(), ()> {
+    let work = async {
+        ctl.written(first.len());
+        ws.feed(Message::Text(first)).await?;
+        let mut n = 1;
+        while n < 64 {
+            let Ok(m) = rx.try_recv() else { break };
+            ctl.written(m.len());
+            ws.feed(Message::Text(m)).await?;
+            n += 1;
+        }
+        ws.flush().await
+    };
+    bounded_write(work, ctl).await
+}
+
+/// A write that gives up after [`WRITE_TIMEOUT`], or at once when the connection is told to close: a client
+/// that stopped reading blocks the write, and the hub's kill (or shutdown) must not wait behind it.
+async fn bounded_write<E>(work: impl std::future::Future<Output = Result<(), E>>, ctl: &ConnCtl) -> Result<(), ()> {
+    tokio::select! {
+        r = tokio::time::timeout(WRITE_TIMEOUT, work) => match r {
+            Ok(Ok(())) => Ok(()),
+            _ => Err(()),
+        },
+        _ = ctl.cancel.cancelled() => Err(()),
+    }
+}
+
+impl Conn {
+    fn reply(&self, text: String) {
+        push(&self.handle, text);
+    }
+
+    fn error(&self, code: ErrorCode, message: &str, ref_: Option<&str>, peer: Option<Id>) {
+        self.hub.stats.error(code);
+        self.reply(protocol::error(code, message, ref_, peer));
+    }
+
+    /// Handle one text frame; `Some` ends the connection.
+    fn handle_text(&mut self, text: &str) -> Option<End> {
+        let msg = match protocol::parse(text) {
+            Ok(m) => m,
+            Err(ParseError::BadJson) => {
+                self.error(ErrorCode::BadJson, "each message must be one JSON object", None, None);
+                return None;
+            }
+            Err(ParseError::BadMessage { ty, detail }) => {
+                self.error(ErrorCode::BadMessage, &detail, ty.as_deref(), None);
+                return None;
+            }
+            Err(ParseError::UnknownType(ty)) => {
+                self.error(ErrorCode::UnknownType, "unknown message type", Some(&ty), None);
+                return None;
+            }
+        };
+        let Some(me) = self.id else {
+            let ClientMsg::Hello { v, token } = msg else {
+                self.error(ErrorCode::HelloRequired, "send hello first", Some(msg.type_name()), None);
+                return None;
+            };
+            return self.hello(v, token.as_deref());
+        };
+        let hub = &self.hub;
+        let conn_id = self.handle.conn_id;
+        match msg {
+            ClientMsg::Hello { .. } => {
+                self.error(ErrorCode::BadMessage, "hello was already sent on this connection", Some("hello"), None);
+            }
+            ClientMsg::RefreshIce => {
+                // The live config, not the connection's snapshot: fresh credentials follow a reloaded TTL.
+                let cfg = hub.ctx.live();
+                let (ice_servers, ice_expires) =
+                    ice::servers_for(&hub.ctx, &cfg, self.info.ice_host.as_deref(), me, crate::credentials::unix_now());
+                self.reply(ServerMsg::IceServers { ice_servers: &ice_servers, ice_expires }.to_text());
+            }
+            ClientMsg::Ping { t } => self.reply(ServerMsg::Pong { t }.to_text()),
+            ClientMsg::Connect { to } => {
+                // Counted before any lookup: failed attempts are exactly what an ID scan consists of.
+                if !self.connects.try_take() {
+                    self.error(ErrorCode::TooManyRequests, "too many connect requests; wait a minute", Some("connect"), None);
+                    return None;
+                }
+                let mut st = hub.state.lock();
+                if st.is_current(me, conn_id) {
+                    st.connect(me, &to, Instant::now());
+                }
+            }
+            other => {
+                let mut st = hub.state.lock();
+                if !st.is_current(me, conn_id) {
+                    return None;
+                }
+                match other {
+                    ClientMsg::Cancel { to } => st.cancel(me, &to),
+                    ClientMsg::Accept { from } => st.accept(me, &from),
+                    ClientMsg::Decline { from } => st.decline(me, &from),
+                    ClientMsg::Signal { to, data } => st.signal(me, &to, data),
+                    ClientMsg::Bye { to } => st.bye(me, &to),
+                    _ => {}
+                }
+            }
+        }
+        None
+    }
+
+    fn hello(&mut self, v: u64, token: Option<&str>) -> Option<End> {
+        if v != protocol::VERSION {
+            self.error(ErrorCode::UnsupportedVersion, "this server speaks protocol version 1", Some("hello"), None);
+            return Some(End::Close { code: 1002, reason: "unsupported protocol version", flush: true });
+        }
+        let hub = self.hub.clone();
+        let host = self.info.ice_host.clone();
+        let now_unix = crate::credentials::unix_now();
+        let cfg = self.info.cfg.clone();
+        let outcome = hub.state.lock().hello(self.handle.clone(), token, |id| {
+            ice::servers_for(&hub.ctx, &cfg, host.as_deref(), id, now_unix)
+        });
+        match outcome {
+            HelloOutcome::Welcomed(id) => {
+                tracing::debug!(conn = self.handle.conn_id, %id, "client welcomed");
+                self.id = Some(id);
+                None
+            }
+            HelloOutcome::ServerFull => Some(End::Close { code: 1013, reason: "server full, try again later", flush: true }),
+        }
+    }
+}

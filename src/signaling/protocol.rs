@@ -1,0 +1,346 @@
+//! Wire format of protocol v1 (docs/protocol.md): parsing client messages into typed values with the contract's
+//! error classes, and serializing server messages.
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use super::ids::Id;
+
+pub const VERSION: u64 = 1;
+
+/// A parsed client message. Borrowed from the frame's text so that `signal.data` is forwarded without being
+/// re-parsed into a tree.
+#[derive(Debug)]
+pub enum ClientMsg<'a> {
+    Hello { v: u64, token: Option<String> },
+    Connect { to: String },
+    Cancel { to: String },
+    Accept { from: String },
+    Decline { from: String },
+    Signal { to: String, data: &'a RawValue },
+    Bye { to: String },
+    RefreshIce,
+    Ping { t: Option<&'a RawValue> },
+}
+
+impl ClientMsg<'_> {
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            ClientMsg::Hello { .. } => "hello",
+            ClientMsg::Connect { .. } => "connect",
+            ClientMsg::Cancel { .. } => "cancel",
+            ClientMsg::Accept { .. } => "accept",
+            ClientMsg::Decline { .. } => "decline",
+            ClientMsg::Signal { .. } => "signal",
+            ClientMsg::Bye { .. } => "bye",
+            ClientMsg::RefreshIce => "refresh_ice",
+            ClientMsg::Ping { .. } => "ping",
+        }
+    }
+}
+
+/// Why a frame could not be turned into a [`ClientMsg`]; each maps to one error code of the contract.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ParseError {
+    /// Not a JSON object.
+    BadJson,
+    /// A JSON object without a string `type`, or a known type with missing/mistyped fields (`ref` = the type).
+    BadMessage { ty: Option<String>, detail: String },
+    UnknownType(String),
+}
+
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    #[serde(rename = "type", borrow)]
+    ty: Option<std::borrow::Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct HelloIn {
+    v: u64,
+    #[serde(default)]
+    token: Option<String>,
+}
+#[derive(Deserialize)]
+struct ToIn {
+    to: String,
+}
+#[derive(Deserialize)]
+struct FromIn {
+    from: String,
+}
+#[derive(Deserialize)]
+struct SignalIn<'a> {
+    to: String,
+    #[serde(borrow)]
+    data: &'a RawValue,
+}
+#[derive(Deserialize)]
+struct PingIn<'a> {
+    #[serde(borrow, default)]
+    t: Option<&'a RawValue>,
+}
+
+/// Parse one text frame. Two passes (envelope, then the typed body) keep the three error classes apart:
+/// not-an-object, unknown type, and a known type with bad fields.
+pub fn parse(text: &str) -> Result<ClientMsg<'_>, ParseError> {
+    // serde's derived structs also accept JSON arrays (by position); the contract wants objects only.
+    if !text.trim_start().starts_with('{') {
+        return Err(ParseError::BadJson);
+    }
+    let env: Envelope<'_> = match serde_json::from_str(text) {
+        Ok(e) => e,
+        Err(e) if e.is_data() => {
+            return Err(ParseError::BadMessage { ty: None, detail: "`type` must be a string".into() })
+        }
+        Err(_) => return Err(ParseError::BadJson),
+    };
+    let Some(ty) = env.ty else {
+        return Err(ParseError::BadMessage { ty: None, detail: "missing `type`".into() });
+    };
+    fn body<'a, T: Deserialize<'a>>(text: &'a str, ty: &str) -> Result<T, ParseError> {
+        serde_json::from_str(text).map_err(|e| ParseError::BadMessage { ty: Some(ty.to_string()), detail: field_error(&e) })
+    }
+    Ok(match &*ty {
+        "hello" => {
+            let h: HelloIn = body(text, "hello")?;
+            ClientMsg::Hello { v: h.v, token: h.token }
+        }
+        "connect" => ClientMsg::Connect { to: body::<ToIn>(text, "connect")?.to },
+        "cancel" => ClientMsg::Cancel { to: body::<ToIn>(text, "cancel")?.to },
+        "bye" => ClientMsg::Bye { to: body::<ToIn>(text, "bye")?.to },
+        "accept" => ClientMsg::Accept { from: body::<FromIn>(text, "accept")?.from },
+        "decline" => ClientMsg::Decline { from: body::<FromIn>(text, "decline")?.from },
+        "signal" => {
+            let s: SignalIn<'_> = body(text, "signal")?;
+            ClientMsg::Signal { to: s.to, data: s.data }
+        }
+        "refresh_ice" => ClientMsg::RefreshIce,
+        "ping" => ClientMsg::Ping { t: body::<PingIn<'_>>(text, "ping")?.t },
+        other => {
+            // Echo at most a short, printable prefix of an unknown type back: it goes into our reply.
+            let shown: String = other.chars().filter(|c| !c.is_control()).take(40).collect();
+            return Err(ParseError::UnknownType(shown));
+        }
+    })
+}
+
+/// serde's message without the "at line 1 column 37" noise, which means nothing to a client author.
+fn field_error(e: &serde_json::Error) -> String {
+    let s = e.to_string();
+    match s.find(" at line ") {
+        Some(i) => s[..i].to_string(),
+        None => s,
+    }
+}
+
+#[derive(Serialize, Debug, Clone)]
+pub struct IceServer {
+    pub urls: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
+}
+
+#[derive(Serialize, Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_message_bytes: usize,
+    pub messages_per_sec: u32,
+    pub connect_requests_per_min: u32,
+}
+
+#[derive(Serialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum CancelReason {
+    Cancelled,
+    Timeout,
+    Left,
+}
+
+#[derive(Serialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum LeftReason {
+    Bye,
+    Disconnected,
+}
+
+/// Every error code of the contract.
+#[derive(Serialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    BadJson,
+    BadMessage,
+    UnknownType,
+    HelloRequired,
+    UnsupportedVersion,
+    UnknownPeer,
+    SelfConnect,
+    DuplicateRequest,
+    AlreadyPaired,
+    NoRequest,
+    NotPaired,
+    PeerAway,
+    RateLimited,
+    TooManyRequests,
+    BinaryNotSupported,
+    TooLarge,
+    ServerFull,
+}
+
+impl ErrorCode {
+    pub const ALL: [ErrorCode; 17] = [
+        ErrorCode::BadJson,
+        ErrorCode::BadMessage,
+        ErrorCode::UnknownType,
+        ErrorCode::HelloRequired,
+        ErrorCode::UnsupportedVersion,
+        ErrorCode::UnknownPeer,
+        ErrorCode::SelfConnect,
+        ErrorCode::DuplicateRequest,
+        ErrorCode::AlreadyPaired,
+        ErrorCode::NoRequest,
+        ErrorCode::NotPaired,
+        ErrorCode::PeerAway,
+        ErrorCode::RateLimited,
+        ErrorCode::TooManyRequests,
+        ErrorCode::BinaryNotSupported,
+        ErrorCode::TooLarge,
+        ErrorCode::ServerFull,
+    ];
+
+    /// The wire name (`bad_json`), as serde writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadJson => "bad_json",
+            ErrorCode::BadMessage => "bad_message",
+            ErrorCode::UnknownType => "unknown_type",
+            ErrorCode::HelloRequired => "hello_required",
+            ErrorCode::UnsupportedVersion => "unsupported_version",
+            ErrorCode::UnknownPeer => "unknown_peer",
+            ErrorCode::SelfConnect => "self_connect",
+            ErrorCode::DuplicateRequest => "duplicate_request",
+            ErrorCode::AlreadyPaired => "already_paired",
+            ErrorCode::NoRequest => "no_request",
+            ErrorCode::NotPaired => "not_paired",
+            ErrorCode::PeerAway => "peer_away",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::TooManyRequests => "too_many_requests",
+            ErrorCode::BinaryNotSupported => "binary_not_supported",
+            ErrorCode::TooLarge => "too_large",
+            ErrorCode::ServerFull => "server_full",
+        }
+    }
+}
+
+/// Server → client messages (except `signal`, which [`signal`] writes around the raw payload).
+#[derive(Serialize, Debug)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerMsg<'a> {
+    Welcome {
+        v: u64,
+        id: Id,
+        display_id: String,
+        token: String,
+        resumed: bool,
+        ice_servers: &'a [IceServer],
+        ice_expires: u64,
+        peers: Vec<Id>,
+        limits: Limits,
+    },
+    Incoming { peer: Id },
+    IncomingCancelled { peer: Id, reason: CancelReason },
+    RequestSent { peer: Id },
+    RequestCancelled { peer: Id },
+    RequestTimeout { peer: Id },
+    Declined { peer: Id },
+    Paired { peer: Id, initiator: bool },
+    PeerAway { peer: Id },
+    PeerBack { peer: Id },
+    PeerLeft { peer: Id, reason: LeftReason },
+    IceServers { ice_servers: &'a [IceServer], ice_expires: u64 },
+    Pong {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        t: Option<&'a RawValue>,
+    },
+    Error {
+        code: ErrorCode,
+        message: &'a str,
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        ref_: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        peer: Option<Id>,
+    },
+}
+
+impl ServerMsg<'_> {
+    pub fn to_text(&self) -> String {
+        // Serializing these types cannot fail: no maps with non-string keys, no failing Serialize impls.
+        serde_json::to_string(self).unwrap_or_else(|_| String::from(r#"{"type":"error","code":"bad_message","message":"internal"}"#))
+    }
+}
+
+/// `signal{from, data}` built around the sender's raw JSON, so the payload is forwarded byte for byte.
+pub fn signal(from: Id, data: &RawValue) -> String {
+    let raw = data.get();
+    let mut s = String::with_capacity(raw.len() + 48);
+    s.push_str(r#"{"type":"signal","from":""#);
+    s.push_str(from.as_str());
+    s.push_str(r#"","data":"#);
+    s.push_str(raw);
+    s.push('}');
+    s
+}
+
+pub fn error(code: ErrorCode, message: &str, ref_: Option<&str>, peer: Option<Id>) -> String {
+    ServerMsg::Error { code, message, ref_, peer }.to_text()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_classes() {
+        assert_eq!(parse("nope").unwrap_err(), ParseError::BadJson);
+        assert_eq!(parse("[\"hello\",1]").unwrap_err(), ParseError::BadJson);
+        assert_eq!(parse("{\"type\":").unwrap_err(), ParseError::BadJson);
+        assert!(matches!(parse("{\"type\":5}").unwrap_err(), ParseError::BadMessage { ty: None, .. }));
+        assert!(matches!(parse("{}").unwrap_err(), ParseError::BadMessage { ty: None, .. }));
+        assert_eq!(parse("{\"type\":\"dance\"}").unwrap_err(), ParseError::UnknownType("dance".into()));
+        match parse("{\"type\":\"connect\",\"to\":5}").unwrap_err() {
+            ParseError::BadMessage { ty, detail } => {
+                assert_eq!(ty.as_deref(), Some("connect"));
+                assert!(!detail.contains("line"), "{detail}");
+            }
+            e => panic!("{e:?}"),
+        }
+        assert!(matches!(parse("{\"type\":\"signal\",\"to\":\"x\"}").unwrap_err(), ParseError::BadMessage { .. }));
+    }
+
+    #[test]
+    fn signal_is_forwarded_verbatim_and_from_is_ours() {
+        let m = parse(r#"{"type":"signal","to":"abcd2345","from":"evil","data":{"sdp":"v=0\r\n","n":[1,2]}}"#).unwrap();
+        let ClientMsg::Signal { to, data } = m else { panic!() };
+        assert_eq!(to, "abcd2345");
+        let from = Id::parse("k7m2x9p4").unwrap();
+        let out: serde_json::Value = serde_json::from_str(&signal(from, data)).unwrap();
+        assert_eq!(out["from"], "k7m2x9p4");
+        assert_eq!(out["data"]["sdp"], "v=0\r\n");
+        assert_eq!(out["data"]["n"][1], 2);
+    }
+
+    #[test]
+    fn server_messages_shape() {
+        let peer = Id::parse("abcd2345").unwrap();
+        let v: serde_json::Value = serde_json::from_str(&ServerMsg::IncomingCancelled { peer, reason: CancelReason::Timeout }.to_text()).unwrap();
+        assert_eq!(v, serde_json::json!({"type":"incoming_cancelled","peer":"abcd2345","reason":"timeout"}));
+        let v: serde_json::Value = serde_json::from_str(&error(ErrorCode::NotPaired, "m", Some("signal"), Some(peer))).unwrap();
+        assert_eq!(v, serde_json::json!({"type":"error","code":"not_paired","message":"m","ref":"signal","peer":"abcd2345"}));
+        let v: serde_json::Value = serde_json::from_str(&ServerMsg::Pong { t: None }.to_text()).unwrap();
+        assert_eq!(v, serde_json::json!({"type":"pong"}));
+        for c in ErrorCode::ALL {
+            assert_eq!(serde_json::to_value(c).unwrap(), c.as_str());
+        }
+    }
+}
