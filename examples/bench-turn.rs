@@ -117,7 +117,9 @@ fn main() -> anyhow::Result<()> {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .map_err(|e| anyhow::anyhow!("cannot start coturn's turnserver ({e}); install it with `apt-get install coturn`"))?;
+            .map_err(|e| {
+                anyhow::anyhow!("cannot start coturn's turnserver ({e}); install it with `apt-get install coturn`")
+            })?;
         (Guard(child), SocketAddr::from(([127, 0, 0, 1], port)))
     };
     for (name, addr) in [("ponte", ponte.1), ("coturn", coturn.1)] {
@@ -126,12 +128,12 @@ fn main() -> anyhow::Result<()> {
 
     let (mut pb, mut cb, mut pr, mut cr) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for _ in 0..o.rounds {
-        pb.push(binding_phase(ponte.1, &o));
-        cb.push(binding_phase(coturn.1, &o));
+        pb.push(binding_phase(ponte.1, ponte.0 .0.id(), &o));
+        cb.push(binding_phase(coturn.1, coturn.0 .0.id(), &o));
     }
     for _ in 0..o.rounds {
-        pr.push(relay_phase(ponte.1, &o).map_err(|e| e.context("ponte relay phase"))?);
-        cr.push(relay_phase(coturn.1, &o).map_err(|e| e.context("coturn relay phase"))?);
+        pr.push(relay_phase(ponte.1, ponte.0 .0.id(), &o).map_err(|e| e.context("ponte relay phase"))?);
+        cr.push(relay_phase(coturn.1, coturn.0 .0.id(), &o).map_err(|e| e.context("coturn relay phase"))?);
     }
     let (pb, cb, pr, cr) = (median(pb), median(cb), median(pr), median(cr));
     drop(ponte);
@@ -141,18 +143,27 @@ fn main() -> anyhow::Result<()> {
     println!("{:<32}{:>16}{:>16}{:>16}", "", "ponte", "coturn", "ponte/coturn");
     row("STUN Binding requests/s", pb.rate, cb.rate);
     lat("  RTT p50 / p99", &pb, &cb);
+    cpu("  server CPU per request", &pb, &cb);
     println!("{:<32}{:>16}{:>16}", "  lost", pb.lost, cb.lost);
     row("TURN relayed packets/s", pr.rate * 2.0, cr.rate * 2.0);
     row("  (echo round trips/s)", pr.rate, cr.rate);
     lat("  RTT p50 / p99", &pr, &cr);
+    cpu("  server CPU per packet", &pr, &cr);
     println!("{:<32}{:>16}{:>16}", "  lost", pr.lost, cr.lost);
-    println!("\n(relayed packets count both directions: client→peer and peer→client through the relay)");
+    println!("\n(relayed packets count both directions: client→peer and peer→client through the relay;");
+    println!(" ratios are ponte/coturn for rates and coturn/ponte for CPU per operation: above 1 favours ponte)");
     Ok(())
 }
 
 fn row(name: &str, p: f64, c: f64) {
     let ratio = if c > 0.0 { format!("{:.2}", p / c) } else { "-".into() };
     println!("{name:<32}{:>16.0}{:>16.0}{ratio:>16}", p, c);
+}
+
+fn cpu(name: &str, p: &Stats, c: &Stats) {
+    let (pn, cn) = (p.cpu_per_op.as_nanos() as f64, c.cpu_per_op.as_nanos() as f64);
+    let ratio = if pn > 0.0 { format!("{:.2}", cn / pn) } else { "-".into() };
+    println!("{name:<32}{:>16}{:>16}{ratio:>16}", format!("{:.2} µs", pn / 1000.0), format!("{:.2} µs", cn / 1000.0));
 }
 
 fn lat(name: &str, p: &Stats, c: &Stats) {
@@ -210,16 +221,34 @@ fn median(mut v: Vec<Stats>) -> Stats {
 
 struct Stats {
     rate: f64,
+    /// Server CPU time (user + system, all threads) per answered request / relayed packet: less sensitive
+    /// to other load on a shared machine than the rates.
+    cpu_per_op: Duration,
     p50: Duration,
     p99: Duration,
     lost: u64,
 }
 
-fn stats(mut rtts: Vec<u32>, elapsed: Duration, sent: u64) -> Stats {
+/// CPU time used so far by process `pid` (all threads), from /proc.
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15 (1-based).
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<u64> = rest.split_whitespace().map(|x| x.parse().unwrap_or(0)).collect();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    let ticks = f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0);
+    Duration::from_micros(ticks * 1_000_000 / hz)
+}
+
+fn stats(mut rtts: Vec<u32>, elapsed: Duration, sent: u64, cpu: Duration, ops_per_rtt: u32) -> Stats {
     rtts.sort_unstable();
-    let pct = |p: f64| rtts.get(((rtts.len() as f64 * p) as usize).min(rtts.len().saturating_sub(1))).copied().unwrap_or(0);
+    let ops = (rtts.len() as u32).max(1) * ops_per_rtt;
+    let pct =
+        |p: f64| rtts.get(((rtts.len() as f64 * p) as usize).min(rtts.len().saturating_sub(1))).copied().unwrap_or(0);
     Stats {
         rate: rtts.len() as f64 / elapsed.as_secs_f64(),
+        cpu_per_op: cpu / ops,
         p50: Duration::from_nanos(pct(0.50) as u64),
         p99: Duration::from_nanos(pct(0.99) as u64),
         lost: sent.saturating_sub(rtts.len() as u64),
@@ -239,7 +268,8 @@ fn binding_request(ts: u64, seq: u32) -> [u8; 20] {
 
 /// Closed-loop load in both phases: each client thread keeps `window` requests in flight, a response releases
 /// the next one, and 100 ms of silence refills the window (the missing ones then count as lost).
-fn binding_phase(server: SocketAddr, o: &Opts) -> Stats {
+fn binding_phase(server: SocketAddr, pid: u32, o: &Opts) -> Stats {
+    let cpu0 = cpu_time(pid);
     let epoch = Instant::now();
     let deadline = epoch + Duration::from_secs(o.secs);
     let budget = MAX_PER_PHASE / o.clients as u64;
@@ -296,7 +326,7 @@ fn binding_phase(server: SocketAddr, o: &Opts) -> Stats {
     });
     let elapsed = results.iter().map(|r| r.2).max().unwrap_or_default();
     let sent = results.iter().map(|r| r.1).sum();
-    stats(results.into_iter().flat_map(|r| r.0).collect(), elapsed, sent)
+    stats(results.into_iter().flat_map(|r| r.0).collect(), elapsed, sent, cpu_time(pid) - cpu0, 1)
 }
 
 /// Blocking request/response with the long-term-credential dance (401 → realm/nonce → signed request).
@@ -312,7 +342,12 @@ impl TurnClient {
     fn new(server: SocketAddr, id: usize) -> anyhow::Result<TurnClient> {
         let s = UdpSocket::bind("127.0.0.1:0")?;
         s.set_read_timeout(Some(Duration::from_secs(2)))?;
-        let cred = ponte::credentials::mint(&ponte::config::Secret::new(SECRET), &format!("bench{id}"), ponte::credentials::unix_now(), 3600);
+        let cred = ponte::credentials::mint(
+            &ponte::config::Secret::new(SECRET),
+            &format!("bench{id}"),
+            ponte::credentials::unix_now(),
+            3600,
+        );
         Ok(TurnClient { s, server, user: cred.username, pass: cred.password, nonce: Vec::new() })
     }
 
@@ -324,7 +359,12 @@ impl TurnClient {
                 m.add(AttrType(ATTR_USERNAME), self.user.as_bytes());
                 m.add(AttrType(ATTR_REALM), REALM.as_bytes());
                 m.add(AttrType(ATTR_NONCE), &self.nonce);
-                stun::integrity::MessageIntegrity::new_long_term_integrity(self.user.clone(), REALM.into(), self.pass.clone()).add_to(&mut m)?;
+                stun::integrity::MessageIntegrity::new_long_term_integrity(
+                    self.user.clone(),
+                    REALM.into(),
+                    self.pass.clone(),
+                )
+                .add_to(&mut m)?;
             }
             self.s.send_to(&m.raw, self.server)?;
             let mut buf = [0u8; 1500];
@@ -341,7 +381,7 @@ impl TurnClient {
     }
 }
 
-fn relay_phase(server: SocketAddr, o: &Opts) -> anyhow::Result<Stats> {
+fn relay_phase(server: SocketAddr, pid: u32, o: &Opts) -> anyhow::Result<Stats> {
     // The echo peer: one socket, one thread, returns every datagram to its sender.
     let peer = UdpSocket::bind("127.0.0.1:0")?;
     peer.set_read_timeout(Some(Duration::from_millis(50)))?;
@@ -371,6 +411,7 @@ fn relay_phase(server: SocketAddr, o: &Opts) -> anyhow::Result<Stats> {
         c.s.set_read_timeout(Some(Duration::from_millis(100)))?;
         clients.push(c);
     }
+    let cpu0 = cpu_time(pid);
     let epoch = Instant::now();
     let deadline = epoch + Duration::from_secs(o.secs);
     let budget = MAX_PER_PHASE / o.clients as u64;
@@ -433,6 +474,7 @@ fn relay_phase(server: SocketAddr, o: &Opts) -> anyhow::Result<Stats> {
             .collect();
         hs.into_iter().map(|h| h.join().unwrap()).collect()
     });
+    let cpu = cpu_time(pid) - cpu0;
     stop.store(true, Ordering::Relaxed);
     let _ = echo.join();
     for c in &mut clients {
@@ -446,5 +488,6 @@ fn relay_phase(server: SocketAddr, o: &Opts) -> anyhow::Result<Stats> {
     }
     let elapsed = results.iter().map(|r| r.2).max().unwrap_or_default();
     let sent = results.iter().map(|r| r.1).sum();
-    Ok(stats(results.into_iter().flat_map(|r| r.0).collect(), elapsed, sent))
+    // Two relayed packets per echo round trip (client→peer, peer→client).
+    Ok(stats(results.into_iter().flat_map(|r| r.0).collect(), elapsed, sent, cpu, 2))
 }

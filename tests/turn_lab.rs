@@ -27,7 +27,9 @@ fn prerequisites() -> bool {
         eprintln!("SKIPPED: the TURN lab tests need root for network namespaces");
         return false;
     }
-    ["ip", "iptables", "turnutils_uclient", "turnutils_peer", "turnutils_stunclient", "bash"].iter().all(|t| require_tool(t))
+    ["ip", "iptables", "turnutils_uclient", "turnutils_peer", "turnutils_stunclient", "bash"]
+        .iter()
+        .all(|t| require_tool(t))
 }
 
 /// A lab with ponte and an echo peer running; everything is torn down on drop, also when a test fails.
@@ -67,7 +69,12 @@ impl Lab {
             .spawn()
             .unwrap();
         lab.children.push(child);
-        let peer = lab.cmd("peer", "turnutils_peer", &["-L", PEER, "-p", "3480"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+        let peer = lab
+            .cmd("peer", "turnutils_peer", &["-L", PEER, "-p", "3480"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
         lab.children.push(peer);
         // Ready when both listeners are logged (the log goes to stdout or stderr depending on the format).
         let deadline = Instant::now() + Duration::from_secs(15);
@@ -113,7 +120,10 @@ impl Lab {
         let out = self.run(
             "srv",
             "bash",
-            &["-c", "exec 3<>/dev/tcp/127.0.0.1/9477; printf 'GET /metrics HTTP/1.0\\r\\nHost: x\\r\\n\\r\\n' >&3; cat <&3"],
+            &[
+                "-c",
+                "exec 3<>/dev/tcp/127.0.0.1/9477; printf 'GET /metrics HTTP/1.0\\r\\nHost: x\\r\\n\\r\\n' >&3; cat <&3",
+            ],
         );
         out.lines()
             .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')).map(|v| v.trim().parse().unwrap()))
@@ -137,9 +147,21 @@ fn summary(out: &str) -> (u64, u64, u64) {
         let i = s.find(key)? + key.len();
         s[i..].split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
     };
-    let line = out.lines().rev().find(|l| l.contains("tot_send_msgs=") && !l.contains("msz=")).unwrap_or_else(|| panic!("no summary in:\n{out}"));
-    let lost_line = out.lines().rev().find(|l| l.contains("Total lost packets")).unwrap_or_else(|| panic!("no loss line in:\n{out}"));
-    (num(line, "tot_send_msgs=").unwrap(), num(line, "tot_recv_msgs=").unwrap(), num(lost_line, "Total lost packets ").unwrap())
+    let line = out
+        .lines()
+        .rev()
+        .find(|l| l.contains("tot_send_msgs=") && !l.contains("msz="))
+        .unwrap_or_else(|| panic!("no summary in:\n{out}"));
+    let lost_line = out
+        .lines()
+        .rev()
+        .find(|l| l.contains("Total lost packets"))
+        .unwrap_or_else(|| panic!("no loss line in:\n{out}"));
+    (
+        num(line, "tot_send_msgs=").unwrap(),
+        num(line, "tot_recv_msgs=").unwrap(),
+        num(lost_line, "Total lost packets ").unwrap(),
+    )
 }
 
 /// `-c`: no RTCP allocations (they need EVEN-PORT reservations, which ponte answers with 508 as RFC 8656 allows).
@@ -154,7 +176,12 @@ fn relay_no_loss(extra: &[&str]) {
     args.extend_from_slice(extra);
     let out = lab.uclient(&args);
     let (sent, recv, lost) = summary(&out);
-    assert_eq!((sent, recv, lost), (clients * msgs, clients * msgs, 0), "uclient {extra:?}:\n{out}\nponte:\n{}", lab.log());
+    assert_eq!(
+        (sent, recv, lost),
+        (clients * msgs, clients * msgs, 0),
+        "uclient {extra:?}:\n{out}\nponte:\n{}",
+        lab.log()
+    );
     assert!(lab.metric("ponte_turn_relayed_packets_total{direction=\"peer_to_client\"}") >= clients * msgs);
 }
 
@@ -176,6 +203,22 @@ fn uclient_tcp_channeldata_no_loss() {
 #[test]
 fn uclient_tcp_send_indications_no_loss() {
     relay_no_loss(&["-t", "-s"]);
+}
+
+/// uclient's default mode: an RTP allocation with EVEN-PORT (R=1) and an RTCP allocation that claims the
+/// reserved port with its RESERVATION-TOKEN, for every client.
+#[test]
+fn uclient_default_rtp_and_rtcp_with_reservation_tokens_no_loss() {
+    if !prerequisites() {
+        return;
+    }
+    let lab = Lab::start("");
+    let out = lab.uclient(&["-W", SECRET, "-e", PEER, "-r", "3480", "-m", "3", "-n", "40", "-l", "160"]);
+    let (sent, recv, lost) = summary(&out);
+    // uclient counts RTP and RTCP messages together, so only equality and a lower bound are fixed.
+    assert!(sent >= 120 && recv == sent && lost == 0, "{out}\nponte:\n{}", lab.log());
+    // At least an RTP and an RTCP allocation per client (the RTCP one through the RESERVATION-TOKEN).
+    assert!(lab.metric("ponte_turn_allocations_created_total") >= 6);
 }
 
 #[test]
@@ -270,12 +313,14 @@ fn chromium_gathers_srflx_and_relay_candidates_udp_and_tcp() {
     }
     let lab = Lab::start("");
     let wrapper = lab.dir.path().join("chromium-in-h1");
-    std::fs::write(&wrapper, format!("#!/bin/sh\nexec ip netns exec {}-h1 /usr/bin/chromium \"$@\"\n", lab.prefix)).unwrap();
+    std::fs::write(&wrapper, format!("#!/bin/sh\nexec ip netns exec {}-h1 /usr/bin/chromium \"$@\"\n", lab.prefix))
+        .unwrap();
     {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
     }
-    let cred = ponte::credentials::mint(&ponte::config::Secret::new(SECRET), "browser", ponte::credentials::unix_now(), 3600);
+    let cred =
+        ponte::credentials::mint(&ponte::config::Secret::new(SECRET), "browser", ponte::credentials::unix_now(), 3600);
     let turn = |transport: &str| {
         serde_json::json!({
             "iceServers": [{ "urls": [format!("turn:{SERVER}:3478?transport={transport}")], "username": cred.username, "credential": cred.password }],
@@ -298,11 +343,14 @@ fn chromium_gathers_srflx_and_relay_candidates_udp_and_tcp() {
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "gather.mjs failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    let got: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap_or("")).expect("JSON from gather.mjs");
+    let got: serde_json::Value =
+        serde_json::from_str(stdout.lines().last().unwrap_or("")).expect("JSON from gather.mjs");
     let has = |scenario: &str, ty: &str, addr: &str, relay_proto: Option<&str>| {
-        got[scenario].as_array().unwrap().iter().any(|c| {
-            c["type"] == ty && c["address"] == addr && relay_proto.is_none_or(|p| c["relayProtocol"] == p)
-        })
+        got[scenario]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["type"] == ty && c["address"] == addr && relay_proto.is_none_or(|p| c["relayProtocol"] == p))
     };
     assert!(has("stun", "srflx", "198.51.100.21", None), "no srflx candidate at the NAT's address: {got:#}");
     // This Chromium leaves relayProtocol empty for UDP; the candidate's URL says which server entry it came from.

@@ -36,7 +36,11 @@ pub async fn run(shell: Arc<Shell>, socket: Arc<tokio::net::UdpSocket>) -> anyho
                 }
             }
             // ICMP port unreachable from an earlier send, or a signal: not the socket's fault.
-            Err(e) if matches!(e.kind(), io::ErrorKind::ConnectionRefused | io::ErrorKind::ConnectionReset | io::ErrorKind::Interrupted) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::ConnectionRefused | io::ErrorKind::ConnectionReset | io::ErrorKind::Interrupted
+                ) => {}
             Err(e) => return Err(anyhow::anyhow!("STUN/TURN UDP listener udp://{server} failed: {e}")),
         }
     }
