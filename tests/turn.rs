@@ -101,7 +101,9 @@ impl Client {
             m.add(AttrType(ATTR_REALM), &self.realm);
             m.add(AttrType(ATTR_NONCE), &self.nonce);
             let realm = String::from_utf8(self.realm.clone()).unwrap();
-            MessageIntegrity::new_long_term_integrity(self.user.clone(), realm, self.pass.clone()).add_to(&mut m).unwrap();
+            MessageIntegrity::new_long_term_integrity(self.user.clone(), realm, self.pass.clone())
+                .add_to(&mut m)
+                .unwrap();
         }
         stun::fingerprint::FINGERPRINT.add_to(&mut m).unwrap();
         m.raw
@@ -140,7 +142,9 @@ fn code(m: &Message) -> Option<u16> {
 }
 
 fn peer_attr(m: &mut Message, peer: SocketAddr) {
-    stun::xoraddr::XorMappedAddress { ip: peer.ip(), port: peer.port() }.add_to_as(m, AttrType(ATTR_XOR_PEER_ADDRESS)).unwrap();
+    stun::xoraddr::XorMappedAddress { ip: peer.ip(), port: peer.port() }
+        .add_to_as(m, AttrType(ATTR_XOR_PEER_ADDRESS))
+        .unwrap();
 }
 
 async fn binding(c: &mut Client) -> SocketAddr {
@@ -244,10 +248,25 @@ async fn loopback_peer_refused_by_default_and_wrong_credentials_get_401() {
     let srv = TestServer::start(test_config()).await;
     let mut c = Client::udp(srv.turn_udp[0], &srv).await;
     c.allocate().await;
-    let r = c.request(METHOD_CREATE_PERMISSION, &|m| peer_attr(m, "127.0.0.1:9".parse().unwrap())).await;
-    assert_eq!(code(&r), Some(403));
-    let r = c.request(METHOD_CREATE_PERMISSION, &|m| peer_attr(m, "[::ffff:127.0.0.1]:9".parse().unwrap())).await;
-    assert_eq!(code(&r), Some(403));
+    for peer in ["127.0.0.2:9", "[::ffff:127.0.0.2]:9", "[::127.0.0.2]:9", "10.1.2.3:9", "169.254.169.254:80"] {
+        let r = c.request(METHOD_CREATE_PERMISSION, &|m| peer_attr(m, peer.parse().unwrap())).await;
+        assert_eq!(code(&r), Some(403), "{peer}");
+    }
+    // The relay address itself (127.0.0.1 here) is a legal peer for relay-to-relay, but a local service on it
+    // that is not a relay socket receives nothing.
+    let service = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let service_addr = service.local_addr().unwrap();
+    let r = c.request(METHOD_CREATE_PERMISSION, &move |m| peer_attr(m, service_addr)).await;
+    assert_eq!(code(&r), None);
+    let mut m = codec::message(METHOD_SEND, 1, rand::random());
+    peer_attr(&mut m, service_addr);
+    m.add(AttrType(ATTR_DATA), b"knock knock");
+    c.send_raw(&m.raw).await;
+    let mut b = [0u8; 100];
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), service.recv_from(&mut b)).await.is_err(),
+        "a non-relay port on the server's own address must not be reachable"
+    );
 
     let mut bad = Client::udp(srv.turn_udp[0], &srv).await;
     bad.pass = "not-the-password".into();
@@ -276,7 +295,11 @@ async fn garbage_and_truncated_tcp_frames_do_not_stall_others() {
     assert_eq!(n, 0, "garbage stream closed without an answer");
     // …UDP garbage and truncated STUN are dropped…
     let u = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    for p in [&[0xFFu8; 10][..], &[0x00, 0x01, 0x00, 0x08, 0x21, 0x12, 0xA4, 0x42, 1, 2, 3][..], &[0x40, 0x00, 0x10, 0x00][..]] {
+    for p in [
+        &[0xFFu8; 10][..],
+        &[0x00, 0x01, 0x00, 0x08, 0x21, 0x12, 0xA4, 0x42, 1, 2, 3][..],
+        &[0x40, 0x00, 0x10, 0x00][..],
+    ] {
         u.send_to(p, srv.turn_udp[0]).await.unwrap();
     }
     // …and everyone else is served.
@@ -304,4 +327,76 @@ async fn shutdown_closes_relay_sockets() {
     assert_eq!(code(&r), Some(508));
     srv.stop().await.unwrap();
     std::net::UdpSocket::bind(relay).expect("relay port released at shutdown");
+}
+
+#[tokio::test]
+async fn tcp_frames_split_across_reads_and_coalesced_in_one_write() {
+    let srv = TestServer::start(lo_config()).await;
+    let mut c = Client::tcp(srv.turn_tcp[0], &srv).await;
+    let one = c.build(METHOD_BINDING, &|_| {}, false);
+    // One request in two pieces with a pause between them…
+    c.send_raw(&one[..7]).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    c.send_raw(&one[7..]).await;
+    // …then two requests and an odd-length ChannelData frame (no allocation: silently dropped) in one write.
+    let two = c.build(METHOD_BINDING, &|_| {}, false);
+    let three = c.build(METHOD_BINDING, &|_| {}, false);
+    let mut burst = two.clone();
+    burst.extend_from_slice(&[0x40, 0x00, 0x00, 0x01, 0xAA, 0, 0, 0]);
+    burst.extend_from_slice(&three);
+    c.send_raw(&burst).await;
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        ids.push(c.recv_stun().await.transaction_id.0);
+    }
+    assert_eq!(ids, [&one, &two, &three].map(|m| <[u8; 12]>::try_from(&m[8..20]).unwrap()));
+    srv.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn ipv6_relay_with_requested_address_family() {
+    if std::net::UdpSocket::bind("[::1]:0").is_err() {
+        assert!(!common::in_ci(), "IPv6 loopback is unavailable (CI=true)");
+        eprintln!("SKIPPED: no IPv6 loopback on this machine");
+        return;
+    }
+    let mut cfg = lo_config();
+    cfg.turn.listen_udp = vec!["[::1]:0".parse().unwrap()];
+    cfg.turn.listen_tcp = vec![];
+    cfg.turn.relay_ip = Some("::1".parse().unwrap());
+    cfg.turn.allow_peers = vec!["::1/128".parse().unwrap()];
+    let srv = TestServer::start(cfg).await;
+    let s = UdpSocket::bind("[::1]:0").await.unwrap();
+    let mut c = Client::with(Conn::Udp(s, srv.turn_udp[0]), &srv);
+    // IPv4 is the default family and this server has no IPv4 relay address: 440.
+    let r = c.request(METHOD_ALLOCATE, &|m| m.add(AttrType(ATTR_REQUESTED_TRANSPORT), &[17, 0, 0, 0])).await;
+    assert_eq!(code(&r), Some(440));
+    let r = c
+        .request(METHOD_ALLOCATE, &|m| {
+            m.add(AttrType(ATTR_REQUESTED_TRANSPORT), &[17, 0, 0, 0]);
+            m.add(AttrType(ATTR_REQUESTED_ADDRESS_FAMILY), &[2, 0, 0, 0]);
+        })
+        .await;
+    assert_eq!(code(&r), None, "{r}");
+    let mut a = stun::xoraddr::XorMappedAddress::default();
+    a.get_from_as(&r, AttrType(ATTR_XOR_RELAYED_ADDRESS)).unwrap();
+    let relay = SocketAddr::new(a.ip, a.port);
+    assert_eq!(relay.ip().to_string(), "::1");
+    let peer = UdpSocket::bind("[::1]:0").await.unwrap();
+    let peer_addr = peer.local_addr().unwrap();
+    let r = c.request(METHOD_CREATE_PERMISSION, &move |m| peer_attr(m, peer_addr)).await;
+    assert_eq!(code(&r), None);
+    let mut m = codec::message(METHOD_SEND, 1, rand::random());
+    peer_attr(&mut m, peer_addr);
+    m.add(AttrType(ATTR_DATA), b"v6");
+    c.send_raw(&m.raw).await;
+    let mut b = [0u8; 100];
+    let (n, from) = tokio::time::timeout(T, peer.recv_from(&mut b)).await.unwrap().unwrap();
+    assert_eq!((&b[..n], from), (&b"v6"[..], relay));
+    peer.send_to(b"back6", relay).await.unwrap();
+    assert_eq!(c.recv_stun().await.get(AttrType(ATTR_DATA)).unwrap(), b"back6");
+    // An IPv4 peer on an IPv6 relay: 443.
+    let r = c.request(METHOD_CREATE_PERMISSION, &|m| peer_attr(m, "8.8.8.8:53".parse().unwrap())).await;
+    assert_eq!(code(&r), Some(443));
+    srv.stop().await.unwrap();
 }

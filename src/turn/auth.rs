@@ -5,7 +5,7 @@
 //! 401 limiter (hashed buckets, no growth).
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -68,7 +68,11 @@ pub struct Auth {
 
 impl std::fmt::Debug for Auth {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Auth").field("realm", &self.realm).field("secrets", &self.secrets.len()).field("users", &self.users.len()).finish()
+        f.debug_struct("Auth")
+            .field("realm", &self.realm)
+            .field("secrets", &self.secrets.len())
+            .field("users", &self.users.len())
+            .finish()
     }
 }
 
@@ -213,16 +217,18 @@ struct RateLimiter {
 
 impl RateLimiter {
     fn new(per_sec: u32) -> Self {
-        RateLimiter { slots: (0..LIMITER_SLOTS).map(|_| AtomicU64::new(0)).collect(), per_sec, hasher: Default::default() }
+        RateLimiter {
+            slots: (0..LIMITER_SLOTS).map(|_| AtomicU64::new(0)).collect(),
+            per_sec,
+            hasher: Default::default(),
+        }
     }
 
     fn allow(&self, ip: IpAddr, now: u64) -> bool {
         if self.per_sec == 0 {
             return true;
         }
-        let mut h = self.hasher.build_hasher();
-        ip.hash(&mut h);
-        let slot = &self.slots[(h.finish() as usize) % LIMITER_SLOTS];
+        let slot = &self.slots[(self.hasher.hash_one(ip) as usize) % LIMITER_SLOTS];
         let sec = now & 0xFFFF_FFFF;
         let mut cur = slot.load(Ordering::Relaxed);
         loop {

@@ -46,6 +46,10 @@ pub const HEADROOM: usize = 48;
 /// Room behind a peer datagram for DATA / ChannelData-over-TCP padding.
 pub const TAILROOM: usize = 4;
 
+/// Input that cannot be a STUN message or ChannelData frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Malformed;
+
 /// What the first bytes of a datagram (or a TCP frame) say it is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -80,7 +84,7 @@ pub fn parse_channel_data(b: &[u8]) -> Option<(u16, Range<usize>)> {
 
 /// Over TCP, how long the frame starting at `b` is (STUN: header + length; ChannelData: padded to 4, RFC 8656
 /// §11.5), `Ok(None)` when more bytes are needed, `Err` when the stream cannot be a STUN/TURN stream.
-pub fn tcp_frame_len(b: &[u8]) -> Result<Option<usize>, ()> {
+pub fn tcp_frame_len(b: &[u8]) -> Result<Option<usize>, Malformed> {
     if b.len() < 4 {
         return Ok(None);
     }
@@ -89,20 +93,21 @@ pub fn tcp_frame_len(b: &[u8]) -> Result<Option<usize>, ()> {
         0x00..=0x3F => {
             // STUN messages are always a multiple of 4 long.
             if len % 4 != 0 {
-                return Err(());
+                return Err(Malformed);
             }
             STUN_HEADER + len
         }
         0x40..=0x7F => 4 + ((len + 3) & !3),
-        _ => return Err(()),
+        _ => return Err(Malformed),
     };
     Ok(if b.len() >= total { Some(total) } else { None })
 }
 
 /// Iterate the attributes of a STUN message without copying: `(type, value range in b)`. Stops at the first
 /// malformed attribute (`Err`) so that callers reject truncated input.
-pub fn attrs(b: &[u8]) -> impl Iterator<Item = Result<(u16, Range<usize>), ()>> + '_ {
-    let end = if b.len() >= STUN_HEADER { (STUN_HEADER + u16::from_be_bytes([b[2], b[3]]) as usize).min(b.len()) } else { 0 };
+pub fn attrs(b: &[u8]) -> impl Iterator<Item = Result<(u16, Range<usize>), Malformed>> + '_ {
+    let end =
+        if b.len() >= STUN_HEADER { (STUN_HEADER + u16::from_be_bytes([b[2], b[3]]) as usize).min(b.len()) } else { 0 };
     let mut off = STUN_HEADER.min(end);
     let mut failed = false;
     std::iter::from_fn(move || {
@@ -111,14 +116,14 @@ pub fn attrs(b: &[u8]) -> impl Iterator<Item = Result<(u16, Range<usize>), ()>> 
         }
         if off + 4 > end {
             failed = true;
-            return Some(Err(()));
+            return Some(Err(Malformed));
         }
         let t = u16::from_be_bytes([b[off], b[off + 1]]);
         let l = u16::from_be_bytes([b[off + 2], b[off + 3]]) as usize;
         let v = off + 4..off + 4 + l;
         if v.end > end {
             failed = true;
-            return Some(Err(()));
+            return Some(Err(Malformed));
         }
         off = (v.end + 3) & !3;
         Some(Ok((t, v)))
@@ -126,7 +131,7 @@ pub fn attrs(b: &[u8]) -> impl Iterator<Item = Result<(u16, Range<usize>), ()>> 
 }
 
 /// First attribute of type `t` (value range), `Err` if the message is malformed before it.
-pub fn find_attr(b: &[u8], t: u16) -> Result<Option<Range<usize>>, ()> {
+pub fn find_attr(b: &[u8], t: u16) -> Result<Option<Range<usize>>, Malformed> {
     for a in attrs(b) {
         let (ty, r) = a?;
         if ty == t {
@@ -224,7 +229,13 @@ pub fn wrap_channel_data(buf: &mut [u8], start: usize, len: usize, channel: u16,
 
 /// Wrap `buf[start..start+len]` as a Data indication from `peer` in place (RFC 8656 §11.4 / §12.4): header,
 /// XOR-PEER-ADDRESS, DATA (padded). No per-packet allocation: this is the peer→client hot path without a channel.
-pub fn wrap_data_indication(buf: &mut [u8], start: usize, len: usize, peer: SocketAddr, txid: &[u8; 12]) -> Range<usize> {
+pub fn wrap_data_indication(
+    buf: &mut [u8],
+    start: usize,
+    len: usize,
+    peer: SocketAddr,
+    txid: &[u8; 12],
+) -> Range<usize> {
     let addr_len = if peer.is_ipv4() { 12 } else { 24 };
     let h = start - 4 - addr_len - STUN_HEADER;
     let pad = (4 - len % 4) % 4;
@@ -256,7 +267,11 @@ pub fn decode(b: &[u8]) -> Option<Message> {
 /// transaction, ready for the `stun` crate's setters. (stun 0.17 keeps `Method`/`MessageClass` constructors
 /// private, so the header is written here and decoded back.)
 pub fn message(method: u16, class: u8, txid: [u8; 12]) -> Message {
-    let t = (method & 0x000F) | ((method & 0x0070) << 1) | ((method & 0x0F80) << 2) | (((class & 1) as u16) << 4) | (((class & 2) as u16) << 7);
+    let t = (method & 0x000F)
+        | ((method & 0x0070) << 1)
+        | ((method & 0x0F80) << 2)
+        | (((class & 1) as u16) << 4)
+        | (((class & 2) as u16) << 7);
     let mut m = Message::new();
     m.raw.clear();
     m.raw.extend_from_slice(&t.to_be_bytes());
@@ -289,8 +304,8 @@ mod tests {
         assert_eq!(tcp_frame_len(&[0x40, 0x00, 0x00]), Ok(None));
         assert_eq!(tcp_frame_len(&[0x40, 0x00, 0x00, 0x05, 1, 2, 3, 4, 5]), Ok(None), "needs 3 padding bytes");
         assert_eq!(tcp_frame_len(&[0x40, 0x00, 0x00, 0x05, 1, 2, 3, 4, 5, 0, 0, 0]), Ok(Some(12)));
-        assert_eq!(tcp_frame_len(&[0x00, 0x01, 0x00, 0x03]), Err(()), "STUN length not a multiple of 4");
-        assert_eq!(tcp_frame_len(&[0xFF, 0x01, 0x00, 0x00]), Err(()));
+        assert_eq!(tcp_frame_len(&[0x00, 0x01, 0x00, 0x03]), Err(Malformed), "STUN length not a multiple of 4");
+        assert_eq!(tcp_frame_len(&[0xFF, 0x01, 0x00, 0x00]), Err(Malformed));
         let mut stun = vec![0u8; 24];
         stun[3] = 4;
         assert_eq!(tcp_frame_len(&stun), Ok(Some(24)));

@@ -32,6 +32,9 @@ pub const CHANNEL_LIFETIME: Duration = Duration::from_secs(600);
 /// How long a response is kept for retransmissions of the same transaction (RFC 8489 §6.3.1: 40 s covers
 /// every client retransmission schedule).
 const RESPONSE_CACHE_TTL: Duration = Duration::from_secs(40);
+/// How long a port reserved by EVEN-PORT (R=1) waits for the Allocate with its RESERVATION-TOKEN
+/// (RFC 8656 §7.2 suggests about 30 s).
+pub const RESERVATION_LIFETIME: Duration = Duration::from_secs(30);
 /// Upper bound on cached responses; past it we stop caching (retransmissions are then re-processed, which is
 /// still correct for everything except the Allocate/Refresh-0 corner cases) rather than grow.
 const RESPONSE_CACHE_MAX: usize = 65_536;
@@ -69,8 +72,13 @@ pub struct RelayRequest {
     pub tuple: FiveTuple,
     /// Local address to bind (port chosen by the shell within the configured range).
     pub ip: IpAddr,
-    /// EVEN-PORT (R=0): the relayed port must be even.
+    /// EVEN-PORT: the relayed port must be even.
     pub even_port: bool,
+    /// EVEN-PORT with R=1: also bind the next port and hold it (the shell keeps it until the core says
+    /// `CloseRelay` for it or an Allocate with the token claims it).
+    pub reserve_next: bool,
+    /// RESERVATION-TOKEN: use the socket the shell holds at this address instead of binding one.
+    pub reserved: Option<SocketAddr>,
     txid: [u8; 12],
     username: String,
     key: [u8; 16],
@@ -222,10 +230,16 @@ pub struct Core {
     auth: Auth,
     policy: PeerPolicy,
     relay_ips: Vec<IpAddr>,
+    /// Our relay addresses as clients see them (local and external) → the local relay IP, for addresses the
+    /// policy would refuse as "own". Peers there are reachable only at a live relay port: relay↔relay (both
+    /// browsers relayed by this server) must work, the server's other services must not.
+    relay_aliases: Vec<(IpAddr, IpAddr)>,
     allocs: DashMap<FiveTuple, Arc<Allocation>>,
     by_relay: DashMap<SocketAddr, Arc<Allocation>>,
     usage: Mutex<Usage>,
     responses: DashMap<(FiveTuple, [u8; 12]), (Instant, Vec<u8>)>,
+    /// RESERVATION-TOKEN → (reserved local relay address, expiry).
+    reservations: DashMap<[u8; 8], (SocketAddr, Instant)>,
     counters: Arc<Counters>,
     start: Instant,
     start_unix: u64,
@@ -262,7 +276,16 @@ impl Core {
     /// `now`/`now_unix` anchor the monotonic clock the shells pass in to wall-clock time (REST expiry, nonces).
     pub fn new(cfg: CoreConfig, now: Instant, now_unix: u64) -> Core {
         let policy = PeerPolicy::new(&cfg.turn.allow_peers, &cfg.turn.deny_peers, &cfg.own_ips);
+        let mut relay_aliases = Vec::new();
+        for l in &cfg.relay_ips {
+            relay_aliases.push((*l, *l));
+            if let Some(e) = cfg.turn.external_ip.filter(|e| e.is_ipv4() == l.is_ipv4()) {
+                relay_aliases.push((policy::canonical(e), *l));
+            }
+        }
+        relay_aliases.retain(|(a, _)| policy.check(*a) == Err(Denied::OwnAddress));
         Core {
+            relay_aliases,
             auth: Auth::new(&cfg.turn, &cfg.secrets),
             policy,
             relay_ips: cfg.relay_ips,
@@ -271,6 +294,7 @@ impl Core {
             by_relay: DashMap::new(),
             usage: Mutex::new(Usage::default()),
             responses: DashMap::new(),
+            reservations: DashMap::new(),
             counters: Arc::default(),
             start: now,
             start_unix: now_unix,
@@ -309,6 +333,18 @@ impl Core {
 
     // ---------------------------------------------------------------- hot path: client → peer
 
+    /// Where a client→peer datagram really goes: a peer at one of our relay aliases must be a live relay
+    /// allocation (sent to its local address, no hairpin through the router), anything else as is.
+    fn dest(&self, peer: SocketAddr) -> Option<SocketAddr> {
+        for (alias, local) in &self.relay_aliases {
+            if *alias == peer.ip() {
+                let l = SocketAddr::new(*local, peer.port());
+                return self.by_relay.contains_key(&l).then_some(l);
+            }
+        }
+        Some(peer)
+    }
+
     fn channel_data(&self, pkt: &[u8], from: FiveTuple, now: Instant, out: &mut Vec<Action>) {
         let Some((ch, data)) = codec::parse_channel_data(pkt) else {
             inc(&self.counters.dropped_packets);
@@ -326,11 +362,16 @@ impl Core {
                 return;
             }
         };
-        if !st.perms.get(&peer.ip()).is_some_and(|e| *e > now) || !st.up.take(self.cfg.max_bandwidth_per_allocation, data.len(), now) {
+        let permitted = st.perms.get(&peer.ip()).is_some_and(|e| *e > now);
+        if !permitted || !st.up.take(self.cfg.max_bandwidth_per_allocation, data.len(), now) {
             inc(&self.counters.dropped_packets);
             return;
         }
         drop(st);
+        let Some(peer) = self.dest(peer) else {
+            inc(&self.counters.dropped_packets);
+            return;
+        };
         self.counters.packets_client_to_peer.fetch_add(1, Ordering::Relaxed);
         self.counters.bytes_client_to_peer.fetch_add(data.len() as u64, Ordering::Relaxed);
         out.push(Action::ToPeer { relay: a.relay, peer, data });
@@ -344,7 +385,9 @@ impl Core {
         for attr in codec::attrs(pkt) {
             let Ok((t, r)) = attr else { return drop_it() };
             match t {
-                ATTR_XOR_PEER_ADDRESS if peer.is_none() => peer = codec::decode_xor_addr(&pkt[r], &codec::transaction_id(pkt)),
+                ATTR_XOR_PEER_ADDRESS if peer.is_none() => {
+                    peer = codec::decode_xor_addr(&pkt[r], &codec::transaction_id(pkt))
+                }
                 ATTR_DATA if data.is_none() => data = Some(r),
                 _ => {}
             }
@@ -356,10 +399,15 @@ impl Core {
         }
         let mut st = a.st.lock();
         // A permission exists only for peers that passed the policy when it was installed.
-        if !st.perms.get(&peer.ip()).is_some_and(|e| *e > now) || !st.up.take(self.cfg.max_bandwidth_per_allocation, data.len(), now) {
+        let permitted = st.perms.get(&peer.ip()).is_some_and(|e| *e > now);
+        if !permitted || !st.up.take(self.cfg.max_bandwidth_per_allocation, data.len(), now) {
             return drop_it();
         }
         drop(st);
+        let Some(peer) = self.dest(peer) else {
+            inc(&self.counters.dropped_packets);
+            return;
+        };
         self.counters.packets_client_to_peer.fetch_add(1, Ordering::Relaxed);
         self.counters.bytes_client_to_peer.fetch_add(data.len() as u64, Ordering::Relaxed);
         out.push(Action::ToPeer { relay: a.relay, peer, data });
@@ -370,11 +418,31 @@ impl Core {
     /// A datagram arrived on relay socket `relay` from `peer`. The payload is `buf[HEADROOM..HEADROOM+len]`
     /// and `buf` has [`TAILROOM`] bytes after it. Returns where to send and the frame's range in `buf` (the
     /// ChannelData or Data-indication header is written in place), or `None` to drop (no permission).
-    pub fn from_peer(&self, relay: SocketAddr, peer: SocketAddr, buf: &mut [u8], len: usize, now: Instant) -> Option<(FiveTuple, Range<usize>)> {
+    pub fn from_peer(
+        &self,
+        relay: SocketAddr,
+        peer: SocketAddr,
+        buf: &mut [u8],
+        len: usize,
+        now: Instant,
+    ) -> Option<(FiveTuple, Range<usize>)> {
+        let mut peer = SocketAddr::new(policy::canonical(peer.ip()), peer.port());
+        if self.relay_aliases.iter().any(|(_, l)| *l == peer.ip()) {
+            // From our own relay address: only another live relay allocation may talk (not some other local
+            // process), and the client knows that relay by its advertised address. Checked before taking
+            // the `by_relay` guard below: a second lookup while holding it could deadlock on its shard.
+            if !self.by_relay.contains_key(&peer) {
+                inc(&self.counters.dropped_packets);
+                return None;
+            }
+            if let Some(ext) = self.cfg.external_ip.filter(|e| e.is_ipv4() == peer.is_ipv4()) {
+                peer.set_ip(policy::canonical(ext));
+            }
+        }
         let a = self.by_relay.get(&relay)?;
-        let peer = SocketAddr::new(policy::canonical(peer.ip()), peer.port());
         let mut st = a.st.lock();
-        if !st.perms.get(&peer.ip()).is_some_and(|e| *e > now) || !st.down.take(self.cfg.max_bandwidth_per_allocation, len, now) {
+        let permitted = st.perms.get(&peer.ip()).is_some_and(|e| *e > now);
+        if !permitted || !st.down.take(self.cfg.max_bandwidth_per_allocation, len, now) {
             drop(st);
             inc(&self.counters.dropped_packets);
             return None;
@@ -410,7 +478,8 @@ impl Core {
             if t == ATTR_FINGERPRINT {
                 let ok = r.len() == 4
                     && r.end == pkt.len()
-                    && u32::from_be_bytes(pkt[r.clone()].try_into().expect("4 bytes")) == stun::fingerprint::fingerprint_value(&pkt[..r.start - 4]);
+                    && u32::from_be_bytes(pkt[r.clone()].try_into().expect("4 bytes"))
+                        == stun::fingerprint::fingerprint_value(&pkt[..r.start - 4]);
                 if !ok {
                     inc(&self.counters.dropped_packets);
                     return;
@@ -448,7 +517,17 @@ impl Core {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn request(&self, raw: &[u8], msg: &Message, method: u16, txid: [u8; 12], from: FiveTuple, fp: bool, now: Instant, out: &mut Vec<Action>) {
+    fn request(
+        &self,
+        raw: &[u8],
+        msg: &Message,
+        method: u16,
+        txid: [u8; 12],
+        from: FiveTuple,
+        fp: bool,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) {
         if !matches!(method, METHOD_ALLOCATE | METHOD_REFRESH | METHOD_CREATE_PERMISSION | METHOD_CHANNEL_BIND) {
             let m = self.error(method, txid, 400, "Unknown method");
             out.push(Action::ToClient { to: from, data: self.finish(m, None, fp) });
@@ -463,7 +542,7 @@ impl Core {
             Err(m)
         } else {
             match method {
-                METHOD_ALLOCATE => self.allocate(msg, txid, from, &who, fp, out),
+                METHOD_ALLOCATE => self.allocate(msg, txid, from, &who, fp, now, out),
                 METHOD_REFRESH => self.refresh(msg, txid, from, &who, now, out),
                 METHOD_CREATE_PERMISSION => self.create_permission(msg, txid, from, &who, now),
                 _ => self.channel_bind(msg, txid, from, &who, now),
@@ -481,10 +560,21 @@ impl Core {
     /// Long-term credential check (RFC 8489 §9.2.4). Challenges and failures are rate-limited per source IP
     /// because they are sent to unauthenticated (possibly spoofed) addresses.
     #[allow(clippy::too_many_arguments)]
-    fn authenticate(&self, raw: &[u8], msg: &Message, method: u16, txid: [u8; 12], from: FiveTuple, fp: bool, now: Instant, out: &mut Vec<Action>) -> Option<Authed> {
+    fn authenticate(
+        &self,
+        raw: &[u8],
+        msg: &Message,
+        method: u16,
+        txid: [u8; 12],
+        from: FiveTuple,
+        fp: bool,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) -> Option<Authed> {
         let unix = self.unix(now);
         let ip = from.client.ip();
-        let has_mi = msg.contains(AttrType(ATTR_MESSAGE_INTEGRITY)) || msg.contains(AttrType(ATTR_MESSAGE_INTEGRITY_SHA256));
+        let has_mi =
+            msg.contains(AttrType(ATTR_MESSAGE_INTEGRITY)) || msg.contains(AttrType(ATTR_MESSAGE_INTEGRITY_SHA256));
         let challenge = |code: u16, reason: &str, out: &mut Vec<Action>| {
             if !self.auth.allow_challenge(ip, unix) {
                 inc(&self.counters.challenges_rate_limited);
@@ -538,13 +628,24 @@ impl Core {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn allocate(&self, msg: &Message, txid: [u8; 12], from: FiveTuple, who: &Authed, fp: bool, out: &mut Vec<Action>) -> Result<Option<Message>, Message> {
+    fn allocate(
+        &self,
+        msg: &Message,
+        txid: [u8; 12],
+        from: FiveTuple,
+        who: &Authed,
+        fp: bool,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) -> Result<Option<Message>, Message> {
         let e = |code, reason| Err(self.error(METHOD_ALLOCATE, txid, code, reason));
         if self.allocs.contains_key(&from) {
             // Same transaction would have hit the response cache; a new one is a mismatch (RFC 8656 §7.2 step 2).
             return e(437, "Allocation Mismatch");
         }
-        let Ok(transport) = msg.get(AttrType(ATTR_REQUESTED_TRANSPORT)) else { return e(400, "Missing REQUESTED-TRANSPORT") };
+        let Ok(transport) = msg.get(AttrType(ATTR_REQUESTED_TRANSPORT)) else {
+            return e(400, "Missing REQUESTED-TRANSPORT");
+        };
         if transport.len() != 4 {
             return e(400, "Bad REQUESTED-TRANSPORT");
         }
@@ -553,30 +654,38 @@ impl Core {
         }
         let family = msg.get(AttrType(ATTR_REQUESTED_ADDRESS_FAMILY)).ok();
         let even = msg.get(AttrType(ATTR_EVEN_PORT)).ok();
-        let token = msg.contains(AttrType(ATTR_RESERVATION_TOKEN));
-        if token && (even.is_some() || family.is_some()) {
+        let token = msg.get(AttrType(ATTR_RESERVATION_TOKEN)).ok();
+        if token.is_some() && (even.is_some() || family.is_some()) {
             return e(400, "RESERVATION-TOKEN with EVEN-PORT or REQUESTED-ADDRESS-FAMILY");
         }
-        if token {
-            // We never hand out reservation tokens, so no token can be valid (RFC 8656 §7.2 step 6).
-            return e(508, "Insufficient Capacity");
-        }
+        let reserved = match token.as_deref() {
+            None => None,
+            Some(t) => {
+                let Ok(t) = <[u8; 8]>::try_from(t) else { return e(400, "Bad RESERVATION-TOKEN") };
+                match self.reservations.get(&t).map(|r| *r) {
+                    Some((addr, exp)) if exp > now => Some((t, addr)),
+                    // Unknown or expired token (RFC 8656 §7.2 step 6).
+                    _ => return e(508, "Insufficient Capacity"),
+                }
+            }
+        };
         let want_v6 = match family.as_deref() {
             None => false,
             Some([1, 0, 0, 0]) => false,
             Some([2, 0, 0, 0]) => true,
             Some(_) => return e(440, "Address Family not Supported"),
         };
-        let Some(ip) = self.relay_ips.iter().copied().find(|ip| ip.is_ipv6() == want_v6) else {
-            return e(440, "Address Family not Supported");
+        let ip = match reserved {
+            Some((_, addr)) => addr.ip(),
+            None => match self.relay_ips.iter().copied().find(|ip| ip.is_ipv6() == want_v6) {
+                Some(ip) => ip,
+                None => return e(440, "Address Family not Supported"),
+            },
         };
-        let even_port = match even.as_deref() {
-            None => false,
-            Some([b, ..]) if b & 0x80 != 0 => {
-                // R bit: reserve the next port too. We do not reserve ports (no RESERVATION-TOKEN support).
-                return e(508, "Insufficient Capacity");
-            }
-            Some(_) => true,
+        let (even_port, reserve_next) = match even.as_deref() {
+            None => (false, false),
+            Some([b, ..]) => (true, b & 0x80 != 0),
+            Some([]) => return e(400, "Bad EVEN-PORT"),
         };
         let lifetime = requested_lifetime(msg).unwrap_or(DEFAULT_ALLOCATION_LIFETIME);
         let lifetime = lifetime.min(MAX_ALLOCATION_LIFETIME).max(DEFAULT_ALLOCATION_LIFETIME);
@@ -599,10 +708,16 @@ impl Core {
             u.total += 1;
             *u.per_user.entry(who.username.clone()).or_default() += 1;
         }
+        if let Some((t, _)) = reserved {
+            // Claimed: a token is good for one Allocate.
+            self.reservations.remove(&t);
+        }
         out.push(Action::OpenRelay(RelayRequest {
             tuple: from,
             ip,
             even_port,
+            reserve_next,
+            reserved: reserved.map(|(_, a)| a),
             txid,
             username: who.username.clone(),
             key: who.key,
@@ -614,7 +729,13 @@ impl Core {
     }
 
     /// The shell bound (or failed to bind) the relay socket for `req`.
-    pub fn relay_opened(&self, req: RelayRequest, bound: std::io::Result<SocketAddr>, now: Instant, out: &mut Vec<Action>) {
+    pub fn relay_opened(
+        &self,
+        req: RelayRequest,
+        bound: std::io::Result<SocketAddr>,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) {
         let who = Authed { username: req.username.clone(), key: req.key, integrity: req.integrity };
         let m = match bound {
             Err(err) => {
@@ -644,10 +765,17 @@ impl Core {
                 tracing::debug!(client = %req.tuple.client, relay = %relay, username = %req.username, "TURN allocation created");
                 let mut m = codec::message(METHOD_ALLOCATE, 2, req.txid);
                 let adv = self.advertised(relay);
-                let _ = stun::xoraddr::XorMappedAddress { ip: adv.ip(), port: adv.port() }.add_to_as(&mut m, AttrType(ATTR_XOR_RELAYED_ADDRESS));
+                let _ = stun::xoraddr::XorMappedAddress { ip: adv.ip(), port: adv.port() }
+                    .add_to_as(&mut m, AttrType(ATTR_XOR_RELAYED_ADDRESS));
                 let client = SocketAddr::new(policy::canonical(req.tuple.client.ip()), req.tuple.client.port());
                 let _ = stun::xoraddr::XorMappedAddress { ip: client.ip(), port: client.port() }.add_to(&mut m);
                 m.add(AttrType(ATTR_LIFETIME), &(req.lifetime.as_secs() as u32).to_be_bytes());
+                if req.reserve_next {
+                    let token: [u8; 8] = rand::random();
+                    let next = SocketAddr::new(relay.ip(), relay.port().wrapping_add(1));
+                    self.reservations.insert(token, (next, now + RESERVATION_LIFETIME));
+                    m.add(AttrType(ATTR_RESERVATION_TOKEN), &token);
+                }
                 m
             }
         };
@@ -687,7 +815,15 @@ impl Core {
         Ok(a)
     }
 
-    fn refresh(&self, msg: &Message, txid: [u8; 12], from: FiveTuple, who: &Authed, now: Instant, out: &mut Vec<Action>) -> Result<Option<Message>, Message> {
+    fn refresh(
+        &self,
+        msg: &Message,
+        txid: [u8; 12],
+        from: FiveTuple,
+        who: &Authed,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) -> Result<Option<Message>, Message> {
         let a = self.owned(METHOD_REFRESH, txid, from, who)?;
         if let Ok(f) = msg.get(AttrType(ATTR_REQUESTED_ADDRESS_FAMILY)) {
             let v6 = f.first() == Some(&2);
@@ -700,7 +836,10 @@ impl Core {
             self.delete(&from, out);
             Duration::ZERO
         } else {
-            let l = req.unwrap_or(DEFAULT_ALLOCATION_LIFETIME).min(MAX_ALLOCATION_LIFETIME).max(DEFAULT_ALLOCATION_LIFETIME);
+            let l = req
+                .unwrap_or(DEFAULT_ALLOCATION_LIFETIME)
+                .min(MAX_ALLOCATION_LIFETIME)
+                .max(DEFAULT_ALLOCATION_LIFETIME);
             a.st.lock().expires = now + l;
             l
         };
@@ -711,13 +850,26 @@ impl Core {
 
     /// Every XOR-PEER-ADDRESS of a request, checked against the policy; the first refusal fails the whole
     /// request (RFC 8656 §9.2: all or nothing).
-    fn peers(&self, msg: &Message, method: u16, txid: [u8; 12], relay: SocketAddr, from: FiveTuple) -> Result<Vec<SocketAddr>, Message> {
+    fn peers(
+        &self,
+        msg: &Message,
+        method: u16,
+        txid: [u8; 12],
+        relay: SocketAddr,
+        from: FiveTuple,
+    ) -> Result<Vec<SocketAddr>, Message> {
         let mut peers = Vec::new();
         for a in msg.attributes.0.iter().filter(|a| a.typ.0 == ATTR_XOR_PEER_ADDRESS) {
             let Some(p) = codec::decode_xor_addr(&a.value, &txid) else {
                 return Err(self.error(method, txid, 400, "Bad XOR-PEER-ADDRESS"));
             };
-            match self.policy.check(p.ip()) {
+            let checked = match self.policy.check(p.ip()) {
+                Err(Denied::OwnAddress) if self.relay_aliases.iter().any(|(a, _)| *a == policy::canonical(p.ip())) => {
+                    Ok(policy::canonical(p.ip()))
+                }
+                other => other,
+            };
+            match checked {
                 Ok(ip) => {
                     if ip.is_ipv4() != relay.is_ipv4() {
                         return Err(self.error(method, txid, 443, "Peer Address Family Mismatch"));
@@ -742,11 +894,23 @@ impl Core {
         Ok(peers)
     }
 
-    fn create_permission(&self, msg: &Message, txid: [u8; 12], from: FiveTuple, who: &Authed, now: Instant) -> Result<Option<Message>, Message> {
+    fn create_permission(
+        &self,
+        msg: &Message,
+        txid: [u8; 12],
+        from: FiveTuple,
+        who: &Authed,
+        now: Instant,
+    ) -> Result<Option<Message>, Message> {
         let a = self.owned(METHOD_CREATE_PERMISSION, txid, from, who)?;
         let peers = self.peers(msg, METHOD_CREATE_PERMISSION, txid, a.relay, from)?;
         let mut st = a.st.lock();
-        let new = peers.iter().filter(|p| !st.perms.contains_key(&p.ip())).map(|p| p.ip()).collect::<std::collections::HashSet<_>>().len();
+        let new = peers
+            .iter()
+            .filter(|p| !st.perms.contains_key(&p.ip()))
+            .map(|p| p.ip())
+            .collect::<std::collections::HashSet<_>>()
+            .len();
         if st.perms.len() + new > self.cfg.max_permissions_per_allocation {
             drop(st);
             inc(&self.counters.quota_rejections);
@@ -759,7 +923,14 @@ impl Core {
         Ok(Some(codec::message(METHOD_CREATE_PERMISSION, 2, txid)))
     }
 
-    fn channel_bind(&self, msg: &Message, txid: [u8; 12], from: FiveTuple, who: &Authed, now: Instant) -> Result<Option<Message>, Message> {
+    fn channel_bind(
+        &self,
+        msg: &Message,
+        txid: [u8; 12],
+        from: FiveTuple,
+        who: &Authed,
+        now: Instant,
+    ) -> Result<Option<Message>, Message> {
         const M: u16 = METHOD_CHANNEL_BIND;
         let a = self.owned(M, txid, from, who)?;
         let ch = match msg.get(AttrType(ATTR_CHANNEL_NUMBER)).ok().as_deref() {
@@ -837,6 +1008,13 @@ impl Core {
             self.delete(&t, out);
         }
         self.responses.retain(|_, (at, _)| now.saturating_duration_since(*at) < RESPONSE_CACHE_TTL);
+        self.reservations.retain(|_, (addr, exp)| {
+            let keep = *exp > now;
+            if !keep {
+                out.push(Action::CloseRelay { relay: *addr });
+            }
+            keep
+        });
     }
 
     /// The next moment [`tick`](Self::tick) has work (for shells that prefer a precise timer).
@@ -860,7 +1038,11 @@ impl Core {
 
     fn error(&self, method: u16, txid: [u8; 12], code: u16, reason: &str) -> Message {
         let mut m = codec::message(method, 3, txid);
-        let _ = stun::error_code::ErrorCodeAttribute { code: stun::error_code::ErrorCode(code), reason: reason.as_bytes().to_vec() }.add_to(&mut m);
+        let _ = stun::error_code::ErrorCodeAttribute {
+            code: stun::error_code::ErrorCode(code),
+            reason: reason.as_bytes().to_vec(),
+        }
+        .add_to(&mut m);
         m
     }
 

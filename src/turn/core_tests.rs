@@ -9,11 +9,12 @@ const SECRET: &str = "unit-test-secret-0123456789";
 const REALM: &str = "ponte";
 
 fn cfg() -> TurnConfig {
-    let mut t = TurnConfig::default();
-    t.external_ip = Some("203.0.113.1".parse().unwrap());
-    t.users.push(StaticUser { username: "alice".into(), password: Secret::new("wonderland") });
-    t.unauthenticated_rate_per_ip = 1000;
-    t
+    TurnConfig {
+        external_ip: Some("203.0.113.1".parse().unwrap()),
+        users: vec![StaticUser { username: "alice".into(), password: Secret::new("wonderland") }],
+        unauthenticated_rate_per_ip: 1000,
+        ..TurnConfig::default()
+    }
 }
 
 struct T {
@@ -39,7 +40,11 @@ impl T {
                 turn,
                 secrets: vec![Secret::new(SECRET), Secret::new("previous-secret-0123456789")],
                 relay_ips: vec!["10.1.1.1".parse().unwrap()],
-                own_ips: vec!["10.1.1.1".parse().unwrap(), "203.0.113.1".parse().unwrap()],
+                own_ips: vec![
+                    "10.1.1.1".parse().unwrap(),
+                    "203.0.113.1".parse().unwrap(),
+                    "192.0.2.50".parse().unwrap(),
+                ],
             },
             t0,
             1_000_000,
@@ -50,7 +55,11 @@ impl T {
             core,
             t0,
             now: t0,
-            tuple: FiveTuple { client: public("198.51.100.7:40000"), server: public("10.1.1.1:3478"), transport: Transport::Udp },
+            tuple: FiveTuple {
+                client: public("198.51.100.7:40000"),
+                server: public("10.1.1.1:3478"),
+                transport: Transport::Udp,
+            },
             user,
             pass,
             nonce: Vec::new(),
@@ -79,7 +88,10 @@ impl T {
                         port += 1;
                         self.next_port += 1;
                     }
-                    let addr = SocketAddr::new(r.ip, port);
+                    if r.reserve_next {
+                        self.next_port += 1;
+                    }
+                    let addr = r.reserved.unwrap_or(SocketAddr::new(r.ip, port));
                     done.push(Action::OpenRelay(RelayRequest { ..r.clone_for_test() }));
                     self.core.relay_opened(r, Ok(addr), self.now, &mut done);
                 }
@@ -92,7 +104,8 @@ impl T {
     /// Feed and return the single STUN answer, decoded.
     fn ask(&mut self, pkt: &[u8]) -> Message {
         let out = self.feed(pkt);
-        let answers: Vec<&Vec<u8>> = out.iter().filter_map(|a| if let Action::ToClient { data, .. } = a { Some(data) } else { None }).collect();
+        let answers: Vec<&Vec<u8>> =
+            out.iter().filter_map(|a| if let Action::ToClient { data, .. } = a { Some(data) } else { None }).collect();
         assert_eq!(answers.len(), 1, "expected one answer, got {out:?}");
         codec::decode(answers[0]).expect("answer decodes")
     }
@@ -104,7 +117,9 @@ impl T {
             m.add(AttrType(ATTR_USERNAME), self.user.as_bytes());
             m.add(AttrType(ATTR_REALM), REALM.as_bytes());
             m.add(AttrType(ATTR_NONCE), &self.nonce);
-            MessageIntegrity::new_long_term_integrity(self.user.clone(), REALM.into(), self.pass.clone()).add_to(&mut m).unwrap();
+            MessageIntegrity::new_long_term_integrity(self.user.clone(), REALM.into(), self.pass.clone())
+                .add_to(&mut m)
+                .unwrap();
         }
         stun::fingerprint::FINGERPRINT.add_to(&mut m).unwrap();
         m.raw
@@ -165,6 +180,8 @@ impl RelayRequest {
             tuple: self.tuple,
             ip: self.ip,
             even_port: self.even_port,
+            reserve_next: self.reserve_next,
+            reserved: self.reserved,
             txid: self.txid,
             username: self.username.clone(),
             key: self.key,
@@ -180,7 +197,9 @@ fn transport(m: &mut Message, proto: u8) {
 }
 
 fn peer_attr(m: &mut Message, peer: SocketAddr) {
-    stun::xoraddr::XorMappedAddress { ip: peer.ip(), port: peer.port() }.add_to_as(m, AttrType(ATTR_XOR_PEER_ADDRESS)).unwrap();
+    stun::xoraddr::XorMappedAddress { ip: peer.ip(), port: peer.port() }
+        .add_to_as(m, AttrType(ATTR_XOR_PEER_ADDRESS))
+        .unwrap();
 }
 
 fn code(m: &Message) -> Option<u16> {
@@ -199,7 +218,15 @@ fn lifetime(m: &Message) -> u32 {
 }
 
 fn to_peer(out: &[Action]) -> Vec<(SocketAddr, SocketAddr, Range<usize>)> {
-    out.iter().filter_map(|a| if let Action::ToPeer { relay, peer, data } = a { Some((*relay, *peer, data.clone())) } else { None }).collect()
+    out.iter()
+        .filter_map(|a| {
+            if let Action::ToPeer { relay, peer, data } = a {
+                Some((*relay, *peer, data.clone()))
+            } else {
+                None
+            }
+        })
+        .collect()
 }
 
 fn send_indication(peer: SocketAddr, data: &[u8]) -> Vec<u8> {
@@ -273,7 +300,9 @@ fn garbage_truncated_and_bad_fingerprint_are_dropped() {
         response_class,
         odd_len,
         vec![0x40, 0x00, 0x00, 0xFF, 1, 2],
-        vec![0x00, 0x03, 0x00, 0x08, 0x21, 0x12, 0xA4, 0x42, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x00, 0x19, 0x00, 0x40],
+        vec![
+            0x00, 0x03, 0x00, 0x08, 0x21, 0x12, 0xA4, 0x42, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x00, 0x19, 0x00, 0x40,
+        ],
     ];
     for (i, p) in inputs.iter().enumerate() {
         assert!(t.feed(p).is_empty(), "input {i} must be dropped");
@@ -377,7 +406,9 @@ fn message_integrity_sha256_accepted_and_answered_in_kind() {
     m.add(AttrType(ATTR_NONCE), &t.nonce);
     auth::add_integrity_sha256(&mut m, &t.key());
     let out = t.feed(&m.raw);
-    let Some(Action::ToClient { data, .. }) = out.iter().find(|a| matches!(a, Action::ToClient { .. })) else { panic!("{out:?}") };
+    let Some(Action::ToClient { data, .. }) = out.iter().find(|a| matches!(a, Action::ToClient { .. })) else {
+        panic!("{out:?}")
+    };
     assert_eq!(auth::verify(data, &t.key()), Some(Integrity::Sha256));
     assert_eq!(code(&codec::decode(data).unwrap()), None);
 }
@@ -435,7 +466,10 @@ fn allocate_retransmission_gets_identical_answer_and_no_second_relay() {
     let first = t.feed(&pkt);
     let again = t.feed(&pkt);
     assert_eq!(again.len(), 1, "{again:?}");
-    let (Some(Action::ToClient { data: a, .. }), Some(Action::ToClient { data: b, .. })) = (first.last(), again.last()) else { panic!() };
+    let (Some(Action::ToClient { data: a, .. }), Some(Action::ToClient { data: b, .. })) = (first.last(), again.last())
+    else {
+        panic!()
+    };
     assert_eq!(a, b);
     // Even after the nonce went stale, the retransmission gets the same answer.
     t.advance(auth::NONCE_TTL_SECS + 5);
@@ -468,10 +502,10 @@ fn allocate_error_codes() {
     assert_eq!(
         code(&t.request(METHOD_ALLOCATE, &|m| {
             transport(m, 17);
-            m.add(AttrType(ATTR_EVEN_PORT), &[0x80]);
+            m.add(AttrType(ATTR_RESERVATION_TOKEN), &[1; 5]);
         })),
-        Some(508),
-        "EVEN-PORT with R: no reservations"
+        Some(400),
+        "RESERVATION-TOKEN must be 8 bytes"
     );
     assert_eq!(
         code(&t.request(METHOD_ALLOCATE, &|m| {
@@ -668,7 +702,10 @@ fn permission_send_and_data_indication_round_trip() {
     pa.get_from(&m).unwrap();
     assert_eq!(SocketAddr::new(pa.ip, pa.port), peer);
     let s = t.core.counters().snapshot();
-    assert_eq!((s.packets_client_to_peer, s.bytes_client_to_peer, s.packets_peer_to_client, s.bytes_peer_to_client), (1, 5, 1, 6));
+    assert_eq!(
+        (s.packets_client_to_peer, s.bytes_client_to_peer, s.packets_peer_to_client, s.bytes_peer_to_client),
+        (1, 5, 1, 6)
+    );
     // Another peer IP is still blocked.
     assert!(peer_packet(&t, local(relay), public("8.8.4.4:5000"), b"z").is_none());
 }
@@ -727,18 +764,12 @@ fn forbidden_peers_in_every_encoding_get_403() {
         "[::ffff:127.0.0.1]:80",
         "[::ffff:169.254.169.254]:80",
         "[::127.0.0.1]:80",
-        "[::ffff:10.1.1.1]:80",
-        "10.1.1.1:9",      // the relay address itself
-        "203.0.113.1:80",  // our external address
-        "[::ffff:203.0.113.1]:80",
+        "192.0.2.50:80", // another address of this server (not a relay address)
+        "[::ffff:192.0.2.50]:80",
     ];
     for p in forbidden {
         assert_eq!(code(&t.perm(public(p))), Some(403), "{p} must be refused");
-        assert_eq!(
-            code(&t.bind(0x4000, public(p))),
-            Some(403),
-            "{p} must be refused for ChannelBind"
-        );
+        assert_eq!(code(&t.bind(0x4000, public(p))), Some(403), "{p} must be refused for ChannelBind");
     }
     assert_eq!(t.core.counters().snapshot().denied_peers, 2 * forbidden.len() as u64);
     // Send to a forbidden peer never leaves (no permission can exist for it).
@@ -867,7 +898,9 @@ fn create_permission_retransmission_same_answer() {
     let pkt = t.build(METHOD_CREATE_PERMISSION, [0x33; 12], &move |m| peer_attr(m, peer), true);
     let a = t.feed(&pkt);
     let b = t.feed(&pkt);
-    let (Some(Action::ToClient { data: a, .. }), Some(Action::ToClient { data: b, .. })) = (a.last(), b.last()) else { panic!() };
+    let (Some(Action::ToClient { data: a, .. }), Some(Action::ToClient { data: b, .. })) = (a.last(), b.last()) else {
+        panic!()
+    };
     assert_eq!(a, b);
     // Cached responses are dropped after 40 s.
     let mut out = Vec::new();
@@ -891,4 +924,90 @@ fn bandwidth_cap_drops_excess() {
     assert_eq!(to_peer(&t.feed(&pkt)).len(), 1, "half a second refills 500 bytes");
     let got = (0..5).filter(|_| peer_packet(&t, local(relay), peer, &[0u8; 400]).is_some()).count();
     assert_eq!(got, 2, "the cap applies per direction");
+}
+
+#[test]
+fn relay_to_relay_through_own_addresses_only_at_live_relay_ports() {
+    let mut t = T::new();
+    let relay_a = t.allocate();
+    t.tuple.client = public("198.51.100.8:40000");
+    let relay_b = t.allocate();
+    assert_eq!(relay_b.ip(), "203.0.113.1".parse::<IpAddr>().unwrap());
+    // B lets A in, by A's advertised (external) address.
+    assert_eq!(code(&t.perm(relay_a)), None, "our own relay address is a valid peer for relay-to-relay");
+    t.tuple.client = public("198.51.100.7:40000");
+    assert_eq!(code(&t.perm(relay_b)), None);
+    // A → B goes straight to B's local relay socket (no hairpin through the router).
+    let out = t.feed(&send_indication(relay_b, b"hi"));
+    assert_eq!(to_peer(&out)[0].1, local(relay_b));
+    // A → another port on our address (HTTP, STUN, metrics, anything not a relay) is dropped.
+    for port in [3478u16, 8080, 22, relay_b.port() + 100] {
+        assert!(
+            to_peer(&t.feed(&send_indication(SocketAddr::new(relay_b.ip(), port), b"x"))).is_empty(),
+            "port {port}"
+        );
+    }
+    // B receives A's datagram from A's local address and sees A's advertised address.
+    let (to, frame) = peer_packet(&t, local(relay_b), local(relay_a), b"hi").unwrap();
+    assert_eq!(to.client, public("198.51.100.8:40000"));
+    let m = codec::decode(&frame).unwrap();
+    let mut pa = turn::proto::peeraddr::PeerAddress::default();
+    pa.get_from(&m).unwrap();
+    assert_eq!(SocketAddr::new(pa.ip, pa.port), relay_a);
+    // A local process on the relay IP that is not a relay cannot use B's permission.
+    assert!(peer_packet(&t, local(relay_b), public("10.1.1.1:9999"), b"x").is_none());
+}
+
+#[test]
+fn even_port_reservation_and_token_claim_once() {
+    let mut t = T::new();
+    t.next_port = 50010;
+    let r = t.request(METHOD_ALLOCATE, &|m| {
+        transport(m, 17);
+        m.add(AttrType(ATTR_EVEN_PORT), &[0x80]);
+    });
+    assert_eq!(code(&r), None, "{r}");
+    let rtp = relayed(&r);
+    assert_eq!(rtp.port() % 2, 0);
+    let token = r.get(AttrType(ATTR_RESERVATION_TOKEN)).expect("token for the reserved port");
+    assert_eq!(token.len(), 8);
+    // The RTCP allocation (another 5-tuple) claims the reserved port P+1 with the token.
+    t.tuple.client = public("198.51.100.7:40001");
+    let r = t.request(METHOD_ALLOCATE, &|m| {
+        transport(m, 17);
+        m.add(AttrType(ATTR_RESERVATION_TOKEN), &token);
+    });
+    assert_eq!(code(&r), None, "{r}");
+    assert_eq!(relayed(&r).port(), rtp.port() + 1);
+    assert!(r.get(AttrType(ATTR_RESERVATION_TOKEN)).is_err());
+    // A token is good once.
+    t.tuple.client = public("198.51.100.7:40002");
+    let r = t.request(METHOD_ALLOCATE, &|m| {
+        transport(m, 17);
+        m.add(AttrType(ATTR_RESERVATION_TOKEN), &token);
+    });
+    assert_eq!(code(&r), Some(508));
+}
+
+#[test]
+fn unclaimed_reservations_expire_and_release_the_port() {
+    let mut t = T::new();
+    let r = t.request(METHOD_ALLOCATE, &|m| {
+        transport(m, 17);
+        m.add(AttrType(ATTR_EVEN_PORT), &[0x80]);
+    });
+    let token = r.get(AttrType(ATTR_RESERVATION_TOKEN)).unwrap();
+    let next = SocketAddr::new("10.1.1.1".parse().unwrap(), relayed(&r).port() + 1);
+    let mut out = Vec::new();
+    t.core.tick(t.now + Duration::from_secs(29), &mut out);
+    assert!(out.is_empty());
+    t.core.tick(t.now + Duration::from_secs(30), &mut out);
+    assert!(matches!(out.as_slice(), [Action::CloseRelay { relay }] if *relay == next), "{out:?}");
+    t.advance(31);
+    t.tuple.client = public("198.51.100.7:40001");
+    let r = t.request(METHOD_ALLOCATE, &|m| {
+        transport(m, 17);
+        m.add(AttrType(ATTR_RESERVATION_TOKEN), &token);
+    });
+    assert_eq!(code(&r), Some(508), "expired token");
 }

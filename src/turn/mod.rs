@@ -39,6 +39,8 @@ pub(crate) struct Shell {
     pub streams: DashMap<FiveTuple, mpsc::Sender<bytes::Bytes>>,
     /// Relay sockets by local address.
     pub relays: DashMap<SocketAddr, relay::Relay>,
+    /// Ports held for RESERVATION-TOKENs (bound, not yet relaying).
+    pub reserved: DashMap<SocketAddr, UdpSocket>,
     pub port_range: (u16, u16),
     pub shutdown: CancellationToken,
 }
@@ -64,8 +66,9 @@ impl Shell {
                     }
                     Action::CloseRelay { relay } => {
                         if let Some((_, r)) = self.relays.remove(&relay) {
-                            r.stop.cancel();
+                            r.stop();
                         }
+                        self.reserved.remove(&relay);
                     }
                 }
             }
@@ -93,7 +96,7 @@ impl Shell {
 
 /// Send a datagram without waiting in the common case; when the socket buffer is full, wait for room
 /// (backpressure on this one task) instead of silently dropping.
-async fn send_udp(s: &tokio::net::UdpSocket, data: &[u8], to: SocketAddr) {
+pub(crate) async fn send_udp(s: &tokio::net::UdpSocket, data: &[u8], to: SocketAddr) {
     match s.try_send_to(data, to) {
         Ok(_) => {}
         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
@@ -153,8 +156,15 @@ pub fn public_ip(cfg: &TurnConfig, listen: &[SocketAddr]) -> IpAddr {
 
 fn is_private(ip: IpAddr) -> bool {
     match policy::canonical(ip) {
-        IpAddr::V4(v4) => v4.is_private() || v4.is_loopback() || v4.is_link_local() || (v4.octets()[0] == 100 && (v4.octets()[1] & 0xC0) == 64),
-        IpAddr::V6(v6) => v6.is_loopback() || (v6.segments()[0] & 0xfe00) == 0xfc00 || (v6.segments()[0] & 0xffc0) == 0xfe80,
+        IpAddr::V4(v4) => {
+            v4.is_private()
+                || v4.is_loopback()
+                || v4.is_link_local()
+                || (v4.octets()[0] == 100 && (v4.octets()[1] & 0xC0) == 64)
+        }
+        IpAddr::V6(v6) => {
+            v6.is_loopback() || (v6.segments()[0] & 0xfe00) == 0xfc00 || (v6.segments()[0] & 0xffc0) == 0xfe80
+        }
     }
 }
 
@@ -201,22 +211,55 @@ impl crate::metrics::Source for TurnMetrics {
         out.push(Sample::gauge("turn_allocations", "Current TURN allocations", s.allocations_active));
         out.push(Sample::counter("turn_allocations_created", "TURN allocations created", s.allocations_created));
         out.push(Sample::counter("stun_binding_requests", "STUN Binding requests answered", s.binding_requests));
-        out.push(Sample::counter("turn_relayed_packets", "Packets relayed", s.packets_client_to_peer).label("direction", "client_to_peer"));
-        out.push(Sample::counter("turn_relayed_packets", "Packets relayed", s.packets_peer_to_client).label("direction", "peer_to_client"));
-        out.push(Sample::counter("turn_relayed_bytes", "Payload bytes relayed", s.bytes_client_to_peer).label("direction", "client_to_peer"));
-        out.push(Sample::counter("turn_relayed_bytes", "Payload bytes relayed", s.bytes_peer_to_client).label("direction", "peer_to_client"));
-        out.push(Sample::counter("turn_auth_challenges", "401 challenges to requests without credentials", s.auth_challenges));
-        out.push(Sample::counter("turn_auth_failures", "Requests with wrong, unknown or expired credentials", s.auth_failures));
-        out.push(Sample::counter("turn_challenges_rate_limited", "401/438 answers suppressed by the per-IP limit", s.challenges_rate_limited));
+        out.push(
+            Sample::counter("turn_relayed_packets", "Packets relayed", s.packets_client_to_peer)
+                .label("direction", "client_to_peer"),
+        );
+        out.push(
+            Sample::counter("turn_relayed_packets", "Packets relayed", s.packets_peer_to_client)
+                .label("direction", "peer_to_client"),
+        );
+        out.push(
+            Sample::counter("turn_relayed_bytes", "Payload bytes relayed", s.bytes_client_to_peer)
+                .label("direction", "client_to_peer"),
+        );
+        out.push(
+            Sample::counter("turn_relayed_bytes", "Payload bytes relayed", s.bytes_peer_to_client)
+                .label("direction", "peer_to_client"),
+        );
+        out.push(Sample::counter(
+            "turn_auth_challenges",
+            "401 challenges to requests without credentials",
+            s.auth_challenges,
+        ));
+        out.push(Sample::counter(
+            "turn_auth_failures",
+            "Requests with wrong, unknown or expired credentials",
+            s.auth_failures,
+        ));
+        out.push(Sample::counter(
+            "turn_challenges_rate_limited",
+            "401/438 answers suppressed by the per-IP limit",
+            s.challenges_rate_limited,
+        ));
         out.push(Sample::counter("turn_denied_peers", "Peers refused by the peer policy", s.denied_peers));
         out.push(Sample::counter("turn_quota_rejections", "Requests refused by a quota", s.quota_rejections));
-        out.push(Sample::counter("turn_dropped_packets", "Packets dropped (garbage, no permission, bandwidth cap)", s.dropped_packets));
+        out.push(Sample::counter(
+            "turn_dropped_packets",
+            "Packets dropped (garbage, no permission, bandwidth cap)",
+            s.dropped_packets,
+        ));
     }
 }
 
 /// Serve STUN/TURN on the given (bound, non-blocking) sockets until `shutdown`. Sets health Turn → Ok once
 /// listening; returns `Err` if a listener fails. Relay sockets are closed on return.
-pub async fn serve(ctx: Arc<Context>, udp: Vec<UdpSocket>, tcp: Vec<TcpListener>, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn serve(
+    ctx: Arc<Context>,
+    udp: Vec<UdpSocket>,
+    tcp: Vec<TcpListener>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let cfg = &ctx.config.turn;
     let listen: Vec<SocketAddr> =
         udp.iter().filter_map(|s| s.local_addr().ok()).chain(tcp.iter().filter_map(|s| s.local_addr().ok())).collect();
@@ -258,18 +301,20 @@ pub async fn serve(ctx: Arc<Context>, udp: Vec<UdpSocket>, tcp: Vec<TcpListener>
         udp: udp_map,
         streams: DashMap::new(),
         relays: DashMap::new(),
+        reserved: DashMap::new(),
         port_range: (cfg.relay_port_min, cfg.relay_port_max),
         shutdown: shutdown.child_token(),
     });
 
     let mut tasks: JoinSet<anyhow::Result<()>> = JoinSet::new();
+    let mut listening = Vec::new();
     for s in udp_socks {
-        tracing::info!("STUN/TURN listening on udp://{}", s.local_addr()?);
+        listening.push(format!("udp://{}", s.local_addr()?));
         tasks.spawn(udp::run(shell.clone(), s));
     }
     for l in tcp {
         let l = tokio::net::TcpListener::from_std(l)?;
-        tracing::info!("STUN/TURN listening on tcp://{}", l.local_addr()?);
+        listening.push(format!("tcp://{}", l.local_addr()?));
         tasks.spawn(tcp::run(shell.clone(), l));
     }
     // TURN over TLS: the TLS listeners (src/tls.rs) decrypt and hand the streams over; framing is TCP's.
@@ -293,7 +338,8 @@ pub async fn serve(ctx: Arc<Context>, udp: Vec<UdpSocket>, tcp: Vec<TcpListener>
             }
         });
     }
-    let advertised: Vec<String> = relay_ips.iter().map(|ip| shell.core.advertised(SocketAddr::new(*ip, 0)).ip().to_string()).collect();
+    let advertised: Vec<String> =
+        relay_ips.iter().map(|ip| shell.core.advertised(SocketAddr::new(*ip, 0)).ip().to_string()).collect();
     tracing::info!(
         "TURN relays bind on {} ports {}-{}, advertised as {}",
         relay_ips.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(", "),
@@ -318,7 +364,11 @@ pub async fn serve(ctx: Arc<Context>, udp: Vec<UdpSocket>, tcp: Vec<TcpListener>
             }
         });
     }
+    // Healthy before the "listening" lines: tests and operators take those lines to mean "ready".
     ctx.health.set(Component::Turn, Status::Ok);
+    for l in &listening {
+        tracing::info!("STUN/TURN listening on {l}");
+    }
 
     let result = tokio::select! {
         _ = shutdown.cancelled() => Ok(()),
@@ -331,11 +381,72 @@ pub async fn serve(ctx: Arc<Context>, udp: Vec<UdpSocket>, tcp: Vec<TcpListener>
     ctx.health.set(Component::Turn, if result.is_ok() { Status::Stopping } else { Status::Failed });
     shell.shutdown.cancel();
     // Close every relay socket now rather than when the last task lets go of it.
-    for r in shell.relays.iter() {
-        r.stop.cancel();
+    let keys: Vec<SocketAddr> = shell.relays.iter().map(|r| *r.key()).collect();
+    let mut stopped = Vec::new();
+    for k in keys {
+        if let Some((_, r)) = shell.relays.remove(&k) {
+            r.stop();
+            stopped.push(r.task);
+        }
     }
-    shell.relays.clear();
+    shell.reserved.clear();
+    // Wait for the aborted tasks to drop their sockets, so the ports are free when `serve` returns.
+    let _ = tokio::time::timeout(Duration::from_secs(1), futures_util::future::join_all(stopped)).await;
     let _ = tokio::time::timeout(Duration::from_secs(2), async { while tasks.join_next().await.is_some() {} }).await;
     tasks.abort_all();
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relay_address_resolution_order() {
+        let mut cfg = TurnConfig::default();
+        let wildcard: Vec<SocketAddr> = vec!["0.0.0.0:3478".parse().unwrap()];
+        let specific: Vec<SocketAddr> = vec!["192.0.2.7:3478".parse().unwrap(), "[2001:db8::7]:3478".parse().unwrap()];
+        // A specific listener address is the relay address (one per family).
+        assert_eq!(
+            relay_ips(&cfg, &specific),
+            vec!["192.0.2.7".parse::<IpAddr>().unwrap(), "2001:db8::7".parse().unwrap()]
+        );
+        // Wildcard: the primary interface address (or loopback as the last resort), never unspecified.
+        let detected = relay_ips(&cfg, &wildcard);
+        assert_eq!(detected.len(), 1);
+        assert!(!detected[0].is_unspecified() && detected[0].is_ipv4());
+        // turn.relay_ip wins over everything.
+        cfg.relay_ip = Some("10.0.0.5".parse().unwrap());
+        assert_eq!(relay_ips(&cfg, &specific), vec!["10.0.0.5".parse::<IpAddr>().unwrap()]);
+        // The advertised host is turn.external_ip when set.
+        assert_eq!(public_ip(&cfg, &specific), "10.0.0.5".parse::<IpAddr>().unwrap());
+        cfg.external_ip = Some("203.0.113.9".parse().unwrap());
+        assert_eq!(public_ip(&cfg, &specific), "203.0.113.9".parse::<IpAddr>().unwrap());
+    }
+
+    #[test]
+    fn private_relay_addresses_are_recognised_for_the_warning() {
+        for ip in [
+            "10.0.0.1",
+            "192.168.1.2",
+            "172.20.0.1",
+            "127.0.0.1",
+            "100.64.1.1",
+            "169.254.1.1",
+            "fd00::1",
+            "fe80::1",
+            "::1",
+            "::ffff:192.168.1.1",
+        ] {
+            assert!(is_private(ip.parse().unwrap()), "{ip}");
+        }
+        for ip in ["198.51.100.10", "8.8.8.8", "2001:db8::1", "100.128.0.1"] {
+            assert!(!is_private(ip.parse().unwrap()), "{ip}");
+        }
+    }
+
+    #[test]
+    fn interface_addresses_include_loopback() {
+        assert!(interface_ips().contains(&IpAddr::V4(Ipv4Addr::LOCALHOST)));
+    }
 }

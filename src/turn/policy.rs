@@ -177,7 +177,23 @@ mod tests {
     #[test]
     fn public_addresses_pass() {
         // Documentation ranges pass too (see V4_DENY): the lab's public network is TEST-NET-2.
-        for a in ["192.0.2.1", "198.51.100.30", "203.0.113.9", "2001:db8::1", "3fff::1", "8.8.8.8", "1.1.1.1", "93.184.216.34", "2606:4700:4700::1111", "2a00:1450:4001:80b::200e", "100.63.255.255", "100.128.0.0", "172.32.0.1", "11.0.0.1", "223.255.255.255"] {
+        for a in [
+            "192.0.2.1",
+            "198.51.100.30",
+            "203.0.113.9",
+            "2001:db8::1",
+            "3fff::1",
+            "8.8.8.8",
+            "1.1.1.1",
+            "93.184.216.34",
+            "2606:4700:4700::1111",
+            "2a00:1450:4001:80b::200e",
+            "100.63.255.255",
+            "100.128.0.0",
+            "172.32.0.1",
+            "11.0.0.1",
+            "223.255.255.255",
+        ] {
             assert_eq!(p().check(a.parse().unwrap()), Ok(a.parse().unwrap()), "{a} should be allowed");
         }
     }
@@ -185,9 +201,30 @@ mod tests {
     #[test]
     fn every_ipv4_special_range_denied() {
         for a in [
-            "0.0.0.0", "0.1.2.3", "10.0.0.1", "10.255.255.255", "100.64.0.1", "100.127.255.254", "127.0.0.1", "127.255.255.254",
-            "169.254.169.254", "169.254.0.1", "172.16.0.1", "172.31.255.255", "192.0.0.8", "192.31.196.1",
-            "192.52.193.1", "192.88.99.1", "192.168.1.1", "192.175.48.1", "198.18.0.1", "198.19.255.255", "224.0.0.1", "239.255.255.250", "240.0.0.1", "255.255.255.255",
+            "0.0.0.0",
+            "0.1.2.3",
+            "10.0.0.1",
+            "10.255.255.255",
+            "100.64.0.1",
+            "100.127.255.254",
+            "127.0.0.1",
+            "127.255.255.254",
+            "169.254.169.254",
+            "169.254.0.1",
+            "172.16.0.1",
+            "172.31.255.255",
+            "192.0.0.8",
+            "192.31.196.1",
+            "192.52.193.1",
+            "192.88.99.1",
+            "192.168.1.1",
+            "192.175.48.1",
+            "198.18.0.1",
+            "198.19.255.255",
+            "224.0.0.1",
+            "239.255.255.250",
+            "240.0.0.1",
+            "255.255.255.255",
         ] {
             assert!(denied(a), "{a} must be denied");
         }
@@ -196,9 +233,27 @@ mod tests {
     #[test]
     fn every_ipv6_special_range_denied() {
         for a in [
-            "::", "::1", "::2", "fc00::1", "fd12:3456::1", "fe80::1", "febf::1", "fec0::1", "ff02::1", "ff05::1:3", "64:ff9b::7f00:1",
-            "64:ff9b::808:808", "64:ff9b:1::a00:1", "100::1", "2001::1", "2001:0:4136:e378:8000:63bf:3fff:fdd2", "2001:2::1",
-            "2001:10::1", "2002:7f00:1::1", "2002:808:808::1", "5f00::1",
+            "::",
+            "::1",
+            "::2",
+            "fc00::1",
+            "fd12:3456::1",
+            "fe80::1",
+            "febf::1",
+            "fec0::1",
+            "ff02::1",
+            "ff05::1:3",
+            "64:ff9b::7f00:1",
+            "64:ff9b::808:808",
+            "64:ff9b:1::a00:1",
+            "100::1",
+            "2001::1",
+            "2001:0:4136:e378:8000:63bf:3fff:fdd2",
+            "2001:2::1",
+            "2001:10::1",
+            "2002:7f00:1::1",
+            "2002:808:808::1",
+            "5f00::1",
         ] {
             assert!(denied(a), "{a} must be denied");
         }
@@ -207,7 +262,18 @@ mod tests {
     #[test]
     fn ipv4_in_ipv6_encodings_are_canonicalised() {
         // Mapped and compatible forms of private/loopback addresses are denied as their IPv4 selves…
-        for a in ["::ffff:127.0.0.1", "::ffff:7f00:1", "::127.0.0.1", "::ffff:10.0.0.1", "::ffff:169.254.169.254", "::ffff:0.0.0.0", "::0.0.0.2", "::ffff:192.168.0.1", "::ffff:100.64.0.1", "::ffff:224.0.0.1"] {
+        for a in [
+            "::ffff:127.0.0.1",
+            "::ffff:7f00:1",
+            "::127.0.0.1",
+            "::ffff:10.0.0.1",
+            "::ffff:169.254.169.254",
+            "::ffff:0.0.0.0",
+            "::0.0.0.2",
+            "::ffff:192.168.0.1",
+            "::ffff:100.64.0.1",
+            "::ffff:224.0.0.1",
+        ] {
             assert!(denied(a), "{a} must be denied");
         }
         assert_eq!(canonical("::ffff:127.0.0.1".parse().unwrap()), "127.0.0.1".parse::<IpAddr>().unwrap());
@@ -220,7 +286,10 @@ mod tests {
         assert!(denied("::ffff:0:8.8.8.8"));
         assert_eq!(embedded_ipv4("64:ff9b::a00:1".parse().unwrap()), Some("10.0.0.1".parse().unwrap()));
         assert_eq!(embedded_ipv4("2002:c0a8:101::".parse().unwrap()), Some("192.168.1.1".parse().unwrap()));
-        assert_eq!(embedded_ipv4("2001:0:4136:e378:8000:63bf:3fff:fdd2".parse().unwrap()), Some("192.0.2.45".parse().unwrap()));
+        assert_eq!(
+            embedded_ipv4("2001:0:4136:e378:8000:63bf:3fff:fdd2".parse().unwrap()),
+            Some("192.0.2.45".parse().unwrap())
+        );
     }
 
     #[test]
@@ -245,7 +314,11 @@ mod tests {
         assert!(pol.check("127.0.0.2".parse().unwrap()).is_err());
         assert_eq!(pol.check("8.8.8.8".parse().unwrap()), Err(Denied::Configured));
         assert_eq!(pol.check("::ffff:8.8.8.8".parse().unwrap()), Err(Denied::Configured));
-        assert_eq!(pol.check("9.9.9.9".parse().unwrap()), Err(Denied::Configured), "mapped CIDR in config canonicalised");
+        assert_eq!(
+            pol.check("9.9.9.9".parse().unwrap()),
+            Err(Denied::Configured),
+            "mapped CIDR in config canonicalised"
+        );
         assert!(pol.check("8.8.9.8".parse().unwrap()).is_ok());
     }
 }

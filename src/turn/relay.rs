@@ -10,7 +10,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use socket2::{Domain, Protocol, Socket, Type};
-use tokio_util::sync::CancellationToken;
 
 use super::codec::{HEADROOM, TAILROOM};
 use super::core::RelayRequest;
@@ -25,18 +24,53 @@ const BIND_ATTEMPTS: u32 = 128;
 /// A live relay socket, registered in the shell so that client→peer sends find it.
 pub struct Relay {
     pub socket: Arc<tokio::net::UdpSocket>,
-    pub stop: CancellationToken,
+    /// Aborting the task (allocation gone, shutdown) drops its socket handle; no per-datagram `select!`
+    /// against a cancellation future is needed.
+    pub task: tokio::task::JoinHandle<()>,
+}
+
+impl Relay {
+    pub fn stop(&self) {
+        self.task.abort();
+    }
 }
 
 /// Bind a relay socket for `req`, register it and start its task. Returns the local address.
 pub fn open(shell: &Arc<Shell>, req: &RelayRequest) -> io::Result<SocketAddr> {
-    let std = bind_in_range(req.ip, shell.port_range, req.even_port)?;
+    let std = if let Some(addr) = req.reserved {
+        // RESERVATION-TOKEN: the port held since the EVEN-PORT (R=1) allocation.
+        shell
+            .reserved
+            .remove(&addr)
+            .map(|(_, s)| s)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::AddrNotAvailable, "reserved port no longer held"))?
+    } else if req.reserve_next {
+        let (even, next) = bind_pair(req.ip, shell.port_range)?;
+        shell.reserved.insert(next.local_addr()?, next);
+        even
+    } else {
+        bind_in_range(req.ip, shell.port_range, req.even_port)?
+    };
     let local = std.local_addr()?;
     let socket = Arc::new(tokio::net::UdpSocket::from_std(std)?);
-    let stop = shell.shutdown.child_token();
-    shell.relays.insert(local, Relay { socket: socket.clone(), stop: stop.clone() });
-    tokio::spawn(run(shell.clone(), socket, local, stop));
+    let task = tokio::spawn(run(shell.clone(), socket.clone(), local));
+    shell.relays.insert(local, Relay { socket, task });
     Ok(local)
+}
+
+/// Bind an even port and the port after it (EVEN-PORT with R=1, RFC 8656 §14.6), both within `range`.
+pub fn bind_pair(ip: IpAddr, (min, max): (u16, u16)) -> io::Result<(std::net::UdpSocket, std::net::UdpSocket)> {
+    let mut last = io::Error::new(io::ErrorKind::AddrInUse, "no free even/odd port pair in the relay range");
+    for _ in 0..BIND_ATTEMPTS {
+        let even = bind_in_range(ip, (min, max.saturating_sub(1)), true)?;
+        let port = even.local_addr()?.port();
+        match bind_port(SocketAddr::new(ip, port + 1)) {
+            Ok(next) => return Ok((even, next)),
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse => last = e,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last)
 }
 
 /// Bind a UDP socket on `ip` at a random port in `range` (even if asked), trying a bounded number of ports.
@@ -53,19 +87,8 @@ pub fn bind_in_range(ip: IpAddr, (min, max): (u16, u16), even: bool) -> io::Resu
                 continue;
             }
         }
-        let addr = SocketAddr::new(ip, port as u16);
-        let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
-        if addr.is_ipv6() {
-            socket.set_only_v6(true)?;
-        }
-        // Best effort: bursts from a peer should queue, not drop (capped by net.core.rmem_max).
-        let _ = socket.set_recv_buffer_size(1 << 20);
-        let _ = socket.set_send_buffer_size(1 << 20);
-        match socket.bind(&addr.into()) {
-            Ok(()) => {
-                socket.set_nonblocking(true)?;
-                return Ok(socket.into());
-            }
+        match bind_port(SocketAddr::new(ip, port as u16)) {
+            Ok(s) => return Ok(s),
             Err(e) if e.kind() == io::ErrorKind::AddrInUse => last = e,
             Err(e) => return Err(e),
         }
@@ -73,23 +96,47 @@ pub fn bind_in_range(ip: IpAddr, (min, max): (u16, u16), even: bool) -> io::Resu
     Err(last)
 }
 
+fn bind_port(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    // Best effort: bursts from a peer should queue, not drop (capped by net.core.rmem_max).
+    let _ = socket.set_recv_buffer_size(1 << 20);
+    let _ = socket.set_send_buffer_size(1 << 20);
+    socket.bind(&addr.into())?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
+}
+
 /// Forward datagrams from peers to the allocation's client until the allocation is closed.
-async fn run(shell: Arc<Shell>, socket: Arc<tokio::net::UdpSocket>, local: SocketAddr, stop: CancellationToken) {
+async fn run(shell: Arc<Shell>, socket: Arc<tokio::net::UdpSocket>, local: SocketAddr) {
     let mut buf = vec![0u8; HEADROOM + MAX_PAYLOAD + TAILROOM];
+    // The listener socket towards this allocation's UDP client, looked up once rather than per datagram.
+    let mut out: Option<(SocketAddr, Arc<tokio::net::UdpSocket>)> = None;
     loop {
-        let r = tokio::select! {
-            biased;
-            _ = stop.cancelled() => break,
-            r = socket.recv_from(&mut buf[HEADROOM..HEADROOM + MAX_PAYLOAD]) => r,
-        };
-        match r {
+        match socket.recv_from(&mut buf[HEADROOM..HEADROOM + MAX_PAYLOAD]).await {
             Ok((n, peer)) => {
-                if let Some((to, range)) = shell.core.from_peer(local, peer, &mut buf, n, Instant::now()) {
+                let Some((to, range)) = shell.core.from_peer(local, peer, &mut buf, n, Instant::now()) else {
+                    continue;
+                };
+                if to.transport == super::core::Transport::Udp {
+                    if out.as_ref().is_none_or(|(a, _)| *a != to.server) {
+                        out = shell.udp.get(&to.server).map(|s| (to.server, s.clone()));
+                    }
+                    if let Some((_, s)) = &out {
+                        super::send_udp(s, &buf[range], to.client).await;
+                    }
+                } else {
                     shell.to_client(to, &buf[range]).await;
                 }
             }
             // ICMP errors from earlier sends surface here on Linux; they are not fatal for the socket.
-            Err(e) if matches!(e.kind(), io::ErrorKind::ConnectionRefused | io::ErrorKind::ConnectionReset | io::ErrorKind::Interrupted) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::ConnectionRefused | io::ErrorKind::ConnectionReset | io::ErrorKind::Interrupted
+                ) => {}
             Err(e) => {
                 tracing::warn!("TURN relay socket {local} failed: {e}");
                 break;

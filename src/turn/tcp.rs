@@ -81,7 +81,7 @@ where
                         start += n;
                     }
                     Ok(None) => break,
-                    Err(()) => {
+                    Err(codec::Malformed) => {
                         tracing::debug!(%client, "TURN/TCP: not a STUN/ChannelData stream; closing");
                         return;
                     }

@@ -17,11 +17,15 @@ pub async fn run(shell: Arc<Shell>, socket: Arc<tokio::net::UdpSocket>) -> anyho
     let server = socket.local_addr()?;
     let mut buf = vec![0u8; 65536];
     let mut actions = Vec::with_capacity(8);
+    // Pinned once; polled only when no datagram is ready (receive first), so a busy socket does not pay for
+    // (re)registering with the cancellation token on every packet.
+    let cancelled = shell.shutdown.cancelled();
+    tokio::pin!(cancelled);
     loop {
         let r = tokio::select! {
             biased;
-            _ = shell.shutdown.cancelled() => return Ok(()),
             r = socket.recv_from(&mut buf) => r,
+            _ = &mut cancelled => return Ok(()),
         };
         match r {
             Ok((n, client)) => {
@@ -32,7 +36,11 @@ pub async fn run(shell: Arc<Shell>, socket: Arc<tokio::net::UdpSocket>) -> anyho
                 }
             }
             // ICMP port unreachable from an earlier send, or a signal: not the socket's fault.
-            Err(e) if matches!(e.kind(), io::ErrorKind::ConnectionRefused | io::ErrorKind::ConnectionReset | io::ErrorKind::Interrupted) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::ConnectionRefused | io::ErrorKind::ConnectionReset | io::ErrorKind::Interrupted
+                ) => {}
             Err(e) => return Err(anyhow::anyhow!("STUN/TURN UDP listener udp://{server} failed: {e}")),
         }
     }

@@ -1,0 +1,493 @@
+//! Benchmark: STUN Binding requests/s and TURN relay packets/s (ChannelData through a relay to a UDP echo
+//! peer and back) with p50/p99 round-trip times, for ponte and for coturn (`turnserver`, started here) on the
+//! same machine, loopback only, printed side by side with the ratio.
+//!
+//!     cargo run --release --example bench-turn [-- --secs 2 --rounds 3 --clients 2 --window 32 --size 100]
+//!
+//! Both servers run as separate processes (ponte is this binary re-executed with `--serve-ponte`), with the
+//! same load generator, the same number of client threads and the same bounded duration and packet budget.
+//! Phases alternate between the servers for `--rounds` rounds and the median round is reported, so that
+//! load from other processes on a shared machine hits both about equally.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ponte::turn::codec::{self, *};
+use stun::attributes::AttrType;
+use stun::message::{Message, Setter};
+
+const SECRET: &str = "bench-secret-0123456789abcdef";
+const REALM: &str = "ponte";
+/// Hard cap on requests/packets per phase and server, so a run is bounded even on a very fast machine.
+const MAX_PER_PHASE: u64 = 5_000_000;
+
+struct Opts {
+    secs: u64,
+    rounds: usize,
+    clients: usize,
+    window: usize,
+    size: usize,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("--serve-ponte") {
+        return serve_ponte(&args[2]);
+    }
+    let mut o = Opts { secs: 2, rounds: 3, clients: 2, window: 32, size: 100 };
+    let mut i = 1;
+    while i + 1 < args.len() {
+        let v: usize = args[i + 1].parse()?;
+        match args[i].as_str() {
+            "--secs" => o.secs = v.clamp(1, 60) as u64,
+            "--rounds" => o.rounds = v.clamp(1, 15),
+            "--clients" => o.clients = v.clamp(1, 64),
+            "--window" => o.window = v.clamp(1, 1024),
+            "--size" => o.size = v.clamp(16, 1200),
+            other => anyhow::bail!("unknown option {other}; use --secs, --rounds, --clients, --window, --size"),
+        }
+        i += 2;
+    }
+    let dir = tempfile::tempdir()?;
+    println!(
+        "bench-turn: {} s per phase, median of {} alternating rounds, {} client threads, window {}, {}-byte payloads, loopback, {} CPUs",
+        o.secs,
+        o.rounds,
+        o.clients,
+        o.window,
+        o.size,
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    );
+
+    let ponte = {
+        let port = free_port();
+        let cfg = dir.path().join("ponte.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "[http]\nlisten = \"127.0.0.1:0\"\n[metrics]\nenabled = false\n[log]\nlevel = \"warn\"\n[turn]\nlisten_udp = [\"127.0.0.1:{port}\"]\n\
+                 listen_tcp = []\nsecret = \"{SECRET}\"\nrelay_ip = \"127.0.0.1\"\nrelay_port_min = 43000\nrelay_port_max = 43999\n\
+                 allow_peers = [\"127.0.0.1/32\"]\nmax_allocations_per_user = 100\n"
+            ),
+        )?;
+        let child = Command::new(std::env::current_exe()?)
+            .args(["--serve-ponte", cfg.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()?;
+        (Guard(child), SocketAddr::from(([127, 0, 0, 1], port)))
+    };
+    let coturn = {
+        let port = free_port();
+        let child = Command::new("turnserver")
+            .current_dir(dir.path())
+            .args([
+                "-n",
+                "--no-cli",
+                "--no-tls",
+                "--no-dtls",
+                "--no-rfc5780",
+                "--no-software-attribute",
+                "--log-file",
+                "stdout",
+                "--simple-log",
+                "--pidfile",
+                dir.path().join("turnserver.pid").to_str().unwrap(),
+                "--listening-ip",
+                "127.0.0.1",
+                "--listening-port",
+                &port.to_string(),
+                "--relay-ip",
+                "127.0.0.1",
+                "--min-port",
+                "42000",
+                "--max-port",
+                "42999",
+                "--use-auth-secret",
+                &format!("--static-auth-secret={SECRET}"),
+                &format!("--realm={REALM}"),
+                // coturn refuses loopback peers before looking at allowed-peer-ip; both are needed here.
+                "--allow-loopback-peers",
+                "--allowed-peer-ip=127.0.0.1",
+                "--user-quota=100",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| {
+                anyhow::anyhow!("cannot start coturn's turnserver ({e}); install it with `apt-get install coturn`")
+            })?;
+        (Guard(child), SocketAddr::from(([127, 0, 0, 1], port)))
+    };
+    for (name, addr) in [("ponte", ponte.1), ("coturn", coturn.1)] {
+        wait_ready(addr).map_err(|e| anyhow::anyhow!("{name} did not answer STUN on {addr}: {e}"))?;
+    }
+
+    let (mut pb, mut cb, mut pr, mut cr) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..o.rounds {
+        pb.push(binding_phase(ponte.1, ponte.0 .0.id(), &o));
+        cb.push(binding_phase(coturn.1, coturn.0 .0.id(), &o));
+    }
+    for _ in 0..o.rounds {
+        pr.push(relay_phase(ponte.1, ponte.0 .0.id(), &o).map_err(|e| e.context("ponte relay phase"))?);
+        cr.push(relay_phase(coturn.1, coturn.0 .0.id(), &o).map_err(|e| e.context("coturn relay phase"))?);
+    }
+    let (pb, cb, pr, cr) = (median(pb), median(cb), median(pr), median(cr));
+    drop(ponte);
+    drop(coturn);
+
+    println!();
+    println!("{:<32}{:>16}{:>16}{:>16}", "", "ponte", "coturn", "ponte/coturn");
+    row("STUN Binding requests/s", pb.rate, cb.rate);
+    lat("  RTT p50 / p99", &pb, &cb);
+    cpu("  server CPU per request", &pb, &cb);
+    println!("{:<32}{:>16}{:>16}", "  lost", pb.lost, cb.lost);
+    row("TURN relayed packets/s", pr.rate * 2.0, cr.rate * 2.0);
+    row("  (echo round trips/s)", pr.rate, cr.rate);
+    lat("  RTT p50 / p99", &pr, &cr);
+    cpu("  server CPU per packet", &pr, &cr);
+    println!("{:<32}{:>16}{:>16}", "  lost", pr.lost, cr.lost);
+    println!("\n(relayed packets count both directions: client→peer and peer→client through the relay;");
+    println!(" ratios are ponte/coturn for rates and coturn/ponte for CPU per operation: above 1 favours ponte)");
+    Ok(())
+}
+
+fn row(name: &str, p: f64, c: f64) {
+    let ratio = if c > 0.0 { format!("{:.2}", p / c) } else { "-".into() };
+    println!("{name:<32}{:>16.0}{:>16.0}{ratio:>16}", p, c);
+}
+
+fn cpu(name: &str, p: &Stats, c: &Stats) {
+    let (pn, cn) = (p.cpu_per_op.as_nanos() as f64, c.cpu_per_op.as_nanos() as f64);
+    let ratio = if pn > 0.0 { format!("{:.2}", cn / pn) } else { "-".into() };
+    println!("{name:<32}{:>16}{:>16}{ratio:>16}", format!("{:.2} µs", pn / 1000.0), format!("{:.2} µs", cn / 1000.0));
+}
+
+fn lat(name: &str, p: &Stats, c: &Stats) {
+    println!(
+        "{name:<32}{:>16}{:>16}",
+        format!("{} / {} µs", p.p50.as_micros(), p.p99.as_micros()),
+        format!("{} / {} µs", c.p50.as_micros(), c.p99.as_micros())
+    );
+}
+
+/// Runs ponte in this (child) process.
+fn serve_ponte(cfg: &str) -> anyhow::Result<()> {
+    let config = ponte::config::Config::load(std::path::Path::new(cfg))?;
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async {
+        let listeners = ponte::Listeners::bind(&config)?;
+        ponte::run(config, listeners, tokio_util::sync::CancellationToken::new()).await
+    })
+}
+
+struct Guard(Child);
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn wait_ready(addr: SocketAddr) -> anyhow::Result<()> {
+    let s = UdpSocket::bind("127.0.0.1:0")?;
+    s.set_read_timeout(Some(Duration::from_millis(100)))?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut buf = [0u8; 1500];
+    while Instant::now() < deadline {
+        s.send_to(&binding_request(0, 0), addr)?;
+        if s.recv_from(&mut buf).is_ok() {
+            return Ok(());
+        }
+    }
+    anyhow::bail!("timeout")
+}
+
+/// The round with the median rate (its latencies come along), with the losses of all rounds.
+fn median(mut v: Vec<Stats>) -> Stats {
+    let lost = v.iter().map(|s| s.lost).sum();
+    v.sort_by(|a, b| a.rate.total_cmp(&b.rate));
+    let mut m = v.swap_remove(v.len() / 2);
+    m.lost = lost;
+    m
+}
+
+struct Stats {
+    rate: f64,
+    /// Server CPU time (user + system, all threads) per answered request / relayed packet: less sensitive
+    /// to other load on a shared machine than the rates.
+    cpu_per_op: Duration,
+    p50: Duration,
+    p99: Duration,
+    lost: u64,
+}
+
+/// CPU time used so far by process `pid` (all threads), from /proc.
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15 (1-based).
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<u64> = rest.split_whitespace().map(|x| x.parse().unwrap_or(0)).collect();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    let ticks = f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0);
+    Duration::from_micros(ticks * 1_000_000 / hz)
+}
+
+fn stats(mut rtts: Vec<u32>, elapsed: Duration, sent: u64, cpu: Duration, ops_per_rtt: u32) -> Stats {
+    rtts.sort_unstable();
+    let ops = (rtts.len() as u32).max(1) * ops_per_rtt;
+    let pct =
+        |p: f64| rtts.get(((rtts.len() as f64 * p) as usize).min(rtts.len().saturating_sub(1))).copied().unwrap_or(0);
+    Stats {
+        rate: rtts.len() as f64 / elapsed.as_secs_f64(),
+        cpu_per_op: cpu / ops,
+        p50: Duration::from_nanos(pct(0.50) as u64),
+        p99: Duration::from_nanos(pct(0.99) as u64),
+        lost: sent.saturating_sub(rtts.len() as u64),
+    }
+}
+
+/// A Binding request whose transaction ID carries the send time (ns since `epoch`) and a sequence number,
+/// so RTTs need no bookkeeping.
+fn binding_request(ts: u64, seq: u32) -> [u8; 20] {
+    let mut b = [0u8; 20];
+    b[1] = 0x01;
+    b[4..8].copy_from_slice(&MAGIC_COOKIE.to_be_bytes());
+    b[8..16].copy_from_slice(&ts.to_be_bytes());
+    b[16..20].copy_from_slice(&seq.to_be_bytes());
+    b
+}
+
+/// Closed-loop load in both phases: each client thread keeps `window` requests in flight, a response releases
+/// the next one, and 100 ms of silence refills the window (the missing ones then count as lost).
+fn binding_phase(server: SocketAddr, pid: u32, o: &Opts) -> Stats {
+    let cpu0 = cpu_time(pid);
+    let epoch = Instant::now();
+    let deadline = epoch + Duration::from_secs(o.secs);
+    let budget = MAX_PER_PHASE / o.clients as u64;
+    let results: Vec<(Vec<u32>, u64, Duration)> = std::thread::scope(|sc| {
+        let hs: Vec<_> = (0..o.clients)
+            .map(|_| {
+                sc.spawn(move || {
+                    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+                    s.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+                    let mut rtts = Vec::with_capacity(1 << 20);
+                    let mut buf = [0u8; 1500];
+                    let (mut sent, mut seq) = (0u64, 0u32);
+                    let mut send = |s: &UdpSocket, sent: &mut u64| {
+                        seq = seq.wrapping_add(1);
+                        let _ = s.send_to(&binding_request(epoch.elapsed().as_nanos() as u64, seq), server);
+                        *sent += 1;
+                    };
+                    for _ in 0..o.window {
+                        send(&s, &mut sent);
+                    }
+                    while Instant::now() < deadline && sent < budget {
+                        match s.recv_from(&mut buf) {
+                            Ok((n, _)) if n >= 20 && buf[0] == 0x01 && buf[1] == 0x01 => {
+                                let ts = u64::from_be_bytes(buf[8..16].try_into().unwrap());
+                                rtts.push((epoch.elapsed().as_nanos() as u64).saturating_sub(ts) as u32);
+                                send(&s, &mut sent);
+                            }
+                            Ok(_) => {}
+                            Err(_) => {
+                                for _ in 0..o.window {
+                                    send(&s, &mut sent);
+                                }
+                            }
+                        }
+                    }
+                    let active = epoch.elapsed();
+                    // Collect stragglers for a moment so that in-flight requests are not counted as lost.
+                    let end = Instant::now() + Duration::from_millis(200);
+                    while Instant::now() < end {
+                        if let Ok((n, _)) = s.recv_from(&mut buf) {
+                            if n >= 20 && buf[1] == 0x01 {
+                                let ts = u64::from_be_bytes(buf[8..16].try_into().unwrap());
+                                rtts.push((epoch.elapsed().as_nanos() as u64).saturating_sub(ts) as u32);
+                            }
+                        } else {
+                            break;
+                        }
+                    }
+                    (rtts, sent, active)
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let elapsed = results.iter().map(|r| r.2).max().unwrap_or_default();
+    let sent = results.iter().map(|r| r.1).sum();
+    stats(results.into_iter().flat_map(|r| r.0).collect(), elapsed, sent, cpu_time(pid) - cpu0, 1)
+}
+
+/// Blocking request/response with the long-term-credential dance (401 → realm/nonce → signed request).
+struct TurnClient {
+    s: UdpSocket,
+    server: SocketAddr,
+    user: String,
+    pass: String,
+    nonce: Vec<u8>,
+}
+
+impl TurnClient {
+    fn new(server: SocketAddr, id: usize) -> anyhow::Result<TurnClient> {
+        let s = UdpSocket::bind("127.0.0.1:0")?;
+        s.set_read_timeout(Some(Duration::from_secs(2)))?;
+        let cred = ponte::credentials::mint(
+            &ponte::config::Secret::new(SECRET),
+            &format!("bench{id}"),
+            ponte::credentials::unix_now(),
+            3600,
+        );
+        Ok(TurnClient { s, server, user: cred.username, pass: cred.password, nonce: Vec::new() })
+    }
+
+    fn request(&mut self, method: u16, attrs: &dyn Fn(&mut Message)) -> anyhow::Result<Message> {
+        for _ in 0..3 {
+            let mut m = codec::message(method, 0, rand::random());
+            attrs(&mut m);
+            if !self.nonce.is_empty() {
+                m.add(AttrType(ATTR_USERNAME), self.user.as_bytes());
+                m.add(AttrType(ATTR_REALM), REALM.as_bytes());
+                m.add(AttrType(ATTR_NONCE), &self.nonce);
+                stun::integrity::MessageIntegrity::new_long_term_integrity(
+                    self.user.clone(),
+                    REALM.into(),
+                    self.pass.clone(),
+                )
+                .add_to(&mut m)?;
+            }
+            self.s.send_to(&m.raw, self.server)?;
+            let mut buf = [0u8; 1500];
+            let (n, _) = self.s.recv_from(&mut buf)?;
+            let r = codec::decode(&buf[..n]).ok_or_else(|| anyhow::anyhow!("bad answer"))?;
+            let code = r.get(AttrType(ATTR_ERROR_CODE)).ok().map(|v| v[2] as u16 * 100 + v[3] as u16);
+            match code {
+                None => return Ok(r),
+                Some(401) | Some(438) => self.nonce = r.get(AttrType(ATTR_NONCE))?,
+                Some(c) => anyhow::bail!("error {c} for method {method:#x}"),
+            }
+        }
+        anyhow::bail!("authentication failed")
+    }
+}
+
+fn relay_phase(server: SocketAddr, pid: u32, o: &Opts) -> anyhow::Result<Stats> {
+    // The echo peer: one socket, one thread, returns every datagram to its sender.
+    let peer = UdpSocket::bind("127.0.0.1:0")?;
+    peer.set_read_timeout(Some(Duration::from_millis(50)))?;
+    let peer_addr = peer.local_addr()?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let echo = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 2048];
+            while !stop.load(Ordering::Relaxed) {
+                if let Ok((n, from)) = peer.recv_from(&mut buf) {
+                    let _ = peer.send_to(&buf[..n], from);
+                }
+            }
+        })
+    };
+    let mut clients = Vec::new();
+    for id in 0..o.clients {
+        let mut c = TurnClient::new(server, id)?;
+        c.request(METHOD_ALLOCATE, &|m| m.add(AttrType(ATTR_REQUESTED_TRANSPORT), &[17, 0, 0, 0]))?;
+        c.request(METHOD_CHANNEL_BIND, &|m| {
+            m.add(AttrType(ATTR_CHANNEL_NUMBER), &[0x40, 0x00, 0, 0]);
+            stun::xoraddr::XorMappedAddress { ip: peer_addr.ip(), port: peer_addr.port() }
+                .add_to_as(m, AttrType(ATTR_XOR_PEER_ADDRESS))
+                .unwrap();
+        })?;
+        c.s.set_read_timeout(Some(Duration::from_millis(100)))?;
+        clients.push(c);
+    }
+    let cpu0 = cpu_time(pid);
+    let epoch = Instant::now();
+    let deadline = epoch + Duration::from_secs(o.secs);
+    let budget = MAX_PER_PHASE / o.clients as u64;
+    let size = o.size;
+    let window = o.window;
+    let results: Vec<(Vec<u32>, u64, Duration)> = std::thread::scope(|sc| {
+        let hs: Vec<_> = clients
+            .iter()
+            .map(|c| {
+                sc.spawn(move || {
+                    let mut frame = vec![0u8; 4 + size];
+                    frame[0..2].copy_from_slice(&0x4000u16.to_be_bytes());
+                    frame[2..4].copy_from_slice(&(size as u16).to_be_bytes());
+                    let mut rtts = Vec::with_capacity(1 << 20);
+                    let mut buf = [0u8; 2048];
+                    let mut sent = 0u64;
+                    let send = |sent: &mut u64, frame: &mut Vec<u8>| {
+                        frame[4..12].copy_from_slice(&(epoch.elapsed().as_nanos() as u64).to_be_bytes());
+                        let _ = c.s.send_to(frame, c.server);
+                        *sent += 1;
+                    };
+                    for _ in 0..window {
+                        send(&mut sent, &mut frame);
+                    }
+                    let on = |n: usize, buf: &[u8], rtts: &mut Vec<u32>| -> bool {
+                        if n >= 12 && buf[0] == 0x40 && buf[1] == 0x00 {
+                            let ts = u64::from_be_bytes(buf[4..12].try_into().unwrap());
+                            rtts.push((epoch.elapsed().as_nanos() as u64).saturating_sub(ts) as u32);
+                            return true;
+                        }
+                        false
+                    };
+                    while Instant::now() < deadline && sent < budget {
+                        match c.s.recv_from(&mut buf) {
+                            Ok((n, _)) => {
+                                if on(n, &buf, &mut rtts) {
+                                    send(&mut sent, &mut frame);
+                                }
+                            }
+                            Err(_) => {
+                                for _ in 0..window {
+                                    send(&mut sent, &mut frame);
+                                }
+                            }
+                        }
+                    }
+                    let active = epoch.elapsed();
+                    let end = Instant::now() + Duration::from_millis(200);
+                    while Instant::now() < end {
+                        match c.s.recv_from(&mut buf) {
+                            Ok((n, _)) => {
+                                on(n, &buf, &mut rtts);
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    (rtts, sent, active)
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let cpu = cpu_time(pid) - cpu0;
+    stop.store(true, Ordering::Relaxed);
+    let _ = echo.join();
+    for c in &mut clients {
+        c.s.set_read_timeout(Some(Duration::from_secs(2)))?;
+        // Drain anything left, then delete the allocation so that the next phase starts clean.
+        let mut buf = [0u8; 2048];
+        c.s.set_nonblocking(true)?;
+        while c.s.recv_from(&mut buf).is_ok() {}
+        c.s.set_nonblocking(false)?;
+        let _ = c.request(METHOD_REFRESH, &|m| m.add(AttrType(ATTR_LIFETIME), &0u32.to_be_bytes()));
+    }
+    let elapsed = results.iter().map(|r| r.2).max().unwrap_or_default();
+    let sent = results.iter().map(|r| r.1).sum();
+    // Two relayed packets per echo round trip (client→peer, peer→client).
+    Ok(stats(results.into_iter().flat_map(|r| r.0).collect(), elapsed, sent, cpu, 2))
+}
