@@ -1,6 +1,8 @@
 //! Shared test harness: start the real ponte server in-process on ephemeral loopback ports, and stop it.
 #![allow(dead_code)]
 
+pub mod turn_client;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 
