@@ -226,6 +226,13 @@ fn reload(ctx: &crate::server::Context, file: Option<&Path>) {
             } else if !report.applied.is_empty() {
                 tracing::info!(config = %file.display(), "configuration reloaded; now in effect: {}", report.applied.join(", "));
             }
+            // Certificates are re-read on every reload (renewed files keep their paths).
+            if let Some(certs) = &ctx.certs {
+                match certs.reload(true) {
+                    Ok(_) => tracing::info!("TLS certificate reloaded"),
+                    Err(e) => tracing::error!("TLS certificate reload rejected, keeping the one in use: {e:#}"),
+                }
+            }
             if !report.need_restart.is_empty() {
                 tracing::warn!(
                     "changed in {} but only applied after a restart (systemctl restart ponte): {}",

@@ -59,6 +59,7 @@ pub struct Config {
     pub turn: TurnConfig,
     pub signaling: SignalingConfig,
     pub metrics: MetricsConfig,
+    pub tls: TlsConfig,
     pub log: LogConfig,
 }
 
@@ -228,6 +229,31 @@ impl Default for SignalingConfig {
             ping_interval_secs: 20,
             ice_servers: Vec::new(),
         }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// PEM certificate chain, leaf first (certbot's `fullchain.pem`). TLS is on when `cert` and `key` are set.
+    pub cert: Option<PathBuf>,
+    /// PEM private key (certbot's `privkey.pem`).
+    pub key: Option<PathBuf>,
+    /// The TLS port: HTTPS, WSS and TURN over TLS on one port (only 443 gets through some networks).
+    pub listen: SocketAddr,
+    /// Extra TURN-over-TLS-only listeners, e.g. the standard `0.0.0.0:5349`.
+    pub turns_listen: Vec<SocketAddr>,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        TlsConfig { cert: None, key: None, listen: "0.0.0.0:443".parse().unwrap(), turns_listen: Vec::new() }
+    }
+}
+
+impl TlsConfig {
+    pub fn enabled(&self) -> bool {
+        self.cert.is_some() && self.key.is_some()
     }
 }
 
@@ -501,6 +527,30 @@ impl Config {
                     "username and credential go together; set both or neither".into(),
                 );
             }
+        }
+
+        match (&self.tls.cert, &self.tls.key) {
+            (Some(_), None) => {
+                bad("tls.key", "tls.cert is set but tls.key is not; set both (e.g. privkey.pem) or neither".into())
+            }
+            (None, Some(_)) => {
+                bad("tls.cert", "tls.key is set but tls.cert is not; set both (e.g. fullchain.pem) or neither".into())
+            }
+            (Some(cert), Some(key)) => {
+                if let Err(e) = crate::tls::load_certified_key(cert, key) {
+                    let msg = format!("{e:#}");
+                    let key_name = if msg.starts_with("tls.key") { "tls.key" } else { "tls.cert" };
+                    let detail = msg.split_once(": ").map(|(_, d)| d.to_string()).unwrap_or(msg);
+                    bad(key_name, detail);
+                }
+                if self.tls.listen == self.http.listen && self.tls.listen.port() != 0 {
+                    bad(
+                        "tls.listen",
+                        format!("{} is also http.listen; TLS needs its own port (default 443)", self.tls.listen),
+                    );
+                }
+            }
+            (None, None) => {}
         }
 
         if self.metrics.enabled && self.http.listen == self.metrics.listen && self.http.listen.port() != 0 {

@@ -10,6 +10,7 @@ pub mod metrics;
 pub mod server;
 pub mod signaling;
 pub mod systemd;
+pub mod tls;
 pub mod turn;
 
 pub use server::{run, Context, Listeners};

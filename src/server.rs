@@ -24,6 +24,10 @@ pub struct Listeners {
     pub http: TcpListener,
     /// `/metrics`, when `metrics.enabled`.
     pub metrics: Option<TcpListener>,
+    /// The shared HTTPS/WSS/TURNS port, when TLS is configured.
+    pub tls: Option<TcpListener>,
+    /// TURNS-only ports (`tls.turns_listen`).
+    pub turns: Vec<TcpListener>,
     pub turn_udp: Vec<UdpSocket>,
     pub turn_tcp: Vec<TcpListener>,
 }
@@ -68,6 +72,17 @@ impl Listeners {
             ),
             false => None,
         };
+        let mut tls = None;
+        let mut turns = Vec::new();
+        if config.tls.enabled() {
+            let a = config.tls.listen;
+            tls = Some(bind_tcp(a).map_err(|e| BindError::new("tls.listen".into(), a, e))?);
+            if config.turn.enabled {
+                for (i, a) in config.tls.turns_listen.iter().enumerate() {
+                    turns.push(bind_tcp(*a).map_err(|e| BindError::new(format!("tls.turns_listen[{i}]"), *a, e))?);
+                }
+            }
+        }
         let mut turn_udp = Vec::new();
         let mut turn_tcp = Vec::new();
         if config.turn.enabled {
@@ -78,11 +93,14 @@ impl Listeners {
                 turn_tcp.push(bind_tcp(*a).map_err(|e| BindError::new(format!("turn.listen_tcp[{i}]"), *a, e))?);
             }
         }
-        Ok(Listeners { http, metrics, turn_udp, turn_tcp })
+        Ok(Listeners { http, metrics, tls, turns, turn_udp, turn_tcp })
     }
 
     pub fn http_addr(&self) -> SocketAddr {
         self.http.local_addr().expect("bound socket has an address")
+    }
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls.as_ref().and_then(|l| l.local_addr().ok())
     }
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
         self.metrics.as_ref().and_then(|l| l.local_addr().ok())
@@ -144,7 +162,17 @@ pub struct Context {
     /// Where STUN/TURN actually listens (port 0 resolved); empty when TURN is disabled.
     pub turn_udp_addrs: Vec<SocketAddr>,
     pub turn_tcp_addrs: Vec<SocketAddr>,
+    /// Where the shared TLS port actually listens, when TLS is on.
+    pub tls_addr: Option<SocketAddr>,
+    /// The certificate in use, when TLS is on (reloaded on SIGHUP and when the files change).
+    pub certs: Option<Arc<crate::tls::Certs>>,
+    /// TURN-over-TLS streams accepted by the TLS listeners, for the TURN server to take at start.
+    turns_streams: parking_lot::Mutex<Option<tokio::sync::mpsc::Receiver<TurnStream>>>,
+    turns_sender: tokio::sync::mpsc::Sender<TurnStream>,
 }
+
+/// A decrypted TURN-over-TLS stream with its client and local addresses.
+pub type TurnStream = (crate::tls::Prefixed<crate::tls::TlsStream>, SocketAddr, SocketAddr);
 
 impl Context {
     /// Build the context: settle the TURN secret (configured, from file, or generated for this run).
@@ -170,6 +198,11 @@ impl Context {
             }
             Secret::generate()
         };
+        let certs = match (&config.tls.cert, &config.tls.key) {
+            (Some(c), Some(k)) => Some(crate::tls::Certs::load(c, k)?),
+            _ => None,
+        };
+        let (turns_sender, turns_rx) = tokio::sync::mpsc::channel(256);
         let mut turn_secrets = vec![turn_secret.clone()];
         turn_secrets.extend(config.turn.accept_secrets.iter().cloned());
         Ok(Context {
@@ -181,6 +214,10 @@ impl Context {
             http_addr: listeners.http_addr(),
             turn_udp_addrs: listeners.turn_udp_addrs(),
             turn_tcp_addrs: listeners.turn_tcp_addrs(),
+            tls_addr: listeners.tls_addr(),
+            certs,
+            turns_streams: parking_lot::Mutex::new(Some(turns_rx)),
+            turns_sender,
             config,
         })
     }
@@ -196,6 +233,11 @@ pub struct ReloadReport {
 }
 
 impl Context {
+    /// The TURN server takes the stream of TURN-over-TLS connections once, at start.
+    pub fn take_turns_streams(&self) -> Option<tokio::sync::mpsc::Receiver<TurnStream>> {
+        self.turns_streams.lock().take()
+    }
+
     /// The current configuration (the startup one until a reload replaces it).
     pub fn live(&self) -> Arc<Config> {
         self.live.borrow().clone()
@@ -235,6 +277,10 @@ impl Context {
             "turn.relay_port_min" => turn.relay_port_min,
             "turn.relay_port_max" => turn.relay_port_max,
             "log.format" => log.format,
+            "tls.cert" => tls.cert,
+            "tls.key" => tls.key,
+            "tls.listen" => tls.listen,
+            "tls.turns_listen" => tls.turns_listen,
         );
         diff!(applied,
             "http.public_url" => http.public_url,
@@ -287,6 +333,7 @@ impl Context {
         merged.turn.relay_port_min = old.turn.relay_port_min;
         merged.turn.relay_port_max = old.turn.relay_port_max;
         merged.log.format = old.log.format;
+        merged.tls = old.tls.clone();
         self.live.send_replace(Arc::new(merged));
         report
     }
@@ -307,7 +354,7 @@ pub async fn run_with_context(
     listeners: Listeners,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let Listeners { http, metrics, turn_udp, turn_tcp } = listeners;
+    let Listeners { http, metrics, tls, turns, turn_udp, turn_tcp } = listeners;
     let mut tasks: JoinSet<TaskResult> = JoinSet::new();
 
     let hub = crate::signaling::Hub::new(ctx.clone());
@@ -315,10 +362,37 @@ pub async fn run_with_context(
         let (hub, shutdown) = (hub.clone(), shutdown.clone());
         tasks.spawn(async move { ("signaling", hub.run(shutdown).await) });
     }
+    // HTTPS connections from the TLS port join the plain HTTP server, so both share routing and graceful shutdown.
+    let (https_tx, https_rx) = tokio::sync::mpsc::channel(256);
     {
         let (ctx, hub, shutdown) = (ctx.clone(), hub.clone(), shutdown.clone());
-        tasks.spawn(async move { ("http", crate::http::serve(ctx, hub, http, shutdown).await) });
+        tasks.spawn(async move { ("http", crate::http::serve(ctx, hub, http, Some(https_rx), shutdown).await) });
     }
+    if let (Some(certs), Some(tls)) = (ctx.certs.clone(), tls) {
+        let acceptor = tokio_rustls::TlsAcceptor::from(crate::tls::server_config(certs.clone())?);
+        tokio::spawn(crate::tls::watch(certs, shutdown.clone()));
+        let listeners = std::iter::once((tls, crate::tls::Role::Shared))
+            .chain(turns.into_iter().map(|l| (l, crate::tls::Role::TurnOnly)));
+        for (listener, role) in listeners {
+            let (ctx2, acceptor, shutdown, https_tx) =
+                (ctx.clone(), acceptor.clone(), shutdown.clone(), https_tx.clone());
+            let turn_tx = ctx.turns_sender.clone();
+            let turn_on = ctx.config.turn.enabled;
+            tasks.spawn(async move {
+                let dispatch = move |proto, stream, client, local| match proto {
+                    crate::tls::Protocol::Http => {
+                        let _ = https_tx.try_send((stream, client));
+                    }
+                    crate::tls::Protocol::Stun if turn_on => {
+                        let _ = turn_tx.try_send((stream, client, local));
+                    }
+                    crate::tls::Protocol::Stun => {}
+                };
+                ("tls", crate::tls::serve(ctx2, listener, acceptor, role, shutdown, dispatch).await)
+            });
+        }
+    }
+    drop(https_tx);
     if let Some(listener) = metrics {
         let (ctx, shutdown) = (ctx.clone(), shutdown.clone());
         tasks.spawn(async move { ("metrics", crate::http::serve_metrics(ctx, listener, shutdown).await) });

@@ -32,6 +32,7 @@ pub async fn serve(
     ctx: Arc<Context>,
     hub: Arc<Hub>,
     listener: std::net::TcpListener,
+    mut https: Option<tokio::sync::mpsc::Receiver<(crate::tls::Prefixed<crate::tls::TlsStream>, SocketAddr)>>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::from_std(listener)?;
@@ -45,32 +46,44 @@ pub async fn serve(
     let graceful = GracefulShutdown::new();
     ctx.health.set(Component::Http, Status::Ok);
 
+    // One connection, plain or TLS: same routing, same graceful shutdown.
+    macro_rules! spawn_conn {
+        ($io:expr, $remote:expr) => {{
+            let remote = $remote;
+            let (ctx, hub, web) = (ctx.clone(), hub.clone(), web.clone());
+            let service = service_fn(move |req| {
+                let (ctx, hub, web) = (ctx.clone(), hub.clone(), web.clone());
+                async move { Ok::<_, Infallible>(route(&ctx, &hub, &web, req, remote).await) }
+            });
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new($io), service).into_owned();
+            let conn = graceful.watch(conn);
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(%remote, "HTTP connection ended with error: {e}");
+                }
+            });
+        }};
+    }
+
     loop {
-        let (stream, remote) = tokio::select! {
+        tokio::select! {
             _ = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
-                Ok(a) => a,
+                Ok((stream, remote)) => {
+                    let _ = stream.set_nodelay(true);
+                    spawn_conn!(stream, remote);
+                }
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning; the listener itself is still fine.
                     tracing::warn!("HTTP accept failed: {e}");
                     tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
                 }
             },
-        };
-        let _ = stream.set_nodelay(true);
-        let (ctx, hub, web) = (ctx.clone(), hub.clone(), web.clone());
-        let service = service_fn(move |req| {
-            let (ctx, hub, web) = (ctx.clone(), hub.clone(), web.clone());
-            async move { Ok::<_, Infallible>(route(&ctx, &hub, &web, req, remote).await) }
-        });
-        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(%remote, "HTTP connection ended with error: {e}");
-            }
-        });
+            tls = async { match https.as_mut() { Some(rx) => rx.recv().await, None => std::future::pending().await } } => match tls {
+                Some((stream, remote)) => spawn_conn!(stream, remote),
+                None => https = None,
+            },
+        }
     }
     ctx.health.set(Component::Http, Status::Stopping);
     drop(listener);

@@ -81,11 +81,23 @@ pub fn servers_for(ctx: &Context, cfg: &Config, host: Option<&str>, id: Id, now:
                     credential: None,
                 });
             }
-            let turn_urls: Vec<String> = udp_ports
+            let mut turn_urls: Vec<String> = udp_ports
                 .iter()
                 .map(|p| format!("turn:{host}:{p}?transport=udp"))
                 .chain(tcp_ports.iter().map(|p| format!("turn:{host}:{p}?transport=tcp")))
                 .collect();
+            // TURN over TLS on the shared TLS port: the last resort for networks that only let TLS on 443 out.
+            // The certificate names a host, so prefer public_url's host over an IP address.
+            if let Some(tls) = ctx.tls_addr {
+                let tls_host = cfg
+                    .http
+                    .public_url
+                    .as_deref()
+                    .and_then(crate::config::parse_origin)
+                    .and_then(|o| o.split_once("://").and_then(|(_, a)| host_of(a)))
+                    .unwrap_or_else(|| host.to_string());
+                turn_urls.push(format!("turns:{tls_host}:{}?transport=tcp", tls.port()));
+            }
             if !turn_urls.is_empty() {
                 let c = credentials::mint(&ctx.turn_secret, id.as_str(), now, ttl);
                 out.push(IceServer { urls: turn_urls, username: Some(c.username), credential: Some(c.password) });

@@ -317,6 +317,27 @@ pub async fn serve(
         listening.push(format!("tcp://{}", l.local_addr()?));
         tasks.spawn(tcp::run(shell.clone(), l));
     }
+    // TURN over TLS: the TLS listeners (src/tls.rs) decrypt and hand the streams over; framing is TCP's.
+    if let Some(mut rx) = ctx.take_turns_streams() {
+        let shell = shell.clone();
+        tasks.spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = shell.shutdown.cancelled() => return Ok(()),
+                    s = rx.recv() => match s {
+                        Some((stream, client, local)) => {
+                            let (rd, wr) = tokio::io::split(stream);
+                            tokio::spawn(tcp::serve_stream(shell.clone(), rd, wr, client, local));
+                        }
+                        None => {
+                            shell.shutdown.cancelled().await;
+                            return Ok(());
+                        }
+                    },
+                }
+            }
+        });
+    }
     let advertised: Vec<String> =
         relay_ips.iter().map(|ip| shell.core.advertised(SocketAddr::new(*ip, 0)).ip().to_string()).collect();
     tracing::info!(

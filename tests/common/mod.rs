@@ -1,6 +1,8 @@
 //! Shared test harness: start the real ponte server in-process on ephemeral loopback ports, and stop it.
 #![allow(dead_code)]
 
+pub mod turn_client;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -27,6 +29,7 @@ pub struct TestServer {
     pub turn_udp: Vec<SocketAddr>,
     pub turn_tcp: Vec<SocketAddr>,
     pub metrics: Option<SocketAddr>,
+    pub tls: Option<SocketAddr>,
     pub shutdown: CancellationToken,
     pub handle: JoinHandle<anyhow::Result<()>>,
 }
@@ -41,10 +44,11 @@ impl TestServer {
         let (http, turn_udp, turn_tcp) =
             (listeners.http_addr(), listeners.turn_udp_addrs(), listeners.turn_tcp_addrs());
         let metrics = listeners.metrics_addr();
+        let tls = listeners.tls_addr();
         let ctx = Arc::new(Context::new(config, &listeners).expect("context"));
         let shutdown = CancellationToken::new();
         let handle = tokio::spawn(ponte::server::run_with_context(ctx.clone(), listeners, shutdown.clone()));
-        TestServer { ctx, http, turn_udp, turn_tcp, metrics, shutdown, handle }
+        TestServer { ctx, http, turn_udp, turn_tcp, metrics, tls, shutdown, handle }
     }
 
     pub async fn start_default() -> TestServer {

@@ -1,0 +1,255 @@
+//! Abuse: floods and exhaustion attempts against the real server, each checking that a normal client is still
+//! served while it happens. Figures (amplification, memory) are printed, never timed.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use common::turn_client::{code, UdpTurnClient};
+use common::{http_get, test_config, TestServer};
+use futures_util::{SinkExt, StreamExt};
+use ponte::turn::codec::{self, *};
+use stun::attributes::AttrType;
+use stun::message::Setter;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_tungstenite::tungstenite::Message as WsMsg;
+
+fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status.lines().find(|l| l.starts_with("VmRSS:")).unwrap().split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+fn unauthenticated_allocate() -> Vec<u8> {
+    let mut m = codec::message(METHOD_ALLOCATE, 0, rand::random());
+    m.add(AttrType(ATTR_REQUESTED_TRANSPORT), &[17, 0, 0, 0]);
+    stun::fingerprint::FINGERPRINT.add_to(&mut m).unwrap();
+    m.raw
+}
+
+/// 4,000 unauthenticated Allocates from 200 source ports: the 401 answers are capped per source IP, the
+/// reflected bytes stay below what was sent, no state piles up, and a client on another address allocates fine.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unauthenticated_allocate_flood() {
+    let s = TestServer::start(test_config()).await;
+    let server = s.turn_udp[0];
+    let rss_before = rss_kib();
+    let pkt = unauthenticated_allocate();
+
+    let mut socks = Vec::new();
+    for _ in 0..200 {
+        socks.push(tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap());
+    }
+    let start = Instant::now();
+    let mut sent_bytes = 0usize;
+    for round in 0..20 {
+        for sock in &socks {
+            sock.send_to(&pkt, server).await.unwrap();
+            sent_bytes += pkt.len();
+        }
+        if round % 5 == 4 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    // Meanwhile, a normal client on another address gets its relay.
+    let mut normal = UdpTurnClient::new("127.0.0.2", server, &s.ctx.turn_secret, "normal").await;
+    let relay = normal.try_allocate().await.expect("normal client allocates during the flood");
+    assert_eq!(relay.ip().to_string(), "127.0.0.1");
+
+    // Collect what came back to the flooders.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let elapsed = start.elapsed().as_secs_f64();
+    let (mut answers, mut answer_bytes) = (0usize, 0usize);
+    let mut buf = [0u8; 2048];
+    for sock in &socks {
+        while let Ok(n) = sock.try_recv(&mut buf) {
+            answers += 1;
+            answer_bytes += n;
+        }
+    }
+    let requests = socks.len() * 20;
+    let amplification = answer_bytes as f64 / sent_bytes as f64;
+    println!(
+        "flood: {requests} requests ({sent_bytes} B) in {elapsed:.2}s → {answers} answers ({answer_bytes} B), \
+         byte amplification {amplification:.3}"
+    );
+    let limit = s.ctx.config.turn.unauthenticated_rate_per_ip as f64;
+    assert!(answers as f64 <= limit * (elapsed + 2.0), "{answers} challenges in {elapsed:.2}s exceed the per-IP limit");
+    assert!(amplification < 1.0, "reflection amplifies: {amplification:.3}");
+
+    let metrics = s.scrape().await;
+    let limited = ponte::metrics::value_of(&metrics, "ponte_turn_challenges_rate_limited_total")
+        .unwrap_or_else(|| panic!("no rate-limited counter in {metrics:?}"));
+    assert!(limited as usize >= requests - answers - 1, "rate-limited counter {limited}");
+    let grown = rss_kib().saturating_sub(rss_before);
+    println!("flood: RSS grew {grown} KiB");
+    assert!(grown < 16 * 1024, "memory grew by {grown} KiB under an unauthenticated flood");
+    s.stop().await.unwrap();
+}
+
+/// Allocation quotas and a tiny relay port range: the excess gets 486/508, existing allocations keep working.
+#[tokio::test]
+async fn allocation_and_relay_port_exhaustion() {
+    let mut c = test_config();
+    c.turn.max_allocations_per_user = 2;
+    c.turn.relay_port_min = 31000;
+    c.turn.relay_port_max = 31002;
+    let s = TestServer::start(c).await;
+    let server = s.turn_udp[0];
+    let secret = s.ctx.turn_secret.clone();
+
+    // One user: the third allocation is over quota.
+    let mut a1 = UdpTurnClient::new("127.0.0.1", server, &secret, "alice").await;
+    let mut a2 = UdpTurnClient::new("127.0.0.1", server, &secret, "alice").await;
+    let mut a3 = UdpTurnClient::new("127.0.0.1", server, &secret, "alice").await;
+    a1.try_allocate().await.unwrap();
+    a2.try_allocate().await.unwrap();
+    assert_eq!(a3.try_allocate().await, Err(486), "per-user quota");
+
+    // Another user takes the last relay port; the next one finds none.
+    let mut b1 = UdpTurnClient::new("127.0.0.1", server, &secret, "bob").await;
+    b1.try_allocate().await.unwrap();
+    let mut b2 = UdpTurnClient::new("127.0.0.1", server, &secret, "bob").await;
+    assert_eq!(b2.try_allocate().await, Err(508), "relay ports exhausted");
+
+    // Existing allocations still answer: a Refresh succeeds.
+    let r = a1.request(METHOD_REFRESH, &|m| m.add(AttrType(ATTR_LIFETIME), &600u32.to_be_bytes())).await;
+    assert_eq!(code(&r), None, "refresh after exhaustion: {r}");
+    let metrics = s.scrape().await;
+    assert_eq!(ponte::metrics::value_of(&metrics, "ponte_turn_quota_rejections_total"), Some(2.0), "{metrics:?}");
+    s.stop().await.unwrap();
+}
+
+async fn ws(
+    addr: SocketAddr,
+) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>> {
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws")).await.unwrap();
+    ws.send(WsMsg::text(r#"{"type":"hello","v":1}"#)).await.unwrap();
+    ws
+}
+
+async fn next_json<S>(ws: &mut S) -> serde_json::Value
+where
+    S: StreamExt<Item = Result<WsMsg, tokio_tungstenite::tungstenite::Error>> + Unpin,
+{
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), ws.next()).await.expect("message in time") {
+            Some(Ok(WsMsg::Text(t))) => return serde_json::from_str(&t).unwrap(),
+            Some(Ok(_)) => continue,
+            other => panic!("socket ended: {other:?}"),
+        }
+    }
+}
+
+async fn until_type<S>(ws: &mut S, ty: &str) -> serde_json::Value
+where
+    S: StreamExt<Item = Result<WsMsg, tokio_tungstenite::tungstenite::Error>> + Unpin,
+{
+    loop {
+        let v = next_json(ws).await;
+        if v["type"] == ty {
+            return v;
+        }
+    }
+}
+
+/// Message floods, oversized frames and ID scanning on some sockets while two normal clients pair and talk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_floods_oversized_frames_and_id_scans() {
+    let s = TestServer::start(test_config()).await;
+    let addr = s.http;
+
+    let mut flooders = Vec::new();
+    for i in 0..8 {
+        flooders.push(tokio::spawn(async move {
+            let mut w = ws(addr).await;
+            let _ = until_type(&mut w, "welcome").await;
+            let mut refused = 0;
+            for n in 0..2000 {
+                let msg = if i % 2 == 0 {
+                    // ID scanning: connect requests to random IDs.
+                    format!(r#"{{"type":"connect","to":"{:08x}"}}"#, rand::random::<u32>())
+                } else {
+                    format!(r#"{{"type":"ping","t":{n}}}"#)
+                };
+                if w.send(WsMsg::text(msg)).await.is_err() {
+                    break;
+                }
+            }
+            // Drain answers for a moment, counting refusals.
+            let deadline = Instant::now() + Duration::from_millis(500);
+            while let Ok(Some(Ok(WsMsg::Text(t)))) = tokio::time::timeout_at(deadline.into(), w.next()).await {
+                if t.contains("rate_limited") || t.contains("too_many_requests") {
+                    refused += 1;
+                }
+            }
+            refused
+        }));
+    }
+    // One client sends a frame far over the limit and is closed with 1009.
+    let mut big = ws(addr).await;
+    let _ = until_type(&mut big, "welcome").await;
+    let _ = big.send(WsMsg::text("x".repeat(2 * 1024 * 1024))).await;
+    let closed = loop {
+        match tokio::time::timeout(Duration::from_secs(5), big.next()).await.expect("closed in time") {
+            Some(Ok(WsMsg::Close(Some(f)))) => break u16::from(f.code),
+            Some(Ok(_)) => continue,
+            _ => break 0,
+        }
+    };
+    assert_eq!(closed, 1009);
+
+    // Normal clients pair and exchange a signal while the flood goes on.
+    let mut a = ws(addr).await;
+    let mut b = ws(addr).await;
+    let wa = until_type(&mut a, "welcome").await;
+    let wb = until_type(&mut b, "welcome").await;
+    a.send(WsMsg::text(format!(r#"{{"type":"connect","to":"{}"}}"#, wb["id"].as_str().unwrap()))).await.unwrap();
+    let inc = until_type(&mut b, "incoming").await;
+    assert_eq!(inc["peer"], wa["id"]);
+    b.send(WsMsg::text(format!(r#"{{"type":"accept","from":"{}"}}"#, wa["id"].as_str().unwrap()))).await.unwrap();
+    until_type(&mut a, "paired").await;
+    a.send(WsMsg::text(format!(
+        r#"{{"type":"signal","to":"{}","data":{{"sdp":"offer"}}}}"#,
+        wb["id"].as_str().unwrap()
+    )))
+    .await
+    .unwrap();
+    let sig = until_type(&mut b, "signal").await;
+    assert_eq!(sig["data"]["sdp"], "offer");
+
+    let mut refused_total = 0;
+    for f in flooders {
+        refused_total += f.await.unwrap();
+    }
+    println!("websocket flood: {refused_total} messages refused by limits");
+    assert!(refused_total > 1000, "floods must hit the rate limits (refused {refused_total})");
+    s.stop().await.unwrap();
+}
+
+/// Connections that send half a request and stall are cut after the header timeout; others are served meanwhile.
+#[tokio::test]
+async fn slowloris_connections_time_out() {
+    let s = TestServer::start(test_config()).await;
+    let mut slow = Vec::new();
+    for _ in 0..100 {
+        let mut c = tokio::net::TcpStream::connect(s.http).await.unwrap();
+        c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ").await.unwrap();
+        slow.push(c);
+    }
+    let (status, _, _) = http_get(s.http, "/healthz", &[]).await;
+    assert_eq!(status, 200, "a normal request is served while 100 connections stall");
+
+    // Within the header timeout (10 s) plus slack, every stalled connection is closed by the server.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    for mut c in slow {
+        let mut buf = [0u8; 512];
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, c.read(&mut buf)).await {
+            Ok(Ok(_)) | Ok(Err(_)) => {}
+            Err(_) => panic!("a stalled connection was still open after 15 s"),
+        }
+    }
+    s.stop().await.unwrap();
+}

@@ -1,0 +1,106 @@
+// The NAT lab for browser tests: tests/lab/netlab.sh namespaces, ponte in PREFIX-srv, one Chromium per home.
+
+import { execFileSync } from 'node:child_process';
+import { mkdtempSync, writeFileSync, rmSync, chmodSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { ROOT, CHROMIUM, requirements, launch, newPage, startPonte, openApp, pair, which } from './lib.mjs';
+
+const NETLAB = path.join(ROOT, 'tests', 'lab', 'netlab.sh');
+const SRV_IP = '198.51.100.10';
+const HTTP_PORT = 8080;
+
+export function labMissing() {
+  const base = requirements();
+  if (base) return base;
+  const why = [];
+  if (process.getuid && process.getuid() !== 0) why.push('root (network namespaces)');
+  if (!which('ip')) why.push('ip (apt-get install iproute2)');
+  if (!which('iptables')) why.push('iptables');
+  if (!which('ping')) why.push('ping (apt-get install iputils-ping)');
+  if (why.length && process.env.CI === 'true') throw new Error(`lab tests cannot run, missing: ${why.join(', ')}`);
+  return why.length ? `lab needs ${why.join(', ')}` : null;
+}
+
+let labCounter = 0;
+/** Bring up a lab, ponte in it, and one Chromium per home. */
+export async function startLab({ nat1, nat2, turn = true }) {
+  const prefix = `pw${process.pid % 10000}${labCounter++}`;
+  execFileSync('bash', [NETLAB, 'up', prefix, nat1, nat2], { stdio: 'inherit' });
+  await settle(prefix);
+  const dir = mkdtempSync(path.join(tmpdir(), 'ponte-lab-'));
+  const lab = { prefix, dir, browsers: [], pages: [] };
+  try {
+    lab.server = await startPonte({
+      netns: `${prefix}-srv`,
+      toml: `[http]
+listen = "${SRV_IP}:${HTTP_PORT}"
+[turn]
+enabled = ${turn}
+listen_udp = ["${SRV_IP}:3478"]
+listen_tcp = ["${SRV_IP}:3478"]
+external_ip = "${SRV_IP}"
+relay_ip = "${SRV_IP}"
+allow_peers = ["198.51.100.0/24"]
+secret = "lab-secret-not-for-production"
+`,
+    });
+    lab.url = `http://${SRV_IP}:${HTTP_PORT}`;
+    for (const home of ['h1', 'h2']) {
+      const wrapper = path.join(dir, `chromium-${home}.sh`);
+      writeFileSync(wrapper, `#!/bin/sh\nexec ip netns exec ${prefix}-${home} ${CHROMIUM} "$@"\n`);
+      chmodSync(wrapper, 0o755);
+      lab.browsers.push(await launch({ executablePath: wrapper }));
+    }
+  } catch (e) {
+    await stopLab(lab);
+    throw e;
+  }
+  return lab;
+}
+
+/**
+ * Wait until the lab's addresses are final (IPv6 duplicate-address detection done) and each home reaches the
+ * server. Otherwise Chromium, started in the middle of it, sees a "network change" and aborts the page's loads
+ * (net::ERR_NETWORK_CHANGED).
+ */
+async function settle(prefix) {
+  const deadline = Date.now() + 15000;
+  for (const node of ['srv', 'h1', 'h2', 'nat1', 'nat2']) {
+    while (execFileSync('ip', ['-n', `${prefix}-${node}`, 'addr', 'show', 'tentative'], { encoding: 'utf8' }).trim()) {
+      if (Date.now() > deadline) throw new Error(`${prefix}-${node}: addresses still tentative`);
+      await new Promise((r) => setTimeout(r, 200));
+    }
+  }
+  for (const home of ['h1', 'h2']) {
+    for (;;) {
+      try {
+        execFileSync('ip', ['netns', 'exec', `${prefix}-${home}`, 'ping', '-c', '1', '-W', '1', SRV_IP], { stdio: 'ignore' });
+        break;
+      } catch {
+        if (Date.now() > deadline) throw new Error(`${prefix}-${home} cannot reach ${SRV_IP}`);
+      }
+    }
+  }
+}
+
+export async function stopLab(lab) {
+  if (!lab) return;
+  for (const p of lab.pages) if (p.errors && p.errors.length) console.log(`[${lab.prefix}] page errors: ${p.errors.join(' | ')}`);
+  for (const b of lab.browsers) await b.close().catch(() => {});
+  if (lab.server) await lab.server.stop().catch(() => {});
+  try { execFileSync('bash', [NETLAB, 'down', lab.prefix], { stdio: 'inherit' }); } catch { /* best effort */ }
+  rmSync(lab.dir, { recursive: true, force: true });
+}
+
+/** Desktop page in home 1, 360 px page in home 2, paired (A requests, B accepts). */
+export async function twoPeers(lab) {
+  const a = await newPage(lab.browsers[0]);
+  const b = await newPage(lab.browsers[1], { mobile: true });
+  lab.pages.push(a, b);
+  await openApp(a, lab.url);
+  const idB = await openApp(b, lab.url);
+  await pair(a, b, idB);
+  return { a, b, idB };
+}
+

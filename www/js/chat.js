@@ -1,0 +1,254 @@
+// One conversation: its messages (kept as DOM nodes, attached to the visible list when selected), delivery
+// receipts, typing indicator, unread count, and the messages of the chat data channel.
+//
+// Chat channel messages (JSON): {t:"msg", id, text, ts} → {t:"ack", id}; {t:"typing", on}; {t:"path", type,
+// relayProtocol} (my end of the selected candidate pair, so the other side can tell a relay on my side);
+// file-* (see files.js). Unacknowledged messages are re-sent when the channel reopens; the receiver drops duplicates.
+
+import { el, timeText } from './dom.js';
+import { t, language } from './i18n.js';
+import { displayId } from './signaling.js';
+
+const TYPING_SEND_EVERY_MS = 2500;
+const TYPING_SHOW_MS = 5000;
+const MAX_TEXT = 20000;
+
+let counter = 0;
+function msgId() {
+  const r = crypto.getRandomValues(new Uint8Array(4));
+  return `${Date.now().toString(36)}-${(counter++).toString(36)}-${[...r].map((b) => b.toString(16).padStart(2, '0')).join('')}`;
+}
+
+export class Chat {
+  constructor({ peer, link, hooks }) {
+    this.peer = peer;
+    this.link = link;
+    this.hooks = hooks;
+    this.nodes = [];
+    this.list = null;
+    this.unread = 0;
+    this.closed = false;
+    this.serverPaired = true;
+    this.unacked = new Map(); // id → message object
+    this.statusEls = new Map(); // id → status element
+    this.seen = new Set();
+    this.labels = []; // [node, key, vars] for re-translation
+    this.transferNodes = new Map();
+    this.typing = false;
+    this.typingTimer = 0;
+    this.lastTypingSent = 0;
+    this.preview = '';
+    this.lastSender = null;
+    this.draft = '';
+    this.sentPath = '';
+    this.welcomed = false;
+
+    link.addEventListener('state', (ev) => {
+      const { state, diagnosis } = ev.detail;
+      if (diagnosis) link.diagnosis = diagnosis;
+      if (state === 'connected' && !this.welcomed) {
+        this.welcomed = true;
+        this.system('chat.started');
+      }
+      this.changed();
+    });
+    link.addEventListener('chat-open', () => {
+      for (const m of this.unacked.values()) {
+        if (link.send(m)) this.setStatus(m.id, 'sent');
+      }
+      this.sentPath = '';
+      this.changed();
+    });
+    link.addEventListener('chat-close', () => this.changed());
+    link.addEventListener('chat-message', (ev) => this.onMessage(ev.detail.msg));
+    link.addEventListener('stats', (ev) => {
+      const l = ev.detail.local;
+      const key = `${l.type}/${l.relayProtocol || ''}`;
+      if (key !== this.sentPath && link.send({ t: 'path', type: l.type, relayProtocol: l.relayProtocol || '' })) this.sentPath = key;
+      this.changed();
+    });
+    link.addEventListener('security', () => this.changed());
+  }
+
+  get selected() {
+    return this.hooks.isVisible(this);
+  }
+
+  changed() {
+    this.hooks.changed(this);
+  }
+
+  attach(list) {
+    this.list = list;
+    list.ponteChat = this;
+    list.replaceChildren(...this.nodes);
+    list.scrollTop = list.scrollHeight;
+  }
+
+  isAttached() {
+    return !!this.list && this.list.ponteChat === this;
+  }
+
+  append(node, forceScroll) {
+    this.nodes.push(node);
+    if (!this.isAttached()) return;
+    const l = this.list;
+    const nearBottom = l.scrollHeight - l.scrollTop - l.clientHeight < 120;
+    l.append(node);
+    if (nearBottom || forceScroll) l.scrollTop = l.scrollHeight;
+  }
+
+  /** A centred line of text ("Connected", "X left"). `key` is an i18n key, or plain text. */
+  system(key, vars) {
+    const node = el('li', { class: 'sys', 'data-testid': 'system-message' }, t(key, vars));
+    this.labels.push([node, key, vars]);
+    this.lastSender = null;
+    this.append(node);
+  }
+
+  relabel() {
+    for (const [node, key, vars] of this.labels) node.textContent = t(key, vars);
+    for (const [id, s] of this.statusEls) this.setStatus(id, s.dataset.status);
+    for (const [, n] of this.transferNodes) if (n.rerender) n.rerender();
+  }
+
+  messageNode({ id, text, ts, mine }) {
+    const sender = mine ? t('chat.you') : displayId(this.peer);
+    const showSender = this.lastSender !== (mine ? 'me' : 'peer');
+    this.lastSender = mine ? 'me' : 'peer';
+    const meta = el('div', { class: 'meta' }, el('time', { datetime: new Date(ts).toISOString() }, timeText(ts, language())));
+    let status = null;
+    if (mine) {
+      status = el('span', { class: 'status', 'data-testid': 'message-status' });
+      meta.append(status);
+    }
+    const li = el('li', { class: `msg ${mine ? 'mine' : 'theirs'}`, 'data-testid': 'message', 'data-id': id, 'data-from': mine ? 'me' : 'peer' },
+      el('div', { class: 'bubble' },
+        showSender ? el('div', { class: 'sender', 'data-testid': 'message-sender' }, sender) : el('span', { class: 'sr-only' }, `${sender}: `),
+        el('p', { class: 'text', 'data-testid': 'message-text' }, text),
+        meta));
+    if (!showSender) li.classList.add('cont');
+    if (status) {
+      this.statusEls.set(id, status);
+    }
+    return li;
+  }
+
+  setStatus(id, s) {
+    const node = this.statusEls.get(id);
+    if (!node) return;
+    node.dataset.status = s;
+    node.textContent = s === 'delivered' ? '✓✓' : s === 'sent' ? '✓' : '○';
+    node.title = t(`status.${s}`);
+    node.setAttribute('aria-label', t(`status.${s}`));
+  }
+
+  sendText(text) {
+    text = text.slice(0, MAX_TEXT);
+    const m = { t: 'msg', id: msgId(), text, ts: Date.now() };
+    this.unacked.set(m.id, m);
+    this.append(this.messageNode({ ...m, mine: true }), true);
+    this.setStatus(m.id, 'queued');
+    if (this.link.send(m)) this.setStatus(m.id, 'sent');
+    this.lastTypingSent = 0;
+    this.preview = `${t('chat.you')}: ${text}`;
+    this.changed();
+  }
+
+  userTyping() {
+    const now = Date.now();
+    if (now - this.lastTypingSent > TYPING_SEND_EVERY_MS && this.draft) {
+      this.lastTypingSent = now;
+      this.link.send({ t: 'typing', on: true });
+    } else if (!this.draft && this.lastTypingSent) {
+      this.lastTypingSent = 0;
+      this.link.send({ t: 'typing', on: false });
+    }
+  }
+
+  setTyping(on) {
+    clearTimeout(this.typingTimer);
+    this.typing = on;
+    if (on) this.typingTimer = setTimeout(() => this.setTyping(false), TYPING_SHOW_MS);
+    this.changed();
+  }
+
+  onMessage(msg) {
+    switch (msg.t) {
+      case 'msg': {
+        const id = String(msg.id || '');
+        if (!id) return;
+        this.link.send({ t: 'ack', id });
+        if (this.seen.has(id)) return;
+        this.seen.add(id);
+        const text = String(msg.text ?? '').slice(0, MAX_TEXT);
+        const ts = Number.isFinite(msg.ts) ? Math.min(msg.ts, Date.now()) : Date.now();
+        this.append(this.messageNode({ id, text, ts, mine: false }));
+        this.preview = text;
+        if (!this.hooks.isVisible(this)) this.unread += 1;
+        this.setTyping(false);
+        this.hooks.messageArrived(this, text);
+        break;
+      }
+      case 'ack': {
+        const id = String(msg.id || '');
+        if (this.unacked.delete(id)) this.setStatus(id, 'delivered');
+        break;
+      }
+      case 'typing':
+        this.setTyping(!!msg.on);
+        break;
+      case 'path':
+        this.link.setRemotePath(msg);
+        break;
+      case 'rejoin':
+        this.hooks.rejoin(this, String(msg.id || ''));
+        break;
+      default:
+        if (this.files) this.files.handle(msg);
+    }
+  }
+
+  markRead() {
+    this.unread = 0;
+  }
+
+  /** Render a file transfer card (created on first call, updated afterwards). */
+  renderTransfer(x, render) {
+    let n = this.transferNodes.get(x.id);
+    const fresh = !n;
+    if (fresh) {
+      n = render(x, null, this);
+      this.transferNodes.set(x.id, n);
+      this.lastSender = null;
+      this.append(n.li, x.dir === 'out');
+      if (x.dir === 'in') {
+        if (!this.hooks.isVisible(this)) this.unread += 1;
+        this.hooks.messageArrived(this, x.name);
+        this.preview = t('chat.file_preview', { name: x.name });
+      } else this.preview = `${t('chat.you')}: ${t('chat.file_preview', { name: x.name })}`;
+      this.changed();
+    } else {
+      render(x, n, this);
+    }
+  }
+
+  end(key, vars) {
+    if (this.closed) return;
+    this.closed = true;
+    this.system(key, vars);
+    if (this.files) this.files.abortAll();
+    this.link.close();
+    this.setTyping(false);
+    this.changed();
+  }
+
+  destroy() {
+    this.closed = true;
+    this.link.close();
+    for (const [id, n] of this.transferNodes) {
+      if (n.url) URL.revokeObjectURL(n.url);
+      this.transferNodes.delete(id);
+    }
+  }
+}

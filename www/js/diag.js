@@ -1,0 +1,216 @@
+// /diag: a trickle-ICE test aimed at this server. Opens the signaling WebSocket (which hands out the ICE servers
+// and fresh TURN credentials), then gathers candidates separately for every STUN and TURN URL and says plainly
+// which ones work. Nothing is sent to any peer.
+
+import { t, detectLanguage, setLanguage, fillLanguageSelect } from './i18n.js';
+import { $, el } from './dom.js';
+import { Signaling } from './signaling.js';
+
+setLanguage(detectLanguage());
+fillLanguageSelect($('#lang-select'));
+$('#theme-toggle').addEventListener('click', () => window.ponteTheme && window.ponteTheme.cycle());
+
+const GATHER_TIMEOUT_MS = 10000;
+let results = [];
+let candidates = [];
+let running = false;
+
+function check(key, title) {
+  const icon = el('span', { class: 'check-icon', 'aria-hidden': 'true' });
+  const verdict = el('span', { class: 'check-verdict' }, t('diag.running'));
+  const detail = el('span', { class: 'check-detail small muted' });
+  const li = el('li', { class: 'check', 'data-testid': 'diag-check', 'data-check': key, 'data-result': 'running' },
+    icon, el('div', { class: 'check-body' }, el('span', { class: 'check-title' }, title), verdict, detail));
+  $('#checks').append(li);
+  const r = {
+    key,
+    result: 'running',
+    set(result, text) {
+      r.result = result;
+      li.dataset.result = result;
+      icon.textContent = result === 'ok' ? '✓' : result === 'fail' ? '✕' : result === 'skip' ? '–' : '';
+      verdict.textContent = t(result === 'ok' ? 'diag.ok' : result === 'fail' ? 'diag.fail' : result === 'skip' ? 'diag.skip' : 'diag.running');
+      detail.textContent = text || '';
+    },
+  };
+  results.push(r);
+  return r;
+}
+
+/** Open /ws, say hello without a token, wait for the welcome; resolves {ms, welcome} or rejects. */
+function probeSignaling() {
+  return new Promise((resolve, reject) => {
+    const started = performance.now();
+    let ws;
+    try { ws = new WebSocket(Signaling.defaultUrl(), ['ponte.v1']); } catch (e) { reject(e); return; }
+    const timer = setTimeout(() => { try { ws.close(); } catch { /* ignore */ } reject(new Error('timeout')); }, 8000);
+    ws.onopen = () => ws.send(JSON.stringify({ type: 'hello', v: 1 }));
+    ws.onmessage = (ev) => {
+      let m;
+      try { m = JSON.parse(ev.data); } catch { return; }
+      if (m.type === 'welcome') {
+        clearTimeout(timer);
+        resolve({ ms: Math.round(performance.now() - started), welcome: m });
+        ws.close(1000);
+      }
+    };
+    ws.onclose = () => { clearTimeout(timer); reject(new Error('closed')); };
+  });
+}
+
+/** Gather candidates with one ICE server URL. Resolves {cands, errors, ms}. */
+async function gather(server, url, relayOnly) {
+  const cfg = { iceServers: server ? [{ ...server, urls: [url] }] : [], iceTransportPolicy: relayOnly ? 'relay' : 'all' };
+  const pc = new RTCPeerConnection(cfg);
+  const cands = [];
+  const errors = [];
+  const started = performance.now();
+  let firstRelayMs = null;
+  pc.createDataChannel('diag');
+  const done = new Promise((resolve) => {
+    const timer = setTimeout(resolve, GATHER_TIMEOUT_MS);
+    pc.onicecandidate = (ev) => {
+      if (!ev.candidate) { clearTimeout(timer); resolve(); return; }
+      const c = ev.candidate;
+      if (!c.candidate) return;
+      const parsed = parseCandidate(c.candidate);
+      parsed.relayProtocol = c.relayProtocol || (parsed.type === 'relay' ? urlParts(url).transport : undefined);
+      parsed.url = c.url || url || '';
+      if (parsed.type === 'relay' && firstRelayMs === null) firstRelayMs = Math.round(performance.now() - started);
+      cands.push(parsed);
+    };
+    pc.onicecandidateerror = (ev) => errors.push({ url: ev.url, code: ev.errorCode, text: ev.errorText });
+  });
+  try {
+    await pc.setLocalDescription(await pc.createOffer());
+    await done;
+  } finally {
+    pc.close();
+  }
+  return { cands, errors, ms: firstRelayMs };
+}
+
+function parseCandidate(line) {
+  // candidate:<foundation> <component> <transport> <priority> <address> <port> typ <type> [raddr ..] [rport ..] [tcptype ..]
+  const f = line.replace(/^candidate:/, '').split(/\s+/);
+  const out = { transport: (f[2] || '').toLowerCase(), address: f[4] || '', port: f[5] || '', type: f[7] || '' };
+  return out;
+}
+
+function urlParts(url) {
+  const m = /^(stun|turns?):\[?([^\]?]+?)\]?(?::(\d+))?(?:\?transport=(\w+))?$/i.exec(url);
+  if (!m) return { scheme: '', host: url, port: '', transport: '' };
+  const scheme = m[1].toLowerCase();
+  return { scheme, host: m[2], port: m[3] || (scheme === 'turns' ? '5349' : '3478'), transport: (m[4] || (scheme === 'turns' ? 'tcp' : 'udp')).toLowerCase() };
+}
+
+function addCandidates(list, server) {
+  for (const c of list) candidates.push({ ...c, server });
+  const body = $('#cands');
+  body.replaceChildren(...candidates.map((c) => el('tr', { 'data-type': c.type },
+    el('td', {}, c.type),
+    el('td', {}, c.type === 'relay' && c.relayProtocol ? `${c.transport} (TURN ${c.relayProtocol})` : c.transport),
+    el('td', { class: 'mono' }, `${c.address}:${c.port}`),
+    el('td', { class: 'mono' }, c.server || '—'))));
+  $('#cands-section').hidden = candidates.length === 0;
+}
+
+async function run() {
+  if (running) return;
+  running = true;
+  $('#run').disabled = true;
+  results = [];
+  candidates = [];
+  $('#checks').replaceChildren();
+  addCandidates([], '');
+  document.body.dataset.done = 'false';
+  const summary = $('#summary');
+  summary.dataset.kind = '';
+  summary.textContent = t('diag.running');
+
+  const wsUrl = Signaling.defaultUrl();
+  const wsCheck = check('ws', t('diag.ws'));
+  let welcome;
+  try {
+    const r = await probeSignaling();
+    welcome = r.welcome;
+    wsCheck.set('ok', t('diag.ws_ok', { url: wsUrl, ms: r.ms }));
+  } catch {
+    wsCheck.set('fail', t('diag.ws_fail', { url: wsUrl }));
+    summary.dataset.kind = 'bad';
+    summary.textContent = t('diag.summary_ws_bad');
+    running = false;
+    $('#run').disabled = false;
+    return;
+  }
+
+  const servers = welcome.ice_servers || [];
+  const jobs = [];
+  const hostCheck = check('host', t('diag.host'));
+  jobs.push(gather(null, '', false).then(({ cands }) => {
+    const host = cands.filter((c) => c.type === 'host');
+    addCandidates(host, '');
+    hostCheck.set(host.length ? 'ok' : 'fail', host.length ? t('diag.host_ok', { n: host.length }) : t('diag.host_fail'));
+    return { kind: 'host', ok: host.length > 0 };
+  }));
+
+  const seen = new Set();
+  let stunCount = 0;
+  const turnKinds = new Set();
+  for (const server of servers) {
+    for (const url of Array.isArray(server.urls) ? server.urls : [server.urls]) {
+      if (!url || seen.has(url)) continue;
+      seen.add(url);
+      const p = urlParts(url);
+      if (p.scheme === 'stun') {
+        stunCount += 1;
+        const c = check(`stun${stunCount > 1 ? `-${stunCount}` : ''}`, t('diag.stun', { url }));
+        jobs.push(gather(server, url, false).then(({ cands, errors }) => {
+          const srflx = cands.filter((x) => x.type === 'srflx');
+          addCandidates(srflx, url);
+          const failed = errors.some((e) => e.code === 701 || (e.code >= 300 && e.code < 700));
+          if (srflx.length) c.set('ok', t('diag.stun_ok', { addr: [...new Set(srflx.map((x) => x.address))].join(', ') }));
+          else if (!failed && cands.length) c.set('ok', t('diag.stun_ok', { addr: cands[0].address }));
+          else c.set('fail', t('diag.stun_fail', { port: p.port }));
+          return { kind: 'stun', ok: c.result === 'ok' };
+        }));
+      } else if (p.scheme === 'turn' || p.scheme === 'turns') {
+        const kind = p.scheme === 'turns' ? 'tls' : p.transport;
+        turnKinds.add(kind);
+        const c = check(`turn-${kind}`, t('diag.turn', { url }));
+        jobs.push(gather(server, url, true).then(({ cands, errors, ms }) => {
+          const relay = cands.filter((x) => x.type === 'relay');
+          addCandidates(relay, url);
+          if (relay.length) {
+            c.set('ok', t('diag.turn_ok', { addr: `${relay[0].address}:${relay[0].port}`, ms: ms ?? '?' }));
+          } else {
+            const auth = errors.find((e) => [401, 403, 437, 441, 486].includes(e.code));
+            const why = auth ? t('diag.turn_why_auth', { code: `${auth.code} ${auth.text || ''}`.trim() })
+              : errors.length ? t('diag.turn_why_unreachable', { proto: kind.toUpperCase(), port: p.port })
+                : t('diag.turn_why_none', { s: GATHER_TIMEOUT_MS / 1000 });
+            c.set('fail', t('diag.turn_fail', { why }));
+          }
+          return { kind: 'turn', ok: relay.length > 0 };
+        }));
+      }
+    }
+  }
+  if (!stunCount) check('stun', t('diag.stun', { url: '—' })).set('skip', '');
+  if (!turnKinds.size) check('turn', t('diag.turn', { url: '—' })).set('skip', '');
+  else if (!turnKinds.has('tls')) check('turn-tls', t('diag.turn_tls')).set('skip', '');
+
+  const outcome = await Promise.all(jobs);
+  const stunOk = outcome.some((o) => o.kind === 'stun' && o.ok);
+  const turnOk = outcome.some((o) => o.kind === 'turn' && o.ok);
+  if (stunOk && turnOk) { summary.dataset.kind = 'good'; summary.textContent = t('diag.summary_good'); }
+  else if (turnOk) { summary.dataset.kind = 'warn'; summary.textContent = t('diag.summary_relay_only'); }
+  else if (stunOk) { summary.dataset.kind = 'warn'; summary.textContent = t('diag.summary_direct_only'); }
+  else { summary.dataset.kind = 'bad'; summary.textContent = t('diag.summary_bad'); }
+  document.body.dataset.done = 'true';
+  running = false;
+  $('#run').disabled = false;
+}
+
+$('#run').addEventListener('click', run);
+document.addEventListener('languagechange', () => { if (!running) run(); });
+run();

@@ -1,0 +1,210 @@
+// WebSocket client for ponte's signaling protocol v1 (docs/protocol.md).
+//
+// Sends `hello` (with the reconnect token kept in sessionStorage, so a reload keeps the ID), reconnects with
+// exponential backoff plus jitter, and re-emits every server message as an event named after its `type`.
+// Extra events: `state` (detail: "connecting" | "open" | "closed" | "replaced"), `session` (the welcome).
+
+const TOKEN_KEY = 'ponte.token';
+const ID_KEY = 'ponte.id';
+const PING_EVERY_MS = 25000;
+const PONG_TIMEOUT_MS = 10000;
+
+export class Signaling extends EventTarget {
+  constructor(url) {
+    super();
+    this.url = url || Signaling.defaultUrl();
+    this.ws = null;
+    this.state = 'closed';
+    this.session = null; // last welcome
+    this.attempt = 0;
+    this.retryTimer = 0;
+    this.pingTimer = 0;
+    this.pongTimer = 0;
+    this.stopped = false;
+    this.nextRetryAt = 0;
+    this.outbox = []; // messages sent while disconnected, flushed after welcome
+  }
+
+  static defaultUrl() {
+    const proto = location.protocol === 'https:' ? 'wss:' : 'ws:';
+    return `${proto}//${location.host}/ws`;
+  }
+
+  get token() {
+    try { return sessionStorage.getItem(TOKEN_KEY) || undefined; } catch { return undefined; }
+  }
+
+  set token(v) {
+    try {
+      if (v) sessionStorage.setItem(TOKEN_KEY, v); else sessionStorage.removeItem(TOKEN_KEY);
+    } catch { /* storage disabled: the ID just won't survive a reload */ }
+  }
+
+  /** The ID this tab had before (for telling the user it changed). */
+  get previousId() {
+    try { return sessionStorage.getItem(ID_KEY) || undefined; } catch { return undefined; }
+  }
+
+  start() {
+    this.stopped = false;
+    this.open();
+  }
+
+  /** Forget the token and connect again: a new ID. */
+  renew() {
+    this.token = undefined;
+    try { sessionStorage.removeItem(ID_KEY); } catch { /* ignore */ }
+    this.reconnectNow();
+  }
+
+  reconnectNow() {
+    clearTimeout(this.retryTimer);
+    this.attempt = 0;
+    if (this.ws) {
+      const ws = this.ws;
+      this.ws = null;
+      try { ws.close(1000); } catch { /* ignore */ }
+    }
+    this.stopped = false;
+    this.open();
+  }
+
+  setState(s, extra) {
+    this.state = s;
+    this.dispatchEvent(new CustomEvent('state', { detail: { state: s, ...extra } }));
+  }
+
+  open() {
+    clearTimeout(this.retryTimer);
+    this.setState('connecting', { attempt: this.attempt });
+    let ws;
+    try {
+      ws = new WebSocket(this.url, ['ponte.v1']);
+    } catch (e) {
+      this.scheduleRetry();
+      return;
+    }
+    this.ws = ws;
+    let welcomed = false;
+    ws.onopen = () => {
+      if (this.ws !== ws) return;
+      ws.send(JSON.stringify({ type: 'hello', v: 1, token: this.token }));
+    };
+    ws.onmessage = (ev) => {
+      if (this.ws !== ws) return;
+      let msg;
+      try { msg = JSON.parse(ev.data); } catch { return; }
+      if (!msg || typeof msg.type !== 'string') return;
+      if (msg.type === 'welcome') {
+        welcomed = true;
+        this.attempt = 0;
+        const prev = this.session;
+        this.session = msg;
+        this.token = msg.token;
+        const before = this.previousId;
+        try { sessionStorage.setItem(ID_KEY, msg.id); } catch { /* ignore */ }
+        msg.previousId = prev ? prev.id : before;
+        this.setState('open');
+        this.startPing();
+        const queued = this.outbox;
+        this.outbox = [];
+        for (const m of queued) this.send(m);
+      } else if (msg.type === 'pong') {
+        clearTimeout(this.pongTimer);
+      }
+      this.dispatchEvent(new CustomEvent(msg.type, { detail: msg }));
+      this.dispatchEvent(new CustomEvent('message', { detail: msg }));
+    };
+    ws.onclose = (ev) => {
+      if (this.ws !== ws) return;
+      this.ws = null;
+      this.stopPing();
+      if (ev.code === 4001) {
+        // Another tab (a duplicated one shares sessionStorage) took over this ID: do not fight over it.
+        this.stopped = true;
+        this.setState('replaced', { code: ev.code });
+        return;
+      }
+      if (ev.code === 1002) {
+        this.stopped = true;
+        this.setState('closed', { code: ev.code, fatal: true });
+        return;
+      }
+      this.setState('closed', { code: ev.code, welcomed });
+      this.scheduleRetry(ev.code === 1013);
+    };
+    ws.onerror = () => { /* onclose follows */ };
+  }
+
+  scheduleRetry(slow) {
+    if (this.stopped) return;
+    this.attempt += 1;
+    // 0.5 s, 1 s, 2 s, 4 s ... capped at 15 s (30 s when the server said it is full), with ±30 % jitter.
+    const cap = slow ? 30000 : 15000;
+    const base = Math.min(cap, 500 * 2 ** Math.min(this.attempt - 1, 6));
+    const delay = Math.round(base * (0.7 + Math.random() * 0.6));
+    this.nextRetryAt = Date.now() + delay;
+    this.dispatchEvent(new CustomEvent('retry', { detail: { delay, attempt: this.attempt } }));
+    this.retryTimer = setTimeout(() => this.open(), delay);
+  }
+
+  startPing() {
+    this.stopPing();
+    this.pingTimer = setInterval(() => {
+      if (!this.ws || this.ws.readyState !== WebSocket.OPEN) return;
+      this.ws.send(JSON.stringify({ type: 'ping', t: Date.now() }));
+      clearTimeout(this.pongTimer);
+      this.pongTimer = setTimeout(() => {
+        // The connection is silently dead (laptop sleep, NAT timeout): drop it and reconnect.
+        if (this.ws) {
+          const ws = this.ws;
+          ws.onclose({ code: 1006 });
+          try { ws.close(); } catch { /* ignore */ }
+        }
+      }, PONG_TIMEOUT_MS);
+    }, PING_EVERY_MS);
+  }
+
+  stopPing() {
+    clearInterval(this.pingTimer);
+    clearTimeout(this.pongTimer);
+  }
+
+  get isOpen() {
+    return this.state === 'open' && this.ws && this.ws.readyState === WebSocket.OPEN;
+  }
+
+  /** Send a message now, or (queue=true) after the next welcome if the socket is down. Returns whether it went out. */
+  send(msg, queue = false) {
+    if (this.isOpen) {
+      this.ws.send(JSON.stringify(msg));
+      return true;
+    }
+    if (queue) this.outbox.push(msg);
+    return false;
+  }
+}
+
+/** The ID alphabet (no 0 o 1 l i). */
+export const ID_ALPHABET = '23456789abcdefghjkmnpqrstuvwxyz';
+
+/**
+ * Forgiving ID input: accepts `K7M2-X9P4`, ` k7m2 x9p4 `, a full share link `https://host/#k7m2x9p4`.
+ * Returns the canonical 8-character ID, or null with a reason.
+ */
+export function parseId(input) {
+  let s = String(input || '').trim();
+  const hash = s.lastIndexOf('#');
+  if (hash >= 0) s = s.slice(hash + 1);
+  s = s.toLowerCase().replace(/[^0-9a-z]/g, '');
+  if (!s) return { id: null, reason: 'empty' };
+  for (const ch of s) {
+    if (!ID_ALPHABET.includes(ch)) return { id: null, reason: 'chars', ch };
+  }
+  if (s.length !== 8) return { id: null, reason: 'length' };
+  return { id: s, reason: null };
+}
+
+export function displayId(id) {
+  return id && id.length === 8 ? `${id.slice(0, 4)}-${id.slice(4)}` : id || '';
+}
