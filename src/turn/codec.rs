@@ -254,6 +254,38 @@ pub fn wrap_data_indication(
     h..end + pad
 }
 
+/// A Binding success response (RFC 8489 §7.3.1.1): XOR-MAPPED-ADDRESS, SOFTWARE if given, FINGERPRINT if the
+/// request had one.
+pub fn binding_success(txid: &[u8; 12], mapped: SocketAddr, software: Option<&str>, fingerprint: bool) -> Vec<u8> {
+    let sw = software.map(|s| &s.as_bytes()[..s.len().min(763)]);
+    let mut b = Vec::with_capacity(STUN_HEADER + 24 + sw.map_or(0, |s| 4 + s.len() + 3) + 8);
+    b.extend_from_slice(&0x0101u16.to_be_bytes());
+    b.extend_from_slice(&[0, 0]);
+    b.extend_from_slice(&MAGIC_COOKIE.to_be_bytes());
+    b.extend_from_slice(txid);
+    let mut attr = [0u8; 24];
+    let n = encode_xor_addr_attr(&mut attr, ATTR_XOR_MAPPED_ADDRESS, mapped, txid);
+    b.extend_from_slice(&attr[..n]);
+    if let Some(sw) = sw {
+        b.extend_from_slice(&ATTR_SOFTWARE.to_be_bytes());
+        b.extend_from_slice(&(sw.len() as u16).to_be_bytes());
+        b.extend_from_slice(sw);
+        b.resize((b.len() + 3) & !3, 0);
+    }
+    if fingerprint {
+        let len = (b.len() - STUN_HEADER + 8) as u16;
+        b[2..4].copy_from_slice(&len.to_be_bytes());
+        let crc = stun::fingerprint::fingerprint_value(&b);
+        b.extend_from_slice(&ATTR_FINGERPRINT.to_be_bytes());
+        b.extend_from_slice(&4u16.to_be_bytes());
+        b.extend_from_slice(&crc.to_be_bytes());
+    } else {
+        let len = (b.len() - STUN_HEADER) as u16;
+        b[2..4].copy_from_slice(&len.to_be_bytes());
+    }
+    b
+}
+
 /// A STUN message decoded by the `stun` crate, for the control path (requests), where allocation is fine.
 pub fn decode(b: &[u8]) -> Option<Message> {
     let mut m = Message::new();
@@ -330,6 +362,28 @@ mod tests {
             assert_eq!(&frame[d], b"hello");
             let x = find_attr(frame, ATTR_XOR_PEER_ADDRESS).unwrap().unwrap();
             assert_eq!(decode_xor_addr(&frame[x], &txid), Some(peer));
+        }
+    }
+
+    #[test]
+    fn binding_success_matches_the_stun_crate() {
+        use stun::message::Setter;
+        for (addr, sw, fp) in [
+            ("192.0.2.1:3478", None, true),
+            ("[2001:db8::1]:5", Some("ponte 1"), true),
+            ("198.51.100.2:1", Some("abc"), false),
+        ] {
+            let addr: SocketAddr = addr.parse().unwrap();
+            let txid = [5u8; 12];
+            let mut m = message(METHOD_BINDING, 2, txid);
+            stun::xoraddr::XorMappedAddress { ip: addr.ip(), port: addr.port() }.add_to(&mut m).unwrap();
+            if let Some(s) = sw {
+                m.add(stun::attributes::AttrType(ATTR_SOFTWARE), s.as_bytes());
+            }
+            if fp {
+                stun::fingerprint::FINGERPRINT.add_to(&mut m).unwrap();
+            }
+            assert_eq!(binding_success(&txid, addr, sw, fp), m.raw, "{addr} {sw:?} {fp}");
         }
     }
 

@@ -500,10 +500,10 @@ impl Core {
                 }
                 if method == METHOD_BINDING {
                     inc(&self.counters.binding_requests);
-                    let mut m = codec::message(METHOD_BINDING, 2, txid);
                     let client = SocketAddr::new(policy::canonical(from.client.ip()), from.client.port());
-                    let _ = stun::xoraddr::XorMappedAddress { ip: client.ip(), port: client.port() }.add_to(&mut m);
-                    out.push(Action::ToClient { to: from, data: self.finish(m, None, fingerprint) });
+                    // Every ICE agent sends these: encoded directly, one allocation per answer.
+                    let data = codec::binding_success(&txid, client, self.cfg.software.as_deref(), fingerprint);
+                    out.push(Action::ToClient { to: from, data });
                     return;
                 }
                 let Some(msg) = codec::decode(pkt) else {
