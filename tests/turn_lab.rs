@@ -57,7 +57,8 @@ impl Lab {
             &cfg,
             format!(
                 "[http]\nlisten = \"127.0.0.1:8080\"\n[metrics]\nlisten = \"127.0.0.1:9477\"\n[turn]\nlisten_udp = [\"0.0.0.0:3478\"]\n\
-                 listen_tcp = [\"0.0.0.0:3478\"]\nsecret = \"{SECRET}\"\n{extra_turn_toml}\n"
+                 listen_tcp = [\"0.0.0.0:3478\"]\nsecret = \"{SECRET}\"\n\
+                 allow_peers = [\"198.51.100.0/24\"]\n{extra_turn_toml}\n"
             ),
         )
         .unwrap();

@@ -112,8 +112,9 @@ fuzz_target!(|data: &[u8]| {
                     continue;
                 };
                 let peer = peers[body.len() % peers.len()];
-                let mut buf = vec![0u8; 4 + 36 + body.len() + 4 + 64];
-                let off = 4 + 36;
+                // Peer data lands after the headroom the core writes Data/ChannelData headers into.
+                let off = ponte::turn::codec::HEADROOM;
+                let mut buf = vec![0u8; off + body.len() + 64];
                 buf[off..off + body.len()].copy_from_slice(body);
                 let _ = core.from_peer(relay, peer, &mut buf, body.len(), now);
             }

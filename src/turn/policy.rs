@@ -22,9 +22,9 @@ pub enum Denied {
 
 /// IPv4 special-purpose ranges (IANA IPv4 Special-Purpose Address Registry plus multicast and reserved).
 ///
-/// Deliberately absent: the documentation ranges (TEST-NET-1/2/3, 2001:db8::/32, 3fff::/20). No real host uses
-/// them, so refusing them protects nothing, and the project's network lab (`tests/lab/netlab.sh`) uses
-/// TEST-NET-2 as its "public internet".
+/// The documentation ranges (TEST-NET-1/2/3) are refused too: no real host uses them, so a request for one is
+/// either a test or a probe, and a LAN numbered out of them (it happens) must not become reachable. A test lab
+/// that uses TEST-NET-2 as its "internet" opts in with `turn.allow_peers = ["198.51.100.0/24"]`.
 const V4_DENY: &[(&str, &str)] = &[
     ("0.0.0.0/8", "this network"),
     ("10.0.0.0/8", "private (RFC 1918)"),
@@ -33,12 +33,15 @@ const V4_DENY: &[(&str, &str)] = &[
     ("169.254.0.0/16", "link-local (incl. cloud metadata 169.254.169.254)"),
     ("172.16.0.0/12", "private (RFC 1918)"),
     ("192.0.0.0/24", "IETF protocol assignments"),
+    ("192.0.2.0/24", "documentation (TEST-NET-1)"),
     ("192.31.196.0/24", "AS112"),
     ("192.52.193.0/24", "AMT"),
     ("192.88.99.0/24", "6to4 relay anycast"),
     ("192.168.0.0/16", "private (RFC 1918)"),
     ("192.175.48.0/24", "AS112 direct delegation"),
     ("198.18.0.0/15", "benchmarking (RFC 2544)"),
+    ("198.51.100.0/24", "documentation (TEST-NET-2)"),
+    ("203.0.113.0/24", "documentation (TEST-NET-3)"),
     ("224.0.0.0/4", "multicast"),
     ("240.0.0.0/4", "reserved (incl. broadcast)"),
 ];
@@ -55,7 +58,9 @@ const V6_DENY: &[(&str, &str)] = &[
     ("64:ff9b:1::/48", "NAT64 local-use"),
     ("100::/64", "discard-only"),
     ("2001::/23", "IETF protocol assignments (incl. Teredo, benchmarking, ORCHID)"),
+    ("2001:db8::/32", "documentation"),
     ("2002::/16", "6to4"),
+    ("3fff::/20", "documentation"),
     ("5f00::/16", "SRv6 SIDs"),
     ("fc00::/7", "unique local (ULA)"),
     ("fe80::/10", "link-local"),
@@ -112,7 +117,8 @@ fn canonical_net(n: &IpNet) -> IpNet {
     *n
 }
 
-/// The peer policy of one server: built-in ranges, the server's own addresses, and the owner's lists.
+/// The peer policy of one server: the server's own addresses (always refused), then the owner's allow list
+/// (wins over the rest), the owner's deny list, and the built-in special-purpose ranges.
 #[derive(Debug, Clone)]
 pub struct PeerPolicy {
     builtin: Vec<(IpNet, &'static str)>,
@@ -146,11 +152,16 @@ impl PeerPolicy {
     /// configured deny list, and the built-in ranges.
     pub fn check(&self, ip: IpAddr) -> Result<IpAddr, Denied> {
         let ip = canonical(ip);
+        // The server's own addresses come first: `allow_peers` opens *networks* (a LAN, a lab), and a network
+        // that merely contains this server must not make its own services (SSH, HTTP, metrics) reachable
+        // through its relay. Only an allow entry naming the exact host (/32, /128) does that, deliberately.
+        // (Relay-to-relay traffic is let through by the core, at live relay ports only.)
+        if self.own.contains(&ip) {
+            let named = self.allow.iter().any(|n| n.prefix_len() == n.max_prefix_len() && n.contains(&ip));
+            return if named { Ok(ip) } else { Err(Denied::OwnAddress) };
+        }
         if self.allow.iter().any(|n| n.contains(&ip)) {
             return Ok(ip);
-        }
-        if self.own.contains(&ip) {
-            return Err(Denied::OwnAddress);
         }
         if self.deny.iter().any(|n| n.contains(&ip)) {
             return Err(Denied::Configured);
@@ -176,13 +187,7 @@ mod tests {
 
     #[test]
     fn public_addresses_pass() {
-        // Documentation ranges pass too (see V4_DENY): the lab's public network is TEST-NET-2.
         for a in [
-            "192.0.2.1",
-            "198.51.100.30",
-            "203.0.113.9",
-            "2001:db8::1",
-            "3fff::1",
             "8.8.8.8",
             "1.1.1.1",
             "93.184.216.34",
@@ -201,6 +206,9 @@ mod tests {
     #[test]
     fn every_ipv4_special_range_denied() {
         for a in [
+            "192.0.2.1",
+            "198.51.100.30",
+            "203.0.113.9",
             "0.0.0.0",
             "0.1.2.3",
             "10.0.0.1",
@@ -233,6 +241,9 @@ mod tests {
     #[test]
     fn every_ipv6_special_range_denied() {
         for a in [
+            "2001:db8::1",
+            "3fff::1",
+            "::ffff:198.51.100.30",
             "::",
             "::1",
             "::2",
@@ -310,7 +321,7 @@ mod tests {
         assert!(pol.check("192.168.1.20".parse().unwrap()).is_ok());
         assert!(pol.check("::ffff:192.168.1.20".parse().unwrap()).is_ok(), "allow list matches the canonical form");
         assert!(pol.check("192.168.2.20".parse().unwrap()).is_err());
-        assert!(pol.check("127.0.0.1".parse().unwrap()).is_ok(), "allow wins even over own addresses");
+        assert!(pol.check("127.0.0.1".parse().unwrap()).is_ok(), "an own address named exactly is allowed");
         assert!(pol.check("127.0.0.2".parse().unwrap()).is_err());
         assert_eq!(pol.check("8.8.8.8".parse().unwrap()), Err(Denied::Configured));
         assert_eq!(pol.check("::ffff:8.8.8.8".parse().unwrap()), Err(Denied::Configured));
@@ -320,5 +331,18 @@ mod tests {
             "mapped CIDR in config canonicalised"
         );
         assert!(pol.check("8.8.9.8".parse().unwrap()).is_ok());
+    }
+
+    #[test]
+    fn allowing_a_network_does_not_open_the_server_itself() {
+        // A LAN owner allows 192.168.1.0/24; the server is 192.168.1.10 on that LAN.
+        let own: Vec<IpAddr> = vec!["192.168.1.10".parse().unwrap()];
+        let pol = PeerPolicy::new(&["192.168.1.0/24".parse().unwrap()], &[], &own);
+        assert!(pol.check("192.168.1.20".parse().unwrap()).is_ok());
+        assert_eq!(pol.check("192.168.1.10".parse().unwrap()), Err(Denied::OwnAddress));
+        assert_eq!(pol.check("::ffff:192.168.1.10".parse().unwrap()), Err(Denied::OwnAddress));
+        // Naming the host exactly is a deliberate choice and is honoured.
+        let pol = PeerPolicy::new(&["192.168.1.10/32".parse().unwrap()], &[], &own);
+        assert!(pol.check("192.168.1.10".parse().unwrap()).is_ok());
     }
 }
