@@ -78,7 +78,11 @@ fn main() -> anyhow::Result<()> {
     let fd_limit = raise_fd_limit();
     // Each client holds one fd here; the server holds one per client too (it inherits this limit).
     if (fd_limit as usize) < args.clients + 100 {
-        bail!("RLIMIT_NOFILE is {fd_limit}; {} clients need at least {} (raise the hard limit: ulimit -Hn)", args.clients, args.clients + 100);
+        bail!(
+            "RLIMIT_NOFILE is {fd_limit}; {} clients need at least {} (raise the hard limit: ulimit -Hn)",
+            args.clients,
+            args.clients + 100
+        );
     }
     tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(run(args))
 }
@@ -113,7 +117,12 @@ async fn bench(args: &Args, server: &mut Server) -> anyhow::Result<()> {
         clients.push(j.await??);
     }
     let ramp = t0.elapsed();
-    println!("{} clients connected and welcomed in {:.2} s ({:.0}/s) from {n_ips} source address(es)", clients.len(), ramp.as_secs_f64(), clients.len() as f64 / ramp.as_secs_f64());
+    println!(
+        "{} clients connected and welcomed in {:.2} s ({:.0}/s) from {n_ips} source address(es)",
+        clients.len(),
+        ramp.as_secs_f64(),
+        clients.len() as f64 / ramp.as_secs_f64()
+    );
 
     // Pair the first 2P clients; keep the rest idle (reading, so they answer pings like browsers do).
     let mut paired: Vec<(Client, Client)> = Vec::with_capacity(args.pairs);
@@ -198,11 +207,21 @@ async fn bench(args: &Args, server: &mut Server) -> anyhow::Result<()> {
     if msgs > 0 {
         latencies.sort_unstable();
         let pct = |p: f64| latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)] as f64 / 1000.0;
-        println!("relayed            {msgs} msgs in {:.2} s = {:.0} msgs/s", measured.as_secs_f64(), msgs as f64 / measured.as_secs_f64());
+        println!(
+            "relayed            {msgs} msgs in {:.2} s = {:.0} msgs/s",
+            measured.as_secs_f64(),
+            msgs as f64 / measured.as_secs_f64()
+        );
         println!("latency one-way    p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms", pct(0.50), pct(0.99), pct(1.0));
     }
-    println!("server RSS         baseline {:.1} MiB, idle with {} clients {:.1} MiB, after relay {:.1} MiB, peak {:.1} MiB",
-        rss_base as f64 / 1024.0, args.clients, rss_idle as f64 / 1024.0, rss_after as f64 / 1024.0, hwm as f64 / 1024.0);
+    println!(
+        "server RSS         baseline {:.1} MiB, idle with {} clients {:.1} MiB, after relay {:.1} MiB, peak {:.1} MiB",
+        rss_base as f64 / 1024.0,
+        args.clients,
+        rss_idle as f64 / 1024.0,
+        rss_after as f64 / 1024.0,
+        hwm as f64 / 1024.0
+    );
     println!("per client         {per_client:.0} bytes");
 
     // Graceful shutdown with the idle clients still connected: every one should get close code 1001.
@@ -392,7 +411,8 @@ impl Server {
 
     fn status_kib(&self, field: &str) -> anyhow::Result<u64> {
         let s = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))?;
-        let line = s.lines().find(|l| l.starts_with(field)).with_context(|| format!("no {field} in /proc/PID/status"))?;
+        let line =
+            s.lines().find(|l| l.starts_with(field)).with_context(|| format!("no {field} in /proc/PID/status"))?;
         Ok(line.split_whitespace().nth(1).context("malformed status line")?.parse()?)
     }
 

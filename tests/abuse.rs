@@ -6,7 +6,7 @@ mod common;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::turn_client::{code, UdpTurnClient};
+use common::turn_client::{code, Client};
 use common::{http_get, test_config, TestServer};
 use futures_util::{SinkExt, StreamExt};
 use ponte::turn::codec::{self, *};
@@ -53,7 +53,7 @@ async fn unauthenticated_allocate_flood() {
     }
 
     // Meanwhile, a normal client on another address gets its relay.
-    let mut normal = UdpTurnClient::new("127.0.0.2", server, &s.ctx.turn_secret, "normal").await;
+    let mut normal = Client::udp_from("127.0.0.2", server, &s, "normal").await;
     let relay = normal.try_allocate().await.expect("normal client allocates during the flood");
     assert_eq!(relay.ip().to_string(), "127.0.0.1");
 
@@ -97,20 +97,19 @@ async fn allocation_and_relay_port_exhaustion() {
     c.turn.relay_port_max = 31002;
     let s = TestServer::start(c).await;
     let server = s.turn_udp[0];
-    let secret = s.ctx.turn_secret.clone();
 
     // One user: the third allocation is over quota.
-    let mut a1 = UdpTurnClient::new("127.0.0.1", server, &secret, "alice").await;
-    let mut a2 = UdpTurnClient::new("127.0.0.1", server, &secret, "alice").await;
-    let mut a3 = UdpTurnClient::new("127.0.0.1", server, &secret, "alice").await;
+    let mut a1 = Client::udp_from("127.0.0.1", server, &s, "alice").await;
+    let mut a2 = Client::udp_from("127.0.0.1", server, &s, "alice").await;
+    let mut a3 = Client::udp_from("127.0.0.1", server, &s, "alice").await;
     a1.try_allocate().await.unwrap();
     a2.try_allocate().await.unwrap();
     assert_eq!(a3.try_allocate().await, Err(486), "per-user quota");
 
     // Another user takes the last relay port; the next one finds none.
-    let mut b1 = UdpTurnClient::new("127.0.0.1", server, &secret, "bob").await;
+    let mut b1 = Client::udp_from("127.0.0.1", server, &s, "bob").await;
     b1.try_allocate().await.unwrap();
-    let mut b2 = UdpTurnClient::new("127.0.0.1", server, &secret, "bob").await;
+    let mut b2 = Client::udp_from("127.0.0.1", server, &s, "bob").await;
     assert_eq!(b2.try_allocate().await, Err(508), "relay ports exhausted");
 
     // Existing allocations still answer: a Refresh succeeds.

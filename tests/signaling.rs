@@ -176,7 +176,10 @@ async fn welcome_has_id_token_and_ice_servers_with_valid_credentials() {
     assert!(c.token.len() >= 20, "token too short to be unguessable");
     assert_eq!(w["resumed"], false);
     assert_eq!(w["peers"], json!([]));
-    assert_eq!(w["limits"], json!({"max_message_bytes": 65536, "messages_per_sec": 50, "connect_requests_per_min": 20}));
+    assert_eq!(
+        w["limits"],
+        json!({"max_message_bytes": 65536, "messages_per_sec": 50, "connect_requests_per_min": 20})
+    );
 
     let udp = srv.turn_udp[0].port();
     let tcp = srv.turn_tcp[0].port();
@@ -211,7 +214,12 @@ async fn ice_servers_use_external_ip_ttl_and_extra_servers() {
     cfg.turn.external_ip = Some("198.51.100.10".parse().unwrap());
     cfg.turn.credential_ttl_secs = 600;
     cfg.signaling.ice_servers = vec![
-        IceServerConfig { urls: vec!["stun:stun.example.org:3478".into()], username: None, credential: None, secret: None },
+        IceServerConfig {
+            urls: vec!["stun:stun.example.org:3478".into()],
+            username: None,
+            credential: None,
+            secret: None,
+        },
         IceServerConfig {
             urls: vec!["turn:turn.example.org:3478".into()],
             username: Some("static".into()),
@@ -243,8 +251,12 @@ async fn ice_servers_use_external_ip_ttl_and_extra_servers() {
     let mut cfg = test_config();
     cfg.turn.enabled = false;
     cfg.http.public_url = Some("https://chat.example.org".into());
-    cfg.signaling.ice_servers =
-        vec![IceServerConfig { urls: vec!["stun:stun.example.org".into()], username: None, credential: None, secret: None }];
+    cfg.signaling.ice_servers = vec![IceServerConfig {
+        urls: vec!["stun:stun.example.org".into()],
+        username: None,
+        credential: None,
+        secret: None,
+    }];
     let srv = TestServer::start(cfg).await;
     let c = client(&srv).await;
     assert_eq!(c.welcome["ice_servers"], json!([{"urls": ["stun:stun.example.org"]}]));
@@ -299,7 +311,8 @@ async fn full_flow_request_accept_offer_answer_candidates_bye() {
     assert_eq!(expect(&mut a.ws, "signal").await["data"], answer);
 
     for i in 0..3 {
-        let cand = json!({"candidate": format!("candidate:{i} 1 udp 2122260223 192.0.2.1 5000{i} typ host"), "sdpMid": "0"});
+        let cand =
+            json!({"candidate": format!("candidate:{i} 1 udp 2122260223 192.0.2.1 5000{i} typ host"), "sdpMid": "0"});
         send(&mut a.ws, json!({"type": "signal", "to": b.id, "data": cand})).await;
         send(&mut b.ws, json!({"type": "signal", "to": a.id, "data": cand})).await;
         assert_eq!(expect(&mut b.ws, "signal").await["data"], cand);
@@ -515,7 +528,10 @@ async fn resume_replays_pending_requests() {
     expect(&mut c.ws, "request_sent").await;
     let mut a2 = hello(open(&srv).await, Some(&a_token)).await;
     assert_eq!(a2.welcome["resumed"], true);
-    let mut got = vec![expect(&mut a2.ws, "incoming").await["peer"].clone(), expect(&mut a2.ws, "incoming").await["peer"].clone()];
+    let mut got = vec![
+        expect(&mut a2.ws, "incoming").await["peer"].clone(),
+        expect(&mut a2.ws, "incoming").await["peer"].clone(),
+    ];
     got.sort_by_key(|v| v.to_string());
     let mut want = vec![json!(b.id), json!(c.id)];
     want.sort_by_key(|v| v.to_string());
@@ -591,10 +607,7 @@ async fn target_leaving_ends_pending_request_for_requester() {
     drop(b.ws);
     // request_timeout is also 1 s here; whichever comes first, A must hear about B.
     let v = recv(&mut a.ws).await;
-    assert!(
-        (v["type"] == "peer_left" && v["reason"] == "disconnected") || v["type"] == "request_timeout",
-        "{v}"
-    );
+    assert!((v["type"] == "peer_left" && v["reason"] == "disconnected") || v["type"] == "request_timeout", "{v}");
     assert_eq!(v["peer"], b_id);
     srv.stop().await.unwrap();
 }
@@ -963,8 +976,12 @@ async fn reload_applies_limits_origins_and_ice_to_new_connections() {
     new_cfg.signaling.connect_requests_per_min = 3;
     new_cfg.turn.credential_ttl_secs = 300;
     new_cfg.http.allowed_origins = vec!["https://friend.example".into()];
-    new_cfg.signaling.ice_servers =
-        vec![IceServerConfig { urls: vec!["stun:extra.example.org".into()], username: None, credential: None, secret: None }];
+    new_cfg.signaling.ice_servers = vec![IceServerConfig {
+        urls: vec!["stun:extra.example.org".into()],
+        username: None,
+        credential: None,
+        secret: None,
+    }];
     let report = srv.ctx.reload(new_cfg);
     assert!(report.applied.contains(&"signaling.messages_per_sec"), "{report:?}");
 

@@ -7,16 +7,14 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use common::turn_client::{code, peer_attr, Client, Conn, T};
 use common::{test_config, TestServer};
 use ponte::config::Config;
 use ponte::turn::codec::{self, *};
 use stun::attributes::AttrType;
-use stun::integrity::MessageIntegrity;
-use stun::message::{Getter, Message, Setter};
+use stun::message::Getter;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
-
-const T: Duration = Duration::from_secs(5);
 
 /// A loopback-friendly config: peers on 127.0.0.1 allowed explicitly (secure default refuses them).
 fn lo_config() -> Config {
@@ -25,126 +23,6 @@ fn lo_config() -> Config {
     c.turn.relay_port_min = 20000;
     c.turn.relay_port_max = 29999;
     c
-}
-
-enum Conn {
-    Udp(UdpSocket, SocketAddr),
-    Tcp(TcpStream, Vec<u8>),
-}
-
-/// A minimal TURN client over the `stun` crate, enough to drive every method.
-struct Client {
-    conn: Conn,
-    user: String,
-    pass: String,
-    realm: Vec<u8>,
-    nonce: Vec<u8>,
-}
-
-impl Client {
-    async fn udp(server: SocketAddr, srv: &TestServer) -> Client {
-        let s = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        Client::with(Conn::Udp(s, server), srv)
-    }
-    async fn tcp(server: SocketAddr, srv: &TestServer) -> Client {
-        Client::with(Conn::Tcp(TcpStream::connect(server).await.unwrap(), Vec::new()), srv)
-    }
-    fn with(conn: Conn, srv: &TestServer) -> Client {
-        let cred = ponte::credentials::mint(&srv.ctx.turn_secret, "itest", ponte::credentials::unix_now(), 3600);
-        Client { conn, user: cred.username, pass: cred.password, realm: Vec::new(), nonce: Vec::new() }
-    }
-
-    async fn send_raw(&mut self, b: &[u8]) {
-        match &mut self.conn {
-            Conn::Udp(s, to) => {
-                s.send_to(b, *to).await.unwrap();
-            }
-            Conn::Tcp(s, _) => s.write_all(b).await.unwrap(),
-        }
-    }
-
-    /// Next STUN message or ChannelData frame from the server.
-    async fn recv(&mut self) -> Vec<u8> {
-        tokio::time::timeout(T, async {
-            match &mut self.conn {
-                Conn::Udp(s, _) => {
-                    let mut b = vec![0u8; 70000];
-                    let (n, _) = s.recv_from(&mut b).await.unwrap();
-                    b.truncate(n);
-                    b
-                }
-                Conn::Tcp(s, buf) => loop {
-                    if let Ok(Some(n)) = codec::tcp_frame_len(buf) {
-                        return buf.drain(..n).collect();
-                    }
-                    let mut chunk = [0u8; 4096];
-                    let n = s.read(&mut chunk).await.unwrap();
-                    assert!(n > 0, "server closed the connection");
-                    buf.extend_from_slice(&chunk[..n]);
-                },
-            }
-        })
-        .await
-        .expect("answer from the server in time")
-    }
-
-    async fn recv_stun(&mut self) -> Message {
-        let b = self.recv().await;
-        codec::decode(&b).expect("a STUN message")
-    }
-
-    fn build(&self, method: u16, attrs: &dyn Fn(&mut Message), auth: bool) -> Vec<u8> {
-        let mut m = codec::message(method, 0, rand::random());
-        attrs(&mut m);
-        if auth {
-            m.add(AttrType(ATTR_USERNAME), self.user.as_bytes());
-            m.add(AttrType(ATTR_REALM), &self.realm);
-            m.add(AttrType(ATTR_NONCE), &self.nonce);
-            let realm = String::from_utf8(self.realm.clone()).unwrap();
-            MessageIntegrity::new_long_term_integrity(self.user.clone(), realm, self.pass.clone())
-                .add_to(&mut m)
-                .unwrap();
-        }
-        stun::fingerprint::FINGERPRINT.add_to(&mut m).unwrap();
-        m.raw
-    }
-
-    /// An authenticated request, doing the 401/438 dance like a real client.
-    async fn request(&mut self, method: u16, attrs: &dyn Fn(&mut Message)) -> Message {
-        for _ in 0..3 {
-            let auth = !self.nonce.is_empty();
-            let pkt = self.build(method, attrs, auth);
-            self.send_raw(&pkt).await;
-            let r = self.recv_stun().await;
-            match code(&r) {
-                Some(401) if !auth => {}
-                Some(438) => {}
-                _ => return r,
-            }
-            self.realm = r.get(AttrType(ATTR_REALM)).unwrap();
-            self.nonce = r.get(AttrType(ATTR_NONCE)).unwrap();
-        }
-        panic!("authentication did not converge");
-    }
-
-    async fn allocate(&mut self) -> SocketAddr {
-        let r = self.request(METHOD_ALLOCATE, &|m| m.add(AttrType(ATTR_REQUESTED_TRANSPORT), &[17, 0, 0, 0])).await;
-        assert_eq!(code(&r), None, "Allocate failed: {r}");
-        let mut a = stun::xoraddr::XorMappedAddress::default();
-        a.get_from_as(&r, AttrType(ATTR_XOR_RELAYED_ADDRESS)).unwrap();
-        SocketAddr::new(a.ip, a.port)
-    }
-}
-
-fn code(m: &Message) -> Option<u16> {
-    let mut e = stun::error_code::ErrorCodeAttribute::default();
-    e.get_from(m).ok().map(|_| e.code.0)
-}
-
-fn peer_attr(m: &mut Message, peer: SocketAddr) {
-    stun::xoraddr::XorMappedAddress { ip: peer.ip(), port: peer.port() }
-        .add_to_as(m, AttrType(ATTR_XOR_PEER_ADDRESS))
-        .unwrap();
 }
 
 async fn binding(c: &mut Client) -> SocketAddr {
@@ -398,5 +276,47 @@ async fn ipv6_relay_with_requested_address_family() {
     // An IPv4 peer on an IPv6 relay: 443.
     let r = c.request(METHOD_CREATE_PERMISSION, &|m| peer_attr(m, "8.8.8.8:53".parse().unwrap())).await;
     assert_eq!(code(&r), Some(443));
+    srv.stop().await.unwrap();
+}
+
+/// A config reload (SIGHUP) changes the peer policy of the running server: a network allowed afterwards is
+/// reachable, and one taken away again is refused.
+#[tokio::test]
+async fn peer_policy_follows_config_reload() {
+    let srv = TestServer::start(test_config()).await;
+    let mut c = Client::udp(srv.turn_udp[0], &srv).await;
+    c.allocate().await;
+    let peer: SocketAddr = "10.20.30.40:5000".parse().unwrap();
+    let r = c.request(METHOD_CREATE_PERMISSION, &move |m| peer_attr(m, peer)).await;
+    assert_eq!(code(&r), Some(403), "private peer refused by default");
+
+    let mut cfg = (*srv.ctx.live()).clone();
+    cfg.turn.allow_peers = vec!["10.20.30.0/24".parse().unwrap()];
+    let report = srv.ctx.reload(cfg.clone());
+    assert!(report.applied.contains(&"turn.allow_peers"), "{report:?}");
+    // The TURN task applies it asynchronously: poll (bounded) until the permission goes through.
+    let mut ok = false;
+    for _ in 0..50 {
+        let r = c.request(METHOD_CREATE_PERMISSION, &move |m| peer_attr(m, peer)).await;
+        if code(&r).is_none() {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(ok, "allow_peers from the reload never took effect");
+
+    cfg.turn.allow_peers.clear();
+    srv.ctx.reload(cfg);
+    let mut refused = false;
+    for _ in 0..50 {
+        let r = c.request(METHOD_CREATE_PERMISSION, &move |m| peer_attr(m, peer)).await;
+        if code(&r) == Some(403) {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(refused, "removing allow_peers never took effect");
     srv.stop().await.unwrap();
 }

@@ -18,11 +18,11 @@ use tokio_tungstenite::WebSocketStream;
 
 use super::hub::{push, ConnCtl, ConnHandle, HelloOutcome, CLOSE_RESUMED, CLOSE_SLOW};
 use super::ids::Id;
-use crate::config::Config;
 use super::limits::{Slot, TokenBucket};
 use super::protocol::{self, ClientMsg, ErrorCode, ParseError, ServerMsg};
 use super::stats::Stats;
 use super::{ice, Hub};
+use crate::config::Config;
 
 pub type Ws = WebSocketStream<TokioIo<Upgraded>>;
 
@@ -204,7 +204,12 @@ pub async fn run(hub: Arc<Hub>, mut ws: Ws, info: ConnInfo, slot: Slot) {
 }
 
 /// Write `first` and whatever else is already queued, then flush once: one syscall for a burst.
-async fn write_batch(ws: &mut Ws, first: Utf8Bytes, rx: &mut mpsc::Receiver<Utf8Bytes>, ctl: &ConnCtl) -> Result<(), ()> {
+async fn write_batch(
+    ws: &mut Ws,
+    first: Utf8Bytes,
+    rx: &mut mpsc::Receiver<Utf8Bytes>,
+    ctl: &ConnCtl,
+) -> Result<(), ()> {
     let work = async {
         ctl.written(first.len());
         ws.feed(Message::Text(first)).await?;
@@ -283,7 +288,12 @@ impl Conn {
             ClientMsg::Connect { to } => {
                 // Counted before any lookup: failed attempts are exactly what an ID scan consists of.
                 if !self.connects.try_take() {
-                    self.error(ErrorCode::TooManyRequests, "too many connect requests; wait a minute", Some("connect"), None);
+                    self.error(
+                        ErrorCode::TooManyRequests,
+                        "too many connect requests; wait a minute",
+                        Some("connect"),
+                        None,
+                    );
                     return None;
                 }
                 let mut st = hub.state.lock();
@@ -318,16 +328,19 @@ impl Conn {
         let host = self.info.ice_host.clone();
         let now_unix = crate::credentials::unix_now();
         let cfg = self.info.cfg.clone();
-        let outcome = hub.state.lock().hello(self.handle.clone(), token, |id| {
-            ice::servers_for(&hub.ctx, &cfg, host.as_deref(), id, now_unix)
-        });
+        let outcome = hub
+            .state
+            .lock()
+            .hello(self.handle.clone(), token, |id| ice::servers_for(&hub.ctx, &cfg, host.as_deref(), id, now_unix));
         match outcome {
             HelloOutcome::Welcomed(id) => {
                 tracing::debug!(conn = self.handle.conn_id, %id, "client welcomed");
                 self.id = Some(id);
                 None
             }
-            HelloOutcome::ServerFull => Some(End::Close { code: 1013, reason: "server full, try again later", flush: true }),
+            HelloOutcome::ServerFull => {
+                Some(End::Close { code: 1013, reason: "server full, try again later", flush: true })
+            }
         }
     }
 }

@@ -261,7 +261,10 @@ impl State {
 
         if self.sessions.len() >= self.settings.max_sessions {
             self.stats.error(ErrorCode::ServerFull);
-            push(&conn, protocol::error(ErrorCode::ServerFull, "the server is full; try again later", Some("hello"), None));
+            push(
+                &conn,
+                protocol::error(ErrorCode::ServerFull, "the server is full; try again later", Some("hello"), None),
+            );
             return HelloOutcome::ServerFull;
         }
         let id = loop {
@@ -289,7 +292,15 @@ impl State {
         HelloOutcome::Welcomed(id)
     }
 
-    fn welcome(&self, id: Id, token: String, resumed: bool, ice: &[IceServer], ice_expires: u64, peers: Vec<Id>) -> String {
+    fn welcome(
+        &self,
+        id: Id,
+        token: String,
+        resumed: bool,
+        ice: &[IceServer],
+        ice_expires: u64,
+        peers: Vec<Id>,
+    ) -> String {
         ServerMsg::Welcome {
             v: protocol::VERSION,
             id,
@@ -407,7 +418,13 @@ impl State {
             return self.err(me, ErrorCode::AlreadyPaired, "you are already paired with that client", R, Some(to));
         }
         if s.outgoing.iter().any(|(p, _)| *p == to) || s.incoming.contains(&to) {
-            return self.err(me, ErrorCode::DuplicateRequest, "a request between you two is already pending", R, Some(to));
+            return self.err(
+                me,
+                ErrorCode::DuplicateRequest,
+                "a request between you two is already pending",
+                R,
+                Some(to),
+            );
         }
         let deadline = now + self.settings.request_timeout;
         s.outgoing.push((to, deadline));
@@ -496,7 +513,13 @@ impl State {
                 Stats::inc(&self.stats.relayed);
                 push(h, protocol::signal(me, data));
             }
-            None => self.err(me, ErrorCode::PeerAway, "that client is reconnecting; the message was dropped", "signal", Some(to)),
+            None => self.err(
+                me,
+                ErrorCode::PeerAway,
+                "that client is reconnecting; the message was dropped",
+                "signal",
+                Some(to),
+            ),
         }
     }
 

@@ -194,7 +194,11 @@ impl Hub {
         self.stop.cancel();
         self.tracker.close();
         if tokio::time::timeout(SHUTDOWN_WAIT, self.tracker.wait()).await.is_err() {
-            tracing::warn!("{} WebSocket(s) did not finish closing within {}s", self.conns.total(), SHUTDOWN_WAIT.as_secs());
+            tracing::warn!(
+                "{} WebSocket(s) did not finish closing within {}s",
+                self.conns.total(),
+                SHUTDOWN_WAIT.as_secs()
+            );
         } else if open > 0 {
             tracing::info!("closed {open} WebSocket(s)");
         }

@@ -45,7 +45,10 @@ pub enum ParseError {
     /// Not a JSON object.
     BadJson,
     /// A JSON object without a string `type`, or a known type with missing/mistyped fields (`ref` = the type).
-    BadMessage { ty: Option<String>, detail: String },
+    BadMessage {
+        ty: Option<String>,
+        detail: String,
+    },
     UnknownType(String),
 }
 
@@ -99,7 +102,8 @@ pub fn parse(text: &str) -> Result<ClientMsg<'_>, ParseError> {
         return Err(ParseError::BadMessage { ty: None, detail: "missing `type`".into() });
     };
     fn body<'a, T: Deserialize<'a>>(text: &'a str, ty: &str) -> Result<T, ParseError> {
-        serde_json::from_str(text).map_err(|e| ParseError::BadMessage { ty: Some(ty.to_string()), detail: field_error(&e) })
+        serde_json::from_str(text)
+            .map_err(|e| ParseError::BadMessage { ty: Some(ty.to_string()), detail: field_error(&e) })
     }
     Ok(match &*ty {
         "hello" => {
@@ -248,17 +252,43 @@ pub enum ServerMsg<'a> {
         peers: Vec<Id>,
         limits: Limits,
     },
-    Incoming { peer: Id },
-    IncomingCancelled { peer: Id, reason: CancelReason },
-    RequestSent { peer: Id },
-    RequestCancelled { peer: Id },
-    RequestTimeout { peer: Id },
-    Declined { peer: Id },
-    Paired { peer: Id, initiator: bool },
-    PeerAway { peer: Id },
-    PeerBack { peer: Id },
-    PeerLeft { peer: Id, reason: LeftReason },
-    IceServers { ice_servers: &'a [IceServer], ice_expires: u64 },
+    Incoming {
+        peer: Id,
+    },
+    IncomingCancelled {
+        peer: Id,
+        reason: CancelReason,
+    },
+    RequestSent {
+        peer: Id,
+    },
+    RequestCancelled {
+        peer: Id,
+    },
+    RequestTimeout {
+        peer: Id,
+    },
+    Declined {
+        peer: Id,
+    },
+    Paired {
+        peer: Id,
+        initiator: bool,
+    },
+    PeerAway {
+        peer: Id,
+    },
+    PeerBack {
+        peer: Id,
+    },
+    PeerLeft {
+        peer: Id,
+        reason: LeftReason,
+    },
+    IceServers {
+        ice_servers: &'a [IceServer],
+        ice_expires: u64,
+    },
     Pong {
         #[serde(skip_serializing_if = "Option::is_none")]
         t: Option<&'a RawValue>,
@@ -276,7 +306,8 @@ pub enum ServerMsg<'a> {
 impl ServerMsg<'_> {
     pub fn to_text(&self) -> String {
         // Serializing these types cannot fail: no maps with non-string keys, no failing Serialize impls.
-        serde_json::to_string(self).unwrap_or_else(|_| String::from(r#"{"type":"error","code":"bad_message","message":"internal"}"#))
+        serde_json::to_string(self)
+            .unwrap_or_else(|_| String::from(r#"{"type":"error","code":"bad_message","message":"internal"}"#))
     }
 }
 
@@ -333,10 +364,16 @@ mod tests {
     #[test]
     fn server_messages_shape() {
         let peer = Id::parse("abcd2345").unwrap();
-        let v: serde_json::Value = serde_json::from_str(&ServerMsg::IncomingCancelled { peer, reason: CancelReason::Timeout }.to_text()).unwrap();
+        let v: serde_json::Value =
+            serde_json::from_str(&ServerMsg::IncomingCancelled { peer, reason: CancelReason::Timeout }.to_text())
+                .unwrap();
         assert_eq!(v, serde_json::json!({"type":"incoming_cancelled","peer":"abcd2345","reason":"timeout"}));
-        let v: serde_json::Value = serde_json::from_str(&error(ErrorCode::NotPaired, "m", Some("signal"), Some(peer))).unwrap();
-        assert_eq!(v, serde_json::json!({"type":"error","code":"not_paired","message":"m","ref":"signal","peer":"abcd2345"}));
+        let v: serde_json::Value =
+            serde_json::from_str(&error(ErrorCode::NotPaired, "m", Some("signal"), Some(peer))).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"type":"error","code":"not_paired","message":"m","ref":"signal","peer":"abcd2345"})
+        );
         let v: serde_json::Value = serde_json::from_str(&ServerMsg::Pong { t: None }.to_text()).unwrap();
         assert_eq!(v, serde_json::json!({"type":"pong"}));
         for c in ErrorCode::ALL {

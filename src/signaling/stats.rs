@@ -43,15 +43,33 @@ impl Source for HubSource {
         let s = &hub.stats;
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         out.push(Sample::gauge("signaling_connections", "Open signaling WebSockets", hub.connection_count() as u64));
-        out.push(Sample::gauge("signaling_sessions", "Client IDs held, connected or in their reconnect grace period", hub.session_count() as u64));
+        out.push(Sample::gauge(
+            "signaling_sessions",
+            "Client IDs held, connected or in their reconnect grace period",
+            hub.session_count() as u64,
+        ));
         out.push(Sample::counter("signaling_messages", "Frames received from clients", get(&s.messages)));
-        out.push(Sample::counter("signaling_relayed", "signal messages forwarded between paired clients", get(&s.relayed)));
-        out.push(Sample::counter("signaling_slow_disconnects", "Clients disconnected for not reading their messages", get(&s.slow_disconnects)));
+        out.push(Sample::counter(
+            "signaling_relayed",
+            "signal messages forwarded between paired clients",
+            get(&s.relayed),
+        ));
+        out.push(Sample::counter(
+            "signaling_slow_disconnects",
+            "Clients disconnected for not reading their messages",
+            get(&s.slow_disconnects),
+        ));
         for (reason, c) in [("origin", &s.refused_origin), ("per_ip", &s.refused_per_ip), ("total", &s.refused_total)] {
-            out.push(Sample::counter("signaling_upgrades_refused", "WebSocket upgrades refused", get(c)).label("reason", reason));
+            out.push(
+                Sample::counter("signaling_upgrades_refused", "WebSocket upgrades refused", get(c))
+                    .label("reason", reason),
+            );
         }
         for (code, c) in ErrorCode::ALL.iter().zip(&s.errors) {
-            out.push(Sample::counter("signaling_errors", "error messages sent to clients", get(c)).label("code", code.as_str()));
+            out.push(
+                Sample::counter("signaling_errors", "error messages sent to clients", get(c))
+                    .label("code", code.as_str()),
+            );
         }
     }
 }

@@ -228,7 +228,10 @@ struct Authed {
 pub struct Core {
     cfg: TurnConfig,
     auth: Auth,
-    policy: PeerPolicy,
+    /// Replaced as a whole when a config reload changes `allow_peers`/`deny_peers`; read only on requests
+    /// that name a peer (CreatePermission, ChannelBind, Send), never on the ChannelData/Data hot path.
+    policy: parking_lot::RwLock<PeerPolicy>,
+    own_ips: Vec<IpAddr>,
     relay_ips: Vec<IpAddr>,
     /// Our relay addresses as clients see them (local and external) → the local relay IP, for addresses the
     /// policy would refuse as "own". Peers there are reachable only at a live relay port: relay↔relay (both
@@ -287,7 +290,8 @@ impl Core {
         Core {
             relay_aliases,
             auth: Auth::new(&cfg.turn, &cfg.secrets),
-            policy,
+            policy: parking_lot::RwLock::new(policy),
+            own_ips: cfg.own_ips,
             relay_ips: cfg.relay_ips,
             cfg: cfg.turn,
             allocs: DashMap::new(),
@@ -299,6 +303,12 @@ impl Core {
             start: now,
             start_unix: now_unix,
         }
+    }
+
+    /// Apply new `turn.allow_peers`/`turn.deny_peers` (config reload). Existing permissions stay until they
+    /// expire or are refreshed; refreshing re-checks the peer against the new policy.
+    pub fn set_peer_lists(&self, allow: &[ipnet::IpNet], deny: &[ipnet::IpNet]) {
+        *self.policy.write() = PeerPolicy::new(allow, deny, &self.own_ips);
     }
 
     pub fn counters(&self) -> &Arc<Counters> {
@@ -863,7 +873,7 @@ impl Core {
             let Some(p) = codec::decode_xor_addr(&a.value, &txid) else {
                 return Err(self.error(method, txid, 400, "Bad XOR-PEER-ADDRESS"));
             };
-            let checked = match self.policy.check(p.ip()) {
+            let checked = match self.policy.read().check(p.ip()) {
                 Err(Denied::OwnAddress) if self.relay_aliases.iter().any(|(a, _)| *a == policy::canonical(p.ip())) => {
                     Ok(policy::canonical(p.ip()))
                 }

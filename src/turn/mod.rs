@@ -317,6 +317,25 @@ pub async fn serve(
         listening.push(format!("tcp://{}", l.local_addr()?));
         tasks.spawn(tcp::run(shell.clone(), l));
     }
+    // Config reload (SIGHUP): the peer policy follows `turn.allow_peers`/`turn.deny_peers`.
+    {
+        let (shell, mut rx) = (shell.clone(), ctx.watch_config());
+        tasks.spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = shell.shutdown.cancelled() => return Ok(()),
+                    changed = rx.changed() => {
+                        if changed.is_err() {
+                            shell.shutdown.cancelled().await;
+                            return Ok(());
+                        }
+                        let cfg = rx.borrow_and_update().clone();
+                        shell.core.set_peer_lists(&cfg.turn.allow_peers, &cfg.turn.deny_peers);
+                    }
+                }
+            }
+        });
+    }
     // TURN over TLS: the TLS listeners (src/tls.rs) decrypt and hand the streams over; framing is TCP's.
     if let Some(mut rx) = ctx.take_turns_streams() {
         let shell = shell.clone();
