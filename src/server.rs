@@ -406,12 +406,33 @@ pub async fn run_with_context(
     }
 
     tokio::spawn(crate::systemd::watchdog(shutdown.clone()));
-    let mut status = format!("web on http://{}", ctx.http_addr);
-    if ctx.config.turn.enabled {
-        let list = |v: &[SocketAddr]| v.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(" ");
-        status.push_str(&format!("; STUN/TURN udp {} tcp {}", list(&ctx.turn_udp_addrs), list(&ctx.turn_tcp_addrs)));
+    {
+        // READY only once every component is up (systemd orders dependent units on it); a component that
+        // fails first ends the daemon through the supervision loop below instead.
+        let (ctx, shutdown) = (ctx.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+            while Component::ALL.iter().any(|c| ctx.health.get(*c) == Status::Starting) {
+                if shutdown.is_cancelled() || tokio::time::Instant::now() > deadline {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            let mut status = format!("web on http://{}", ctx.http_addr);
+            if let Some(tls) = ctx.tls_addr {
+                status.push_str(&format!(" and https://{tls}"));
+            }
+            if ctx.config.turn.enabled {
+                let list = |v: &[SocketAddr]| v.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(" ");
+                status.push_str(&format!(
+                    "; STUN/TURN udp {} tcp {}",
+                    list(&ctx.turn_udp_addrs),
+                    list(&ctx.turn_tcp_addrs)
+                ));
+            }
+            crate::systemd::ready(&status);
+        });
     }
-    crate::systemd::ready(&status);
 
     let mut failure: Option<anyhow::Error> = None;
     while let Some(joined) = tasks.join_next().await {

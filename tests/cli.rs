@@ -313,6 +313,7 @@ fn sighup_reloads_live_settings_and_rejects_a_broken_file() {
     let cfg = write(&dir, "ponte.toml", LOOPBACK_CONFIG);
     let mut d = Daemon::spawn(Command::new(BIN).arg("-c").arg(&cfg).env_remove("RUST_LOG"));
     let addr = d.http_addr();
+    d.wait_for("STUN/TURN listening on udp://");
 
     // A valid change: live settings apply, listen addresses are reported as needing a restart.
     let changed = LOOPBACK_CONFIG.replacen("listen = \"127.0.0.1:0\"", "listen = \"127.0.0.1:1\"", 1)
@@ -323,7 +324,8 @@ fn sighup_reloads_live_settings_and_rejects_a_broken_file() {
     assert!(line.contains("signaling.messages_per_sec") && line.contains("log.level"), "{line}");
     let line = d.wait_for("only applied after a restart");
     assert!(line.contains("http.listen"), "{line}");
-    assert!(blocking_get(addr, "/healthz").starts_with("HTTP/1.1 200"), "still serving on the old address");
+    let health = blocking_get(addr, "/healthz");
+    assert!(health.starts_with("HTTP/1.1 200"), "still serving on the old address: {health}");
 
     // A broken file is rejected and the daemon keeps running.
     std::fs::write(&cfg, "[turn]\nrelay_port_min = 9\nrelay_port_max = 8\n").unwrap();
