@@ -31,7 +31,7 @@ export async function startLab({ nat1, nat2, turn = true }) {
   const dir = mkdtempSync(path.join(tmpdir(), 'ponte-lab-'));
   const lab = { prefix, dir, browsers: [], pages: [] };
   try {
-    lab.server = await startPonte({
+    lab.ponteOptions = {
       netns: `${prefix}-srv`,
       toml: `[http]
 listen = "${SRV_IP}:${HTTP_PORT}"
@@ -44,7 +44,8 @@ relay_ip = "${SRV_IP}"
 allow_peers = ["198.51.100.0/24"]
 secret = "lab-secret-not-for-production"
 `,
-    });
+    };
+    lab.server = await startPonte(lab.ponteOptions);
     lab.url = `http://${SRV_IP}:${HTTP_PORT}`;
     for (const home of ['h1', 'h2']) {
       const wrapper = path.join(dir, `chromium-${home}.sh`);
@@ -82,6 +83,14 @@ async function settle(prefix) {
       }
     }
   }
+}
+
+/** Start ponte again in the lab with the same config (same addresses and ports, same TURN secret). */
+export async function restartServer(lab) {
+  if (lab.server) await lab.server.stop();
+  lab.server = null;
+  lab.server = await startPonte({ ...lab.ponteOptions, name: 'restarted ponte' });
+  return lab.server;
 }
 
 export async function stopLab(lab) {

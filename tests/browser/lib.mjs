@@ -131,7 +131,7 @@ export async function startPonte({ toml, netns, name = 'ponte' }) {
     cfg,
     get log() { return log; },
     async stop() {
-      if (proc.exitCode === null) {
+      if (proc.exitCode === null && proc.signalCode === null) {
         proc.kill('SIGTERM');
         await new Promise((r) => { const tm = setTimeout(() => { proc.kill('SIGKILL'); r(); }, 6000); proc.once('exit', () => { clearTimeout(tm); r(); }); });
       }

@@ -1,0 +1,189 @@
+// Fault tests (issue 7): ponte killed or stopped under live chats.
+//
+//   cd tests/browser && node --test --test-concurrency=1 faults.test.mjs
+//
+// - NAT lab (root): a direct cone/cone chat survives `kill -9` of ponte; after the restart both pages come back
+//   online (new IDs) and the conversation is usable and re-paired on the new server.
+// - Loopback: SIGTERM while one side streams messages: ponte exits 0 within 5 s, the pages see a clean close (1001),
+//   the stream is not interrupted, and the pages reconnect once ponte is back.
+//
+// Not here: a relayed (TURN) chat across a kill -9 and restart. The relay dies with ponte, so the chat channel is
+// down too; after the restart both pages have new IDs and nothing left to tell each other the new ones (the
+// "rejoin" goes over the chat channel), so no ICE restart can be signalled and that chat cannot recover. It needs
+// a server-side way to find the old partner again (see the report on branch faults).
+//
+// Every packet stays on loopback or inside the namespaces the lab creates.
+
+import { test, describe, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
+import {
+  requirements, launch, newPage, startPonte, freeTcpPort, freeUdpTcpPort, openApp, pair, waitConnected, sendMessage,
+  waitForMessage, screenshot,
+} from './lib.mjs';
+import { labMissing, startLab, stopLab, twoPeers, restartServer } from './labkit.mjs';
+
+const labWhy = labMissing();
+const loopWhy = requirements();
+
+/** Send a signal to ponte itself (not a wrapper) and wait for it to exit; resolves { code, signal, ms }. */
+async function signalPonte(server, sig) {
+  const { proc } = server;
+  assert.equal(readFileSync(`/proc/${proc.pid}/comm`, 'utf8').trim(), 'ponte', 'the handle is the ponte process');
+  const started = Date.now();
+  const exited = new Promise((resolve) => proc.once('exit', (code, signal) => resolve({ code, signal, ms: Date.now() - started })));
+  proc.kill(sig);
+  return exited;
+}
+
+const offline = (p) => p.waitForSelector('[data-testid=server-status]:not([data-state=open]):not([data-state=connecting])', { timeout: 30000 });
+const online = (p, timeout = 45000) => p.waitForSelector('[data-testid=server-status][data-state=open]', { timeout });
+
+async function pathText(page, re) {
+  await page.waitForFunction((src) => new RegExp(src, 'i').test(document.querySelector('[data-testid=path-label]').textContent), re.source, { timeout: 15000 });
+  return page.getByTestId('path-label').textContent();
+}
+
+/** After a server restart: both pages have new IDs and silently re-pair with each other on the new server. */
+async function repaired(a, b, idA, idB) {
+  const newA = await a.evaluate(() => window.ponte.id);
+  const newB = await b.evaluate(() => window.ponte.id);
+  assert.notEqual(newA, idA, 'IDs do not survive a server restart');
+  assert.notEqual(newB, idB, 'IDs do not survive a server restart');
+  assert.equal((await a.getByTestId('my-id').textContent()).replace('-', ''), newA);
+  assert.equal((await b.getByTestId('my-id').textContent()).replace('-', ''), newB);
+  assert.match(await a.getByTestId('banner').textContent(), /new ID/);
+  await a.waitForFunction((id) => window.ponte.conversation(id)?.serverPaired === true, newB, { timeout: 30000 });
+  await b.waitForFunction((id) => window.ponte.conversation(id)?.serverPaired === true, newA, { timeout: 30000 });
+  assert.equal(await a.locator(`[data-testid=conversation][data-peer="${newB}"]`).count(), 1);
+  assert.equal(await b.locator(`[data-testid=conversation][data-peer="${newA}"]`).count(), 1);
+  assert.equal(await a.getByTestId('incoming-request').count(), 0, 'the re-pairing needs no click');
+  assert.equal(await b.getByTestId('incoming-request').count(), 0, 'the re-pairing needs no click');
+  return { newA, newB };
+}
+
+describe('faults in the NAT lab', { skip: labWhy || false, concurrency: 1 }, () => {
+  describe('both behind cone NAT', () => {
+    let lab;
+    before(async () => { lab = await startLab({ nat1: 'cone', nat2: 'cone' }); });
+    after(async () => stopLab(lab));
+
+    test('kill -9 of ponte: the direct chat goes on; after the restart both come back online and re-pair', { timeout: 180000 }, async () => {
+      const { a, b, idB } = await twoPeers(lab);
+      const idA = await a.evaluate(() => window.ponte.id);
+      await waitConnected(a, 40000);
+      await waitConnected(b, 40000);
+      await pathText(a, /direct/);
+      await pathText(b, /direct/);
+      await sendMessage(a, 'before the crash');
+      await waitForMessage(b, 'before the crash');
+
+      const killed = await signalPonte(lab.server, 'SIGKILL');
+      assert.equal(killed.signal, 'SIGKILL');
+      await offline(a);
+      await offline(b);
+      // The direct path does not need the server.
+      await sendMessage(a, 'while ponte is dead');
+      await waitForMessage(b, 'while ponte is dead');
+      await sendMessage(b, 'still talking');
+      await waitForMessage(a, 'still talking');
+      assert.equal(await a.getByTestId('connection-state').getAttribute('data-state'), 'connected');
+      assert.equal(await b.getByTestId('connection-state').getAttribute('data-state'), 'connected');
+      assert.doesNotMatch(await pathText(a, /direct/), /relay/i);
+      assert.doesNotMatch(await pathText(b, /direct/), /relay/i);
+      await screenshot(a, 'fault-kill9-server-dead-desktop');
+
+      await restartServer(lab);
+      await online(a);
+      await online(b);
+      await sendMessage(a, 'after the restart');
+      await waitForMessage(b, 'after the restart');
+      await sendMessage(b, 'welcome back');
+      await waitForMessage(a, 'welcome back');
+      await repaired(a, b, idA, idB);
+      await screenshot(b, 'fault-kill9-restarted-360');
+    });
+  });
+});
+
+describe('faults on loopback', { skip: loopWhy || false }, () => {
+  let browser;
+  const pages = [];
+  before(async () => { browser = await launch({ extraArgs: ['--allow-loopback-in-peer-connection'] }); });
+  after(async () => {
+    for (const p of pages) if (p.errors.length) console.log(`page errors: ${p.errors.join(' | ')}`);
+    if (browser) await browser.close();
+  });
+
+  test('SIGTERM during traffic: exit 0 within 5 s, clean close 1001, the stream goes on, the pages reconnect', { timeout: 150000 }, async () => {
+    const port = await freeTcpPort();
+    const turnPort = await freeUdpTcpPort();
+    const toml = `[http]
+listen = "127.0.0.1:${port}"
+[turn]
+listen_udp = ["127.0.0.1:${turnPort}"]
+listen_tcp = ["127.0.0.1:${turnPort}"]
+`;
+    let server = await startPonte({ toml, name: 'ponte to be stopped' });
+    let stopPump = false;
+    let pump = null;
+    try {
+      const a = await newPage(browser);
+      const b = await newPage(browser);
+      pages.push(a, b);
+      const idA = await openApp(a, server.url);
+      const idB = await openApp(b, server.url);
+      await pair(a, b, idB);
+      await waitConnected(a);
+      await waitConnected(b);
+      // Record the close codes the pages' signaling sees.
+      for (const p of [a, b]) {
+        await p.evaluate(() => {
+          window.closeCodes = [];
+          window.ponte.signaling.addEventListener('state', (e) => { if (e.detail.state === 'closed') window.closeCodes.push(e.detail.code); });
+        });
+      }
+
+      // A steady stream of messages from A while ponte shuts down.
+      let sent = 0;
+      pump = (async () => {
+        while (!stopPump) {
+          sent += 1;
+          await sendMessage(a, `tick ${sent}`);
+          await a.waitForTimeout(100);
+        }
+      })();
+      await waitForMessage(b, 'tick 5');
+
+      const stopped = await signalPonte(server, 'SIGTERM');
+      assert.equal(stopped.signal, null, `ponte died of ${stopped.signal}`);
+      assert.equal(stopped.code, 0, `exit code\n${server.log.slice(-2000)}`);
+      assert.ok(stopped.ms < 5000, `ponte took ${stopped.ms} ms to stop`);
+      assert.match(server.log, /SIGTERM/);
+      for (const p of [a, b]) {
+        await p.waitForFunction(() => window.closeCodes.length > 0, null, { timeout: 10000 });
+        assert.equal(await p.evaluate(() => window.closeCodes[0]), 1001, 'a clean close: server shutting down');
+      }
+      await offline(a);
+      await offline(b);
+      // The stream goes on over the direct path.
+      const mark = sent + 5;
+      await waitForMessage(b, `tick ${mark}`);
+      stopPump = true;
+      await pump;
+      await waitForMessage(b, `tick ${sent}`);
+      assert.equal(await a.getByTestId('connection-state').getAttribute('data-state'), 'connected');
+
+      server = await startPonte({ toml, name: 'ponte started again' });
+      await online(a);
+      await online(b);
+      await sendMessage(b, 'after the stop');
+      await waitForMessage(a, 'after the stop');
+      await repaired(a, b, idA, idB);
+    } finally {
+      stopPump = true;
+      if (pump) await pump.catch(() => {});
+      await server.stop();
+    }
+  });
+});
