@@ -1016,6 +1016,11 @@ async fn metrics_count_connections_relays_errors_and_refusals() {
     assert_eq!(v("ponte_signaling_errors_total{code=\"bad_json\"}"), 1.0);
     assert_eq!(v("ponte_signaling_upgrades_refused_total{reason=\"origin\"}"), 1.0);
     assert!(v("ponte_signaling_messages_total") >= 5.0);
+    assert_eq!(v("ponte_signaling_pairings"), 1.0);
+    assert_eq!(v("ponte_signaling_messages_by_type_total{type=\"hello\"}"), 2.0);
+    assert_eq!(v("ponte_signaling_messages_by_type_total{type=\"connect\"}"), 1.0);
+    assert_eq!(v("ponte_signaling_messages_by_type_total{type=\"accept\"}"), 1.0);
+    assert_eq!(v("ponte_signaling_messages_by_type_total{type=\"signal\"}"), 1.0);
     srv.stop().await.unwrap();
 }
 

@@ -320,3 +320,28 @@ async fn peer_policy_follows_config_reload() {
     assert!(refused, "removing allow_peers never took effect");
     srv.stop().await.unwrap();
 }
+
+/// `/metrics` shows the permissions and channels installed, and TURN counters move with traffic.
+#[tokio::test]
+async fn metrics_show_permissions_channels_and_allocations() {
+    let srv = TestServer::start(lo_config()).await;
+    let mut c = Client::udp(srv.turn_udp[0], &srv).await;
+    c.allocate().await;
+    let peer: SocketAddr = "127.0.0.1:9".parse().unwrap();
+    let r = c.request(METHOD_CREATE_PERMISSION, &move |m| peer_attr(m, peer)).await;
+    assert_eq!(code(&r), None);
+    let r = c
+        .request(METHOD_CHANNEL_BIND, &move |m| {
+            m.add(AttrType(ATTR_CHANNEL_NUMBER), &[0x40, 0x00, 0, 0]);
+            peer_attr(m, "127.0.0.1:10".parse().unwrap())
+        })
+        .await;
+    assert_eq!(code(&r), None);
+    let m = srv.scrape().await;
+    let v = |s: &str| ponte::metrics::value_of(&m, s).unwrap_or_else(|| panic!("no series {s} in {m:?}"));
+    assert_eq!(v("ponte_turn_allocations"), 1.0);
+    assert_eq!(v("ponte_turn_permissions"), 1.0, "one peer IP (permissions ignore the port)");
+    assert_eq!(v("ponte_turn_channels"), 1.0);
+    assert_eq!(v("ponte_turn_allocations_created_total"), 1.0);
+    srv.stop().await.unwrap();
+}

@@ -264,6 +264,7 @@ impl Conn {
                 return None;
             }
         };
+        Stats::inc(&self.hub.stats.by_type[msg.index()]);
         let Some(me) = self.id else {
             let ClientMsg::Hello { v, token } = msg else {
                 self.error(ErrorCode::HelloRequired, "send hello first", Some(msg.type_name()), None);

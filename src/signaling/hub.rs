@@ -182,6 +182,11 @@ impl State {
         self.sessions.len()
     }
 
+    /// Accepted pairings (each counted once, though both partners list it).
+    pub fn pairing_count(&self) -> usize {
+        self.sessions.values().map(|s| s.peers.len()).sum::<usize>() / 2
+    }
+
     /// Apply reloaded settings: new timers and new sessions use them; running timers keep their deadlines.
     pub fn set_settings(&mut self, settings: Settings) {
         self.settings = settings;

@@ -81,6 +81,11 @@ impl Hub {
         self.state.lock().session_count()
     }
 
+    /// Accepted pairings.
+    pub fn pairing_count(&self) -> usize {
+        self.state.lock().pairing_count()
+    }
+
     /// Handle `GET /ws` (WebSocket upgrade). `remote` is the client's address (socket or trusted proxy header).
     pub fn upgrade(self: &Arc<Self>, req: Request<Incoming>, remote: SocketAddr) -> Response<Body> {
         // Limits, origins and ICE settings follow reloads (SIGHUP); each connection keeps the ones it started with.

@@ -24,6 +24,24 @@ pub enum ClientMsg<'a> {
 }
 
 impl ClientMsg<'_> {
+    /// Every client message type, in [`ClientMsg::index`] order.
+    pub const TYPES: [&'static str; 9] =
+        ["hello", "connect", "cancel", "accept", "decline", "signal", "bye", "refresh_ice", "ping"];
+
+    pub fn index(&self) -> usize {
+        match self {
+            ClientMsg::Hello { .. } => 0,
+            ClientMsg::Connect { .. } => 1,
+            ClientMsg::Cancel { .. } => 2,
+            ClientMsg::Accept { .. } => 3,
+            ClientMsg::Decline { .. } => 4,
+            ClientMsg::Signal { .. } => 5,
+            ClientMsg::Bye { .. } => 6,
+            ClientMsg::RefreshIce => 7,
+            ClientMsg::Ping { .. } => 8,
+        }
+    }
+
     pub fn type_name(&self) -> &'static str {
         match self {
             ClientMsg::Hello { .. } => "hello",

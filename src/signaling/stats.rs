@@ -5,7 +5,7 @@ use std::sync::Weak;
 
 use crate::metrics::{Sample, Source};
 
-use super::protocol::ErrorCode;
+use super::protocol::{ClientMsg, ErrorCode};
 use super::Hub;
 
 #[derive(Debug, Default)]
@@ -20,6 +20,8 @@ pub struct Stats {
     pub refused_per_ip: AtomicU64,
     pub refused_total: AtomicU64,
     errors: [AtomicU64; ErrorCode::ALL.len()],
+    /// Well-formed messages by type, in `ClientMsg::TYPES` order.
+    pub by_type: [AtomicU64; ClientMsg::TYPES.len()],
 }
 
 impl Stats {
@@ -48,7 +50,18 @@ impl Source for HubSource {
             "Client IDs held, connected or in their reconnect grace period",
             hub.session_count() as u64,
         ));
+        out.push(Sample::gauge(
+            "signaling_pairings",
+            "Accepted pairings between two clients",
+            hub.pairing_count() as u64,
+        ));
         out.push(Sample::counter("signaling_messages", "Frames received from clients", get(&s.messages)));
+        for (ty, c) in ClientMsg::TYPES.iter().zip(&s.by_type) {
+            out.push(
+                Sample::counter("signaling_messages_by_type", "Well-formed client messages by type", get(c))
+                    .label("type", *ty),
+            );
+        }
         out.push(Sample::counter(
             "signaling_relayed",
             "signal messages forwarded between paired clients",

@@ -305,6 +305,17 @@ impl Core {
         }
     }
 
+    /// Permissions and channels currently installed, over all allocations (read at scrape time, not on the hot path).
+    pub fn permission_and_channel_counts(&self) -> (u64, u64) {
+        let (mut perms, mut chans) = (0u64, 0u64);
+        for a in self.allocs.iter() {
+            let st = a.st.lock();
+            perms += st.perms.len() as u64;
+            chans += st.channels.len() as u64;
+        }
+        (perms, chans)
+    }
+
     /// Apply new `turn.allow_peers`/`turn.deny_peers` (config reload). Existing permissions stay until they
     /// expire or are refreshed; refreshing re-checks the peer against the new policy.
     pub fn set_peer_lists(&self, allow: &[ipnet::IpNet], deny: &[ipnet::IpNet]) {

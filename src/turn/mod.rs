@@ -22,7 +22,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use self::core::{Action, Core, CoreConfig, Counters, FiveTuple, Transport};
+use self::core::{Action, Core, CoreConfig, FiveTuple, Transport};
 use crate::config::TurnConfig;
 use crate::health::{Component, Status};
 use crate::server::Context;
@@ -202,12 +202,17 @@ fn interface_ips() -> Vec<IpAddr> {
 }
 
 /// Exposes the core's counters at `/metrics`.
-struct TurnMetrics(Arc<Counters>);
+/// The core's counters plus, at scrape time, the permissions and channels installed.
+struct TurnMetrics(std::sync::Weak<Shell>);
 
 impl crate::metrics::Source for TurnMetrics {
     fn collect(&self, out: &mut Vec<crate::metrics::Sample>) {
         use crate::metrics::Sample;
-        let s = self.0.snapshot();
+        let Some(shell) = self.0.upgrade() else { return };
+        let s = shell.core.counters().snapshot();
+        let (perms, chans) = shell.core.permission_and_channel_counts();
+        out.push(Sample::gauge("turn_permissions", "Current TURN permissions", perms));
+        out.push(Sample::gauge("turn_channels", "Current TURN channel bindings", chans));
         out.push(Sample::gauge("turn_allocations", "Current TURN allocations", s.allocations_active));
         out.push(Sample::counter("turn_allocations_created", "TURN allocations created", s.allocations_created));
         out.push(Sample::counter("stun_binding_requests", "STUN Binding requests answered", s.binding_requests));
@@ -286,7 +291,6 @@ pub async fn serve(
         Instant::now(),
         crate::credentials::unix_now(),
     );
-    ctx.metrics.register(Arc::new(TurnMetrics(core.counters().clone())));
 
     let mut udp_socks = Vec::new();
     let mut udp_map = HashMap::new();
@@ -306,6 +310,7 @@ pub async fn serve(
         shutdown: shutdown.child_token(),
     });
 
+    ctx.metrics.register(Arc::new(TurnMetrics(Arc::downgrade(&shell))));
     let mut tasks: JoinSet<anyhow::Result<()>> = JoinSet::new();
     let mut listening = Vec::new();
     for s in udp_socks {
