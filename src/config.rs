@@ -243,11 +243,19 @@ pub struct TlsConfig {
     pub listen: SocketAddr,
     /// Extra TURN-over-TLS-only listeners, e.g. the standard `0.0.0.0:5349`.
     pub turns_listen: Vec<SocketAddr>,
+    /// Answer plain HTTP on `http.listen` with redirects to HTTPS (except `/healthz`).
+    pub redirect_http: bool,
 }
 
 impl Default for TlsConfig {
     fn default() -> Self {
-        TlsConfig { cert: None, key: None, listen: "0.0.0.0:443".parse().unwrap(), turns_listen: Vec::new() }
+        TlsConfig {
+            cert: None,
+            key: None,
+            listen: "0.0.0.0:443".parse().unwrap(),
+            turns_listen: Vec::new(),
+            redirect_http: false,
+        }
     }
 }
 
@@ -550,7 +558,11 @@ impl Config {
                     );
                 }
             }
-            (None, None) => {}
+            (None, None) => {
+                if self.tls.redirect_http {
+                    bad("tls.redirect_http", "needs TLS: set tls.cert and tls.key, or remove redirect_http".into());
+                }
+            }
         }
 
         if self.metrics.enabled && self.http.listen == self.metrics.listen && self.http.listen.port() != 0 {

@@ -281,6 +281,7 @@ impl Context {
             "tls.key" => tls.key,
             "tls.listen" => tls.listen,
             "tls.turns_listen" => tls.turns_listen,
+            "tls.redirect_http" => tls.redirect_http,
         );
         diff!(applied,
             "http.public_url" => http.public_url,

@@ -252,3 +252,29 @@ async fn turnutils_uclient_over_tls() {
     assert!(sent, "{text}");
     s.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn plain_http_redirects_to_https_when_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new();
+    let mut c = tls_config(dir.path(), &pki);
+    c.tls.redirect_http = true;
+    let s = TestServer::start(c).await;
+    let tls = s.tls.unwrap();
+
+    let (status, headers, _) = common::http_get(s.http, "/chat?x=1", &[]).await;
+    assert_eq!(status, 308);
+    let location = common::header(&headers, "location").unwrap();
+    assert_eq!(location, format!("https://127.0.0.1:{}/chat?x=1", tls.port()));
+    // Health checks stay on plain HTTP.
+    assert_eq!(common::http_get(s.http, "/healthz", &[]).await.0, 200);
+    // And HTTPS serves the page.
+    let (resp, _) = https_get(&pki, tls, "/").await;
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    s.stop().await.unwrap();
+
+    // Without TLS the setting is a config error naming the key.
+    let mut c = test_config();
+    c.tls.redirect_http = true;
+    assert!(c.validate().iter().any(|p| p.key == "tls.redirect_http"));
+}

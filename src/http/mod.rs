@@ -48,12 +48,12 @@ pub async fn serve(
 
     // One connection, plain or TLS: same routing, same graceful shutdown.
     macro_rules! spawn_conn {
-        ($io:expr, $remote:expr) => {{
-            let remote = $remote;
+        ($io:expr, $remote:expr, $tls:expr) => {{
+            let (remote, tls) = ($remote, $tls);
             let (ctx, hub, web) = (ctx.clone(), hub.clone(), web.clone());
             let service = service_fn(move |req| {
                 let (ctx, hub, web) = (ctx.clone(), hub.clone(), web.clone());
-                async move { Ok::<_, Infallible>(route(&ctx, &hub, &web, req, remote).await) }
+                async move { Ok::<_, Infallible>(route(&ctx, &hub, &web, req, remote, tls).await) }
             });
             let conn = builder.serve_connection_with_upgrades(TokioIo::new($io), service).into_owned();
             let conn = graceful.watch(conn);
@@ -71,7 +71,7 @@ pub async fn serve(
             accepted = listener.accept() => match accepted {
                 Ok((stream, remote)) => {
                     let _ = stream.set_nodelay(true);
-                    spawn_conn!(stream, remote);
+                    spawn_conn!(stream, remote, false);
                 }
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning; the listener itself is still fine.
@@ -80,7 +80,7 @@ pub async fn serve(
                 }
             },
             tls = async { match https.as_mut() { Some(rx) => rx.recv().await, None => std::future::pending().await } } => match tls {
-                Some((stream, remote)) => spawn_conn!(stream, remote),
+                Some((stream, remote)) => spawn_conn!(stream, remote, true),
                 None => https = None,
             },
         }
@@ -100,9 +100,19 @@ async fn route(
     web: &static_files::WebRoot,
     req: Request<Incoming>,
     socket_addr: SocketAddr,
+    tls: bool,
 ) -> Response<Body> {
     let remote = client_addr(ctx, &req, socket_addr);
     let path = req.uri().path();
+    // `tls.redirect_http`: plain HTTP only points to HTTPS (health checks excepted, so monitors keep working).
+    if !tls && path != "/healthz" && ctx.config.tls.redirect_http {
+        if let Some(tls_addr) = ctx.tls_addr {
+            let mut r = redirect_to_https(&req, tls_addr.port());
+            security_headers(&mut r);
+            ctx.metrics.http.record(r.status().as_u16());
+            return r;
+        }
+    }
     let mut resp = match (req.method(), path) {
         (&Method::GET, "/ws") => return hub.upgrade(req, remote),
         (&Method::GET | &Method::HEAD, "/healthz") => {
@@ -198,6 +208,31 @@ pub fn client_addr<B>(ctx: &Context, req: &Request<B>, socket_addr: SocketAddr) 
     socket_addr
 }
 
+/// 308 to the same path on HTTPS, keeping the host the browser used (a 308 also keeps the method).
+fn redirect_to_https<B>(req: &Request<B>, tls_port: u16) -> Response<Body> {
+    let host = req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("");
+    // Strip the port (IPv6 literals keep their brackets).
+    let name = match host.rsplit_once(':') {
+        Some((h, p))
+            if !h.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) && (!h.contains(':') || h.ends_with(']')) =>
+        {
+            h
+        }
+        _ => host,
+    };
+    if name.is_empty() || name.contains(['/', '@', ' ']) {
+        return text_response(StatusCode::BAD_REQUEST, "a Host header is needed to redirect to HTTPS\n");
+    }
+    let port = if tls_port == 443 { String::new() } else { format!(":{tls_port}") };
+    let path = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let mut r = Response::new(Body::default());
+    *r.status_mut() = StatusCode::PERMANENT_REDIRECT;
+    if let Ok(v) = HeaderValue::from_str(&format!("https://{name}{port}{path}")) {
+        r.headers_mut().insert(header::LOCATION, v);
+    }
+    r
+}
+
 fn security_headers(resp: &mut Response<Body>) {
     let h = resp.headers_mut();
     h.insert("x-content-type-options", HeaderValue::from_static("nosniff"));
@@ -224,4 +259,31 @@ pub fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<
     *r.status_mut() = status;
     r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn location(host: Option<&str>, uri: &str, tls_port: u16) -> (u16, Option<String>) {
+        let mut b = Request::builder().uri(uri);
+        if let Some(h) = host {
+            b = b.header(header::HOST, h);
+        }
+        let r = redirect_to_https(&b.body(()).unwrap(), tls_port);
+        (r.status().as_u16(), r.headers().get(header::LOCATION).map(|v| v.to_str().unwrap().to_string()))
+    }
+
+    #[test]
+    fn https_redirect_targets() {
+        assert_eq!(
+            location(Some("chat.example.org:8080"), "/a?b=1", 443),
+            (308, Some("https://chat.example.org/a?b=1".into()))
+        );
+        assert_eq!(location(Some("chat.example.org"), "/", 8443), (308, Some("https://chat.example.org:8443/".into())));
+        assert_eq!(location(Some("[2001:db8::1]:8080"), "/x", 443), (308, Some("https://[2001:db8::1]/x".into())));
+        assert_eq!(location(Some("[2001:db8::1]"), "/x", 443), (308, Some("https://[2001:db8::1]/x".into())));
+        assert_eq!(location(None, "/", 443).0, 400);
+        assert_eq!(location(Some("evil.example/@x"), "/", 443).0, 400);
+    }
 }
