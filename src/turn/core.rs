@@ -343,6 +343,11 @@ impl Core {
         }
     }
 
+    /// Count a datagram the shell discarded before it reached [`Core::handle`] (truncated, unknown family).
+    pub fn count_dropped(&self) {
+        inc(&self.counters.dropped_packets);
+    }
+
     /// Process one packet from a client (a UDP datagram or one TCP frame).
     pub fn handle(&self, pkt: &[u8], from: FiveTuple, now: Instant, out: &mut Vec<Action>) {
         match codec::classify(pkt) {
