@@ -8,6 +8,8 @@ cargo test --locked --all-targets
 
 # Debian packaging (cargo-deb, dpkg).
 bash tests/deb.sh
+# The package under a real systemd (a throw-away systemd-nspawn container): start, reload, crash-restart, stop.
+bash tests/systemd-boot.sh
 
 if [ -f tests/browser/package.json ]; then
   cargo build --locked --bin ponte

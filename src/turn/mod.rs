@@ -398,6 +398,8 @@ pub async fn serve(
     let result = tokio::select! {
         _ = shutdown.cancelled() => Ok(()),
         Some(r) = tasks.join_next() => match r {
+            // Listeners return Ok when they see the shutdown themselves, which can win this race.
+            Ok(Ok(())) if shutdown.is_cancelled() => Ok(()),
             Ok(Ok(())) => Err(anyhow::anyhow!("a STUN/TURN listener stopped unexpectedly")),
             Ok(Err(e)) => Err(e),
             Err(e) => Err(anyhow::anyhow!("a STUN/TURN task panicked: {e}")),
