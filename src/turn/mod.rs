@@ -7,7 +7,7 @@
 pub mod auth;
 pub mod codec;
 pub mod core;
-pub(crate) mod mmsg;
+pub mod mmsg;
 pub mod policy;
 pub(crate) mod relay;
 pub(crate) mod tcp;
