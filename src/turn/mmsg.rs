@@ -25,9 +25,11 @@ pub struct RecvBatch {
     filled: usize,
 }
 
-// SAFETY: the raw pointers inside `iovs`/`hdrs` point into this struct's own heap buffers and are rebuilt before
-// every system call; nothing else holds them.
+// SAFETY: the raw pointers inside `iovs`/`hdrs` point into this struct's own heap buffers, are rebuilt before
+// every system call and are only dereferenced (by the kernel) inside `recv(&mut self)`; through `&self` only plain
+// data (bytes, lengths, addresses) is read.
 unsafe impl Send for RecvBatch {}
+unsafe impl Sync for RecvBatch {}
 
 impl Default for RecvBatch {
     fn default() -> Self {
@@ -139,27 +141,34 @@ impl SendBatch {
 
     fn send_some(&mut self, fd: RawFd) -> io::Result<usize> {
         let pending = &self.queue[self.sent..];
-        let n = pending.len().min(BATCH);
-        // SAFETY: all-zero is a valid value for these plain C structs.
-        let mut addrs: [libc::sockaddr_storage; BATCH] = unsafe { std::mem::zeroed() };
-        let mut iovs: [libc::iovec; BATCH] = unsafe { std::mem::zeroed() };
-        let mut hdrs: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
-        for (i, (to, data)) in pending[..n].iter().enumerate() {
-            let len = to_storage(*to, &mut addrs[i]);
-            iovs[i] = libc::iovec { iov_base: data.as_ptr() as *mut libc::c_void, iov_len: data.len() };
-            hdrs[i].msg_hdr.msg_name = (&mut addrs[i] as *mut libc::sockaddr_storage).cast();
-            hdrs[i].msg_hdr.msg_namelen = len;
-            hdrs[i].msg_hdr.msg_iov = &mut iovs[i];
-            hdrs[i].msg_hdr.msg_iovlen = 1;
-        }
-        // SAFETY: the headers point at the stack arrays above and at queued buffers, all alive across the call;
-        // the kernel only reads the data buffers.
-        let r = unsafe { libc::sendmmsg(fd, hdrs.as_mut_ptr(), n as libc::c_uint, libc::MSG_DONTWAIT) };
-        if r < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(r as usize)
+        send_many(fd, pending.len().min(BATCH), |i| (pending[i].0, &pending[i].1[..]))
     }
+}
+
+/// Send datagrams `0..n` (at most [`BATCH`]), each given by `item(i)` as destination and bytes, in one
+/// `sendmmsg` without blocking. Returns how many left; `Err` only when the first one could not.
+pub fn send_many<'a>(fd: RawFd, n: usize, item: impl Fn(usize) -> (SocketAddr, &'a [u8])) -> io::Result<usize> {
+    let n = n.min(BATCH);
+    // SAFETY: all-zero is a valid value for these plain C structs.
+    let mut addrs: [libc::sockaddr_storage; BATCH] = unsafe { std::mem::zeroed() };
+    let mut iovs: [libc::iovec; BATCH] = unsafe { std::mem::zeroed() };
+    let mut hdrs: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
+    for i in 0..n {
+        let (to, data) = item(i);
+        let len = to_storage(to, &mut addrs[i]);
+        iovs[i] = libc::iovec { iov_base: data.as_ptr() as *mut libc::c_void, iov_len: data.len() };
+        hdrs[i].msg_hdr.msg_name = (&mut addrs[i] as *mut libc::sockaddr_storage).cast();
+        hdrs[i].msg_hdr.msg_namelen = len;
+        hdrs[i].msg_hdr.msg_iov = &mut iovs[i];
+        hdrs[i].msg_hdr.msg_iovlen = 1;
+    }
+    // SAFETY: the headers point at the stack arrays above and at the caller's buffers (borrowed for 'a, so alive
+    // across the call); the kernel only reads the data buffers.
+    let r = unsafe { libc::sendmmsg(fd, hdrs.as_mut_ptr(), n as libc::c_uint, libc::MSG_DONTWAIT) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(r as usize)
 }
 
 fn from_storage(s: &libc::sockaddr_storage) -> Option<SocketAddr> {

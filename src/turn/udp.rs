@@ -8,13 +8,16 @@
 //! socket keeps per-5-tuple ordering trivial.
 
 use std::io;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::io::Interest;
 
 use super::core::{Action, FiveTuple, Transport};
-use super::mmsg::{RecvBatch, SendBatch};
+use super::mmsg::{self, RecvBatch, SendBatch};
 use super::Shell;
 
 /// How long a full socket send buffer may hold up the listener before the queued answers are dropped: a
@@ -27,6 +30,7 @@ pub async fn run(shell: Arc<Shell>, socket: Arc<tokio::net::UdpSocket>) -> anyho
     let mut tx = SendBatch::default();
     let mut actions = Vec::with_capacity(8);
     let mut rest = Vec::with_capacity(8);
+    let mut to_peers = Vec::with_capacity(mmsg::BATCH);
     // Pinned once; polled only when the socket is not readable (readiness first), so a busy socket does not pay
     // for (re)registering with the cancellation token on every batch.
     let cancelled = shell.shutdown.cancelled();
@@ -69,6 +73,7 @@ pub async fn run(shell: Arc<Shell>, socket: Arc<tokio::net::UdpSocket>) -> anyho
                     Action::ToClient { to, data } if to.transport == Transport::Udp && to.server == server => {
                         tx.push(to.client, data)
                     }
+                    Action::ToPeer { relay, peer, data } => to_peers.push(ToPeer { relay, peer, slot: i, data }),
                     other => rest.push(other),
                 }
             }
@@ -76,8 +81,58 @@ pub async fn run(shell: Arc<Shell>, socket: Arc<tokio::net::UdpSocket>) -> anyho
                 shell.execute(pkt, &mut rest).await;
             }
         }
+        if !to_peers.is_empty() {
+            send_to_peers(&shell, &rx, &mut to_peers).await;
+        }
         if !tx.is_empty() {
             flush(&socket, &mut tx).await;
+        }
+    }
+}
+
+/// A relayed payload waiting for the end of the batch: `rx` slot `slot`, bytes `data`, from relay socket `relay`.
+struct ToPeer {
+    relay: SocketAddr,
+    peer: SocketAddr,
+    slot: usize,
+    data: Range<usize>,
+}
+
+/// Send the batch's relayed payloads, one `sendmmsg` per relay socket (a client's burst of ChannelData all
+/// leaves through its one relay), in arrival order.
+async fn send_to_peers(shell: &Shell, rx: &RecvBatch, pending: &mut Vec<ToPeer>) {
+    let mut group = Vec::with_capacity(pending.len());
+    while let Some(first) = pending.first() {
+        let relay = first.relay;
+        group.clear();
+        let mut i = 0;
+        while i < pending.len() {
+            if pending[i].relay == relay {
+                let p = pending.remove(i);
+                if let Some((pkt, _)) = rx.get(p.slot) {
+                    if let Some(bytes) = pkt.get(p.data) {
+                        group.push((p.peer, bytes));
+                    }
+                }
+            } else {
+                i += 1;
+            }
+        }
+        let Some(sock) = shell.relays.get(&relay).map(|r| r.socket.clone()) else { continue };
+        let deadline = tokio::time::Instant::now() + SEND_STALL;
+        let mut sent = 0;
+        while sent < group.len() {
+            let rest = &group[sent..];
+            match sock.try_io(Interest::WRITABLE, || mmsg::send_many(sock.as_raw_fd(), rest.len(), |k| rest[k])) {
+                Ok(n) => sent += n.max(1),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if tokio::time::timeout_at(deadline, sock.writable()).await.is_err() {
+                        break;
+                    }
+                }
+                // This datagram alone was refused (e.g. the peer is unreachable): skip it, send the rest.
+                Err(_) => sent += 1,
+            }
         }
     }
 }
