@@ -5,10 +5,12 @@
 //! core's [`Action`](core::Action)s.
 
 pub mod auth;
+pub mod client;
 pub mod codec;
 pub mod core;
 pub mod policy;
 pub(crate) mod relay;
+pub mod selftest;
 pub(crate) mod tcp;
 pub(crate) mod udp;
 
