@@ -466,7 +466,7 @@ fn check_address(r: &mut Report, cfg: &Config) {
     let source = match t.external_ip {
         Some(_) => "turn.external_ip".to_string(),
         None if t.relay_ip.is_some() => "turn.relay_ip; turn.external_ip is not set".to_string(),
-        None => "detected: the address of this host's default route; turn.external_ip is not set".to_string(),
+        None => "detected from this host's routes; turn.external_ip is not set".to_string(),
     };
     let forward = forward_list(cfg);
     let behind_nat = t.external_ip.is_some() && classify(relay) != AddressClass::Public && relay != advertised;
@@ -527,8 +527,8 @@ fn check_address(r: &mut Report, cfg: &Config) {
             Some("set turn.external_ip to your public address".into()),
         ),
     };
-    let relay_note = if relay != advertised { format!(", relay sockets bind on {relay}") } else { String::new() };
-    r.add("address", level, format!("advertised relay address {advertised} ({source}){relay_note} is {what}"), advice);
+    let relay_note = if relay != advertised { format!("; relay sockets bind on {relay}") } else { String::new() };
+    r.add("address", level, format!("advertised relay address {advertised} ({source}) is {what}{relay_note}"), advice);
 }
 
 async fn check_relay(r: &mut Report, cfg: &Config, daemon: Option<&Daemon>) {
@@ -709,4 +709,74 @@ async fn in_process(
     shutdown.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(3), task).await;
     Ok((res, note))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn address_classes() {
+        use AddressClass::*;
+        for (ip, class) in [
+            ("8.8.8.8", Public),
+            ("2a00:1450::1", Public),
+            ("::ffff:9.9.9.9", Public),
+            ("10.77.1.2", Private),
+            ("172.16.0.1", Private),
+            ("192.168.1.10", Private),
+            ("fd12::1", Private),
+            ("::ffff:192.168.1.1", Private),
+            ("100.64.0.1", Cgnat),
+            ("100.127.255.254", Cgnat),
+            ("127.0.0.1", Loopback),
+            ("::1", Loopback),
+            ("169.254.1.1", LinkLocal),
+            ("fe80::1", LinkLocal),
+            ("192.0.2.1", Documentation),
+            ("198.51.100.10", Documentation),
+            ("203.0.113.7", Documentation),
+            ("2001:db8::1", Documentation),
+            ("3fff::1", Documentation),
+            ("198.18.0.1", Special),
+            ("240.0.0.1", Special),
+            ("0.0.0.0", Special),
+            ("224.0.0.1", Special),
+            ("ff02::1", Special),
+        ] {
+            assert_eq!(classify(ip.parse().unwrap()), class, "{ip}");
+        }
+        // Just outside CGNAT's /10.
+        assert_eq!(classify("100.128.0.1".parse().unwrap()), Public);
+    }
+
+    #[test]
+    fn forward_list_names_every_port_and_key() {
+        let mut c = Config::default();
+        assert_eq!(
+            forward_list(&c),
+            "TCP 8080 (http.listen), UDP and TCP 3478 (turn.listen_udp, turn.listen_tcp), UDP 49152-65535 \
+             (turn.relay_port_min..relay_port_max)"
+        );
+        c.turn.listen_tcp = vec!["0.0.0.0:443".parse().unwrap()];
+        c.turn.relay_port_min = 50000;
+        c.turn.relay_port_max = 50100;
+        let s = forward_list(&c);
+        assert!(s.contains("UDP 3478 (turn.listen_udp), TCP 443 (turn.listen_tcp), UDP 50000-50100"), "{s}");
+    }
+
+    #[test]
+    fn report_text_and_exit_status() {
+        let mut r = Report { config: Some("x.toml".into()), ok: true, checks: Vec::new() };
+        r.add("config", Level::Ok, "x.toml is valid", None);
+        r.add("address", Level::Warn, "private", Some("set turn.external_ip".into()));
+        assert!(!r.failed() && r.ok);
+        let t = r.to_text();
+        assert!(t.contains("ok    config    x.toml is valid\n"), "{t}");
+        assert!(t.contains("WARN  address   private\n                → set turn.external_ip\n"), "{t}");
+        assert!(t.ends_with("1 warning, 0 failed\n"), "{t}");
+        r.add("relay", Level::Fail, "self-test failed", None);
+        assert!(r.failed() && !r.ok);
+        assert!(r.to_text().ends_with("1 warning, 1 failed: fix the FAIL lines above\n"));
+    }
 }

@@ -109,12 +109,13 @@ async fn relay_between(server: SocketAddr, clients: &mut [Client], cfg: &TurnCon
                     ponte uses another secret than this config (changed turn.secret or turn.secret_file without a \
                     restart?); restart ponte or fix the config"
                     .into(),
-                ClientError::Refused { code: 486, .. } => "a quota refused the allocation: turn.max_allocations or \
+                ClientError::Refused { code: 486, .. } => "the per-user quota refused the allocation: \
                     turn.max_allocations_per_user is reached (or too low; the self-test needs 2)"
                     .into(),
                 ClientError::Refused { code: 508, .. } => format!(
-                    "no free relay port: the range turn.relay_port_min..max ({ports}) is full or not bindable on the \
-                     relay address; widen the range, or set turn.relay_ip to an address of this host"
+                    "the server is at capacity: turn.max_allocations is reached (or too low; the self-test needs 2), \
+                     or no relay port is free in turn.relay_port_min..max ({ports}) on the relay address (widen the \
+                     range, or set turn.relay_ip to an address of this host); the daemon's log says which"
                 ),
                 _ => "see the error; run with log.level = \"debug\" for the server's side".into(),
             },
