@@ -353,6 +353,16 @@ impl Drop for Lab {
     }
 }
 
+/// A child process killed (and reaped) on drop, also when an assertion fails.
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 const LAB_SECRET: &str = "lab-secret-0123456789abcdef";
 
 #[test]
@@ -400,13 +410,14 @@ fn doctor_in_the_nat_lab() {
     );
     let cfg = lab.config("srv.toml", &srv);
     let log = lab.dir.path().join("srv.log");
-    let _daemon = lab
-        .cmd("srv", BIN)
-        .args(["-c", &cfg])
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
+    let _daemon = Killed(
+        lab.cmd("srv", BIN)
+            .args(["-c", &cfg])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
     let deadline = Instant::now() + Duration::from_secs(20);
     let started = loop {
         let text = std::fs::read_to_string(&log).unwrap_or_default();
