@@ -1,4 +1,4 @@
-//! Command line (clap): `ponte [-c FILE]`, `ponte check-config [FILE]`, and the process entry that runs the daemon.
+//! Command line (clap): `ponte [-c FILE]`, `ponte check-config [FILE]`, `ponte doctor [FILE]`, and the process entry that runs the daemon.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -20,7 +20,7 @@ pub const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(5);
     long_about = "ponte serves a browser chat client, introduces browsers to each other over WebSocket signaling, \
 and relays their WebRTC traffic through its embedded STUN/TURN server when no direct path exists.\n\n\
 With no config file it runs on defaults: HTTP on 0.0.0.0:8080, STUN/TURN on UDP+TCP 3478, relay ports 49152-65535.",
-    after_help = "Examples:\n  ponte                         run on defaults\n  ponte -c /etc/ponte/ponte.toml run with a config file\n  ponte check-config ponte.toml  validate a config file (exit 2 on problems)"
+    after_help = "Examples:\n  ponte                         run on defaults\n  ponte -c /etc/ponte/ponte.toml run with a config file\n  ponte check-config ponte.toml  validate a config file (exit 2 on problems)\n  ponte doctor -c ponte.toml     check config, ports, addresses and the relay (exit 1 on a failed check)"
 )]
 pub struct Cli {
     /// Config file (TOML). Without one, ponte runs on its embedded defaults.
@@ -40,6 +40,17 @@ pub enum Command {
         /// The file to check (defaults to --config / PONTE_CONFIG).
         file: Option<PathBuf>,
     },
+    /// Check this host for running ponte: config, listeners, advertised address, and a relay self-test.
+    ///
+    /// Prints one line per check (ok, WARN or FAIL) with advice. Exit code 0 when nothing failed (warnings
+    /// included), 1 when a check failed.
+    Doctor {
+        /// The config to check (defaults to --config / PONTE_CONFIG, else the built-in defaults).
+        file: Option<PathBuf>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Entry point used by `main.rs`.
@@ -47,6 +58,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::CheckConfig { file }) => check_config(file.or(cli.config).as_deref()),
+        Some(Command::Doctor { file, json }) => doctor(file.or(cli.config).as_deref(), json),
         Some(Command::Run) | None => run_daemon(cli.config.as_deref()),
     }
 }
@@ -67,6 +79,28 @@ fn check_config(file: Option<&Path>) -> ExitCode {
             }
             ExitCode::from(2)
         }
+    }
+}
+
+fn doctor(file: Option<&Path>, json: bool) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("ponte doctor: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let report = runtime.block_on(crate::doctor::diagnose(file));
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report).expect("the report serialises"));
+    } else {
+        print!("{}", report.to_text());
+    }
+    runtime.shutdown_timeout(Duration::from_millis(200));
+    if report.failed() {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
     }
 }
 
@@ -127,6 +161,9 @@ fn run_daemon(file: Option<&Path>) -> ExitCode {
             }
         };
         tokio::spawn(watch_signals(signals, shutdown.clone(), ctx.clone(), file.map(Path::to_path_buf)));
+        // Here rather than in `server::run`: in-process test servers must not get two extra allocations that
+        // race with what the tests count.
+        tokio::spawn(crate::turn::selftest::at_start(ctx.clone(), shutdown.clone()));
         let daemon = crate::server::run_with_context(ctx, listeners, shutdown.clone());
         tokio::pin!(daemon);
         let result = tokio::select! {

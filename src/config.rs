@@ -148,6 +148,8 @@ pub struct TurnConfig {
     pub unauthenticated_rate_per_ip: u32,
     /// SOFTWARE attribute value in responses. Unset: none is sent (do not tell scanners what we run).
     pub software: Option<String>,
+    /// At start, relay a test packet between two allocations on our own TURN server and log the result.
+    pub self_test: bool,
 }
 
 impl Default for TurnConfig {
@@ -175,6 +177,7 @@ impl Default for TurnConfig {
             max_bandwidth_per_allocation: 0,
             unauthenticated_rate_per_ip: 20,
             software: None,
+            self_test: true,
         }
     }
 }

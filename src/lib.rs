@@ -3,6 +3,7 @@
 pub mod cli;
 pub mod config;
 pub mod credentials;
+pub mod doctor;
 pub mod health;
 pub mod http;
 pub mod logging;

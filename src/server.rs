@@ -43,7 +43,7 @@ pub struct BindError {
 }
 
 impl BindError {
-    fn new(key: String, addr: SocketAddr, source: std::io::Error) -> Self {
+    pub(crate) fn new(key: String, addr: SocketAddr, source: std::io::Error) -> Self {
         let hint = match source.kind() {
             std::io::ErrorKind::AddrInUse => {
                 " — another program (or another ponte) already uses this port; stop it or change the address"

@@ -5,11 +5,13 @@
 //! core's [`Action`](core::Action)s.
 
 pub mod auth;
+pub mod client;
 pub mod codec;
 pub mod core;
 pub mod mmsg;
 pub mod policy;
 pub(crate) mod relay;
+pub mod selftest;
 pub(crate) mod tcp;
 pub(crate) mod udp;
 
