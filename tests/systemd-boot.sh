@@ -107,6 +107,14 @@ check "the embedded web client is served" grep -q "<html" <<<"$page"
 check "STUN Binding answered on 3478/udp" inside timeout 10 turnutils_stunclient 127.0.0.1
 check "the journal has the listening lines" bash -c "nsenter -t $leader -a journalctl -u ponte --no-pager | grep -q 'STUN/TURN listening'"
 
+check "the start-up relay self-test passed" \
+  bash -c "nsenter -t $leader -a journalctl -u ponte --no-pager | grep -q 'TURN self-test passed'"
+doctor=$(inside ponte doctor -c /etc/ponte/ponte.toml 2>&1); doctor_rc=$?
+check "ponte doctor passes against the running service (warnings allowed)" test "$doctor_rc" = 0
+check "ponte doctor finds the service's ports in use by the running ponte" grep -q "in use by the running ponte" <<<"$doctor"
+check "ponte doctor's relay self-test passes against the service" grep -Eq "^ok +relay +self-test against the running ponte passed" <<<"$doctor"
+[ "$doctor_rc" = 0 ] || sed 's/^/       /' <<<"$doctor"
+
 check "systemctl reload ponte (SIGHUP)" inside timeout 30 systemctl reload ponte
 check "still active after the reload, same process" \
   test "$(inside systemctl is-active ponte)/$(inside systemctl show -P MainPID ponte)" = "active/$main_pid"
