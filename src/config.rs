@@ -150,6 +150,9 @@ pub struct TurnConfig {
     pub software: Option<String>,
     /// At start, relay a test packet between two allocations on our own TURN server and log the result.
     pub self_test: bool,
+    /// Sockets (and tasks) per `listen_udp` address, sharing the port through SO_REUSEPORT so that STUN/TURN over
+    /// UDP uses several cores; the kernel keeps each client on one socket. 0 = one per CPU, at most 8.
+    pub udp_workers: usize,
 }
 
 impl Default for TurnConfig {
@@ -178,6 +181,7 @@ impl Default for TurnConfig {
             unauthenticated_rate_per_ip: 20,
             software: None,
             self_test: true,
+            udp_workers: 0,
         }
     }
 }
@@ -402,6 +406,15 @@ impl Config {
                 format!(
                     "relay port range is inverted ({} > turn.relay_port_max {}); set relay_port_min <= relay_port_max",
                     t.relay_port_min, t.relay_port_max
+                ),
+            );
+        }
+        if t.udp_workers > 64 {
+            bad(
+                "turn.udp_workers",
+                format!(
+                    "{} sockets per address is more than any machine can use; use 0 (one per CPU) or 1-64",
+                    t.udp_workers
                 ),
             );
         }
@@ -674,6 +687,18 @@ mod tests {
 
     fn parse(s: &str) -> Result<Config, ConfigError> {
         Config::parse(s, Path::new("test.toml"))
+    }
+
+    #[test]
+    fn udp_workers_default_to_auto_and_are_bounded() {
+        assert_eq!(Config::default().turn.udp_workers, 0);
+        assert!(parse("[turn]\nudp_workers = 2\n").is_ok());
+        match parse("[turn]\nudp_workers = 1000\n") {
+            Err(ConfigError::Invalid { problems, .. }) => {
+                assert!(problems.iter().any(|p| p.key == "turn.udp_workers"), "{problems:?}")
+            }
+            other => panic!("udp_workers = 1000 accepted: {other:?}"),
+        }
     }
 
     #[test]

@@ -86,8 +86,11 @@ impl Listeners {
         let mut turn_udp = Vec::new();
         let mut turn_tcp = Vec::new();
         if config.turn.enabled {
+            let workers = udp_workers(config.turn.udp_workers);
             for (i, a) in config.turn.listen_udp.iter().enumerate() {
-                turn_udp.push(bind_udp(*a).map_err(|e| BindError::new(format!("turn.listen_udp[{i}]"), *a, e))?);
+                let group =
+                    bind_udp_group(*a, workers).map_err(|e| BindError::new(format!("turn.listen_udp[{i}]"), *a, e))?;
+                turn_udp.extend(group);
             }
             for (i, a) in config.turn.listen_tcp.iter().enumerate() {
                 turn_tcp.push(bind_tcp(*a).map_err(|e| BindError::new(format!("turn.listen_tcp[{i}]"), *a, e))?);
@@ -105,8 +108,15 @@ impl Listeners {
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
         self.metrics.as_ref().and_then(|l| l.local_addr().ok())
     }
+    /// One entry per `turn.listen_udp` address (the sockets of one SO_REUSEPORT group share it).
     pub fn turn_udp_addrs(&self) -> Vec<SocketAddr> {
-        self.turn_udp.iter().filter_map(|s| s.local_addr().ok()).collect()
+        let mut addrs: Vec<SocketAddr> = Vec::new();
+        for a in self.turn_udp.iter().filter_map(|s| s.local_addr().ok()) {
+            if !addrs.contains(&a) {
+                addrs.push(a);
+            }
+        }
+        addrs
     }
     pub fn turn_tcp_addrs(&self) -> Vec<SocketAddr> {
         self.turn_tcp.iter().filter_map(|s| s.local_addr().ok()).collect()
@@ -130,6 +140,38 @@ pub fn bind_tcp(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.bind(&addr.into())?;
     socket.listen(1024)?;
     Ok(socket.into())
+}
+
+/// `turn.udp_workers` resolved: 0 means one per CPU, at most 8.
+pub fn udp_workers(configured: usize) -> usize {
+    match configured {
+        0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(8),
+        n => n,
+    }
+}
+
+/// `n` UDP sockets on one address sharing it through SO_REUSEPORT (one plain socket when `n` is 1).
+///
+/// SO_REUSEPORT would also let a second ponte started by mistake join the group silently (the kernel only asks for
+/// the same user) and steal half the clients; so the address is first bound once without it, which fails with
+/// "address in use" exactly like a single socket would, and also resolves port 0.
+pub fn bind_udp_group(addr: SocketAddr, n: usize) -> std::io::Result<Vec<UdpSocket>> {
+    if n <= 1 {
+        return Ok(vec![bind_udp(addr)?]);
+    }
+    let probe = bind_udp(addr)?;
+    let addr = probe.local_addr()?;
+    drop(probe);
+    (0..n)
+        .map(|_| {
+            let socket = new_socket(addr, Type::DGRAM, Protocol::UDP)?;
+            socket.set_reuse_port(true)?;
+            let _ = socket.set_recv_buffer_size(4 << 20);
+            let _ = socket.set_send_buffer_size(4 << 20);
+            socket.bind(&addr.into())?;
+            Ok(socket.into())
+        })
+        .collect()
 }
 
 /// A UDP socket with large buffers: a busy STUN/TURN port drops packets with the default 208 KiB.
@@ -266,6 +308,7 @@ impl Context {
             "metrics.listen" => metrics.listen,
             "turn.enabled" => turn.enabled,
             "turn.listen_udp" => turn.listen_udp,
+            "turn.udp_workers" => turn.udp_workers,
             "turn.listen_tcp" => turn.listen_tcp,
             "turn.realm" => turn.realm,
             "turn.secret" => turn.secret,
@@ -323,6 +366,7 @@ impl Context {
         merged.metrics = old.metrics.clone();
         merged.turn.enabled = old.turn.enabled;
         merged.turn.listen_udp = old.turn.listen_udp.clone();
+        merged.turn.udp_workers = old.turn.udp_workers;
         merged.turn.listen_tcp = old.turn.listen_tcp.clone();
         merged.turn.realm = old.turn.realm.clone();
         merged.turn.secret = old.turn.secret.clone();

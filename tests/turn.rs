@@ -345,3 +345,42 @@ async fn metrics_show_permissions_channels_and_allocations() {
     assert_eq!(v("ponte_turn_allocations_created_total"), 1.0);
     srv.stop().await.unwrap();
 }
+
+/// `turn.udp_workers`: several sockets share the port (SO_REUSEPORT); the kernel spreads clients over them by
+/// 4-tuple and each client must get complete, correct service whichever socket it lands on.
+#[tokio::test]
+async fn clients_spread_over_several_udp_workers_all_get_full_service() {
+    let mut c = lo_config();
+    c.turn.udp_workers = 4;
+    let srv = TestServer::start(c).await;
+    assert_eq!(srv.turn_udp.len(), 1, "one address, however many sockets");
+    let mut sessions = Vec::new();
+    for _ in 0..8 {
+        sessions.push(session(Client::udp(srv.turn_udp[0], &srv).await));
+    }
+    futures_util::future::join_all(sessions).await;
+    // Many source ports: every Binding is answered, with that client's own address.
+    for _ in 0..32 {
+        let mut u = Client::udp(srv.turn_udp[0], &srv).await;
+        let Conn::Udp(s, _) = &u.conn else { unreachable!() };
+        let local = s.local_addr().unwrap();
+        assert_eq!(binding(&mut u).await, local);
+    }
+    srv.stop().await.unwrap();
+}
+
+#[test]
+fn a_udp_worker_group_cannot_join_a_port_already_in_use() {
+    // SO_REUSEPORT would let a second group (a second ponte started by mistake) share the port silently; the
+    // plain probe bind makes it fail like a single socket would.
+    let mut c = test_config();
+    c.turn.udp_workers = 2;
+    c.turn.listen_udp = vec!["127.0.0.1:0".parse().unwrap()];
+    let first = ponte::Listeners::bind(&c).unwrap();
+    let addr = first.turn_udp_addrs()[0];
+    assert_eq!(first.turn_udp.len(), 2);
+    c.turn.listen_udp = vec![addr];
+    c.http.listen = "127.0.0.1:0".parse().unwrap();
+    let err = ponte::Listeners::bind(&c).unwrap_err();
+    assert_eq!(err.key, "turn.listen_udp[0]");
+}

@@ -300,7 +300,9 @@ pub async fn serve(
     for s in udp {
         let addr = s.local_addr()?;
         let s = Arc::new(tokio::net::UdpSocket::from_std(s)?);
-        udp_map.insert(addr, s.clone());
+        // Several sockets share an address under SO_REUSEPORT (`turn.udp_workers`); answers and relayed data may
+        // leave through any of them, since the source address is the same.
+        udp_map.entry(addr).or_insert_with(|| s.clone());
         udp_socks.push(s);
     }
     let shell = Arc::new(Shell {
@@ -317,7 +319,10 @@ pub async fn serve(
     let mut tasks: JoinSet<anyhow::Result<()>> = JoinSet::new();
     let mut listening = Vec::new();
     for s in udp_socks {
-        listening.push(format!("udp://{}", s.local_addr()?));
+        let l = format!("udp://{}", s.local_addr()?);
+        if !listening.contains(&l) {
+            listening.push(l);
+        }
         tasks.spawn(udp::run(shell.clone(), s));
     }
     for l in tcp {
