@@ -364,3 +364,47 @@ fn acme_config_errors_name_the_key() {
     assert_eq!(acme.challenge, AcmeChallenge::Http01);
     assert_eq!(acme.directory, ponte::config::LETSENCRYPT_DIRECTORY);
 }
+
+#[tokio::test]
+async fn an_unreachable_ca_leaves_ponte_serving_with_a_placeholder() {
+    let cache = tempfile::tempdir().unwrap();
+    let mut c = test_config();
+    c.tls.listen = "127.0.0.1:0".parse().unwrap();
+    c.tls.acme = Some(AcmeConfig {
+        domains: vec![DOMAIN.into()],
+        // Nothing listens there: every attempt fails at once.
+        directory: format!("https://127.0.0.1:{}/dir", free_tcp_port()),
+        cache_dir: Some(cache.path().to_path_buf()),
+        ..Default::default()
+    });
+    let s = TestServer::start(c).await;
+    let value = |m: &[(String, f64)], name: &str| m.iter().find(|(k, _)| k == name).map(|(_, v)| *v);
+    let mut failed = None;
+    for _ in 0..100 {
+        failed = value(&s.scrape().await, "ponte_acme_orders_total{result=\"failed\"}").filter(|v| *v > 0.0);
+        if failed.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(failed, Some(1.0), "the failed attempt is counted (and retried later, not in a loop)");
+    let metrics = s.scrape().await;
+    assert_eq!(value(&metrics, "ponte_tls_certificate_expiry_timestamp_seconds"), None, "no expiry for a placeholder");
+
+    // Everything else runs: health is ok, and the TLS port answers with the self-signed placeholder for the name.
+    let (status, _, _) = common::http_get(s.http, "/healthz", &[]).await;
+    assert_eq!(status, 200);
+    let placeholder = s.ctx.certs.as_ref().unwrap().leaf();
+    assert_eq!(ponte::acme::cert_info(&placeholder).unwrap().dns_names, [DOMAIN]);
+    let (resp, served) = https_get(std::slice::from_ref(&placeholder), s.tls.unwrap(), DOMAIN, "/healthz").await;
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    assert_eq!(served, placeholder);
+
+    // A TLS-ALPN-01 validation handshake with no challenge pending gets no certificate at all.
+    let mut cfg = (*client_config(std::slice::from_ref(&placeholder))).clone();
+    cfg.alpn_protocols = vec![b"acme-tls/1".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(s.tls.unwrap()).await.unwrap();
+    let r = tokio_rustls::TlsConnector::from(Arc::new(cfg)).connect(ServerName::try_from(DOMAIN).unwrap(), tcp).await;
+    assert!(r.is_err(), "no challenge certificate to show");
+    s.stop().await.unwrap();
+}
