@@ -137,7 +137,7 @@ impl Pebble {
         // Ready when the API answers and the DNS server is up (its management port is opened after DNS).
         for addr in [api.to_string(), dns_mgmt] {
             let mut up = false;
-            for _ in 0..200 {
+            for _ in 0..600 {
                 if tokio::net::TcpStream::connect(&addr).await.is_ok() {
                     up = true;
                     break;
