@@ -1,6 +1,7 @@
 //! Automatic certificates from an ACME CA (Let's Encrypt): on-disk cache, TLS-ALPN-01/HTTP-01 orders, renewal.
 //!
 //! RFC 8555 (ACME) and RFC 8737 (TLS-ALPN-01); the protocol itself is instant-acme's.
+//!
 //! The certificate goes into the same [`Certs`] the TLS listener already uses, so a renewal swaps it live. Until
 //! the first certificate arrives the TLS port serves a self-signed placeholder for the configured names: the rest
 //! of ponte (plain HTTP, TURN) starts and reports READY without waiting for the CA.
