@@ -252,6 +252,103 @@ pub struct TlsConfig {
     pub turns_listen: Vec<SocketAddr>,
     /// Answer plain HTTP on `http.listen` with redirects to HTTPS (except `/healthz`).
     pub redirect_http: bool,
+    /// Obtain and renew the certificate automatically from an ACME CA (Let's Encrypt), instead of `cert`/`key`.
+    pub acme: Option<AcmeConfig>,
+}
+
+/// Let's Encrypt's production directory, the default `tls.acme.directory`.
+pub const LETSENCRYPT_DIRECTORY: &str = "https://acme-v02.api.letsencrypt.org/directory";
+/// Let's Encrypt's staging directory (untrusted certificates, generous rate limits) for trying a setup out.
+pub const LETSENCRYPT_STAGING_DIRECTORY: &str = "https://acme-staging-v02.api.letsencrypt.org/directory";
+
+/// How the ACME CA checks that we control the domains.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+pub enum AcmeChallenge {
+    /// A TLS handshake on port 443 (`tls.listen`) with ALPN `acme-tls/1` (RFC 8737): needs only the TLS port.
+    #[default]
+    #[serde(rename = "tls-alpn-01")]
+    TlsAlpn01,
+    /// `GET /.well-known/acme-challenge/<token>` on port 80 (`http.listen`, forwarded from 80 if needed).
+    #[serde(rename = "http-01")]
+    Http01,
+}
+
+impl AcmeChallenge {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AcmeChallenge::TlsAlpn01 => "tls-alpn-01",
+            AcmeChallenge::Http01 => "http-01",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AcmeConfig {
+    /// The names on the certificate, e.g. `["chat.example.org"]`; each must resolve to this server.
+    pub domains: Vec<String>,
+    /// An email address the CA may write to about the account (expiry warnings, policy changes). Optional.
+    pub contact: Option<String>,
+    /// The ACME directory URL. Default: Let's Encrypt production.
+    pub directory: String,
+    pub challenge: AcmeChallenge,
+    /// Where the account key and certificates are kept. Default: `$STATE_DIRECTORY/acme` (systemd's
+    /// `StateDirectory=ponte`, i.e. `/var/lib/ponte/acme`).
+    pub cache_dir: Option<PathBuf>,
+    /// TEST ONLY: a PEM root certificate trusted for the ACME server's own HTTPS instead of the system roots
+    /// (a test CA like pebble serves its API with a certificate no system trusts).
+    pub ca_root: Option<PathBuf>,
+}
+
+impl Default for AcmeConfig {
+    fn default() -> Self {
+        AcmeConfig {
+            domains: Vec::new(),
+            contact: None,
+            directory: LETSENCRYPT_DIRECTORY.into(),
+            challenge: AcmeChallenge::default(),
+            cache_dir: None,
+            ca_root: None,
+        }
+    }
+}
+
+impl AcmeConfig {
+    /// `cache_dir`, or `$STATE_DIRECTORY/acme` when systemd set `STATE_DIRECTORY` (its first entry).
+    pub fn cache_dir(&self) -> Option<PathBuf> {
+        if let Some(d) = &self.cache_dir {
+            return Some(d.clone());
+        }
+        let state = std::env::var_os("STATE_DIRECTORY")?;
+        let first = state.to_str().and_then(|s| s.split(':').next()).filter(|s| !s.is_empty())?;
+        Some(Path::new(first).join("acme"))
+    }
+}
+
+/// Why `name` cannot be a certificate name for ACME http-01/tls-alpn-01, if it cannot.
+pub fn domain_problem(name: &str) -> Option<String> {
+    if name.starts_with("*.") {
+        return Some(format!(
+            "{name:?} is a wildcard; wildcards need the dns-01 challenge, which ponte does not do: list each name"
+        ));
+    }
+    if name.parse::<IpAddr>().is_ok() {
+        return Some(format!("{name:?} is an IP address; ACME certificates here are for domain names"));
+    }
+    let ok_label = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    };
+    if name.len() > 253 || !name.contains('.') || !name.split('.').all(ok_label) {
+        return Some(format!(
+            "{name:?} is not a domain name; write it in lowercase like \"chat.example.org\" (punycode for \
+             non-ASCII names, no scheme, port or trailing dot)"
+        ));
+    }
+    None
 }
 
 impl Default for TlsConfig {
@@ -262,13 +359,15 @@ impl Default for TlsConfig {
             listen: "0.0.0.0:443".parse().unwrap(),
             turns_listen: Vec::new(),
             redirect_http: false,
+            acme: None,
         }
     }
 }
 
 impl TlsConfig {
+    /// TLS is on with a certificate from files or from ACME.
     pub fn enabled(&self) -> bool {
-        self.cert.is_some() && self.key.is_some()
+        (self.cert.is_some() && self.key.is_some()) || self.acme.is_some()
     }
 }
 
@@ -567,18 +666,78 @@ impl Config {
                     let detail = msg.split_once(": ").map(|(_, d)| d.to_string()).unwrap_or(msg);
                     bad(key_name, detail);
                 }
-                if self.tls.listen == self.http.listen && self.tls.listen.port() != 0 {
+            }
+            (None, None) => {}
+        }
+        if let Some(acme) = &self.tls.acme {
+            if self.tls.cert.is_some() || self.tls.key.is_some() {
+                bad(
+                    "tls.acme",
+                    "is set together with tls.cert/tls.key; use either files (e.g. from certbot) or [tls.acme], \
+                     not both"
+                        .into(),
+                );
+            }
+            if acme.domains.is_empty() {
+                bad("tls.acme.domains", "is empty; list the name(s) people use, e.g. [\"chat.example.org\"]".into());
+            }
+            for (i, d) in acme.domains.iter().enumerate() {
+                if let Some(p) = domain_problem(d) {
+                    bad(&format!("tls.acme.domains[{i}]"), p);
+                }
+            }
+            if let Some(c) = &acme.contact {
+                let addr = c.strip_prefix("mailto:").unwrap_or(c);
+                if !addr.contains('@') || addr.contains(char::is_whitespace) || addr.contains(',') {
                     bad(
-                        "tls.listen",
-                        format!("{} is also http.listen; TLS needs its own port (default 443)", self.tls.listen),
+                        "tls.acme.contact",
+                        format!("{c:?} is not an email address; write it like \"admin@example.org\""),
                     );
                 }
             }
-            (None, None) => {
-                if self.tls.redirect_http {
-                    bad("tls.redirect_http", "needs TLS: set tls.cert and tls.key, or remove redirect_http".into());
+            if !acme.directory.starts_with("https://") {
+                bad(
+                    "tls.acme.directory",
+                    format!(
+                        "{:?} is not an https:// URL; ACME directories are HTTPS, e.g. {LETSENCRYPT_DIRECTORY:?} \
+                         (or the staging {LETSENCRYPT_STAGING_DIRECTORY:?})",
+                        acme.directory
+                    ),
+                );
+            }
+            if acme.cache_dir().is_none() {
+                bad(
+                    "tls.acme.cache_dir",
+                    "is not set and $STATE_DIRECTORY is not set (ponte was not started by systemd with \
+                     StateDirectory=ponte); set cache_dir = \"/var/lib/ponte/acme\" (a directory only ponte can read)"
+                        .into(),
+                );
+            }
+            if let Some(root) = &acme.ca_root {
+                use rustls_pki_types::pem::PemObject;
+                if let Err(e) = rustls_pki_types::CertificateDer::from_pem_file(root) {
+                    bad(
+                        "tls.acme.ca_root",
+                        format!(
+                            "cannot read a PEM certificate from {}: {e}; remove the key (it is for tests)",
+                            root.display()
+                        ),
+                    );
                 }
             }
+        }
+        if self.tls.enabled() {
+            if self.tls.listen == self.http.listen && self.tls.listen.port() != 0 {
+                bad(
+                    "tls.listen",
+                    format!("{} is also http.listen; TLS needs its own port (default 443)", self.tls.listen),
+                );
+            }
+        } else if self.tls.redirect_http {
+            bad(
+                "tls.redirect_http",
+                "needs TLS: set tls.cert and tls.key (or [tls.acme]), or remove redirect_http".into(),
+            );
         }
 
         if self.metrics.enabled && self.http.listen == self.metrics.listen && self.http.listen.port() != 0 {

@@ -1,5 +1,6 @@
 //! ponte: a self-hosted P2P chat appliance — web client, WebSocket signaling and an embedded STUN/TURN relay in one daemon.
 
+pub mod acme;
 pub mod cli;
 pub mod config;
 pub mod credentials;

@@ -208,6 +208,9 @@ pub struct Context {
     pub tls_addr: Option<SocketAddr>,
     /// The certificate in use, when TLS is on (reloaded on SIGHUP and when the files change).
     pub certs: Option<Arc<crate::tls::Certs>>,
+    /// The answers to ACME validation requests, when `tls.acme` is set.
+    pub acme_challenges: Option<Arc<crate::acme::Challenges>>,
+    acme_stats: Arc<crate::acme::AcmeStats>,
     /// TURN-over-TLS streams accepted by the TLS listeners, for the TURN server to take at start.
     turns_streams: parking_lot::Mutex<Option<tokio::sync::mpsc::Receiver<TurnStream>>>,
     turns_sender: tokio::sync::mpsc::Sender<TurnStream>,
@@ -240,10 +243,19 @@ impl Context {
             }
             Secret::generate()
         };
-        let certs = match (&config.tls.cert, &config.tls.key) {
-            (Some(c), Some(k)) => Some(crate::tls::Certs::load(c, k)?),
+        let certs = match (&config.tls.cert, &config.tls.key, &config.tls.acme) {
+            (Some(c), Some(k), _) => Some(crate::tls::Certs::load(c, k)?),
+            (_, _, Some(acme)) => Some(crate::acme::initial_certs(acme)?),
             _ => None,
         };
+        let metrics = crate::metrics::Metrics::new();
+        if let Some(c) = &certs {
+            metrics.register(c.clone());
+        }
+        let acme_stats = Arc::new(crate::acme::AcmeStats::default());
+        if config.tls.acme.is_some() {
+            metrics.register(acme_stats.clone());
+        }
         let (turns_sender, turns_rx) = tokio::sync::mpsc::channel(256);
         let mut turn_secrets = vec![turn_secret.clone()];
         turn_secrets.extend(config.turn.accept_secrets.iter().cloned());
@@ -252,12 +264,14 @@ impl Context {
             turn_secret,
             turn_secrets,
             health: Health::default(),
-            metrics: crate::metrics::Metrics::new(),
+            metrics,
             http_addr: listeners.http_addr(),
             turn_udp_addrs: listeners.turn_udp_addrs(),
             turn_tcp_addrs: listeners.turn_tcp_addrs(),
             tls_addr: listeners.tls_addr(),
             certs,
+            acme_challenges: config.tls.acme.as_ref().map(|_| Arc::default()),
+            acme_stats,
             turns_streams: parking_lot::Mutex::new(Some(turns_rx)),
             turns_sender,
             config,
@@ -325,6 +339,7 @@ impl Context {
             "tls.listen" => tls.listen,
             "tls.turns_listen" => tls.turns_listen,
             "tls.redirect_http" => tls.redirect_http,
+            "tls.acme" => tls.acme,
         );
         diff!(applied,
             "http.public_url" => http.public_url,
@@ -414,8 +429,21 @@ pub async fn run_with_context(
         tasks.spawn(async move { ("http", crate::http::serve(ctx, hub, http, Some(https_rx), shutdown).await) });
     }
     if let (Some(certs), Some(tls)) = (ctx.certs.clone(), tls) {
-        let acceptor = tokio_rustls::TlsAcceptor::from(crate::tls::server_config(certs.clone())?);
-        tokio::spawn(crate::tls::watch(certs, shutdown.clone()));
+        let acme = ctx.config.tls.acme.clone();
+        let alpn_challenges = match &acme {
+            Some(a) if a.challenge == crate::config::AcmeChallenge::TlsAlpn01 => ctx.acme_challenges.clone(),
+            _ => None,
+        };
+        let acceptor = tokio_rustls::TlsAcceptor::from(crate::tls::server_config(certs.clone(), alpn_challenges)?);
+        match (acme, ctx.acme_challenges.clone()) {
+            // Not a core task: the CA being unreachable must never take the daemon down.
+            (Some(acme), Some(challenges)) => {
+                tokio::spawn(crate::acme::run(acme, certs, challenges, ctx.acme_stats.clone(), shutdown.clone()));
+            }
+            _ => {
+                tokio::spawn(crate::tls::watch(certs, shutdown.clone()));
+            }
+        }
         let listeners = std::iter::once((tls, crate::tls::Role::Shared))
             .chain(turns.into_iter().map(|l| (l, crate::tls::Role::TurnOnly)));
         for (listener, role) in listeners {

@@ -8,6 +8,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::task::{Context as TaskCx, Poll};
 use std::time::{Duration, SystemTime};
@@ -18,7 +19,7 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio_util::sync::CancellationToken;
 
 use crate::server::Context;
@@ -35,6 +36,10 @@ pub struct Certs {
     key_path: PathBuf,
     current: RwLock<Arc<CertifiedKey>>,
     stamp: Mutex<Option<(SystemTime, SystemTime)>>,
+    /// The files are ponte's own ACME cache: they may not exist yet (a placeholder is in use meanwhile).
+    acme: bool,
+    /// Expiry of the certificate in use (Unix seconds); 0 for a placeholder.
+    not_after: AtomicI64,
 }
 
 fn provider() -> rustls::crypto::CryptoProvider {
@@ -69,8 +74,30 @@ impl Certs {
         Ok(Arc::new(Certs {
             cert_path: cert.to_owned(),
             key_path: key.to_owned(),
+            not_after: AtomicI64::new(expiry(&ck)),
             current: RwLock::new(Arc::new(ck)),
             stamp: Mutex::new(stamp(cert, key)),
+            acme: false,
+        }))
+    }
+
+    /// Certificates kept by ACME in `cert`/`key`: loaded from there, or `placeholder` until the files exist.
+    pub fn load_acme(cert: &Path, key: &Path, placeholder: Option<CertifiedKey>) -> anyhow::Result<Arc<Certs>> {
+        let (ck, not_after, stamp_now) = match placeholder {
+            Some(ck) => (ck, 0, None),
+            None => {
+                let ck = load_certified_key(cert, key)?;
+                let t = expiry(&ck);
+                (ck, t, stamp(cert, key))
+            }
+        };
+        Ok(Arc::new(Certs {
+            cert_path: cert.to_owned(),
+            key_path: key.to_owned(),
+            current: RwLock::new(Arc::new(ck)),
+            stamp: Mutex::new(stamp_now),
+            acme: true,
+            not_after: AtomicI64::new(not_after),
         }))
     }
 
@@ -78,10 +105,11 @@ impl Certs {
     /// running certificate stays. Returns whether a new certificate is now in use.
     pub fn reload(&self, force: bool) -> anyhow::Result<bool> {
         let now = stamp(&self.cert_path, &self.key_path);
-        if !force && now == *self.stamp.lock() {
+        if (!force && now == *self.stamp.lock()) || (self.acme && now.is_none()) {
             return Ok(false);
         }
         let ck = load_certified_key(&self.cert_path, &self.key_path)?;
+        self.not_after.store(expiry(&ck), Ordering::Relaxed);
         *self.current.write() = Arc::new(ck);
         *self.stamp.lock() = now;
         Ok(true)
@@ -91,6 +119,27 @@ impl Certs {
     pub fn leaf(&self) -> CertificateDer<'static> {
         self.current.read().cert[0].clone()
     }
+
+    /// When the certificate in use expires (Unix seconds); `None` for the ACME placeholder.
+    pub fn not_after(&self) -> Option<i64> {
+        Some(self.not_after.load(Ordering::Relaxed)).filter(|t| *t != 0)
+    }
+}
+
+fn expiry(ck: &CertifiedKey) -> i64 {
+    crate::acme::cert_info(&ck.cert[0]).map(|i| i.not_after).unwrap_or(0)
+}
+
+impl crate::metrics::Source for Certs {
+    fn collect(&self, out: &mut Vec<crate::metrics::Sample>) {
+        if let Some(t) = self.not_after() {
+            out.push(crate::metrics::Sample::gauge(
+                "tls_certificate_expiry_timestamp_seconds",
+                "When the TLS certificate in use expires (Unix time)",
+                t.max(0) as u64,
+            ));
+        }
+    }
 }
 
 impl ResolvesServerCert for Certs {
@@ -99,14 +148,41 @@ impl ResolvesServerCert for Certs {
     }
 }
 
-/// rustls server settings: HTTP/2, HTTP/1.1 and `stun.turn` (RFC 7443) over ALPN.
-pub fn server_config(certs: Arc<Certs>) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+/// The certificate for each handshake: the one in use, or an ACME TLS-ALPN-01 answer for a validation handshake.
+#[derive(Debug)]
+struct Resolver {
+    certs: Arc<Certs>,
+    acme: Option<Arc<crate::acme::Challenges>>,
+}
+
+impl ResolvesServerCert for Resolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        if let Some(acme) = &self.acme {
+            if hello.alpn().is_some_and(|mut protos| protos.any(|p| p == crate::acme::ALPN)) {
+                // Only ever the challenge certificate here (RFC 8737 §3); no answer → no handshake.
+                return hello.server_name().and_then(|name| acme.alpn_cert(name));
+            }
+        }
+        self.certs.resolve(hello)
+    }
+}
+
+/// rustls server settings: HTTP/2, HTTP/1.1 and `stun.turn` (RFC 7443) over ALPN, plus `acme-tls/1` when
+/// TLS-ALPN-01 `acme` challenges are answered on this port.
+pub fn server_config(
+    certs: Arc<Certs>,
+    acme: Option<Arc<crate::acme::Challenges>>,
+) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+    let mut alpn = vec![b"h2".to_vec(), b"http/1.1".to_vec(), b"stun.turn".to_vec()];
+    if acme.is_some() {
+        alpn.push(crate::acme::ALPN.to_vec());
+    }
     let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(provider()))
         .with_safe_default_protocol_versions()
         .context("TLS protocol versions")?
         .with_no_client_auth()
-        .with_cert_resolver(certs);
-    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec(), b"stun.turn".to_vec()];
+        .with_cert_resolver(Arc::new(Resolver { certs, acme }));
+    cfg.alpn_protocols = alpn;
     Ok(Arc::new(cfg))
 }
 
@@ -241,6 +317,11 @@ where
         tokio::spawn(async move {
             let start = async {
                 let mut tls = acceptor.accept(tcp).await?;
+                if tls.get_ref().1.alpn_protocol() == Some(crate::acme::ALPN) {
+                    // An ACME validation handshake: it has seen the challenge certificate; nothing is served.
+                    tls.shutdown().await?;
+                    return Ok((tls, Vec::new()));
+                }
                 let mut first = vec![0u8; 8];
                 let mut got = 0;
                 while got < first.len() {

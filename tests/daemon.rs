@@ -207,6 +207,10 @@ fn example_config_is_the_defaults() {
         if line.starts_with('[') {
             section = line.to_string();
         }
+        // A commented-out optional table (e.g. `# [tls.acme]`): its commented keys belong to it.
+        if let Some(header) = line.strip_prefix("# [").filter(|h| !h.starts_with('[')) {
+            section = format!("[{header}");
+        }
         if let Some((key, value)) = commented_kv {
             check(&format!("{section}\n{key} = {}\n", value.split("  #").next().unwrap()), line);
             checked += 1;

@@ -104,6 +104,16 @@ async fn route(
 ) -> Response<Body> {
     let remote = client_addr(ctx, &req, socket_addr);
     let path = req.uri().path();
+    // ACME HTTP-01 validation (`tls.acme`): answered before any redirect, since the CA asks over plain HTTP.
+    if let (Some(token), Some(acme)) = (path.strip_prefix(crate::acme::HTTP_PREFIX), &ctx.acme_challenges) {
+        let mut r = match acme.http_answer(token) {
+            Some(answer) => text_response(StatusCode::OK, answer),
+            None => text_response(StatusCode::NOT_FOUND, "no such ACME challenge\n"),
+        };
+        security_headers(&mut r);
+        ctx.metrics.http.record(r.status().as_u16());
+        return r;
+    }
     // `tls.redirect_http`: plain HTTP only points to HTTPS (health checks excepted, so monitors keep working).
     if !tls && path != "/healthz" && ctx.config.tls.redirect_http {
         if let Some(tls_addr) = ctx.tls_addr {
@@ -247,8 +257,8 @@ fn security_headers(resp: &mut Response<Body>) {
     );
 }
 
-pub fn text_response(status: StatusCode, text: &'static str) -> Response<Body> {
-    let mut r = Response::new(Body::new(Bytes::from_static(text.as_bytes())));
+pub fn text_response(status: StatusCode, text: impl Into<Bytes>) -> Response<Body> {
+    let mut r = Response::new(Body::new(text.into()));
     *r.status_mut() = status;
     r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
     r

@@ -37,10 +37,15 @@ pub struct TestServer {
 impl TestServer {
     /// Start the server; it is accepting connections when this returns (the sockets are bound first).
     pub async fn start(config: Config) -> TestServer {
+        let listeners = Listeners::bind(&config).expect("bind test listeners");
+        Self::start_bound(config, listeners).await
+    }
+
+    /// Start the server on listeners the test bound already (to learn the ports before the server starts).
+    pub async fn start_bound(config: Config, listeners: Listeners) -> TestServer {
         init_logs();
         let problems = config.validate();
         assert!(problems.is_empty(), "test config invalid: {problems:?}");
-        let listeners = Listeners::bind(&config).expect("bind test listeners");
         let (http, turn_udp, turn_tcp) =
             (listeners.http_addr(), listeners.turn_udp_addrs(), listeners.turn_tcp_addrs());
         let metrics = listeners.metrics_addr();
