@@ -1198,7 +1198,7 @@ async fn old_tokens_and_tickets_do_not_restore_and_live_clients_get_fresh_ones()
     let lone = client(&srv).await;
     let (mut a, mut b, old_ticket) = paired_with_ticket(&srv).await;
     // Connected clients are handed a fresh token and tickets at half the maximum age.
-    let mut latest = |v: Value, into: &mut (String, String)| {
+    let latest = |v: Value, into: &mut (String, String)| {
         assert_eq!(v["type"], "tokens", "{v}");
         into.0 = v["token"].as_str().unwrap().to_string();
         into.1 = v["tickets"][0]["ticket"].as_str().unwrap().to_string();

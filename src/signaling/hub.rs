@@ -147,6 +147,14 @@ impl Settings {
     }
 }
 
+/// How a session started, as `welcome` tells it (`resumed` / `restored` / neither).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Start {
+    Resumed,
+    Restored,
+    Fresh,
+}
+
 /// What `hello` decided.
 pub enum HelloOutcome {
     Welcomed(Id),
@@ -255,7 +263,7 @@ impl State {
             let outgoing: Vec<Id> = s.outgoing.iter().map(|(p, _)| *p).collect();
             let paired_while_away = std::mem::take(&mut s.paired_while_away);
             let (ice_servers, ice_expires) = ice(id);
-            self.send(id, self.welcome(id, token, true, false, &ice_servers, ice_expires, peers.clone()));
+            self.send(id, self.welcome(id, token, Start::Resumed, &ice_servers, ice_expires, peers.clone()));
             // Replay what the client may have missed so it can rebuild its view from this connection alone.
             for p in &peers {
                 let away = self.sessions.get(p).is_some_and(|ps| ps.conn.is_none());
@@ -319,7 +327,8 @@ impl State {
             },
         );
         let (ice_servers, ice_expires) = ice(id);
-        self.send(id, self.welcome(id, token, false, restore.is_some(), &ice_servers, ice_expires, Vec::new()));
+        let how = if restore.is_some() { Start::Restored } else { Start::Fresh };
+        self.send(id, self.welcome(id, token, how, &ice_servers, ice_expires, Vec::new()));
         HelloOutcome::Welcomed(id)
     }
 
@@ -350,8 +359,7 @@ impl State {
         &self,
         id: Id,
         token: String,
-        resumed: bool,
-        restored: bool,
+        how: Start,
         ice: &[IceServer],
         ice_expires: u64,
         peers: Vec<Id>,
@@ -361,8 +369,8 @@ impl State {
             id,
             display_id: id.display(),
             token,
-            resumed,
-            restored,
+            resumed: how == Start::Resumed,
+            restored: how == Start::Restored,
             ice_servers: ice,
             ice_expires,
             peers,
