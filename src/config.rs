@@ -221,6 +221,12 @@ pub struct SignalingConfig {
     pub ping_interval_secs: u64,
     /// Extra ICE servers handed to every client after ponte's own.
     pub ice_servers: Vec<IceServerConfig>,
+    /// Where the key that signs reconnect tokens and pairing tickets is kept (`signaling.key`, made on first
+    /// start), so IDs and pairings survive a restart. Unset: systemd's `$STATE_DIRECTORY`, else a key derived
+    /// from `turn.secret`, else a random key per run.
+    pub state_dir: Option<PathBuf>,
+    /// How old a token (or ticket) may be to restore an ID (or pairing) the server no longer holds.
+    pub token_max_age_secs: u64,
 }
 
 impl Default for SignalingConfig {
@@ -235,6 +241,8 @@ impl Default for SignalingConfig {
             max_connections: 10_000,
             ping_interval_secs: 20,
             ice_servers: Vec::new(),
+            state_dir: None,
+            token_max_age_secs: 86_400,
         }
     }
 }
@@ -608,9 +616,21 @@ impl Config {
             ("signaling.max_connections_per_ip", s.max_connections_per_ip as u64),
             ("signaling.max_connections", s.max_connections as u64),
             ("signaling.request_timeout_secs", s.request_timeout_secs),
+            ("signaling.token_max_age_secs", s.token_max_age_secs),
         ] {
             if v == 0 {
                 bad(key, "must be at least 1".into());
+            }
+        }
+        if let Some(dir) = &s.state_dir {
+            if dir.exists() && !dir.is_dir() {
+                bad(
+                    "signaling.state_dir",
+                    format!(
+                        "{} is not a directory; name a directory ponte may write (e.g. /var/lib/ponte)",
+                        dir.display()
+                    ),
+                );
             }
         }
         if !(5..=300).contains(&s.ping_interval_secs) {

@@ -196,6 +196,9 @@ pub struct Context {
     pub turn_secret: Secret,
     /// Every secret the TURN server accepts (`turn_secret` first, then `turn.accept_secrets`).
     pub turn_secrets: Vec<Secret>,
+    /// Signs reconnect tokens and pairing tickets; the same after a restart unless it is random (see its source).
+    pub signaling_key: crate::signaling::keys::SigningKey,
+    pub signaling_key_source: crate::signaling::keys::KeySource,
     pub health: Health,
     /// Counters of every component, rendered at `/metrics`.
     pub metrics: crate::metrics::Metrics,
@@ -222,6 +225,7 @@ pub type TurnStream = (crate::tls::Prefixed<crate::tls::TlsStream>, SocketAddr, 
 impl Context {
     /// Build the context: settle the TURN secret (configured, from file, or generated for this run).
     pub fn new(config: Config, listeners: &Listeners) -> anyhow::Result<Context> {
+        let configured_secret = config.turn.secret.is_some() || config.turn.secret_file.is_some();
         let turn_secret = if let Some(s) = &config.turn.secret {
             s.clone()
         } else if let Some(path) = &config.turn.secret_file {
@@ -243,6 +247,8 @@ impl Context {
             }
             Secret::generate()
         };
+        let (signaling_key, signaling_key_source) =
+            crate::signaling::keys::SigningKey::from_config(&config, configured_secret.then(|| turn_secret.expose()))?;
         let certs = match (&config.tls.cert, &config.tls.key, &config.tls.acme) {
             (Some(c), Some(k), _) => Some(crate::tls::Certs::load(c, k)?),
             (_, _, Some(acme)) => Some(crate::acme::initial_certs(acme)?),
@@ -263,6 +269,8 @@ impl Context {
             live: tokio::sync::watch::Sender::new(Arc::new(config.clone())),
             turn_secret,
             turn_secrets,
+            signaling_key,
+            signaling_key_source,
             health: Health::default(),
             metrics,
             http_addr: listeners.http_addr(),
@@ -340,6 +348,7 @@ impl Context {
             "tls.turns_listen" => tls.turns_listen,
             "tls.redirect_http" => tls.redirect_http,
             "tls.acme" => tls.acme,
+            "signaling.state_dir" => signaling.state_dir,
         );
         diff!(applied,
             "http.public_url" => http.public_url,
@@ -364,6 +373,7 @@ impl Context {
             "signaling.max_connections" => signaling.max_connections,
             "signaling.ping_interval_secs" => signaling.ping_interval_secs,
             "signaling.ice_servers" => signaling.ice_servers,
+            "signaling.token_max_age_secs" => signaling.token_max_age_secs,
         );
         if old.log.level != new.log.level {
             if crate::logging::set_level(&new.log.level) {
@@ -394,6 +404,7 @@ impl Context {
         merged.turn.relay_port_max = old.turn.relay_port_max;
         merged.log.format = old.log.format;
         merged.tls = old.tls.clone();
+        merged.signaling.state_dir = old.signaling.state_dir.clone();
         self.live.send_replace(Arc::new(merged));
         report
     }

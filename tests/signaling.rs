@@ -493,7 +493,8 @@ async fn reconnect_with_token_keeps_id_and_pairing() {
     assert_eq!(a2.id, a_id);
     assert_eq!(a2.welcome["resumed"], true);
     assert_eq!(a2.welcome["peers"], json!([b.id]));
-    assert_eq!(a2.token, a_token);
+    // The token is renewed (a fresh issue time) but the old one keeps working for this session.
+    assert_eq!(a2.token.split_once('.').unwrap().0, a_id);
     assert_eq!(expect(&mut b.ws, "peer_back").await["peer"], a_id);
     send(&mut b.ws, json!({"type": "signal", "to": a_id, "data": {"restart": true}})).await;
     assert_eq!(expect(&mut a2.ws, "signal").await["from"], b.id);
@@ -587,12 +588,17 @@ async fn grace_expiry_gives_peer_left_and_a_fresh_id() {
     assert_eq!((left["peer"].as_str().unwrap(), left["reason"].as_str().unwrap()), (a_id.as_str(), "disconnected"));
     let ic = expect(&mut c.ws, "incoming_cancelled").await;
     assert_eq!((ic["peer"].as_str().unwrap(), ic["reason"].as_str().unwrap()), (a_id.as_str(), "left"));
-    // The ID is free now: the token no longer resumes it and nobody can reach it.
-    let a2 = hello(open(&srv).await, Some(&a_token)).await;
-    assert_eq!(a2.welcome["resumed"], false);
-    assert_ne!(a2.id, a_id);
+    // The session is over: nobody can reach the ID.
     send(&mut b.ws, json!({"type": "connect", "to": a_id})).await;
     expect_error(&mut b.ws, "unknown_peer").await;
+    // Its token brings the ID back (it is free), but nothing of the old session: no pairing, no request.
+    let mut a2 = hello(open(&srv).await, Some(&a_token)).await;
+    assert_eq!(a2.id, a_id);
+    assert_eq!((&a2.welcome["resumed"], &a2.welcome["restored"]), (&json!(false), &json!(true)));
+    assert_eq!(a2.welcome["peers"], json!([]));
+    assert_silent(&mut a2.ws, Duration::from_millis(200)).await;
+    send(&mut b.ws, json!({"type": "signal", "to": a_id, "data": 1})).await;
+    expect_error(&mut b.ws, "not_paired").await;
     srv.stop().await.unwrap();
 }
 
@@ -1050,5 +1056,213 @@ async fn pairing_accepted_while_requester_away_is_replayed_on_resume() {
     // No stale request_sent: the request is no longer pending.
     assert_silent(&mut a2.ws, Duration::from_millis(200)).await;
     assert_eq!(expect(&mut b.ws, "peer_back").await["peer"], a_id);
+    srv.stop().await.unwrap();
+}
+
+// ---------------------------------------------------------------- restarts: tokens and pairing tickets
+
+/// A config whose signaling key lives in `dir` (and no TURN secret, so only the key file can carry IDs over).
+fn state_config(dir: &std::path::Path) -> Config {
+    let mut c = test_config();
+    c.turn.secret = None;
+    c.signaling.state_dir = Some(dir.join("state"));
+    c
+}
+
+/// A and B paired (A initiated); returns them with the ticket both received.
+async fn paired_with_ticket(srv: &TestServer) -> (Client, Client, String) {
+    let mut a = client(srv).await;
+    let mut b = client(srv).await;
+    send(&mut a.ws, json!({"type": "connect", "to": b.id})).await;
+    expect(&mut b.ws, "incoming").await;
+    expect(&mut a.ws, "request_sent").await;
+    send(&mut b.ws, json!({"type": "accept", "from": a.id})).await;
+    let pa = expect(&mut a.ws, "paired").await;
+    let pb = expect(&mut b.ws, "paired").await;
+    let ticket = pa["ticket"].as_str().expect("paired carries a ticket").to_string();
+    assert_eq!(pb["ticket"], ticket, "both partners hold the same ticket");
+    (a, b, ticket)
+}
+
+#[tokio::test]
+async fn ids_and_pairings_survive_a_restart_with_the_state_dir() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let srv = TestServer::start(state_config(dir.path())).await;
+    let key_file = dir.path().join("state").join("signaling.key");
+    assert_eq!(srv.ctx.signaling_key_source, ponte::signaling::keys::KeySource::File(key_file.clone()));
+    assert_eq!(std::fs::metadata(&key_file).unwrap().permissions().mode() & 0o777, 0o600, "the key is private");
+    let (a, b, ticket) = paired_with_ticket(&srv).await;
+    let (a_id, a_token, b_id, b_token) = (a.id.clone(), a.token.clone(), b.id.clone(), b.token.clone());
+    drop((a, b));
+    srv.stop().await.unwrap();
+
+    // A new process, same state dir.
+    let srv = TestServer::start(state_config(dir.path())).await;
+    let mut a = hello(open(&srv).await, Some(&a_token)).await;
+    assert_eq!(a.id, a_id, "the token restores the ID");
+    assert_eq!((&a.welcome["resumed"], &a.welcome["restored"]), (&json!(false), &json!(true)));
+    assert_eq!(a.welcome["peers"], json!([]));
+    // A presents the ticket before B is even back: it waits.
+    send(&mut a.ws, json!({"type": "rejoin", "to": b_id, "ticket": ticket})).await;
+    assert_eq!(expect(&mut a.ws, "rejoin_waiting").await["peer"], b_id);
+    let mut b = hello(open(&srv).await, Some(&b_token)).await;
+    assert_eq!(b.id, b_id);
+    assert_eq!(b.welcome["restored"], true);
+    assert_silent(&mut b.ws, Duration::from_millis(200)).await;
+    // B presents it too: paired at once, roles as before, no request to accept on either side.
+    send(&mut b.ws, json!({"type": "rejoin", "to": a_id, "ticket": ticket})).await;
+    let pa = expect(&mut a.ws, "paired").await;
+    let pb = expect(&mut b.ws, "paired").await;
+    assert_eq!((&pa["peer"], &pa["initiator"]), (&json!(b_id), &json!(true)));
+    assert_eq!((&pb["peer"], &pb["initiator"]), (&json!(a_id), &json!(false)));
+    assert!(pa["ticket"].as_str().is_some_and(|t| !t.is_empty()));
+    send(&mut a.ws, json!({"type": "signal", "to": b_id, "data": {"ice": "restart"}})).await;
+    assert_eq!(expect(&mut b.ws, "signal").await["data"]["ice"], "restart");
+    // Presenting it again changes nothing.
+    send(&mut b.ws, json!({"type": "rejoin", "to": a_id, "ticket": ticket})).await;
+    expect_error(&mut b.ws, "already_paired").await;
+    assert_silent(&mut a.ws, Duration::from_millis(200)).await;
+    srv.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn forged_tokens_and_wrong_tickets_are_harmless_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let other_dir = tempfile::tempdir().unwrap();
+    // A token from a server with another key.
+    let other = TestServer::start(state_config(other_dir.path())).await;
+    let foreign = client(&other).await;
+    other.stop().await.unwrap();
+
+    let srv = TestServer::start(state_config(dir.path())).await;
+    let (a, b, ticket) = paired_with_ticket(&srv).await;
+    let c = client(&srv).await;
+    let (a_id, b_id, c_id) = (a.id.clone(), b.id.clone(), c.id.clone());
+    let tokens = [a.token.clone(), b.token.clone(), c.token.clone()];
+    drop((a, b, c));
+    srv.stop().await.unwrap();
+
+    let srv = TestServer::start(state_config(dir.path())).await;
+    // A's token with C's ID in front, a bit flipped in the MAC, garbage, another server's token: fresh IDs.
+    let (_, body) = tokens[0].split_once('.').unwrap();
+    let mut flipped = tokens[0].clone().into_bytes();
+    flipped[12] = if flipped[12] == b'A' { b'B' } else { b'A' };
+    let flipped = String::from_utf8(flipped).unwrap();
+    for bad in [format!("{c_id}.{body}"), flipped, "garbage".into(), foreign.token.clone()] {
+        let x = hello(open(&srv).await, Some(&bad)).await;
+        assert!(![&a_id, &b_id, &c_id, &foreign.id].contains(&&x.id), "token {bad:?} restored {}", x.id);
+        assert_eq!((&x.welcome["resumed"], &x.welcome["restored"]), (&json!(false), &json!(false)));
+    }
+    let mut a = hello(open(&srv).await, Some(&tokens[0])).await;
+    let mut b = hello(open(&srv).await, Some(&tokens[1])).await;
+    let mut c = hello(open(&srv).await, Some(&tokens[2])).await;
+    assert_eq!((a.id.as_str(), b.id.as_str(), c.id.as_str()), (a_id.as_str(), b_id.as_str(), c_id.as_str()));
+
+    // C holds A and B's ticket but is neither of them.
+    for to in [&a_id, &b_id] {
+        send(&mut c.ws, json!({"type": "rejoin", "to": to, "ticket": ticket})).await;
+        let e = expect_error(&mut c.ws, "bad_ticket").await;
+        assert_eq!(e["ref"], "rejoin");
+    }
+    // A with that ticket toward C, a forged ticket, a malformed message.
+    send(&mut a.ws, json!({"type": "rejoin", "to": c_id, "ticket": ticket})).await;
+    expect_error(&mut a.ws, "bad_ticket").await;
+    let mut forged = ticket.clone().into_bytes();
+    forged[3] = if forged[3] == b'A' { b'B' } else { b'A' };
+    send(&mut a.ws, json!({"type": "rejoin", "to": b_id, "ticket": String::from_utf8(forged).unwrap()})).await;
+    expect_error(&mut a.ws, "bad_ticket").await;
+    send(&mut a.ws, json!({"type": "rejoin", "to": b_id})).await;
+    expect_error(&mut a.ws, "bad_message").await;
+    assert_silent(&mut b.ws, Duration::from_millis(200)).await;
+    assert_silent(&mut c.ws, Duration::from_millis(100)).await;
+
+    // One side alone cannot re-pair: B has not presented, so A waits and B hears nothing.
+    send(&mut a.ws, json!({"type": "rejoin", "to": b_id, "ticket": ticket})).await;
+    expect(&mut a.ws, "rejoin_waiting").await;
+    assert_silent(&mut b.ws, Duration::from_millis(300)).await;
+    send(&mut a.ws, json!({"type": "signal", "to": b_id, "data": 1})).await;
+    expect_error(&mut a.ws, "not_paired").await;
+    // A plain connect between them still asks B, as always.
+    send(&mut a.ws, json!({"type": "connect", "to": b_id})).await;
+    expect(&mut b.ws, "incoming").await;
+    srv.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn old_tokens_and_tickets_do_not_restore_and_live_clients_get_fresh_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = state_config(dir.path());
+    cfg.signaling.token_max_age_secs = 4;
+    let srv = TestServer::start(cfg.clone()).await;
+    let lone = client(&srv).await;
+    let (mut a, mut b, old_ticket) = paired_with_ticket(&srv).await;
+    // Connected clients are handed a fresh token and tickets at half the maximum age.
+    let latest = |v: Value, into: &mut (String, String)| {
+        assert_eq!(v["type"], "tokens", "{v}");
+        into.0 = v["token"].as_str().unwrap().to_string();
+        into.1 = v["tickets"][0]["ticket"].as_str().unwrap().to_string();
+    };
+    let (mut fa, mut fb) = (Default::default(), Default::default());
+    let deadline = Instant::now() + Duration::from_millis(4500);
+    while Instant::now() < deadline {
+        if let Some(v) = recv_within(&mut a.ws, Duration::from_millis(100)).await {
+            latest(v, &mut fa);
+        }
+        if let Some(v) = recv_within(&mut b.ws, Duration::from_millis(100)).await {
+            latest(v, &mut fb);
+        }
+    }
+    assert!(!fa.0.is_empty() && !fb.0.is_empty(), "no tokens message within 4.5 s");
+    assert_eq!(fa.0.split_once('.').unwrap().0, a.id);
+    drop((lone.ws, a.ws, b.ws));
+    srv.stop().await.unwrap();
+    // Now the first token and ticket are at least 6 s old, the renewed ones (issued at 4 s) at most 3 s.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    let srv = TestServer::start(cfg).await;
+    // The lone client's token is too old: a fresh ID.
+    let x = hello(open(&srv).await, Some(&lone.token)).await;
+    assert_ne!(x.id, lone.id, "a token past signaling.token_max_age_secs must not restore its ID");
+    assert_eq!(x.welcome["restored"], false);
+    // A and B's renewed tokens are young enough.
+    let mut a2 = hello(open(&srv).await, Some(&fa.0)).await;
+    let mut b2 = hello(open(&srv).await, Some(&fb.0)).await;
+    assert_eq!((a2.id.as_str(), b2.id.as_str()), (a.id.as_str(), b.id.as_str()));
+    // The ticket from the pairing is too old; the renewed one works.
+    send(&mut a2.ws, json!({"type": "rejoin", "to": b.id, "ticket": old_ticket})).await;
+    expect_error(&mut a2.ws, "bad_ticket").await;
+    send(&mut a2.ws, json!({"type": "rejoin", "to": b.id, "ticket": fa.1})).await;
+    expect(&mut a2.ws, "rejoin_waiting").await;
+    send(&mut b2.ws, json!({"type": "rejoin", "to": a.id, "ticket": fb.1})).await;
+    assert_eq!(expect(&mut a2.ws, "paired").await["initiator"], true);
+    assert_eq!(expect(&mut b2.ws, "paired").await["initiator"], false);
+    srv.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn key_from_turn_secret_or_random() {
+    use ponte::signaling::keys::KeySource;
+    // No state dir, a configured TURN secret: the key is derived from it and IDs survive.
+    let cfg = test_config();
+    let srv = TestServer::start(cfg.clone()).await;
+    assert_eq!(srv.ctx.signaling_key_source, KeySource::TurnSecret);
+    let a = client(&srv).await;
+    srv.stop().await.unwrap();
+    let srv = TestServer::start(cfg).await;
+    assert_eq!(hello(open(&srv).await, Some(&a.token)).await.id, a.id);
+    srv.stop().await.unwrap();
+
+    // Neither: a random key per run, so a restart hands out new IDs.
+    let mut cfg = test_config();
+    cfg.turn.secret = None;
+    let srv = TestServer::start(cfg.clone()).await;
+    assert_eq!(srv.ctx.signaling_key_source, KeySource::Random);
+    let a = client(&srv).await;
+    srv.stop().await.unwrap();
+    let srv = TestServer::start(cfg).await;
+    let a2 = hello(open(&srv).await, Some(&a.token)).await;
+    assert_ne!(a2.id, a.id);
+    assert_eq!(a2.welcome["restored"], false);
     srv.stop().await.unwrap();
 }

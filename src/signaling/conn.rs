@@ -85,6 +85,10 @@ pub async fn run(hub: Arc<Hub>, mut ws: Ws, info: ConnInfo, slot: Slot) {
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut unanswered = 0u32;
+    // Fresh tokens and tickets at half their maximum age, so a long-lived client can always restore its ID.
+    let renew_every = Duration::from_secs((c.info.cfg.signaling.token_max_age_secs / 2).max(1));
+    let mut renew = tokio::time::interval_at(tokio::time::Instant::now() + renew_every, renew_every);
+    renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let hello_deadline = tokio::time::sleep(HELLO_TIMEOUT);
     tokio::pin!(hello_deadline);
 
@@ -149,6 +153,14 @@ pub async fn run(hub: Arc<Hub>, mut ws: Ws, info: ConnInfo, slot: Slot) {
                     // tungstenite answers pings itself; pongs only count as liveness (above).
                     Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
                     Message::Close(_) => break End::Gone,
+                }
+            }
+            _ = renew.tick(), if c.id.is_some() => {
+                if let Some(id) = c.id {
+                    let msg = hub.state.lock().renewed_tokens(id, conn_id, crate::credentials::unix_now());
+                    if let Some(msg) = msg {
+                        push(&c.handle, msg);
+                    }
                 }
             }
             _ = &mut hello_deadline, if c.id.is_none() => {
@@ -313,6 +325,7 @@ impl Conn {
                     ClientMsg::Decline { from } => st.decline(me, &from),
                     ClientMsg::Signal { to, data } => st.signal(me, &to, data),
                     ClientMsg::Bye { to } => st.bye(me, &to),
+                    ClientMsg::Rejoin { to, ticket } => st.rejoin(me, &to, &ticket, crate::credentials::unix_now()),
                     _ => {}
                 }
             }
@@ -329,10 +342,9 @@ impl Conn {
         let host = self.info.ice_host.clone();
         let now_unix = crate::credentials::unix_now();
         let cfg = self.info.cfg.clone();
-        let outcome = hub
-            .state
-            .lock()
-            .hello(self.handle.clone(), token, |id| ice::servers_for(&hub.ctx, &cfg, host.as_deref(), id, now_unix));
+        let outcome = hub.state.lock().hello(self.handle.clone(), token, now_unix, |id| {
+            ice::servers_for(&hub.ctx, &cfg, host.as_deref(), id, now_unix)
+        });
         match outcome {
             HelloOutcome::Welcomed(id) => {
                 tracing::debug!(conn = self.handle.conn_id, %id, "client welcomed");

@@ -13,14 +13,17 @@ use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::sync::CancellationToken;
 
-use super::ids::{parse_token, Id, TokenSecret};
-use super::protocol::{self, CancelReason, ErrorCode, IceServer, LeftReason, Limits, ServerMsg};
+use super::ids::Id;
+use super::keys::{self, Nonce, SigningKey};
+use super::protocol::{self, CancelReason, ErrorCode, IceServer, LeftReason, Limits, PeerTicket, ServerMsg};
 use super::stats::Stats;
 
 /// Close code the hub asks a connection to use when it is replaced by a resumed session.
 pub const CLOSE_RESUMED: u16 = 4001;
 /// Close code for a connection whose outbox overflowed (it does not read fast enough).
 pub const CLOSE_SLOW: u16 = 1008;
+/// Pending `rejoin`s one session may hold (each needs a valid ticket naming it, so a real client has a handful).
+const MAX_REJOIN_CLAIMS: usize = 64;
 
 /// How the hub reaches one live connection task.
 #[derive(Debug, Clone)]
@@ -86,20 +89,25 @@ pub fn push(handle: &ConnHandle, text: String) {
 
 #[derive(Debug)]
 struct Session {
-    secret: TokenSecret,
+    /// Fixed for the session's life; its tokens carry it (a resume must match it, see [`Nonce`]).
+    nonce: Nonce,
     conn: Option<ConnHandle>,
     /// Set while the client is away: when its grace period ends.
     away_until: Option<Instant>,
     /// Accepted pairings. Vecs, not sets: a client has a handful of partners and an empty Vec costs nothing,
     /// which matters at 10k sessions.
     peers: Vec<Id>,
+    /// The partners in `peers` whose pairing I initiated (tickets carry the roles).
+    led: Vec<Id>,
+    /// Partners I presented a valid ticket for (`rejoin`) that have not presented theirs yet.
+    rejoin_claims: Vec<Id>,
     /// Requests I sent that are still pending, with their deadline.
     outgoing: Vec<(Id, Instant)>,
     /// Requests sent to me that are still pending.
     incoming: Vec<Id>,
-    /// Partners that accepted my request while I was away: `paired` is replayed to me on resume, since the
-    /// `peers` list alone does not tell a client its role.
-    paired_while_away: Vec<Id>,
+    /// Pairings made while I was away, with my role: `paired` is replayed to me on resume, since the `peers`
+    /// list alone does not tell a client its role.
+    paired_while_away: Vec<(Id, bool)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -115,6 +123,8 @@ pub struct Settings {
     pub request_timeout: Duration,
     pub max_sessions: usize,
     pub limits: Limits,
+    /// How old a token or ticket may be to restore an ID or pairing this process does not hold.
+    pub token_max_age: u64,
 }
 
 impl Settings {
@@ -132,8 +142,17 @@ impl Settings {
                 messages_per_sec: s.messages_per_sec,
                 connect_requests_per_min: s.connect_requests_per_min,
             },
+            token_max_age: s.token_max_age_secs,
         }
     }
+}
+
+/// How a session started, as `welcome` tells it (`resumed` / `restored` / neither).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Start {
+    Resumed,
+    Restored,
+    Fresh,
 }
 
 /// What `hello` decided.
@@ -151,6 +170,7 @@ pub struct State {
     timers: BinaryHeap<Reverse<(Instant, Timer)>>,
     settings: Settings,
     stats: Arc<Stats>,
+    key: SigningKey,
 }
 
 fn remove_id(v: &mut Vec<Id>, id: Id) -> bool {
@@ -174,8 +194,8 @@ fn remove_outgoing(v: &mut Vec<(Id, Instant)>, id: Id) -> bool {
 }
 
 impl State {
-    pub fn new(settings: Settings, stats: Arc<Stats>) -> State {
-        State { sessions: HashMap::new(), timers: BinaryHeap::new(), settings, stats }
+    pub fn new(settings: Settings, stats: Arc<Stats>, key: SigningKey) -> State {
+        State { sessions: HashMap::new(), timers: BinaryHeap::new(), settings, stats, key }
     }
 
     pub fn session_count(&self) -> usize {
@@ -211,22 +231,25 @@ impl State {
         self.sessions.get(&id).and_then(|s| s.conn.as_ref()).is_some_and(|c| c.conn_id == conn_id)
     }
 
-    /// `hello`: resume the session named by a valid token, or start a new one. `ice` builds the ICE list for
-    /// the ID finally chosen.
+    /// `hello`: resume the session named by a valid token, restore its ID if this process does not hold it (a
+    /// restart), or start a new one. `ice` builds the ICE list for the ID finally chosen.
     pub fn hello(
         &mut self,
         conn: ConnHandle,
         token: Option<&str>,
+        now_unix: u64,
         ice: impl FnOnce(Id) -> (Vec<IceServer>, u64),
     ) -> HelloOutcome {
         let now = Instant::now();
+        let claim = token.and_then(|t| self.key.check_token(t));
         // A grace period that ran out counts as over even if the sweeper has not removed the session yet.
-        let claimed = token.and_then(parse_token).filter(|(id, secret)| {
+        let resume = claim.filter(|c| {
             self.sessions
-                .get(id)
-                .is_some_and(|s| s.secret.matches(secret) && s.away_until.is_none_or(|until| until > now))
+                .get(&c.id)
+                .is_some_and(|s| s.nonce.matches(&c.nonce) && s.away_until.is_none_or(|until| until > now))
         });
-        if let Some((id, _)) = claimed {
+        if let Some(c) = resume {
+            let id = c.id;
             let s = self.sessions.get_mut(&id).expect("checked above");
             let was_away = s.conn.is_none();
             if let Some(old) = s.conn.replace(conn) {
@@ -234,13 +257,13 @@ impl State {
                 old.ctl.kill(CLOSE_RESUMED);
             }
             s.away_until = None;
-            let token = s.secret.token_for(id);
+            let token = self.key.token(id, &s.nonce, now_unix);
             let peers = s.peers.clone();
             let incoming = s.incoming.clone();
             let outgoing: Vec<Id> = s.outgoing.iter().map(|(p, _)| *p).collect();
             let paired_while_away = std::mem::take(&mut s.paired_while_away);
             let (ice_servers, ice_expires) = ice(id);
-            self.send(id, self.welcome(id, token, true, &ice_servers, ice_expires, peers.clone()));
+            self.send(id, self.welcome(id, token, Start::Resumed, &ice_servers, ice_expires, peers.clone()));
             // Replay what the client may have missed so it can rebuild its view from this connection alone.
             for p in &peers {
                 let away = self.sessions.get(p).is_some_and(|ps| ps.conn.is_none());
@@ -251,9 +274,9 @@ impl State {
                     self.send(*p, ServerMsg::PeerBack { peer: id }.to_text());
                 }
             }
-            for p in paired_while_away.into_iter().filter(|p| peers.contains(p)) {
-                // Only a requester can be away when its pairing is accepted, so it is the initiator.
-                self.send(id, ServerMsg::Paired { peer: p, initiator: true }.to_text());
+            for (p, initiator) in paired_while_away.into_iter().filter(|(p, _)| peers.contains(p)) {
+                let ticket = if initiator { self.ticket(id, p) } else { self.ticket(p, id) };
+                self.send(id, ServerMsg::Paired { peer: p, initiator, ticket }.to_text());
             }
             for p in incoming {
                 self.send(id, ServerMsg::Incoming { peer: p }.to_text());
@@ -264,6 +287,10 @@ impl State {
             return HelloOutcome::Welcomed(id);
         }
 
+        // A valid token for an ID nobody here holds (the server restarted, or the grace period ended): the ID
+        // comes back, without pairings. Only its token holder can do this, and only while the token is fresh.
+        let max_age = self.settings.token_max_age;
+        let restore = claim.filter(|c| !self.sessions.contains_key(&c.id) && keys::fresh(c.issued, now_unix, max_age));
         if self.sessions.len() >= self.settings.max_sessions {
             self.stats.error(ErrorCode::ServerFull);
             push(
@@ -272,36 +299,67 @@ impl State {
             );
             return HelloOutcome::ServerFull;
         }
-        let id = loop {
-            let id = Id::random();
-            if !self.sessions.contains_key(&id) {
-                break id;
+        let (id, nonce) = match restore {
+            Some(c) => {
+                tracing::debug!(id = %c.id, "ID restored from its token");
+                (c.id, c.nonce)
             }
+            None => loop {
+                let id = Id::random();
+                if !self.sessions.contains_key(&id) {
+                    break (id, Nonce::random());
+                }
+            },
         };
-        let secret = TokenSecret::random();
-        let token = secret.token_for(id);
+        let token = self.key.token(id, &nonce, now_unix);
         self.sessions.insert(
             id,
             Session {
-                secret,
+                nonce,
                 conn: Some(conn),
                 away_until: None,
                 peers: Vec::new(),
+                led: Vec::new(),
+                rejoin_claims: Vec::new(),
                 outgoing: Vec::new(),
                 incoming: Vec::new(),
                 paired_while_away: Vec::new(),
             },
         );
         let (ice_servers, ice_expires) = ice(id);
-        self.send(id, self.welcome(id, token, false, &ice_servers, ice_expires, Vec::new()));
+        let how = if restore.is_some() { Start::Restored } else { Start::Fresh };
+        self.send(id, self.welcome(id, token, how, &ice_servers, ice_expires, Vec::new()));
         HelloOutcome::Welcomed(id)
+    }
+
+    /// A pairing ticket for `initiator` and `responder`, issued now.
+    fn ticket(&self, initiator: Id, responder: Id) -> String {
+        self.key.ticket(initiator, responder, crate::credentials::unix_now())
+    }
+
+    /// A fresh token and tickets for the session `id` held by `conn_id` (sent periodically, so that a client
+    /// connected for days still holds a token young enough to restore its ID after a restart).
+    pub fn renewed_tokens(&self, id: Id, conn_id: u64, now_unix: u64) -> Option<String> {
+        if !self.is_current(id, conn_id) {
+            return None;
+        }
+        let s = self.sessions.get(&id)?;
+        let tickets = s
+            .peers
+            .iter()
+            .map(|p| {
+                let (i, r) = if s.led.contains(p) { (id, *p) } else { (*p, id) };
+                PeerTicket { peer: *p, ticket: self.key.ticket(i, r, now_unix) }
+            })
+            .collect();
+        Some(ServerMsg::Tokens { token: self.key.token(id, &s.nonce, now_unix), tickets }.to_text())
     }
 
     fn welcome(
         &self,
         id: Id,
         token: String,
-        resumed: bool,
+        how: Start,
         ice: &[IceServer],
         ice_expires: u64,
         peers: Vec<Id>,
@@ -311,7 +369,8 @@ impl State {
             id,
             display_id: id.display(),
             token,
-            resumed,
+            resumed: how == Start::Resumed,
+            restored: how == Start::Restored,
             ice_servers: ice,
             ice_expires,
             peers,
@@ -351,6 +410,7 @@ impl State {
         for p in s.peers {
             if let Some(ps) = self.sessions.get_mut(&p) {
                 remove_id(&mut ps.peers, id);
+                remove_id(&mut ps.led, id);
             }
             self.send(p, ServerMsg::PeerLeft { peer: id, reason: LeftReason::Disconnected }.to_text());
         }
@@ -476,22 +536,76 @@ impl State {
 
     pub fn accept(&mut self, me: Id, from_raw: &str) {
         let Some(from) = self.take_incoming(me, from_raw, "accept") else { return };
-        for (a, b) in [(me, from), (from, me)] {
+        self.pair(from, me);
+    }
+
+    /// Make the pairing: both sides get `paired` with their role and the same ticket.
+    fn pair(&mut self, initiator: Id, responder: Id) {
+        for (a, b, leads) in [(initiator, responder, true), (responder, initiator, false)] {
             if let Some(s) = self.sessions.get_mut(&a) {
                 if !s.peers.contains(&b) {
                     s.peers.push(b);
                 }
+                remove_id(&mut s.led, b);
+                if leads {
+                    s.led.push(b);
+                }
+                remove_id(&mut s.rejoin_claims, b);
                 if s.conn.is_none() {
-                    s.paired_while_away.push(b);
+                    s.paired_while_away.push((b, leads));
                 }
             }
         }
-        self.send(from, ServerMsg::Paired { peer: me, initiator: true }.to_text());
-        self.send(me, ServerMsg::Paired { peer: from, initiator: false }.to_text());
+        let ticket = self.ticket(initiator, responder);
+        self.send(initiator, ServerMsg::Paired { peer: responder, initiator: true, ticket: ticket.clone() }.to_text());
+        self.send(responder, ServerMsg::Paired { peer: initiator, initiator: false, ticket }.to_text());
         // A new partner that is mid-reconnect: say so now, as if it had dropped after pairing.
-        if self.sessions.get(&from).is_some_and(|s| s.conn.is_none()) {
-            self.send(me, ServerMsg::PeerAway { peer: from }.to_text());
+        for (a, b) in [(initiator, responder), (responder, initiator)] {
+            if self.sessions.get(&b).is_some_and(|s| s.conn.is_none()) {
+                self.send(a, ServerMsg::PeerAway { peer: b }.to_text());
+            }
         }
+    }
+
+    /// `rejoin{to, ticket}`: re-make a pairing after a restart. Both partners must present the ticket (each one's
+    /// client does so only while it still has the conversation), so neither is paired against its will; the
+    /// second presentation pairs them at once, with the roles the ticket names and no request to accept.
+    pub fn rejoin(&mut self, me: Id, to_raw: &str, ticket: &str, now_unix: u64) {
+        const R: &str = "rejoin";
+        let to = Id::parse(to_raw);
+        let max_age = self.settings.token_max_age;
+        let claim = to
+            .and_then(|to| self.key.check_ticket(ticket, me, to))
+            .filter(|c| keys::fresh(c.issued, now_unix, max_age));
+        let Some(c) = claim else {
+            return self.err(me, ErrorCode::BadTicket, "that ticket does not re-pair you with that client", R, to);
+        };
+        let to = if c.initiator == me { c.responder } else { c.initiator };
+        let Some(s) = self.sessions.get_mut(&me) else { return };
+        if s.peers.contains(&to) {
+            return self.err(me, ErrorCode::AlreadyPaired, "you are already paired with that client", R, Some(to));
+        }
+        let both = self.sessions.get(&to).is_some_and(|ps| ps.rejoin_claims.contains(&me));
+        if !both {
+            let Some(s) = self.sessions.get_mut(&me) else { return };
+            if !s.rejoin_claims.contains(&to) {
+                if s.rejoin_claims.len() >= MAX_REJOIN_CLAIMS {
+                    return self.err(me, ErrorCode::TooManyRequests, "too many pending rejoins", R, Some(to));
+                }
+                s.rejoin_claims.push(to);
+            }
+            self.send(me, ServerMsg::RejoinWaiting { peer: to }.to_text());
+            return;
+        }
+        // The pairing replaces any plain request still pending between the two.
+        for (a, b) in [(me, to), (to, me)] {
+            if let Some(s) = self.sessions.get_mut(&a) {
+                remove_outgoing(&mut s.outgoing, b);
+                remove_id(&mut s.incoming, b);
+            }
+        }
+        tracing::debug!(%me, %to, "pairing restored from its ticket");
+        self.pair(c.initiator, c.responder);
     }
 
     pub fn decline(&mut self, me: Id, from_raw: &str) {
@@ -530,11 +644,11 @@ impl State {
 
     pub fn bye(&mut self, me: Id, to_raw: &str) {
         let Some(to) = self.paired_peer(me, to_raw, "bye") else { return };
-        if let Some(s) = self.sessions.get_mut(&me) {
-            remove_id(&mut s.peers, to);
-        }
-        if let Some(s) = self.sessions.get_mut(&to) {
-            remove_id(&mut s.peers, me);
+        for (a, b) in [(me, to), (to, me)] {
+            if let Some(s) = self.sessions.get_mut(&a) {
+                remove_id(&mut s.peers, b);
+                remove_id(&mut s.led, b);
+            }
         }
         self.send(to, ServerMsg::PeerLeft { peer: me, reason: LeftReason::Bye }.to_text());
     }
@@ -550,6 +664,7 @@ mod tests {
             request_timeout: Duration::from_secs(5),
             max_sessions: 100,
             limits: Limits { max_message_bytes: 65536, messages_per_sec: 50, connect_requests_per_min: 20 },
+            token_max_age: 3600,
         }
     }
 
@@ -578,7 +693,7 @@ mod tests {
     }
 
     fn join(st: &mut State, c: &TestConn, token: Option<&str>) -> Id {
-        match st.hello(c.handle.clone(), token, |_| (Vec::new(), 0)) {
+        match st.hello(c.handle.clone(), token, 1000, |_| (Vec::new(), 0)) {
             HelloOutcome::Welcomed(id) => id,
             HelloOutcome::ServerFull => panic!("full"),
         }
@@ -586,7 +701,7 @@ mod tests {
 
     #[test]
     fn stale_request_timer_does_not_expire_a_newer_request() {
-        let mut st = State::new(settings(), Arc::default());
+        let mut st = State::new(settings(), Arc::default(), SigningKey::random());
         let (mut a, mut b) = (conn(1), conn(2));
         let (ia, ib) = (join(&mut st, &a, None), join(&mut st, &b, None));
         a.drain();
@@ -608,7 +723,7 @@ mod tests {
 
     #[test]
     fn stale_grace_timer_does_not_end_a_resumed_session() {
-        let mut st = State::new(settings(), Arc::default());
+        let mut st = State::new(settings(), Arc::default(), SigningKey::random());
         let mut a = conn(1);
         let ia = join(&mut st, &a, None);
         let token = a.drain()[0]["token"].as_str().unwrap().to_string();
@@ -626,7 +741,7 @@ mod tests {
 
     #[test]
     fn disconnect_of_a_replaced_connection_is_ignored() {
-        let mut st = State::new(settings(), Arc::default());
+        let mut st = State::new(settings(), Arc::default(), SigningKey::random());
         let (mut a, mut b) = (conn(1), conn(2));
         let ia = join(&mut st, &a, None);
         let ib = join(&mut st, &b, None);

@@ -1,8 +1,7 @@
-//! Client IDs and reconnect tokens: CSPRNG generation, forgiving parsing of typed IDs, constant-time token checks.
+//! Client IDs: CSPRNG generation and forgiving parsing of typed IDs (tokens and tickets are in `keys`).
 
 use std::fmt;
 
-use base64::Engine;
 use rand::Rng;
 
 /// No `0 o 1 l i`: the characters people misread when an ID is read aloud or copied from a screen.
@@ -75,45 +74,6 @@ impl serde::Serialize for Id {
     }
 }
 
-/// The secret half of a reconnect token. The token on the wire is `<id>.<secret>` so the hub finds the
-/// session by ID and then compares only the secret, in constant time.
-#[derive(Clone, PartialEq, Eq)]
-pub struct TokenSecret([u8; 16]);
-
-impl TokenSecret {
-    pub fn random() -> TokenSecret {
-        TokenSecret(rand::random())
-    }
-
-    /// The token string handed to the client in `welcome`.
-    pub fn token_for(&self, id: Id) -> String {
-        format!("{id}.{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(self.0))
-    }
-
-    /// Constant-time comparison with the secret part of a presented token.
-    pub fn matches(&self, presented: &[u8; 16]) -> bool {
-        self.0.iter().zip(presented).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
-    }
-}
-
-impl fmt::Debug for TokenSecret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("TokenSecret(***)")
-    }
-}
-
-/// Split a presented token into the ID it claims and its secret; `None` for anything malformed.
-pub fn parse_token(token: &str) -> Option<(Id, [u8; 16])> {
-    let (id, secret) = token.split_once('.')?;
-    if id.len() != ID_LEN {
-        return None;
-    }
-    let id = Id::parse(id)?;
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(secret).ok()?;
-    let secret: [u8; 16] = bytes.try_into().ok()?;
-    Some((id, secret))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -139,19 +99,5 @@ mod tests {
         assert_eq!(Id::parse("k7m2x9p1"), None);
         assert_eq!(Id::parse("ķ7m2x9p4"), None);
         assert_eq!(Id::parse(""), None);
-    }
-
-    #[test]
-    fn tokens_round_trip_and_compare() {
-        let id = Id::random();
-        let s = TokenSecret::random();
-        let t = s.token_for(id);
-        let (pid, sec) = parse_token(&t).unwrap();
-        assert_eq!(pid, id);
-        assert!(s.matches(&sec));
-        assert!(!TokenSecret::random().matches(&sec));
-        assert!(parse_token("nonsense").is_none());
-        assert!(parse_token(&format!("{id}.AAAA")).is_none());
-        assert!(!format!("{s:?}").contains(&t[9..]));
     }
 }

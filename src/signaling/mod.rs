@@ -5,6 +5,7 @@ mod conn;
 mod hub;
 mod ice;
 pub mod ids;
+pub mod keys;
 mod limits;
 pub mod protocol;
 mod stats;
@@ -55,7 +56,7 @@ impl Hub {
         let settings = hub::Settings::from_config(&ctx.live());
         let stats = Arc::new(stats::Stats::default());
         let hub = Arc::new(Hub {
-            state: Mutex::new(hub::State::new(settings, stats.clone())),
+            state: Mutex::new(hub::State::new(settings, stats.clone(), ctx.signaling_key.clone())),
             conns: ConnCounter::new(),
             stop: CancellationToken::new(),
             tracker: TaskTracker::new(),

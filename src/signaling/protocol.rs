@@ -21,12 +21,13 @@ pub enum ClientMsg<'a> {
     Bye { to: String },
     RefreshIce,
     Ping { t: Option<&'a RawValue> },
+    Rejoin { to: String, ticket: String },
 }
 
 impl ClientMsg<'_> {
     /// Every client message type, in [`ClientMsg::index`] order.
-    pub const TYPES: [&'static str; 9] =
-        ["hello", "connect", "cancel", "accept", "decline", "signal", "bye", "refresh_ice", "ping"];
+    pub const TYPES: [&'static str; 10] =
+        ["hello", "connect", "cancel", "accept", "decline", "signal", "bye", "refresh_ice", "ping", "rejoin"];
 
     pub fn index(&self) -> usize {
         match self {
@@ -39,6 +40,7 @@ impl ClientMsg<'_> {
             ClientMsg::Bye { .. } => 6,
             ClientMsg::RefreshIce => 7,
             ClientMsg::Ping { .. } => 8,
+            ClientMsg::Rejoin { .. } => 9,
         }
     }
 
@@ -53,6 +55,7 @@ impl ClientMsg<'_> {
             ClientMsg::Bye { .. } => "bye",
             ClientMsg::RefreshIce => "refresh_ice",
             ClientMsg::Ping { .. } => "ping",
+            ClientMsg::Rejoin { .. } => "rejoin",
         }
     }
 }
@@ -97,6 +100,11 @@ struct SignalIn<'a> {
     data: &'a RawValue,
 }
 #[derive(Deserialize)]
+struct RejoinIn {
+    to: String,
+    ticket: String,
+}
+#[derive(Deserialize)]
 struct PingIn<'a> {
     #[serde(borrow, default)]
     t: Option<&'a RawValue>,
@@ -139,6 +147,10 @@ pub fn parse(text: &str) -> Result<ClientMsg<'_>, ParseError> {
         }
         "refresh_ice" => ClientMsg::RefreshIce,
         "ping" => ClientMsg::Ping { t: body::<PingIn<'_>>(text, "ping")?.t },
+        "rejoin" => {
+            let r: RejoinIn = body(text, "rejoin")?;
+            ClientMsg::Rejoin { to: r.to, ticket: r.ticket }
+        }
         other => {
             // Echo at most a short, printable prefix of an unknown type back: it goes into our reply.
             let shown: String = other.chars().filter(|c| !c.is_control()).take(40).collect();
@@ -163,6 +175,12 @@ pub struct IceServer {
     pub username: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub credential: Option<String>,
+}
+
+#[derive(Serialize, Debug, Clone)]
+pub struct PeerTicket {
+    pub peer: Id,
+    pub ticket: String,
 }
 
 #[derive(Serialize, Debug, Clone, Copy)]
@@ -208,10 +226,11 @@ pub enum ErrorCode {
     BinaryNotSupported,
     TooLarge,
     ServerFull,
+    BadTicket,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 17] = [
+    pub const ALL: [ErrorCode; 18] = [
         ErrorCode::BadJson,
         ErrorCode::BadMessage,
         ErrorCode::UnknownType,
@@ -229,6 +248,7 @@ impl ErrorCode {
         ErrorCode::BinaryNotSupported,
         ErrorCode::TooLarge,
         ErrorCode::ServerFull,
+        ErrorCode::BadTicket,
     ];
 
     /// The wire name (`bad_json`), as serde writes it.
@@ -251,6 +271,7 @@ impl ErrorCode {
             ErrorCode::BinaryNotSupported => "binary_not_supported",
             ErrorCode::TooLarge => "too_large",
             ErrorCode::ServerFull => "server_full",
+            ErrorCode::BadTicket => "bad_ticket",
         }
     }
 }
@@ -265,6 +286,8 @@ pub enum ServerMsg<'a> {
         display_id: String,
         token: String,
         resumed: bool,
+        /// The ID came back from a token this process did not know (after a restart): same ID, no pairings.
+        restored: bool,
         ice_servers: &'a [IceServer],
         ice_expires: u64,
         peers: Vec<Id>,
@@ -292,6 +315,14 @@ pub enum ServerMsg<'a> {
     Paired {
         peer: Id,
         initiator: bool,
+        ticket: String,
+    },
+    RejoinWaiting {
+        peer: Id,
+    },
+    Tokens {
+        token: String,
+        tickets: Vec<PeerTicket>,
     },
     PeerAway {
         peer: Id,

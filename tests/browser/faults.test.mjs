@@ -2,15 +2,15 @@
 //
 //   cd tests/browser && node --test --test-concurrency=1 faults.test.mjs
 //
-// - NAT lab (root): a direct cone/cone chat survives `kill -9` of ponte; after the restart both pages come back
-//   online (new IDs) and the conversation is usable and re-paired on the new server.
-// - Loopback: SIGTERM while one side streams messages: ponte exits 0 within 5 s, the pages see a clean close (1001),
-//   the stream is not interrupted, and the pages reconnect once ponte is back.
-//
-// Not here: a relayed (TURN) chat across a kill -9 and restart. The relay dies with ponte, so the chat channel is
-// down too; after the restart both pages have new IDs and nothing left to tell each other the new ones (the
-// "rejoin" goes over the chat channel), so no ICE restart can be signalled and that chat cannot recover. It needs
-// a server-side way to find the old partner again (see the report on branch faults).
+// - NAT lab (root), ponte with a state dir: a direct cone/cone chat survives `kill -9` of ponte; after the restart
+//   both pages come back online with the SAME IDs (signed tokens) and re-pair without a click (pairing tickets).
+// - NAT lab, symmetric/symmetric, so the chat is relayed by ponte's TURN: `kill -9` takes the relay down with it,
+//   the pages say "reconnecting" (not "failed"); after the restart they get their IDs back, re-pair by ticket,
+//   restart ICE on the same RTCPeerConnection with the new TURN credentials, and the same conversation goes on,
+//   relayed again.
+// - Loopback, ponte with no lasting key (no state dir, no TURN secret): SIGTERM while one side streams messages:
+//   ponte exits 0 within 5 s, the pages see a clean close (1001), the stream is not interrupted, and the pages
+//   reconnect once ponte is back, with new IDs, and re-pair over the still-open chat channel.
 //
 // Every packet stays on loopback or inside the namespaces the lab creates.
 
@@ -44,6 +44,19 @@ async function pathText(page, re) {
   return page.getByTestId('path-label').textContent();
 }
 
+/** After a restart of ponte with its state dir: both pages have their IDs back and re-paired without a click. */
+async function restored(a, b, idA, idB) {
+  for (const [p, id, other] of [[a, idA, idB], [b, idB, idA]]) {
+    assert.equal(await p.evaluate(() => window.ponte.id), id, 'the ID survives the restart');
+    assert.equal((await p.getByTestId('my-id').textContent()).replace('-', ''), id);
+    assert.equal(await p.evaluate(() => window.ponte.signaling.session.restored), true);
+    await p.waitForFunction((peer) => window.ponte.conversation(peer)?.serverPaired === true, other, { timeout: 30000 });
+    assert.equal(await p.locator('[data-testid=conversation]').count(), 1, 'still the one conversation');
+    assert.equal(await p.getByTestId('incoming-request').count(), 0, 'the re-pairing needs no click');
+    assert.ok(await p.getByTestId('banner').isHidden(), 'no "new ID" banner');
+  }
+}
+
 /** After a server restart: both pages have new IDs and silently re-pair with each other on the new server. */
 async function repaired(a, b, idA, idB) {
   const newA = await a.evaluate(() => window.ponte.id);
@@ -68,7 +81,7 @@ describe('faults in the NAT lab', { skip: labWhy || false, concurrency: 1 }, () 
     before(async () => { lab = await startLab({ nat1: 'cone', nat2: 'cone' }); });
     after(async () => stopLab(lab));
 
-    test('kill -9 of ponte: the direct chat goes on; after the restart both come back online and re-pair', { timeout: 180000 }, async () => {
+    test('kill -9 of ponte: the direct chat goes on; after the restart both come back with their IDs and re-pair', { timeout: 180000 }, async () => {
       const { a, b, idB } = await twoPeers(lab);
       const idA = await a.evaluate(() => window.ponte.id);
       await waitConnected(a, 40000);
@@ -100,8 +113,65 @@ describe('faults in the NAT lab', { skip: labWhy || false, concurrency: 1 }, () 
       await waitForMessage(b, 'after the restart');
       await sendMessage(b, 'welcome back');
       await waitForMessage(a, 'welcome back');
-      await repaired(a, b, idA, idB);
+      await restored(a, b, idA, idB);
       await screenshot(b, 'fault-kill9-restarted-360');
+    });
+  });
+
+  describe('both behind symmetric NAT (relayed)', () => {
+    let lab;
+    before(async () => { lab = await startLab({ nat1: 'symmetric', nat2: 'symmetric' }); });
+    after(async () => stopLab(lab));
+
+    test('kill -9 of ponte under a relayed chat: same IDs, re-paired without a click, ICE restarted over the new relay', { timeout: 240000 }, async () => {
+      const { a, b, idB } = await twoPeers(lab);
+      const idA = await a.evaluate(() => window.ponte.id);
+      await waitConnected(a, 40000);
+      await waitConnected(b, 40000);
+      await pathText(a, /relay/);
+      await pathText(b, /relay/);
+      await sendMessage(a, 'before the crash');
+      await waitForMessage(b, 'before the crash');
+      await sendMessage(b, 'relayed hello');
+      await waitForMessage(a, 'relayed hello');
+      // The RTCPeerConnection must be the same one afterwards (an ICE restart, not a new conversation).
+      for (const [p, peer] of [[a, idB], [b, idA]]) {
+        await p.evaluate((peer) => { window.pcBefore = window.ponte.conversation(peer).link.pc; }, peer);
+      }
+
+      const killed = await signalPonte(lab.server, 'SIGKILL');
+      assert.equal(killed.signal, 'SIGKILL');
+      await offline(a);
+      await offline(b);
+      // The relay died with ponte: the path is down, and the pages say so without giving up.
+      for (const p of [a, b]) {
+        await p.waitForSelector('[data-testid=connection-state][data-state=reconnecting]', { timeout: 45000 });
+      }
+      await b.waitForTimeout(3000);
+      for (const p of [a, b]) assert.equal(await p.getByTestId('connection-state').getAttribute('data-state'), 'reconnecting', 'no "failed" while the server is away');
+      await screenshot(a, 'fault-kill9-relayed-reconnecting-desktop');
+
+      await restartServer(lab);
+      await online(a);
+      await online(b);
+      await restored(a, b, idA, idB);
+      await waitConnected(a, 60000);
+      await waitConnected(b, 60000);
+      assert.match(await pathText(a, /relay/), /relay/i);
+      assert.match(await pathText(b, /relay/), /relay/i);
+      for (const [p, peer] of [[a, idB], [b, idA]]) {
+        assert.ok(await p.evaluate((peer) => window.ponte.conversation(peer).link.pc === window.pcBefore, peer), 'same RTCPeerConnection (ICE restart)');
+      }
+      await sendMessage(a, 'after the restart');
+      await waitForMessage(b, 'after the restart');
+      await sendMessage(b, 'relayed again');
+      await waitForMessage(a, 'relayed again');
+      // The same conversation view: what was said before the crash is still there.
+      await waitForMessage(b, 'before the crash', 1000);
+      await waitForMessage(a, 'relayed hello', 1000);
+      assert.match(await b.locator('#messages').textContent(), /reconnected with/i);
+      await screenshot(b, 'fault-kill9-relayed-restored-360');
+      await screenshot(a, 'fault-kill9-relayed-restored-desktop');
     });
   });
 });

@@ -23,9 +23,13 @@ export function labMissing() {
 }
 
 let labCounter = 0;
-/** Bring up a lab, ponte in it, and one Chromium per home. */
+/**
+ * Bring up a lab, ponte in it, and one Chromium per home. Namespaces are named `$LAB_PREFIX<pid><n>-*` (`pw` by
+ * default): give runs that may overlap on one machine different prefixes.
+ */
 export async function startLab({ nat1, nat2, turn = true }) {
-  const prefix = `pw${process.pid % 10000}${labCounter++}`;
+  const base = (process.env.LAB_PREFIX || 'pw').replace(/[^a-z]/g, '').slice(0, 3) || 'pw';
+  const prefix = `${base}${process.pid % 10000}${labCounter++}`;
   execFileSync('bash', [NETLAB, 'up', prefix, nat1, nat2], { stdio: 'inherit' });
   await settle(prefix);
   const dir = mkdtempSync(path.join(tmpdir(), 'ponte-lab-'));
@@ -43,6 +47,8 @@ external_ip = "${SRV_IP}"
 relay_ip = "${SRV_IP}"
 allow_peers = ["198.51.100.0/24"]
 secret = "lab-secret-not-for-production"
+[signaling]
+state_dir = "${path.join(dir, 'state')}"
 `,
     };
     lab.server = await startPonte(lab.ponteOptions);
@@ -85,7 +91,7 @@ async function settle(prefix) {
   }
 }
 
-/** Start ponte again in the lab with the same config (same addresses and ports, same TURN secret). */
+/** Start ponte again in the lab with the same config (same addresses and ports, TURN secret and state dir). */
 export async function restartServer(lab) {
   if (lab.server) await lab.server.stop();
   lab.server = null;

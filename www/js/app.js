@@ -76,9 +76,17 @@ sig.addEventListener('welcome', (ev) => {
     renderPending();
     for (const peer of [...incoming.keys()]) removeIncoming(peer);
   }
-  // After a server restart everybody has a new ID and the pairings are gone, but direct chats still run: tell each
-  // peer my new ID over the chat channel so the pairing can be re-made (needed for ICE restarts later).
-  if (!w.resumed) {
+  // After a server restart the pairings are gone. With my ID restored (the server kept its signing key), each
+  // conversation is re-paired by presenting its ticket; both sides do, so neither needs a click, and the links then
+  // restart ICE with the new ICE servers (a relayed path died with the server's TURN allocations).
+  if (w.restored) {
+    for (const c of convs.values()) {
+      if (!c.closed && !c.serverPaired && c.ticket) sig.send({ type: 'rejoin', to: c.peer, ticket: c.ticket });
+    }
+  }
+  // My ID changed (the server has no lasting key), but direct chats still run: tell each peer my new ID over the
+  // chat channel so the pairing can be re-made (needed for ICE restarts later).
+  if (!w.resumed && changed) {
     for (const c of convs.values()) {
       if (!c.closed && !c.serverPaired) c.link.send({ t: 'rejoin', id: me.id });
     }
@@ -326,6 +334,16 @@ sig.addEventListener('declined', (ev) => endPending(ev.detail.peer, 'connect.dec
 
 sig.addEventListener('error', (ev) => {
   const e = ev.detail;
+  if (e.ref === 'rejoin') {
+    // A ticket that no longer works (too old): fall back to telling the peer over the chat channel, if it is
+    // still open, so that the two re-pair the old way (the initiator asks, the other side accepts by itself).
+    const c = e.peer && convs.get(e.peer);
+    if (c && !c.closed && e.code === 'bad_ticket') {
+      c.ticket = null;
+      if (c.link.send({ t: 'rejoin', id: me.id })) { c.expectRejoin = true; tryRejoin(c); }
+    }
+    return;
+  }
   const peer = e.peer || (e.ref === 'connect' ? lastConnectTarget : null);
   const keys = {
     unknown_peer: 'connect.unknown', self_connect: 'connect.self', already_paired: 'connect.already',
@@ -406,10 +424,13 @@ sig.addEventListener('paired', (ev) => {
   input.value = '';
   const old = convs.get(peer);
   if (old && !old.closed) {
+    const restored = !old.serverPaired;
     old.serverPaired = true;
     old.expectRejoin = false;
     old.rejoinRequested = false;
-    if (old.link.state !== 'connected') old.link.retry(sig.session && sig.session.ice_servers);
+    if (ev.detail.ticket) old.ticket = ev.detail.ticket;
+    if (restored && old.link.state !== 'connected') old.system('chat.rejoined', { id: displayId(peer) });
+    old.link.resume(sig.session && sig.session.ice_servers);
     chatHooks.changed(old);
     return;
   }
@@ -425,13 +446,23 @@ sig.addEventListener('paired', (ev) => {
       initiator,
       iceServers: (sig.session && sig.session.ice_servers) || [],
       signal: (data) => sig.send({ type: 'signal', to: conv ? conv.peer : peer, data }),
+      canSignal: () => sig.isOpen && (!conv || conv.serverPaired),
     }),
     hooks: chatHooks,
   });
+  conv.ticket = ev.detail.ticket || null;
   conv.files = new FileTransfers(conv.link, (x) => conv.renderTransfer(x, renderTransfer));
   convs.set(peer, conv);
   addConvItem(conv);
   select(peer);
+});
+
+// Renewed token (kept by signaling.js) and tickets: what lets a long chat re-pair after a restart.
+sig.addEventListener('tokens', (ev) => {
+  for (const { peer, ticket } of ev.detail.tickets || []) {
+    const c = convs.get(peer);
+    if (c && !c.closed && typeof ticket === 'string') c.ticket = ticket;
+  }
 });
 
 sig.addEventListener('signal', (ev) => {
@@ -462,9 +493,11 @@ sig.addEventListener('peer_left', (ev) => {
 function peerRejoined(c, newId) {
   const { id } = parseId(newId);
   if (!id || c.closed || (me && id === me.id)) return;
+  if (id === c.peer && c.serverPaired) return; // already re-paired (by ticket)
   if (id !== c.peer) {
     const old = c.peer;
     convs.delete(old);
+    c.ticket = null; // it names the old ID
     c.peer = id;
     c.link.peer = id;
     convs.set(id, c);

@@ -236,6 +236,7 @@ export class Chat {
   end(key, vars) {
     if (this.closed) return;
     this.closed = true;
+    this.ticket = null; // an ended conversation is never re-paired after a restart
     this.system(key, vars);
     if (this.files) this.files.abortAll();
     this.link.close();

@@ -3,7 +3,9 @@
 // Perfect negotiation (glare-safe): `paired.initiator` is the impolite side, the other one is polite and rolls back
 // its own offer on a collision. Trickle ICE goes through signaling as `{description}` / `{candidate}` payloads.
 // When the path drops the link restarts ICE (with fresh TURN credentials) and reports "reconnecting"; a link that
-// never connects, or cannot be restored, reports "failed" with a diagnosis the UI can explain.
+// never connects, or cannot be restored, reports "failed" with a diagnosis the UI can explain. While signaling is
+// down (server restarting) a restart waits, still "reconnecting", until the app calls `resume()` on re-pairing:
+// an offer sent into the void would leave the connection stuck, and failing then would be premature.
 //
 // Events: `state` {state: connecting|connected|reconnecting|failed, diagnosis?}, `chat-open`, `chat-close`,
 // `chat-message` {msg}, `file-channel` {channel}, `stats` {path, rtt, local, remote}, `security` {code}.
@@ -13,6 +15,8 @@ import { digest } from './sha256.js';
 const CONNECT_TIMEOUT_MS = 25000;
 const RESTART_AFTER_DISCONNECT_MS = { impolite: 2500, polite: 4500 };
 const MAX_RESTARTS = 4;
+// After a re-pairing the polite side waits this long for the initiator's ICE-restart offer before making its own.
+const RESUME_FALLBACK_MS = 4000;
 const STATS_EVERY_MS = 2000;
 
 export class PeerLink extends EventTarget {
@@ -22,14 +26,17 @@ export class PeerLink extends EventTarget {
    * @param {boolean} o.initiator   true on the side that got `paired{initiator:true}` (impolite)
    * @param {RTCIceServer[]} o.iceServers
    * @param {(data:any)=>boolean} o.signal  send a payload to the peer through signaling; false if it could not
+   * @param {()=>boolean} [o.canSignal]  whether signaling to the peer works right now (connected and paired)
    */
-  constructor({ peer, initiator, iceServers, signal }) {
+  constructor({ peer, initiator, iceServers, signal, canSignal }) {
     super();
     this.peer = peer;
     this.initiator = initiator;
     this.polite = !initiator;
     this.iceServers = iceServers || [];
     this.signal = signal;
+    this.canSignal = canSignal || (() => true);
+    this.deferred = false; // a restart is waiting for signaling to come back
     this.state = 'connecting';
     this.everConnected = false;
     this.makingOffer = false;
@@ -197,6 +204,7 @@ export class PeerLink extends EventTarget {
 
   onConnectTimeout() {
     if (this.closed || this.pc.connectionState === 'connected') return;
+    if (this.everConnected && !this.canSignal()) { this.deferred = true; return; }
     this.fail();
   }
 
@@ -248,6 +256,14 @@ export class PeerLink extends EventTarget {
     if (this.closed) return;
     // Always hand the latest servers (the app refreshes TURN credentials before they expire).
     if (iceServers) this.iceServers = iceServers;
+    if (this.everConnected && !this.canSignal()) {
+      // The offer could not reach the peer: wait for `resume()` instead of failing meanwhile.
+      this.deferred = true;
+      clearTimeout(this.connectTimer);
+      this.setState('reconnecting');
+      return;
+    }
+    this.deferred = false;
     try { this.pc.setConfiguration({ iceServers: this.iceServers }); } catch (e) { console.warn('ponte: setConfiguration', e); }
     this.restarts += 1;
     clearTimeout(this.connectTimer);
@@ -255,6 +271,31 @@ export class PeerLink extends EventTarget {
     if (this.state === 'failed') this.setState(this.everConnected ? 'reconnecting' : 'connecting');
     this.iceErrors = [];
     this.pc.restartIce(); // fires negotiationneeded → offer with new ICE credentials
+  }
+
+  /**
+   * Signaling is back and the pairing re-made (after a server restart): bring the path back if it is down, with
+   * the new ICE servers (the old TURN allocations died with the server). The initiator (impolite) restarts ICE;
+   * the polite side waits for its offer and restarts itself only if none comes.
+   */
+  async resume(iceServers) {
+    if (this.closed) return;
+    if (iceServers) this.iceServers = iceServers;
+    try { this.pc.setConfiguration({ iceServers: this.iceServers }); } catch (e) { console.warn('ponte: setConfiguration', e); }
+    this.deferred = false;
+    if (this.pc.connectionState === 'connected') return;
+    // An offer made while the server was away never reached the peer: take it back, or negotiation stays stuck.
+    if (this.pc.signalingState === 'have-local-offer' && !this.makingOffer) {
+      try { await this.pc.setLocalDescription({ type: 'rollback' }); } catch (e) { console.warn('ponte: rollback', e); }
+    }
+    if (this.closed || this.pc.connectionState === 'connected') return;
+    this.restarts = 0;
+    if (!this.polite) { this.restart(); return; }
+    this.setState('reconnecting');
+    clearTimeout(this.resumeTimer);
+    this.resumeTimer = setTimeout(() => {
+      if (!this.closed && this.pc.connectionState !== 'connected' && this.pc.signalingState === 'stable') this.restart();
+    }, RESUME_FALLBACK_MS);
   }
 
   /** The user pressed "try again". */
@@ -327,6 +368,7 @@ export class PeerLink extends EventTarget {
     this.closed = true;
     clearTimeout(this.connectTimer);
     clearTimeout(this.disconnectTimer);
+    clearTimeout(this.resumeTimer);
     clearInterval(this.statsTimer);
     try { this.pc.close(); } catch { /* ignore */ }
   }

@@ -1,6 +1,7 @@
 // WebSocket client for ponte's signaling protocol v1 (docs/protocol.md).
 //
-// Sends `hello` (with the reconnect token kept in sessionStorage, so a reload keeps the ID), reconnects with
+// Sends `hello` (with the reconnect token kept in sessionStorage, so a reload keeps the ID; the server signs it, so
+// it also brings the ID back after a server restart), reconnects with
 // exponential backoff plus jitter, and re-emits every server message as an event named after its `type`.
 // Extra events: `state` (detail: "connecting" | "open" | "closed" | "replaced"), `session` (the welcome).
 
@@ -109,6 +110,9 @@ export class Signaling extends EventTarget {
         const queued = this.outbox;
         this.outbox = [];
         for (const m of queued) this.send(m);
+      } else if (msg.type === 'tokens') {
+        // The server renews the token now and then, so that it is still young enough after a restart.
+        if (typeof msg.token === 'string') this.token = msg.token;
       } else if (msg.type === 'pong') {
         clearTimeout(this.pongTimer);
       }
