@@ -3,9 +3,9 @@
 //! One task per listening socket. Datagrams are taken off the socket up to [`mmsg::BATCH`] per system call and
 //! the answers to them leave in one `sendmmsg` after the batch, which halves the CPU per Binding request on a busy
 //! listener; on a quiet one a batch is simply one datagram. No per-packet allocation on the client→peer path
-//! (ChannelData and Send payloads go out straight from the receive slot). The daemon binds the socket with 4 MiB
-//! buffers (`server::bind_udp`). SO_REUSEPORT sharding (one socket and task per core) would go here; one task per
-//! socket keeps per-5-tuple ordering trivial.
+//! (ChannelData and Send payloads go out straight from the receive slot, batched per relay socket). The daemon binds
+//! `turn.udp_workers` sockets per address with SO_REUSEPORT (`server::bind_udp_group`), each with its own task; the
+//! kernel hashes a client's 4-tuple to one socket, so per-client ordering holds without any lock between them.
 
 use std::io;
 use std::net::SocketAddr;
