@@ -7,7 +7,7 @@ import path from 'node:path';
 import { ROOT, CHROMIUM, requirements, launch, newPage, startPonte, openApp, pair, which } from './lib.mjs';
 
 const NETLAB = path.join(ROOT, 'tests', 'lab', 'netlab.sh');
-const SRV_IP = '198.51.100.10';
+export const SRV_IP = '198.51.100.10';
 const HTTP_PORT = 8080;
 
 export function labMissing() {
@@ -23,9 +23,11 @@ export function labMissing() {
 }
 
 let labCounter = 0;
-/** Bring up a lab, ponte in it, and one Chromium per home. */
-export async function startLab({ nat1, nat2, turn = true }) {
-  const prefix = `pw${process.pid % 10000}${labCounter++}`;
+/**
+ * Bring up a lab, ponte in it, and one Chromium per home. `prefix`: the namespaces' prefix (default unique per
+ * process); `extraToml`: appended to ponte's config (e.g. a [signaling] section with extra ICE servers).
+ */
+export async function startLab({ nat1, nat2, turn = true, prefix = `pw${process.pid % 10000}${labCounter++}`, extraToml = '' }) {
   execFileSync('bash', [NETLAB, 'up', prefix, nat1, nat2], { stdio: 'inherit' });
   await settle(prefix);
   const dir = mkdtempSync(path.join(tmpdir(), 'ponte-lab-'));
@@ -43,7 +45,7 @@ external_ip = "${SRV_IP}"
 relay_ip = "${SRV_IP}"
 allow_peers = ["198.51.100.0/24"]
 secret = "lab-secret-not-for-production"
-`,
+${extraToml}`,
     };
     lab.server = await startPonte(lab.ponteOptions);
     lab.url = `http://${SRV_IP}:${HTTP_PORT}`;
