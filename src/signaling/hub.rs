@@ -559,7 +559,7 @@ impl State {
     /// Check every invariant the state must keep between calls; `Err` names the first one broken.
     pub fn check_invariants(&self) -> Result<(), String> {
         let timer_at = |at: Instant, t: Timer| self.timers.iter().any(|Reverse((a, x))| *a == at && *x == t);
-        if self.sessions.len() > self.settings.max_sessions.max(1) {
+        if self.sessions.len() > self.settings.max_sessions {
             return Err(format!("{} sessions over max_sessions {}", self.sessions.len(), self.settings.max_sessions));
         }
         for (&id, s) in &self.sessions {

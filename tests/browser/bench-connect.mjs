@@ -104,8 +104,12 @@ async function round(lab) {
   }
 }
 
+/** Percentile of sorted values, linearly interpolated (the median of two rounds is their mean). */
 function pct(sorted, p) {
-  return sorted[Math.min(sorted.length - 1, Math.floor(sorted.length * p))];
+  const x = (sorted.length - 1) * p;
+  const lo = Math.floor(x);
+  const hi = Math.min(lo + 1, sorted.length - 1);
+  return Math.round(sorted[lo] + (sorted[hi] - sorted[lo]) * (x - lo));
 }
 
 async function main() {
@@ -151,7 +155,7 @@ async function main() {
   if (med.relayed && med.coturn) {
     console.log(`relayed through ponte vs coturn (accept→open medians): coturn/ponte = ${(med.coturn / med.relayed).toFixed(2)} (above 1 favours ponte)`);
   } else {
-    console.log('(no side-by-side: the coturn scenario did not run)');
+    console.log('(no side-by-side: that needs both the relayed and the coturn scenario)');
   }
 }
 
