@@ -43,7 +43,7 @@ if [ -f tests/browser/package.json ]; then
   (cd tests/browser && node --test --test-concurrency=1)
   # The NAT lab needs root; outside CI without it, the browser benchmark is skipped (labkit says why in CI).
   if [ "$(id -u)" = 0 ] || [ "${CI:-}" = true ]; then
-    (cd tests/browser && bench_smoke "browser time-to-connected" node bench-connect.mjs --rounds 1 --only direct,coturn)
+    (cd tests/browser && bench_smoke "browser time-to-connected" node bench-connect.mjs --rounds 1 --only direct,relayed)
   else
     echo "bench smoke skipped: bench-connect.mjs needs root (network namespaces)"
   fi

@@ -12,7 +12,7 @@
 
 import { spawn } from 'node:child_process';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { readFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { newPage, openApp, which } from './lib.mjs';
 import { labMissing, startLab, stopLab, SRV_IP } from './labkit.mjs';
 
@@ -41,7 +41,7 @@ async function startCoturn(lab) {
     '--no-rfc5780', '--log-file', 'stdout', '--simple-log', '--pidfile', `${lab.dir}/turnserver.pid`,
     '--listening-ip', SRV_IP, '--listening-port', String(COTURN_PORT), '--relay-ip', SRV_IP,
     '--min-port', '49152', '--max-port', '65535', '--use-auth-secret', `--static-auth-secret=${COTURN_SECRET}`,
-    '--realm=ponte'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    '--realm=ponte', ...(process.env.BENCH_DEBUG ? ['-V'] : [])], { stdio: ['ignore', 'pipe', 'pipe'] });
   let log = '';
   proc.stdout.on('data', (d) => { log += d; });
   proc.stderr.on('data', (d) => { log += d; });
@@ -51,7 +51,10 @@ async function startCoturn(lab) {
     if (Date.now() > deadline) break; // log format differs between versions: go on, the round will tell
     await sleep(100);
   }
-  return { stop: () => new Promise((r) => { if (proc.exitCode !== null) return r(); proc.once('exit', r); proc.kill('SIGTERM'); }) };
+  return {
+    get log() { return log; },
+    stop: () => new Promise((r) => { if (proc.exitCode !== null) return r(); proc.once('exit', r); proc.kill('SIGTERM'); }),
+  };
 }
 
 const coturnToml = `
@@ -63,13 +66,28 @@ urls = ["turn:${SRV_IP}:${COTURN_PORT}?transport=udp", "turn:${SRV_IP}:${COTURN_
 secret = "${COTURN_SECRET}"
 `;
 
-/** Resolves to Date.now() in the page when the chat's data channel with `peer` is open. */
+/** Resolves to Date.now() in the page when the chat's data channel with `peer` is open; rejects if it fails. */
 async function openAt(page, peer) {
   const h = await page.waitForFunction((p) => {
     const c = window.ponte.conversation(p);
-    return c && c.link.chatOpen ? Date.now() : false;
+    if (c && c.link.chatOpen) return Date.now();
+    return c && c.link.state === 'failed' ? -1 : false;
   }, peer, { polling: 5, timeout: 60000 });
-  return h.jsonValue();
+  const t = await h.jsonValue();
+  if (t < 0) {
+    const why = await page.evaluate(async (p) => {
+      const c = window.ponte.conversation(p);
+      const out = { diagnosis: c.link.diagnosis, candidates: [] };
+      const stats = await c.link.pc.getStats();
+      stats.forEach((r) => {
+        if (r.type === 'local-candidate' || r.type === 'remote-candidate') out.candidates.push(`${r.type} ${r.candidateType} ${r.address}:${r.port} ${r.protocol}`);
+        if (r.type === 'candidate-pair') out.candidates.push(`pair ${r.state} nominated=${r.nominated}`);
+      });
+      return out;
+    }, peer).catch((e) => String(e));
+    throw new Error(`the connection failed (the page shows its failure screen): ${JSON.stringify(why)}`);
+  }
+  return t;
 }
 
 async function pathKind(page, peer) {
@@ -131,32 +149,49 @@ async function main() {
     try {
       if (sc.coturn) coturn = await startCoturn(lab);
       const rs = [];
+      const failed = [];
       for (let i = 0; i < o.rounds; i++) {
-        const r = await round(lab);
+        let r;
+        try {
+          r = await round(lab);
+        } catch (e) {
+          // A round that does not connect is a result too: counted and shown, and the next round goes on.
+          console.log(`${key} round ${i + 1}: FAILED: ${e.message}`);
+          if (coturn && process.env.BENCH_DEBUG) writeFileSync(process.env.BENCH_DEBUG, coturn.log);
+          failed.push(e.message);
+          continue;
+        }
         console.log(`${key} round ${i + 1}: connect→open ${r.total} ms, accept→open ${r.afterAccept} ms, path ${r.path}`);
         if (r.path !== sc.expect) throw new Error(`${key}: expected a ${sc.expect} path, got ${r.path}`);
         rs.push(r);
       }
-      results.push({ key, sc, rs });
+      results.push({ key, sc, rs, failed });
     } finally {
       if (coturn) await coturn.stop();
       await stopLab(lab);
     }
   }
   console.log('\nbrowser time-to-connected (data channel open on both sides), ms');
-  console.log(`${'scenario'.padEnd(36)}${'accept→open p50'.padStart(17)}${'p90'.padStart(8)}${'connect→open p50'.padStart(18)}${'p90'.padStart(8)}`);
+  console.log(`${'scenario'.padEnd(36)}${'accept→open p50'.padStart(17)}${'p90'.padStart(8)}${'connect→open p50'.padStart(18)}${'p90'.padStart(8)}${'connected'.padStart(11)}`);
   const med = {};
-  for (const { key, sc, rs } of results) {
+  let broken = [];
+  for (const { key, sc, rs, failed } of results) {
+    if (!rs.length) {
+      console.log(`${sc.label.padEnd(36)}  no round connected (${failed.length} failed)`);
+      broken.push(key);
+      continue;
+    }
     const acc = rs.map((r) => r.afterAccept).sort((x, y) => x - y);
     const tot = rs.map((r) => r.total).sort((x, y) => x - y);
     med[key] = pct(acc, 0.5);
-    console.log(`${sc.label.padEnd(36)}${String(pct(acc, 0.5)).padStart(17)}${String(pct(acc, 0.9)).padStart(8)}${String(pct(tot, 0.5)).padStart(18)}${String(pct(tot, 0.9)).padStart(8)}`);
+    console.log(`${sc.label.padEnd(36)}${String(pct(acc, 0.5)).padStart(17)}${String(pct(acc, 0.9)).padStart(8)}${String(pct(tot, 0.5)).padStart(18)}${String(pct(tot, 0.9)).padStart(8)}${`${rs.length}/${rs.length + failed.length}`.padStart(11)}`);
   }
   if (med.relayed && med.coturn) {
     console.log(`relayed through ponte vs coturn (accept→open medians): coturn/ponte = ${(med.coturn / med.relayed).toFixed(2)} (above 1 favours ponte)`);
   } else {
     console.log('(no side-by-side: that needs both the relayed and the coturn scenario)');
   }
+  if (broken.length) throw new Error(`no round connected in: ${broken.join(', ')}`);
 }
 
 main().catch((e) => { console.error(e); process.exit(1); });
