@@ -1,13 +1,17 @@
 //! Signaling benchmark: holds N concurrent WebSocket clients against a real `ponte` process, pairs P of them and
 //! relays `signal` messages between each pair, then prints msgs/s, one-way latency p50/p99 and the server's RSS.
+//! With `--vs-peerjs` it then does the same against peerjs-server (npm `peer`, run with node from
+//! bench/peerjs after `npm ci` there) and prints both side by side with the ratios.
 //!
-//! The server runs as a separate process (the `ponte` binary built next to this example, with a temporary
-//! config) so that its memory is measured apart from the load generator's.
+//! Each server runs as a separate process (the `ponte` binary built next to this example, with a temporary
+//! config; `node bench/peerjs/server.mjs`) so that its memory is measured apart from the load generator's.
 //!
 //! ```text
 //! cargo build --release && cargo run --release --example bench-signaling -- --clients 10000 --pairs 500 --seconds 10
+//! (cd bench/peerjs && npm ci) && cargo run --release --example bench-signaling -- --vs-peerjs --clients 10000
 //! ```
 
+use std::io::BufRead as _;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -28,8 +32,14 @@ use tokio_tungstenite::WebSocketStream;
 
 type Ws = WebSocketStream<TcpStream>;
 
+/// Upper bound on relayed messages counted in one run, so the relay phase ends early on a very fast machine.
+const MAX_MESSAGES: u64 = 50_000_000;
+/// How often an idle peerjs client sends HEARTBEAT (the PeerJS browser client's default `pingInterval`).
+const PEERJS_HEARTBEAT: Duration = Duration::from_secs(5);
+
 #[derive(Debug, Parser)]
-#[command(about = "Hold N signaling clients against a ponte child process and relay messages between P pairs")]
+#[command(about = "Hold N signaling clients against a ponte child process (and peerjs-server with --vs-peerjs) \
+                   and relay messages between P pairs")]
 struct Args {
     /// Concurrent WebSocket clients to hold.
     #[arg(long, default_value_t = 1000)]
@@ -55,21 +65,57 @@ struct Args {
     /// Connection attempts in flight while ramping up.
     #[arg(long, default_value_t = 200)]
     ramp_concurrency: usize,
+    /// Also run the same load against peerjs-server (npm `peer`) and print both side by side.
+    #[arg(long)]
+    vs_peerjs: bool,
+    /// Directory holding server.mjs and node_modules/peer (`npm ci` there first).
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/bench/peerjs"))]
+    peerjs_dir: PathBuf,
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Proto {
+    Ponte,
+    Peerjs,
+}
+
+impl Proto {
+    fn name(self) -> &'static str {
+        match self {
+            Proto::Ponte => "ponte",
+            Proto::Peerjs => "peerjs",
+        }
+    }
+}
+
+/// What either server sends a client: ponte's `welcome`/`signal`/… or peerjs's `OPEN`/`CANDIDATE`/….
 #[derive(Deserialize)]
 struct In {
     #[serde(rename = "type")]
     ty: String,
     #[serde(default)]
     id: Option<String>,
+    /// ponte's `signal.data`.
     #[serde(default)]
     data: Option<Payload>,
+    /// peerjs's relayed `payload`.
+    #[serde(default)]
+    payload: Option<serde_json::Value>,
 }
 
 #[derive(Deserialize)]
 struct Payload {
     t: u64,
+}
+
+impl In {
+    fn sent_at(&self) -> Option<u64> {
+        match (&self.data, &self.payload) {
+            (Some(p), _) => Some(p.t),
+            (None, Some(v)) => v.get("t").and_then(|t| t.as_u64()),
+            _ => None,
+        }
+    }
 }
 
 fn main() -> anyhow::Result<()> {
@@ -84,21 +130,198 @@ fn main() -> anyhow::Result<()> {
             args.clients + 100
         );
     }
+    if args.vs_peerjs && !args.peerjs_dir.join("node_modules/peer").is_dir() {
+        bail!("{}/node_modules/peer is missing: run `npm ci` in {0}", args.peerjs_dir.display());
+    }
     tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(run(args))
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    let mut server = Server::start(&args)?;
-    let result = bench(&args, &mut server).await;
-    server.stop();
-    result
+    println!(
+        "bench-signaling: {} clients, {} pairs, window {}, {} B payload, {} s relay, {} CPUs, load average {}",
+        args.clients,
+        args.pairs,
+        args.window,
+        args.payload,
+        args.seconds,
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        std::fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    let mut results = Vec::new();
+    let protos: &[Proto] = if args.vs_peerjs { &[Proto::Ponte, Proto::Peerjs] } else { &[Proto::Ponte] };
+    for &proto in protos {
+        println!("\n== {} ==", proto.name());
+        let mut server = Server::start(&args, proto)?;
+        let r = bench(&args, &mut server).await;
+        server.stop();
+        let r = r.with_context(|| format!("{} run", proto.name()))?;
+        r.print(&args);
+        results.push(r);
+    }
+    if let [p, q] = &results[..] {
+        side_by_side(&args, p, q);
+    }
+    Ok(())
 }
 
-async fn bench(args: &Args, server: &mut Server) -> anyhow::Result<()> {
-    let rss_base = server.rss_kib()?;
-    println!("server pid {} on {}; RSS before clients: {:.1} MiB", server.pid(), server.addr, rss_base as f64 / 1024.0);
+#[derive(Default)]
+struct Results {
+    proto: Option<Proto>,
+    ramp: Duration,
+    rss_base: u64,
+    rss_idle: u64,
+    rss_after: u64,
+    hwm: u64,
+    per_client: f64,
+    pairing: Option<Duration>,
+    msgs: u64,
+    measured: Duration,
+    /// One-way latencies, µs, sorted.
+    latencies: Vec<u32>,
+    /// (seconds to exit after SIGTERM, idle clients closed with 1001, idle clients): ponte only.
+    shutdown: Option<(f64, u64, usize)>,
+}
 
-    // Ramp up: connect + hello every client.
+impl Results {
+    fn rate(&self) -> f64 {
+        if self.measured.is_zero() {
+            0.0
+        } else {
+            self.msgs as f64 / self.measured.as_secs_f64()
+        }
+    }
+
+    /// Latency percentile in ms.
+    fn pct(&self, p: f64) -> f64 {
+        let l = &self.latencies;
+        if l.is_empty() {
+            return 0.0;
+        }
+        l[((l.len() as f64 * p) as usize).min(l.len() - 1)] as f64 / 1000.0
+    }
+
+    fn print(&self, args: &Args) {
+        println!("-- results ({}) --", self.proto.map_or("?", Proto::name));
+        println!("clients            {}", args.clients);
+        println!("pairs              {} (window {}, payload {} B)", args.pairs, args.window, args.payload);
+        if self.msgs > 0 {
+            println!(
+                "relayed            {} msgs in {:.2} s = {:.0} msgs/s",
+                self.msgs,
+                self.measured.as_secs_f64(),
+                self.rate()
+            );
+            println!(
+                "latency one-way    p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms",
+                self.pct(0.50),
+                self.pct(0.99),
+                self.pct(1.0)
+            );
+        }
+        println!(
+            "server RSS         baseline {:.1} MiB, idle with {} clients {:.1} MiB, after relay {:.1} MiB, peak {:.1} MiB",
+            mib(self.rss_base),
+            args.clients,
+            mib(self.rss_idle),
+            mib(self.rss_after),
+            mib(self.hwm)
+        );
+        println!("per client         {:.0} bytes", self.per_client);
+        if let Some((secs, closed, idle)) = self.shutdown {
+            println!("shutdown           SIGTERM to exit {secs:.2} s; {closed}/{idle} idle clients got close 1001");
+        }
+    }
+}
+
+fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
+
+fn side_by_side(args: &Args, p: &Results, q: &Results) {
+    println!(
+        "\n== ponte vs peerjs-server: {} clients, {} pairs, window {}, {} B payload ==",
+        args.clients, args.pairs, args.window, args.payload
+    );
+    println!("{:<36}{:>14}{:>14}{:>10}", "", "ponte", "peerjs", "ratio");
+    // Ratios are oriented so that above 1 favours ponte: rates ponte/peerjs, costs peerjs/ponte.
+    let ratio = |num: f64, den: f64| if den > 0.0 && num > 0.0 { format!("{:.2}", num / den) } else { "-".into() };
+    let clients = args.clients as f64;
+    let rows: [(&str, String, String, String); 9] = [
+        (
+            "connect + hello/OPEN, clients/s",
+            format!("{:.0}", clients / p.ramp.as_secs_f64()),
+            format!("{:.0}", clients / q.ramp.as_secs_f64()),
+            ratio(q.ramp.as_secs_f64(), p.ramp.as_secs_f64()),
+        ),
+        (
+            "server RSS, no clients",
+            format!("{:.1} MiB", mib(p.rss_base)),
+            format!("{:.1} MiB", mib(q.rss_base)),
+            ratio(q.rss_base as f64, p.rss_base as f64),
+        ),
+        (
+            "server RSS, all clients idle",
+            format!("{:.1} MiB", mib(p.rss_idle)),
+            format!("{:.1} MiB", mib(q.rss_idle)),
+            ratio(q.rss_idle as f64, p.rss_idle as f64),
+        ),
+        (
+            "memory per idle client",
+            format!("{:.0} B", p.per_client),
+            format!("{:.0} B", q.per_client),
+            ratio(q.per_client, p.per_client),
+        ),
+        ("relayed msgs/s", format!("{:.0}", p.rate()), format!("{:.0}", q.rate()), ratio(p.rate(), q.rate())),
+        (
+            "latency one-way p50",
+            format!("{:.2} ms", p.pct(0.5)),
+            format!("{:.2} ms", q.pct(0.5)),
+            ratio(q.pct(0.5), p.pct(0.5)),
+        ),
+        (
+            "latency one-way p99",
+            format!("{:.2} ms", p.pct(0.99)),
+            format!("{:.2} ms", q.pct(0.99)),
+            ratio(q.pct(0.99), p.pct(0.99)),
+        ),
+        (
+            "server RSS after relay",
+            format!("{:.1} MiB", mib(p.rss_after)),
+            format!("{:.1} MiB", mib(q.rss_after)),
+            ratio(q.rss_after as f64, p.rss_after as f64),
+        ),
+        (
+            "server peak RSS (VmHWM)",
+            format!("{:.1} MiB", mib(p.hwm)),
+            format!("{:.1} MiB", mib(q.hwm)),
+            ratio(q.hwm as f64, p.hwm as f64),
+        ),
+    ];
+    for (name, a, b, r) in rows {
+        println!("{name:<36}{a:>14}{b:>14}{r:>10}");
+    }
+    println!(
+        "(ratios: ponte/peerjs for rates, peerjs/ponte for memory, latency and ramp time: above 1 favours ponte.\n \
+         ponte relays `signal` only between pairs that went through connect/accept ({} pairing{}: not in the\n \
+         figures above); peerjs-server relays CANDIDATE to any `dst` without pairing. Idle peerjs clients send\n \
+         HEARTBEAT every 5 s like the PeerJS client; idle ponte clients answer the server's pings.)",
+        p.pairing.map_or("no".into(), |d| format!("{:.2} s for all", d.as_secs_f64())),
+        if p.pairing.is_some() { "s" } else { "" }
+    );
+}
+
+async fn bench(args: &Args, server: &mut Server) -> anyhow::Result<Results> {
+    let proto = server.proto;
+    let mut res = Results { proto: Some(proto), ..Default::default() };
+    res.rss_base = server.rss_kib()?;
+    println!("server pid {} on {}; RSS before clients: {:.1} MiB", server.pid(), server.addr, mib(res.rss_base));
+
+    // Ramp up: connect + hello (ponte) / connect + OPEN (peerjs) every client.
     let n_ips = args.source_ips.unwrap_or_else(|| args.clients.div_ceil(20_000)).max(1);
     let t0 = Instant::now();
     let sem = Arc::new(Semaphore::new(args.ramp_concurrency));
@@ -109,19 +332,21 @@ async fn bench(args: &Args, server: &mut Server) -> anyhow::Result<()> {
         let src = Ipv4Addr::new(127, 0, 0, 2 + (i % n_ips) as u8);
         joins.push(tokio::spawn(async move {
             let _permit = sem.acquire().await?;
-            open_client(addr, src).await
+            tokio::time::timeout(Duration::from_secs(30), open_client(proto, addr, src, i))
+                .await
+                .context("connect + hello took over 30 s")?
         }));
     }
     let mut clients = Vec::with_capacity(args.clients);
     for j in joins {
         clients.push(j.await??);
     }
-    let ramp = t0.elapsed();
+    res.ramp = t0.elapsed();
     println!(
         "{} clients connected and welcomed in {:.2} s ({:.0}/s) from {n_ips} source address(es)",
         clients.len(),
-        ramp.as_secs_f64(),
-        clients.len() as f64 / ramp.as_secs_f64()
+        res.ramp.as_secs_f64(),
+        clients.len() as f64 / res.ramp.as_secs_f64()
     );
 
     // Pair the first 2P clients; keep the rest idle (reading, so they answer pings like browsers do).
@@ -134,29 +359,30 @@ async fn bench(args: &Args, server: &mut Server) -> anyhow::Result<()> {
     let mut idle_tasks = Vec::with_capacity(rest.len());
     let going_away = Arc::new(AtomicU64::new(0));
     for c in rest {
-        idle_tasks.push(tokio::spawn(idle(c.ws, going_away.clone())));
+        idle_tasks.push(tokio::spawn(idle(proto, c.ws, going_away.clone())));
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let rss_idle = server.rss_kib()?;
-    let per_client = (rss_idle.saturating_sub(rss_base) as f64 * 1024.0) / args.clients as f64;
+    res.rss_idle = server.rss_kib()?;
+    res.per_client = (res.rss_idle.saturating_sub(res.rss_base) as f64 * 1024.0) / args.clients as f64;
     println!(
         "server RSS with {} idle clients: {:.1} MiB ({:.0} bytes/client over the baseline)",
         args.clients,
-        rss_idle as f64 / 1024.0,
-        per_client
+        mib(res.rss_idle),
+        res.per_client
     );
 
-    // Pairing handshakes, all pairs at once.
+    // Pairing handshakes, all pairs at once (ponte; peerjs relays to any ID without one).
     let t0 = Instant::now();
     let mut setups = Vec::new();
     for (a, b) in paired {
-        setups.push(tokio::spawn(pair(a, b)));
+        setups.push(tokio::spawn(pair(proto, a, b)));
     }
     let mut pairs = Vec::new();
     for s in setups {
         pairs.push(s.await??);
     }
-    if !pairs.is_empty() {
+    if !pairs.is_empty() && proto == Proto::Ponte {
+        res.pairing = Some(t0.elapsed());
         println!("{} pairs connected+accepted in {:.2} s", pairs.len(), t0.elapsed().as_secs_f64());
     }
 
@@ -171,6 +397,7 @@ async fn bench(args: &Args, server: &mut Server) -> anyhow::Result<()> {
     for (a, b) in pairs {
         for (c, peer, starts) in [(a.0, b.1.clone(), true), (b.0, a.1.clone(), false)] {
             let ctx = RelayCtx {
+                proto,
                 epoch,
                 measuring: measuring.clone(),
                 stop: stop.clone(),
@@ -182,66 +409,48 @@ async fn bench(args: &Args, server: &mut Server) -> anyhow::Result<()> {
             relays.push(tokio::spawn(relay(c, ctx)));
         }
     }
-    let mut latencies: Vec<u32> = Vec::new();
-    let mut measured = Duration::ZERO;
     if !relays.is_empty() {
         tokio::time::sleep(Duration::from_secs(1)).await;
         measuring.store(true, Ordering::Relaxed);
         let m0 = Instant::now();
-        tokio::time::sleep(Duration::from_secs(args.seconds)).await;
+        let until = m0 + Duration::from_secs(args.seconds);
+        while Instant::now() < until && count.load(Ordering::Relaxed) < MAX_MESSAGES {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         measuring.store(false, Ordering::Relaxed);
-        measured = m0.elapsed();
+        res.measured = m0.elapsed();
+        res.msgs = count.load(Ordering::Relaxed);
         stop.store(true, Ordering::Relaxed);
         for r in relays {
-            latencies.extend(r.await??);
+            res.latencies.extend(r.await??);
         }
+        res.latencies.sort_unstable();
+        // Messages counted between the measurement's end and this load have latencies too; keep them aligned.
+        res.msgs = res.latencies.len() as u64;
     }
-    let rss_after = server.rss_kib()?;
-    let hwm = server.status_kib("VmHWM")?;
+    res.rss_after = server.rss_kib()?;
+    res.hwm = server.status_kib("VmHWM")?;
 
-    let msgs = count.load(Ordering::Relaxed);
-    println!();
-    println!("== results ==");
-    println!("clients            {}", args.clients);
-    println!("pairs              {} (window {}, payload {} B)", args.pairs, args.window, args.payload);
-    if msgs > 0 {
-        latencies.sort_unstable();
-        let pct = |p: f64| latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)] as f64 / 1000.0;
-        println!(
-            "relayed            {msgs} msgs in {:.2} s = {:.0} msgs/s",
-            measured.as_secs_f64(),
-            msgs as f64 / measured.as_secs_f64()
-        );
-        println!("latency one-way    p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms", pct(0.50), pct(0.99), pct(1.0));
-    }
-    println!(
-        "server RSS         baseline {:.1} MiB, idle with {} clients {:.1} MiB, after relay {:.1} MiB, peak {:.1} MiB",
-        rss_base as f64 / 1024.0,
-        args.clients,
-        rss_idle as f64 / 1024.0,
-        rss_after as f64 / 1024.0,
-        hwm as f64 / 1024.0
-    );
-    println!("per client         {per_client:.0} bytes");
-
-    // Graceful shutdown with the idle clients still connected: every one should get close code 1001.
-    let idle_count = idle_tasks.len();
-    let t0 = Instant::now();
-    server.stop();
-    let stopped = t0.elapsed();
-    let wait = tokio::time::timeout(Duration::from_secs(10), async {
+    if proto == Proto::Ponte {
+        // Graceful shutdown with the idle clients still connected: every one should get close code 1001.
+        let idle_count = idle_tasks.len();
+        let t0 = Instant::now();
+        server.stop();
+        let stopped = t0.elapsed();
+        let _ = tokio::time::timeout(Duration::from_secs(10), async {
+            for t in idle_tasks {
+                let _ = t.await;
+            }
+        })
+        .await;
+        res.shutdown = Some((stopped.as_secs_f64(), going_away.load(Ordering::Relaxed), idle_count));
+    } else {
+        server.stop();
         for t in idle_tasks {
-            let _ = t.await;
+            t.abort();
         }
-    });
-    let _ = wait.await;
-    println!(
-        "shutdown           SIGTERM to exit {:.2} s; {}/{} idle clients got close 1001",
-        stopped.as_secs_f64(),
-        going_away.load(Ordering::Relaxed),
-        idle_count
-    );
-    Ok(())
+    }
+    Ok(res)
 }
 
 struct Client {
@@ -249,20 +458,37 @@ struct Client {
     id: String,
 }
 
-async fn open_client(server: SocketAddr, src: Ipv4Addr) -> anyhow::Result<Client> {
+async fn open_client(proto: Proto, server: SocketAddr, src: Ipv4Addr, n: usize) -> anyhow::Result<Client> {
     let sock = TcpSocket::new_v4()?;
     sock.bind(SocketAddr::new(IpAddr::V4(src), 0)).with_context(|| format!("bind {src}"))?;
     let stream = sock.connect(server).await.with_context(|| format!("connect {server} from {src}"))?;
     stream.set_nodelay(true)?;
     // Small buffers so the load generator itself fits 10k+ clients.
     let cfg = WebSocketConfig::default().read_buffer_size(4096).write_buffer_size(0);
-    let (mut ws, _) = tokio_tungstenite::client_async_with_config(format!("ws://{server}/ws"), stream, Some(cfg))
-        .await
-        .context("WebSocket handshake")?;
-    ws.send(Message::text(json!({"type": "hello", "v": 1}).to_string())).await?;
-    let welcome = next_json(&mut ws).await?;
-    anyhow::ensure!(welcome.ty == "welcome", "expected welcome, got {}", welcome.ty);
-    Ok(Client { ws, id: welcome.id.context("welcome without id")? })
+    match proto {
+        Proto::Ponte => {
+            let (mut ws, _) =
+                tokio_tungstenite::client_async_with_config(format!("ws://{server}/ws"), stream, Some(cfg))
+                    .await
+                    .context("WebSocket handshake")?;
+            ws.send(Message::text(json!({"type": "hello", "v": 1}).to_string())).await?;
+            let welcome = next_json(&mut ws).await?;
+            anyhow::ensure!(welcome.ty == "welcome", "expected welcome, got {}", welcome.ty);
+            Ok(Client { ws, id: welcome.id.context("welcome without id")? })
+        }
+        Proto::Peerjs => {
+            // A PeerJS client picks its ID (8 characters, like ponte's) and a random token.
+            let id = format!("b{n:07}");
+            let token: u64 = rand::random();
+            let url = format!("ws://{server}/peerjs?key=peerjs&id={id}&token={token:x}");
+            let (mut ws, _) = tokio_tungstenite::client_async_with_config(url, stream, Some(cfg))
+                .await
+                .context("WebSocket handshake")?;
+            let open = next_json(&mut ws).await?;
+            anyhow::ensure!(open.ty == "OPEN", "expected OPEN, got {}", open.ty);
+            Ok(Client { ws, id })
+        }
+    }
 }
 
 async fn next_json(ws: &mut Ws) -> anyhow::Result<In> {
@@ -278,34 +504,51 @@ async fn next_json(ws: &mut Ws) -> anyhow::Result<In> {
 }
 
 /// Keep reading so tungstenite answers the server's pings, like an idle browser tab; count a 1001 close.
-async fn idle(mut ws: Ws, going_away: Arc<AtomicU64>) {
-    while let Some(Ok(m)) = ws.next().await {
-        if let Message::Close(Some(f)) = m {
-            if u16::from(f.code) == 1001 {
-                going_away.fetch_add(1, Ordering::Relaxed);
+/// A peerjs client also sends HEARTBEAT, as the PeerJS client does (the server drops silent clients).
+async fn idle(proto: Proto, mut ws: Ws, going_away: Arc<AtomicU64>) {
+    let mut beat = tokio::time::interval(PEERJS_HEARTBEAT);
+    beat.tick().await;
+    loop {
+        tokio::select! {
+            m = ws.next() => match m {
+                Some(Ok(Message::Close(Some(f)))) => {
+                    if u16::from(f.code) == 1001 {
+                        going_away.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                Some(Ok(_)) => {}
+                _ => return,
+            },
+            _ = beat.tick(), if proto == Proto::Peerjs => {
+                if ws.send(Message::text(r#"{"type":"HEARTBEAT"}"#)).await.is_err() {
+                    return;
+                }
             }
         }
     }
 }
 
-async fn pair(mut a: Client, mut b: Client) -> anyhow::Result<((Ws, String), (Ws, String))> {
-    a.ws.send(Message::text(json!({"type": "connect", "to": b.id}).to_string())).await?;
-    let m = next_json(&mut b.ws).await?;
-    anyhow::ensure!(m.ty == "incoming", "expected incoming, got {}", m.ty);
-    b.ws.send(Message::text(json!({"type": "accept", "from": a.id}).to_string())).await?;
-    for ws in [&mut a.ws, &mut b.ws] {
-        loop {
-            let m = next_json(ws).await?;
-            if m.ty == "paired" {
-                break;
+async fn pair(proto: Proto, mut a: Client, mut b: Client) -> anyhow::Result<((Ws, String), (Ws, String))> {
+    if proto == Proto::Ponte {
+        a.ws.send(Message::text(json!({"type": "connect", "to": b.id}).to_string())).await?;
+        let m = next_json(&mut b.ws).await?;
+        anyhow::ensure!(m.ty == "incoming", "expected incoming, got {}", m.ty);
+        b.ws.send(Message::text(json!({"type": "accept", "from": a.id}).to_string())).await?;
+        for ws in [&mut a.ws, &mut b.ws] {
+            loop {
+                let m = next_json(ws).await?;
+                if m.ty == "paired" {
+                    break;
+                }
+                anyhow::ensure!(m.ty == "request_sent", "unexpected {}", m.ty);
             }
-            anyhow::ensure!(m.ty == "request_sent", "unexpected {}", m.ty);
         }
     }
     Ok(((a.ws, a.id), (b.ws, b.id)))
 }
 
 struct RelayCtx {
+    proto: Proto,
     epoch: Instant,
     measuring: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
@@ -315,9 +558,18 @@ struct RelayCtx {
     initial: usize,
 }
 
+/// The same payload either way: ponte's `signal` to a partner, or peerjs's CANDIDATE (its most frequent
+/// relayed message) to a `dst`.
 fn signal_text(ctx: &RelayCtx) -> String {
     let t = ctx.epoch.elapsed().as_micros() as u64;
-    format!(r#"{{"type":"signal","to":"{}","data":{{"t":{t},"pad":"{}"}}}}"#, ctx.peer, ctx.padding)
+    match ctx.proto {
+        Proto::Ponte => {
+            format!(r#"{{"type":"signal","to":"{}","data":{{"t":{t},"pad":"{}"}}}}"#, ctx.peer, ctx.padding)
+        }
+        Proto::Peerjs => {
+            format!(r#"{{"type":"CANDIDATE","dst":"{}","payload":{{"t":{t},"pad":"{}"}}}}"#, ctx.peer, ctx.padding)
+        }
+    }
 }
 
 /// Bounce every received signal back to the peer; return the one-way latencies (µs) seen while measuring.
@@ -326,27 +578,31 @@ async fn relay(mut ws: Ws, ctx: RelayCtx) -> anyhow::Result<Vec<u32>> {
     for _ in 0..ctx.initial {
         ws.send(Message::text(signal_text(&ctx))).await?;
     }
+    let relayed = match ctx.proto {
+        Proto::Ponte => "signal",
+        Proto::Peerjs => "CANDIDATE",
+    };
     while !ctx.stop.load(Ordering::Relaxed) {
         let Ok(m) = tokio::time::timeout(Duration::from_millis(200), next_json(&mut ws)).await else { continue };
         let m = m?;
-        match (m.ty.as_str(), m.data) {
-            ("signal", Some(p)) => {
-                let now = ctx.epoch.elapsed().as_micros() as u64;
-                if ctx.measuring.load(Ordering::Relaxed) {
-                    lat.push(now.saturating_sub(p.t).min(u32::MAX as u64) as u32);
-                    ctx.count.fetch_add(1, Ordering::Relaxed);
-                }
-                ws.send(Message::text(signal_text(&ctx))).await?;
+        if m.ty == relayed {
+            let sent = m.sent_at().context("relayed message without its timestamp")?;
+            let now = ctx.epoch.elapsed().as_micros() as u64;
+            if ctx.measuring.load(Ordering::Relaxed) {
+                lat.push(now.saturating_sub(sent).min(u32::MAX as u64) as u32);
+                ctx.count.fetch_add(1, Ordering::Relaxed);
             }
-            ("error", _) => bail!("server refused a relay message (raise the bench config's limits?)"),
-            _ => {}
+            ws.send(Message::text(signal_text(&ctx))).await?;
+        } else if matches!(m.ty.as_str(), "error" | "ERROR" | "LEAVE" | "EXPIRE") {
+            bail!("server refused a relay message with {} (raise the bench config's limits?)", m.ty);
         }
     }
     Ok(lat)
 }
 
-/// The ponte child process.
+/// The server child process: ponte, or node running peerjs-server.
 struct Server {
+    proto: Proto,
     child: Child,
     stopped: bool,
     addr: SocketAddr,
@@ -354,49 +610,81 @@ struct Server {
 }
 
 impl Server {
-    fn start(args: &Args) -> anyhow::Result<Server> {
-        let bin = match &args.server_bin {
-            Some(b) => b.clone(),
-            None => {
-                let exe = std::env::current_exe()?;
-                // target/release/examples/bench-signaling → target/release/ponte
-                exe.parent().and_then(|p| p.parent()).map(|p| p.join("ponte")).context("cannot locate target dir")?
+    fn start(args: &Args, proto: Proto) -> anyhow::Result<Server> {
+        let dir = tempfile::tempdir()?;
+        let limit = args.clients + 1000;
+        let (child, addr) = match proto {
+            Proto::Ponte => {
+                let bin = match &args.server_bin {
+                    Some(b) => b.clone(),
+                    None => {
+                        let exe = std::env::current_exe()?;
+                        // target/release/examples/bench-signaling → target/release/ponte
+                        exe.parent()
+                            .and_then(|p| p.parent())
+                            .map(|p| p.join("ponte"))
+                            .context("cannot locate target dir")?
+                    }
+                };
+                if !bin.exists() {
+                    bail!("{} does not exist; run `cargo build --release` first (or pass --server-bin)", bin.display());
+                }
+                // Pick a free loopback port (tiny race with other programs; fine for a benchmark).
+                let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+                let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
+                let config = dir.path().join("bench.toml");
+                std::fs::write(
+                    &config,
+                    format!(
+                        "[http]\nlisten = \"{addr}\"\n\n[turn]\nenabled = false\n\n[signaling]\nmax_connections = {limit}\n\
+                         max_connections_per_ip = {limit}\nmessages_per_sec = 1000000\nconnect_requests_per_min = 1000000\n\n\
+                         [log]\nlevel = \"warn\"\n"
+                    ),
+                )?;
+                let child = Command::new(&bin)
+                    .arg("-c")
+                    .arg(&config)
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::inherit())
+                    .spawn()
+                    .with_context(|| format!("spawn {}", bin.display()))?;
+                (child, addr)
+            }
+            Proto::Peerjs => {
+                let mut child = Command::new("node")
+                    .arg("server.mjs")
+                    .arg(limit.to_string())
+                    .current_dir(&args.peerjs_dir)
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::inherit())
+                    .spawn()
+                    .context("spawn node (install Node.js)")?;
+                // server.mjs prints the ephemeral port it got, once listening.
+                let mut line = String::new();
+                let stdout = child.stdout.take().context("no stdout")?;
+                let read = std::io::BufReader::new(stdout).read_line(&mut line);
+                let port: u16 = match read.ok().and_then(|_| line.trim().parse().ok()) {
+                    Some(p) => p,
+                    None => {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        bail!("peerjs-server did not report its port (got {line:?})");
+                    }
+                };
+                (child, SocketAddr::from(([127, 0, 0, 1], port)))
             }
         };
-        if !bin.exists() {
-            bail!("{} does not exist; run `cargo build --release` first (or pass --server-bin)", bin.display());
-        }
-        // Pick a free loopback port (tiny race with other programs; fine for a benchmark).
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
-        let dir = tempfile::tempdir()?;
-        let config = dir.path().join("bench.toml");
-        let limit = args.clients + 1000;
-        std::fs::write(
-            &config,
-            format!(
-                "[http]\nlisten = \"{addr}\"\n\n[turn]\nenabled = false\n\n[signaling]\nmax_connections = {limit}\n\
-                 max_connections_per_ip = {limit}\nmessages_per_sec = 1000000\nconnect_requests_per_min = 1000000\n\n\
-                 [log]\nlevel = \"warn\"\n"
-            ),
-        )?;
-        let child = Command::new(&bin)
-            .arg("-c")
-            .arg(&config)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .with_context(|| format!("spawn {}", bin.display()))?;
-        let mut server = Server { child, stopped: false, addr, _dir: dir };
+        let mut server = Server { proto, child, stopped: false, addr, _dir: dir };
         let deadline = Instant::now() + Duration::from_secs(10);
         while std::net::TcpStream::connect(addr).is_err() {
             if let Some(st) = server.child.try_wait()? {
-                bail!("ponte exited during startup: {st}");
+                bail!("{} exited during startup: {st}", proto.name());
             }
             if Instant::now() > deadline {
                 server.stop();
-                bail!("ponte did not listen on {addr} within 10 s");
+                bail!("{} did not listen on {addr} within 10 s", proto.name());
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -424,7 +712,7 @@ impl Server {
         if std::mem::replace(&mut self.stopped, true) {
             return; // already reaped: its pid may belong to another process by now
         }
-        // SIGTERM: ponte shuts down gracefully (closing every socket with 1001).
+        // SIGTERM: ponte shuts down gracefully (closing every socket with 1001); server.mjs exits.
         unsafe {
             libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
         }
@@ -440,6 +728,12 @@ impl Server {
                 }
             }
         }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 

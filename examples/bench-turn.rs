@@ -2,7 +2,12 @@
 //! peer and back) with p50/p99 round-trip times, for ponte and for coturn (`turnserver`, started here) on the
 //! same machine, loopback only, printed side by side with the ratio.
 //!
-//!     cargo run --release --example bench-turn [-- --secs 2 --rounds 3 --clients 2 --window 32 --size 100]
+//!     cargo run --release --example bench-turn [-- --secs 2 --rounds 3 --clients 2 --window 32 --size 100
+//!                                                  --allocations 5000]
+//!
+//! First, memory per allocation: `--allocations` K allocations (one client socket and username each) are created
+//! against each fresh server, and the server's RSS before and after gives bytes per allocation (relay sockets'
+//! kernel buffers are not in RSS, for either server); then they are deleted again. 0 skips this phase.
 //!
 //! Both servers run as separate processes (ponte is this binary re-executed with `--serve-ponte`), with the
 //! same load generator, the same number of client threads and the same bounded duration and packet budget.
@@ -24,6 +29,12 @@ const SECRET: &str = "bench-secret-0123456789abcdef";
 const REALM: &str = "ponte";
 /// Hard cap on requests/packets per phase and server, so a run is bounded even on a very fast machine.
 const MAX_PER_PHASE: u64 = 5_000_000;
+/// Most allocations `--allocations` may ask for (each costs a socket here and one in the server).
+const MAX_ALLOCATIONS: usize = 12_000;
+/// Relay port ranges, below Linux's ephemeral range (32768+) where this generator's own sockets live.
+const RELAY_PORTS: u16 = 12_500;
+const PONTE_PORTS_MIN: u16 = 20_000;
+const COTURN_PORTS_MIN: u16 = 7_000;
 
 struct Opts {
     secs: u64,
@@ -31,6 +42,7 @@ struct Opts {
     clients: usize,
     window: usize,
     size: usize,
+    allocations: usize,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -38,7 +50,7 @@ fn main() -> anyhow::Result<()> {
     if args.get(1).map(String::as_str) == Some("--serve-ponte") {
         return serve_ponte(&args[2]);
     }
-    let mut o = Opts { secs: 2, rounds: 3, clients: 2, window: 32, size: 100 };
+    let mut o = Opts { secs: 2, rounds: 3, clients: 2, window: 32, size: 100, allocations: 5000 };
     let mut i = 1;
     while i + 1 < args.len() {
         let v: usize = args[i + 1].parse()?;
@@ -48,19 +60,39 @@ fn main() -> anyhow::Result<()> {
             "--clients" => o.clients = v.clamp(1, 64),
             "--window" => o.window = v.clamp(1, 1024),
             "--size" => o.size = v.clamp(16, 1200),
-            other => anyhow::bail!("unknown option {other}; use --secs, --rounds, --clients, --window, --size"),
+            "--allocations" => o.allocations = v.min(MAX_ALLOCATIONS),
+            other => {
+                anyhow::bail!(
+                    "unknown option {other}; use --secs, --rounds, --clients, --window, --size, --allocations"
+                )
+            }
         }
         i += 2;
     }
     let dir = tempfile::tempdir()?;
+    // One client socket per allocation here, one relay socket each in the servers (which inherit the limit).
+    let fds = raise_fd_limit();
+    anyhow::ensure!(
+        fds as usize > o.allocations + 200,
+        "RLIMIT_NOFILE is {fds}; --allocations {} needs more (raise the hard limit: ulimit -Hn)",
+        o.allocations
+    );
     println!(
-        "bench-turn: {} s per phase, median of {} alternating rounds, {} client threads, window {}, {}-byte payloads, loopback, {} CPUs",
+        "bench-turn: {} s per phase, median of {} alternating rounds, {} client threads, window {}, {}-byte payloads, \
+         {} allocations, loopback, {} CPUs, load average {}",
         o.secs,
         o.rounds,
         o.clients,
         o.window,
         o.size,
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+        o.allocations,
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        std::fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
     );
 
     let ponte = {
@@ -70,8 +102,11 @@ fn main() -> anyhow::Result<()> {
             &cfg,
             format!(
                 "[http]\nlisten = \"127.0.0.1:0\"\n[metrics]\nenabled = false\n[log]\nlevel = \"warn\"\n[turn]\nlisten_udp = [\"127.0.0.1:{port}\"]\n\
-                 listen_tcp = []\nsecret = \"{SECRET}\"\nrelay_ip = \"127.0.0.1\"\nrelay_port_min = 43000\nrelay_port_max = 43999\n\
-                 allow_peers = [\"127.0.0.1/32\"]\nmax_allocations_per_user = 100\n"
+                 listen_tcp = []\nsecret = \"{SECRET}\"\nrelay_ip = \"127.0.0.1\"\nrelay_port_min = {PONTE_PORTS_MIN}\n\
+                 relay_port_max = {}\nallow_peers = [\"127.0.0.1/32\"]\nmax_allocations_per_user = 100\n\
+                 max_allocations = {}\nunauthenticated_rate_per_ip = 1000000\n",
+                PONTE_PORTS_MIN + RELAY_PORTS - 1,
+                o.allocations + 100
             ),
         )?;
         let child = Command::new(std::env::current_exe()?)
@@ -104,9 +139,9 @@ fn main() -> anyhow::Result<()> {
                 "--relay-ip",
                 "127.0.0.1",
                 "--min-port",
-                "42000",
+                &COTURN_PORTS_MIN.to_string(),
                 "--max-port",
-                "42999",
+                &(COTURN_PORTS_MIN + RELAY_PORTS - 1).to_string(),
                 "--use-auth-secret",
                 &format!("--static-auth-secret={SECRET}"),
                 &format!("--realm={REALM}"),
@@ -114,6 +149,7 @@ fn main() -> anyhow::Result<()> {
                 "--allow-loopback-peers",
                 "--allowed-peer-ip=127.0.0.1",
                 "--user-quota=100",
+                &format!("--total-quota={}", o.allocations + 100),
             ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -126,6 +162,14 @@ fn main() -> anyhow::Result<()> {
     for (name, addr) in [("ponte", ponte.1), ("coturn", coturn.1)] {
         wait_ready(addr).map_err(|e| anyhow::anyhow!("{name} did not answer STUN on {addr}: {e}"))?;
     }
+
+    let (pa, ca) = if o.allocations > 0 {
+        let pa = alloc_phase(ponte.1, ponte.0 .0.id(), &o).map_err(|e| e.context("ponte allocations"))?;
+        let ca = alloc_phase(coturn.1, coturn.0 .0.id(), &o).map_err(|e| e.context("coturn allocations"))?;
+        (Some(pa), Some(ca))
+    } else {
+        (None, None)
+    };
 
     let (mut pb, mut cb, mut pr, mut cr) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for _ in 0..o.rounds {
@@ -151,8 +195,24 @@ fn main() -> anyhow::Result<()> {
     lat("  RTT p50 / p99", &pr, &cr);
     cpu("  server CPU per packet", &pr, &cr);
     println!("{:<32}{:>16}{:>16}", "  lost", pr.lost, cr.lost);
+    if let (Some(pa), Some(ca)) = (pa, ca) {
+        let mib = |k: u64| format!("{:.1} MiB", k as f64 / 1024.0);
+        println!("{:<32}{:>16}{:>16}", "RSS, no allocations", mib(pa.before_kib), mib(ca.before_kib));
+        println!("{:<32}{:>16}{:>16}", format!("RSS, {} allocations", pa.count), mib(pa.after_kib), mib(ca.after_kib));
+        let (pp, cp) = (pa.per_alloc(), ca.per_alloc());
+        let ratio = if pp > 0.0 { format!("{:.2}", cp / pp) } else { "-".into() };
+        println!(
+            "{:<32}{:>16}{:>16}{ratio:>16}",
+            "  memory per allocation",
+            format!("{pp:.0} B"),
+            format!("{cp:.0} B")
+        );
+        row("  allocations created/s", pa.rate, ca.rate);
+    }
     println!("\n(relayed packets count both directions: client→peer and peer→client through the relay;");
-    println!(" ratios are ponte/coturn for rates and coturn/ponte for CPU per operation: above 1 favours ponte)");
+    println!(
+        " ratios are ponte/coturn for rates and coturn/ponte for CPU and memory per operation: above 1 favours ponte)"
+    );
     Ok(())
 }
 
@@ -525,4 +585,88 @@ fn relay_phase(server: SocketAddr, pid: u32, o: &Opts) -> anyhow::Result<Stats> 
     let sent = results.iter().map(|r| r.1).sum();
     // Two relayed packets per echo round trip (client→peer, peer→client).
     Ok(stats(results.into_iter().flat_map(|r| r.0).collect(), elapsed, sent, cpu, 2))
+}
+
+/// Resident set size of process `pid`, KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    s.lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+struct AllocStats {
+    count: usize,
+    before_kib: u64,
+    after_kib: u64,
+    /// Allocations created per second (401 challenge + signed Allocate each).
+    rate: f64,
+}
+
+impl AllocStats {
+    fn per_alloc(&self) -> f64 {
+        self.after_kib.saturating_sub(self.before_kib) as f64 * 1024.0 / self.count.max(1) as f64
+    }
+}
+
+/// Create `o.allocations` allocations (each from its own socket, with its own username, as browsers do), read
+/// the server's RSS, then delete them all so the next phases start clean.
+fn alloc_phase(server: SocketAddr, pid: u32, o: &Opts) -> anyhow::Result<AllocStats> {
+    let before_kib = rss_kib(pid);
+    let threads = o.clients.max(1);
+    let t0 = Instant::now();
+    let made: Vec<anyhow::Result<Vec<TurnClient>>> = std::thread::scope(|sc| {
+        let hs: Vec<_> = (0..threads)
+            .map(|t| {
+                sc.spawn(move || {
+                    let mut mine = Vec::new();
+                    for i in (t..o.allocations).step_by(threads) {
+                        let mut c = TurnClient::new(server, 100_000 + i)?;
+                        c.request(METHOD_ALLOCATE, &|m| m.add(AttrType(ATTR_REQUESTED_TRANSPORT), &[17, 0, 0, 0]))
+                            .map_err(|e| e.context(format!("allocation {i}")))?;
+                        mine.push(c);
+                    }
+                    Ok(mine)
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let elapsed = t0.elapsed();
+    let mut clients = Vec::new();
+    for m in made {
+        clients.push(m?);
+    }
+    // Let the server settle (lazy frees, deferred work) before reading its memory.
+    std::thread::sleep(Duration::from_millis(500));
+    let after_kib = rss_kib(pid);
+    let count = clients.iter().map(Vec::len).sum();
+    std::thread::scope(|sc| {
+        for mine in &mut clients {
+            sc.spawn(move || {
+                for c in mine.iter_mut() {
+                    let _ = c.request(METHOD_REFRESH, &|m| m.add(AttrType(ATTR_LIFETIME), &0u32.to_be_bytes()));
+                }
+            });
+        }
+    });
+    Ok(AllocStats { count, before_kib, after_kib, rate: count as f64 / elapsed.as_secs_f64() })
+}
+
+/// Raise the soft open-files limit to the hard limit; returns the new soft limit.
+#[allow(clippy::unnecessary_cast)] // rlim_t is not u64 on every platform
+fn raise_fd_limit() -> u64 {
+    // SAFETY: plain libc calls on a local struct.
+    unsafe {
+        let mut l = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) != 0 {
+            return 1024;
+        }
+        l.rlim_cur = l.rlim_max;
+        libc::setrlimit(libc::RLIMIT_NOFILE, &l);
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut l);
+        l.rlim_cur as u64
+    }
 }

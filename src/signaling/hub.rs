@@ -654,6 +654,75 @@ impl State {
     }
 }
 
+/// Read-only views and a structural self-check for the fuzz target (`signaling::fuzzing`) and tests.
+#[cfg(any(test, feature = "fuzzing"))]
+impl State {
+    /// Partners of `id` as the hub records them (empty for an unknown ID).
+    pub fn peers_of(&self, id: Id) -> Vec<Id> {
+        self.sessions.get(&id).map(|s| s.peers.clone()).unwrap_or_default()
+    }
+
+    /// Pending requests of `id`: (sent by it, sent to it).
+    pub fn requests_of(&self, id: Id) -> (Vec<Id>, Vec<Id>) {
+        self.sessions
+            .get(&id)
+            .map(|s| (s.outgoing.iter().map(|(p, _)| *p).collect(), s.incoming.clone()))
+            .unwrap_or_default()
+    }
+
+    /// Check every invariant the state must keep between calls; `Err` names the first one broken.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        let timer_at = |at: Instant, t: Timer| self.timers.iter().any(|Reverse((a, x))| *a == at && *x == t);
+        if self.sessions.len() > self.settings.max_sessions {
+            return Err(format!("{} sessions over max_sessions {}", self.sessions.len(), self.settings.max_sessions));
+        }
+        for (&id, s) in &self.sessions {
+            let dup = |v: &[Id]| (1..v.len()).any(|i| v[..i].contains(&v[i]));
+            if dup(&s.peers) || dup(&s.incoming) || dup(&s.outgoing.iter().map(|(p, _)| *p).collect::<Vec<_>>()) {
+                return Err(format!("{id}: duplicate entry in peers/incoming/outgoing"));
+            }
+            for &p in &s.peers {
+                if p == id {
+                    return Err(format!("{id} is paired with itself"));
+                }
+                if !self.sessions.get(&p).is_some_and(|ps| ps.peers.contains(&id)) {
+                    return Err(format!("pairing {id}-{p} is not symmetric (or {p} is gone)"));
+                }
+            }
+            for &(to, deadline) in &s.outgoing {
+                if to == id || s.peers.contains(&to) || s.incoming.contains(&to) {
+                    return Err(format!("request {id}->{to} to itself, to a partner, or crossing another"));
+                }
+                if !self.sessions.get(&to).is_some_and(|ts| ts.incoming.contains(&id)) {
+                    return Err(format!("request {id}->{to} missing from {to}'s incoming"));
+                }
+                if !timer_at(deadline, Timer::Request { from: id, to }) {
+                    return Err(format!("request {id}->{to} has no timer: it would never expire"));
+                }
+            }
+            for &from in &s.incoming {
+                if !self.sessions.get(&from).is_some_and(|fs| fs.outgoing.iter().any(|(p, _)| *p == id)) {
+                    return Err(format!("incoming {from}->{id} missing from {from}'s outgoing"));
+                }
+            }
+            match (&s.conn, s.away_until) {
+                (Some(_), None) => {
+                    if !s.paired_while_away.is_empty() {
+                        return Err(format!("{id} is connected but has paired_while_away entries"));
+                    }
+                }
+                (None, Some(until)) => {
+                    if !timer_at(until, Timer::Grace { id }) {
+                        return Err(format!("{id} is away with no grace timer: it would never end"));
+                    }
+                }
+                _ => return Err(format!("{id}: connection and grace period disagree")),
+            }
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -2,6 +2,8 @@
 //! checks, and the hub's lifecycle (timers, shutdown).
 
 mod conn;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 mod hub;
 mod ice;
 pub mod ids;

@@ -7,7 +7,7 @@ import path from 'node:path';
 import { ROOT, CHROMIUM, requirements, launch, newPage, startPonte, openApp, pair, which } from './lib.mjs';
 
 const NETLAB = path.join(ROOT, 'tests', 'lab', 'netlab.sh');
-const SRV_IP = '198.51.100.10';
+export const SRV_IP = '198.51.100.10';
 const HTTP_PORT = 8080;
 
 export function labMissing() {
@@ -25,11 +25,14 @@ export function labMissing() {
 let labCounter = 0;
 /**
  * Bring up a lab, ponte in it, and one Chromium per home. Namespaces are named `$LAB_PREFIX<pid><n>-*` (`pw` by
- * default): give runs that may overlap on one machine different prefixes.
+ * default; give runs that may overlap on one machine different prefixes) unless `prefix` names them. `extraToml` is
+ * appended to ponte's config right after its `[signaling]` section (so it may add `[[signaling.ice_servers]]`).
  */
-export async function startLab({ nat1, nat2, turn = true }) {
-  const base = (process.env.LAB_PREFIX || 'pw').replace(/[^a-z]/g, '').slice(0, 3) || 'pw';
-  const prefix = `${base}${process.pid % 10000}${labCounter++}`;
+export async function startLab({ nat1, nat2, turn = true, prefix, extraToml = '' }) {
+  if (!prefix) {
+    const base = (process.env.LAB_PREFIX || 'pw').replace(/[^a-z]/g, '').slice(0, 3) || 'pw';
+    prefix = `${base}${process.pid % 10000}${labCounter++}`;
+  }
   execFileSync('bash', [NETLAB, 'up', prefix, nat1, nat2], { stdio: 'inherit' });
   await settle(prefix);
   const dir = mkdtempSync(path.join(tmpdir(), 'ponte-lab-'));
@@ -49,7 +52,7 @@ allow_peers = ["198.51.100.0/24"]
 secret = "lab-secret-not-for-production"
 [signaling]
 state_dir = "${path.join(dir, 'state')}"
-`,
+${extraToml}`,
     };
     lab.server = await startPonte(lab.ponteOptions);
     lab.url = `http://${SRV_IP}:${HTTP_PORT}`;
