@@ -43,6 +43,8 @@ struct Opts {
     window: usize,
     size: usize,
     allocations: usize,
+    /// ponte's `turn.udp_workers` (0: its default, one per CPU).
+    udp_workers: usize,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -50,7 +52,7 @@ fn main() -> anyhow::Result<()> {
     if args.get(1).map(String::as_str) == Some("--serve-ponte") {
         return serve_ponte(&args[2]);
     }
-    let mut o = Opts { secs: 2, rounds: 3, clients: 2, window: 32, size: 100, allocations: 5000 };
+    let mut o = Opts { secs: 2, rounds: 3, clients: 8, window: 32, size: 100, allocations: 5000, udp_workers: 0 };
     let mut i = 1;
     while i + 1 < args.len() {
         let v: usize = args[i + 1].parse()?;
@@ -61,9 +63,10 @@ fn main() -> anyhow::Result<()> {
             "--window" => o.window = v.clamp(1, 1024),
             "--size" => o.size = v.clamp(16, 1200),
             "--allocations" => o.allocations = v.min(MAX_ALLOCATIONS),
+            "--udp-workers" => o.udp_workers = v.min(64),
             other => {
                 anyhow::bail!(
-                    "unknown option {other}; use --secs, --rounds, --clients, --window, --size, --allocations"
+                    "unknown option {other}; use --secs, --rounds, --clients, --window, --size, --allocations, --udp-workers"
                 )
             }
         }
@@ -104,9 +107,10 @@ fn main() -> anyhow::Result<()> {
                 "[http]\nlisten = \"127.0.0.1:0\"\n[metrics]\nenabled = false\n[log]\nlevel = \"warn\"\n[turn]\nlisten_udp = [\"127.0.0.1:{port}\"]\n\
                  listen_tcp = []\nsecret = \"{SECRET}\"\nrelay_ip = \"127.0.0.1\"\nrelay_port_min = {PONTE_PORTS_MIN}\n\
                  relay_port_max = {}\nallow_peers = [\"127.0.0.1/32\"]\nmax_allocations_per_user = 100\n\
-                 max_allocations = {}\nunauthenticated_rate_per_ip = 1000000\n",
+                 max_allocations = {}\nunauthenticated_rate_per_ip = 1000000\nudp_workers = {}\n",
                 PONTE_PORTS_MIN + RELAY_PORTS - 1,
-                o.allocations + 100
+                o.allocations + 100,
+                o.udp_workers
             ),
         )?;
         let child = Command::new(std::env::current_exe()?)

@@ -15,9 +15,14 @@ pub const BATCH: usize = 32;
 /// datagram is truncated by the kernel, flagged, and dropped as garbage rather than misread.
 pub const SLOT: usize = 4096;
 
-/// Receive side: `BATCH` slots of `SLOT` bytes with their source addresses.
+/// Receive side: up to `BATCH` slots with their source addresses. Each slot may keep room before and after the
+/// datagram (relay sockets write the Data/ChannelData header in front of the payload in place).
 pub struct RecvBatch {
     bufs: Vec<u8>,
+    count: usize,
+    head: usize,
+    slot: usize,
+    stride: usize,
     addrs: Vec<libc::sockaddr_storage>,
     iovs: Vec<libc::iovec>,
     hdrs: Vec<libc::mmsghdr>,
@@ -38,19 +43,32 @@ impl Default for RecvBatch {
 }
 
 impl RecvBatch {
+    /// `BATCH` slots of `SLOT` bytes, no room around them.
     pub fn new() -> Self {
+        Self::with_layout(BATCH, 0, SLOT, 0)
+    }
+
+    /// `count` slots (at most `BATCH`) of `slot` bytes, each with `head` bytes before and `tail` after.
+    pub fn with_layout(count: usize, head: usize, slot: usize, tail: usize) -> Self {
+        let count = count.clamp(1, BATCH);
+        let stride = head + slot + tail;
         // SAFETY: all-zero is a valid value for these plain C structs.
         let zeroed = || unsafe { std::mem::zeroed() };
         RecvBatch {
-            bufs: vec![0; BATCH * SLOT],
-            addrs: (0..BATCH).map(|_| zeroed()).collect(),
-            iovs: (0..BATCH).map(|_| libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }).collect(),
-            hdrs: (0..BATCH).map(|_| unsafe { std::mem::zeroed() }).collect(),
+            // Zeroed pages are only backed by memory once a datagram is written into them.
+            bufs: vec![0; count * stride],
+            count,
+            head,
+            slot,
+            stride,
+            addrs: (0..count).map(|_| zeroed()).collect(),
+            iovs: (0..count).map(|_| libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }).collect(),
+            hdrs: (0..count).map(|_| unsafe { std::mem::zeroed() }).collect(),
             filled: 0,
         }
     }
 
-    /// Receive up to `BATCH` datagrams without blocking. `WouldBlock` when none is queued.
+    /// Receive up to `count` datagrams without blocking. `WouldBlock` when none is queued.
     pub fn recv(&mut self, fd: &impl AsRawFd) -> io::Result<usize> {
         self.filled = 0;
         let n = self.recv_raw(fd.as_raw_fd())?;
@@ -60,9 +78,10 @@ impl RecvBatch {
 
     fn recv_raw(&mut self, fd: RawFd) -> io::Result<usize> {
         let base = self.bufs.as_mut_ptr();
-        for i in 0..BATCH {
-            // SAFETY: `i * SLOT + SLOT <= bufs.len()`.
-            self.iovs[i] = libc::iovec { iov_base: unsafe { base.add(i * SLOT) }.cast(), iov_len: SLOT };
+        for i in 0..self.count {
+            // SAFETY: `i * stride + head + slot <= bufs.len()`.
+            let at = unsafe { base.add(i * self.stride + self.head) };
+            self.iovs[i] = libc::iovec { iov_base: at.cast(), iov_len: self.slot };
             let h = &mut self.hdrs[i].msg_hdr;
             h.msg_name = (&mut self.addrs[i] as *mut libc::sockaddr_storage).cast();
             h.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
@@ -76,7 +95,13 @@ impl RecvBatch {
         // SAFETY: every header points at live, correctly sized buffers owned by `self`, which is borrowed
         // mutably for the duration of the call.
         let n = unsafe {
-            libc::recvmmsg(fd, self.hdrs.as_mut_ptr(), BATCH as libc::c_uint, libc::MSG_DONTWAIT, std::ptr::null_mut())
+            libc::recvmmsg(
+                fd,
+                self.hdrs.as_mut_ptr(),
+                self.count as libc::c_uint,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
+            )
         };
         if n < 0 {
             return Err(io::Error::last_os_error());
@@ -87,12 +112,29 @@ impl RecvBatch {
     /// Datagram `i` of the last `recv`: its bytes and source, or `None` if it was truncated or came from an
     /// address family we do not serve.
     pub fn get(&self, i: usize) -> Option<(&[u8], SocketAddr)> {
+        let (len, from) = self.meta(i)?;
+        let at = i * self.stride + self.head;
+        Some((&self.bufs[at..at + len], from))
+    }
+
+    /// Like [`get`](Self::get), but the whole slot with its room around the datagram (which starts at `head`):
+    /// the slot, the datagram's length, its source.
+    pub fn slot_mut(&mut self, i: usize) -> Option<(&mut [u8], usize, SocketAddr)> {
+        let (len, from) = self.meta(i)?;
+        let at = i * self.stride;
+        Some((&mut self.bufs[at..at + self.stride], len, from))
+    }
+
+    /// Slot `i` as [`slot_mut`](Self::slot_mut) left it.
+    pub fn slot(&self, i: usize) -> &[u8] {
+        &self.bufs[i * self.stride..(i + 1) * self.stride]
+    }
+
+    fn meta(&self, i: usize) -> Option<(usize, SocketAddr)> {
         if i >= self.filled || self.hdrs[i].msg_hdr.msg_flags & libc::MSG_TRUNC != 0 {
             return None;
         }
-        let len = (self.hdrs[i].msg_len as usize).min(SLOT);
-        let from = from_storage(&self.addrs[i])?;
-        Some((&self.bufs[i * SLOT..i * SLOT + len], from))
+        Some(((self.hdrs[i].msg_len as usize).min(self.slot), from_storage(&self.addrs[i])?))
     }
 }
 
@@ -260,6 +302,35 @@ mod tests {
         for i in (0..40).step_by(2) {
             let n = a.recv(&mut buf).unwrap();
             assert_eq!(&buf[..n], &vec![i as u8; 1 + i][..]);
+        }
+    }
+
+    #[test]
+    fn slots_keep_room_around_each_datagram() {
+        let server = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let c = UdpSocket::bind("127.0.0.1:0").unwrap();
+        for m in [&b"first"[..], b"second!"] {
+            c.send_to(m, server.local_addr().unwrap()).unwrap();
+        }
+        let mut rb = RecvBatch::with_layout(4, 48, 64, 4);
+        let mut got = 0;
+        while got < 2 {
+            let n = match rb.recv(&server) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => panic!("{e}"),
+            };
+            for i in 0..n {
+                let (slot, len, from) = rb.slot_mut(i).unwrap();
+                assert_eq!(slot.len(), 48 + 64 + 4);
+                assert_eq!(from, c.local_addr().unwrap());
+                let want: &[u8] = if got == 0 { b"first" } else { b"second!" };
+                assert_eq!(&slot[48..48 + len], want);
+                slot[47] = 0xAA; // a header written in front, in place
+                assert_eq!(rb.slot(i)[47], 0xAA);
+                assert_eq!(rb.get(i).unwrap().0, want);
+                got += 1;
+            }
         }
     }
 

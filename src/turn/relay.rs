@@ -1,22 +1,32 @@
 //! Relay sockets (RFC 8656 §7.2 relayed transport address): one UDP socket per allocation, bound within `turn.relay_port_min..=max` on the relay address, and the task that forwards peer datagrams to the client.
 //!
-//! The task owns its socket and receive buffer; per datagram it asks the core (one shard read-lock, one
-//! uncontended per-allocation mutex) where to send, with the header written into the buffer's headroom —
-//! no allocation and no async lock on the peer→client path.
+//! The task owns its socket and a small batch of receive slots; per datagram it asks the core (one shard
+//! read-lock, one uncontended per-allocation mutex) where to send, with the header written into the slot's
+//! headroom — no allocation and no async lock on the peer→client path, and one `sendmmsg` per batch.
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::ops::Range;
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::Instant;
+
+use tokio::io::Interest;
 
 use socket2::{Domain, Protocol, Socket, Type};
 
 use super::codec::{HEADROOM, TAILROOM};
-use super::core::RelayRequest;
+use super::core::{RelayRequest, Transport};
+use super::mmsg::{self, RecvBatch};
 use super::Shell;
 
-/// Largest peer datagram relayed: the Data indication built around it must still fit STUN's 16-bit length.
-const MAX_PAYLOAD: usize = 65535 - HEADROOM;
+/// Peer datagrams taken off a relay socket per system call.
+const RELAY_BATCH: usize = 8;
+/// Largest peer datagram relayed. Peers of browsers send at most about 1,200 bytes (WebRTC keeps under the path
+/// MTU), and nothing larger crosses the internet unfragmented; a bigger datagram is truncated by the kernel,
+/// flagged, and dropped rather than misread. (8 slots of this size per allocation are only backed by memory once
+/// traffic has touched them.)
+const RELAY_SLOT: usize = 4096;
 /// How many ports to try before answering 508: random probing finds a free port quickly unless the range is
 /// nearly full, and a bounded search keeps a full range from turning each Allocate into a port scan.
 const BIND_ATTEMPTS: u32 = 128;
@@ -110,37 +120,78 @@ fn bind_port(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
 }
 
 /// Forward datagrams from peers to the allocation's client until the allocation is closed.
+///
+/// Datagrams are taken off the relay socket up to [`RELAY_BATCH`] at a time (`recvmmsg`), each wrapped in place as
+/// ChannelData or a Data indication, and those bound for a UDP client leave in one `sendmmsg` from the listener
+/// socket: a file transfer through the relay arrives in bursts, and per-datagram system calls are what costs.
 async fn run(shell: Arc<Shell>, socket: Arc<tokio::net::UdpSocket>, local: SocketAddr) {
-    let mut buf = vec![0u8; HEADROOM + MAX_PAYLOAD + TAILROOM];
+    let mut rx = RecvBatch::with_layout(RELAY_BATCH, HEADROOM, RELAY_SLOT, TAILROOM);
     // The listener socket towards this allocation's UDP client, looked up once rather than per datagram.
     let mut out: Option<(SocketAddr, Arc<tokio::net::UdpSocket>)> = None;
+    let mut ready: Vec<(usize, Range<usize>, SocketAddr)> = Vec::with_capacity(RELAY_BATCH);
     loop {
-        match socket.recv_from(&mut buf[HEADROOM..HEADROOM + MAX_PAYLOAD]).await {
-            Ok((n, peer)) => {
-                let Some((to, range)) = shell.core.from_peer(local, peer, &mut buf, n, Instant::now()) else {
-                    continue;
-                };
-                if to.transport == super::core::Transport::Udp {
-                    if out.as_ref().is_none_or(|(a, _)| *a != to.server) {
-                        out = shell.udp.get(&to.server).map(|s| (to.server, s.clone()));
-                    }
-                    if let Some((_, s)) = &out {
-                        super::send_udp(s, &buf[range], to.client).await;
-                    }
-                } else {
-                    shell.to_client(to, &buf[range]).await;
-                }
-            }
+        if let Err(e) = socket.readable().await {
+            tracing::warn!("TURN relay socket {local} failed: {e}");
+            break;
+        }
+        let n = match socket.try_io(Interest::READABLE, || rx.recv(&*socket)) {
+            Ok(n) => n,
             // ICMP errors from earlier sends surface here on Linux; they are not fatal for the socket.
             Err(e)
                 if matches!(
                     e.kind(),
-                    io::ErrorKind::ConnectionRefused | io::ErrorKind::ConnectionReset | io::ErrorKind::Interrupted
-                ) => {}
+                    io::ErrorKind::WouldBlock
+                        | io::ErrorKind::ConnectionRefused
+                        | io::ErrorKind::ConnectionReset
+                        | io::ErrorKind::Interrupted
+                ) =>
+            {
+                continue
+            }
             Err(e) => {
                 tracing::warn!("TURN relay socket {local} failed: {e}");
                 break;
             }
+        };
+        let now = Instant::now();
+        ready.clear();
+        for i in 0..n {
+            let Some((buf, len, peer)) = rx.slot_mut(i) else {
+                shell.core.count_dropped();
+                continue;
+            };
+            let Some((to, range)) = shell.core.from_peer(local, peer, buf, len, now) else { continue };
+            if to.transport == Transport::Udp {
+                if out.as_ref().is_none_or(|(a, _)| *a != to.server) {
+                    out = shell.udp.get(&to.server).map(|s| (to.server, s.clone()));
+                }
+                ready.push((i, range, to.client));
+            } else {
+                shell.to_client(to, &buf[range]).await;
+            }
+        }
+        if let (false, Some((_, s))) = (ready.is_empty(), &out) {
+            send_batch(s, &rx, &ready).await;
+        }
+    }
+}
+
+/// Send the wrapped datagrams `ready` (slot, bytes, client) from the listener socket `s`, waiting for buffer room
+/// a little (the client→peer path does the same) rather than dropping at the first full buffer.
+async fn send_batch(s: &tokio::net::UdpSocket, rx: &RecvBatch, ready: &[(usize, Range<usize>, SocketAddr)]) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_millis(100);
+    let mut sent = 0;
+    while sent < ready.len() {
+        let rest = &ready[sent..];
+        let item = |k: usize| (rest[k].2, &rx.slot(rest[k].0)[rest[k].1.clone()]);
+        match s.try_io(Interest::WRITABLE, || mmsg::send_many(s.as_raw_fd(), rest.len(), item)) {
+            Ok(n) => sent += n.max(1),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if tokio::time::timeout_at(deadline, s.writable()).await.is_err() {
+                    return;
+                }
+            }
+            Err(_) => sent += 1,
         }
     }
 }
