@@ -2,7 +2,7 @@
 //! peer and back) with p50/p99 round-trip times, for ponte and for coturn (`turnserver`, started here) on the
 //! same machine, loopback only, printed side by side with the ratio.
 //!
-//!     cargo run --release --example bench-turn [-- --secs 2 --rounds 3 --clients 2 --window 32 --size 100
+//!     cargo run --release --example bench-turn [-- --secs 2 --rounds 3 --clients 8 --window 32 --size 100
 //!                                                  --allocations 5000]
 //!
 //! First, memory per allocation: `--allocations` K allocations (one client socket and username each) are created
