@@ -481,18 +481,39 @@ impl TurnClient {
 }
 
 fn relay_phase(server: SocketAddr, pid: u32, o: &Opts) -> anyhow::Result<Stats> {
-    // The echo peer: one socket, one thread, returns every datagram to its sender.
+    // The echo peer: one socket, one thread, returns every datagram to its sender, in batches (recvmmsg/sendmmsg)
+    // like the clients, so that the generator leaves as much CPU as it can to the server under test.
     let peer = UdpSocket::bind("127.0.0.1:0")?;
-    peer.set_read_timeout(Some(Duration::from_millis(50)))?;
+    peer.set_nonblocking(true)?;
     let peer_addr = peer.local_addr()?;
     let stop = Arc::new(AtomicBool::new(false));
     let echo = {
         let stop = stop.clone();
         std::thread::spawn(move || {
-            let mut buf = [0u8; 2048];
+            use std::os::fd::AsRawFd;
+            let mut rx = mmsg::RecvBatch::new();
             while !stop.load(Ordering::Relaxed) {
-                if let Ok((n, from)) = peer.recv_from(&mut buf) {
-                    let _ = peer.send_to(&buf[..n], from);
+                let Ok(n) = rx.recv(&peer) else {
+                    wait_readable(&peer, 50);
+                    continue;
+                };
+                let got: Vec<usize> = (0..n).filter(|&i| rx.get(i).is_some()).collect();
+                let mut sent = 0;
+                while sent < got.len() {
+                    let rest = &got[sent..];
+                    let item = |k: usize| {
+                        let (data, from) = rx.get(rest[k]).expect("checked above");
+                        (from, data)
+                    };
+                    match mmsg::send_many(peer.as_raw_fd(), rest.len(), item) {
+                        Ok(k) => sent += k.max(1),
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                            let mut p = libc::pollfd { fd: peer.as_raw_fd(), events: libc::POLLOUT, revents: 0 };
+                            // SAFETY: one valid pollfd for the duration of the call.
+                            unsafe { libc::poll(&mut p, 1, 100) };
+                        }
+                        Err(_) => sent += 1,
+                    }
                 }
             }
         })
@@ -521,52 +542,62 @@ fn relay_phase(server: SocketAddr, pid: u32, o: &Opts) -> anyhow::Result<Stats> 
             .iter()
             .map(|c| {
                 sc.spawn(move || {
+                    // Batched like the Binding generator (see there).
+                    c.s.set_nonblocking(true).unwrap();
+                    let (mut rx, mut tx) = (mmsg::RecvBatch::new(), mmsg::SendBatch::default());
                     let mut frame = vec![0u8; 4 + size];
                     frame[0..2].copy_from_slice(&0x4000u16.to_be_bytes());
                     frame[2..4].copy_from_slice(&(size as u16).to_be_bytes());
                     let mut rtts = Vec::with_capacity(1 << 20);
-                    let mut buf = [0u8; 2048];
                     let mut sent = 0u64;
-                    let send = |sent: &mut u64, frame: &mut Vec<u8>| {
+                    let mut queue = |tx: &mut mmsg::SendBatch, sent: &mut u64| {
                         frame[4..12].copy_from_slice(&(epoch.elapsed().as_nanos() as u64).to_be_bytes());
-                        let _ = c.s.send_to(frame, c.server);
+                        tx.push(c.server, frame.clone());
                         *sent += 1;
                     };
-                    for _ in 0..window {
-                        send(&mut sent, &mut frame);
-                    }
-                    let on = |n: usize, buf: &[u8], rtts: &mut Vec<u32>| -> bool {
-                        if n >= 12 && buf[0] == 0x40 && buf[1] == 0x00 {
+                    let on = |buf: &[u8], rtts: &mut Vec<u32>| -> bool {
+                        if buf.len() >= 12 && buf[0] == 0x40 && buf[1] == 0x00 {
                             let ts = u64::from_be_bytes(buf[4..12].try_into().unwrap());
                             rtts.push((epoch.elapsed().as_nanos() as u64).saturating_sub(ts) as u32);
                             return true;
                         }
                         false
                     };
+                    for _ in 0..window {
+                        queue(&mut tx, &mut sent);
+                    }
+                    send_all(&c.s, &mut tx);
                     while Instant::now() < deadline && sent < budget {
-                        match c.s.recv_from(&mut buf) {
-                            Ok((n, _)) => {
-                                if on(n, &buf, &mut rtts) {
-                                    send(&mut sent, &mut frame);
+                        match rx.recv(&c.s) {
+                            Ok(n) => {
+                                for i in 0..n {
+                                    if rx.get(i).is_some_and(|(buf, _)| on(buf, &mut rtts)) {
+                                        queue(&mut tx, &mut sent);
+                                    }
                                 }
+                                send_all(&c.s, &mut tx);
                             }
                             Err(_) => {
-                                for _ in 0..window {
-                                    send(&mut sent, &mut frame);
+                                if !wait_readable(&c.s, 100) {
+                                    for _ in 0..window {
+                                        queue(&mut tx, &mut sent);
+                                    }
+                                    send_all(&c.s, &mut tx);
                                 }
                             }
                         }
                     }
                     let active = epoch.elapsed();
-                    let end = Instant::now() + Duration::from_millis(200);
-                    while Instant::now() < end {
-                        match c.s.recv_from(&mut buf) {
-                            Ok((n, _)) => {
-                                on(n, &buf, &mut rtts);
+                    while wait_readable(&c.s, 200) {
+                        if let Ok(n) = rx.recv(&c.s) {
+                            for i in 0..n {
+                                if let Some((buf, _)) = rx.get(i) {
+                                    on(buf, &mut rtts);
+                                }
                             }
-                            Err(_) => break,
                         }
                     }
+                    c.s.set_nonblocking(false).unwrap();
                     (rtts, sent, active)
                 })
             })
