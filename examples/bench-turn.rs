@@ -242,6 +242,8 @@ fn lat(name: &str, p: &Stats, c: &Stats) {
 /// Runs ponte in this (child) process.
 fn serve_ponte(cfg: &str) -> anyhow::Result<()> {
     let config = ponte::config::Config::load(std::path::Path::new(cfg))?;
+    // Warnings (a refused allocation and why) reach the terminal; the config sets the level to warn.
+    ponte::logging::init(&config.log);
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async {
         let listeners = ponte::Listeners::bind(&config)?;

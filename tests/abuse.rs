@@ -120,6 +120,38 @@ async fn allocation_and_relay_port_exhaustion() {
     s.stop().await.unwrap();
 }
 
+/// Every port of the relay range serves an allocation before the server answers 508 (a search that gives up
+/// with ports still free refused allocations at 80 % fill), and a deleted allocation's port serves again.
+#[tokio::test]
+async fn the_whole_relay_port_range_is_usable() {
+    let mut c = test_config();
+    c.turn.relay_port_min = 31100;
+    c.turn.relay_port_max = 31499;
+    // 400 clients from one address: their 401 challenges are not the subject here.
+    c.turn.unauthenticated_rate_per_ip = 100_000;
+    let s = TestServer::start(c).await;
+    let server = s.turn_udp[0];
+    let mut clients = Vec::new();
+    let mut ports = std::collections::HashSet::new();
+    for i in 0..400 {
+        let mut cl = Client::udp_from("127.0.0.1", server, &s, &format!("user{i}")).await;
+        let relay = cl.try_allocate().await.unwrap_or_else(|e| panic!("allocation {i} of 400 refused with {e}"));
+        assert!((31100..=31499).contains(&relay.port()), "{relay}");
+        ports.insert(relay.port());
+        clients.push(cl);
+    }
+    assert_eq!(ports.len(), 400);
+    let mut extra = Client::udp_from("127.0.0.1", server, &s, "extra").await;
+    assert_eq!(extra.try_allocate().await, Err(508), "range full");
+
+    let mut freed = clients.pop().unwrap();
+    let r = freed.request(METHOD_REFRESH, &|m| m.add(AttrType(ATTR_LIFETIME), &0u32.to_be_bytes())).await;
+    assert_eq!(code(&r), None, "delete: {r}");
+    let relay = extra.try_allocate().await.expect("the freed port serves a new allocation");
+    assert!((31100..=31499).contains(&relay.port()));
+    s.stop().await.unwrap();
+}
+
 async fn ws(
     addr: SocketAddr,
 ) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>> {

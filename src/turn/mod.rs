@@ -44,7 +44,8 @@ pub(crate) struct Shell {
     pub relays: DashMap<SocketAddr, relay::Relay>,
     /// Ports held for RESERVATION-TOKENs (bound, not yet relaying).
     pub reserved: DashMap<SocketAddr, UdpSocket>,
-    pub port_range: (u16, u16),
+    /// Free ports of the relay range.
+    pub ports: relay::PortPool,
     pub shutdown: CancellationToken,
 }
 
@@ -68,10 +69,15 @@ impl Shell {
                         self.core.relay_opened(req, bound, Instant::now(), &mut more);
                     }
                     Action::CloseRelay { relay } => {
+                        let mut held = false;
                         if let Some((_, r)) = self.relays.remove(&relay) {
                             r.stop();
+                            held = true;
                         }
-                        self.reserved.remove(&relay);
+                        held |= self.reserved.remove(&relay).is_some();
+                        if held {
+                            self.ports.give_back(relay);
+                        }
                     }
                 }
             }
@@ -311,7 +317,7 @@ pub async fn serve(
         streams: DashMap::new(),
         relays: DashMap::new(),
         reserved: DashMap::new(),
-        port_range: (cfg.relay_port_min, cfg.relay_port_max),
+        ports: relay::PortPool::new((cfg.relay_port_min, cfg.relay_port_max)),
         shutdown: shutdown.child_token(),
     });
 

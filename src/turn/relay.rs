@@ -4,6 +4,7 @@
 //! read-lock, one uncontended per-allocation mutex) where to send, with the header written into the slot's
 //! headroom — no allocation and no async lock on the peer→client path, and one `sendmmsg` per batch.
 
+use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::ops::Range;
@@ -11,6 +12,8 @@ use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::Instant;
 
+use parking_lot::Mutex;
+use rand::seq::SliceRandom;
 use tokio::io::Interest;
 
 use socket2::{Domain, Protocol, Socket, Type};
@@ -27,8 +30,8 @@ const RELAY_BATCH: usize = 8;
 /// flagged, and dropped rather than misread. (8 slots of this size per allocation are only backed by memory once
 /// traffic has touched them.)
 const RELAY_SLOT: usize = 4096;
-/// How many ports to try before answering 508: random probing finds a free port quickly unless the range is
-/// nearly full, and a bounded search keeps a full range from turning each Allocate into a port scan.
+/// How many ports held by other programs to skip before answering 508: a bounded search keeps a range that
+/// another program has filled from turning each Allocate into a port scan.
 const BIND_ATTEMPTS: u32 = 128;
 
 /// A live relay socket, registered in the shell so that client→peer sends find it.
@@ -55,55 +58,144 @@ pub fn open(shell: &Arc<Shell>, req: &RelayRequest) -> io::Result<SocketAddr> {
             .map(|(_, s)| s)
             .ok_or_else(|| io::Error::new(io::ErrorKind::AddrNotAvailable, "reserved port no longer held"))?
     } else if req.reserve_next {
-        let (even, next) = bind_pair(req.ip, shell.port_range)?;
+        let (even, next) = shell.ports.take_pair(req.ip)?;
         shell.reserved.insert(next.local_addr()?, next);
         even
     } else {
-        bind_in_range(req.ip, shell.port_range, req.even_port)?
+        shell.ports.take(req.ip, req.even_port)?
     };
     let local = std.local_addr()?;
-    let socket = Arc::new(tokio::net::UdpSocket::from_std(std)?);
+    let socket = match tokio::net::UdpSocket::from_std(std) {
+        Ok(s) => Arc::new(s),
+        Err(e) => {
+            shell.ports.give_back(local);
+            return Err(e);
+        }
+    };
     let task = tokio::spawn(run(shell.clone(), socket.clone(), local));
     shell.relays.insert(local, Relay { socket, task });
     Ok(local)
 }
 
-/// Bind an even port and the port after it (EVEN-PORT with R=1, RFC 8656 §14.6), both within `range`.
-pub fn bind_pair(ip: IpAddr, (min, max): (u16, u16)) -> io::Result<(std::net::UdpSocket, std::net::UdpSocket)> {
-    let mut last = io::Error::new(io::ErrorKind::AddrInUse, "no free even/odd port pair in the relay range");
-    for _ in 0..BIND_ATTEMPTS {
-        let even = bind_in_range(ip, (min, max.saturating_sub(1)), true)?;
-        let port = even.local_addr()?.port();
-        match bind_port(SocketAddr::new(ip, port + 1)) {
-            Ok(next) => return Ok((even, next)),
-            Err(e) if e.kind() == io::ErrorKind::AddrInUse => last = e,
-            Err(e) => return Err(e),
-        }
-    }
-    Err(last)
+/// The free relay ports of `turn.relay_port_min..=max`, per relay IP, in random order.
+///
+/// Allocations take ports from the front and closed relays return theirs to the back, so finding a port costs one
+/// `bind` at any fill level — random probing needs ever more probes as the range fills, and probing with a fixed
+/// stride clusters like linear probing, refusing allocations with a fifth of the range still free — and a freed
+/// port is reused as late as possible, so stray peer traffic for an old allocation does not reach a new one. Ports
+/// held by other programs fail to bind and go to the back; they are tried again later.
+pub struct PortPool {
+    min: u16,
+    max: u16,
+    by_ip: Mutex<HashMap<IpAddr, Free>>,
 }
 
-/// Bind a UDP socket on `ip` at a random port in `range` (even if asked), trying a bounded number of ports.
-pub fn bind_in_range(ip: IpAddr, (min, max): (u16, u16), even: bool) -> io::Result<std::net::UdpSocket> {
-    let span = (max as u32).saturating_sub(min as u32) + 1;
-    let mut last = io::Error::new(io::ErrorKind::AddrInUse, "no free port in the relay range");
-    let start: u32 = rand::random::<u32>() % span;
-    for i in 0..BIND_ATTEMPTS.min(span) {
-        // Probe from a random start with a stride, so that concurrent allocations do not collide in order.
-        let mut port = min as u32 + (start + i * 7919) % span;
-        if even && port % 2 == 1 {
-            port = if port < max as u32 { port + 1 } else { port - 1 };
-            if port < min as u32 {
+struct Free {
+    order: VecDeque<u16>,
+    /// `present[p - min]`: whether `p` is in `order` (no duplicates when a port is given back twice; O(1) lookups).
+    present: Vec<bool>,
+}
+
+impl PortPool {
+    pub fn new((min, max): (u16, u16)) -> PortPool {
+        PortPool { min, max, by_ip: Mutex::new(HashMap::new()) }
+    }
+
+    fn free_for<'a>(&self, map: &'a mut HashMap<IpAddr, Free>, ip: IpAddr) -> &'a mut Free {
+        map.entry(ip).or_insert_with(|| {
+            let mut ports: Vec<u16> = (self.min..=self.max).collect();
+            ports.shuffle(&mut rand::rng());
+            Free { present: vec![true; ports.len()], order: ports.into() }
+        })
+    }
+
+    /// Bind a free port on `ip` (an even one if asked).
+    pub fn take(&self, ip: IpAddr, even: bool) -> io::Result<std::net::UdpSocket> {
+        let mut map = self.by_ip.lock();
+        let free = self.free_for(&mut map, ip);
+        let mut busy = 0;
+        for _ in 0..free.order.len() {
+            let Some(port) = free.order.pop_front() else { break };
+            if even && port % 2 == 1 {
+                free.order.push_back(port);
                 continue;
             }
+            match bind_port(SocketAddr::new(ip, port)) {
+                Ok(s) => {
+                    free.present[(port - self.min) as usize] = false;
+                    return Ok(s);
+                }
+                Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
+                    free.order.push_back(port);
+                    busy += 1;
+                    if busy >= BIND_ATTEMPTS {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    free.order.push_front(port);
+                    return Err(e);
+                }
+            }
         }
-        match bind_port(SocketAddr::new(ip, port as u16)) {
-            Ok(s) => return Ok(s),
-            Err(e) if e.kind() == io::ErrorKind::AddrInUse => last = e,
-            Err(e) => return Err(e),
+        Err(io::Error::new(io::ErrorKind::AddrInUse, "no free port in the relay range"))
+    }
+
+    /// Bind an even port and the port after it (EVEN-PORT with R=1, RFC 8656 §14.6).
+    pub fn take_pair(&self, ip: IpAddr) -> io::Result<(std::net::UdpSocket, std::net::UdpSocket)> {
+        let mut map = self.by_ip.lock();
+        let min = self.min;
+        let free = self.free_for(&mut map, ip);
+        let in_pool = |free: &Free, p: u16| p >= min && free.present.get((p - min) as usize).copied().unwrap_or(false);
+        let candidates: Vec<u16> =
+            free.order.iter().copied().filter(|&p| p % 2 == 0 && p < u16::MAX && in_pool(free, p + 1)).collect();
+        let mut busy = 0;
+        for p in candidates {
+            if !in_pool(free, p) || !in_pool(free, p + 1) {
+                continue;
+            }
+            let bound = bind_port(SocketAddr::new(ip, p))
+                .and_then(|even| bind_port(SocketAddr::new(ip, p + 1)).map(|next| (even, next)));
+            match bound {
+                Ok(pair) => {
+                    free.order.retain(|&q| q != p && q != p + 1);
+                    free.present[(p - min) as usize] = false;
+                    free.present[(p + 1 - min) as usize] = false;
+                    return Ok(pair);
+                }
+                Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
+                    busy += 1;
+                    if busy >= BIND_ATTEMPTS {
+                        break;
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(io::Error::new(io::ErrorKind::AddrInUse, "no free even/odd port pair in the relay range"))
+    }
+
+    /// The relay socket bound at `addr` is closed (or about to be): its port goes to the back of the pool.
+    pub fn give_back(&self, addr: SocketAddr) {
+        let port = addr.port();
+        if port < self.min || port > self.max {
+            return;
+        }
+        let mut map = self.by_ip.lock();
+        let free = self.free_for(&mut map, addr.ip());
+        let slot = &mut free.present[(port - self.min) as usize];
+        if !*slot {
+            *slot = true;
+            free.order.push_back(port);
         }
     }
-    Err(last)
+
+    /// Free ports on `ip` as far as this pool knows (ports other programs hold are counted as free).
+    #[cfg(test)]
+    fn free_count(&self, ip: IpAddr) -> usize {
+        let mut map = self.by_ip.lock();
+        self.free_for(&mut map, ip).order.len()
+    }
 }
 
 fn bind_port(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
@@ -193,5 +285,75 @@ async fn send_batch(s: &tokio::net::UdpSocket, rx: &RecvBatch, ready: &[(usize, 
             }
             Err(_) => sent += 1,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+    use std::net::Ipv4Addr;
+
+    // Each test uses its own ports below the ephemeral range, so parallel tests and the kernel do not collide.
+    const LO: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
+    fn port(s: &std::net::UdpSocket) -> u16 {
+        s.local_addr().unwrap().port()
+    }
+
+    #[test]
+    fn every_port_of_the_range_is_used_before_508_and_a_freed_one_comes_back() {
+        let pool = PortPool::new((12000, 12099));
+        let held: Vec<_> = (0..100).map(|i| pool.take(LO, false).unwrap_or_else(|e| panic!("port {i}: {e}"))).collect();
+        let ports: HashSet<u16> = held.iter().map(port).collect();
+        assert_eq!(ports.len(), 100, "every port once");
+        assert!(ports.iter().all(|p| (12000..=12099).contains(p)));
+        let e = pool.take(LO, false).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::AddrInUse);
+        let freed = port(&held[37]);
+        drop(held);
+        pool.give_back(SocketAddr::new(LO, freed));
+        pool.give_back(SocketAddr::new(LO, freed)); // twice: still one entry
+        assert_eq!(pool.free_count(LO), 1);
+        assert_eq!(port(&pool.take(LO, false).unwrap()), freed);
+    }
+
+    #[test]
+    fn a_freed_port_is_reused_last() {
+        let pool = PortPool::new((12100, 12107));
+        let first = pool.take(LO, false).unwrap();
+        let a = port(&first);
+        drop(first);
+        pool.give_back(SocketAddr::new(LO, a));
+        let next: Vec<_> = (0..7).map(|_| pool.take(LO, false).unwrap()).collect();
+        assert!(next.iter().all(|s| port(s) != a), "the 7 never-used ports go first");
+        assert_eq!(port(&pool.take(LO, false).unwrap()), a);
+    }
+
+    #[test]
+    fn ports_held_by_other_programs_are_skipped() {
+        let other = std::net::UdpSocket::bind((LO, 12200)).unwrap();
+        let pool = PortPool::new((12200, 12201));
+        let s = pool.take(LO, false).unwrap();
+        assert_eq!(port(&s), 12201);
+        assert_eq!(pool.take(LO, false).unwrap_err().kind(), io::ErrorKind::AddrInUse);
+        drop(other);
+        assert_eq!(port(&pool.take(LO, false).unwrap()), 12200, "tried again once the other program let go");
+    }
+
+    #[test]
+    fn even_ports_and_pairs() {
+        let pool = PortPool::new((12300, 12309));
+        for _ in 0..3 {
+            assert_eq!(port(&pool.take(LO, true).unwrap()) % 2, 0);
+        }
+        let (even, next) = pool.take_pair(LO).unwrap();
+        assert_eq!(port(&even) % 2, 0);
+        assert_eq!(port(&next), port(&even) + 1);
+        // 10 ports: 3 even taken alone, one pair, so one even port is left and its odd neighbour is free too.
+        let (e2, n2) = pool.take_pair(LO).unwrap();
+        assert_eq!(port(&n2), port(&e2) + 1);
+        assert_eq!(pool.take(LO, true).unwrap_err().kind(), io::ErrorKind::AddrInUse, "no even port left");
+        assert_eq!(pool.free_count(LO), 3, "the odd neighbours of the lone even ports");
     }
 }
