@@ -3,7 +3,7 @@
 //! same machine, loopback only, printed side by side with the ratio.
 //!
 //!     cargo run --release --example bench-turn [-- --secs 2 --rounds 3 --clients 8 --window 32 --size 100
-//!                                                  --allocations 5000]
+//!                                                  --allocations 5000 --rate 20000 --pin N --udp-workers 0]
 //!
 //! First, memory per allocation: `--allocations` K allocations (one client socket and username each) are created
 //! against each fresh server, and the server's RSS before and after gives bytes per allocation (relay sockets'
@@ -13,6 +13,10 @@
 //! same load generator, the same number of client threads and the same bounded duration and packet budget.
 //! Phases alternate between the servers for `--rounds` rounds and the median round is reported, so that
 //! load from other processes on a shared machine hits both about equally.
+//!
+//! Throughput is measured closed-loop (`--window` requests in flight per client thread), latency both there
+//! (saturated: RTT is then mostly queueing) and at a fixed `--rate` below either server's capacity. The servers
+//! run on the first `--pin` CPUs (default: half of them) and the generator on the rest; `--pin 0` shares all.
 
 use std::net::{SocketAddr, UdpSocket};
 use std::process::{Child, Command, Stdio};
@@ -45,6 +49,11 @@ struct Opts {
     allocations: usize,
     /// ponte's `turn.udp_workers` (0: its default, one per CPU).
     udp_workers: usize,
+    /// Offered load of the fixed-rate latency phases, operations/s in all (Binding requests; relay round trips).
+    rate: usize,
+    /// CPUs given to the servers (the first N), the load generator getting the others; 0: everything shares all.
+    /// None: half of them.
+    pin: Option<usize>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -52,7 +61,17 @@ fn main() -> anyhow::Result<()> {
     if args.get(1).map(String::as_str) == Some("--serve-ponte") {
         return serve_ponte(&args[2]);
     }
-    let mut o = Opts { secs: 2, rounds: 3, clients: 8, window: 32, size: 100, allocations: 5000, udp_workers: 0 };
+    let mut o = Opts {
+        secs: 2,
+        rounds: 3,
+        clients: 8,
+        window: 32,
+        size: 100,
+        allocations: 5000,
+        udp_workers: 0,
+        pin: None,
+        rate: 20_000,
+    };
     let mut i = 1;
     while i + 1 < args.len() {
         let v: usize = args[i + 1].parse()?;
@@ -64,14 +83,23 @@ fn main() -> anyhow::Result<()> {
             "--size" => o.size = v.clamp(16, 1200),
             "--allocations" => o.allocations = v.min(MAX_ALLOCATIONS),
             "--udp-workers" => o.udp_workers = v.min(64),
+            "--pin" => o.pin = Some(v),
+            "--rate" => o.rate = v.clamp(100, 1_000_000),
             other => {
                 anyhow::bail!(
-                    "unknown option {other}; use --secs, --rounds, --clients, --window, --size, --allocations, --udp-workers"
+                    "unknown option {other}; use --secs, --rounds, --clients, --window, --size, --allocations, \
+                     --udp-workers, --pin, --rate"
                 )
             }
         }
         i += 2;
     }
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    // By default the servers get half the CPUs and the generator the other half: sharing every core, the
+    // generator's own CPU per packet (the same for both servers) dilutes the difference between them, and its
+    // threads preempt the server under test (see docs/benchmarks.md for both ways on the same machine).
+    let pin = o.pin.unwrap_or(cpus / 2);
+    anyhow::ensure!(pin < cpus, "--pin {pin} leaves no CPU for the load generator on this {cpus}-CPU machine");
     let dir = tempfile::tempdir()?;
     // One client socket per allocation here, one relay socket each in the servers (which inherit the limit).
     let fds = raise_fd_limit();
@@ -82,14 +110,19 @@ fn main() -> anyhow::Result<()> {
     );
     println!(
         "bench-turn: {} s per phase, median of {} alternating rounds, {} client threads, window {}, {}-byte payloads, \
-         {} allocations, loopback, {} CPUs, load average {}",
+         {} allocations, loopback, {} CPUs{}, load average {}",
         o.secs,
         o.rounds,
         o.clients,
         o.window,
         o.size,
         o.allocations,
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        cpus,
+        if pin > 0 {
+            format!(" (servers pinned to {pin}, the generator to the other {})", cpus - pin)
+        } else {
+            " shared by servers and generator".into()
+        },
         std::fs::read_to_string("/proc/loadavg")
             .unwrap_or_default()
             .split_whitespace()
@@ -113,7 +146,7 @@ fn main() -> anyhow::Result<()> {
                 o.udp_workers
             ),
         )?;
-        let child = Command::new(std::env::current_exe()?)
+        let child = pinned(Command::new(std::env::current_exe()?), pin)
             .args(["--serve-ponte", cfg.to_str().unwrap()])
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
@@ -122,7 +155,7 @@ fn main() -> anyhow::Result<()> {
     };
     let coturn = {
         let port = free_port();
-        let child = Command::new("turnserver")
+        let child = pinned(Command::new("turnserver"), pin)
             .current_dir(dir.path())
             .args([
                 "-n",
@@ -163,6 +196,10 @@ fn main() -> anyhow::Result<()> {
             })?;
         (Guard(child), SocketAddr::from(([127, 0, 0, 1], port)))
     };
+    if pin > 0 {
+        // The generator threads (spawned per phase) inherit this thread's CPUs.
+        set_cpus(pin..cpus)?;
+    }
     for (name, addr) in [("ponte", ponte.1), ("coturn", coturn.1)] {
         wait_ready(addr).map_err(|e| anyhow::anyhow!("{name} did not answer STUN on {addr}: {e}"))?;
     }
@@ -177,13 +214,24 @@ fn main() -> anyhow::Result<()> {
 
     let (mut pb, mut cb, mut pr, mut cr) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for _ in 0..o.rounds {
-        pb.push(binding_phase(ponte.1, ponte.0 .0.id(), &o));
-        cb.push(binding_phase(coturn.1, coturn.0 .0.id(), &o));
+        pb.push(binding_phase(ponte.1, ponte.0 .0.id(), &o, None));
+        cb.push(binding_phase(coturn.1, coturn.0 .0.id(), &o, None));
     }
     for _ in 0..o.rounds {
-        pr.push(relay_phase(ponte.1, ponte.0 .0.id(), &o).map_err(|e| e.context("ponte relay phase"))?);
-        cr.push(relay_phase(coturn.1, coturn.0 .0.id(), &o).map_err(|e| e.context("coturn relay phase"))?);
+        pr.push(relay_phase(ponte.1, ponte.0 .0.id(), &o, None).map_err(|e| e.context("ponte relay phase"))?);
+        cr.push(relay_phase(coturn.1, coturn.0 .0.id(), &o, None).map_err(|e| e.context("coturn relay phase"))?);
     }
+    // Latency at the same offered load for both, below either one's capacity: under saturation a closed loop's
+    // RTT is mostly its own queue (in-flight ÷ throughput) and the generator's scheduling, not the server.
+    let pace = Some(o.rate as f64 / o.clients as f64);
+    let (mut pbl, mut cbl, mut prl, mut crl) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..o.rounds {
+        pbl.push(binding_phase(ponte.1, ponte.0 .0.id(), &o, pace));
+        cbl.push(binding_phase(coturn.1, coturn.0 .0.id(), &o, pace));
+        prl.push(relay_phase(ponte.1, ponte.0 .0.id(), &o, pace).map_err(|e| e.context("ponte relay latency"))?);
+        crl.push(relay_phase(coturn.1, coturn.0 .0.id(), &o, pace).map_err(|e| e.context("coturn relay latency"))?);
+    }
+    let (pbl, cbl, prl, crl) = (median(pbl), median(cbl), median(prl), median(crl));
     let (pb, cb, pr, cr) = (median(pb), median(cb), median(pr), median(cr));
     drop(ponte);
     drop(coturn);
@@ -199,6 +247,11 @@ fn main() -> anyhow::Result<()> {
     lat("  RTT p50 / p99", &pr, &cr);
     cpu("  server CPU per packet", &pr, &cr);
     println!("{:<32}{:>16}{:>16}", "  lost", pr.lost, cr.lost);
+    println!("at a fixed {} operations/s (requests; echo round trips = 2 relayed packets):", o.rate);
+    lat("  STUN Binding RTT p50 / p99", &pbl, &cbl);
+    println!("{:<32}{:>16}{:>16}", "    lost", pbl.lost, cbl.lost);
+    lat("  TURN relay RTT p50 / p99", &prl, &crl);
+    println!("{:<32}{:>16}{:>16}", "    lost", prl.lost, crl.lost);
     if let (Some(pa), Some(ca)) = (pa, ca) {
         let mib = |k: u64| format!("{:.1} MiB", k as f64 / 1024.0);
         println!("{:<32}{:>16}{:>16}", "RSS, no allocations", mib(pa.before_kib), mib(ca.before_kib));
@@ -334,8 +387,9 @@ fn binding_request(ts: u64, seq: u32) -> [u8; 20] {
 }
 
 /// Closed-loop load in both phases: each client thread keeps `window` requests in flight, a response releases
-/// the next one, and 100 ms of silence refills the window (the missing ones then count as lost).
-fn binding_phase(server: SocketAddr, pid: u32, o: &Opts) -> Stats {
+/// the next one, and 100 ms of silence refills the window (the missing ones then count as lost). With `pace`
+/// (requests/s per thread) the load is open-loop instead: requests leave on schedule whatever the answers do.
+fn binding_phase(server: SocketAddr, pid: u32, o: &Opts, pace: Option<f64>) -> Stats {
     let cpu0 = cpu_time(pid);
     let epoch = Instant::now();
     let deadline = epoch + Duration::from_secs(o.secs);
@@ -366,11 +420,31 @@ fn binding_phase(server: SocketAddr, pid: u32, o: &Opts) -> Stats {
                             false
                         }
                     };
-                    for _ in 0..o.window {
-                        queue(&mut tx, &mut sent);
+                    if pace.is_none() {
+                        for _ in 0..o.window {
+                            queue(&mut tx, &mut sent);
+                        }
+                        send_all(&s, &mut tx);
                     }
-                    send_all(&s, &mut tx);
                     while Instant::now() < deadline && sent < budget {
+                        if let Some(r) = pace {
+                            let due = (epoch.elapsed().as_secs_f64() * r) as u64;
+                            while sent < due {
+                                queue(&mut tx, &mut sent);
+                            }
+                            send_all(&s, &mut tx);
+                            match rx.recv(&s) {
+                                Ok(n) => (0..n).for_each(|i| {
+                                    if let Some((buf, _)) = rx.get(i) {
+                                        answer(buf, &mut rtts);
+                                    }
+                                }),
+                                Err(_) => {
+                                    wait_readable(&s, 1);
+                                }
+                            }
+                            continue;
+                        }
                         match rx.recv(&s) {
                             Ok(n) => {
                                 for i in 0..n {
@@ -482,7 +556,7 @@ impl TurnClient {
     }
 }
 
-fn relay_phase(server: SocketAddr, pid: u32, o: &Opts) -> anyhow::Result<Stats> {
+fn relay_phase(server: SocketAddr, pid: u32, o: &Opts, pace: Option<f64>) -> anyhow::Result<Stats> {
     // The echo peer: one socket, one thread, returns every datagram to its sender, in batches (recvmmsg/sendmmsg)
     // like the clients, so that the generator leaves as much CPU as it can to the server under test.
     let peer = UdpSocket::bind("127.0.0.1:0")?;
@@ -565,11 +639,31 @@ fn relay_phase(server: SocketAddr, pid: u32, o: &Opts) -> anyhow::Result<Stats> 
                         }
                         false
                     };
-                    for _ in 0..window {
-                        queue(&mut tx, &mut sent);
+                    if pace.is_none() {
+                        for _ in 0..window {
+                            queue(&mut tx, &mut sent);
+                        }
+                        send_all(&c.s, &mut tx);
                     }
-                    send_all(&c.s, &mut tx);
                     while Instant::now() < deadline && sent < budget {
+                        if let Some(r) = pace {
+                            let due = (epoch.elapsed().as_secs_f64() * r) as u64;
+                            while sent < due {
+                                queue(&mut tx, &mut sent);
+                            }
+                            send_all(&c.s, &mut tx);
+                            match rx.recv(&c.s) {
+                                Ok(n) => (0..n).for_each(|i| {
+                                    if let Some((buf, _)) = rx.get(i) {
+                                        on(buf, &mut rtts);
+                                    }
+                                }),
+                                Err(_) => {
+                                    wait_readable(&c.s, 1);
+                                }
+                            }
+                            continue;
+                        }
                         match rx.recv(&c.s) {
                             Ok(n) => {
                                 for i in 0..n {
@@ -690,6 +784,34 @@ fn alloc_phase(server: SocketAddr, pid: u32, o: &Opts) -> anyhow::Result<AllocSt
         }
     });
     Ok(AllocStats { count, before_kib, after_kib, rate: count as f64 / elapsed.as_secs_f64() })
+}
+
+/// `cmd` set to run on CPUs `0..n` (all of them when `n` is 0), threads included: the affinity is set before
+/// `exec`, so every thread the server starts inherits it, and its "one worker per CPU" defaults see `n` CPUs.
+fn pinned(mut cmd: Command, n: usize) -> Command {
+    use std::os::unix::process::CommandExt;
+    if n > 0 {
+        // SAFETY: only sched_setaffinity (async-signal-safe) runs between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || set_cpus(0..n));
+        }
+    }
+    cmd
+}
+
+/// Restrict the calling thread (and the threads it starts afterwards) to `cpus`.
+fn set_cpus(cpus: std::ops::Range<usize>) -> std::io::Result<()> {
+    // SAFETY: a zeroed cpu_set_t is the empty set; CPU_SET stays within it for CPU numbers below CPU_SETSIZE.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        for c in cpus {
+            libc::CPU_SET(c, &mut set);
+        }
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
 
 /// Raise the soft open-files limit to the hard limit; returns the new soft limit.
