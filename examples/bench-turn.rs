@@ -280,8 +280,14 @@ fn row(name: &str, p: f64, c: f64) {
 
 fn cpu(name: &str, p: &Stats, c: &Stats) {
     let (pn, cn) = (p.cpu_per_op.as_nanos() as f64, c.cpu_per_op.as_nanos() as f64);
-    let ratio = if pn > 0.0 { format!("{:.2}", cn / pn) } else { "-".into() };
-    println!("{name:<32}{:>16}{:>16}{ratio:>16}", format!("{:.2} µs", pn / 1000.0), format!("{:.2} µs", cn / 1000.0));
+    let ratio = if pn > 0.0 && cn > 0.0 { format!("{:.2}", cn / pn) } else { "-".into() };
+    let show = |n: f64| if n > 0.0 { format!("{:.2} µs", n / 1000.0) } else { "unread".into() };
+    println!("{name:<32}{:>16}{:>16}{ratio:>16}", show(pn), show(cn));
+    if pn == 0.0 || cn == 0.0 {
+        // No CPU time accrued means the server process was not the one answering (it died and something else
+        // holds the port, or /proc could not be read): the round's figures are suspect.
+        println!("  (warning: a server's CPU time could not be read; rerun before trusting this round)");
+    }
 }
 
 fn lat(name: &str, p: &Stats, c: &Stats) {
