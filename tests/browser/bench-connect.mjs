@@ -111,12 +111,24 @@ async function round(lab) {
     await a.getByTestId('connect').click();
     const accept = b.getByTestId('accept');
     await accept.waitFor({ timeout: 15000 });
-    const tAccept = Date.now();
     const opened = Promise.all([openAt(a, idB), openAt(b, idA)]);
-    await accept.click();
+    // Accept is clicked from inside the page and stamped there: Playwright's own click first waits for the
+    // card's entrance animation to settle over several (throttled) animation frames, about 0.9 s here, which a
+    // person's click does not, so measuring from it put a fixed ~1 s step into every round.
+    const tAccept = await b.evaluate(() => {
+      const t = Date.now();
+      document.querySelector('[data-testid=accept]').click();
+      return t;
+    });
     const done = Math.max(...(await opened));
     const path = await pathKind(a, idB);
-    return { total: done - tConnect, afterAccept: done - tAccept, path };
+    const timeline = (page, peer) => page.evaluate((p) => window.ponte.conversation(p).link.timeline, peer);
+    const made = (page, peer) => page.evaluate((p) => window.ponte.conversation(p).link.createdAt, peer);
+    const steps = { A: await timeline(a, idB), B: await timeline(b, idA) };
+    // From Accept to the pairing: the accept message through the server and `paired` back to both.
+    steps.A['link-made-after-accept'] = (await made(a, idB)) - tAccept;
+    steps.B['link-made-after-accept'] = (await made(b, idA)) - tAccept;
+    return { total: done - tConnect, afterAccept: done - tAccept, path, steps };
   } finally {
     await a.context().close().catch(() => {});
     await b.context().close().catch(() => {});
@@ -186,6 +198,17 @@ async function main() {
     const tot = rs.map((r) => r.total).sort((x, y) => x - y);
     med[key] = pct(acc, 0.5);
     console.log(`${sc.label.padEnd(36)}${String(pct(acc, 0.5)).padStart(17)}${String(pct(acc, 0.9)).padStart(8)}${String(pct(tot, 0.5)).padStart(18)}${String(pct(tot, 0.9)).padStart(8)}${`${rs.length}/${rs.length + failed.length}`.padStart(11)}`);
+  }
+  // Where the time goes: each side's setup steps (ms after its link was made, i.e. after the pairing), median.
+  console.log('\nsetup steps, median ms after the pairing (A = initiator/offerer, B = answerer)');
+  for (const { sc, rs } of results) {
+    if (!rs.length) continue;
+    for (const side of ['A', 'B']) {
+      const names = [...new Set(rs.flatMap((r) => Object.keys(r.steps[side] || {})))];
+      const medOf = (k) => pct(rs.map((r) => r.steps[side]?.[k]).filter((v) => v !== undefined).sort((x, y) => x - y), 0.5);
+      const line = names.map((k) => [k, medOf(k)]).sort((x, y) => x[1] - y[1]).map(([k, v]) => `${k} ${v}`).join(', ');
+      console.log(`${sc.label} ${side}: ${line}`);
+    }
   }
   if (med.relayed && med.coturn) {
     console.log(`relayed through ponte vs coturn (accept→open medians): coturn/ponte = ${(med.coturn / med.relayed).toFixed(2)} (above 1 favours ponte)`);

@@ -52,6 +52,10 @@ export class PeerLink extends EventTarget {
     this.remoteCandidates = 0;
     this.securityCode = null;
     this.closed = false;
+    // First time each setup step happened, ms since this link was made (diagnostics and benchmarks read it).
+    this.t0 = performance.now();
+    this.createdAt = Date.now();
+    this.timeline = {};
     this.pc = this.makePc();
     this.connectTimer = setTimeout(() => this.onConnectTimeout(), CONNECT_TIMEOUT_MS);
     this.statsTimer = setInterval(() => this.pollStats(), STATS_EVERY_MS);
@@ -63,6 +67,7 @@ export class PeerLink extends EventTarget {
       try {
         this.makingOffer = true;
         await pc.setLocalDescription();
+        this.mark(pc.localDescription.type + '-sent');
         this.signal({ description: pc.localDescription.toJSON() });
       } catch (e) {
         console.warn('ponte: negotiation failed', e);
@@ -72,7 +77,11 @@ export class PeerLink extends EventTarget {
     };
     pc.onicecandidate = ({ candidate }) => {
       if (candidate) {
-        if (candidate.type) this.gathered.add(candidate.type);
+        this.mark('first-candidate');
+        if (candidate.type) {
+          this.gathered.add(candidate.type);
+          this.mark(candidate.type + '-candidate');
+        }
         this.signal({ candidate: candidate.toJSON() });
       } else {
         this.signal({ candidate: null });
@@ -86,6 +95,7 @@ export class PeerLink extends EventTarget {
     };
     pc.onconnectionstatechange = () => this.onPcState();
     pc.oniceconnectionstatechange = () => {
+      this.mark('ice-' + pc.iceConnectionState);
       // Chromium reaches iceConnectionState "failed"/"disconnected" a little before connectionState does.
       if (pc.iceConnectionState === 'failed') this.onPcState();
     };
@@ -100,6 +110,7 @@ export class PeerLink extends EventTarget {
   setupChat(ch) {
     this.chat = ch;
     ch.onopen = () => {
+      this.mark('chat-open');
       this.dispatchEvent(new CustomEvent('chat-open'));
       this.computeSecurityCode();
     };
@@ -111,6 +122,10 @@ export class PeerLink extends EventTarget {
       if (msg && typeof msg.t === 'string') this.dispatchEvent(new CustomEvent('chat-message', { detail: { msg } }));
     };
     if (ch.readyState === 'open') ch.onopen();
+  }
+
+  mark(step) {
+    if (!(step in this.timeline)) this.timeline[step] = Math.round(performance.now() - this.t0);
   }
 
   get chatOpen() {
@@ -145,14 +160,19 @@ export class PeerLink extends EventTarget {
         if (this.ignoreOffer) return;
         this.srdAnswerPending = description.type === 'answer';
         await pc.setRemoteDescription(description); // rolls back our own offer when polite
+        this.mark(description.type + '-received');
         this.srdAnswerPending = false;
         if (description.type === 'offer') {
           await pc.setLocalDescription();
+          this.mark(pc.localDescription.type + '-sent');
           this.signal({ description: pc.localDescription.toJSON() });
         }
         this.computeSecurityCode();
       } else if ('candidate' in data) {
-        if (data.candidate) this.remoteCandidates += 1;
+        if (data.candidate) {
+          this.remoteCandidates += 1;
+          this.mark('first-remote-candidate');
+        }
         try {
           await pc.addIceCandidate(data.candidate || undefined);
         } catch (e) {
@@ -175,6 +195,7 @@ export class PeerLink extends EventTarget {
     const pc = this.pc;
     const s = pc.connectionState;
     const ice = pc.iceConnectionState;
+    this.mark('pc-' + s);
     if (s === 'connected') {
       this.everConnected = true;
       this.restarts = 0;
