@@ -139,9 +139,11 @@ impl Hub {
         let info = conn::ConnInfo { remote, ice_host: ice::advertised_host(&cfg, host), cfg: cfg.clone() };
 
         // Small buffers: tungstenite's defaults (128 KiB read buffer, allocated up front) would cost over
-        // a gigabyte at 10k idle clients.
+        // a gigabyte at 10k idle clients. 1 KiB holds most signaling messages (an ICE candidate is ~300 bytes);
+        // a bigger one (an SDP) makes tungstenite reserve its whole length, so it costs a few more reads, not a
+        // failure, and every idle client saves 3 KiB over a 4 KiB buffer (docs/benchmarks.md).
         let ws_config = WebSocketConfig::default()
-            .read_buffer_size(4096)
+            .read_buffer_size(1024)
             .write_buffer_size(4096)
             .max_write_buffer_size(4096 + max.saturating_mul(2))
             .max_message_size(Some(max))
