@@ -11,6 +11,9 @@
 //! (cd bench/peerjs && npm ci) && cargo run --release --example bench-signaling -- --vs-peerjs --clients 10000
 //! ```
 
+#[path = "common/mod.rs"]
+mod common;
+
 use std::io::BufRead as _;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -121,7 +124,7 @@ impl In {
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     anyhow::ensure!(args.pairs * 2 <= args.clients, "--pairs {} needs at least {} clients", args.pairs, args.pairs * 2);
-    let fd_limit = raise_fd_limit();
+    let fd_limit = common::raise_fd_limit();
     // Each client holds one fd here; the server holds one per client too (it inherits this limit).
     if (fd_limit as usize) < args.clients + 100 {
         bail!(
@@ -145,12 +148,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         args.payload,
         args.seconds,
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
-        std::fs::read_to_string("/proc/loadavg")
-            .unwrap_or_default()
-            .split_whitespace()
-            .take(3)
-            .collect::<Vec<_>>()
-            .join(" ")
+        common::load_average()
     );
     let mut results = Vec::new();
     let protos: &[Proto] = if args.vs_peerjs { &[Proto::Ponte, Proto::Peerjs] } else { &[Proto::Ponte] };
@@ -734,20 +732,5 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         self.stop();
-    }
-}
-
-/// Raise the soft open-files limit to the hard limit; returns the new soft limit.
-#[allow(clippy::unnecessary_cast)] // rlim_t is not u64 on every platform
-fn raise_fd_limit() -> u64 {
-    unsafe {
-        let mut l = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) != 0 {
-            return 1024;
-        }
-        l.rlim_cur = l.rlim_max;
-        libc::setrlimit(libc::RLIMIT_NOFILE, &l);
-        libc::getrlimit(libc::RLIMIT_NOFILE, &mut l);
-        l.rlim_cur as u64
     }
 }

@@ -18,6 +18,9 @@
 //! (saturated: RTT is then mostly queueing) and at a fixed `--rate` below either server's capacity. The servers
 //! run on the first `--pin` CPUs (default: half of them) and the generator on the rest; `--pin 0` shares all.
 
+#[path = "common/mod.rs"]
+mod common;
+
 use std::net::{SocketAddr, UdpSocket};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -102,7 +105,7 @@ fn main() -> anyhow::Result<()> {
     anyhow::ensure!(pin < cpus, "--pin {pin} leaves no CPU for the load generator on this {cpus}-CPU machine");
     let dir = tempfile::tempdir()?;
     // One client socket per allocation here, one relay socket each in the servers (which inherit the limit).
-    let fds = raise_fd_limit();
+    let fds = common::raise_fd_limit();
     anyhow::ensure!(
         fds as usize > o.allocations + 200,
         "RLIMIT_NOFILE is {fds}; --allocations {} needs more (raise the hard limit: ulimit -Hn)",
@@ -123,12 +126,7 @@ fn main() -> anyhow::Result<()> {
         } else {
             " shared by servers and generator".into()
         },
-        std::fs::read_to_string("/proc/loadavg")
-            .unwrap_or_default()
-            .split_whitespace()
-            .take(3)
-            .collect::<Vec<_>>()
-            .join(" ")
+        common::load_average()
     );
 
     let ponte = {
@@ -818,20 +816,4 @@ fn set_cpus(cpus: std::ops::Range<usize>) -> std::io::Result<()> {
         }
     }
     Ok(())
-}
-
-/// Raise the soft open-files limit to the hard limit; returns the new soft limit.
-#[allow(clippy::unnecessary_cast)] // rlim_t is not u64 on every platform
-fn raise_fd_limit() -> u64 {
-    // SAFETY: plain libc calls on a local struct.
-    unsafe {
-        let mut l = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) != 0 {
-            return 1024;
-        }
-        l.rlim_cur = l.rlim_max;
-        libc::setrlimit(libc::RLIMIT_NOFILE, &l);
-        libc::getrlimit(libc::RLIMIT_NOFILE, &mut l);
-        l.rlim_cur as u64
-    }
 }
