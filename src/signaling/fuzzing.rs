@@ -430,47 +430,29 @@ mod tests {
 
     #[test]
     fn after_a_restart_tokens_restore_the_ids_and_both_tickets_re_pair() {
-        let most = drive(&ops(
-            0,
-            &[
-                &[0, 0],
-                &[0, 0],
-                &[1, 0, 0],
-                &[1, 1, 0],
-                &[2, 0, 0, 4], // conn 0: connect to ids[1]
-                &[2, 1, 2, 0], // conn 1: accept from ids[0]
-                &[12, 0],      // restart: connections and state gone, key kept
-                &[0, 0],
-                &[0, 0],
-                &[1, 0, 1],     // conn 0: hello with tokens[0]
-                &[1, 1, 5],     // conn 1: hello with tokens[1]
-                &[11, 0, 0, 4], // conn 0: rejoin ids[1] with tickets[0] (waits for the other side)
-                &[11, 1, 0, 0], // conn 1: rejoin ids[0] with tickets[0] (completes)
-            ],
-        ));
+        let steps: &[&[u8]] = &[
+            &[0, 0],
+            &[0, 0],
+            &[1, 0, 0],
+            &[1, 1, 0],
+            &[2, 0, 0, 4], // conn 0: connect to ids[1]
+            &[2, 1, 2, 0], // conn 1: accept from ids[0]
+            &[12, 0],      // restart: connections and state gone, key kept
+            &[0, 0],
+            &[0, 0],
+            &[1, 0, 1],     // conn 0: hello with tokens[0]
+            &[1, 1, 5],     // conn 1: hello with tokens[1]
+            &[11, 0, 0, 4], // conn 0: rejoin ids[1] with tickets[0] (waits for the other side)
+            &[11, 1, 0, 0], // conn 1: rejoin ids[0] with tickets[0] (completes)
+        ];
+        let most = drive(&ops(0, steps));
         assert_eq!(most, 1);
         let (ids, pairings_at_end) = LAST.with(|l| l.borrow_mut().take()).unwrap();
         assert_eq!(ids.len(), 2, "the restart handed out no new IDs: {ids:?}");
         assert_eq!(pairings_at_end, 1, "the pairing is back after the restart");
 
         // The same without the second rejoin: one side alone cannot re-pair.
-        drive(&ops(
-            0,
-            &[
-                &[0, 0],
-                &[0, 0],
-                &[1, 0, 0],
-                &[1, 1, 0],
-                &[2, 0, 0, 4],
-                &[2, 1, 2, 0],
-                &[12, 0],
-                &[0, 0],
-                &[0, 0],
-                &[1, 0, 1],
-                &[1, 1, 5],
-                &[11, 0, 0, 4],
-            ],
-        ));
+        drive(&ops(0, &steps[..steps.len() - 1]));
         let (ids, pairings_at_end) = LAST.with(|l| l.borrow_mut().take()).unwrap();
         assert_eq!(ids.len(), 2);
         assert_eq!(pairings_at_end, 0);
