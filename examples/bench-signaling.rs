@@ -634,7 +634,7 @@ impl Server {
                 std::fs::write(
                     &config,
                     format!(
-                        "[http]\nlisten = \"{addr}\"\n\n[turn]\nenabled = false\n\n[signaling]\nmax_connections = {limit}\n\
+                        "[http]\nlisten = \"{addr}\"\nmax_connections_per_ip = {limit}\n\n[turn]\nenabled = false\n\n[signaling]\nmax_connections = {limit}\n\
                          max_connections_per_ip = {limit}\nmessages_per_sec = 1000000\nconnect_requests_per_min = 1000000\n\n\
                          [log]\nlevel = \"warn\"\n"
                     ),

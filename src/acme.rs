@@ -6,7 +6,6 @@
 //! the first certificate arrives the TLS port serves a self-signed placeholder for the configured names: the rest
 //! of ponte (plain HTTP, TURN) starts and reports READY without waiting for the CA.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -17,19 +16,18 @@ use instant_acme::{
     Account, AccountCredentials, AuthorizationStatus, ChallengeType, Identifier, NewAccount, NewOrder, OrderStatus,
     RetryPolicy,
 };
-use parking_lot::RwLock;
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio_util::sync::CancellationToken;
 
+use crate::challenges::Challenges;
 use crate::config::{AcmeChallenge, AcmeConfig};
 use crate::metrics::{Sample, Source};
+use crate::pem::CertInfo;
 use crate::tls::Certs;
 
-/// The ALPN protocol of TLS-ALPN-01 validation handshakes (RFC 8737 §6.2).
-pub const ALPN: &[u8] = b"acme-tls/1";
-/// The HTTP-01 path prefix (RFC 8555 §8.3).
-pub const HTTP_PREFIX: &str = "/.well-known/acme-challenge/";
+pub use crate::challenges::{ALPN, HTTP_PREFIX};
+pub use crate::pem::cert_info;
 
 /// Without a failure, the cache is looked at this often (renewal is due long before expiry; a long sleep alone
 /// would not notice a clock jump or a certificate replaced by hand).
@@ -40,32 +38,6 @@ const FIRST_BACKOFF: Duration = Duration::from_secs(5 * 60);
 const MAX_BACKOFF: Duration = Duration::from_secs(12 * 3600);
 /// How long one order may wait for validation and for issuance.
 const ORDER_TIMEOUT: Duration = Duration::from_secs(120);
-
-/// The answers ponte currently gives to the CA's validation requests.
-#[derive(Debug, Default)]
-pub struct Challenges {
-    /// TLS-ALPN-01: the self-signed certificate with the acmeIdentifier extension, by domain (the SNI).
-    alpn: RwLock<HashMap<String, Arc<CertifiedKey>>>,
-    /// HTTP-01: the key authorization, by token.
-    http: RwLock<HashMap<String, String>>,
-}
-
-impl Challenges {
-    /// The TLS-ALPN-01 certificate for a validation handshake naming `domain`.
-    pub fn alpn_cert(&self, domain: &str) -> Option<Arc<CertifiedKey>> {
-        self.alpn.read().get(&domain.to_ascii_lowercase()).cloned()
-    }
-
-    /// The HTTP-01 response body for `token`.
-    pub fn http_answer(&self, token: &str) -> Option<String> {
-        self.http.read().get(token).cloned()
-    }
-
-    fn clear(&self) {
-        self.alpn.write().clear();
-        self.http.write().clear();
-    }
-}
 
 /// Counters for `/metrics`.
 #[derive(Debug, Default)]
@@ -115,29 +87,6 @@ impl Cache {
     }
 }
 
-/// What matters about a certificate for renewal.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CertInfo {
-    pub not_before: i64,
-    pub not_after: i64,
-    pub dns_names: Vec<String>,
-}
-
-/// Validity and DNS names of a DER certificate.
-pub fn cert_info(der: &[u8]) -> anyhow::Result<CertInfo> {
-    let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(|e| anyhow::anyhow!("bad certificate: {e}"))?;
-    let validity = cert.validity();
-    let mut dns_names = Vec::new();
-    if let Ok(Some(san)) = cert.subject_alternative_name() {
-        for name in &san.value.general_names {
-            if let x509_parser::extensions::GeneralName::DNSName(n) = name {
-                dns_names.push(n.to_ascii_lowercase());
-            }
-        }
-    }
-    Ok(CertInfo { not_before: validity.not_before.timestamp(), not_after: validity.not_after.timestamp(), dns_names })
-}
-
 fn now_unix() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }
@@ -158,7 +107,7 @@ impl CertInfo {
 
 /// The cached certificate, if it is usable for `domains`: readable, matching its key, for every name, unexpired.
 fn cached(cache: &Cache, domains: &[String]) -> Option<CertInfo> {
-    let ck = crate::tls::load_certified_key(&cache.cert(), &cache.key()).ok()?;
+    let ck = crate::pem::load_certified_key(&cache.cert(), &cache.key()).ok()?;
     let info = cert_info(&ck.cert[0]).ok()?;
     (info.covers(domains) && info.not_after > now_unix()).then_some(info)
 }
@@ -355,10 +304,10 @@ async fn issue(cfg: &AcmeConfig, cache: &Cache, challenges: &Challenges) -> anyh
         match cfg.challenge {
             AcmeChallenge::TlsAlpn01 => {
                 let cert = alpn_challenge_cert(&domain, key_auth.digest().as_ref())?;
-                challenges.alpn.write().insert(domain.to_ascii_lowercase(), Arc::new(cert));
+                challenges.set_alpn(&domain, Arc::new(cert));
             }
             AcmeChallenge::Http01 => {
-                challenges.http.write().insert(challenge.token.clone(), key_auth.as_str().to_string());
+                challenges.set_http(&challenge.token, key_auth.as_str());
             }
         }
         challenge.set_ready().await.with_context(|| format!("challenge for {domain}"))?;
@@ -394,7 +343,7 @@ async fn issue(cfg: &AcmeConfig, cache: &Cache, challenges: &Challenges) -> anyh
     let (cert_tmp, key_tmp) = (cache.cert().with_extension("new"), cache.key().with_extension("new"));
     write_private(&key_tmp, key.serialize_pem().as_bytes())?;
     write_private(&cert_tmp, chain.as_bytes())?;
-    crate::tls::load_certified_key(&cert_tmp, &key_tmp).context("the CA's certificate does not match our key")?;
+    crate::pem::load_certified_key(&cert_tmp, &key_tmp).context("the CA's certificate does not match our key")?;
     std::fs::rename(&key_tmp, cache.key())?;
     std::fs::rename(&cert_tmp, cache.cert())?;
     Ok(())

@@ -143,7 +143,7 @@ fn run_daemon(file: Option<&Path>) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        let ctx = match crate::server::Context::new(config, &listeners) {
+        let daemon = match crate::server::Daemon::new(config, &listeners) {
             Ok(c) => std::sync::Arc::new(c),
             Err(e) => {
                 tracing::error!("{e:#}");
@@ -160,17 +160,23 @@ fn run_daemon(file: Option<&Path>) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        tokio::spawn(watch_signals(signals, shutdown.clone(), ctx.clone(), file.map(Path::to_path_buf)));
+        tokio::spawn(watch_signals(signals, shutdown.clone(), daemon.clone(), file.map(Path::to_path_buf)));
         // Here rather than in `server::run`: in-process test servers must not get two extra allocations that
         // race with what the tests count.
-        tokio::spawn(crate::turn::selftest::at_start(ctx.clone(), shutdown.clone()));
-        let daemon = crate::server::run_with_context(ctx, listeners, shutdown.clone());
-        tokio::pin!(daemon);
+        tokio::spawn(crate::turn::selftest::at_start(
+            daemon.config.turn.clone(),
+            daemon.addrs.turn_udp.first().copied(),
+            daemon.turn_secret.clone(),
+            daemon.health.clone(),
+            shutdown.clone(),
+        ));
+        let running = crate::server::run_with(daemon, listeners, shutdown.clone());
+        tokio::pin!(running);
         let result = tokio::select! {
-            r = &mut daemon => r,
+            r = &mut running => r,
             _ = shutdown.cancelled() => {
                 // Graceful shutdown has begun: give it the deadline, then leave regardless.
-                match tokio::time::timeout(SHUTDOWN_DEADLINE, &mut daemon).await {
+                match tokio::time::timeout(SHUTDOWN_DEADLINE, &mut running).await {
                     Ok(r) => r,
                     Err(_) => {
                         tracing::warn!("shutdown did not finish within {}s; exiting anyway", SHUTDOWN_DEADLINE.as_secs());
@@ -216,14 +222,14 @@ impl Signals {
 async fn watch_signals(
     mut sig: Signals,
     shutdown: CancellationToken,
-    ctx: std::sync::Arc<crate::server::Context>,
+    daemon: std::sync::Arc<crate::server::Daemon>,
     file: Option<PathBuf>,
 ) {
     let name = loop {
         tokio::select! {
             _ = sig.term.recv() => break "SIGTERM",
             _ = sig.int.recv() => break "SIGINT",
-            _ = sig.hup.recv() => reload(&ctx, file.as_deref()),
+            _ = sig.hup.recv() => reload(&daemon, file.as_deref()),
             // A core task failed: the daemon is stopping on its own.
             _ = shutdown.cancelled() => break "",
         }
@@ -242,7 +248,7 @@ async fn watch_signals(
 }
 
 /// SIGHUP: re-read and validate the config file; a bad file is rejected and the running config stays.
-fn reload(ctx: &crate::server::Context, file: Option<&Path>) {
+fn reload(daemon: &crate::server::Daemon, file: Option<&Path>) {
     let Some(file) = file else {
         tracing::warn!("SIGHUP received, but ponte was started without a config file: nothing to reload");
         return;
@@ -257,14 +263,14 @@ fn reload(ctx: &crate::server::Context, file: Option<&Path>) {
             );
         }
         Ok(new) => {
-            let report = ctx.reload(new);
+            let report = daemon.reload(new);
             if report.applied.is_empty() && report.need_restart.is_empty() {
                 tracing::info!(config = %file.display(), "configuration reloaded: nothing changed");
             } else if !report.applied.is_empty() {
                 tracing::info!(config = %file.display(), "configuration reloaded; now in effect: {}", report.applied.join(", "));
             }
             // Certificates are re-read on every reload (renewed files keep their paths).
-            if let Some(certs) = &ctx.certs {
+            if let Some(certs) = &daemon.certs {
                 match certs.reload(true) {
                     Ok(_) => tracing::info!("TLS certificate reloaded"),
                     Err(e) => tracing::error!("TLS certificate reload rejected, keeping the one in use: {e:#}"),

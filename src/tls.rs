@@ -17,12 +17,9 @@ use anyhow::Context as _;
 use parking_lot::{Mutex, RwLock};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use rustls_pki_types::CertificateDer;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio_util::sync::CancellationToken;
-
-use crate::server::Context;
 
 /// A client must finish the TLS handshake and send its first bytes within this time.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -42,27 +39,6 @@ pub struct Certs {
     not_after: AtomicI64,
 }
 
-fn provider() -> rustls::crypto::CryptoProvider {
-    rustls::crypto::ring::default_provider()
-}
-
-/// Read a PEM certificate chain (leaf first, e.g. certbot's `fullchain.pem`) and its private key.
-pub fn load_certified_key(cert: &Path, key: &Path) -> anyhow::Result<CertifiedKey> {
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-        .with_context(|| format!("tls.cert: cannot read {}", cert.display()))?
-        .collect::<Result<_, _>>()
-        .with_context(|| format!("tls.cert: {} is not a PEM certificate chain", cert.display()))?;
-    anyhow::ensure!(
-        !chain.is_empty(),
-        "tls.cert: {} holds no certificate (expected PEM, like fullchain.pem)",
-        cert.display()
-    );
-    let key_der = PrivateKeyDer::from_pem_file(key)
-        .with_context(|| format!("tls.key: cannot read a PEM private key from {} (like privkey.pem)", key.display()))?;
-    CertifiedKey::from_der(chain, key_der, &provider())
-        .with_context(|| format!("tls.key: {} does not match the certificate in {}", key.display(), cert.display()))
-}
-
 fn stamp(cert: &Path, key: &Path) -> Option<(SystemTime, SystemTime)> {
     let m = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
     Some((m(cert)?, m(key)?))
@@ -70,7 +46,7 @@ fn stamp(cert: &Path, key: &Path) -> Option<(SystemTime, SystemTime)> {
 
 impl Certs {
     pub fn load(cert: &Path, key: &Path) -> anyhow::Result<Arc<Certs>> {
-        let ck = load_certified_key(cert, key)?;
+        let ck = crate::pem::load_certified_key(cert, key)?;
         Ok(Arc::new(Certs {
             cert_path: cert.to_owned(),
             key_path: key.to_owned(),
@@ -86,7 +62,7 @@ impl Certs {
         let (ck, not_after, stamp_now) = match placeholder {
             Some(ck) => (ck, 0, None),
             None => {
-                let ck = load_certified_key(cert, key)?;
+                let ck = crate::pem::load_certified_key(cert, key)?;
                 let t = expiry(&ck);
                 (ck, t, stamp(cert, key))
             }
@@ -108,7 +84,7 @@ impl Certs {
         if (!force && now == *self.stamp.lock()) || (self.acme && now.is_none()) {
             return Ok(false);
         }
-        let ck = load_certified_key(&self.cert_path, &self.key_path)?;
+        let ck = crate::pem::load_certified_key(&self.cert_path, &self.key_path)?;
         self.not_after.store(expiry(&ck), Ordering::Relaxed);
         *self.current.write() = Arc::new(ck);
         *self.stamp.lock() = now;
@@ -127,7 +103,7 @@ impl Certs {
 }
 
 fn expiry(ck: &CertifiedKey) -> i64 {
-    crate::acme::cert_info(&ck.cert[0]).map(|i| i.not_after).unwrap_or(0)
+    crate::pem::cert_info(&ck.cert[0]).map(|i| i.not_after).unwrap_or(0)
 }
 
 impl crate::metrics::Source for Certs {
@@ -152,13 +128,13 @@ impl ResolvesServerCert for Certs {
 #[derive(Debug)]
 struct Resolver {
     certs: Arc<Certs>,
-    acme: Option<Arc<crate::acme::Challenges>>,
+    acme: Option<Arc<crate::challenges::Challenges>>,
 }
 
 impl ResolvesServerCert for Resolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         if let Some(acme) = &self.acme {
-            if hello.alpn().is_some_and(|mut protos| protos.any(|p| p == crate::acme::ALPN)) {
+            if hello.alpn().is_some_and(|mut protos| protos.any(|p| p == crate::challenges::ALPN)) {
                 // Only ever the challenge certificate here (RFC 8737 §3); no answer → no handshake.
                 return hello.server_name().and_then(|name| acme.alpn_cert(name));
             }
@@ -171,13 +147,13 @@ impl ResolvesServerCert for Resolver {
 /// TLS-ALPN-01 `acme` challenges are answered on this port.
 pub fn server_config(
     certs: Arc<Certs>,
-    acme: Option<Arc<crate::acme::Challenges>>,
+    acme: Option<Arc<crate::challenges::Challenges>>,
 ) -> anyhow::Result<Arc<rustls::ServerConfig>> {
     let mut alpn = vec![b"h2".to_vec(), b"http/1.1".to_vec(), b"stun.turn".to_vec()];
     if acme.is_some() {
-        alpn.push(crate::acme::ALPN.to_vec());
+        alpn.push(crate::challenges::ALPN.to_vec());
     }
-    let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(provider()))
+    let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(crate::pem::provider()))
         .with_safe_default_protocol_versions()
         .context("TLS protocol versions")?
         .with_no_client_auth()
@@ -282,7 +258,6 @@ pub enum Role {
 /// Accept TLS connections on `listener` until `shutdown`, handing each decrypted stream to `dispatch` with
 /// the bytes already read and the protocol they belong to.
 pub async fn serve<F>(
-    ctx: Arc<Context>,
     listener: std::net::TcpListener,
     acceptor: tokio_rustls::TlsAcceptor,
     role: Role,
@@ -299,7 +274,6 @@ where
         Role::TurnOnly => tracing::info!("TURN over TLS listening on {local}"),
     }
     let dispatch = Arc::new(dispatch);
-    let _ = &ctx;
     loop {
         let (tcp, remote) = tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
@@ -317,7 +291,7 @@ where
         tokio::spawn(async move {
             let start = async {
                 let mut tls = acceptor.accept(tcp).await?;
-                if tls.get_ref().1.alpn_protocol() == Some(crate::acme::ALPN) {
+                if tls.get_ref().1.alpn_protocol() == Some(crate::challenges::ALPN) {
                     // An ACME validation handshake: it has seen the challenge certificate; nothing is served.
                     tls.shutdown().await?;
                     return Ok((tls, Vec::new()));

@@ -265,7 +265,8 @@ async fn slowloris_connections_time_out() {
     let s = TestServer::start(test_config()).await;
     let mut slow = Vec::new();
     for _ in 0..100 {
-        let mut c = tokio::net::TcpStream::connect(s.http).await.unwrap();
+        // From another address than the normal client below: one source's connections are capped (64).
+        let mut c = common::connect_from("127.0.0.2", s.http).await;
         c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ").await.unwrap();
         slow.push(c);
     }

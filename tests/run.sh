@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# The whole test suite: Rust unit and integration tests (including the network-namespace labs, which need
-# root), then the browser end-to-end tests in Chromium. Installs nothing: see .ci/run for what it needs.
+# The whole test suite, from a fresh Debian 12 machine: installs what it needs (tests/setup.sh; root), then the Rust
+# unit and integration tests (including the network-namespace labs), the Debian package under a real systemd,
+# benchmark smoke runs, the browser end-to-end tests, and a short pass of every fuzz target.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+bash tests/setup.sh
 
 cargo test --locked --all-targets
 
@@ -29,19 +32,11 @@ bench_smoke() {
   echo "bench smoke ok: $*"
 }
 cargo build --locked --bin ponte --example bench-signaling --example bench-turn
-if [ ! -d bench/peerjs/node_modules ]; then
-  echo "bench/peerjs/node_modules is missing: run 'npm ci' in bench/peerjs (as .ci/run does)" >&2
-  exit 1
-fi
 bench_smoke "ponte vs peerjs-server" target/debug/examples/bench-signaling --vs-peerjs --clients 40 --pairs 4 --seconds 1
 bench_smoke "memory per allocation" target/debug/examples/bench-turn --secs 1 --rounds 1 --allocations 100
 
 if [ -f tests/browser/package.json ]; then
   cargo build --locked --bin ponte
-  if [ ! -d tests/browser/node_modules ]; then
-    echo "tests/browser/node_modules is missing: run 'npm ci' in tests/browser (as .ci/run does)" >&2
-    exit 1
-  fi
   (cd tests/browser && node --test --test-concurrency=1)
   # The NAT lab needs root; outside CI without it, the browser benchmark is skipped (labkit says why in CI).
   if [ "$(id -u)" = 0 ] || [ "${CI:-}" = true ]; then
@@ -50,3 +45,6 @@ if [ -f tests/browser/package.json ]; then
     echo "bench smoke skipped: bench-connect.mjs needs root (network namespaces)"
   fi
 fi
+
+# A short pass of every fuzz target from the committed seeds (fuzz/run.sh 3600 runs them for an hour each).
+bash fuzz/run.sh 20

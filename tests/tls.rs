@@ -183,22 +183,22 @@ fn tls_config_errors_name_the_key() {
     let (cert, key, _) = pki.leaf(dir.path());
     let mut c = test_config();
     c.tls.cert = Some(cert.clone());
-    let p = c.validate();
+    let p = c.problems();
     assert!(p.iter().any(|p| p.key == "tls.key"), "{p:?}");
 
     c.tls.key = Some(dir.path().join("missing.pem"));
-    let p = c.validate();
+    let p = c.problems();
     assert!(p.iter().any(|p| p.key == "tls.key" && p.message.contains("missing.pem")), "{p:?}");
 
     // A key that belongs to another certificate.
     let other = tempfile::tempdir().unwrap();
     let (_, other_key, _) = pki.leaf(other.path());
     c.tls.key = Some(other_key);
-    let p = c.validate();
+    let p = c.problems();
     assert!(p.iter().any(|p| p.key == "tls.key" && p.message.contains("does not match")), "{p:?}");
 
     c.tls.key = Some(key);
-    assert!(c.validate().is_empty());
+    assert!(c.problems().is_empty());
 }
 
 /// coturn's own client allocates over TLS on ponte's shared port and relays to an echo peer with no loss.

@@ -18,18 +18,39 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio_util::sync::CancellationToken;
 
-use crate::health::{Component, Status};
-use crate::server::Context;
+use crate::config::{Config, HttpConfig};
+use crate::health::{Component, Health, Status};
+use crate::live::LiveConfig;
+use crate::metrics::Metrics;
 use crate::signaling::Hub;
 
 pub type Body = Full<Bytes>;
 
-/// Slowloris guard: a client must finish sending request headers within this time.
+/// Slowloris guard: a client must finish sending request headers within this time. A new connection must also
+/// have sent its first request by then: hyper runs no timer while it tells HTTP/1 from HTTP/2, so without this a
+/// socket that sends nothing (or only the HTTP/2 preface) would stay open forever.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// A connection with no request in flight for this long is closed (browsers open a new one when they need it).
+/// Upgraded WebSockets leave this accounting: signaling pings them and has its own limits.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What the HTTP server needs from the daemon.
+pub struct Deps {
+    /// `[http]` as started: where the web client comes from.
+    pub web: HttpConfig,
+    /// `tls.redirect_http`: the HTTPS port plain requests are redirected to.
+    pub redirect_to_tls: Option<u16>,
+    /// The running config (trusted proxies follow reloads).
+    pub live: LiveConfig,
+    pub health: Arc<Health>,
+    pub metrics: Arc<Metrics>,
+    /// ACME HTTP-01 answers, when `tls.acme` uses that challenge.
+    pub acme_challenges: Option<Arc<crate::challenges::Challenges>>,
+}
 
 /// Serve HTTP on `listener` until `shutdown`, then stop accepting and let in-flight requests finish.
 pub async fn serve(
-    ctx: Arc<Context>,
+    deps: Deps,
     hub: Arc<Hub>,
     listener: std::net::TcpListener,
     mut https: Option<tokio::sync::mpsc::Receiver<(crate::tls::Prefixed<crate::tls::TlsStream>, SocketAddr)>>,
@@ -38,7 +59,8 @@ pub async fn serve(
     let listener = tokio::net::TcpListener::from_std(listener)?;
     let addr = listener.local_addr()?;
     tracing::info!("HTTP listening on http://{addr} (web client, /healthz, WebSocket signaling at /ws)");
-    let web = Arc::new(static_files::WebRoot::from_config(&ctx.config.http)?);
+    let web = Arc::new(static_files::WebRoot::from_config(&deps.web)?);
+    let ctx = Arc::new(deps);
 
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT).keep_alive(true);
@@ -46,22 +68,41 @@ pub async fn serve(
     let graceful = GracefulShutdown::new();
     ctx.health.set(Component::Http, Status::Ok);
 
-    // One connection, plain or TLS: same routing, same graceful shutdown.
+    let slots = crate::signaling::limits::ConnCounter::new();
+    // One connection, plain or TLS: same routing, same graceful shutdown, same per-source cap and idle timers.
     macro_rules! spawn_conn {
         ($io:expr, $remote:expr, $tls:expr) => {{
             let (remote, tls) = ($remote, $tls);
-            let (ctx, hub, web) = (ctx.clone(), hub.clone(), web.clone());
-            let service = service_fn(move |req| {
-                let (ctx, hub, web) = (ctx.clone(), hub.clone(), web.clone());
-                async move { Ok::<_, Infallible>(route(&ctx, &hub, &web, req, remote, tls).await) }
-            });
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new($io), service).into_owned();
-            let conn = graceful.watch(conn);
-            tokio::spawn(async move {
-                if let Err(e) = conn.await {
-                    tracing::debug!(%remote, "HTTP connection ended with error: {e}");
+            let max_per_ip = ctx.live.current().http.max_connections_per_ip;
+            // The socket's address: a proxy's connections are its own (its clients are counted by what they do).
+            match slots.acquire(remote.ip(), usize::MAX, max_per_ip) {
+                Err(_) => {
+                    ctx.metrics.http.record(429);
+                    tracing::debug!(%remote, "HTTP connection refused: http.max_connections_per_ip reached");
+                    drop($io);
                 }
-            });
+                Ok(slot) => {
+                    let activity = Arc::new(Activity::default());
+                    let (ctx, hub, web, seen) = (ctx.clone(), hub.clone(), web.clone(), activity.clone());
+                    let service = service_fn(move |req| {
+                        let (ctx, hub, web, seen) = (ctx.clone(), hub.clone(), web.clone(), seen.clone());
+                        async move {
+                            let _busy = seen.begin();
+                            Ok::<_, Infallible>(route(&ctx, &hub, &web, req, remote, tls).await)
+                        }
+                    });
+                    let conn = builder.serve_connection_with_upgrades(TokioIo::new($io), service).into_owned();
+                    let conn = graceful.watch(conn);
+                    tokio::spawn(async move {
+                        let _slot = slot;
+                        match activity.run_until_idle(conn).await {
+                            Some(Err(e)) => tracing::debug!(%remote, "HTTP connection ended with error: {e}"),
+                            Some(Ok(())) => {}
+                            None => tracing::debug!(%remote, "HTTP connection closed: idle"),
+                        }
+                    });
+                }
+            }
         }};
     }
 
@@ -94,18 +135,86 @@ pub async fn serve(
     Ok(())
 }
 
+/// When a connection last did something, and whether a request is in flight: drives the first-request and idle
+/// timers of [`Activity::run_until_idle`].
+#[derive(Default)]
+struct Activity {
+    in_flight: std::sync::atomic::AtomicUsize,
+    /// Milliseconds since `epoch` of the last request start or end; 0 until the first request.
+    last: std::sync::atomic::AtomicU64,
+    epoch: std::sync::OnceLock<tokio::time::Instant>,
+}
+
+/// Marks a request in flight until dropped.
+struct Busy(Arc<Activity>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.touch();
+        self.0.in_flight.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl Activity {
+    fn epoch(&self) -> tokio::time::Instant {
+        *self.epoch.get_or_init(tokio::time::Instant::now)
+    }
+
+    fn touch(&self) {
+        let ms = self.epoch().elapsed().as_millis() as u64;
+        self.last.store(ms.max(1), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn begin(self: &Arc<Self>) -> Busy {
+        self.in_flight.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.touch();
+        Busy(self.clone())
+    }
+
+    /// When the connection may be closed if nothing happens: [`HEADER_READ_TIMEOUT`] after the start for a
+    /// connection that never sent a request, [`IDLE_TIMEOUT`] after the last request otherwise; `None` while a
+    /// request is in flight.
+    fn deadline(&self) -> Option<tokio::time::Instant> {
+        use std::sync::atomic::Ordering::Relaxed;
+        if self.in_flight.load(Relaxed) > 0 {
+            return None;
+        }
+        match self.last.load(Relaxed) {
+            0 => Some(self.epoch() + HEADER_READ_TIMEOUT),
+            ms => Some(self.epoch() + Duration::from_millis(ms) + IDLE_TIMEOUT),
+        }
+    }
+
+    /// Drive `conn` to its end (`Some`), or drop it once the connection has been idle past its deadline (`None`).
+    async fn run_until_idle<F: std::future::Future>(&self, conn: F) -> Option<F::Output> {
+        self.epoch();
+        tokio::pin!(conn);
+        loop {
+            let wake = self.deadline().unwrap_or_else(|| tokio::time::Instant::now() + IDLE_TIMEOUT);
+            tokio::select! {
+                out = &mut conn => return Some(out),
+                _ = tokio::time::sleep_until(wake) => {
+                    if self.deadline().is_some_and(|d| d <= tokio::time::Instant::now()) {
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+}
+
 async fn route(
-    ctx: &Context,
+    ctx: &Deps,
     hub: &Arc<Hub>,
     web: &static_files::WebRoot,
     req: Request<Incoming>,
     socket_addr: SocketAddr,
     tls: bool,
 ) -> Response<Body> {
-    let remote = client_addr(ctx, &req, socket_addr);
+    let remote = client_addr(&ctx.live.current(), &req, socket_addr);
     let path = req.uri().path();
     // ACME HTTP-01 validation (`tls.acme`): answered before any redirect, since the CA asks over plain HTTP.
-    if let (Some(token), Some(acme)) = (path.strip_prefix(crate::acme::HTTP_PREFIX), &ctx.acme_challenges) {
+    if let (Some(token), Some(acme)) = (path.strip_prefix(crate::challenges::HTTP_PREFIX), &ctx.acme_challenges) {
         let mut r = match acme.http_answer(token) {
             Some(answer) => text_response(StatusCode::OK, answer),
             None => text_response(StatusCode::NOT_FOUND, "no such ACME challenge\n"),
@@ -115,9 +224,9 @@ async fn route(
         return r;
     }
     // `tls.redirect_http`: plain HTTP only points to HTTPS (health checks excepted, so monitors keep working).
-    if !tls && path != "/healthz" && ctx.config.tls.redirect_http {
-        if let Some(tls_addr) = ctx.tls_addr {
-            let mut r = redirect_to_https(&req, tls_addr.port());
+    if !tls && path != "/healthz" {
+        if let Some(tls_port) = ctx.redirect_to_tls {
+            let mut r = redirect_to_https(&req, tls_port);
             security_headers(&mut r);
             ctx.metrics.http.record(r.status().as_u16());
             return r;
@@ -148,7 +257,7 @@ async fn route(
 
 /// Serve `GET /metrics` (Prometheus text format) on its own listener until `shutdown`.
 pub async fn serve_metrics(
-    ctx: Arc<Context>,
+    metrics: Arc<Metrics>,
     listener: std::net::TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
@@ -168,12 +277,12 @@ pub async fn serve_metrics(
                 }
             },
         };
-        let ctx = ctx.clone();
+        let metrics = metrics.clone();
         let service = service_fn(move |req: Request<Incoming>| {
-            let ctx = ctx.clone();
+            let metrics = metrics.clone();
             async move {
                 let resp = if req.uri().path() == "/metrics" && req.method() == Method::GET {
-                    let mut r = Response::new(Body::new(Bytes::from(ctx.metrics.render())));
+                    let mut r = Response::new(Body::new(Bytes::from(metrics.render())));
                     r.headers_mut().insert(
                         header::CONTENT_TYPE,
                         HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
@@ -198,8 +307,7 @@ pub async fn serve_metrics(
 
 /// The client's address: the socket's, or the last untrusted hop of `X-Forwarded-For` when the socket
 /// belongs to a proxy listed in `http.trusted_proxies`.
-pub fn client_addr<B>(ctx: &Context, req: &Request<B>, socket_addr: SocketAddr) -> SocketAddr {
-    let live = ctx.live();
+pub fn client_addr<B>(live: &Config, req: &Request<B>, socket_addr: SocketAddr) -> SocketAddr {
     let trusted = |ip: IpAddr| live.http.trusted_proxies.iter().any(|n| n.contains(&ip));
     if !trusted(socket_addr.ip()) {
         return socket_addr;

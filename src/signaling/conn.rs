@@ -292,9 +292,14 @@ impl Conn {
             }
             ClientMsg::RefreshIce => {
                 // The live config, not the connection's snapshot: fresh credentials follow a reloaded TTL.
-                let cfg = hub.ctx.live();
-                let (ice_servers, ice_expires) =
-                    ice::servers_for(&hub.ctx, &cfg, self.info.ice_host.as_deref(), me, crate::credentials::unix_now());
+                let cfg = hub.live.current();
+                let (ice_servers, ice_expires) = ice::servers_for(
+                    &hub.own_ice,
+                    &cfg,
+                    self.info.ice_host.as_deref(),
+                    me,
+                    crate::credentials::unix_now(),
+                );
                 self.reply(ServerMsg::IceServers { ice_servers: &ice_servers, ice_expires }.to_text());
             }
             ClientMsg::Ping { t } => self.reply(ServerMsg::Pong { t }.to_text()),
@@ -343,7 +348,7 @@ impl Conn {
         let now_unix = crate::credentials::unix_now();
         let cfg = self.info.cfg.clone();
         let outcome = hub.state.lock().hello(self.handle.clone(), token, now_unix, |id| {
-            ice::servers_for(&hub.ctx, &cfg, host.as_deref(), id, now_unix)
+            ice::servers_for(&hub.own_ice, &cfg, host.as_deref(), id, now_unix)
         });
         match outcome {
             HelloOutcome::Welcomed(id) => {

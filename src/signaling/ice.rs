@@ -3,9 +3,8 @@
 
 use std::net::IpAddr;
 
-use crate::config::Config;
+use crate::config::{Config, Secret};
 use crate::credentials;
-use crate::server::Context;
 
 use super::ids::Id;
 use super::protocol::IceServer;
@@ -59,16 +58,30 @@ fn host_of(authority: &str) -> Option<String> {
     ok.then(|| host.to_ascii_lowercase())
 }
 
+/// ponte's own STUN/TURN service as browsers see it: fixed for the life of the process.
+#[derive(Debug, Clone)]
+pub struct OwnIceServers {
+    /// `turn.enabled`.
+    pub enabled: bool,
+    /// The bound STUN/TURN ports (port 0 resolved).
+    pub udp_ports: Vec<u16>,
+    pub tcp_ports: Vec<u16>,
+    /// The shared TLS port, when TLS is on (`turns:` URLs).
+    pub tls_port: Option<u16>,
+    /// Mints the per-client TURN REST credentials.
+    pub secret: Secret,
+}
+
 /// Build the list for client `id`, with credentials valid from `now`. Returns the list and when its
 /// credentials expire. `cfg` is the live config (TTL and extra servers follow reloads); the secret and the bound
 /// ports are fixed for the process.
-pub fn servers_for(ctx: &Context, cfg: &Config, host: Option<&str>, id: Id, now: u64) -> (Vec<IceServer>, u64) {
+pub fn servers_for(own: &OwnIceServers, cfg: &Config, host: Option<&str>, id: Id, now: u64) -> (Vec<IceServer>, u64) {
     let ttl = cfg.turn.credential_ttl_secs;
     let mut out = Vec::new();
-    if ctx.config.turn.enabled {
+    if own.enabled {
         if let Some(host) = host {
-            let mut udp_ports: Vec<u16> = ctx.turn_udp_addrs.iter().map(|a| a.port()).collect();
-            let mut tcp_ports: Vec<u16> = ctx.turn_tcp_addrs.iter().map(|a| a.port()).collect();
+            let mut udp_ports = own.udp_ports.clone();
+            let mut tcp_ports = own.tcp_ports.clone();
             // `0.0.0.0:3478` and `[::]:3478` are one URL for a browser.
             udp_ports.sort_unstable();
             udp_ports.dedup();
@@ -88,7 +101,7 @@ pub fn servers_for(ctx: &Context, cfg: &Config, host: Option<&str>, id: Id, now:
                 .collect();
             // TURN over TLS on the shared TLS port: the last resort for networks that only let TLS on 443 out.
             // The certificate names a host, so prefer public_url's host over an IP address.
-            if let Some(tls) = ctx.tls_addr {
+            if let Some(tls_port) = own.tls_port {
                 let tls_host = cfg
                     .http
                     .public_url
@@ -96,10 +109,10 @@ pub fn servers_for(ctx: &Context, cfg: &Config, host: Option<&str>, id: Id, now:
                     .and_then(crate::config::parse_origin)
                     .and_then(|o| o.split_once("://").and_then(|(_, a)| host_of(a)))
                     .unwrap_or_else(|| host.to_string());
-                turn_urls.push(format!("turns:{tls_host}:{}?transport=tcp", tls.port()));
+                turn_urls.push(format!("turns:{tls_host}:{tls_port}?transport=tcp"));
             }
             if !turn_urls.is_empty() {
-                let c = credentials::mint(&ctx.turn_secret, id.as_str(), now, ttl);
+                let c = credentials::mint(&own.secret, id.as_str(), now, ttl);
                 out.push(IceServer { urls: turn_urls, username: Some(c.username), credential: Some(c.password) });
             }
         }

@@ -8,7 +8,7 @@ mod hub;
 mod ice;
 pub mod ids;
 pub mod keys;
-mod limits;
+pub mod limits;
 pub mod protocol;
 mod stats;
 
@@ -29,9 +29,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{parse_origin, Config};
+use crate::health::Health;
 use crate::health::{Component, Status};
 use crate::http::{text_response, Body};
-use crate::server::Context;
+use crate::live::LiveConfig;
+use crate::metrics::Metrics;
+
+pub use self::ice::OwnIceServers;
 
 use self::limits::{ConnCounter, SlotError};
 
@@ -42,8 +46,22 @@ const SWEEP_EVERY: Duration = Duration::from_millis(100);
 /// How long `run` waits for sockets to finish their closing handshake at shutdown.
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(3);
 
+/// What signaling needs from the daemon.
+pub struct Deps {
+    /// The running config: limits, origins and ICE settings follow reloads.
+    pub live: LiveConfig,
+    /// Signs reconnect tokens and pairing tickets.
+    pub key: keys::SigningKey,
+    pub health: Arc<Health>,
+    pub metrics: Arc<Metrics>,
+    /// ponte's own STUN/TURN servers, for the ICE lists handed to browsers.
+    pub own_ice: OwnIceServers,
+}
+
 pub struct Hub {
-    ctx: Arc<Context>,
+    live: LiveConfig,
+    health: Arc<Health>,
+    own_ice: OwnIceServers,
     state: Mutex<hub::State>,
     conns: Arc<ConnCounter>,
     /// Cancelled at shutdown; every connection's control token is a child of it.
@@ -54,19 +72,21 @@ pub struct Hub {
 }
 
 impl Hub {
-    pub fn new(ctx: Arc<Context>) -> Arc<Hub> {
-        let settings = hub::Settings::from_config(&ctx.live());
+    pub fn new(deps: Deps) -> Arc<Hub> {
+        let settings = hub::Settings::from_config(&deps.live.current());
         let stats = Arc::new(stats::Stats::default());
         let hub = Arc::new(Hub {
-            state: Mutex::new(hub::State::new(settings, stats.clone(), ctx.signaling_key.clone())),
+            state: Mutex::new(hub::State::new(settings, stats.clone(), deps.key)),
             conns: ConnCounter::new(),
             stop: CancellationToken::new(),
             tracker: TaskTracker::new(),
             next_conn: AtomicU64::new(1),
             stats,
-            ctx,
+            live: deps.live,
+            health: deps.health,
+            own_ice: deps.own_ice,
         });
-        hub.ctx.metrics.register(Arc::new(stats::HubSource(Arc::downgrade(&hub))));
+        deps.metrics.register(Arc::new(stats::HubSource(Arc::downgrade(&hub))));
         hub
     }
 
@@ -92,7 +112,7 @@ impl Hub {
     /// Handle `GET /ws` (WebSocket upgrade). `remote` is the client's address (socket or trusted proxy header).
     pub fn upgrade(self: &Arc<Self>, req: Request<Incoming>, remote: SocketAddr) -> Response<Body> {
         // Limits, origins and ICE settings follow reloads (SIGHUP); each connection keeps the ones it started with.
-        let cfg = self.ctx.live();
+        let cfg = self.live.current();
         let headers = req.headers();
         if !is_websocket_upgrade(headers) {
             return text_response(StatusCode::BAD_REQUEST, "expected a WebSocket upgrade (Upgrade: websocket)\n");
@@ -178,10 +198,10 @@ impl Hub {
 
     /// Background work (timeouts, grace expiry) until `shutdown`, then close every WebSocket cleanly.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) -> anyhow::Result<()> {
-        self.ctx.health.set(Component::Signaling, Status::Ok);
+        self.health.set(Component::Signaling, Status::Ok);
         let mut tick = tokio::time::interval(SWEEP_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut reloads = self.ctx.watch_config();
+        let mut reloads = self.live.subscribe();
         let mut watching = true;
         loop {
             tokio::select! {
@@ -198,7 +218,7 @@ impl Hub {
                 }
             }
         }
-        self.ctx.health.set(Component::Signaling, Status::Stopping);
+        self.health.set(Component::Signaling, Status::Stopping);
         let open = self.conns.total();
         // Every connection task sees this and closes with 1001.
         self.stop.cancel();

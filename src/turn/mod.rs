@@ -26,9 +26,12 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use self::core::{Action, Core, CoreConfig, FiveTuple, Transport};
+use crate::config::Secret;
 use crate::config::TurnConfig;
+use crate::health::Health;
 use crate::health::{Component, Status};
-use crate::server::Context;
+use crate::live::LiveConfig;
+use crate::metrics::Metrics;
 
 pub use self::core::CountersSnapshot;
 
@@ -163,18 +166,10 @@ pub fn public_ip(cfg: &TurnConfig, listen: &[SocketAddr]) -> IpAddr {
     cfg.external_ip.unwrap_or_else(|| relay_ips(cfg, listen)[0])
 }
 
+/// A LAN, loopback, link-local or carrier-grade NAT address: one a client outside cannot reach.
 fn is_private(ip: IpAddr) -> bool {
-    match policy::canonical(ip) {
-        IpAddr::V4(v4) => {
-            v4.is_private()
-                || v4.is_loopback()
-                || v4.is_link_local()
-                || (v4.octets()[0] == 100 && (v4.octets()[1] & 0xC0) == 64)
-        }
-        IpAddr::V6(v6) => {
-            v6.is_loopback() || (v6.segments()[0] & 0xfe00) == 0xfc00 || (v6.segments()[0] & 0xffc0) == 0xfe80
-        }
-    }
+    use crate::addr::AddressClass::*;
+    matches!(crate::addr::classify(ip), Private | Loopback | LinkLocal | Cgnat)
 }
 
 /// Every address of this host's interfaces (for the "never relay to ourselves" rule when listening on a
@@ -266,15 +261,40 @@ impl crate::metrics::Source for TurnMetrics {
     }
 }
 
+/// What the TURN server needs from the daemon, and nothing more.
+pub struct Deps {
+    /// `[turn]` as the daemon started (listeners, relay range, realm and secrets are fixed for the process).
+    pub config: TurnConfig,
+    /// The running config: the peer policy follows reloads.
+    pub live: LiveConfig,
+    /// Every secret TURN REST usernames are checked against, the minting one first.
+    pub secrets: Vec<Secret>,
+    pub health: Arc<Health>,
+    pub metrics: Arc<Metrics>,
+    /// TURN-over-TLS connections accepted and decrypted by the TLS listeners (src/tls.rs).
+    pub tls_streams: Option<mpsc::Receiver<TlsConn>>,
+}
+
+/// Any byte stream a TURN client can speak over (TCP framing): here the decrypted TLS streams.
+pub trait ByteStream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static> ByteStream for T {}
+
+/// A decrypted TURN-over-TLS connection with its client and local addresses.
+pub struct TlsConn {
+    pub stream: Box<dyn ByteStream>,
+    pub client: SocketAddr,
+    pub local: SocketAddr,
+}
+
 /// Serve STUN/TURN on the given (bound, non-blocking) sockets until `shutdown`. Sets health Turn → Ok once
 /// listening; returns `Err` if a listener fails. Relay sockets are closed on return.
 pub async fn serve(
-    ctx: Arc<Context>,
+    mut deps: Deps,
     udp: Vec<UdpSocket>,
     tcp: Vec<TcpListener>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let cfg = &ctx.config.turn;
+    let cfg = &deps.config;
     let listen: Vec<SocketAddr> =
         udp.iter().filter_map(|s| s.local_addr().ok()).chain(tcp.iter().filter_map(|s| s.local_addr().ok())).collect();
     let relay_ips = relay_ips(cfg, &listen);
@@ -296,7 +316,7 @@ pub async fn serve(
         own.extend(interface_ips());
     }
     let core = Core::new(
-        CoreConfig { turn: cfg.clone(), secrets: ctx.turn_secrets.clone(), relay_ips: relay_ips.clone(), own_ips: own },
+        CoreConfig { turn: cfg.clone(), secrets: deps.secrets.clone(), relay_ips: relay_ips.clone(), own_ips: own },
         Instant::now(),
         crate::credentials::unix_now(),
     );
@@ -321,7 +341,7 @@ pub async fn serve(
         shutdown: shutdown.child_token(),
     });
 
-    ctx.metrics.register(Arc::new(TurnMetrics(Arc::downgrade(&shell))));
+    deps.metrics.register(Arc::new(TurnMetrics(Arc::downgrade(&shell))));
     let mut tasks: JoinSet<anyhow::Result<()>> = JoinSet::new();
     let mut listening = Vec::new();
     for s in udp_socks {
@@ -338,7 +358,7 @@ pub async fn serve(
     }
     // Config reload (SIGHUP): the peer policy follows `turn.allow_peers`/`turn.deny_peers`.
     {
-        let (shell, mut rx) = (shell.clone(), ctx.watch_config());
+        let (shell, mut rx) = (shell.clone(), deps.live.subscribe());
         tasks.spawn(async move {
             loop {
                 tokio::select! {
@@ -356,14 +376,14 @@ pub async fn serve(
         });
     }
     // TURN over TLS: the TLS listeners (src/tls.rs) decrypt and hand the streams over; framing is TCP's.
-    if let Some(mut rx) = ctx.take_turns_streams() {
+    if let Some(mut rx) = deps.tls_streams.take() {
         let shell = shell.clone();
         tasks.spawn(async move {
             loop {
                 tokio::select! {
                     _ = shell.shutdown.cancelled() => return Ok(()),
                     s = rx.recv() => match s {
-                        Some((stream, client, local)) => {
+                        Some(TlsConn { stream, client, local }) => {
                             let (rd, wr) = tokio::io::split(stream);
                             tokio::spawn(tcp::serve_stream(shell.clone(), rd, wr, client, local));
                         }
@@ -403,7 +423,7 @@ pub async fn serve(
         });
     }
     // Healthy before the "listening" lines: tests and operators take those lines to mean "ready".
-    ctx.health.set(Component::Turn, Status::Ok);
+    deps.health.set(Component::Turn, Status::Ok);
     for l in &listening {
         tracing::info!("STUN/TURN listening on {l}");
     }
@@ -418,7 +438,7 @@ pub async fn serve(
             Err(e) => Err(anyhow::anyhow!("a STUN/TURN task panicked: {e}")),
         },
     };
-    ctx.health.set(Component::Turn, if result.is_ok() { Status::Stopping } else { Status::Failed });
+    deps.health.set(Component::Turn, if result.is_ok() { Status::Stopping } else { Status::Failed });
     shell.shutdown.cancel();
     // Close every relay socket now rather than when the last task lets go of it.
     let keys: Vec<SocketAddr> = shell.relays.iter().map(|r| *r.key()).collect();

@@ -68,25 +68,7 @@ const V6_DENY: &[(&str, &str)] = &[
     ("ff00::/8", "multicast"),
 ];
 
-/// Reduce an address to the one form the policy reasons about: IPv4 stays IPv4; IPv4-mapped (`::ffff:a.b.c.d`)
-/// and IPv4-compatible (`::a.b.c.d`, except `::` and `::1`) IPv6 become the IPv4 address they carry, because
-/// that is where a dual-stack socket would actually send. Other IPv6 forms stay IPv6 (their prefixes are
-/// denied whole above).
-pub fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V4(_) => ip,
-        IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
-                return IpAddr::V4(v4);
-            }
-            let s = v6.segments();
-            if s[..6] == [0; 6] && !(s[6] == 0 && s[7] <= 1) {
-                return IpAddr::V4(Ipv4Addr::new((s[6] >> 8) as u8, s[6] as u8, (s[7] >> 8) as u8, s[7] as u8));
-            }
-            ip
-        }
-    }
-}
+pub use crate::addr::canonical;
 
 /// The IPv4 address embedded in well-known translation prefixes (NAT64, 6to4, Teredo), for log lines.
 pub fn embedded_ipv4(v6: Ipv6Addr) -> Option<Ipv4Addr> {

@@ -12,9 +12,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::client::{Client, ClientError};
-use crate::config::TurnConfig;
-use crate::health::{Component, Status};
-use crate::server::Context;
+use crate::config::{Secret, TurnConfig};
+use crate::health::{Component, Health, Status};
 
 /// How long each relayed packet may take to arrive.
 const RELAY_WAIT: Duration = Duration::from_secs(2);
@@ -195,25 +194,31 @@ pub fn describe(p: &Passed) -> String {
 
 /// The daemon's self-test at start: once the TURN listeners are up, relay a packet through ourselves and log
 /// the result. Runs beside the daemon, so it never delays READY, and its failure is only a warning.
-pub async fn at_start(ctx: Arc<Context>, shutdown: CancellationToken) {
-    let cfg = &ctx.config.turn;
+/// `listen` is the first bound `turn.listen_udp` address, `secret` the one that mints credentials.
+pub async fn at_start(
+    cfg: TurnConfig,
+    listen: Option<SocketAddr>,
+    secret: Secret,
+    health: Arc<Health>,
+    shutdown: CancellationToken,
+) {
     if !cfg.enabled || !cfg.self_test {
         return;
     }
-    let Some(listen) = ctx.turn_udp_addrs.first().copied() else {
+    let Some(listen) = listen else {
         tracing::info!("TURN self-test skipped: it runs over UDP and turn.listen_udp is empty");
         return;
     };
     let deadline = Instant::now() + Duration::from_secs(30);
-    while ctx.health.get(Component::Turn) != Status::Ok {
+    while health.get(Component::Turn) != Status::Ok {
         if shutdown.is_cancelled() || Instant::now() > deadline {
             return;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let a = Credential::mint(&ctx.turn_secret, "ponte-self-test-a");
-    let b = Credential::mint(&ctx.turn_secret, "ponte-self-test-b");
-    let test = run(reach(listen), [&a, &b], cfg);
+    let a = Credential::mint(&secret, "ponte-self-test-a");
+    let b = Credential::mint(&secret, "ponte-self-test-b");
+    let test = run(reach(listen), [&a, &b], &cfg);
     tokio::select! {
         _ = shutdown.cancelled() => {}
         r = test => match r {

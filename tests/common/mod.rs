@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use ponte::config::{Config, Secret};
-use ponte::{Context, Listeners};
+use ponte::{Daemon, Listeners};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -24,7 +24,7 @@ pub fn test_config() -> Config {
 }
 
 pub struct TestServer {
-    pub ctx: Arc<Context>,
+    pub ctx: Arc<Daemon>,
     pub http: SocketAddr,
     pub turn_udp: Vec<SocketAddr>,
     pub turn_tcp: Vec<SocketAddr>,
@@ -50,9 +50,9 @@ impl TestServer {
             (listeners.http_addr(), listeners.turn_udp_addrs(), listeners.turn_tcp_addrs());
         let metrics = listeners.metrics_addr();
         let tls = listeners.tls_addr();
-        let ctx = Arc::new(Context::new(config, &listeners).expect("context"));
+        let ctx = Arc::new(Daemon::new(config, &listeners).expect("daemon"));
         let shutdown = CancellationToken::new();
-        let handle = tokio::spawn(ponte::server::run_with_context(ctx.clone(), listeners, shutdown.clone()));
+        let handle = tokio::spawn(ponte::server::run_with(ctx.clone(), listeners, shutdown.clone()));
         TestServer { ctx, http, turn_udp, turn_tcp, metrics, tls, shutdown, handle }
     }
 
@@ -169,4 +169,12 @@ fn dechunk(mut data: &[u8]) -> Vec<u8> {
 
 pub fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
     headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+}
+
+/// A TCP connection to `to` from the loopback address `from` (e.g. 127.0.0.2), so that a test can play a second
+/// source: every 127.0.0.0/8 address is local.
+pub async fn connect_from(from: &str, to: SocketAddr) -> tokio::net::TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::new(from.parse().unwrap(), 0)).unwrap();
+    socket.connect(to).await.unwrap()
 }
