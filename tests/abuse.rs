@@ -98,18 +98,19 @@ async fn allocation_and_relay_port_exhaustion() {
     let s = TestServer::start(c).await;
     let server = s.turn_udp[0];
 
-    // One user: the third allocation is over quota.
+    // One user: the third allocation is over quota. (Each client on its own address: with 3 relay ports, one
+    // source may hold only one, and the per-source bound is not the subject here.)
     let mut a1 = Client::udp_from("127.0.0.1", server, &s, "alice").await;
-    let mut a2 = Client::udp_from("127.0.0.1", server, &s, "alice").await;
-    let mut a3 = Client::udp_from("127.0.0.1", server, &s, "alice").await;
+    let mut a2 = Client::udp_from("127.0.0.2", server, &s, "alice").await;
+    let mut a3 = Client::udp_from("127.0.0.3", server, &s, "alice").await;
     a1.try_allocate().await.unwrap();
     a2.try_allocate().await.unwrap();
     assert_eq!(a3.try_allocate().await, Err(486), "per-user quota");
 
     // Another user takes the last relay port; the next one finds none.
-    let mut b1 = Client::udp_from("127.0.0.1", server, &s, "bob").await;
+    let mut b1 = Client::udp_from("127.0.0.4", server, &s, "bob").await;
     b1.try_allocate().await.unwrap();
-    let mut b2 = Client::udp_from("127.0.0.1", server, &s, "bob").await;
+    let mut b2 = Client::udp_from("127.0.0.5", server, &s, "bob").await;
     assert_eq!(b2.try_allocate().await, Err(508), "relay ports exhausted");
 
     // Existing allocations still answer: a Refresh succeeds.
@@ -127,21 +128,23 @@ async fn the_whole_relay_port_range_is_usable() {
     let mut c = test_config();
     c.turn.relay_port_min = 31100;
     c.turn.relay_port_max = 31499;
-    // 400 clients from one address: their 401 challenges are not the subject here.
+    // 400 clients from 8 addresses: their 401 challenges and the per-source bounds are not the subject here.
     c.turn.unauthenticated_rate_per_ip = 100_000;
+    c.turn.max_allocations_per_ip = 1000;
+    c.turn.relay_port_share_per_ip_percent = 100;
     let s = TestServer::start(c).await;
     let server = s.turn_udp[0];
     let mut clients = Vec::new();
     let mut ports = std::collections::HashSet::new();
     for i in 0..400 {
-        let mut cl = Client::udp_from("127.0.0.1", server, &s, &format!("user{i}")).await;
+        let mut cl = Client::udp_from(&format!("127.0.0.{}", 1 + i % 8), server, &s, &format!("user{i}")).await;
         let relay = cl.try_allocate().await.unwrap_or_else(|e| panic!("allocation {i} of 400 refused with {e}"));
         assert!((31100..=31499).contains(&relay.port()), "{relay}");
         ports.insert(relay.port());
         clients.push(cl);
     }
     assert_eq!(ports.len(), 400);
-    let mut extra = Client::udp_from("127.0.0.1", server, &s, "extra").await;
+    let mut extra = Client::udp_from("127.0.0.9", server, &s, "extra").await;
     assert_eq!(extra.try_allocate().await, Err(508), "range full");
 
     let mut freed = clients.pop().unwrap();

@@ -199,8 +199,9 @@ async fn shutdown_closes_relay_sockets() {
     let mut c = Client::udp(srv.turn_udp[0], &srv).await;
     let relay = c.allocate().await;
     assert_eq!(relay.port(), 31000);
-    // The only port is taken: a second allocation gets 508.
-    let mut c2 = Client::udp(srv.turn_udp[0], &srv).await;
+    // The only port is taken: a second allocation gets 508 (from another source: one source may not hold the
+    // whole range, and that 486 is not the subject here).
+    let mut c2 = Client::udp_from("127.0.0.2", srv.turn_udp[0], &srv, "second").await;
     let r = c2.request(METHOD_ALLOCATE, &|m| m.add(AttrType(ATTR_REQUESTED_TRANSPORT), &[17, 0, 0, 0])).await;
     assert_eq!(code(&r), Some(508));
     srv.stop().await.unwrap();

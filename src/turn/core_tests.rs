@@ -101,6 +101,15 @@ impl T {
         done
     }
 
+    /// Run the timers at `at`: the actions other than [`Action::Timeout`], and that timeout (there is always one).
+    fn tick_at(&self, at: Instant) -> (Vec<Action>, Instant) {
+        let mut out = Vec::new();
+        self.core.tick(at, &mut out);
+        let Some(Action::Timeout(next)) = out.pop() else { panic!("tick must end with its Timeout: {out:?}") };
+        assert!(next > at && next <= at + MAX_TICK, "next tick {:?} after {:?}", next - at, at - self.t0);
+        (out, next)
+    }
+
     /// Feed and return the single STUN answer, decoded.
     fn ask(&mut self, pkt: &[u8]) -> Message {
         let out = self.feed(pkt);
@@ -239,7 +248,13 @@ fn send_indication(peer: SocketAddr, data: &[u8]) -> Vec<u8> {
 fn peer_packet(t: &T, relay_local: SocketAddr, peer: SocketAddr, payload: &[u8]) -> Option<(FiveTuple, Vec<u8>)> {
     let mut buf = vec![0u8; HEADROOM + payload.len() + TAILROOM];
     buf[HEADROOM..HEADROOM + payload.len()].copy_from_slice(payload);
-    t.core.from_peer(relay_local, peer, &mut buf, payload.len(), t.now).map(|(to, r)| (to, buf[r].to_vec()))
+    let mut out = Vec::new();
+    t.core.from_peer(relay_local, peer, &mut buf, payload.len(), t.now, &mut out);
+    match out.as_slice() {
+        [] => None,
+        [Action::FromPeer { to, data }] => Some((*to, buf[data.clone()].to_vec())),
+        other => panic!("from_peer emits at most one FromPeer: {other:?}"),
+    }
 }
 
 /// Local relay address of the (single) allocation: advertised port on the local relay IP.
@@ -620,8 +635,7 @@ fn refresh_extends_and_zero_deletes_retransmission_safe() {
     let r = t.request(METHOD_REFRESH, &|m| m.add(AttrType(ATTR_LIFETIME), &1200u32.to_be_bytes()));
     assert_eq!((code(&r), lifetime(&r)), (None, 1200));
     t.advance(1000);
-    let mut out = Vec::new();
-    t.core.tick(t.now, &mut out);
+    let (out, _) = t.tick_at(t.now);
     assert!(out.is_empty(), "refreshed allocation must survive: {out:?}");
     t.get_nonce();
     let pkt = t.build(METHOD_REFRESH, [6; 12], &|m| m.add(AttrType(ATTR_LIFETIME), &0u32.to_be_bytes()), true);
@@ -656,11 +670,12 @@ fn refresh_by_other_user_is_441_and_family_mismatch_443() {
 fn allocation_expires_and_closes_relay() {
     let mut t = T::new();
     let relay = t.allocate();
-    let mut out = Vec::new();
-    t.core.tick(t.now + Duration::from_secs(599), &mut out);
+    let (out, _) = t.tick_at(t.now + Duration::from_secs(599));
     assert!(out.is_empty());
-    assert!(t.core.next_deadline().unwrap() <= t.t0 + Duration::from_secs(600));
-    t.core.tick(t.now + Duration::from_secs(600), &mut out);
+    // The core asks to be woken at the expiry, not a whole MAX_TICK later.
+    let (_, next) = t.tick_at(t.now + Duration::from_millis(599_500));
+    assert_eq!(next, t.t0 + Duration::from_secs(600));
+    let (out, _) = t.tick_at(t.now + Duration::from_secs(600));
     assert!(matches!(out.as_slice(), [Action::CloseRelay { relay: r }] if *r == local(relay)), "{out:?}");
     assert_eq!(t.core.allocation_count(), 0);
     assert_eq!(t.core.usage.lock().total, 0);
@@ -998,10 +1013,9 @@ fn unclaimed_reservations_expire_and_release_the_port() {
     });
     let token = r.get(AttrType(ATTR_RESERVATION_TOKEN)).unwrap();
     let next = SocketAddr::new("10.1.1.1".parse().unwrap(), relayed(&r).port() + 1);
-    let mut out = Vec::new();
-    t.core.tick(t.now + Duration::from_secs(29), &mut out);
+    let (out, _) = t.tick_at(t.now + Duration::from_secs(29));
     assert!(out.is_empty());
-    t.core.tick(t.now + Duration::from_secs(30), &mut out);
+    let (out, _) = t.tick_at(t.now + Duration::from_secs(30));
     assert!(matches!(out.as_slice(), [Action::CloseRelay { relay }] if *relay == next), "{out:?}");
     t.advance(31);
     t.tuple.client = public("198.51.100.7:40001");

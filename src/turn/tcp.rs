@@ -3,7 +3,7 @@
 //! [`serve_stream`] is generic over the reader/writer halves so that TURN over TLS (`turns:`) only has to
 //! wrap the accepted stream and call it with `Transport::Tcp` framing.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -11,14 +11,19 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 use super::codec;
-use super::core::{FiveTuple, Transport};
+use super::core::{source_of, FiveTuple, Transport};
 use super::Shell;
 
-/// A connection that sends nothing for this long is closed. Live TURN clients refresh permissions every
-/// < 300 s, so only idle or stuck (half-frame) connections hit it.
+/// A connection with an allocation that sends nothing for this long is closed. Live TURN clients refresh
+/// permissions every < 300 s, so only idle or stuck (half-frame) connections hit it. Connections without an
+/// allocation get `turn.tcp_setup_timeout_secs` instead.
 const IDLE: Duration = Duration::from_secs(400);
 /// Largest frame: a STUN header plus 65535, or a padded ChannelData of 65535.
 const MAX_FRAME: usize = 20 + 65536;
+/// Read buffer a connection starts with, enough for any frame a browser sends (STUN requests, ChannelData
+/// under the path MTU). It grows up to [`MAX_FRAME`] only while a larger frame is arriving, so an idle
+/// connection does not hold 64 KiB.
+const INITIAL_BUF: usize = 4096;
 /// Frames queued towards a slow client before new ones are dropped.
 const QUEUE: usize = 1024;
 
@@ -53,6 +58,10 @@ where
     W: AsyncWrite + Unpin + Send + 'static,
 {
     let tuple = FiveTuple { client, server, transport: Transport::Tcp };
+    let Some(_counted) = SourceSlot::take(&shell, client) else {
+        tracing::debug!(%client, "TURN/TCP: too many connections from this source (turn.max_tcp_connections_per_ip); closing");
+        return;
+    };
     let (tx, mut rx) = mpsc::channel::<bytes::Bytes>(QUEUE);
     shell.streams.insert(tuple, tx);
     let writer = async move {
@@ -64,7 +73,7 @@ where
         let _ = wr.shutdown().await;
     };
     let reader = async {
-        let mut buf = vec![0u8; MAX_FRAME];
+        let mut buf = vec![0u8; INITIAL_BUF];
         let mut filled = 0;
         let mut actions = Vec::with_capacity(8);
         loop {
@@ -76,7 +85,7 @@ where
                         let frame = &buf[start..start + n];
                         shell.core.handle(frame, tuple, Instant::now(), &mut actions);
                         if !actions.is_empty() {
-                            shell.execute(frame, &mut actions).await;
+                            shell.execute(frame, &mut actions, None).await;
                         }
                         start += n;
                     }
@@ -89,7 +98,14 @@ where
             }
             buf.copy_within(start..filled, 0);
             filled -= start;
-            match tokio::time::timeout(IDLE, rd.read(&mut buf[filled..])).await {
+            if filled == buf.len() {
+                // A frame larger than the buffer is arriving (tcp_frame_len caps frames at MAX_FRAME).
+                buf.resize((buf.len() * 2).min(MAX_FRAME), 0);
+            } else if filled == 0 && buf.len() > INITIAL_BUF {
+                buf = vec![0u8; INITIAL_BUF];
+            }
+            let idle = if shell.core.has_allocation(&tuple) { IDLE } else { shell.core.tcp_setup_timeout() };
+            match tokio::time::timeout(idle, rd.read(&mut buf[filled..])).await {
                 Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return,
                 Ok(Ok(n)) => filled += n,
             }
@@ -103,5 +119,41 @@ where
     shell.streams.remove(&tuple);
     let mut actions = Vec::new();
     shell.core.client_closed(tuple, &mut actions);
-    shell.execute(&[], &mut actions).await;
+    shell.execute(&[], &mut actions, None).await;
+}
+
+/// One open connection counted against its source's `turn.max_tcp_connections_per_ip`; dropping it gives the
+/// place back (and removes the source's entry at zero, so the table only holds sources with connections).
+struct SourceSlot {
+    shell: Arc<Shell>,
+    source: IpAddr,
+}
+
+impl SourceSlot {
+    fn take(shell: &Arc<Shell>, client: SocketAddr) -> Option<SourceSlot> {
+        let source = source_of(client.ip());
+        let max = shell.core.limits().max_tcp_connections_per_source;
+        let mut map = shell.tcp_per_source.lock();
+        let n = map.entry(source).or_default();
+        if *n >= max {
+            if *n == 0 {
+                map.remove(&source);
+            }
+            return None;
+        }
+        *n += 1;
+        Some(SourceSlot { shell: shell.clone(), source })
+    }
+}
+
+impl Drop for SourceSlot {
+    fn drop(&mut self) {
+        let mut map = self.shell.tcp_per_source.lock();
+        if let Some(n) = map.get_mut(&self.source) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.source);
+            }
+        }
+    }
 }
