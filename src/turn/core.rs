@@ -115,7 +115,7 @@ pub struct Counters {
     pub auth_challenges: AtomicU64,
     /// Requests with wrong, unknown or expired credentials.
     pub auth_failures: AtomicU64,
-    /// 401/438 answers suppressed by `turn.unauthenticated_rate_per_ip`.
+    /// Unsigned answers (Binding, 401/438, 400) suppressed by `turn.unauthenticated_rate_per_ip`.
     pub challenges_rate_limited: AtomicU64,
     /// Peers refused by the peer policy (403).
     pub denied_peers: AtomicU64,

@@ -367,7 +367,7 @@ impl crate::metrics::Source for TurnMetrics {
         ));
         out.push(Sample::counter(
             "turn_challenges_rate_limited",
-            "401/438 answers suppressed by the per-IP limit",
+            "Unsigned answers (Binding, 401/438, 400) suppressed by the per-source budget",
             s.challenges_rate_limited,
         ));
         out.push(Sample::counter("turn_denied_peers", "Peers refused by the peer policy", s.denied_peers));
