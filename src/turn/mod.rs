@@ -25,7 +25,6 @@ use std::time::{Duration, Instant};
 use tokio::io::Interest;
 
 use dashmap::DashMap;
-use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -42,8 +41,8 @@ pub(crate) struct Shell {
     /// Our UDP listening sockets by local address (responses and relayed data to UDP clients leave from the
     /// address the client talked to).
     pub udp: HashMap<SocketAddr, Arc<tokio::net::UdpSocket>>,
-    /// Writers of live TCP (later TLS) client connections.
-    pub streams: DashMap<FiveTuple, mpsc::Sender<bytes::Bytes>>,
+    /// Send queues of live TCP and TLS client connections.
+    pub streams: DashMap<FiveTuple, tcp::StreamTx>,
     /// Open TCP/TLS client connections per source ([`core::source_of`](self::core::source_of)), for `turn.max_tcp_connections_per_ip`.
     /// An entry is removed when its count drops to zero.
     pub tcp_per_source: parking_lot::Mutex<HashMap<IpAddr, usize>>,
@@ -187,9 +186,9 @@ impl Shell {
             }
             Transport::Tcp => {
                 let tx = self.streams.get(&to).map(|t| t.clone());
-                if let Some(tx) = tx {
-                    // A full queue means the client does not read: drop rather than stall the relay.
-                    let _ = tx.try_send(bytes::Bytes::copy_from_slice(data));
+                // A full queue means the client does not read: drop rather than stall the relay or buffer more.
+                if tx.is_some_and(|tx| !tx.send(data)) {
+                    self.core.count_dropped();
                 }
             }
         }

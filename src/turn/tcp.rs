@@ -4,6 +4,7 @@
 //! wrap the accepted stream and call it with `Transport::Tcp` framing.
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -26,6 +27,57 @@ const MAX_FRAME: usize = 20 + 65536;
 const INITIAL_BUF: usize = 4096;
 /// Frames queued towards a slow client before new ones are dropped.
 const QUEUE: usize = 1024;
+/// Bytes queued towards a slow client before new frames are dropped: a client that allocates, points a peer
+/// at its relay and stops reading would otherwise make the server hold 1,024 frames of up to 4 KiB each per
+/// connection (and `turn.max_tcp_connections_per_ip` connections per source). The kernel's socket buffer comes on
+/// top of this; a reading client never comes near it.
+pub(crate) const QUEUE_BYTES: usize = 256 * 1024;
+
+/// The sending half of a TCP/TLS client's queue, bounded in frames and in bytes.
+#[derive(Clone)]
+pub(crate) struct StreamTx {
+    tx: mpsc::Sender<bytes::Bytes>,
+    queued: Arc<AtomicUsize>,
+}
+
+/// The writer task's half: frames in order; [`StreamRx::written`] gives their bytes back to the budget.
+pub(crate) struct StreamRx {
+    rx: mpsc::Receiver<bytes::Bytes>,
+    queued: Arc<AtomicUsize>,
+}
+
+pub(crate) fn stream_queue() -> (StreamTx, StreamRx) {
+    let (tx, rx) = mpsc::channel(QUEUE);
+    let queued = Arc::new(AtomicUsize::new(0));
+    (StreamTx { tx, queued: queued.clone() }, StreamRx { rx, queued })
+}
+
+impl StreamTx {
+    /// Queue a frame; `false` (dropped) when [`QUEUE`] frames or [`QUEUE_BYTES`] bytes are already waiting.
+    pub fn send(&self, data: &[u8]) -> bool {
+        let n = data.len();
+        if self.queued.fetch_add(n, Ordering::Relaxed) + n > QUEUE_BYTES {
+            self.queued.fetch_sub(n, Ordering::Relaxed);
+            return false;
+        }
+        if self.tx.try_send(bytes::Bytes::copy_from_slice(data)).is_err() {
+            self.queued.fetch_sub(n, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+}
+
+impl StreamRx {
+    async fn recv(&mut self) -> Option<bytes::Bytes> {
+        self.rx.recv().await
+    }
+
+    /// A frame of `n` bytes left for the socket.
+    fn written(&self, n: usize) {
+        self.queued.fetch_sub(n, Ordering::Relaxed);
+    }
+}
 
 pub async fn run(shell: Arc<Shell>, listener: tokio::net::TcpListener) -> anyhow::Result<()> {
     let server = listener.local_addr()?;
@@ -62,13 +114,14 @@ where
         tracing::debug!(%client, "TURN/TCP: too many connections from this source (turn.max_tcp_connections_per_ip); closing");
         return;
     };
-    let (tx, mut rx) = mpsc::channel::<bytes::Bytes>(QUEUE);
+    let (tx, mut rx) = stream_queue();
     shell.streams.insert(tuple, tx);
     let writer = async move {
         while let Some(b) = rx.recv().await {
             if wr.write_all(&b).await.is_err() {
                 break;
             }
+            rx.written(b.len());
         }
         let _ = wr.shutdown().await;
     };
@@ -155,5 +208,28 @@ impl Drop for SourceSlot {
                 map.remove(&self.source);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A client that stops reading costs at most QUEUE_BYTES of queued frames (before: 1,024 frames whatever
+    /// their size, up to 4 MiB of relayed datagrams), and the budget comes back as frames are written.
+    #[tokio::test]
+    async fn the_send_queue_is_bounded_in_bytes_and_refills_as_frames_leave() {
+        let (tx, mut rx) = stream_queue();
+        let frame = vec![7u8; 4000];
+        let queued = (0..QUEUE).take_while(|_| tx.send(&frame)).count();
+        assert_eq!(queued, QUEUE_BYTES / 4000, "frames of 4000 bytes that fit in the byte budget");
+        assert!(!tx.send(&frame));
+        let b = rx.recv().await.unwrap();
+        assert!(!tx.send(&frame), "still counted until written");
+        rx.written(b.len());
+        assert!(tx.send(&frame));
+        // Small frames are bounded by count.
+        let (tx, _rx) = stream_queue();
+        assert_eq!((0..QUEUE + 10).take_while(|_| tx.send(&[1u8; 20])).count(), QUEUE);
     }
 }
