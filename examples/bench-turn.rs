@@ -138,10 +138,12 @@ fn main() -> anyhow::Result<()> {
                 "[http]\nlisten = \"127.0.0.1:0\"\n[metrics]\nenabled = false\n[log]\nlevel = \"warn\"\n[turn]\nlisten_udp = [\"127.0.0.1:{port}\"]\n\
                  listen_tcp = []\nsecret = \"{SECRET}\"\nrelay_ip = \"127.0.0.1\"\nrelay_port_min = {PONTE_PORTS_MIN}\n\
                  relay_port_max = {}\nallow_peers = [\"127.0.0.1/32\"]\nmax_allocations_per_user = 100\n\
-                 max_allocations = {}\nunauthenticated_rate_per_ip = 1000000\nudp_workers = {}\n",
+                 max_allocations = {}\nunauthenticated_rate_per_ip = 1000000\nudp_workers = {}\n\
+                 max_allocations_per_ip = {}\nrelay_port_share_per_ip_percent = 100\n",
                 PONTE_PORTS_MIN + RELAY_PORTS - 1,
                 o.allocations + 100,
-                o.udp_workers
+                o.udp_workers,
+                o.allocations + 100
             ),
         )?;
         let child = pinned(Command::new(std::env::current_exe()?), pin)

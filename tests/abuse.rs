@@ -98,18 +98,19 @@ async fn allocation_and_relay_port_exhaustion() {
     let s = TestServer::start(c).await;
     let server = s.turn_udp[0];
 
-    // One user: the third allocation is over quota.
+    // One user: the third allocation is over quota. (Each client on its own address: with 3 relay ports, one
+    // source may hold only one, and the per-source bound is not the subject here.)
     let mut a1 = Client::udp_from("127.0.0.1", server, &s, "alice").await;
-    let mut a2 = Client::udp_from("127.0.0.1", server, &s, "alice").await;
-    let mut a3 = Client::udp_from("127.0.0.1", server, &s, "alice").await;
+    let mut a2 = Client::udp_from("127.0.0.2", server, &s, "alice").await;
+    let mut a3 = Client::udp_from("127.0.0.3", server, &s, "alice").await;
     a1.try_allocate().await.unwrap();
     a2.try_allocate().await.unwrap();
     assert_eq!(a3.try_allocate().await, Err(486), "per-user quota");
 
     // Another user takes the last relay port; the next one finds none.
-    let mut b1 = Client::udp_from("127.0.0.1", server, &s, "bob").await;
+    let mut b1 = Client::udp_from("127.0.0.4", server, &s, "bob").await;
     b1.try_allocate().await.unwrap();
-    let mut b2 = Client::udp_from("127.0.0.1", server, &s, "bob").await;
+    let mut b2 = Client::udp_from("127.0.0.5", server, &s, "bob").await;
     assert_eq!(b2.try_allocate().await, Err(508), "relay ports exhausted");
 
     // Existing allocations still answer: a Refresh succeeds.
@@ -127,21 +128,23 @@ async fn the_whole_relay_port_range_is_usable() {
     let mut c = test_config();
     c.turn.relay_port_min = 31100;
     c.turn.relay_port_max = 31499;
-    // 400 clients from one address: their 401 challenges are not the subject here.
+    // 400 clients from 8 addresses: their 401 challenges and the per-source bounds are not the subject here.
     c.turn.unauthenticated_rate_per_ip = 100_000;
+    c.turn.max_allocations_per_ip = 1000;
+    c.turn.relay_port_share_per_ip_percent = 100;
     let s = TestServer::start(c).await;
     let server = s.turn_udp[0];
     let mut clients = Vec::new();
     let mut ports = std::collections::HashSet::new();
     for i in 0..400 {
-        let mut cl = Client::udp_from("127.0.0.1", server, &s, &format!("user{i}")).await;
+        let mut cl = Client::udp_from(&format!("127.0.0.{}", 1 + i % 8), server, &s, &format!("user{i}")).await;
         let relay = cl.try_allocate().await.unwrap_or_else(|e| panic!("allocation {i} of 400 refused with {e}"));
         assert!((31100..=31499).contains(&relay.port()), "{relay}");
         ports.insert(relay.port());
         clients.push(cl);
     }
     assert_eq!(ports.len(), 400);
-    let mut extra = Client::udp_from("127.0.0.1", server, &s, "extra").await;
+    let mut extra = Client::udp_from("127.0.0.9", server, &s, "extra").await;
     assert_eq!(extra.try_allocate().await, Err(508), "range full");
 
     let mut freed = clients.pop().unwrap();
@@ -283,5 +286,154 @@ async fn slowloris_connections_time_out() {
             Err(_) => panic!("a stalled connection was still open after 15 s"),
         }
     }
+    s.stop().await.unwrap();
+}
+
+// ------------------------------------------------------------------------------------------ TURN per source
+
+fn binding_request(method: u16) -> Vec<u8> {
+    let mut m = codec::message(method, 0, rand::random());
+    stun::fingerprint::FINGERPRINT.add_to(&mut m).unwrap();
+    m.raw
+}
+
+/// Binding requests and requests with unknown methods from one source are answered within the per-source budget
+/// (`turn.unauthenticated_rate_per_ip`), like 401s: the old server answered every one (1.6x and 2.2x the bytes,
+/// unbounded rate), a reflector towards a spoofed address. A client on another address keeps getting answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binding_and_unknown_method_floods_are_not_reflected() {
+    let s = TestServer::start(test_config()).await;
+    let server = s.turn_udp[0];
+    let mut socks = Vec::new();
+    for _ in 0..100 {
+        socks.push(tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap());
+    }
+    let start = Instant::now();
+    let (mut requests, mut sent_bytes) = (0usize, 0usize);
+    for round in 0..20 {
+        for sock in &socks {
+            // Binding, and an unknown method (0x0FF) that gets a 400.
+            let pkt = binding_request(if round % 2 == 0 { METHOD_BINDING } else { 0x0FF });
+            sock.send_to(&pkt, server).await.unwrap();
+            requests += 1;
+            sent_bytes += pkt.len();
+        }
+        tokio::task::yield_now().await;
+    }
+    // Meanwhile another address is answered.
+    let mut normal = Client::udp_from("127.0.0.2", server, &s, "normal").await;
+    let pkt = normal.build(METHOD_BINDING, &|_| {}, false);
+    normal.send_raw(&pkt).await;
+    let r = normal.recv_stun().await;
+    assert_eq!(codec::method_and_class(&r.raw), (METHOD_BINDING, 2), "normal client answered during the flood");
+
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let elapsed = start.elapsed().as_secs_f64();
+    let (mut answers, mut answer_bytes) = (0usize, 0usize);
+    let mut buf = [0u8; 2048];
+    for sock in &socks {
+        while let Ok(n) = sock.try_recv(&mut buf) {
+            answers += 1;
+            answer_bytes += n;
+        }
+    }
+    println!(
+        "binding/unknown flood: {requests} requests ({sent_bytes} B) in {elapsed:.2}s → {answers} answers \
+         ({answer_bytes} B)"
+    );
+    let limit = s.ctx.config.turn.unauthenticated_rate_per_ip as f64;
+    assert!(answers as f64 <= limit * (elapsed + 2.0), "{answers} answers in {elapsed:.2}s exceed the per-IP budget");
+    assert!(answer_bytes < sent_bytes, "the flood is reflected with amplification: {answer_bytes} B > {sent_bytes} B");
+    s.stop().await.unwrap();
+}
+
+/// The issue's attack: one address mints usernames (every WebSocket and `refresh_ice` gets a new one) and
+/// allocates until refused. It now holds at most its share of the relay range, and a victim on another address
+/// still gets a relay (before, 12 usernames held every port and the victim got 508).
+#[tokio::test]
+async fn minted_usernames_from_one_source_leave_relay_ports_for_others() {
+    let mut c = test_config();
+    c.turn.relay_port_min = 31600;
+    c.turn.relay_port_max = 31639;
+    let s = TestServer::start(c).await;
+    let server = s.turn_udp[0];
+    let mut held = Vec::new();
+    let mut refused = None;
+    'users: for u in 0..12 {
+        for _ in 0..10 {
+            let mut cl = Client::udp_from("127.0.0.1", server, &s, &format!("minted{u}")).await;
+            match cl.try_allocate().await {
+                Ok(_) => held.push(cl),
+                Err(code) => {
+                    refused = Some(code);
+                    break 'users;
+                }
+            }
+        }
+    }
+    println!("one source held {} of 40 relay ports before {refused:?}", held.len());
+    assert_eq!(held.len(), 10, "a quarter of the 40-port range (turn.relay_port_share_per_ip_percent)");
+    assert_eq!(refused, Some(486));
+    let mut victim = Client::udp_from("127.0.0.2", server, &s, "victim").await;
+    victim.try_allocate().await.expect("another source still gets a relay port");
+    s.stop().await.unwrap();
+}
+
+/// Whether the server closes `c` within `wait` (the test side never sends anything).
+async fn closed_within(mut c: tokio::net::TcpStream, wait: Duration) -> bool {
+    let mut b = [0u8; 16];
+    match tokio::time::timeout(wait, c.read(&mut b)).await {
+        Ok(Ok(0)) | Ok(Err(_)) => true,
+        Ok(Ok(n)) => panic!("{n} bytes to a connection that sent nothing"),
+        Err(_) => false,
+    }
+}
+
+/// TURN over TCP: connections beyond `turn.max_tcp_connections_per_ip` from one source are closed at once (before:
+/// no cap), while a client on another address allocates over TCP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_connections_are_bounded_per_source() {
+    let mut c = test_config();
+    c.turn.max_tcp_connections_per_ip = 8;
+    c.turn.tcp_setup_timeout_secs = 60; // not the subject here
+    let s = TestServer::start(c).await;
+    let server = s.turn_tcp[0];
+    let mut idle = Vec::new();
+    for _ in 0..20 {
+        idle.push(tokio::net::TcpStream::connect(server).await.unwrap());
+    }
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+    let stream = sock.connect(server).await.unwrap();
+    let mut normal = Client::with(common::turn_client::Conn::Tcp(stream, Vec::new()), &s);
+    normal.allocate().await;
+    let closed = futures_util::future::join_all(idle.into_iter().map(|c| closed_within(c, Duration::from_secs(3))))
+        .await
+        .into_iter()
+        .filter(|c| *c)
+        .count();
+    assert_eq!(closed, 12, "20 connections from one source, 8 allowed");
+    s.stop().await.unwrap();
+}
+
+/// TURN over TCP: a connection that never allocates is closed after `turn.tcp_setup_timeout_secs` (before:
+/// 400 s of silence, about 36 KB each), while a client that allocated keeps its connection past that.
+#[tokio::test]
+async fn tcp_connections_without_an_allocation_time_out() {
+    let mut c = test_config();
+    c.turn.tcp_setup_timeout_secs = 1;
+    let s = TestServer::start(c).await;
+    let server = s.turn_tcp[0];
+    let silent = tokio::net::TcpStream::connect(server).await.unwrap();
+    let mut half = tokio::net::TcpStream::connect(server).await.unwrap();
+    half.write_all(&[0x00, 0x01, 0x00, 0x40, 0x21, 0x12]).await.unwrap(); // half a STUN header, then nothing
+    let mut normal = Client::tcp(server, &s).await;
+    normal.allocate().await;
+    assert!(closed_within(silent, Duration::from_secs(10)).await, "a silent connection was open after 10 s");
+    assert!(closed_within(half, Duration::from_secs(10)).await, "a half-frame connection was open after 10 s");
+    // The allocated connection outlives the setup timeout.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let r = normal.request(METHOD_REFRESH, &|m| m.add(AttrType(ATTR_LIFETIME), &600u32.to_be_bytes())).await;
+    assert_eq!(code(&r), None, "refresh on the allocated TCP connection: {r}");
     s.stop().await.unwrap();
 }

@@ -199,8 +199,9 @@ async fn shutdown_closes_relay_sockets() {
     let mut c = Client::udp(srv.turn_udp[0], &srv).await;
     let relay = c.allocate().await;
     assert_eq!(relay.port(), 31000);
-    // The only port is taken: a second allocation gets 508.
-    let mut c2 = Client::udp(srv.turn_udp[0], &srv).await;
+    // The only port is taken: a second allocation gets 508 (from another source: one source may not hold the
+    // whole range, and that 486 is not the subject here).
+    let mut c2 = Client::udp_from("127.0.0.2", srv.turn_udp[0], &srv, "second").await;
     let r = c2.request(METHOD_ALLOCATE, &|m| m.add(AttrType(ATTR_REQUESTED_TRANSPORT), &[17, 0, 0, 0])).await;
     assert_eq!(code(&r), Some(508));
     srv.stop().await.unwrap();
@@ -383,4 +384,91 @@ fn a_udp_worker_group_cannot_join_a_port_already_in_use() {
     c.http.listen = "127.0.0.1:0".parse().unwrap();
     let err = ponte::Listeners::bind(&c).unwrap_err();
     assert_eq!(err.key, "turn.listen_udp[0]");
+}
+
+/// The host's primary non-loopback address (UDP `connect` to a TEST-NET address sends nothing), if it has one.
+fn host_address() -> Option<std::net::IpAddr> {
+    let s = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+    s.connect("198.51.100.1:9").ok()?;
+    let ip = s.local_addr().ok()?.ip();
+    (!ip.is_unspecified() && !ip.is_loopback()).then_some(ip)
+}
+
+/// With TURN listening on one address (127.0.0.1) and `allow_peers` covering the network of the host's other
+/// interface address, a permission to that address is refused: the server's own addresses stay refused whatever
+/// allow_peers says (docs/turn.md). The old server only knew its interface addresses when listening on a wildcard.
+#[tokio::test]
+async fn the_hosts_other_interface_addresses_stay_refused_under_allow_peers() {
+    let Some(host) = host_address() else {
+        println!("SKIP: this host has no non-loopback address");
+        return;
+    };
+    let net = ipnet::IpNet::new(host, if host.is_ipv4() { 8 } else { 48 }).unwrap().trunc();
+    let mut cfg = test_config();
+    cfg.turn.allow_peers = vec![net];
+    let srv = TestServer::start(cfg).await;
+    let mut c = Client::udp(srv.turn_udp[0], &srv).await;
+    c.allocate().await;
+    let peer = SocketAddr::new(host, 22);
+    let r = c.request(METHOD_CREATE_PERMISSION, &move |m| peer_attr(m, peer)).await;
+    assert_eq!(code(&r), Some(403), "{host} is this host's own address; allow_peers = {net}");
+    // Another address of that network is allowed, as configured.
+    let other = match host {
+        std::net::IpAddr::V4(v4) => {
+            let o = v4.octets();
+            std::net::IpAddr::V4(std::net::Ipv4Addr::new(o[0], o[1] ^ 0x55, o[2], o[3]))
+        }
+        std::net::IpAddr::V6(_) => net.hosts().nth(7).unwrap(),
+    };
+    let r = c.request(METHOD_CREATE_PERMISSION, &move |m| peer_attr(m, SocketAddr::new(other, 22))).await;
+    assert_eq!(code(&r), None, "{other} in allow_peers {net}: {r}");
+    srv.stop().await.unwrap();
+}
+
+/// A config reload (SIGHUP) reaches the running TURN core through the config watcher: `software` appears in
+/// answers, a lowered per-user quota refuses the next allocation, and a lowered TCP cap refuses the next
+/// connection. Before, the reload said these were in effect but the core kept its start-up values.
+#[tokio::test]
+async fn turn_limits_and_software_follow_config_reload() {
+    let srv = TestServer::start(lo_config()).await;
+    let mut a = Client::udp(srv.turn_udp[0], &srv).await;
+    let pkt = a.build(METHOD_BINDING, &|_| {}, false);
+    a.send_raw(&pkt).await;
+    assert!(a.recv_stun().await.get(AttrType(ATTR_SOFTWARE)).is_err(), "no SOFTWARE by default");
+
+    let mut cfg = (*srv.ctx.live()).clone();
+    cfg.turn.software = Some("ponte-reloaded".into());
+    cfg.turn.max_allocations_per_user = 1;
+    cfg.turn.max_tcp_connections_per_ip = 1;
+    let report = srv.ctx.reload(cfg);
+    for key in ["turn.software", "turn.max_allocations_per_user", "turn.max_tcp_connections_per_ip"] {
+        assert!(report.applied.contains(&key), "{key}: {report:?}");
+    }
+    // The TURN task applies it asynchronously: poll (bounded) until SOFTWARE shows.
+    let mut applied = false;
+    for _ in 0..50 {
+        let pkt = a.build(METHOD_BINDING, &|_| {}, false);
+        a.send_raw(&pkt).await;
+        if a.recv_stun().await.get(AttrType(ATTR_SOFTWARE)).ok().as_deref() == Some(&b"ponte-reloaded"[..]) {
+            applied = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(applied, "software from the reload never took effect");
+    a.allocate().await;
+    let mut b = Client::udp(srv.turn_udp[0], &srv).await;
+    b.user = a.user.clone();
+    b.pass = a.pass.clone();
+    let r = b.request(METHOD_ALLOCATE, &|m| m.add(AttrType(ATTR_REQUESTED_TRANSPORT), &[17, 0, 0, 0])).await;
+    assert_eq!(code(&r), Some(486), "max_allocations_per_user from the reload");
+    let mut first = Client::tcp(srv.turn_tcp[0], &srv).await;
+    let pkt = first.build(METHOD_BINDING, &|_| {}, false);
+    first.send_raw(&pkt).await;
+    assert_eq!(codec::method_and_class(&first.recv_stun().await.raw), (METHOD_BINDING, 2), "one connection served");
+    let mut second = TcpStream::connect(srv.turn_tcp[0]).await.unwrap();
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(T, second.read(&mut buf)).await.expect("closed in time").unwrap_or(0);
+    assert_eq!(n, 0, "max_tcp_connections_per_ip from the reload: the second connection is closed");
+    srv.stop().await.unwrap();
 }

@@ -116,7 +116,12 @@ fuzz_target!(|data: &[u8]| {
                 let off = ponte::turn::codec::HEADROOM;
                 let mut buf = vec![0u8; off + body.len() + 64];
                 buf[off..off + body.len()].copy_from_slice(body);
-                let _ = core.from_peer(relay, peer, &mut buf, body.len(), now);
+                let mut sent = Vec::new();
+                core.from_peer(relay, peer, &mut buf, body.len(), now, &mut sent);
+                for a in sent {
+                    let Action::FromPeer { data, .. } = a else { panic!("from_peer emits only FromPeer: {a:?}") };
+                    assert!(data.end <= buf.len(), "FromPeer range outside the buffer");
+                }
             }
             5 => {
                 now += Duration::from_secs(body.first().copied().unwrap_or(1) as u64 * 10);
@@ -159,7 +164,8 @@ fuzz_target!(|data: &[u8]| {
                         }
                     }
                 }
-                Action::ToPeer { .. } | Action::CloseRelay { .. } => {}
+                Action::Timeout(at) => assert!(at > now, "the next tick must lie ahead"),
+                Action::ToPeer { .. } | Action::FromPeer { .. } | Action::CloseRelay { .. } => {}
             }
             i += 1;
         }

@@ -58,14 +58,18 @@ table! {
     Restart "turn.external_ip" => turn.external_ip;
     Live "turn.allow_peers" => turn.allow_peers;
     Live "turn.deny_peers" => turn.deny_peers;
-    // The TURN core reads its quotas, challenge rate and SOFTWARE once, at start.
-    Restart "turn.max_allocations" => turn.max_allocations;
-    Restart "turn.max_allocations_per_user" => turn.max_allocations_per_user;
-    Restart "turn.max_permissions_per_allocation" => turn.max_permissions_per_allocation;
-    Restart "turn.max_channels_per_allocation" => turn.max_channels_per_allocation;
-    Restart "turn.max_bandwidth_per_allocation" => turn.max_bandwidth_per_allocation;
-    Restart "turn.unauthenticated_rate_per_ip" => turn.unauthenticated_rate_per_ip;
-    Restart "turn.software" => turn.software;
+    // Quotas, the answer budget and SOFTWARE reach the TURN core through its config watcher (Core::reload).
+    Live "turn.max_allocations" => turn.max_allocations;
+    Live "turn.max_allocations_per_user" => turn.max_allocations_per_user;
+    Live "turn.max_permissions_per_allocation" => turn.max_permissions_per_allocation;
+    Live "turn.max_channels_per_allocation" => turn.max_channels_per_allocation;
+    Live "turn.max_bandwidth_per_allocation" => turn.max_bandwidth_per_allocation;
+    Live "turn.unauthenticated_rate_per_ip" => turn.unauthenticated_rate_per_ip;
+    Live "turn.software" => turn.software;
+    Live "turn.max_allocations_per_ip" => turn.max_allocations_per_ip;
+    Live "turn.relay_port_share_per_ip_percent" => turn.relay_port_share_per_ip_percent;
+    Live "turn.max_tcp_connections_per_ip" => turn.max_tcp_connections_per_ip;
+    Live "turn.tcp_setup_timeout_secs" => turn.tcp_setup_timeout_secs;
     // The self-test runs once, at start.
     Restart "turn.self_test" => turn.self_test;
 

@@ -147,7 +147,9 @@ pub struct TurnConfig {
     pub max_channels_per_allocation: usize,
     /// Relay bandwidth cap per allocation in bytes/s, each direction; 0 = unlimited.
     pub max_bandwidth_per_allocation: u64,
-    /// Most 401 answers per second to one source IP (stops reflection/amplification through challenges).
+    /// Most unsigned answers per second to one source IP (an IPv6 /64 counts as one source): Binding
+    /// responses, 401/438 challenges and errors to requests without valid credentials. Their source address
+    /// is unverified, so this caps what the server reflects to a spoofed victim. 0 = unlimited.
     pub unauthenticated_rate_per_ip: u32,
     /// SOFTWARE attribute value in responses. Unset: none is sent (do not tell scanners what we run).
     pub software: Option<String>,
@@ -156,6 +158,18 @@ pub struct TurnConfig {
     /// Sockets (and tasks) per `listen_udp` address, sharing the port through SO_REUSEPORT so that STUN/TURN over
     /// UDP uses several cores; the kernel keeps each client on one socket. 0 = one per CPU, at most 8.
     pub udp_workers: usize,
+    // Per-source bounds (a source is one IPv4 address or one IPv6 /64), so that minting usernames does not
+    // get around the per-user quota and one source cannot take the relay range or the connection table.
+    /// Most relay ports one source holds at once (each allocation holds one, an EVEN-PORT reservation a second).
+    pub max_allocations_per_ip: usize,
+    /// Most of the relay port range one source may hold, in percent, whatever `max_allocations_per_ip` says:
+    /// with a small range, one source must still not take every port.
+    pub relay_port_share_per_ip_percent: u8,
+    /// Most TURN-over-TCP/TLS connections open at once from one source.
+    pub max_tcp_connections_per_ip: usize,
+    /// Seconds a TURN-over-TCP/TLS connection without an allocation may stay silent (the first request must
+    /// come within it too); connections with an allocation get the 400 s idle timeout.
+    pub tcp_setup_timeout_secs: u64,
 }
 
 impl Default for TurnConfig {
@@ -181,10 +195,14 @@ impl Default for TurnConfig {
             max_permissions_per_allocation: 64,
             max_channels_per_allocation: 64,
             max_bandwidth_per_allocation: 0,
-            unauthenticated_rate_per_ip: 20,
+            unauthenticated_rate_per_ip: 100,
             software: None,
             self_test: true,
             udp_workers: 0,
+            max_allocations_per_ip: 32,
+            relay_port_share_per_ip_percent: 25,
+            max_tcp_connections_per_ip: 32,
+            tcp_setup_timeout_secs: 10,
         }
     }
 }

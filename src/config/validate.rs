@@ -141,6 +141,25 @@ fn turn(t: &TurnConfig, p: &mut Problems) {
     if t.max_channels_per_allocation > 0x4000 {
         p.bad("turn.max_channels_per_allocation", "must be at most 16384 (channel numbers 0x4000-0x7FFF)");
     }
+    // Per-source bounds.
+    if t.max_allocations_per_ip == 0 {
+        p.bad("turn.max_allocations_per_ip", "0 would refuse every allocation; use at least 1 (default 32)");
+    }
+    if !(1..=100).contains(&t.relay_port_share_per_ip_percent) {
+        p.bad(
+            "turn.relay_port_share_per_ip_percent",
+            format!("{} is not a share; use 1 to 100 (default 25)", t.relay_port_share_per_ip_percent),
+        );
+    }
+    if t.max_tcp_connections_per_ip == 0 {
+        p.bad("turn.max_tcp_connections_per_ip", "0 would refuse every TCP/TLS client; use at least 1 (default 32)");
+    }
+    if !(1..=400).contains(&t.tcp_setup_timeout_secs) {
+        p.bad(
+            "turn.tcp_setup_timeout_secs",
+            format!("{} is out of range; use 1 to 400 (default 10)", t.tcp_setup_timeout_secs),
+        );
+    }
 }
 
 fn signaling(s: &SignalingConfig, p: &mut Problems) {

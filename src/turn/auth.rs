@@ -2,7 +2,7 @@
 //!
 //! Nothing here keeps per-request state: a nonce is `hex(issue time) || HMAC(server key, time || client IP)`,
 //! so a flood of unauthenticated requests costs one HMAC each and no memory. The only table is the fixed-size
-//! 401 limiter (hashed buckets, no growth).
+//! per-source answer limiter (hashed buckets, no growth).
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
@@ -20,7 +20,7 @@ use crate::credentials;
 
 /// How long a nonce is good for before the client gets 438 Stale Nonce and retries with a fresh one.
 pub const NONCE_TTL_SECS: u64 = 600;
-/// Buckets in the 401 limiter; colliding sources share a bucket (fail-safe: they are limited together).
+/// Buckets in the answer limiter; colliding sources share a bucket (fail-safe: they are limited together).
 const LIMITER_SLOTS: usize = 4096;
 
 /// The long-term credential key: MD5(username ":" realm ":" password) (RFC 8489 §9.2.2).
@@ -151,9 +151,15 @@ impl Auth {
             .collect())
     }
 
-    /// May we send one more 401/438 to this source now?
-    pub fn allow_challenge(&self, ip: IpAddr, now_unix: u64) -> bool {
-        self.limiter.allow(ip, now_unix)
+    /// May we send one more unsigned answer (Binding success, 401/438, error) to this source now? `source` is
+    /// the client's [`source_of`](super::core::source_of), so an IPv6 /64 shares one budget.
+    pub fn allow_answer(&self, source: IpAddr, now_unix: u64) -> bool {
+        self.limiter.allow(source, now_unix)
+    }
+
+    /// A config reload changed `turn.unauthenticated_rate_per_ip`.
+    pub fn set_answer_rate(&self, per_sec: u32) {
+        self.limiter.per_sec.store(per_sec, Ordering::Relaxed);
     }
 }
 
@@ -211,7 +217,7 @@ pub fn add_integrity_sha256(m: &mut stun::message::Message, key: &[u8]) {
 /// lock-free and memory never grows with the number of sources.
 struct RateLimiter {
     slots: Box<[AtomicU64]>,
-    per_sec: u32,
+    per_sec: std::sync::atomic::AtomicU32,
     hasher: std::collections::hash_map::RandomState,
 }
 
@@ -219,13 +225,14 @@ impl RateLimiter {
     fn new(per_sec: u32) -> Self {
         RateLimiter {
             slots: (0..LIMITER_SLOTS).map(|_| AtomicU64::new(0)).collect(),
-            per_sec,
+            per_sec: per_sec.into(),
             hasher: Default::default(),
         }
     }
 
     fn allow(&self, ip: IpAddr, now: u64) -> bool {
-        if self.per_sec == 0 {
+        let per_sec = self.per_sec.load(Ordering::Relaxed);
+        if per_sec == 0 {
             return true;
         }
         let slot = &self.slots[(self.hasher.hash_one(ip) as usize) % LIMITER_SLOTS];
@@ -234,7 +241,7 @@ impl RateLimiter {
         loop {
             let (s, c) = (cur >> 32, cur & 0xFFFF_FFFF);
             let next = if s == sec {
-                if c >= self.per_sec as u64 {
+                if c >= per_sec as u64 {
                     return false;
                 }
                 (sec << 32) | (c + 1)
@@ -327,8 +334,8 @@ mod tests {
     fn limiter_caps_per_second_per_source() {
         let a = auth();
         let ip: IpAddr = "192.0.2.1".parse().unwrap();
-        assert!((0..3).all(|_| a.allow_challenge(ip, 50)));
-        assert!(!a.allow_challenge(ip, 50));
-        assert!(a.allow_challenge(ip, 51), "next second refills");
+        assert!((0..3).all(|_| a.allow_answer(ip, 50)));
+        assert!(!a.allow_answer(ip, 50));
+        assert!(a.allow_answer(ip, 51), "next second refills");
     }
 }

@@ -38,6 +38,9 @@ pub const RESERVATION_LIFETIME: Duration = Duration::from_secs(30);
 /// Upper bound on cached responses; past it we stop caching (retransmissions are then re-processed, which is
 /// still correct for everything except the Allocate/Refresh-0 corner cases) rather than grow.
 const RESPONSE_CACHE_MAX: usize = 65_536;
+/// Cached responses per source: far more than one client's transactions in flight over 40 s (a browser sends a
+/// few requests per allocation per minute), far less than the whole cache.
+const RESPONSE_CACHE_PER_SOURCE: usize = 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Transport {
@@ -53,18 +56,29 @@ pub struct FiveTuple {
     pub transport: Transport,
 }
 
-/// Instructions for the I/O shell.
+/// The core's one output type: everything it asks of the I/O shell, from every input method
+/// ([`Core::handle`], [`Core::from_peer`], [`Core::relay_opened`], [`Core::tick`], [`Core::client_closed`]).
+/// Inputs append to a caller-owned `Vec<Action>`, so the hot paths allocate nothing per packet.
 #[derive(Debug)]
 pub enum Action {
     /// Send a STUN message to a client.
     ToClient { to: FiveTuple, data: Vec<u8> },
     /// Send `input[data]` (a range of the packet passed to `handle`) from relay socket `relay` to `peer`.
     ToPeer { relay: SocketAddr, peer: SocketAddr, data: Range<usize> },
+    /// Send `buf[data]` (a peer datagram passed to [`Core::from_peer`], now wrapped in place as ChannelData or a
+    /// Data indication) to client `to`.
+    FromPeer { to: FiveTuple, data: Range<usize> },
     /// Bind a relay socket for this request and report back with [`Core::relay_opened`].
     OpenRelay(RelayRequest),
     /// Close the relay socket bound at `relay` (allocation deleted or expired).
     CloseRelay { relay: SocketAddr },
+    /// Call [`Core::tick`] again at (about) this moment: the next expiry, at most [`MAX_TICK`] away so that state
+    /// created by other inputs meanwhile is looked at too. Emitted by every `tick`.
+    Timeout(Instant),
 }
+
+/// The longest a shell may wait between two [`Core::tick`]s.
+pub const MAX_TICK: Duration = Duration::from_secs(1);
 
 /// An authenticated, admitted Allocate waiting for its relay socket.
 #[derive(Debug)]
@@ -101,7 +115,7 @@ pub struct Counters {
     pub auth_challenges: AtomicU64,
     /// Requests with wrong, unknown or expired credentials.
     pub auth_failures: AtomicU64,
-    /// 401/438 answers suppressed by `turn.unauthenticated_rate_per_ip`.
+    /// Unsigned answers (Binding, 401/438, 400) suppressed by `turn.unauthenticated_rate_per_ip`.
     pub challenges_rate_limited: AtomicU64,
     /// Peers refused by the peer policy (403).
     pub denied_peers: AtomicU64,
@@ -152,6 +166,52 @@ impl Counters {
 
 fn inc(a: &AtomicU64) {
     a.fetch_add(1, Ordering::Relaxed);
+}
+
+/// One source for the per-source limits: an IPv4 address, or the /64 an IPv6 address is in (one subscriber's
+/// prefix; a host can use any of its 2^64 addresses, so counting single IPv6 addresses would bound nothing).
+pub fn source_of(ip: IpAddr) -> IpAddr {
+    match policy::canonical(ip) {
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+        }
+        v4 => v4,
+    }
+}
+
+/// The settings a config reload changes while the core runs ([`Core::reload`]); the rest of `TurnConfig`
+/// (addresses, ports, realm, secrets) is fixed at start.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_allocations: usize,
+    pub max_allocations_per_user: usize,
+    /// Relay ports per source: `turn.max_allocations_per_ip`, and at most `turn.relay_port_share_per_ip_percent`
+    /// of the relay range (at least one).
+    pub max_ports_per_source: usize,
+    pub max_permissions_per_allocation: usize,
+    pub max_channels_per_allocation: usize,
+    pub max_tcp_connections_per_source: usize,
+    pub tcp_setup_timeout: Duration,
+    pub software: Option<String>,
+}
+
+impl Limits {
+    fn new(turn: &TurnConfig, relay_range: (u16, u16)) -> Limits {
+        let range = (relay_range.1 as usize + 1).saturating_sub(relay_range.0 as usize);
+        Limits {
+            max_allocations: turn.max_allocations,
+            max_allocations_per_user: turn.max_allocations_per_user,
+            max_ports_per_source: turn
+                .max_allocations_per_ip
+                .min((range * turn.relay_port_share_per_ip_percent as usize / 100).max(1)),
+            max_permissions_per_allocation: turn.max_permissions_per_allocation,
+            max_channels_per_allocation: turn.max_channels_per_allocation,
+            max_tcp_connections_per_source: turn.max_tcp_connections_per_ip,
+            tcp_setup_timeout: Duration::from_secs(turn.tcp_setup_timeout_secs),
+            software: turn.software.clone(),
+        }
+    }
 }
 
 /// Settings the core needs, settled by the shell at start (addresses resolved).
@@ -208,13 +268,50 @@ struct Allocation {
     tuple: FiveTuple,
     relay: SocketAddr,
     username: String,
+    /// [`source_of`] the client: whose per-source count this allocation's relay port is in.
+    source: IpAddr,
     st: Mutex<AllocState>,
 }
 
+/// What quotas count. Entries are removed when they reach zero, so the maps hold only sources and users that
+/// hold something (bounded by the allocations and reservations that exist).
 #[derive(Debug, Default)]
 struct Usage {
     total: usize,
     per_user: HashMap<String, usize>,
+    /// Relay ports held per source (allocations and EVEN-PORT reservations).
+    per_source: HashMap<IpAddr, usize>,
+    /// Cached responses per source (the retransmission cache), so one source cannot fill it for everyone.
+    cached_per_source: HashMap<IpAddr, usize>,
+}
+
+fn decrement<K: std::hash::Hash + Eq>(map: &mut HashMap<K, usize>, key: &K, n: usize) {
+    if let Some(c) = map.get_mut(key) {
+        *c = c.saturating_sub(n);
+        if *c == 0 {
+            map.remove(key);
+        }
+    }
+}
+
+/// One STUN request on its way through the control path: what every method handler needs, in one bundle.
+struct Req<'a> {
+    /// The request as received (integrity is checked over these bytes).
+    raw: &'a [u8],
+    /// Decoded, with the attributes after MESSAGE-INTEGRITY already dropped (RFC 8489 §14.5).
+    msg: Message,
+    method: u16,
+    txid: [u8; 12],
+    from: FiveTuple,
+    /// The request carried FINGERPRINT, so the answer does too.
+    fingerprint: bool,
+    now: Instant,
+}
+
+impl Req<'_> {
+    fn error(&self, code: u16, reason: &str) -> Message {
+        error_message(self.method, self.txid, code, reason)
+    }
 }
 
 /// Who passed authentication, and how to sign the answer.
@@ -226,7 +323,12 @@ struct Authed {
 
 /// The STUN/TURN engine.
 pub struct Core {
+    /// The configuration at start; only its restart-only keys are read (see [`Limits`] for the live ones).
     cfg: TurnConfig,
+    /// Live settings, replaced by [`Core::reload`]; read on the control path only.
+    limits: parking_lot::RwLock<Limits>,
+    /// `turn.max_bandwidth_per_allocation`, live: read per relayed packet, so an atomic rather than a lock.
+    bandwidth: AtomicU64,
     auth: Auth,
     /// Replaced as a whole when a config reload changes `allow_peers`/`deny_peers`; read only on requests
     /// that name a peer (CreatePermission, ChannelBind, Send), never on the ChannelData/Data hot path.
@@ -241,8 +343,8 @@ pub struct Core {
     by_relay: DashMap<SocketAddr, Arc<Allocation>>,
     usage: Mutex<Usage>,
     responses: DashMap<(FiveTuple, [u8; 12]), (Instant, Vec<u8>)>,
-    /// RESERVATION-TOKEN → (reserved local relay address, expiry).
-    reservations: DashMap<[u8; 8], (SocketAddr, Instant)>,
+    /// RESERVATION-TOKEN → (reserved local relay address, expiry, source holding it).
+    reservations: DashMap<[u8; 8], (SocketAddr, Instant, IpAddr)>,
     counters: Arc<Counters>,
     start: Instant,
     start_unix: u64,
@@ -289,6 +391,11 @@ impl Core {
         relay_aliases.retain(|(a, _)| policy.check(*a) == Err(Denied::OwnAddress));
         Core {
             relay_aliases,
+            limits: parking_lot::RwLock::new(Limits::new(
+                &cfg.turn,
+                (cfg.turn.relay_port_min, cfg.turn.relay_port_max),
+            )),
+            bandwidth: AtomicU64::new(cfg.turn.max_bandwidth_per_allocation),
             auth: Auth::new(&cfg.turn, &cfg.secrets),
             policy: parking_lot::RwLock::new(policy),
             own_ips: cfg.own_ips,
@@ -320,6 +427,32 @@ impl Core {
     /// expire or are refreshed; refreshing re-checks the peer against the new policy.
     pub fn set_peer_lists(&self, allow: &[ipnet::IpNet], deny: &[ipnet::IpNet]) {
         *self.policy.write() = PeerPolicy::new(allow, deny, &self.own_ips);
+    }
+
+    /// Apply a reloaded `[turn]` section: the peer lists, the quotas and per-source bounds, the bandwidth cap,
+    /// the unsigned-answer budget and `software` take effect for the next request or packet. Allocations,
+    /// permissions and channels that exist stay (a lowered quota refuses new ones only). Addresses, ports,
+    /// realm and credentials are restart-only and ignored here.
+    pub fn reload(&self, turn: &TurnConfig) {
+        self.set_peer_lists(&turn.allow_peers, &turn.deny_peers);
+        *self.limits.write() = Limits::new(turn, (self.cfg.relay_port_min, self.cfg.relay_port_max));
+        self.bandwidth.store(turn.max_bandwidth_per_allocation, Ordering::Relaxed);
+        self.auth.set_answer_rate(turn.unauthenticated_rate_per_ip);
+    }
+
+    /// The live settings now in effect.
+    pub fn limits(&self) -> Limits {
+        self.limits.read().clone()
+    }
+
+    /// `turn.tcp_setup_timeout_secs`, live (read per TCP read, so without cloning all of [`Limits`]).
+    pub fn tcp_setup_timeout(&self) -> Duration {
+        self.limits.read().tcp_setup_timeout
+    }
+
+    /// Whether the client at `tuple` has an allocation (TCP shells use the short setup timeout until it has).
+    pub fn has_allocation(&self, tuple: &FiveTuple) -> bool {
+        self.allocs.contains_key(tuple)
     }
 
     pub fn counters(&self) -> &Arc<Counters> {
@@ -389,7 +522,7 @@ impl Core {
             }
         };
         let permitted = st.perms.get(&peer.ip()).is_some_and(|e| *e > now);
-        if !permitted || !st.up.take(self.cfg.max_bandwidth_per_allocation, data.len(), now) {
+        if !permitted || !st.up.take(self.bandwidth.load(Ordering::Relaxed), data.len(), now) {
             inc(&self.counters.dropped_packets);
             return;
         }
@@ -426,7 +559,7 @@ impl Core {
         let mut st = a.st.lock();
         // A permission exists only for peers that passed the policy when it was installed.
         let permitted = st.perms.get(&peer.ip()).is_some_and(|e| *e > now);
-        if !permitted || !st.up.take(self.cfg.max_bandwidth_per_allocation, data.len(), now) {
+        if !permitted || !st.up.take(self.bandwidth.load(Ordering::Relaxed), data.len(), now) {
             return drop_it();
         }
         drop(st);
@@ -442,9 +575,23 @@ impl Core {
     // ---------------------------------------------------------------- hot path: peer → client
 
     /// A datagram arrived on relay socket `relay` from `peer`. The payload is `buf[HEADROOM..HEADROOM+len]`
-    /// and `buf` has [`TAILROOM`] bytes after it. Returns where to send and the frame's range in `buf` (the
-    /// ChannelData or Data-indication header is written in place), or `None` to drop (no permission).
+    /// and `buf` has [`TAILROOM`] bytes after it. Emits [`Action::FromPeer`] with the frame's range in `buf` (the
+    /// ChannelData or Data-indication header is written in place), or nothing to drop it (no permission).
     pub fn from_peer(
+        &self,
+        relay: SocketAddr,
+        peer: SocketAddr,
+        buf: &mut [u8],
+        len: usize,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) {
+        if let Some((to, data)) = self.wrap_for_client(relay, peer, buf, len, now) {
+            out.push(Action::FromPeer { to, data });
+        }
+    }
+
+    fn wrap_for_client(
         &self,
         relay: SocketAddr,
         peer: SocketAddr,
@@ -468,7 +615,7 @@ impl Core {
         let a = self.by_relay.get(&relay)?;
         let mut st = a.st.lock();
         let permitted = st.perms.get(&peer.ip()).is_some_and(|e| *e > now);
-        if !permitted || !st.down.take(self.cfg.max_bandwidth_per_allocation, len, now) {
+        if !permitted || !st.down.take(self.bandwidth.load(Ordering::Relaxed), len, now) {
             drop(st);
             inc(&self.counters.dropped_packets);
             return None;
@@ -526,92 +673,95 @@ impl Core {
                 }
                 if method == METHOD_BINDING {
                     inc(&self.counters.binding_requests);
+                    if !self.may_answer_unsigned(from, now) {
+                        return;
+                    }
                     let client = SocketAddr::new(policy::canonical(from.client.ip()), from.client.port());
                     // Every ICE agent sends these: encoded directly, one allocation per answer.
-                    let data = codec::binding_success(&txid, client, self.cfg.software.as_deref(), fingerprint);
+                    let software = self.limits.read().software.clone();
+                    let data = codec::binding_success(&txid, client, software.as_deref(), fingerprint);
                     out.push(Action::ToClient { to: from, data });
                     return;
                 }
-                let Some(msg) = codec::decode(pkt) else {
+                let Some(mut msg) = codec::decode(pkt) else {
                     inc(&self.counters.dropped_packets);
                     return;
                 };
-                self.request(pkt, &msg, method, txid, from, fingerprint, now, out);
+                drop_unprotected(&mut msg);
+                let req = Req { raw: pkt, msg, method, txid, from, fingerprint, now };
+                self.request(&req, out);
             }
             _ => inc(&self.counters.dropped_packets), // responses are never for us
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn request(
-        &self,
-        raw: &[u8],
-        msg: &Message,
-        method: u16,
-        txid: [u8; 12],
-        from: FiveTuple,
-        fp: bool,
-        now: Instant,
-        out: &mut Vec<Action>,
-    ) {
-        if !matches!(method, METHOD_ALLOCATE | METHOD_REFRESH | METHOD_CREATE_PERMISSION | METHOD_CHANNEL_BIND) {
-            let m = self.error(method, txid, 400, "Unknown method");
-            out.push(Action::ToClient { to: from, data: self.finish(m, None, fp) });
+    /// One more answer without MESSAGE-INTEGRITY (Binding success, challenges, errors to unauthenticated
+    /// requests) to this source now? Such answers go to an address nobody has proven to own, so they share one
+    /// per-source budget (`turn.unauthenticated_rate_per_ip`): the server cannot be used as a reflector.
+    fn may_answer_unsigned(&self, from: FiveTuple, now: Instant) -> bool {
+        if self.auth.allow_answer(source_of(from.client.ip()), self.unix(now)) {
+            return true;
+        }
+        inc(&self.counters.challenges_rate_limited);
+        false
+    }
+
+    fn request(&self, req: &Req, out: &mut Vec<Action>) {
+        if !matches!(req.method, METHOD_ALLOCATE | METHOD_REFRESH | METHOD_CREATE_PERMISSION | METHOD_CHANNEL_BIND) {
+            if self.may_answer_unsigned(req.from, req.now) {
+                let m = req.error(400, "Unknown method");
+                out.push(Action::ToClient { to: req.from, data: self.finish(m, None, req.fingerprint) });
+            }
             return;
         }
-        let Some(who) = self.authenticate(raw, msg, method, txid, from, fp, now, out) else { return };
-        let unknown: Vec<AttrType> =
-            msg.attributes.0.iter().map(|a| a.typ).filter(|t| t.0 < 0x8000 && !KNOWN_ATTRS.contains(&t.0)).collect();
+        let Some(who) = self.authenticate(req, out) else { return };
+        let unknown: Vec<AttrType> = req
+            .msg
+            .attributes
+            .0
+            .iter()
+            .map(|a| a.typ)
+            .filter(|t| t.0 < 0x8000 && !KNOWN_ATTRS.contains(&t.0))
+            .collect();
         let result = if !unknown.is_empty() {
-            let mut m = self.error(method, txid, 420, "Unknown Attribute");
+            let mut m = req.error(420, "Unknown Attribute");
             let _ = stun::uattrs::UnknownAttributes(unknown).add_to(&mut m);
             Err(m)
         } else {
-            match method {
-                METHOD_ALLOCATE => self.allocate(msg, txid, from, &who, fp, now, out),
-                METHOD_REFRESH => self.refresh(msg, txid, from, &who, now, out),
-                METHOD_CREATE_PERMISSION => self.create_permission(msg, txid, from, &who, now),
-                _ => self.channel_bind(msg, txid, from, &who, now),
+            match req.method {
+                METHOD_ALLOCATE => self.allocate(req, &who, out),
+                METHOD_REFRESH => self.refresh(req, &who, out),
+                METHOD_CREATE_PERMISSION => self.create_permission(req, &who),
+                _ => self.channel_bind(req, &who),
             }
         };
         let m = match result {
             Ok(Some(m)) | Err(m) => m,
             Ok(None) => return, // Allocate in progress: the response comes from relay_opened
         };
-        let data = self.finish(m, Some(&who), fp);
-        self.remember(from, txid, &data, now);
-        out.push(Action::ToClient { to: from, data });
+        let data = self.finish(m, Some(&who), req.fingerprint);
+        self.remember(req.from, req.txid, &data, req.now);
+        out.push(Action::ToClient { to: req.from, data });
     }
 
-    /// Long-term credential check (RFC 8489 §9.2.4). Challenges and failures are rate-limited per source IP
+    /// Long-term credential check (RFC 8489 §9.2.4). Challenges and failures are rate-limited per source
     /// because they are sent to unauthenticated (possibly spoofed) addresses.
-    #[allow(clippy::too_many_arguments)]
-    fn authenticate(
-        &self,
-        raw: &[u8],
-        msg: &Message,
-        method: u16,
-        txid: [u8; 12],
-        from: FiveTuple,
-        fp: bool,
-        now: Instant,
-        out: &mut Vec<Action>,
-    ) -> Option<Authed> {
-        let unix = self.unix(now);
+    fn authenticate(&self, req: &Req, out: &mut Vec<Action>) -> Option<Authed> {
+        let (msg, from) = (&req.msg, req.from);
+        let unix = self.unix(req.now);
         let ip = from.client.ip();
         let has_mi =
             msg.contains(AttrType(ATTR_MESSAGE_INTEGRITY)) || msg.contains(AttrType(ATTR_MESSAGE_INTEGRITY_SHA256));
         let challenge = |code: u16, reason: &str, out: &mut Vec<Action>| {
-            if !self.auth.allow_challenge(ip, unix) {
-                inc(&self.counters.challenges_rate_limited);
+            if !self.may_answer_unsigned(from, req.now) {
                 return;
             }
-            let mut m = self.error(method, txid, code, reason);
+            let mut m = req.error(code, reason);
             if code == 401 || code == 438 {
                 m.add(AttrType(ATTR_REALM), self.auth.realm.as_bytes());
                 m.add(AttrType(ATTR_NONCE), self.auth.mint_nonce(ip, unix).as_bytes());
             }
-            out.push(Action::ToClient { to: from, data: self.finish(m, None, fp) });
+            out.push(Action::ToClient { to: from, data: self.finish(m, None, req.fingerprint) });
         };
         if !has_mi {
             inc(&self.counters.auth_challenges);
@@ -619,13 +769,21 @@ impl Core {
             return None;
         }
         let text = |t: u16| msg.get(AttrType(t)).ok();
-        let (Some(user), Some(_realm), Some(nonce)) = (text(ATTR_USERNAME), text(ATTR_REALM), text(ATTR_NONCE)) else {
+        let (Some(user), Some(realm), Some(nonce)) = (text(ATTR_USERNAME), text(ATTR_REALM), text(ATTR_NONCE)) else {
             inc(&self.counters.auth_failures);
             challenge(400, "Missing USERNAME, REALM or NONCE", out);
             return None;
         };
         if self.auth.check_nonce(&nonce, ip, unix) != NonceCheck::Valid {
             challenge(438, "Stale Nonce", out);
+            return None;
+        }
+        // REALM must be ours (RFC 8489 §9.2.4 makes the realm part of the key, so another realm could only
+        // verify by accident of configuration): refuse it explicitly, and the 401 tells the client our realm.
+        if realm != self.auth.realm.as_bytes() {
+            inc(&self.counters.auth_failures);
+            tracing::debug!(client = %from.client, "TURN auth failed: REALM is not turn.realm");
+            challenge(401, "Unauthorized", out);
             return None;
         }
         let Ok(username) = String::from_utf8(user) else {
@@ -643,7 +801,7 @@ impl Core {
             }
         };
         for key in keys {
-            if let Some(integrity) = auth::verify(raw, &key) {
+            if let Some(integrity) = auth::verify(req.raw, &key) {
                 return Some(Authed { username, key, integrity });
             }
         }
@@ -653,18 +811,9 @@ impl Core {
         None
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn allocate(
-        &self,
-        msg: &Message,
-        txid: [u8; 12],
-        from: FiveTuple,
-        who: &Authed,
-        fp: bool,
-        now: Instant,
-        out: &mut Vec<Action>,
-    ) -> Result<Option<Message>, Message> {
-        let e = |code, reason| Err(self.error(METHOD_ALLOCATE, txid, code, reason));
+    fn allocate(&self, req: &Req, who: &Authed, out: &mut Vec<Action>) -> Result<Option<Message>, Message> {
+        let (msg, from, now) = (&req.msg, req.from, req.now);
+        let e = |code, reason| Err(req.error(code, reason));
         if self.allocs.contains_key(&from) {
             // Same transaction would have hit the response cache; a new one is a mismatch (RFC 8656 §7.2 step 2).
             return e(437, "Allocation Mismatch");
@@ -689,7 +838,7 @@ impl Core {
             Some(t) => {
                 let Ok(t) = <[u8; 8]>::try_from(t) else { return e(400, "Bad RESERVATION-TOKEN") };
                 match self.reservations.get(&t).map(|r| *r) {
-                    Some((addr, exp)) if exp > now => Some((t, addr)),
+                    Some((addr, exp, owner)) if exp > now => Some((t, addr, owner)),
                     // Unknown or expired token (RFC 8656 §7.2 step 6).
                     _ => return e(508, "Insufficient Capacity"),
                 }
@@ -702,7 +851,7 @@ impl Core {
             Some(_) => return e(440, "Address Family not Supported"),
         };
         let ip = match reserved {
-            Some((_, addr)) => addr.ip(),
+            Some((_, addr, _)) => addr.ip(),
             None => match self.relay_ips.iter().copied().find(|ip| ip.is_ipv6() == want_v6) {
                 Some(ip) => ip,
                 None => return e(440, "Address Family not Supported"),
@@ -715,41 +864,59 @@ impl Core {
         };
         let lifetime = requested_lifetime(msg).unwrap_or(DEFAULT_ALLOCATION_LIFETIME);
         let lifetime = lifetime.min(MAX_ALLOCATION_LIFETIME).max(DEFAULT_ALLOCATION_LIFETIME);
+        let source = source_of(from.client.ip());
+        // Relay ports this request makes its source hold: the allocation's, and the reserved next one. A claimed
+        // reservation's port is already counted for the source that reserved it.
+        let ports = match reserved {
+            Some((_, _, owner)) if owner == source => 0,
+            _ => 1 + reserve_next as usize,
+        };
         {
             // Reserve quota now; relay_opened commits or releases it.
+            let limits = self.limits.read();
             let mut u = self.usage.lock();
             let mine = u.per_user.get(&who.username).copied().unwrap_or(0);
-            if mine >= self.cfg.max_allocations_per_user {
+            let held = u.per_source.get(&source).copied().unwrap_or(0);
+            if mine >= limits.max_allocations_per_user {
                 drop(u);
                 inc(&self.counters.quota_rejections);
-                tracing::warn!(username = %who.username, client = %from.client, "TURN allocation refused: {} allocations per user reached (turn.max_allocations_per_user)", self.cfg.max_allocations_per_user);
+                tracing::warn!(username = %who.username, client = %from.client, "TURN allocation refused: {} allocations per user reached (turn.max_allocations_per_user)", limits.max_allocations_per_user);
                 return e(486, "Allocation Quota Reached");
             }
-            if u.total >= self.cfg.max_allocations {
+            if held + ports > limits.max_ports_per_source {
                 drop(u);
                 inc(&self.counters.quota_rejections);
-                tracing::warn!(client = %from.client, "TURN allocation refused: {} allocations in total reached (turn.max_allocations)", self.cfg.max_allocations);
+                tracing::warn!(client = %from.client, "TURN allocation refused: this source holds {held} relay ports, {} allowed (turn.max_allocations_per_ip, turn.relay_port_share_per_ip_percent)", limits.max_ports_per_source);
+                return e(486, "Allocation Quota Reached");
+            }
+            if u.total >= limits.max_allocations {
+                drop(u);
+                inc(&self.counters.quota_rejections);
+                tracing::warn!(client = %from.client, "TURN allocation refused: {} allocations in total reached (turn.max_allocations)", limits.max_allocations);
                 return e(508, "Insufficient Capacity");
             }
             u.total += 1;
             *u.per_user.entry(who.username.clone()).or_default() += 1;
-        }
-        if let Some((t, _)) = reserved {
-            // Claimed: a token is good for one Allocate.
-            self.reservations.remove(&t);
+            *u.per_source.entry(source).or_default() += ports;
+            if let Some((t, _, owner)) = reserved {
+                // Claimed: a token is good for one Allocate, and its port now counts for the claimer.
+                if self.reservations.remove(&t).is_some() && owner != source {
+                    decrement(&mut u.per_source, &owner, 1);
+                }
+            }
         }
         out.push(Action::OpenRelay(RelayRequest {
             tuple: from,
             ip,
             even_port,
             reserve_next,
-            reserved: reserved.map(|(_, a)| a),
-            txid,
+            reserved: reserved.map(|(_, a, _)| a),
+            txid: req.txid,
             username: who.username.clone(),
             key: who.key,
             integrity: who.integrity,
             lifetime,
-            fingerprint: fp,
+            fingerprint: req.fingerprint,
         }));
         Ok(None)
     }
@@ -763,25 +930,30 @@ impl Core {
         out: &mut Vec<Action>,
     ) {
         let who = Authed { username: req.username.clone(), key: req.key, integrity: req.integrity };
+        let source = source_of(req.tuple.client.ip());
         let m = match bound {
             Err(err) => {
-                self.release(&req.username);
+                // Give back what allocate() counted: the allocation's port, the next one if it was to be
+                // reserved, and the claimed reservation's (its socket is gone with the failure).
+                self.release(&req.username, source, 1 + req.reserve_next as usize);
                 inc(&self.counters.quota_rejections);
                 tracing::warn!(client = %req.tuple.client, "TURN allocation refused: no relay port available in turn.relay_port_min..max ({err})");
-                self.error(METHOD_ALLOCATE, req.txid, 508, "Insufficient Capacity")
+                error_message(METHOD_ALLOCATE, req.txid, 508, "Insufficient Capacity")
             }
             Ok(relay) => {
+                let bw = self.bandwidth.load(Ordering::Relaxed);
                 let alloc = Arc::new(Allocation {
                     tuple: req.tuple,
                     relay,
                     username: req.username.clone(),
+                    source,
                     st: Mutex::new(AllocState {
                         expires: now + req.lifetime,
                         perms: HashMap::new(),
                         channels: HashMap::new(),
                         by_peer: HashMap::new(),
-                        up: Bucket { tokens: self.cfg.max_bandwidth_per_allocation, last: now },
-                        down: Bucket { tokens: self.cfg.max_bandwidth_per_allocation, last: now },
+                        up: Bucket { tokens: bw, last: now },
+                        down: Bucket { tokens: bw, last: now },
                     }),
                 });
                 self.allocs.insert(req.tuple, alloc.clone());
@@ -799,7 +971,7 @@ impl Core {
                 if req.reserve_next {
                     let token: [u8; 8] = rand::random();
                     let next = SocketAddr::new(relay.ip(), relay.port().wrapping_add(1));
-                    self.reservations.insert(token, (next, now + RESERVATION_LIFETIME));
+                    self.reservations.insert(token, (next, now + RESERVATION_LIFETIME, source));
                     m.add(AttrType(ATTR_RESERVATION_TOKEN), &token);
                 }
                 m
@@ -810,84 +982,66 @@ impl Core {
         out.push(Action::ToClient { to: req.tuple, data });
     }
 
-    fn release(&self, username: &str) {
+    /// One allocation of `username` is gone (or never came), and `ports` relay ports of `source` with it.
+    fn release(&self, username: &str, source: IpAddr, ports: usize) {
         let mut u = self.usage.lock();
         u.total = u.total.saturating_sub(1);
-        if let Some(c) = u.per_user.get_mut(username) {
-            *c -= 1;
-            if *c == 0 {
-                u.per_user.remove(username);
-            }
-        }
+        decrement(&mut u.per_user, &username.to_string(), 1);
+        decrement(&mut u.per_source, &source, ports);
     }
 
     fn delete(&self, tuple: &FiveTuple, out: &mut Vec<Action>) {
         if let Some((_, a)) = self.allocs.remove(tuple) {
             self.by_relay.remove(&a.relay);
-            self.release(&a.username);
+            self.release(&a.username, a.source, 1);
             self.counters.allocations_active.store(self.allocs.len() as u64, Ordering::Relaxed);
             out.push(Action::CloseRelay { relay: a.relay });
         }
     }
 
-    /// The allocation for `from`, checking it exists (437) and belongs to the same user (441).
-    fn owned(&self, method: u16, txid: [u8; 12], from: FiveTuple, who: &Authed) -> Result<Arc<Allocation>, Message> {
-        let Some(a) = self.allocs.get(&from).map(|a| a.clone()) else {
-            return Err(self.error(method, txid, 437, "Allocation Mismatch"));
+    /// The allocation for the request's client, checking it exists (437) and belongs to the same user (441).
+    fn owned(&self, req: &Req, who: &Authed) -> Result<Arc<Allocation>, Message> {
+        let Some(a) = self.allocs.get(&req.from).map(|a| a.clone()) else {
+            return Err(req.error(437, "Allocation Mismatch"));
         };
         if a.username != who.username {
-            return Err(self.error(method, txid, 441, "Wrong Credentials"));
+            return Err(req.error(441, "Wrong Credentials"));
         }
         Ok(a)
     }
 
-    fn refresh(
-        &self,
-        msg: &Message,
-        txid: [u8; 12],
-        from: FiveTuple,
-        who: &Authed,
-        now: Instant,
-        out: &mut Vec<Action>,
-    ) -> Result<Option<Message>, Message> {
-        let a = self.owned(METHOD_REFRESH, txid, from, who)?;
-        if let Ok(f) = msg.get(AttrType(ATTR_REQUESTED_ADDRESS_FAMILY)) {
+    fn refresh(&self, req: &Req, who: &Authed, out: &mut Vec<Action>) -> Result<Option<Message>, Message> {
+        let a = self.owned(req, who)?;
+        if let Ok(f) = req.msg.get(AttrType(ATTR_REQUESTED_ADDRESS_FAMILY)) {
             let v6 = f.first() == Some(&2);
             if v6 != a.relay.is_ipv6() {
-                return Err(self.error(METHOD_REFRESH, txid, 443, "Peer Address Family Mismatch"));
+                return Err(req.error(443, "Peer Address Family Mismatch"));
             }
         }
-        let req = requested_lifetime(msg);
-        let lifetime = if req == Some(Duration::ZERO) {
-            self.delete(&from, out);
+        let asked = requested_lifetime(&req.msg);
+        let lifetime = if asked == Some(Duration::ZERO) {
+            self.delete(&req.from, out);
             Duration::ZERO
         } else {
-            let l = req
+            let l = asked
                 .unwrap_or(DEFAULT_ALLOCATION_LIFETIME)
                 .min(MAX_ALLOCATION_LIFETIME)
                 .max(DEFAULT_ALLOCATION_LIFETIME);
-            a.st.lock().expires = now + l;
+            a.st.lock().expires = req.now + l;
             l
         };
-        let mut m = codec::message(METHOD_REFRESH, 2, txid);
+        let mut m = codec::message(METHOD_REFRESH, 2, req.txid);
         m.add(AttrType(ATTR_LIFETIME), &(lifetime.as_secs() as u32).to_be_bytes());
         Ok(Some(m))
     }
 
     /// Every XOR-PEER-ADDRESS of a request, checked against the policy; the first refusal fails the whole
     /// request (RFC 8656 §9.2: all or nothing).
-    fn peers(
-        &self,
-        msg: &Message,
-        method: u16,
-        txid: [u8; 12],
-        relay: SocketAddr,
-        from: FiveTuple,
-    ) -> Result<Vec<SocketAddr>, Message> {
+    fn peers(&self, req: &Req, relay: SocketAddr) -> Result<Vec<SocketAddr>, Message> {
         let mut peers = Vec::new();
-        for a in msg.attributes.0.iter().filter(|a| a.typ.0 == ATTR_XOR_PEER_ADDRESS) {
-            let Some(p) = codec::decode_xor_addr(&a.value, &txid) else {
-                return Err(self.error(method, txid, 400, "Bad XOR-PEER-ADDRESS"));
+        for a in req.msg.attributes.0.iter().filter(|a| a.typ.0 == ATTR_XOR_PEER_ADDRESS) {
+            let Some(p) = codec::decode_xor_addr(&a.value, &req.txid) else {
+                return Err(req.error(400, "Bad XOR-PEER-ADDRESS"));
             };
             let checked = match self.policy.read().check(p.ip()) {
                 Err(Denied::OwnAddress) if self.relay_aliases.iter().any(|(a, _)| *a == policy::canonical(p.ip())) => {
@@ -898,7 +1052,7 @@ impl Core {
             match checked {
                 Ok(ip) => {
                     if ip.is_ipv4() != relay.is_ipv4() {
-                        return Err(self.error(method, txid, 443, "Peer Address Family Mismatch"));
+                        return Err(req.error(443, "Peer Address Family Mismatch"));
                     }
                     peers.push(SocketAddr::new(ip, p.port()));
                 }
@@ -909,27 +1063,21 @@ impl Core {
                         Denied::OwnAddress => "this server's own address",
                         Denied::Configured => "turn.deny_peers",
                     };
-                    tracing::info!(client = %from.client, peer = %p.ip(), "TURN peer refused (403): {what}");
-                    return Err(self.error(method, txid, 403, "Forbidden"));
+                    tracing::info!(client = %req.from.client, peer = %p.ip(), "TURN peer refused (403): {what}");
+                    return Err(req.error(403, "Forbidden"));
                 }
             }
         }
         if peers.is_empty() {
-            return Err(self.error(method, txid, 400, "Missing XOR-PEER-ADDRESS"));
+            return Err(req.error(400, "Missing XOR-PEER-ADDRESS"));
         }
         Ok(peers)
     }
 
-    fn create_permission(
-        &self,
-        msg: &Message,
-        txid: [u8; 12],
-        from: FiveTuple,
-        who: &Authed,
-        now: Instant,
-    ) -> Result<Option<Message>, Message> {
-        let a = self.owned(METHOD_CREATE_PERMISSION, txid, from, who)?;
-        let peers = self.peers(msg, METHOD_CREATE_PERMISSION, txid, a.relay, from)?;
+    fn create_permission(&self, req: &Req, who: &Authed) -> Result<Option<Message>, Message> {
+        let a = self.owned(req, who)?;
+        let peers = self.peers(req, a.relay)?;
+        let max = self.limits.read().max_permissions_per_allocation;
         let mut st = a.st.lock();
         let new = peers
             .iter()
@@ -937,62 +1085,59 @@ impl Core {
             .map(|p| p.ip())
             .collect::<std::collections::HashSet<_>>()
             .len();
-        if st.perms.len() + new > self.cfg.max_permissions_per_allocation {
+        if st.perms.len() + new > max {
             drop(st);
             inc(&self.counters.quota_rejections);
-            tracing::warn!(client = %from.client, "TURN permission refused: {} per allocation reached (turn.max_permissions_per_allocation)", self.cfg.max_permissions_per_allocation);
-            return Err(self.error(METHOD_CREATE_PERMISSION, txid, 508, "Insufficient Capacity"));
+            tracing::warn!(client = %req.from.client, "TURN permission refused: {max} per allocation reached (turn.max_permissions_per_allocation)");
+            return Err(req.error(508, "Insufficient Capacity"));
         }
         for p in peers {
-            st.perms.insert(p.ip(), now + PERMISSION_LIFETIME);
+            st.perms.insert(p.ip(), req.now + PERMISSION_LIFETIME);
         }
-        Ok(Some(codec::message(METHOD_CREATE_PERMISSION, 2, txid)))
+        Ok(Some(codec::message(METHOD_CREATE_PERMISSION, 2, req.txid)))
     }
 
-    fn channel_bind(
-        &self,
-        msg: &Message,
-        txid: [u8; 12],
-        from: FiveTuple,
-        who: &Authed,
-        now: Instant,
-    ) -> Result<Option<Message>, Message> {
-        const M: u16 = METHOD_CHANNEL_BIND;
-        let a = self.owned(M, txid, from, who)?;
-        let ch = match msg.get(AttrType(ATTR_CHANNEL_NUMBER)).ok().as_deref() {
+    fn channel_bind(&self, req: &Req, who: &Authed) -> Result<Option<Message>, Message> {
+        let now = req.now;
+        let a = self.owned(req, who)?;
+        let ch = match req.msg.get(AttrType(ATTR_CHANNEL_NUMBER)).ok().as_deref() {
             Some([a, b, _, _]) => u16::from_be_bytes([*a, *b]),
-            _ => return Err(self.error(M, txid, 400, "Missing CHANNEL-NUMBER")),
+            _ => return Err(req.error(400, "Missing CHANNEL-NUMBER")),
         };
         if !(0x4000..=0x7FFF).contains(&ch) {
-            return Err(self.error(M, txid, 400, "Bad channel number"));
+            return Err(req.error(400, "Bad channel number"));
         }
-        let peers = self.peers(msg, M, txid, a.relay, from)?;
+        let peers = self.peers(req, a.relay)?;
         if peers.len() != 1 {
-            return Err(self.error(M, txid, 400, "One XOR-PEER-ADDRESS expected"));
+            return Err(req.error(400, "One XOR-PEER-ADDRESS expected"));
         }
         let peer = peers[0];
+        let (max_channels, max_perms) = {
+            let l = self.limits.read();
+            (l.max_channels_per_allocation, l.max_permissions_per_allocation)
+        };
         let mut st = a.st.lock();
         if let Some((bound, exp)) = st.channels.get(&ch) {
             if *bound != peer && *exp > now {
-                return Err(self.error(M, txid, 400, "Channel bound to another peer"));
+                return Err(req.error(400, "Channel bound to another peer"));
             }
         }
         if let Some(c) = st.by_peer.get(&peer) {
             if *c != ch && st.channels.get(c).is_some_and(|(_, e)| *e > now) {
-                return Err(self.error(M, txid, 400, "Peer bound to another channel"));
+                return Err(req.error(400, "Peer bound to another channel"));
             }
         }
         let fresh = !st.channels.contains_key(&ch);
-        if fresh && st.channels.len() >= self.cfg.max_channels_per_allocation {
+        if fresh && st.channels.len() >= max_channels {
             drop(st);
             inc(&self.counters.quota_rejections);
-            tracing::warn!(client = %from.client, "TURN channel refused: {} per allocation reached (turn.max_channels_per_allocation)", self.cfg.max_channels_per_allocation);
-            return Err(self.error(M, txid, 508, "Insufficient Capacity"));
+            tracing::warn!(client = %req.from.client, "TURN channel refused: {max_channels} per allocation reached (turn.max_channels_per_allocation)");
+            return Err(req.error(508, "Insufficient Capacity"));
         }
-        if fresh && !st.perms.contains_key(&peer.ip()) && st.perms.len() >= self.cfg.max_permissions_per_allocation {
+        if fresh && !st.perms.contains_key(&peer.ip()) && st.perms.len() >= max_perms {
             drop(st);
             inc(&self.counters.quota_rejections);
-            return Err(self.error(M, txid, 508, "Insufficient Capacity"));
+            return Err(req.error(508, "Insufficient Capacity"));
         }
         if let Some((old, _)) = st.channels.insert(ch, (peer, now + CHANNEL_LIFETIME)) {
             if old != peer {
@@ -1002,13 +1147,15 @@ impl Core {
         st.by_peer.insert(peer, ch);
         // ChannelBind also installs or refreshes the permission (RFC 8656 §12.2).
         st.perms.insert(peer.ip(), now + PERMISSION_LIFETIME);
-        Ok(Some(codec::message(M, 2, txid)))
+        Ok(Some(codec::message(METHOD_CHANNEL_BIND, 2, req.txid)))
     }
 
     // ---------------------------------------------------------------- timers and connection events
 
-    /// Expire allocations, permissions, channels and cached responses. Shells call it about once a second.
+    /// Expire allocations, permissions, channels, reservations and cached responses, then emit
+    /// [`Action::Timeout`] with the moment the next one is due (at most [`MAX_TICK`] away).
     pub fn tick(&self, now: Instant, out: &mut Vec<Action>) {
+        let mut next = now + MAX_TICK;
         let mut dead = Vec::new();
         for a in self.allocs.iter() {
             let mut st = a.st.lock();
@@ -1028,31 +1175,45 @@ impl Core {
             for p in gone {
                 st.by_peer.remove(&p);
             }
+            let soonest = st.perms.values().chain(st.channels.values().map(|(_, e)| e)).min().copied();
+            next = next.min(soonest.map_or(st.expires, |p| p.min(st.expires)));
         }
         for t in dead {
             tracing::debug!(client = %t.client, "TURN allocation expired");
             self.delete(&t, out);
         }
-        self.responses.retain(|_, (at, _)| now.saturating_duration_since(*at) < RESPONSE_CACHE_TTL);
-        self.reservations.retain(|_, (addr, exp)| {
-            let keep = *exp > now;
-            if !keep {
-                out.push(Action::CloseRelay { relay: *addr });
+        let mut uncached: HashMap<IpAddr, usize> = HashMap::new();
+        self.responses.retain(|(t, _), (at, _)| {
+            let expires = *at + RESPONSE_CACHE_TTL;
+            let keep = expires > now;
+            if keep {
+                next = next.min(expires);
+            } else {
+                *uncached.entry(source_of(t.client.ip())).or_default() += 1;
             }
             keep
         });
-    }
-
-    /// The next moment [`tick`](Self::tick) has work (for shells that prefer a precise timer).
-    pub fn next_deadline(&self) -> Option<Instant> {
-        self.allocs
-            .iter()
-            .map(|a| {
-                let st = a.st.lock();
-                let p = st.perms.values().chain(st.channels.values().map(|(_, e)| e)).min().copied();
-                p.map_or(st.expires, |p| p.min(st.expires))
-            })
-            .min()
+        let mut unreserved: Vec<IpAddr> = Vec::new();
+        self.reservations.retain(|_, (addr, exp, source)| {
+            let keep = *exp > now;
+            if keep {
+                next = next.min(*exp);
+            } else {
+                out.push(Action::CloseRelay { relay: *addr });
+                unreserved.push(*source);
+            }
+            keep
+        });
+        if !uncached.is_empty() || !unreserved.is_empty() {
+            let mut u = self.usage.lock();
+            for (s, n) in uncached {
+                decrement(&mut u.cached_per_source, &s, n);
+            }
+            for s in unreserved {
+                decrement(&mut u.per_source, &s, 1);
+            }
+        }
+        out.push(Action::Timeout(next));
     }
 
     /// A TCP client connection closed: its allocation goes with it (RFC 8656 §3.1).
@@ -1062,19 +1223,9 @@ impl Core {
 
     // ---------------------------------------------------------------- encoding helpers
 
-    fn error(&self, method: u16, txid: [u8; 12], code: u16, reason: &str) -> Message {
-        let mut m = codec::message(method, 3, txid);
-        let _ = stun::error_code::ErrorCodeAttribute {
-            code: stun::error_code::ErrorCode(code),
-            reason: reason.as_bytes().to_vec(),
-        }
-        .add_to(&mut m);
-        m
-    }
-
     /// SOFTWARE (only if configured), integrity in the request's kind, FINGERPRINT if the request had one.
     fn finish(&self, mut m: Message, who: Option<&Authed>, fingerprint: bool) -> Vec<u8> {
-        if let Some(s) = &self.cfg.software {
+        if let Some(s) = &self.limits.read().software {
             m.add(AttrType(ATTR_SOFTWARE), s.as_bytes());
         }
         if let Some(w) = who {
@@ -1091,11 +1242,60 @@ impl Core {
         m.raw
     }
 
+    /// Keep an answer for retransmissions of its transaction: at most [`RESPONSE_CACHE_MAX`] in all and
+    /// [`RESPONSE_CACHE_PER_SOURCE`] per source, so that one client's request burst cannot push everybody
+    /// else's answers out (their retransmitted Allocate would then get 437 instead of its relay).
     fn remember(&self, from: FiveTuple, txid: [u8; 12], data: &[u8], now: Instant) {
-        if self.responses.len() < RESPONSE_CACHE_MAX {
-            self.responses.insert((from, txid), (now, data.to_vec()));
+        if self.responses.len() >= RESPONSE_CACHE_MAX {
+            return;
+        }
+        let source = source_of(from.client.ip());
+        {
+            let mut u = self.usage.lock();
+            let n = u.cached_per_source.entry(source).or_default();
+            if *n >= RESPONSE_CACHE_PER_SOURCE {
+                return;
+            }
+            *n += 1;
+        }
+        if self.responses.insert((from, txid), (now, data.to_vec())).is_some() {
+            decrement(&mut self.usage.lock().cached_per_source, &source, 1);
         }
     }
+}
+
+fn error_message(method: u16, txid: [u8; 12], code: u16, reason: &str) -> Message {
+    let mut m = codec::message(method, 3, txid);
+    let _ = stun::error_code::ErrorCodeAttribute {
+        code: stun::error_code::ErrorCode(code),
+        reason: reason.as_bytes().to_vec(),
+    }
+    .add_to(&mut m);
+    m
+}
+
+/// RFC 8489 §14.5/§14.6: attributes after MESSAGE-INTEGRITY are not covered by it and must be ignored, except
+/// MESSAGE-INTEGRITY-SHA256 and FINGERPRINT; after MESSAGE-INTEGRITY-SHA256, all but FINGERPRINT. Dropping them
+/// right after decoding means no handler can act on one (a LIFETIME=0 appended to a captured Refresh must not
+/// delete the allocation).
+fn drop_unprotected(msg: &mut Message) {
+    // 0: before any integrity attribute, 1: after MESSAGE-INTEGRITY, 2: after MESSAGE-INTEGRITY-SHA256.
+    let mut seen = 0u8;
+    msg.attributes.0.retain(|a| {
+        let t = a.typ.0;
+        let keep = match seen {
+            0 => true,
+            1 => t == ATTR_MESSAGE_INTEGRITY_SHA256 || t == ATTR_FINGERPRINT,
+            _ => t == ATTR_FINGERPRINT,
+        };
+        if keep && t == ATTR_MESSAGE_INTEGRITY {
+            seen = seen.max(1);
+        }
+        if keep && t == ATTR_MESSAGE_INTEGRITY_SHA256 {
+            seen = 2;
+        }
+        keep
+    });
 }
 
 fn requested_lifetime(msg: &Message) -> Option<Duration> {

@@ -101,6 +101,15 @@ impl T {
         done
     }
 
+    /// Run the timers at `at`: the actions other than [`Action::Timeout`], and that timeout (there is always one).
+    fn tick_at(&self, at: Instant) -> (Vec<Action>, Instant) {
+        let mut out = Vec::new();
+        self.core.tick(at, &mut out);
+        let Some(Action::Timeout(next)) = out.pop() else { panic!("tick must end with its Timeout: {out:?}") };
+        assert!(next > at && next <= at + MAX_TICK, "next tick {:?} after {:?}", next - at, at - self.t0);
+        (out, next)
+    }
+
     /// Feed and return the single STUN answer, decoded.
     fn ask(&mut self, pkt: &[u8]) -> Message {
         let out = self.feed(pkt);
@@ -239,7 +248,13 @@ fn send_indication(peer: SocketAddr, data: &[u8]) -> Vec<u8> {
 fn peer_packet(t: &T, relay_local: SocketAddr, peer: SocketAddr, payload: &[u8]) -> Option<(FiveTuple, Vec<u8>)> {
     let mut buf = vec![0u8; HEADROOM + payload.len() + TAILROOM];
     buf[HEADROOM..HEADROOM + payload.len()].copy_from_slice(payload);
-    t.core.from_peer(relay_local, peer, &mut buf, payload.len(), t.now).map(|(to, r)| (to, buf[r].to_vec()))
+    let mut out = Vec::new();
+    t.core.from_peer(relay_local, peer, &mut buf, payload.len(), t.now, &mut out);
+    match out.as_slice() {
+        [] => None,
+        [Action::FromPeer { to, data }] => Some((*to, buf[data.clone()].to_vec())),
+        other => panic!("from_peer emits at most one FromPeer: {other:?}"),
+    }
 }
 
 /// Local relay address of the (single) allocation: advertised port on the local relay IP.
@@ -620,8 +635,7 @@ fn refresh_extends_and_zero_deletes_retransmission_safe() {
     let r = t.request(METHOD_REFRESH, &|m| m.add(AttrType(ATTR_LIFETIME), &1200u32.to_be_bytes()));
     assert_eq!((code(&r), lifetime(&r)), (None, 1200));
     t.advance(1000);
-    let mut out = Vec::new();
-    t.core.tick(t.now, &mut out);
+    let (out, _) = t.tick_at(t.now);
     assert!(out.is_empty(), "refreshed allocation must survive: {out:?}");
     t.get_nonce();
     let pkt = t.build(METHOD_REFRESH, [6; 12], &|m| m.add(AttrType(ATTR_LIFETIME), &0u32.to_be_bytes()), true);
@@ -656,11 +670,12 @@ fn refresh_by_other_user_is_441_and_family_mismatch_443() {
 fn allocation_expires_and_closes_relay() {
     let mut t = T::new();
     let relay = t.allocate();
-    let mut out = Vec::new();
-    t.core.tick(t.now + Duration::from_secs(599), &mut out);
+    let (out, _) = t.tick_at(t.now + Duration::from_secs(599));
     assert!(out.is_empty());
-    assert!(t.core.next_deadline().unwrap() <= t.t0 + Duration::from_secs(600));
-    t.core.tick(t.now + Duration::from_secs(600), &mut out);
+    // The core asks to be woken at the expiry, not a whole MAX_TICK later.
+    let (_, next) = t.tick_at(t.now + Duration::from_millis(599_500));
+    assert_eq!(next, t.t0 + Duration::from_secs(600));
+    let (out, _) = t.tick_at(t.now + Duration::from_secs(600));
     assert!(matches!(out.as_slice(), [Action::CloseRelay { relay: r }] if *r == local(relay)), "{out:?}");
     assert_eq!(t.core.allocation_count(), 0);
     assert_eq!(t.core.usage.lock().total, 0);
@@ -998,10 +1013,9 @@ fn unclaimed_reservations_expire_and_release_the_port() {
     });
     let token = r.get(AttrType(ATTR_RESERVATION_TOKEN)).unwrap();
     let next = SocketAddr::new("10.1.1.1".parse().unwrap(), relayed(&r).port() + 1);
-    let mut out = Vec::new();
-    t.core.tick(t.now + Duration::from_secs(29), &mut out);
+    let (out, _) = t.tick_at(t.now + Duration::from_secs(29));
     assert!(out.is_empty());
-    t.core.tick(t.now + Duration::from_secs(30), &mut out);
+    let (out, _) = t.tick_at(t.now + Duration::from_secs(30));
     assert!(matches!(out.as_slice(), [Action::CloseRelay { relay }] if *relay == next), "{out:?}");
     t.advance(31);
     t.tuple.client = public("198.51.100.7:40001");
@@ -1010,4 +1024,283 @@ fn unclaimed_reservations_expire_and_release_the_port() {
         m.add(AttrType(ATTR_RESERVATION_TOKEN), &token);
     });
     assert_eq!(code(&r), Some(508), "expired token");
+}
+
+// ------------------------------------------------------------------------------------------ abuse resistance
+
+impl T {
+    /// Become another REST user (a freshly minted username, as every WebSocket and `refresh_ice` gets).
+    fn mint(&mut self, id: &str) {
+        self.user = format!("1003600:{id}");
+        self.pass = crate::credentials::password_for(&Secret::new(SECRET), &self.user);
+    }
+
+    /// Answers to one unauthenticated packet (0 or 1).
+    fn answers(&mut self, method: u16) -> usize {
+        let pkt = self.build(method, rand::random(), &|m| transport(m, 17), false);
+        self.feed(&pkt).iter().filter(|a| matches!(a, Action::ToClient { .. })).count()
+    }
+}
+
+/// RFC 8489 §14.5: a LIFETIME=0 appended after MESSAGE-INTEGRITY (by someone who captured a valid Refresh) is not
+/// covered by the integrity and must not delete the allocation. The old core acted on it.
+#[test]
+fn attributes_after_message_integrity_are_ignored() {
+    let mut t = T::new();
+    t.allocate();
+    let mut m = codec::message(METHOD_REFRESH, 0, rand::random());
+    m.add(AttrType(ATTR_USERNAME), t.user.as_bytes());
+    m.add(AttrType(ATTR_REALM), REALM.as_bytes());
+    m.add(AttrType(ATTR_NONCE), &t.nonce);
+    MessageIntegrity::new_long_term_integrity(t.user.clone(), REALM.into(), t.pass.clone()).add_to(&mut m).unwrap();
+    m.add(AttrType(ATTR_LIFETIME), &0u32.to_be_bytes());
+    let r = t.ask(&m.raw);
+    assert_eq!(code(&r), None, "{r}");
+    assert_eq!(lifetime(&r), 600, "the appended LIFETIME=0 was acted on");
+    assert_eq!(t.core.allocation_count(), 1);
+    // An unknown comprehension-required attribute after the integrity is ignored too (no 420).
+    let mut m = codec::message(METHOD_REFRESH, 0, rand::random());
+    m.add(AttrType(ATTR_USERNAME), t.user.as_bytes());
+    m.add(AttrType(ATTR_REALM), REALM.as_bytes());
+    m.add(AttrType(ATTR_NONCE), &t.nonce);
+    MessageIntegrity::new_long_term_integrity(t.user.clone(), REALM.into(), t.pass.clone()).add_to(&mut m).unwrap();
+    m.add(AttrType(0x7777), &[1, 2, 3, 4]);
+    assert_eq!(code(&t.ask(&m.raw)), None);
+}
+
+/// REALM must be turn.realm: a request naming another realm gets 401 with ours, even when its integrity
+/// happens to verify (the old core never compared it).
+#[test]
+fn a_foreign_realm_gets_401_with_ours() {
+    let mut t = T::new();
+    t.get_nonce();
+    let mut m = codec::message(METHOD_ALLOCATE, 0, rand::random());
+    transport(&mut m, 17);
+    m.add(AttrType(ATTR_USERNAME), t.user.as_bytes());
+    m.add(AttrType(ATTR_REALM), b"elsewhere");
+    m.add(AttrType(ATTR_NONCE), &t.nonce);
+    MessageIntegrity::new_long_term_integrity(t.user.clone(), REALM.into(), t.pass.clone()).add_to(&mut m).unwrap();
+    let r = t.ask(&m.raw);
+    assert_eq!(code(&r), Some(401), "{r}");
+    assert_eq!(r.get(AttrType(ATTR_REALM)).unwrap(), REALM.as_bytes());
+    assert_eq!(t.core.allocation_count(), 0);
+}
+
+/// Binding answers and 400s to unknown methods share the per-source budget with 401s (the old core answered
+/// every Binding and unknown method: a reflector); an IPv6 /64 is one source; others are unaffected.
+#[test]
+fn every_unsigned_answer_is_under_one_per_source_budget() {
+    let mut c = cfg();
+    c.unauthenticated_rate_per_ip = 10;
+    let mut t = T::with(c);
+    let binding: usize = (0..6).map(|_| t.answers(METHOD_BINDING)).sum();
+    let unknown: usize = (0..6).map(|_| t.answers(0x0FF)).sum();
+    let challenges: usize = (0..6).map(|_| t.answers(METHOD_ALLOCATE)).sum();
+    assert_eq!((binding, unknown, challenges), (6, 4, 0), "10 unsigned answers per second in all");
+    assert_eq!(t.core.counters().snapshot().challenges_rate_limited, 8);
+    // Another source is not limited; the next second refills.
+    t.tuple.client = public("192.0.2.77:1");
+    assert_eq!(t.answers(METHOD_BINDING), 1);
+    t.tuple.client = public("198.51.100.7:40000");
+    assert_eq!(t.answers(METHOD_BINDING), 0);
+    t.advance(1);
+    assert_eq!(t.answers(METHOD_BINDING), 1);
+    // Addresses of one IPv6 /64 share a budget (a host picks any of them at will).
+    for i in 0..10 {
+        t.tuple.client = SocketAddr::new(format!("2001:db8:1:2::{i:x}").parse().unwrap(), 5000);
+        assert_eq!(t.answers(METHOD_BINDING), 1);
+    }
+    t.tuple.client = public("[2001:db8:1:2:ffff::1]:5000");
+    assert_eq!(t.answers(METHOD_BINDING), 0, "same /64");
+    t.tuple.client = public("[2001:db8:1:3::1]:5000");
+    assert_eq!(t.answers(METHOD_BINDING), 1, "another /64");
+}
+
+/// The default budget is far above what a browser needs: 60 Binding requests and a few 401s within one second
+/// (a busy ICE gathering with several interfaces and TURN URLs) are all answered.
+#[test]
+fn the_default_answer_budget_never_limits_a_browser() {
+    let mut t = T::with(TurnConfig { users: cfg().users, ..TurnConfig::default() });
+    assert_eq!(TurnConfig::default().unauthenticated_rate_per_ip, 100);
+    let answered: usize = (0..60).map(|_| t.answers(METHOD_BINDING)).sum::<usize>()
+        + (0..6).map(|_| t.answers(METHOD_ALLOCATE)).sum::<usize>();
+    assert_eq!(answered, 66);
+    assert_eq!(t.core.counters().snapshot().challenges_rate_limited, 0);
+}
+
+/// Minting usernames does not get around the quotas: relay ports are bounded per source (the old core let one
+/// source with 12 usernames take every port), another source still allocates, and a deleted allocation gives
+/// its port back to its source.
+#[test]
+fn relay_ports_are_bounded_per_source_whatever_the_username() {
+    let mut c = cfg();
+    c.max_allocations_per_ip = 3;
+    let mut t = T::with(c);
+    for i in 0..3 {
+        t.mint(&format!("u{i}"));
+        t.tuple.client = SocketAddr::new(t.tuple.client.ip(), 41000 + i);
+        t.allocate();
+    }
+    t.mint("u3");
+    t.tuple.client = public("198.51.100.7:41003");
+    assert_eq!(code(&t.request(METHOD_ALLOCATE, &|m| transport(m, 17))), Some(486));
+    // Another source is served.
+    t.tuple.client = public("192.0.2.9:41003");
+    t.nonce.clear();
+    t.allocate();
+    // Deleting one gives its source a port back.
+    t.tuple.client = public("198.51.100.7:41000");
+    t.mint("u0");
+    t.nonce.clear();
+    let r = t.request(METHOD_REFRESH, &|m| m.add(AttrType(ATTR_LIFETIME), &0u32.to_be_bytes()));
+    assert_eq!(code(&r), None);
+    t.mint("u3");
+    t.tuple.client = public("198.51.100.7:41003");
+    t.allocate();
+    assert_eq!(t.core.usage.lock().per_source.get(&"198.51.100.7".parse::<IpAddr>().unwrap()), Some(&3));
+}
+
+/// An EVEN-PORT reservation holds a second port of its source until it is claimed or expires.
+#[test]
+fn reservations_count_against_their_source_until_they_expire() {
+    let mut c = cfg();
+    c.max_allocations_per_ip = 2;
+    let mut t = T::with(c);
+    let r = t.request(METHOD_ALLOCATE, &|m| {
+        transport(m, 17);
+        m.add(AttrType(ATTR_EVEN_PORT), &[0x80]);
+    });
+    assert_eq!(code(&r), None, "{r}");
+    t.tuple.client = public("198.51.100.7:40001");
+    assert_eq!(code(&t.request(METHOD_ALLOCATE, &|m| transport(m, 17))), Some(486), "allocation + reservation");
+    let _ = t.tick_at(t.now + Duration::from_secs(30));
+    t.advance(31);
+    t.allocate();
+}
+
+/// With a small relay range one source gets at most `relay_port_share_per_ip_percent` of it.
+#[test]
+fn one_source_gets_at_most_its_share_of_a_small_relay_range() {
+    let mut c = cfg();
+    c.relay_port_min = 40000;
+    c.relay_port_max = 40007;
+    let mut t = T::with(c);
+    assert_eq!(t.core.limits().max_ports_per_source, 2, "25 % of 8 ports");
+    for i in 0..2 {
+        t.mint(&format!("s{i}"));
+        t.tuple.client = SocketAddr::new(t.tuple.client.ip(), 42000 + i);
+        t.allocate();
+    }
+    t.mint("s2");
+    t.tuple.client = public("198.51.100.7:42002");
+    assert_eq!(code(&t.request(METHOD_ALLOCATE, &|m| transport(m, 17))), Some(486));
+}
+
+/// The retransmission cache holds at most RESPONSE_CACHE_PER_SOURCE answers per source, and frees the count as
+/// entries expire (the old core let one source fill the whole 65,536-entry cache).
+#[test]
+fn the_response_cache_is_bounded_per_source() {
+    let mut t = T::new();
+    t.allocate();
+    for _ in 0..RESPONSE_CACHE_PER_SOURCE + 50 {
+        assert_eq!(code(&t.perm(public("8.8.8.8:1"))), None);
+    }
+    let src: IpAddr = "198.51.100.7".parse().unwrap();
+    assert_eq!(t.responses_from(src), RESPONSE_CACHE_PER_SOURCE);
+    // Another source's answers are still cached (a retransmission gets the identical answer, no second relay).
+    t.tuple.client = public("192.0.2.9:1");
+    t.nonce.clear();
+    t.get_nonce();
+    let pkt = t.build(METHOD_ALLOCATE, [9; 12], &|m| transport(m, 17), true);
+    let first = t.ask(&pkt);
+    let again = t.feed(&pkt);
+    assert!(matches!(again.as_slice(), [Action::ToClient { data, .. }] if *data == first.raw), "{again:?}");
+    let _ = t.tick_at(t.now + RESPONSE_CACHE_TTL);
+    assert!(t.core.usage.lock().cached_per_source.is_empty());
+}
+
+impl T {
+    fn responses_from(&self, src: IpAddr) -> usize {
+        self.core.responses.iter().filter(|e| source_of(e.key().0.client.ip()) == src).count()
+    }
+}
+
+// ------------------------------------------------------------------------------------------ live reload
+
+/// Every live `[turn]` key changes behaviour when [`Core::reload`] applies it (the config watcher in turn::serve
+/// calls it on SIGHUP). The old core kept its start-up values for all of these.
+#[test]
+fn reload_applies_quotas_live() {
+    let mut t = T::new();
+    let mut c = cfg();
+    // max_allocations_per_user and max_allocations
+    c.max_allocations_per_user = 1;
+    t.core.reload(&c);
+    t.allocate();
+    t.tuple.client = public("198.51.100.7:40001");
+    assert_eq!(code(&t.request(METHOD_ALLOCATE, &|m| transport(m, 17))), Some(486), "max_allocations_per_user");
+    c.max_allocations_per_user = 10;
+    c.max_allocations = 1;
+    t.core.reload(&c);
+    assert_eq!(code(&t.request(METHOD_ALLOCATE, &|m| transport(m, 17))), Some(508), "max_allocations");
+    c.max_allocations = 1000;
+    // max_allocations_per_ip
+    c.max_allocations_per_ip = 1;
+    t.core.reload(&c);
+    assert_eq!(code(&t.request(METHOD_ALLOCATE, &|m| transport(m, 17))), Some(486), "max_allocations_per_ip");
+    c.max_allocations_per_ip = 32;
+    // relay_port_share_per_ip_percent (the test core's range is the default 49152-65535: 1 % is 163 ports)
+    c.relay_port_share_per_ip_percent = 1;
+    t.core.reload(&c);
+    assert_eq!(t.core.limits().max_ports_per_source, 32);
+    c.max_allocations_per_ip = 1000;
+    t.core.reload(&c);
+    assert_eq!(t.core.limits().max_ports_per_source, 163, "relay_port_share_per_ip_percent");
+    t.allocate();
+    // max_permissions_per_allocation
+    c.max_permissions_per_allocation = 1;
+    t.core.reload(&c);
+    assert_eq!(code(&t.perm(public("8.8.8.8:1"))), None);
+    assert_eq!(code(&t.perm(public("8.8.4.8:1"))), Some(508), "max_permissions_per_allocation");
+    c.max_permissions_per_allocation = 64;
+    // max_channels_per_allocation
+    c.max_channels_per_allocation = 1;
+    t.core.reload(&c);
+    assert_eq!(code(&t.bind(0x4000, public("8.8.8.8:1"))), None);
+    assert_eq!(code(&t.bind(0x4001, public("8.8.8.8:2"))), Some(508), "max_channels_per_allocation");
+    // tcp keys: read by the TCP shell (tests/abuse.rs shows their behaviour after a reload).
+    c.max_tcp_connections_per_ip = 3;
+    c.tcp_setup_timeout_secs = 2;
+    t.core.reload(&c);
+    assert_eq!(t.core.limits().max_tcp_connections_per_source, 3);
+    assert_eq!(t.core.tcp_setup_timeout(), Duration::from_secs(2));
+}
+
+#[test]
+fn reload_applies_bandwidth_answer_rate_and_software_live() {
+    let mut t = T::new();
+    let relay = t.allocate();
+    let peer = public("8.8.8.8:9");
+    t.perm(peer);
+    // max_bandwidth_per_allocation: 0 (unlimited) → 1000 B/s: a second 800-byte datagram in the same instant drops.
+    let mut c = cfg();
+    c.max_bandwidth_per_allocation = 1000;
+    t.core.reload(&c);
+    t.advance(1); // the bucket of an allocation made while unlimited fills within a second
+    assert!(peer_packet(&t, local(relay), peer, &[0; 800]).is_some());
+    assert!(peer_packet(&t, local(relay), peer, &[0; 800]).is_none(), "max_bandwidth_per_allocation");
+    // unauthenticated_rate_per_ip: 1000 → 2.
+    c.unauthenticated_rate_per_ip = 2;
+    t.core.reload(&c);
+    let answered: usize = (0..5).map(|_| t.answers(METHOD_BINDING)).sum();
+    assert_eq!(answered, 2, "unauthenticated_rate_per_ip");
+    // software: none → "ponte-test" in Binding answers and signed answers alike.
+    c.unauthenticated_rate_per_ip = 1000;
+    c.software = Some("ponte-test".into());
+    t.core.reload(&c);
+    t.advance(1);
+    let pkt = t.build(METHOD_BINDING, rand::random(), &|_| {}, false);
+    assert_eq!(t.ask(&pkt).get(AttrType(ATTR_SOFTWARE)).unwrap(), b"ponte-test", "software");
+    let r = t.perm(peer);
+    assert_eq!(r.get(AttrType(ATTR_SOFTWARE)).unwrap(), b"ponte-test");
 }

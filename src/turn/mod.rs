@@ -17,19 +17,20 @@ pub(crate) mod udp;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
+use std::ops::Range;
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tokio::io::Interest;
+
 use dashmap::DashMap;
-use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use self::core::{Action, Core, CoreConfig, FiveTuple, Transport};
-use crate::config::Secret;
-use crate::config::TurnConfig;
-use crate::health::Health;
-use crate::health::{Component, Status};
+use self::core::{Action, Core, CoreConfig, FiveTuple, Transport, MAX_TICK};
+use crate::config::{Secret, TurnConfig};
+use crate::health::{Component, Health, Status};
 use crate::live::LiveConfig;
 use crate::metrics::Metrics;
 
@@ -41,8 +42,11 @@ pub(crate) struct Shell {
     /// Our UDP listening sockets by local address (responses and relayed data to UDP clients leave from the
     /// address the client talked to).
     pub udp: HashMap<SocketAddr, Arc<tokio::net::UdpSocket>>,
-    /// Writers of live TCP (later TLS) client connections.
-    pub streams: DashMap<FiveTuple, mpsc::Sender<bytes::Bytes>>,
+    /// Send queues of live TCP and TLS client connections.
+    pub streams: DashMap<FiveTuple, tcp::StreamTx>,
+    /// Open TCP/TLS client connections per source ([`core::source_of`](self::core::source_of)), for `turn.max_tcp_connections_per_ip`.
+    /// An entry is removed when its count drops to zero.
+    pub tcp_per_source: parking_lot::Mutex<HashMap<IpAddr, usize>>,
     /// Relay sockets by local address.
     pub relays: DashMap<SocketAddr, relay::Relay>,
     /// Ports held for RESERVATION-TOKENs (bound, not yet relaying).
@@ -52,21 +56,72 @@ pub(crate) struct Shell {
     pub shutdown: CancellationToken,
 }
 
+/// Which of our sockets a batched datagram leaves from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Via {
+    /// The relay socket bound at this address (client → peer).
+    Relay(SocketAddr),
+    /// The UDP listener at this address (peer → client).
+    Listener(SocketAddr),
+}
+
+/// Datagrams held back during one receive batch so that they leave together, one `sendmmsg` per socket, after
+/// the batch ([`Shell::flush`]) instead of one system call each. Relayed bytes stay in the receive slots.
+#[derive(Default)]
+pub(crate) struct Batch {
+    /// The UDP listener whose receive batch this is: answers to its own clients join the batch.
+    pub listener: Option<SocketAddr>,
+    /// The receive slot of the packet being handled (the ranges of `ToPeer`/`FromPeer` refer to it).
+    pub slot: usize,
+    /// Relayed datagrams: (socket, destination, receive slot, range in that slot), in arrival order.
+    pub relayed: Vec<(Via, SocketAddr, usize, Range<usize>)>,
+    /// Answers to clients of `listener`.
+    pub answers: Vec<(SocketAddr, Vec<u8>)>,
+}
+
+impl Batch {
+    fn is_empty(&self) -> bool {
+        self.relayed.is_empty() && self.answers.is_empty()
+    }
+}
+
 impl Shell {
-    /// Carry out actions. `pkt` is the packet `ToPeer` ranges refer to.
-    pub async fn execute(self: &Arc<Self>, pkt: &[u8], actions: &mut Vec<Action>) {
+    /// The one place the core's actions are carried out. `pkt` is the buffer the `ToPeer`/`FromPeer` ranges
+    /// refer to. With a `batch`, UDP datagrams are queued in it for [`Shell::flush`]; without one they leave at
+    /// once. Returns the last [`Action::Timeout`] seen (the tick task sleeps until then).
+    pub async fn execute(
+        self: &Arc<Self>,
+        pkt: &[u8],
+        actions: &mut Vec<Action>,
+        mut batch: Option<&mut Batch>,
+    ) -> Option<Instant> {
+        let mut timeout = None;
         // OpenRelay produces further actions (the Allocate answer), so drain in a loop.
         while !actions.is_empty() {
             let mut more = Vec::new();
             for a in actions.drain(..) {
                 match a {
-                    Action::ToPeer { relay, peer, data } => {
-                        let sock = self.relays.get(&relay).map(|r| r.socket.clone());
-                        if let Some(s) = sock {
-                            send_udp(&s, &pkt[data], peer).await;
+                    Action::ToPeer { relay, peer, data } => match batch.as_deref_mut() {
+                        Some(b) => b.relayed.push((Via::Relay(relay), peer, b.slot, data)),
+                        None => {
+                            let sock = self.relays.get(&relay).map(|r| r.socket.clone());
+                            if let Some(s) = sock {
+                                send_datagrams(&s, 1, |_| (peer, &pkt[data.clone()])).await;
+                            }
                         }
-                    }
-                    Action::ToClient { to, data } => self.to_client(to, &data).await,
+                    },
+                    Action::FromPeer { to, data } => match (to.transport, batch.as_deref_mut()) {
+                        (Transport::Udp, Some(b)) => {
+                            b.relayed.push((Via::Listener(to.server), to.client, b.slot, data))
+                        }
+                        _ => self.to_client(to, &pkt[data]).await,
+                    },
+                    Action::ToClient { to, data } => match batch.as_deref_mut() {
+                        Some(b) if to.transport == Transport::Udp && b.listener == Some(to.server) => {
+                            b.answers.push((to.client, data))
+                        }
+                        _ => self.to_client(to, &data).await,
+                    },
                     Action::OpenRelay(req) => {
                         let bound = relay::open(self, &req);
                         self.core.relay_opened(req, bound, Instant::now(), &mut more);
@@ -82,9 +137,44 @@ impl Shell {
                             self.ports.give_back(relay);
                         }
                     }
+                    Action::Timeout(at) => timeout = Some(at),
                 }
             }
             *actions = more;
+        }
+        timeout
+    }
+
+    /// Send what `batch` holds: the answers from its listener, the relayed datagrams one `sendmmsg` per socket in
+    /// arrival order. `slot(i)` is receive slot `i`, the buffer the ranges refer to.
+    pub async fn flush<'a>(&self, batch: &mut Batch, slot: impl Fn(usize) -> &'a [u8]) {
+        if batch.is_empty() {
+            return;
+        }
+        if let Some(s) = batch.listener.and_then(|l| self.udp.get(&l)) {
+            let answers = &batch.answers;
+            send_datagrams(s, answers.len(), |k| (answers[k].0, &answers[k].1[..])).await;
+        }
+        batch.answers.clear();
+        let mut group: Vec<(SocketAddr, &'a [u8])> = Vec::with_capacity(batch.relayed.len());
+        while let Some(&(via, ..)) = batch.relayed.first() {
+            group.clear();
+            batch.relayed.retain(|(v, to, i, r)| {
+                if *v != via {
+                    return true;
+                }
+                if let Some(bytes) = slot(*i).get(r.clone()) {
+                    group.push((*to, bytes));
+                }
+                false
+            });
+            let sock = match via {
+                Via::Relay(a) => self.relays.get(&a).map(|r| r.socket.clone()),
+                Via::Listener(a) => self.udp.get(&a).cloned(),
+            };
+            if let Some(s) = sock {
+                send_datagrams(&s, group.len(), |k| group[k]).await;
+            }
         }
     }
 
@@ -92,29 +182,51 @@ impl Shell {
         match to.transport {
             Transport::Udp => {
                 if let Some(s) = self.udp.get(&to.server) {
-                    send_udp(s, data, to.client).await;
+                    send_datagrams(s, 1, |_| (to.client, data)).await;
                 }
             }
             Transport::Tcp => {
                 let tx = self.streams.get(&to).map(|t| t.clone());
-                if let Some(tx) = tx {
-                    // A full queue means the client does not read: drop rather than stall the relay.
-                    let _ = tx.try_send(bytes::Bytes::copy_from_slice(data));
+                // A full queue means the client does not read: drop rather than stall the relay or buffer more.
+                if tx.is_some_and(|tx| !tx.send(data)) {
+                    self.core.count_dropped();
                 }
             }
         }
     }
 }
 
-/// Send a datagram without waiting in the common case; when the socket buffer is full, wait for room
-/// (backpressure on this one task) instead of silently dropping.
-pub(crate) async fn send_udp(s: &tokio::net::UdpSocket, data: &[u8], to: SocketAddr) {
-    match s.try_send_to(data, to) {
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-            let _ = tokio::time::timeout(Duration::from_millis(100), s.send_to(data, to)).await;
+/// How long a full socket send buffer may hold up a task before the rest of what it was sending is dropped: a
+/// stalled listener or relay task is worse than lost UDP datagrams, which clients retransmit or tolerate.
+pub(crate) const SEND_STALL: Duration = Duration::from_millis(100);
+
+/// The shells' one way to send UDP: datagrams `item(0..n)` (destination, bytes) from `sock`, as many per
+/// `sendmmsg` as fit. Never waits in the common case; when the socket buffer is full, waits for room (backpressure
+/// on this one task) at most [`SEND_STALL`] in all, then drops the rest. A datagram the kernel refuses on its own
+/// (e.g. an unreachable destination) is skipped.
+pub(crate) async fn send_datagrams<'a>(
+    sock: &tokio::net::UdpSocket,
+    n: usize,
+    item: impl Fn(usize) -> (SocketAddr, &'a [u8]),
+) {
+    let deadline = tokio::time::Instant::now() + SEND_STALL;
+    let mut sent = 0;
+    while sent < n {
+        let from = sent;
+        match sock.try_io(Interest::WRITABLE, || mmsg::send_many(sock.as_raw_fd(), n - from, |k| item(from + k))) {
+            Ok(k) => sent += k.max(1),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if tokio::time::timeout_at(deadline, sock.writable()).await.is_err() {
+                    tracing::debug!("UDP send buffer full for {SEND_STALL:?}: dropping {} datagrams", n - sent);
+                    return;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                tracing::trace!("UDP send to {} failed: {e}", item(sent).0);
+                sent += 1;
+            }
         }
-        Err(e) => tracing::trace!("UDP send to {to} failed: {e}"),
     }
 }
 
@@ -172,8 +284,7 @@ fn is_private(ip: IpAddr) -> bool {
     matches!(crate::addr::classify(ip), Private | Loopback | LinkLocal | Cgnat)
 }
 
-/// Every address of this host's interfaces (for the "never relay to ourselves" rule when listening on a
-/// wildcard address).
+/// Every address of this host's interfaces (for the "never relay to ourselves" rule).
 fn interface_ips() -> Vec<IpAddr> {
     let mut out = Vec::new();
     // SAFETY: getifaddrs fills a linked list we only read and then free with freeifaddrs.
@@ -248,7 +359,7 @@ impl crate::metrics::Source for TurnMetrics {
         ));
         out.push(Sample::counter(
             "turn_challenges_rate_limited",
-            "401/438 answers suppressed by the per-IP limit",
+            "Unsigned answers (Binding, 401/438, 400) suppressed by the per-source budget",
             s.challenges_rate_limited,
         ));
         out.push(Sample::counter("turn_denied_peers", "Peers refused by the peer policy", s.denied_peers));
@@ -272,7 +383,7 @@ pub struct Deps {
     pub health: Arc<Health>,
     pub metrics: Arc<Metrics>,
     /// TURN-over-TLS connections accepted and decrypted by the TLS listeners (src/tls.rs).
-    pub tls_streams: Option<mpsc::Receiver<TlsConn>>,
+    pub tls_streams: Option<tokio::sync::mpsc::Receiver<TlsConn>>,
 }
 
 /// Any byte stream a TURN client can speak over (TCP framing): here the decrypted TLS streams.
@@ -312,9 +423,9 @@ pub async fn serve(
     let mut own: Vec<IpAddr> = relay_ips.clone();
     own.extend(listen.iter().map(|a| a.ip()));
     own.extend(cfg.external_ip);
-    if listen.iter().any(|a| a.ip().is_unspecified()) {
-        own.extend(interface_ips());
-    }
+    // Every interface address, whatever the listeners: a host with a LAN and a WAN address that listens on
+    // one of them must still refuse peers at the other (an allow_peers network may contain it; docs/turn.md).
+    own.extend(interface_ips());
     let core = Core::new(
         CoreConfig { turn: cfg.clone(), secrets: deps.secrets.clone(), relay_ips: relay_ips.clone(), own_ips: own },
         Instant::now(),
@@ -335,6 +446,7 @@ pub async fn serve(
         core,
         udp: udp_map,
         streams: DashMap::new(),
+        tcp_per_source: parking_lot::Mutex::new(HashMap::new()),
         relays: DashMap::new(),
         reserved: DashMap::new(),
         ports: relay::PortPool::new((cfg.relay_port_min, cfg.relay_port_max)),
@@ -356,7 +468,8 @@ pub async fn serve(
         listening.push(format!("tcp://{}", l.local_addr()?));
         tasks.spawn(tcp::run(shell.clone(), l));
     }
-    // Config reload (SIGHUP): the peer policy follows `turn.allow_peers`/`turn.deny_peers`.
+    // Config reload (SIGHUP): the peer policy, quotas, per-source bounds, bandwidth cap, answer budget and
+    // `software` follow the new `[turn]` section (see `Core::reload`); addresses and ports need a restart.
     {
         let (shell, mut rx) = (shell.clone(), deps.live.subscribe());
         tasks.spawn(async move {
@@ -369,7 +482,7 @@ pub async fn serve(
                             return Ok(());
                         }
                         let cfg = rx.borrow_and_update().clone();
-                        shell.core.set_peer_lists(&cfg.turn.allow_peers, &cfg.turn.deny_peers);
+                        shell.core.reload(&cfg.turn);
                     }
                 }
             }
@@ -408,15 +521,19 @@ pub async fn serve(
     {
         let shell = shell.clone();
         tasks.spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(1));
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            // The core says when it next has work (Action::Timeout, at most a second away); a floor keeps many
+            // staggered expiries from turning into a busy loop (each tick walks every allocation).
+            const TICK_FLOOR: Duration = Duration::from_millis(100);
             let mut actions = Vec::new();
+            let mut next = tokio::time::Instant::now() + MAX_TICK;
             loop {
                 tokio::select! {
                     _ = shell.shutdown.cancelled() => return Ok(()),
-                    _ = tick.tick() => {
-                        shell.core.tick(Instant::now(), &mut actions);
-                        shell.execute(&[], &mut actions).await;
+                    _ = tokio::time::sleep_until(next) => {
+                        let now = Instant::now();
+                        shell.core.tick(now, &mut actions);
+                        let at = shell.execute(&[], &mut actions, None).await.unwrap_or(now + MAX_TICK);
+                        next = tokio::time::Instant::from_std(at.max(now + TICK_FLOOR));
                     }
                 }
             }

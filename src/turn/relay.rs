@@ -7,8 +7,6 @@
 use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::ops::Range;
-use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -19,9 +17,9 @@ use tokio::io::Interest;
 use socket2::{Domain, Protocol, Socket, Type};
 
 use super::codec::{HEADROOM, TAILROOM};
-use super::core::{RelayRequest, Transport};
-use super::mmsg::{self, RecvBatch};
-use super::Shell;
+use super::core::RelayRequest;
+use super::mmsg::RecvBatch;
+use super::{Batch, Shell};
 
 /// Peer datagrams taken off a relay socket per system call.
 const RELAY_BATCH: usize = 8;
@@ -214,13 +212,13 @@ fn bind_port(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
 /// Forward datagrams from peers to the allocation's client until the allocation is closed.
 ///
 /// Datagrams are taken off the relay socket up to [`RELAY_BATCH`] at a time (`recvmmsg`), each wrapped in place as
-/// ChannelData or a Data indication, and those bound for a UDP client leave in one `sendmmsg` from the listener
-/// socket: a file transfer through the relay arrives in bursts, and per-datagram system calls are what costs.
+/// ChannelData or a Data indication by the core, and those bound for a UDP client leave in one `sendmmsg` from the
+/// listener socket ([`Shell::flush`]): a file transfer through the relay arrives in bursts, and per-datagram system
+/// calls are what costs.
 async fn run(shell: Arc<Shell>, socket: Arc<tokio::net::UdpSocket>, local: SocketAddr) {
     let mut rx = RecvBatch::with_layout(RELAY_BATCH, HEADROOM, RELAY_SLOT, TAILROOM);
-    // The listener socket towards this allocation's UDP client, looked up once rather than per datagram.
-    let mut out: Option<(SocketAddr, Arc<tokio::net::UdpSocket>)> = None;
-    let mut ready: Vec<(usize, Range<usize>, SocketAddr)> = Vec::with_capacity(RELAY_BATCH);
+    let mut batch = Batch::default();
+    let mut actions = Vec::with_capacity(RELAY_BATCH);
     loop {
         if let Err(e) = socket.readable().await {
             tracing::warn!("TURN relay socket {local} failed: {e}");
@@ -246,45 +244,18 @@ async fn run(shell: Arc<Shell>, socket: Arc<tokio::net::UdpSocket>, local: Socke
             }
         };
         let now = Instant::now();
-        ready.clear();
         for i in 0..n {
             let Some((buf, len, peer)) = rx.slot_mut(i) else {
                 shell.core.count_dropped();
                 continue;
             };
-            let Some((to, range)) = shell.core.from_peer(local, peer, buf, len, now) else { continue };
-            if to.transport == Transport::Udp {
-                if out.as_ref().is_none_or(|(a, _)| *a != to.server) {
-                    out = shell.udp.get(&to.server).map(|s| (to.server, s.clone()));
-                }
-                ready.push((i, range, to.client));
-            } else {
-                shell.to_client(to, &buf[range]).await;
+            shell.core.from_peer(local, peer, buf, len, now, &mut actions);
+            if !actions.is_empty() {
+                batch.slot = i;
+                shell.execute(rx.slot(i), &mut actions, Some(&mut batch)).await;
             }
         }
-        if let (false, Some((_, s))) = (ready.is_empty(), &out) {
-            send_batch(s, &rx, &ready).await;
-        }
-    }
-}
-
-/// Send the wrapped datagrams `ready` (slot, bytes, client) from the listener socket `s`, waiting for buffer room
-/// a little (the client→peer path does the same) rather than dropping at the first full buffer.
-async fn send_batch(s: &tokio::net::UdpSocket, rx: &RecvBatch, ready: &[(usize, Range<usize>, SocketAddr)]) {
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_millis(100);
-    let mut sent = 0;
-    while sent < ready.len() {
-        let rest = &ready[sent..];
-        let item = |k: usize| (rest[k].2, &rx.slot(rest[k].0)[rest[k].1.clone()]);
-        match s.try_io(Interest::WRITABLE, || mmsg::send_many(s.as_raw_fd(), rest.len(), item)) {
-            Ok(n) => sent += n.max(1),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                if tokio::time::timeout_at(deadline, s.writable()).await.is_err() {
-                    return;
-                }
-            }
-            Err(_) => sent += 1,
-        }
+        shell.flush(&mut batch, |i| rx.slot(i)).await;
     }
 }
 
