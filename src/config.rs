@@ -153,6 +153,10 @@ pub struct TurnConfig {
     /// Sockets (and tasks) per `listen_udp` address, sharing the port through SO_REUSEPORT so that STUN/TURN over
     /// UDP uses several cores; the kernel keeps each client on one socket. 0 = one per CPU, at most 8.
     pub udp_workers: usize,
+    /// A second UDP address answering STUN Binding requests only (no TURN, no relay), on another port than
+    /// `listen_udp`. With two STUN destinations /diag compares the public ports a browser's NAT picks for each and
+    /// tells a symmetric NAT (only the relay works) from one that allows direct connections. Unset: off.
+    pub stun_alt_listen: Option<SocketAddr>,
 }
 
 impl Default for TurnConfig {
@@ -182,6 +186,7 @@ impl Default for TurnConfig {
             software: None,
             self_test: true,
             udp_workers: 0,
+            stun_alt_listen: None,
         }
     }
 }
@@ -525,6 +530,17 @@ impl Config {
                 ),
             );
         }
+        if let Some(a) = t.stun_alt_listen {
+            if a.port() == 0 || t.listen_udp.iter().any(|l| l.port() == a.port()) {
+                bad(
+                    "turn.stun_alt_listen",
+                    format!(
+                        "{a} must have a fixed port other than turn.listen_udp's (it is a second STUN destination), \
+                         e.g. \"0.0.0.0:3479\""
+                    ),
+                );
+            }
+        }
         if t.relay_port_min == 0 {
             bad("turn.relay_port_min", "0 is not a port; use a range such as 49152-65535".into());
         }
@@ -866,6 +882,23 @@ mod tests {
 
     fn parse(s: &str) -> Result<Config, ConfigError> {
         Config::parse(s, Path::new("test.toml"))
+    }
+
+    #[test]
+    fn stun_alt_listen_needs_its_own_port() {
+        assert_eq!(Config::default().turn.stun_alt_listen, None);
+        assert!(parse("[turn]\nstun_alt_listen = \"0.0.0.0:3479\"\n").is_ok());
+        for bad in ["0.0.0.0:3478", "0.0.0.0:0"] {
+            match parse(&format!("[turn]\nstun_alt_listen = \"{bad}\"\n")) {
+                Err(ConfigError::Invalid { problems, .. }) => {
+                    assert!(
+                        problems.iter().any(|p| p.key == "turn.stun_alt_listen" && p.message.contains(bad)),
+                        "{problems:?}"
+                    )
+                }
+                other => panic!("{bad}: {other:?}"),
+            }
+        }
     }
 
     #[test]

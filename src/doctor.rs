@@ -19,6 +19,8 @@ use crate::health::{Component, Status};
 use crate::server::{BindError, Listeners};
 use crate::turn::selftest::{self, Credential};
 
+pub mod router;
+
 /// How long a probe of a running daemon may take.
 const PROBE: Duration = Duration::from_secs(2);
 
@@ -135,6 +137,7 @@ pub async fn diagnose(file: Option<&Path>) -> Report {
     let daemon = check_daemon(&mut r, &config).await;
     check_listeners(&mut r, &config, daemon.is_some()).await;
     check_address(&mut r, &config);
+    router::check(&mut r, &config, daemon.is_some()).await;
     check_relay(&mut r, &config, daemon.as_ref()).await;
     r
 }

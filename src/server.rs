@@ -482,6 +482,7 @@ pub async fn run_with_context(
         tasks.spawn(async move { ("metrics", crate::http::serve_metrics(ctx, listener, shutdown).await) });
     }
     if ctx.config.turn.enabled {
+        tokio::spawn(crate::doctor::router::log_at_startup(ctx.config.clone()));
         let (ctx, shutdown) = (ctx.clone(), shutdown.clone());
         tasks.spawn(async move { ("turn", crate::turn::serve(ctx, turn_udp, turn_tcp, shutdown).await) });
     } else {
