@@ -9,7 +9,8 @@
 
 import { test, describe, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { PONTE, waitConnected, sendMessage, waitForMessage, screenshot } from './lib.mjs';
+import { PONTE, newPage, waitConnected, sendMessage, waitForMessage, screenshot } from './lib.mjs';
+import { execFileSync } from 'node:child_process';
 import { labMissing, startHomeLab, stopHomeLab, homePair, inNode } from './labkit.mjs';
 
 const missing = labMissing();
@@ -47,6 +48,20 @@ async function laptopAndPhone(lab, urlA, tag) {
   assert.match(pa, /relayed through this server/i, 'laptop');
   assert.match(pb, /relayed through this server/i, 'phone');
   return { a, b };
+}
+
+/** Open /diag in browser `i` at `url` and wait for the verdict. Returns {mapping, summary, result(key)}. */
+async function diag(lab, i, url, mobile = true) {
+  const p = await newPage(lab.browsers[i], { mobile });
+  lab.pages.push(p);
+  await p.goto(`${url}/diag`);
+  await p.waitForSelector('body[data-done=true]', { timeout: 40000 });
+  return {
+    page: p,
+    mapping: await p.getAttribute('[data-testid=diag-check][data-check=nat]', 'data-mapping'),
+    summary: await p.getByTestId('diag-summary').textContent(),
+    result: (key) => p.getAttribute(`[data-testid=diag-check][data-check=${key}]`, 'data-result'),
+  };
 }
 
 function doctor(lab) {
@@ -112,6 +127,20 @@ describe('ponte at home', { skip: missing || false, concurrency: 1 }, () => {
       assert.match(out, /no NAT loopback/i, out);
       assert.match(out, /http:\/\/10\.77\.1\.10:8080/, out);
     });
+
+    test('/diag behind the symmetric NAT: "your network needs the relay"; on the LAN: direct possible', { timeout: 90000 }, async () => {
+      const d = await diag(lab, 1, lab.publicUrl);
+      assert.equal(await d.result('stun'), 'ok');
+      assert.equal(await d.result('stun-2'), 'ok', 'the STUN-only second port answers');
+      assert.equal(d.mapping, 'dependent');
+      assert.equal(await d.result('nat'), 'warn');
+      assert.match(d.summary, /needs the relay/i);
+      assert.doesNotMatch(d.summary, /direct connections are possible/i);
+      await screenshot(d.page, 'home-diag-symmetric-360', { fullPage: true });
+      const l = await diag(lab, 0, lab.lanUrl, false);
+      assert.equal(l.mapping, 'independent');
+      assert.match(l.summary, /everything works/i);
+    });
   });
 
   describe('router without NAT loopback, phone behind a cone NAT', () => {
@@ -121,6 +150,25 @@ describe('ponte at home', { skip: missing || false, concurrency: 1 }, () => {
 
     test('laptop opens the LAN address: chats both ways, relayed', { timeout: 90000 }, async () => {
       await laptopAndPhone(lab, lab.lanUrl, 'lan');
+    });
+
+    test('/diag behind the cone NAT: direct connections possible; with UDP blocked: only the TCP relay', { timeout: 120000 }, async () => {
+      const d = await diag(lab, 1, lab.publicUrl);
+      assert.equal(d.mapping, 'independent');
+      assert.equal(await d.result('nat'), 'ok');
+      assert.match(d.summary, /everything works/i);
+      const r2 = ['netns', 'exec', `${lab.prefix}-r2`, 'iptables'];
+      execFileSync('ip', [...r2, '-I', 'FORWARD', '1', '-p', 'udp', '-j', 'DROP']);
+      try {
+        const u = await diag(lab, 1, lab.publicUrl);
+        assert.equal(await u.result('stun'), 'fail');
+        assert.equal(await u.result('turn-udp'), 'fail');
+        assert.equal(await u.result('turn-tcp'), 'ok');
+        assert.match(u.summary, /UDP is blocked here: only the TCP\/TLS relay works/i);
+        await screenshot(u.page, 'home-diag-udp-blocked-360', { fullPage: true });
+      } finally {
+        execFileSync('ip', [...r2, '-D', 'FORWARD', '-p', 'udp', '-j', 'DROP']);
+      }
     });
 
     test('both at home: two laptops on the LAN connect directly', { timeout: 90000 }, async () => {

@@ -153,6 +153,7 @@ listen_tcp = ["0.0.0.0:3478"]
 external_ip = "${HOME_PUBLIC_IP}"
 relay_port_min = 49160
 relay_port_max = 49200
+stun_alt_listen = "0.0.0.0:3479"
 allow_peers = ["198.51.100.0/24"]
 secret = "lab-secret-not-for-production"
 ${extraTurnToml}
