@@ -53,9 +53,9 @@ pub fn host_for(ctx: &Context, cfg: &Config, host_header: Option<&str>, client: 
 ///
 /// Two signs, both requiring ponte's STUN/TURN to listen on the address handed out:
 /// 1. the `Host` the browser used is a private IP literal of this host (someone outside cannot have typed it);
-/// 2. the client's own address is private (not loopback) and the `Host` is not the public name or `external_ip`
-///    (e.g. `homeserver.lan`); a reverse proxy that forwards outside traffic shows up with the public name, so
-///    its clients are not mistaken for the LAN.
+/// 2. the client's own address is private (not loopback) and the `Host` is not `external_ip`, nor the public name
+///    (e.g. `homeserver.lan`): a reverse proxy that forwards outside traffic shows up with the public name, so
+///    its clients are not mistaken for the LAN, unless `http.trusted_proxies` resolves them.
 pub fn lan_host(
     cfg: &Config,
     listen: &[SocketAddr],
@@ -88,7 +88,9 @@ pub fn lan_host(
         let a = u.split_once("://").map(|(_, r)| r).unwrap_or(u);
         host_of(a.split(['/', '?', '#']).next().unwrap_or(""))
     });
-    if used.is_some() && used == public_name {
+    // Unless `http.trusted_proxies` is set (then `client` is the real browser's address even through a proxy, and
+    // a private one is at home, e.g. with split DNS).
+    if used.is_some() && used == public_name && cfg.http.trusted_proxies.is_empty() {
         return None;
     }
     // The LAN address of this server in the client's family: a specific listener first, else the relay
@@ -265,6 +267,10 @@ mod tests {
         assert_eq!(h.as_deref(), Some("10.77.1.10"));
         // The public name through a LAN reverse proxy: the proxy's clients are outside, keep external_ip.
         assert_eq!(lan_host(&cfg, &wildcard, Some("chat.example.org"), ip("10.77.1.5"), ifaces), None);
+        // With trusted proxies the client address is the browser's own: a private one is at home (split DNS).
+        cfg.http.trusted_proxies = vec!["10.77.1.5/32".parse().unwrap()];
+        let h = lan_host(&cfg, &wildcard, Some("chat.example.org"), ip("10.77.1.2"), ifaces);
+        assert_eq!(h.as_deref(), Some("10.77.1.10"));
         // No LAN address to offer (ponte itself on a public address): nothing changes.
         let mut public = Config::default();
         public.turn.relay_ip = Some(ip("198.51.100.10"));

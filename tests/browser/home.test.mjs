@@ -9,7 +9,7 @@
 
 import { test, describe, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { PONTE, newPage, waitConnected, sendMessage, waitForMessage, screenshot } from './lib.mjs';
+import { PONTE, newPage, openApp, waitConnected, sendMessage, waitForMessage, screenshot } from './lib.mjs';
 import { execFileSync } from 'node:child_process';
 import { labMissing, startHomeLab, stopHomeLab, homePair, inNode } from './labkit.mjs';
 
@@ -62,6 +62,58 @@ async function diag(lab, i, url, mobile = true) {
     summary: await p.getByTestId('diag-summary').textContent(),
     result: (key) => p.getAttribute(`[data-testid=diag-check][data-check=${key}]`, 'data-result'),
   };
+}
+
+/**
+ * Relay-only WebRTC between two pages that already have their welcome (their own ICE servers and credentials):
+ * both `iceTransportPolicy: 'relay'`, offer/answer passed through the test, a data channel message each way.
+ * Resolves the selected pair's candidate types and addresses on the first page.
+ */
+async function relayOnly(a, b) {
+  const setup = (page) => page.evaluate(() => {
+    const servers = window.ponte.signaling.session.ice_servers;
+    const pc = new RTCPeerConnection({ iceServers: servers, iceTransportPolicy: 'relay' });
+    window.relayTest = { pc, got: [] };
+    pc.ondatachannel = (ev) => { window.relayTest.dc = ev.channel; ev.channel.onmessage = (m) => window.relayTest.got.push(m.data); };
+  });
+  await setup(a);
+  await setup(b);
+  const gathered = (page, role) => page.evaluate(async (r) => {
+    const { pc } = window.relayTest;
+    if (r === 'offer') {
+      const dc = pc.createDataChannel('relay-test');
+      window.relayTest.dc = dc;
+      dc.onmessage = (m) => window.relayTest.got.push(m.data);
+      await pc.setLocalDescription(await pc.createOffer());
+    } else {
+      await pc.setLocalDescription(await pc.createAnswer());
+    }
+    await new Promise((done) => {
+      if (pc.iceGatheringState === 'complete') done();
+      else pc.onicegatheringstatechange = () => pc.iceGatheringState === 'complete' && done();
+    });
+    return pc.localDescription.toJSON();
+  }, role);
+  const offer = await gathered(a, 'offer');
+  await b.evaluate((o) => window.relayTest.pc.setRemoteDescription(o), offer);
+  const answer = await gathered(b, 'answer');
+  await a.evaluate((o) => window.relayTest.pc.setRemoteDescription(o), answer);
+  for (const [p, text] of [[a, 'relay-to-relay from the laptop'], [b, 'relay-to-relay from the phone']]) {
+    await p.waitForFunction(() => window.relayTest.dc && window.relayTest.dc.readyState === 'open', null, { timeout: 30000 });
+    await p.evaluate((t) => window.relayTest.dc.send(t), text);
+  }
+  await b.waitForFunction(() => window.relayTest.got.includes('relay-to-relay from the laptop'), null, { timeout: 10000 });
+  await a.waitForFunction(() => window.relayTest.got.includes('relay-to-relay from the phone'), null, { timeout: 10000 });
+  const pair = await a.evaluate(async () => {
+    const stats = await window.relayTest.pc.getStats();
+    let sel;
+    stats.forEach((s) => { if (s.type === 'transport' && s.selectedCandidatePairId) sel = stats.get(s.selectedCandidatePairId); });
+    const l = stats.get(sel.localCandidateId);
+    const r = stats.get(sel.remoteCandidateId);
+    return { local: l.candidateType, localAddress: l.address, remote: r.candidateType, remoteAddress: r.address };
+  });
+  for (const p of [a, b]) await p.evaluate(() => window.relayTest.pc.close());
+  return pair;
 }
 
 function doctor(lab) {
@@ -119,6 +171,20 @@ describe('ponte at home', { skip: missing || false, concurrency: 1 }, () => {
       assert.ok(lb.length && lb.every((u) => u.includes('198.51.100.21')), lb.join(' '));
       await screenshot(a, 'home-noloopback-lan-laptop');
       await screenshot(b, 'home-noloopback-phone-360');
+    });
+
+    test('relay to relay between the laptop (LAN ICE servers) and the phone stays inside ponte', { timeout: 90000 }, async () => {
+      // Both forced to their relay: both relay candidates are 198.51.100.21:PORT and this router has no NAT loopback,
+      // so this connects only because ponte delivers between its own relay ports internally.
+      const a = await newPage(lab.browsers[0]);
+      const b = await newPage(lab.browsers[1], { mobile: true });
+      lab.pages.push(a, b);
+      await openApp(a, lab.lanUrl);
+      await openApp(b, lab.publicUrl);
+      const pair = await relayOnly(a, b);
+      assert.equal(pair.local, 'relay');
+      assert.equal(pair.localAddress, '198.51.100.21', 'the laptop\'s relay advertises external_ip');
+      assert.equal(pair.remoteAddress, '198.51.100.21', 'the phone\'s relay too');
     });
 
     test('start-up log and doctor say the router does not do NAT loopback, with the fix', { timeout: 30000 }, async () => {
