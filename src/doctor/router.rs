@@ -177,9 +177,30 @@ pub async fn check(r: &mut Report, cfg: &Config, daemon: bool) {
     r.add("router", level, msg, advice);
 }
 
+/// What is wrong with `turn.external_ip` on its face, as one log line with the fix (`None`: nothing visible).
+/// `ponte doctor` says the same in its `address` line; the daemon says it once at start.
+pub fn external_ip_problem(ip: IpAddr) -> Option<String> {
+    use super::AddressClass::*;
+    match super::classify(ip) {
+        Private | Loopback | LinkLocal => Some(format!(
+            "turn.external_ip {ip} is not a public address: people outside cannot reach the relay; set it to the \
+             router's public address (what https://ifconfig.me shows from this network)"
+        )),
+        Cgnat => Some(format!(
+            "turn.external_ip {ip} is in 100.64.0.0/10, your provider's carrier-grade NAT: port forwards on your router \
+             cannot be reached from outside; ask the provider for a public IPv4 address, use IPv6, or run ponte on a \
+             server with a public address"
+        )),
+        _ => None,
+    }
+}
+
 /// At start-up (the listeners are bound, so the request waits in the socket buffer even if the TURN task has
 /// not read yet): log the same line once.
 pub async fn log_at_startup(cfg: Config) {
+    if let Some(problem) = cfg.turn.external_ip.filter(|_| cfg.turn.enabled).and_then(external_ip_problem) {
+        tracing::warn!("{problem}");
+    }
     let Ok(to) = target(&cfg) else { return };
     let found = probe_running(to).await;
     let (level, msg, advice) = verdict(found, Some(to), lan_url(&cfg).as_deref());
@@ -208,6 +229,17 @@ mod tests {
         assert!(a.is_none());
         assert_eq!(verdict(Loopback::OwnAddress, Some(ext), None).0, Level::Ok);
         assert_eq!(verdict(Loopback::NotConfigured, None, None).0, Level::Ok);
+    }
+
+    #[test]
+    fn external_ip_sanity() {
+        let p = external_ip_problem("10.77.1.10".parse().unwrap()).unwrap();
+        assert!(p.contains("not a public address") && p.contains("10.77.1.10"), "{p}");
+        let p = external_ip_problem("100.64.3.4".parse().unwrap()).unwrap();
+        assert!(p.contains("carrier-grade NAT"), "{p}");
+        assert_eq!(external_ip_problem("8.8.8.8".parse().unwrap()), None);
+        // The lab's TEST-NET addresses are the documentation class: the address check warns about those.
+        assert_eq!(external_ip_problem("198.51.100.21".parse().unwrap()), None);
     }
 
     #[test]
