@@ -1,5 +1,8 @@
 //! ponte on a home server (issue #13), the parts that need the real binary: the start-up advice names the ports
-//! really configured. (The home-router topology itself is tested in the NAT lab: tests/browser/home.test.mjs.)
+//! really configured; the STUN-only second port (`turn.stun_alt_listen`) answers Binding and nothing else. (The
+//! home-router topology itself is tested in the NAT lab: tests/browser/home.test.mjs.)
+
+mod common;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -69,4 +72,45 @@ fn private_relay_warning_names_the_configured_ports() {
         log.lines().find(|l| l.contains("turn.external_ip is not set")).unwrap_or_else(|| panic!("no warning:\n{log}"));
     assert!(warn.contains(&format!("forward UDP {udp} and 50000-50100, TCP {tcp}")), "{warn}");
     assert!(!warn.contains("3478"), "the warning names the default port, not the configured one: {warn}");
+}
+
+#[tokio::test]
+async fn stun_alt_port_answers_binding_only() {
+    use ponte::turn::codec;
+    let alt = free_port();
+    let mut cfg = common::test_config();
+    cfg.turn.stun_alt_listen = Some(format!("127.0.0.1:{alt}").parse().unwrap());
+    let srv = common::TestServer::start(cfg).await;
+    let alt: std::net::SocketAddr = format!("127.0.0.1:{alt}").parse().unwrap();
+    let s = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let mut buf = vec![0u8; 1500];
+    // The port is bound by the TURN task after start: retry the first request briefly.
+    let txid = [3u8; 12];
+    let req = codec::message(codec::METHOD_BINDING, 0, txid).raw;
+    let mut answer = None;
+    for _ in 0..20 {
+        s.send_to(&req, alt).await.unwrap();
+        if let Ok(Ok((n, _))) = tokio::time::timeout(Duration::from_millis(200), s.recv_from(&mut buf)).await {
+            answer = Some(buf[..n].to_vec());
+            break;
+        }
+    }
+    let a = answer.expect("the STUN-only port answers a Binding request");
+    assert_eq!(codec::method_and_class(&a), (codec::METHOD_BINDING, 2));
+    assert_eq!(codec::transaction_id(&a), txid);
+    let mut m = stun::message::Message::new();
+    m.raw = a;
+    m.decode().unwrap();
+    let mut x = stun::xoraddr::XorMappedAddress::default();
+    stun::message::Getter::get_from(&mut x, &m).unwrap();
+    assert_eq!(std::net::SocketAddr::new(x.ip, x.port), s.local_addr().unwrap());
+    // An Allocate there gets no answer at all (the main port would answer 401): no relay on this port.
+    let alloc = codec::message(codec::METHOD_ALLOCATE, 0, [4u8; 12]).raw;
+    s.send_to(&alloc, alt).await.unwrap();
+    let r = tokio::time::timeout(Duration::from_millis(500), s.recv_from(&mut buf)).await;
+    assert!(r.is_err(), "the STUN-only port answered an Allocate");
+    s.send_to(&alloc, srv.turn_udp[0]).await.unwrap();
+    let (n, _) = tokio::time::timeout(Duration::from_secs(2), s.recv_from(&mut buf)).await.unwrap().unwrap();
+    assert_eq!(codec::method_and_class(&buf[..n]), (codec::METHOD_ALLOCATE, 3), "main port challenges");
+    srv.stop().await.unwrap();
 }
