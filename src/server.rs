@@ -331,6 +331,7 @@ impl Context {
             "turn.enabled" => turn.enabled,
             "turn.listen_udp" => turn.listen_udp,
             "turn.udp_workers" => turn.udp_workers,
+            "turn.stun_alt_listen" => turn.stun_alt_listen,
             "turn.listen_tcp" => turn.listen_tcp,
             "turn.realm" => turn.realm,
             "turn.secret" => turn.secret,

@@ -11,6 +11,8 @@ import { test, describe, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { PONTE, newPage, openApp, waitConnected, sendMessage, waitForMessage, screenshot } from './lib.mjs';
 import { execFileSync } from 'node:child_process';
+import { copyFileSync } from 'node:fs';
+import path from 'node:path';
 import { labMissing, startHomeLab, stopHomeLab, homePair, inNode } from './labkit.mjs';
 
 const missing = labMissing();
@@ -116,10 +118,18 @@ async function relayOnly(a, b) {
   return pair;
 }
 
-function doctor(lab) {
+/** Stop ponte (keeping a copy of its config) and run doctor, which then probes with the listen port itself. */
+async function doctorStopped(lab) {
+  const copy = path.join(lab.dir, 'ponte-stopped.toml');
+  copyFileSync(lab.server.cfg, copy);
+  await lab.server.stop();
+  return doctor(lab, copy);
+}
+
+function doctor(lab, cfg = lab.server.cfg) {
   // Exit status 1 only means "a check failed" (e.g. the lab's TEST-NET addresses): the text is what we check.
   try {
-    return inNode(lab, 'srv', PONTE, ['doctor', '-c', lab.server.cfg]);
+    return inNode(lab, 'srv', PONTE, ['doctor', '-c', cfg]);
   } catch (e) {
     return String(e.stdout || '') + String(e.stderr || '');
   }
@@ -147,13 +157,18 @@ describe('ponte at home', { skip: missing || false, concurrency: 1 }, () => {
     });
   });
 
-  describe('router with NAT loopback, phone behind a cone NAT', () => {
+  describe('router with NAT loopback, doctor without a running daemon', () => {
     let lab;
     before(async () => { lab = await startHomeLab({ loopback: true, phone: 'cone' }); });
     after(async () => stopHomeLab(lab));
 
-    test('laptop opens the public address: chats both ways, relayed', { timeout: 90000 }, async () => {
+    test('laptop opens the public address: chats both ways, relayed (phone behind a cone NAT)', { timeout: 90000 }, async () => {
       await laptopAndPhone(lab, lab.publicUrl, 'public');
+    });
+
+    test('with ponte stopped, doctor still sees its own request come back through the router', { timeout: 30000 }, async () => {
+      const out = await doctorStopped(lab);
+      assert.match(out, /router .*does NAT loopback/i, out);
     });
   });
 
@@ -206,6 +221,11 @@ describe('ponte at home', { skip: missing || false, concurrency: 1 }, () => {
       const l = await diag(lab, 0, lab.lanUrl, false);
       assert.equal(l.mapping, 'independent');
       assert.match(l.summary, /everything works/i);
+    });
+
+    test('with ponte stopped, doctor still finds no NAT loopback', { timeout: 30000 }, async () => {
+      const out = await doctorStopped(lab);
+      assert.match(out, /no NAT loopback/i, out);
     });
   });
 
