@@ -139,6 +139,7 @@ async function mappingBehaviour(server, urls) {
       if (!ev.candidate.candidate) return;
       const c = parseCandidate(ev.candidate.candidate);
       if (c.transport !== 'udp') return;
+      c.url = ev.candidate.url || ev.url || '';
       if (c.type === 'host') hosts.add(`${c.address}:${c.port}`);
       if (c.type === 'srflx') srflx.push(c);
     };
@@ -150,6 +151,18 @@ async function mappingBehaviour(server, urls) {
     pc.close();
   }
   if (!srflx.length) return 'unknown';
+  // Best evidence: which STUN URL each public address came from. Every socket maps to one public address per URL;
+  // more distinct public addresses in all than from any single URL means the mapping depends on the destination.
+  // (Works whether or not the browser drops a duplicate address, and with several interfaces.)
+  if (srflx.every((c) => c.url)) {
+    const all = new Set(srflx.map((c) => `${c.address}:${c.port}`));
+    const perUrl = new Map();
+    for (const c of srflx) {
+      if (!perUrl.has(c.url)) perUrl.set(c.url, new Set());
+      perUrl.get(c.url).add(`${c.address}:${c.port}`);
+    }
+    return all.size > Math.max(...[...perUrl.values()].map((x) => x.size)) ? 'dependent' : 'independent';
+  }
   // Group by the local socket (rport) when the browser tells it; with hidden host addresses (mDNS) rport is 0,
   // then compare the count of public ports with the count of local sockets.
   const bySocket = new Map();
