@@ -19,6 +19,8 @@ pub struct Listeners {
     pub turns: Vec<TcpListener>,
     pub turn_udp: Vec<UdpSocket>,
     pub turn_tcp: Vec<TcpListener>,
+    /// `turn.stun_alt_listen`, when set.
+    pub stun_alt: Option<UdpSocket>,
 }
 
 /// A listener that could not be bound, naming the config key that chose the address.
@@ -67,6 +69,8 @@ pub enum Role {
     Turns,
     /// STUN/TURN (`turn.listen_udp`, `turn.listen_tcp`).
     Stun,
+    /// STUN Binding only (`turn.stun_alt_listen`), the second destination of /diag's NAT mapping test.
+    StunAlt,
 }
 
 /// One listener the config asks for, with the key that chose its address.
@@ -100,6 +104,9 @@ pub fn plan(config: &Config) -> Vec<Planned> {
         for (i, a) in config.turn.listen_tcp.iter().enumerate() {
             v.push(planned(format!("turn.listen_tcp[{i}]"), *a, Proto::Tcp, Role::Stun));
         }
+        if let Some(a) = config.turn.stun_alt_listen {
+            v.push(planned("turn.stun_alt_listen".into(), a, Proto::Udp, Role::StunAlt));
+        }
     }
     v
 }
@@ -108,10 +115,14 @@ impl Listeners {
     /// Bind every listener the config asks for ([`plan`]); the first that fails is reported with its key.
     pub fn bind(config: &Config) -> Result<Listeners, BindError> {
         let (mut http, mut metrics, mut tls) = (None, None, None);
-        let (mut turns, mut turn_udp, mut turn_tcp) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut turns, mut turn_udp, mut turn_tcp, mut stun_alt) = (Vec::new(), Vec::new(), Vec::new(), None);
         let workers = udp_workers(config.turn.udp_workers);
         for p in plan(config) {
             let fail = |e| BindError::new(p.key.clone(), p.addr, e);
+            if p.role == Role::StunAlt {
+                stun_alt = Some(bind_udp(p.addr).map_err(fail)?);
+                continue;
+            }
             if p.proto == Proto::Udp {
                 turn_udp.extend(bind_udp_group(p.addr, workers).map_err(fail)?);
                 continue;
@@ -122,11 +133,11 @@ impl Listeners {
                 Role::Metrics => metrics = Some(tcp),
                 Role::Tls => tls = Some(tcp),
                 Role::Turns => turns.push(tcp),
-                Role::Stun => turn_tcp.push(tcp),
+                Role::Stun | Role::StunAlt => turn_tcp.push(tcp),
             }
         }
         let http = http.expect("the plan always holds http.listen");
-        Ok(Listeners { http, metrics, tls, turns, turn_udp, turn_tcp })
+        Ok(Listeners { http, metrics, tls, turns, turn_udp, turn_tcp, stun_alt })
     }
 
     pub fn http_addr(&self) -> SocketAddr {

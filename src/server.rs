@@ -149,6 +149,8 @@ impl Daemon {
                 udp_ports: ports(&self.addrs.turn_udp),
                 tcp_ports: ports(&self.addrs.turn_tcp),
                 tls_port: self.addrs.tls.map(|a| a.port()),
+                listen: self.addrs.turn_udp.iter().chain(&self.addrs.turn_tcp).copied().collect(),
+                stun_alt_port: self.config.turn.stun_alt_listen.map(|a| a.port()),
                 secret: self.turn_secret.clone(),
             },
         }
@@ -190,7 +192,7 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationTok
 
 /// Like [`run`], with a daemon the caller built (tests use it to read the generated secret and to reload).
 pub async fn run_with(daemon: Arc<Daemon>, listeners: Listeners, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let Listeners { http, metrics, tls, turns, turn_udp, turn_tcp } = listeners;
+    let Listeners { http, metrics, tls, turns, turn_udp, turn_tcp, stun_alt } = listeners;
     let mut tasks: JoinSet<TaskResult> = JoinSet::new();
 
     let hub = crate::signaling::Hub::new(daemon.signaling_deps());
@@ -249,8 +251,11 @@ pub async fn run_with(daemon: Arc<Daemon>, listeners: Listeners, shutdown: Cance
         tasks.spawn(async move { ("metrics", crate::http::serve_metrics(metrics, listener, shutdown).await) });
     }
     if daemon.config.turn.enabled {
+        // The doctor's router check (NAT loopback, external_ip), run once at start for the log.
+        tokio::spawn(crate::doctor::router::log_at_startup(daemon.config.clone()));
         let (deps, shutdown) = (daemon.turn_deps(Some(turns_rx)), shutdown.clone());
-        tasks.spawn(async move { ("turn", crate::turn::serve(deps, turn_udp, turn_tcp, shutdown).await) });
+        let sockets = crate::turn::Sockets { udp: turn_udp, tcp: turn_tcp, stun_alt };
+        tasks.spawn(async move { ("turn", crate::turn::serve(deps, sockets, shutdown).await) });
     } else {
         daemon.health.set(Component::Turn, Status::Disabled);
         tracing::info!("embedded STUN/TURN disabled (turn.enabled = false)");

@@ -63,6 +63,23 @@ mod tests {
     }
 
     #[test]
+    fn stun_alt_listen_needs_its_own_port() {
+        assert_eq!(Config::default().turn.stun_alt_listen, None);
+        assert!(parse("[turn]\nstun_alt_listen = \"0.0.0.0:3479\"\n").is_ok());
+        for bad in ["0.0.0.0:3478", "0.0.0.0:0"] {
+            match parse(&format!("[turn]\nstun_alt_listen = \"{bad}\"\n")) {
+                Err(ConfigError::Invalid { problems, .. }) => {
+                    assert!(
+                        problems.iter().any(|p| p.key == "turn.stun_alt_listen" && p.message.contains(bad)),
+                        "{problems:?}"
+                    )
+                }
+                other => panic!("{bad}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
     fn udp_workers_default_to_auto_and_are_bounded() {
         assert_eq!(Config::default().turn.udp_workers, 0);
         assert!(parse("[turn]\nudp_workers = 2\n").is_ok());

@@ -46,6 +46,7 @@ table! {
     Restart "turn.listen_udp" => turn.listen_udp;
     Restart "turn.listen_tcp" => turn.listen_tcp;
     Restart "turn.udp_workers" => turn.udp_workers;
+    Restart "turn.stun_alt_listen" => turn.stun_alt_listen;
     Restart "turn.realm" => turn.realm;
     Restart "turn.secret" => turn.secret;
     Restart "turn.secret_file" => turn.secret_file;

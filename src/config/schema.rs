@@ -158,6 +158,10 @@ pub struct TurnConfig {
     /// Sockets (and tasks) per `listen_udp` address, sharing the port through SO_REUSEPORT so that STUN/TURN over
     /// UDP uses several cores; the kernel keeps each client on one socket. 0 = one per CPU, at most 8.
     pub udp_workers: usize,
+    /// A second UDP address answering STUN Binding requests only (no TURN, no relay), on another port than
+    /// `listen_udp`. With two STUN destinations /diag compares the public ports a browser's NAT picks for each and
+    /// tells a symmetric NAT (only the relay works) from one that allows direct connections. Unset: off.
+    pub stun_alt_listen: Option<SocketAddr>,
     // Per-source bounds (a source is one IPv4 address or one IPv6 /64), so that minting usernames does not
     // get around the per-user quota and one source cannot take the relay range or the connection table.
     /// Most relay ports one source holds at once (each allocation holds one, an EVEN-PORT reservation a second).
@@ -199,6 +203,7 @@ impl Default for TurnConfig {
             software: None,
             self_test: true,
             udp_workers: 0,
+            stun_alt_listen: None,
             max_allocations_per_ip: 32,
             relay_port_share_per_ip_percent: 25,
             max_tcp_connections_per_ip: 32,

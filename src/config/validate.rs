@@ -74,6 +74,17 @@ fn turn(t: &TurnConfig, p: &mut Problems) {
             ),
         );
     }
+    if let Some(a) = t.stun_alt_listen {
+        if a.port() == 0 || t.listen_udp.iter().any(|l| l.port() == a.port()) {
+            p.bad(
+                "turn.stun_alt_listen",
+                format!(
+                    "{a} must have a fixed port other than turn.listen_udp's (it is a second STUN destination), \
+                     e.g. \"0.0.0.0:3479\""
+                ),
+            );
+        }
+    }
     if t.relay_port_min == 0 {
         p.bad("turn.relay_port_min", "0 is not a port; use a range such as 49152-65535");
     }

@@ -13,6 +13,7 @@ mod address;
 mod probes;
 mod relay;
 mod report;
+pub mod router;
 
 use std::path::Path;
 use std::time::Duration;
@@ -67,6 +68,7 @@ pub async fn diagnose(file: Option<&Path>) -> Report {
     let daemon = probes::check_daemon(&mut r, &config).await;
     probes::check_listeners(&mut r, &config, daemon.is_some()).await;
     address::check_address(&mut r, &config);
+    router::check(&mut r, &config, daemon.is_some()).await;
     relay::check_relay(&mut r, &config, daemon.as_ref()).await;
     r
 }

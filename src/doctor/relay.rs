@@ -174,7 +174,8 @@ async fn in_process(
     };
     let Listeners { turn_udp, turn_tcp, .. } = listeners;
     let shutdown = CancellationToken::new();
-    let task = tokio::spawn(crate::turn::serve(deps, turn_udp, turn_tcp, shutdown.clone()));
+    let sockets = crate::turn::Sockets { udp: turn_udp, tcp: turn_tcp, stun_alt: None };
+    let task = tokio::spawn(crate::turn::serve(deps, sockets, shutdown.clone()));
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     while health.get(Component::Turn) != Status::Ok {
         if task.is_finished() || tokio::time::Instant::now() > deadline {

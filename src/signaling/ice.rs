@@ -1,7 +1,7 @@
 //! The ICE server list each client gets: ponte's own STUN/TURN URLs with per-client TURN REST credentials,
 //! then the configured extra servers.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use crate::config::{Config, Secret};
 use crate::credentials;
@@ -24,6 +24,94 @@ pub fn advertised_host(cfg: &Config, host_header: Option<&str>) -> Option<String
         }
     }
     host_header.and_then(host_of)
+}
+
+/// The host for ponte's own ICE URLs for one client: a LAN address of this server when the browser came from
+/// the server's own network (see [`lan_host`]), else [`advertised_host`].
+pub fn host_for(own: &OwnIceServers, cfg: &Config, host_header: Option<&str>, client: IpAddr) -> Option<String> {
+    if cfg.turn.enabled {
+        let lan = lan_host(cfg, &own.listen, host_header, client, || {
+            // Only asked for clients on a private network, so no syscall per ordinary connection.
+            crate::turn::interface_ips()
+        });
+        if lan.is_some() {
+            return lan;
+        }
+    }
+    advertised_host(cfg, host_header)
+}
+
+/// A private address of this server for a browser that reached ponte from inside the server's own network, or
+/// `None` for everyone else.
+///
+/// Why: behind a home router `turn.external_ip` is the router's public address, and a router without NAT
+/// loopback (hairpin) drops what the LAN sends to it; a laptop at home handed `stun:`/`turn:` URLs at
+/// `external_ip` would get no relay and no reflexive candidate and never connect (issue #13). The relay it
+/// allocates through the LAN address still advertises `external_ip:port`, so people outside reach it.
+///
+/// Two signs, both requiring ponte's STUN/TURN to listen on the address handed out:
+/// 1. the `Host` the browser used is a private IP literal of this host (someone outside cannot have typed it);
+/// 2. the client's own address is private (not loopback) and the `Host` is not `external_ip`, nor the public name
+///    (e.g. `homeserver.lan`): a reverse proxy that forwards outside traffic shows up with the public name, so
+///    its clients are not mistaken for the LAN, unless `http.trusted_proxies` resolves them.
+pub fn lan_host(
+    cfg: &Config,
+    listen: &[SocketAddr],
+    host_header: Option<&str>,
+    client: IpAddr,
+    local_ips: impl FnOnce() -> Vec<IpAddr>,
+) -> Option<String> {
+    let client = crate::turn::policy::canonical(client);
+    if !is_lan(client) {
+        return None;
+    }
+    let listens_on = |ip: IpAddr, local: &[IpAddr]| {
+        listen.iter().any(|a| {
+            let l = crate::turn::policy::canonical(a.ip());
+            l == ip || (l.is_unspecified() && l.is_ipv4() == ip.is_ipv4() && local.contains(&ip))
+        })
+    };
+    let local = local_ips();
+    let used = host_header.and_then(host_of);
+    if let Some(ip) = used.as_deref().and_then(|h| h.trim_matches(['[', ']']).parse::<IpAddr>().ok()) {
+        let ip = crate::turn::policy::canonical(ip);
+        if is_lan(ip) && listens_on(ip, &local) {
+            return Some(format_ip(ip));
+        }
+        if Some(ip) == cfg.turn.external_ip.map(crate::turn::policy::canonical) {
+            return None;
+        }
+    }
+    let public_name = cfg.http.public_url.as_deref().and_then(|u| {
+        let a = u.split_once("://").map(|(_, r)| r).unwrap_or(u);
+        host_of(a.split(['/', '?', '#']).next().unwrap_or(""))
+    });
+    // Unless `http.trusted_proxies` is set (then `client` is the real browser's address even through a proxy, and
+    // a private one is at home, e.g. with split DNS).
+    if used.is_some() && used == public_name && cfg.http.trusted_proxies.is_empty() {
+        return None;
+    }
+    // The LAN address of this server in the client's family: a specific listener first, else the relay
+    // address (where a wildcard listener answers too).
+    let specific = listen
+        .iter()
+        .map(|a| crate::turn::policy::canonical(a.ip()))
+        .find(|ip| is_lan(*ip) && ip.is_ipv4() == client.is_ipv4());
+    let relay = || {
+        crate::turn::relay_ips(&cfg.turn, listen)
+            .into_iter()
+            .find(|ip| is_lan(*ip) && ip.is_ipv4() == client.is_ipv4() && listens_on(*ip, &local))
+    };
+    specific.or_else(relay).map(format_ip)
+}
+
+/// RFC 1918 / IPv6 unique-local: an address a browser has only inside the same site. Loopback is left out
+/// (that is a local reverse proxy, not a person), and so are link-local (needs a zone) and CGNAT (the provider's).
+fn is_lan(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4.is_private(),
+        IpAddr::V6(v6) => (v6.segments()[0] & 0xfe00) == 0xfc00,
+    }
 }
 
 fn format_ip(ip: IpAddr) -> String {
@@ -68,6 +156,10 @@ pub struct OwnIceServers {
     pub tcp_ports: Vec<u16>,
     /// The shared TLS port, when TLS is on (`turns:` URLs).
     pub tls_port: Option<u16>,
+    /// Every bound STUN/TURN address (UDP, then TCP): which LAN addresses can be handed to browsers at home.
+    pub listen: Vec<SocketAddr>,
+    /// `turn.stun_alt_listen`'s port: a second `stun:` URL for /diag's NAT mapping test.
+    pub stun_alt_port: Option<u16>,
     /// Mints the per-client TURN REST credentials.
     pub secret: Secret,
 }
@@ -88,8 +180,10 @@ pub fn servers_for(own: &OwnIceServers, cfg: &Config, host: Option<&str>, id: Id
             tcp_ports.sort_unstable();
             tcp_ports.dedup();
             if !udp_ports.is_empty() {
+                // The STUN-only second port (`turn.stun_alt_listen`) goes last: /diag compares the mappings.
+                let alt = own.stun_alt_port.filter(|p| !udp_ports.contains(p));
                 out.push(IceServer {
-                    urls: udp_ports.iter().map(|p| format!("stun:{host}:{p}")).collect(),
+                    urls: udp_ports.iter().chain(&alt).map(|p| format!("stun:{host}:{p}")).collect(),
                     username: None,
                     credential: None,
                 });
@@ -145,5 +239,58 @@ mod tests {
         assert_eq!(host_of("a b"), None);
         assert_eq!(host_of(""), None);
         assert_eq!(host_of("[nonsense]"), None);
+    }
+
+    fn home_cfg() -> Config {
+        let mut cfg = Config::default();
+        cfg.turn.external_ip = Some("198.51.100.21".parse().unwrap());
+        cfg
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn lan_browsers_get_the_lan_address_they_used() {
+        let cfg = home_cfg();
+        let wildcard: Vec<SocketAddr> = vec!["0.0.0.0:3478".parse().unwrap()];
+        let ifaces = || vec![ip("127.0.0.1"), ip("10.77.1.10"), ip("192.168.5.1")];
+        // The laptop typed the server's LAN address: it gets exactly that one.
+        let h = lan_host(&cfg, &wildcard, Some("10.77.1.10:8080"), ip("10.77.1.2"), ifaces);
+        assert_eq!(h.as_deref(), Some("10.77.1.10"));
+        let h = lan_host(&cfg, &wildcard, Some("192.168.5.1:8080"), ip("192.168.5.9"), ifaces);
+        assert_eq!(h.as_deref(), Some("192.168.5.1"));
+        // A private address that is not ours is never handed out because a Host header says so.
+        let h = lan_host(&cfg, &["10.77.1.10:3478".parse().unwrap()], Some("10.9.9.9"), ip("10.77.1.2"), ifaces);
+        assert_eq!(h.as_deref(), Some("10.77.1.10"), "falls back to our own LAN listener");
+        // Someone outside (public client address) keeps external_ip, whatever Host they send.
+        assert_eq!(lan_host(&cfg, &wildcard, Some("10.77.1.10:8080"), ip("198.51.100.22"), ifaces), None);
+        // A local reverse proxy (loopback client) is not a person on the LAN.
+        assert_eq!(lan_host(&cfg, &wildcard, Some("10.77.1.10:8080"), ip("127.0.0.1"), ifaces), None);
+        // A LAN client that used the public address (router with NAT loopback) keeps it: it works for them.
+        assert_eq!(lan_host(&cfg, &wildcard, Some("198.51.100.21:8080"), ip("10.77.1.1"), ifaces), None);
+    }
+
+    #[test]
+    fn lan_browsers_using_a_name_get_the_relay_address_unless_it_is_the_public_name() {
+        let mut cfg = home_cfg();
+        cfg.turn.relay_ip = Some(ip("10.77.1.10"));
+        cfg.http.public_url = Some("https://chat.example.org".into());
+        let wildcard: Vec<SocketAddr> = vec!["0.0.0.0:3478".parse().unwrap()];
+        let ifaces = || vec![ip("10.77.1.10")];
+        let h = lan_host(&cfg, &wildcard, Some("homeserver.lan:8080"), ip("10.77.1.2"), ifaces);
+        assert_eq!(h.as_deref(), Some("10.77.1.10"));
+        // The public name through a LAN reverse proxy: the proxy's clients are outside, keep external_ip.
+        assert_eq!(lan_host(&cfg, &wildcard, Some("chat.example.org"), ip("10.77.1.5"), ifaces), None);
+        // With trusted proxies the client address is the browser's own: a private one is at home (split DNS).
+        cfg.http.trusted_proxies = vec!["10.77.1.5/32".parse().unwrap()];
+        let h = lan_host(&cfg, &wildcard, Some("chat.example.org"), ip("10.77.1.2"), ifaces);
+        assert_eq!(h.as_deref(), Some("10.77.1.10"));
+        // No LAN address to offer (ponte itself on a public address): nothing changes.
+        let mut public = Config::default();
+        public.turn.relay_ip = Some(ip("198.51.100.10"));
+        let h = lan_host(&public, &["198.51.100.10:3478".parse().unwrap()], Some("x.lan"), ip("10.0.0.2"), Vec::new);
+        assert_eq!(h, None);
     }
 }

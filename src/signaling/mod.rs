@@ -156,7 +156,11 @@ impl Hub {
             .flat_map(|v| v.split(','))
             .any(|p| p.trim() == SUBPROTOCOL);
         let max = sig.max_message_bytes;
-        let info = conn::ConnInfo { remote, ice_host: ice::advertised_host(&cfg, host), cfg: cfg.clone() };
+        let info = conn::ConnInfo {
+            remote,
+            ice_host: ice::host_for(&self.own_ice, &cfg, host, remote.ip()),
+            cfg: cfg.clone(),
+        };
 
         // Small buffers: tungstenite's defaults (128 KiB read buffer, allocated up front) would cost over
         // a gigabyte at 10k idle clients. 1 KiB holds most signaling messages (an ICE candidate is ~300 bytes);

@@ -699,7 +699,12 @@ impl Core {
     /// requests) to this source now? Such answers go to an address nobody has proven to own, so they share one
     /// per-source budget (`turn.unauthenticated_rate_per_ip`): the server cannot be used as a reflector.
     fn may_answer_unsigned(&self, from: FiveTuple, now: Instant) -> bool {
-        if self.auth.allow_answer(source_of(from.client.ip()), self.unix(now)) {
+        self.may_answer_unsigned_to(from.client.ip(), now)
+    }
+
+    /// [`Core::may_answer_unsigned`] for answers sent outside the core (the STUN-only `turn.stun_alt_listen` port).
+    pub fn may_answer_unsigned_to(&self, client: IpAddr, now: Instant) -> bool {
+        if self.auth.allow_answer(source_of(client), self.unix(now)) {
             return true;
         }
         inc(&self.counters.challenges_rate_limited);

@@ -12,6 +12,7 @@ pub mod mmsg;
 pub mod policy;
 pub(crate) mod relay;
 pub mod selftest;
+pub(crate) mod stun_alt;
 pub(crate) mod tcp;
 pub(crate) mod udp;
 
@@ -278,6 +279,25 @@ pub fn public_ip(cfg: &TurnConfig, listen: &[SocketAddr]) -> IpAddr {
     cfg.external_ip.unwrap_or_else(|| relay_ips(cfg, listen)[0])
 }
 
+/// The ports a router must forward for TURN, from the addresses really bound (`listen`: the UDP sockets
+/// first, `udp_count` of them, then the TCP listeners), e.g. "UDP 18478 and 49152-65535, TCP 18478". Log
+/// lines must name the configured ports, not the IANA default.
+fn forward_phrase(listen: &[SocketAddr], udp_count: usize, min: u16, max: u16) -> String {
+    let ports = |it: &mut dyn Iterator<Item = &SocketAddr>| {
+        let mut v: Vec<u16> = it.map(|a| a.port()).collect();
+        v.sort_unstable();
+        v.dedup();
+        v.iter().map(u16::to_string).collect::<Vec<_>>().join(", ")
+    };
+    let udp = ports(&mut listen[..udp_count.min(listen.len())].iter());
+    let tcp = ports(&mut listen[udp_count.min(listen.len())..].iter());
+    let mut out = if udp.is_empty() { format!("UDP {min}-{max}") } else { format!("UDP {udp} and {min}-{max}") };
+    if !tcp.is_empty() {
+        out.push_str(&format!(", TCP {tcp}"));
+    }
+    out
+}
+
 /// A LAN, loopback, link-local or carrier-grade NAT address: one a client outside cannot reach.
 fn is_private(ip: IpAddr) -> bool {
     use crate::addr::AddressClass::*;
@@ -285,7 +305,7 @@ fn is_private(ip: IpAddr) -> bool {
 }
 
 /// Every address of this host's interfaces (for the "never relay to ourselves" rule).
-fn interface_ips() -> Vec<IpAddr> {
+pub(crate) fn interface_ips() -> Vec<IpAddr> {
     let mut out = Vec::new();
     // SAFETY: getifaddrs fills a linked list we only read and then free with freeifaddrs.
     unsafe {
@@ -386,6 +406,16 @@ pub struct Deps {
     pub tls_streams: Option<tokio::sync::mpsc::Receiver<TlsConn>>,
 }
 
+/// The bound sockets STUN/TURN serves on (from `Listeners::bind`).
+pub struct Sockets {
+    /// `turn.listen_udp` (several per address with `turn.udp_workers`).
+    pub udp: Vec<UdpSocket>,
+    /// `turn.listen_tcp`.
+    pub tcp: Vec<TcpListener>,
+    /// `turn.stun_alt_listen`: STUN Binding only.
+    pub stun_alt: Option<UdpSocket>,
+}
+
 /// Any byte stream a TURN client can speak over (TCP framing): here the decrypted TLS streams.
 pub trait ByteStream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static {}
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static> ByteStream for T {}
@@ -399,24 +429,20 @@ pub struct TlsConn {
 
 /// Serve STUN/TURN on the given (bound, non-blocking) sockets until `shutdown`. Sets health Turn → Ok once
 /// listening; returns `Err` if a listener fails. Relay sockets are closed on return.
-pub async fn serve(
-    mut deps: Deps,
-    udp: Vec<UdpSocket>,
-    tcp: Vec<TcpListener>,
-    shutdown: CancellationToken,
-) -> anyhow::Result<()> {
+pub async fn serve(mut deps: Deps, sockets: Sockets, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let Sockets { udp, tcp, stun_alt } = sockets;
     let cfg = &deps.config;
     let listen: Vec<SocketAddr> =
         udp.iter().filter_map(|s| s.local_addr().ok()).chain(tcp.iter().filter_map(|s| s.local_addr().ok())).collect();
+    let udp_count = udp.len();
     let relay_ips = relay_ips(cfg, &listen);
     for ip in &relay_ips {
         if is_private(*ip) && cfg.external_ip.is_none() {
             tracing::warn!(
                 "TURN relay address {ip} is private and turn.external_ip is not set: clients outside this network \
-                 cannot reach the relay. Behind a router, forward UDP {}-{} and 3478 to this host and set \
-                 turn.external_ip to the public address.",
-                cfg.relay_port_min,
-                cfg.relay_port_max
+                 cannot reach the relay. Behind a router, forward {} to this host and set turn.external_ip to the \
+                 public address.",
+                forward_phrase(&listen, udp_count, cfg.relay_port_min, cfg.relay_port_max)
             );
         }
     }
@@ -467,6 +493,11 @@ pub async fn serve(
         let l = tokio::net::TcpListener::from_std(l)?;
         listening.push(format!("tcp://{}", l.local_addr()?));
         tasks.spawn(tcp::run(shell.clone(), l));
+    }
+    if let Some(s) = stun_alt {
+        let s = tokio::net::UdpSocket::from_std(s)?;
+        listening.push(format!("udp://{} (STUN Binding only, turn.stun_alt_listen)", s.local_addr()?));
+        tasks.spawn(stun_alt::run(shell.clone(), s));
     }
     // Config reload (SIGHUP): the peer policy, quotas, per-source bounds, bandwidth cap, answer budget and
     // `software` follow the new `[turn]` section (see `Core::reload`); addresses and ports need a restart.
@@ -620,6 +651,16 @@ mod tests {
         for ip in ["198.51.100.10", "8.8.8.8", "2001:db8::1", "100.128.0.1"] {
             assert!(!is_private(ip.parse().unwrap()), "{ip}");
         }
+    }
+
+    #[test]
+    fn forward_advice_names_the_configured_ports() {
+        let listen: Vec<SocketAddr> = vec!["127.0.0.1:18478".parse().unwrap(), "127.0.0.1:18479".parse().unwrap()];
+        let s = forward_phrase(&listen, 1, 50000, 50100);
+        assert_eq!(s, "UDP 18478 and 50000-50100, TCP 18479");
+        assert!(!s.contains("3478"));
+        let both: Vec<SocketAddr> = vec!["0.0.0.0:3478".parse().unwrap(), "[::]:3478".parse().unwrap()];
+        assert_eq!(forward_phrase(&both, 2, 49152, 65535), "UDP 3478 and 49152-65535");
     }
 
     #[test]

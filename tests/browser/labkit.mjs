@@ -122,3 +122,106 @@ export async function twoPeers(lab) {
   return { a, b, idB };
 }
 
+
+// ---------------------------------------------------------------- ponte at home (tests/lab/homelab.sh)
+
+const HOMELAB = path.join(ROOT, 'tests', 'lab', 'homelab.sh');
+export const HOME_SRV_IP = '10.77.1.10';
+export const HOME_PUBLIC_IP = '198.51.100.21';
+
+/**
+ * ponte on a home server behind router 1 (`loopback`: whether that router does NAT loopback), a laptop (h1) and
+ * a second laptop (h3) on its LAN, a phone (h2) behind router 2 (`phone`: cone | symmetric). Namespaces are
+ * `$LAB_PREFIX`-based like startLab's but with an `hm` prefix so they never collide with netlab.sh's. ponte is
+ * configured the way a new user would: wildcard listeners, `turn.external_ip` = the router's public address,
+ * the router forwarding the ports. `lab.lanUrl` and `lab.publicUrl` are the two ways to open the page.
+ */
+export async function startHomeLab({ loopback, phone, extraTurnToml = '' }) {
+  const prefix = `hm${process.pid % 10000}${labCounter++}`;
+  const lab = { prefix, browsers: [], pages: [], home: true };
+  lab.dir = mkdtempSync(path.join(tmpdir(), 'ponte-homelab-'));
+  try {
+    execFileSync('bash', [HOMELAB, 'up', prefix, loopback ? 'loopback' : 'noloopback', phone], { stdio: 'inherit' });
+    await settleHome(prefix);
+    lab.ponteOptions = {
+      netns: `${prefix}-srv`,
+      toml: `[http]
+listen = "0.0.0.0:${HTTP_PORT}"
+[turn]
+listen_udp = ["0.0.0.0:3478"]
+listen_tcp = ["0.0.0.0:3478"]
+external_ip = "${HOME_PUBLIC_IP}"
+relay_port_min = 49160
+relay_port_max = 49200
+stun_alt_listen = "0.0.0.0:3479"
+allow_peers = ["198.51.100.0/24"]
+secret = "lab-secret-not-for-production"
+${extraTurnToml}
+[signaling]
+state_dir = "${path.join(lab.dir, 'state')}"
+`,
+    };
+    lab.server = await startPonte(lab.ponteOptions);
+    lab.lanUrl = `http://${HOME_SRV_IP}:${HTTP_PORT}`;
+    lab.publicUrl = `http://${HOME_PUBLIC_IP}:${HTTP_PORT}`;
+    // browsers[0] = laptop (h1), [1] = phone (h2), [2] = second laptop (h3)
+    for (const node of ['h1', 'h2', 'h3']) {
+      const wrapper = path.join(lab.dir, `chromium-${node}.sh`);
+      writeFileSync(wrapper, `#!/bin/sh\nexec ip netns exec ${prefix}-${node} ${CHROMIUM} "$@"\n`);
+      chmodSync(wrapper, 0o755);
+      lab.browsers.push(await launch({ executablePath: wrapper }));
+    }
+  } catch (e) {
+    await stopHomeLab(lab);
+    throw e;
+  }
+  return lab;
+}
+
+async function settleHome(prefix) {
+  const deadline = Date.now() + 15000;
+  for (const node of ['srv', 'h1', 'h2', 'h3', 'r1', 'r2']) {
+    while (execFileSync('ip', ['-n', `${prefix}-${node}`, 'addr', 'show', 'tentative'], { encoding: 'utf8' }).trim()) {
+      if (Date.now() > deadline) throw new Error(`${prefix}-${node}: addresses still tentative`);
+      await new Promise((r) => setTimeout(r, 200));
+    }
+  }
+  for (const [node, target] of [['h1', HOME_SRV_IP], ['h3', HOME_SRV_IP], ['srv', '10.77.1.1'], ['h2', '10.77.2.1']]) {
+    for (;;) {
+      try {
+        execFileSync('ip', ['netns', 'exec', `${prefix}-${node}`, 'ping', '-c', '1', '-W', '1', target], { stdio: 'ignore' });
+        break;
+      } catch {
+        if (Date.now() > deadline) throw new Error(`${prefix}-${node} cannot reach ${target}`);
+      }
+    }
+  }
+}
+
+export async function stopHomeLab(lab) {
+  if (!lab) return;
+  for (const p of lab.pages) if (p.errors && p.errors.length) console.log(`[${lab.prefix}] page errors: ${p.errors.join(' | ')}`);
+  for (const b of lab.browsers) await b.close().catch(() => {});
+  if (lab.server) await lab.server.stop().catch(() => {});
+  try { execFileSync('bash', [HOMELAB, 'down', lab.prefix], { stdio: 'inherit' }); } catch { /* best effort */ }
+  if (lab.dir) rmSync(lab.dir, { recursive: true, force: true });
+}
+
+/** Run a command inside one of the lab's namespaces (e.g. `ponte doctor` on the server). */
+export function inNode(lab, node, cmd, args, opts = {}) {
+  return execFileSync('ip', ['netns', 'exec', `${lab.prefix}-${node}`, cmd, ...args], { encoding: 'utf8', ...opts });
+}
+
+/**
+ * Two pages paired in the home lab: `a` in browser `from` opening `urlA`, `b` in browser `to` opening `urlB`
+ * (a requests, b accepts).
+ */
+export async function homePair(lab, { from = 0, urlA, to = 1, urlB, mobileB = true }) {
+  const a = await newPage(lab.browsers[from]);
+  const b = await newPage(lab.browsers[to], { mobile: mobileB });
+  lab.pages.push(a, b);
+  await openApp(a, urlA);
+  const idB = await openApp(b, urlB);
+  await pair(a, b, idB);
+  return { a, b, idB };
+}

@@ -24,12 +24,14 @@ function check(key, title) {
   $('#checks').append(li);
   const r = {
     key,
+    li,
     result: 'running',
     set(result, text) {
       r.result = result;
       li.dataset.result = result;
-      icon.textContent = result === 'ok' ? '✓' : result === 'fail' ? '✕' : result === 'skip' ? '–' : '';
-      verdict.textContent = t(result === 'ok' ? 'diag.ok' : result === 'fail' ? 'diag.fail' : result === 'skip' ? 'diag.skip' : 'diag.running');
+      icon.textContent = result === 'ok' ? '✓' : result === 'fail' ? '✕' : result === 'skip' ? '–' : result === 'warn' ? '!' : '';
+      verdict.textContent = t(result === 'ok' ? 'diag.ok' : result === 'fail' ? 'diag.fail' : result === 'skip' ? 'diag.skip'
+        : result === 'warn' ? 'diag.relay_needed' : 'diag.running');
       detail.textContent = text || '';
     },
   };
@@ -94,6 +96,8 @@ function parseCandidate(line) {
   // candidate:<foundation> <component> <transport> <priority> <address> <port> typ <type> [raddr ..] [rport ..] [tcptype ..]
   const f = line.replace(/^candidate:/, '').split(/\s+/);
   const out = { transport: (f[2] || '').toLowerCase(), address: f[4] || '', port: f[5] || '', type: f[7] || '' };
+  const rport = f.indexOf('rport');
+  if (rport > 0) out.rport = f[rport + 1] || '';
   return out;
 }
 
@@ -113,6 +117,65 @@ function addCandidates(list, server) {
     el('td', { class: 'mono' }, `${c.address}:${c.port}`),
     el('td', { class: 'mono' }, c.server || '—'))));
   $('#cands-section').hidden = candidates.length === 0;
+}
+
+/**
+ * The NAT's mapping behaviour (RFC 5780 §4.3 in spirit): one RTCPeerConnection, so one local UDP socket per
+ * interface, asks every STUN URL of this server (3478 and `turn.stun_alt_listen`) for its public address. A NAT
+ * that keeps one public port for the socket whatever the destination ("endpoint-independent", cone) yields one
+ * server-reflexive candidate per socket (Chrome drops the identical second one); a symmetric NAT picks a new
+ * port per destination, so the same socket shows up with two different public ports: hole punching cannot
+ * work from here, only the relay. Resolves 'independent' | 'dependent' | 'unknown'.
+ */
+async function mappingBehaviour(server, urls) {
+  const pc = new RTCPeerConnection({ iceServers: [{ ...server, urls }] });
+  const srflx = [];
+  const hosts = new Set();
+  pc.createDataChannel('diag-mapping');
+  const done = new Promise((resolve) => {
+    const timer = setTimeout(resolve, GATHER_TIMEOUT_MS);
+    pc.onicecandidate = (ev) => {
+      if (!ev.candidate) { clearTimeout(timer); resolve(); return; }
+      if (!ev.candidate.candidate) return;
+      const c = parseCandidate(ev.candidate.candidate);
+      if (c.transport !== 'udp') return;
+      c.url = ev.candidate.url || ev.url || '';
+      if (c.type === 'host') hosts.add(`${c.address}:${c.port}`);
+      if (c.type === 'srflx') srflx.push(c);
+    };
+  });
+  try {
+    await pc.setLocalDescription(await pc.createOffer());
+    await done;
+  } finally {
+    pc.close();
+  }
+  if (!srflx.length) return 'unknown';
+  // Best evidence: which STUN URL each public address came from. Every socket maps to one public address per URL;
+  // more distinct public addresses in all than from any single URL means the mapping depends on the destination.
+  // (Works whether or not the browser drops a duplicate address, and with several interfaces.)
+  if (srflx.every((c) => c.url)) {
+    const all = new Set(srflx.map((c) => `${c.address}:${c.port}`));
+    const perUrl = new Map();
+    for (const c of srflx) {
+      if (!perUrl.has(c.url)) perUrl.set(c.url, new Set());
+      perUrl.get(c.url).add(`${c.address}:${c.port}`);
+    }
+    return all.size > Math.max(...[...perUrl.values()].map((x) => x.size)) ? 'dependent' : 'independent';
+  }
+  // Group by the local socket (rport) when the browser tells it; with hidden host addresses (mDNS) rport is 0,
+  // then compare the count of public ports with the count of local sockets.
+  const bySocket = new Map();
+  for (const c of srflx) {
+    const key = c.rport && c.rport !== '0' ? c.rport : '*';
+    if (!bySocket.has(key)) bySocket.set(key, new Set());
+    bySocket.get(key).add(`${c.address}:${c.port}`);
+  }
+  for (const [key, mapped] of bySocket) {
+    if (key !== '*' && mapped.size > 1) return 'dependent';
+    if (key === '*' && mapped.size > Math.max(1, hosts.size)) return 'dependent';
+  }
+  return 'independent';
 }
 
 async function run() {
@@ -155,6 +218,8 @@ async function run() {
   }));
 
   const seen = new Set();
+  const stunUrls = [];
+  let stunServer = null;
   let stunCount = 0;
   const turnKinds = new Set();
   for (const server of servers) {
@@ -164,15 +229,19 @@ async function run() {
       const p = urlParts(url);
       if (p.scheme === 'stun') {
         stunCount += 1;
+        stunUrls.push(url);
+        stunServer = stunServer || server;
         const c = check(`stun${stunCount > 1 ? `-${stunCount}` : ''}`, t('diag.stun', { url }));
         jobs.push(gather(server, url, false).then(({ cands, errors }) => {
           const srflx = cands.filter((x) => x.type === 'srflx');
           addCandidates(srflx, url);
           const failed = errors.some((e) => e.code === 701 || (e.code >= 300 && e.code < 700));
           if (srflx.length) c.set('ok', t('diag.stun_ok', { addr: [...new Set(srflx.map((x) => x.address))].join(', ') }));
-          else if (!failed && cands.length) c.set('ok', t('diag.stun_ok', { addr: cands[0].address }));
-          else c.set('fail', t('diag.stun_fail', { port: p.port }));
-          return { kind: 'stun', ok: c.result === 'ok' };
+          else if (failed || !cands.length) c.set('fail', t('diag.stun_fail', { port: p.port }));
+          // No server-reflexive candidate and no error: either no NAT (the answer equals the local address)
+          // or no answer yet (the browser ends gathering before its STUN timeout). Decided below with TURN/UDP.
+          else return { kind: 'stun', ok: false, url, undecided: { c, addr: cands[0].address, port: p.port } };
+          return { kind: 'stun', ok: c.result === 'ok', url };
         }));
       } else if (p.scheme === 'turn' || p.scheme === 'turns') {
         const kind = p.scheme === 'turns' ? 'tls' : p.transport;
@@ -190,7 +259,7 @@ async function run() {
                 : t('diag.turn_why_none', { s: GATHER_TIMEOUT_MS / 1000 });
             c.set('fail', t('diag.turn_fail', { why }));
           }
-          return { kind: 'turn', ok: relay.length > 0 };
+          return { kind: 'turn', ok: relay.length > 0, transport: kind };
         }));
       }
     }
@@ -199,10 +268,34 @@ async function run() {
   if (!turnKinds.size) check('turn', t('diag.turn', { url: '—' })).set('skip', '');
   else if (!turnKinds.has('tls')) check('turn-tls', t('diag.turn_tls')).set('skip', '');
 
+  // Needs two STUN destinations on this server; run while the other checks gather.
+  const natCheck = check('nat', t('diag.nat'));
+  const mappingJob = stunUrls.length >= 2 ? mappingBehaviour(stunServer, stunUrls) : Promise.resolve('unknown');
   const outcome = await Promise.all(jobs);
+  // UDP to this server works when TURN over UDP gave a relay: then a silent STUN check means "no NAT".
+  const udpWorks = outcome.some((o) => o.kind === 'turn' && o.ok && o.transport === 'udp');
+  for (const o of outcome) {
+    if (!o.undecided) continue;
+    const { c, addr, port } = o.undecided;
+    if (udpWorks) { c.set('ok', t('diag.stun_ok', { addr })); o.ok = true; } else c.set('fail', t('diag.stun_fail', { port }));
+  }
   const stunOk = outcome.some((o) => o.kind === 'stun' && o.ok);
+  const stunAnswered = outcome.filter((o) => o.kind === 'stun' && o.ok).length;
   const turnOk = outcome.some((o) => o.kind === 'turn' && o.ok);
-  if (stunOk && turnOk) { summary.dataset.kind = 'good'; summary.textContent = t('diag.summary_good'); }
+  const turnUdpOk = outcome.some((o) => o.kind === 'turn' && o.ok && o.transport === 'udp');
+  const turnStreamOk = outcome.some((o) => o.kind === 'turn' && o.ok && o.transport !== 'udp');
+  let mapping = await mappingJob;
+  if (stunAnswered < 2) mapping = 'unknown';
+  natCheck.set(mapping === 'independent' ? 'ok' : mapping === 'dependent' ? 'warn' : 'skip',
+    t(mapping === 'independent' ? 'diag.nat_independent' : mapping === 'dependent' ? 'diag.nat_dependent'
+      : stunUrls.length < 2 ? 'diag.nat_one_port' : 'diag.nat_unknown'));
+  natCheck.li.dataset.mapping = mapping;
+  if (!stunOk && !turnUdpOk && turnStreamOk) {
+    // Nothing over UDP answers, TURN over TCP/TLS does: everything will be relayed over TCP.
+    summary.dataset.kind = 'warn'; summary.textContent = t('diag.summary_udp_blocked');
+  } else if (mapping === 'dependent' && turnOk) { summary.dataset.kind = 'warn'; summary.textContent = t('diag.summary_symmetric'); }
+  else if (mapping === 'dependent') { summary.dataset.kind = 'bad'; summary.textContent = t('diag.summary_symmetric_no_relay'); }
+  else if (stunOk && turnOk) { summary.dataset.kind = 'good'; summary.textContent = t('diag.summary_good'); }
   else if (turnOk) { summary.dataset.kind = 'warn'; summary.textContent = t('diag.summary_relay_only'); }
   else if (stunOk) { summary.dataset.kind = 'warn'; summary.textContent = t('diag.summary_direct_only'); }
   else { summary.dataset.kind = 'bad'; summary.textContent = t('diag.summary_bad'); }
