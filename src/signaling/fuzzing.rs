@@ -10,6 +10,7 @@
 //! from the messages it received alone (as a browser does), equals the hub's. A violation panics.
 
 use std::collections::BTreeSet;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,15 +20,29 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::sync::CancellationToken;
 
 use super::conn::OUTBOX;
-use super::hub::{ConnCtl, ConnHandle, HelloOutcome, Settings, State};
+use super::hub::{Applied, ConnCtl, ConnHandle, Settings, State};
 use super::ids::Id;
 use super::keys::SigningKey;
+use super::limits::source_key;
 use super::protocol::{self, ClientMsg, Limits};
 
 /// Live connections the driver keeps at most (more only slows the fuzzer down).
 const MAX_CONNS: usize = 8;
 /// Operations per input at most.
 const MAX_OPS: usize = 4096;
+
+/// The addresses connections come from: most from one, so that churn from one source (connect, hello, close in
+/// a loop; requests from ever new IDs) meets the per-source limits. Two IPv6 addresses in one /64 are one source.
+fn source(sel: usize) -> IpAddr {
+    let ip = match sel % 8 {
+        0..=3 => IpAddr::V4(Ipv4Addr::new(198, 51, 100, 1)),
+        4 => IpAddr::V4(Ipv4Addr::new(198, 51, 100, 2)),
+        5 => IpAddr::V4(Ipv4Addr::new(203, 0, 113, 7)),
+        6 => IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 1, 0, 0, 0, 1)),
+        _ => IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 1, 0xffff, 0, 0, 9)),
+    };
+    source_key(ip)
+}
 
 /// What a client learns from the server's messages.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -108,6 +123,8 @@ fn settings(sel: u8) -> Settings {
         limits: Limits { max_message_bytes: 65536, messages_per_sec: 50, connect_requests_per_min: 20 },
         // Sometimes short enough for the timer operation to age tokens and tickets out.
         token_max_age: if sel & 0x40 == 0 { 86_400 } else { 30 },
+        max_sessions_per_source: if sel & 0x80 == 0 { 3 } else { 8 },
+        requests_per_target_per_min: 2,
     }
 }
 
@@ -167,7 +184,12 @@ impl Sim {
                     let (tx, rx) = mpsc::channel(OUTBOX);
                     let conn_id = self.next_conn;
                     self.next_conn += 1;
-                    let handle = ConnHandle { conn_id, tx, ctl: ConnCtl::new(CancellationToken::new(), 1 << 24) };
+                    let handle = ConnHandle {
+                        conn_id,
+                        source: source(k),
+                        tx,
+                        ctl: ConnCtl::new(CancellationToken::new(), 1 << 24),
+                    };
                     self.conns.push(SimConn { conn_id, handle, rx, id: None, view: View::default() });
                 }
             }
@@ -258,69 +280,45 @@ impl Sim {
         }
     }
 
-    /// One text frame from connection `k`, handled as `conn.rs` handles it.
+    /// One text frame from connection `k`, handled by the hub's one dispatch, as `conn.rs` hands it over.
     fn frame(&mut self, k: usize, text: &str) {
         if self.conns.is_empty() {
             return;
         }
         let i = k % self.conns.len();
         let Ok(msg) = protocol::parse(text) else { return };
-        let (conn_id, me) = (self.conns[i].conn_id, self.conns[i].id);
-        let Some(me) = me else {
-            let ClientMsg::Hello { v, token } = msg else { return };
-            if v != protocol::VERSION {
-                self.conns.remove(i); // closed with 1002
-                return;
-            }
-            let handle = self.conns[i].handle.clone();
-            let unix = self.unix();
-            match self.st.hello(handle, token.as_deref(), unix, |_| (Vec::new(), 0)) {
-                HelloOutcome::Welcomed(id) => {
-                    self.conns[i].id = Some(id);
-                    if !self.ids.contains(&id) {
-                        self.ids.push(id);
+        if self.conns[i].id.is_some() {
+            // What the client itself concludes from what it sends (no reply tells it).
+            let view = &mut self.conns[i].view;
+            match &msg {
+                ClientMsg::Decline { from } => {
+                    if let Some(p) = Id::parse(from) {
+                        view.incoming.remove(&p);
                     }
                 }
-                HelloOutcome::ServerFull => {
-                    // Closed with 1013 after the error is flushed; it never held an ID.
-                    self.drain(i);
-                    self.conns.remove(i);
+                ClientMsg::Bye { to } => {
+                    if let Some(p) = Id::parse(to) {
+                        view.peers.remove(&p);
+                    }
                 }
+                _ => {}
             }
-            return;
-        };
-        let current = self.st.is_current(me, conn_id);
-        // What the client itself concludes from what it sends (no reply tells it).
-        let view = &mut self.conns[i].view;
-        match &msg {
-            ClientMsg::Decline { from } => {
-                if let Some(p) = Id::parse(from) {
-                    view.incoming.remove(&p);
-                }
-            }
-            ClientMsg::Bye { to } => {
-                if let Some(p) = Id::parse(to) {
-                    view.peers.remove(&p);
-                }
-            }
-            _ => {}
         }
-        if !current {
-            return;
-        }
-        let now = self.now;
-        match msg {
-            ClientMsg::Connect { to } => self.st.connect(me, &to, now),
-            ClientMsg::Cancel { to } => self.st.cancel(me, &to),
-            ClientMsg::Accept { from } => self.st.accept(me, &from),
-            ClientMsg::Decline { from } => self.st.decline(me, &from),
-            ClientMsg::Signal { to, data } => self.st.signal(me, &to, data),
-            ClientMsg::Bye { to } => self.st.bye(me, &to),
-            ClientMsg::Rejoin { to, ticket } => {
-                let unix = self.unix();
-                self.st.rejoin(me, &to, &ticket, unix)
+        let handle = self.conns[i].handle.clone();
+        let (me, now, unix) = (self.conns[i].id, self.now, self.unix());
+        match self.st.apply(&handle, me, msg, now, unix, |_| (Vec::new(), 0)) {
+            Applied::Continue | Applied::RefreshIce(_) => {}
+            Applied::Welcomed(id) => {
+                self.conns[i].id = Some(id);
+                if !self.ids.contains(&id) {
+                    self.ids.push(id);
+                }
             }
-            ClientMsg::Hello { .. } | ClientMsg::RefreshIce | ClientMsg::Ping { .. } => {}
+            Applied::Close { .. } => {
+                // Closed (1002, or 1013 after the error is flushed) before it held an ID.
+                self.drain(i);
+                self.conns.remove(i);
+            }
         }
     }
 
