@@ -284,3 +284,112 @@ async fn slowloris_connections_time_out() {
     }
     s.stop().await.unwrap();
 }
+
+type PlainWs = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
+
+/// A WebSocket to `/ws` from the loopback address `from` (127.0.0.x: each is a source of its own).
+async fn ws_from(from: &str, addr: SocketAddr) -> PlainWs {
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.bind(SocketAddr::new(from.parse().unwrap(), 0)).unwrap();
+    let stream = sock.connect(addr).await.unwrap();
+    let (ws, _) = tokio_tungstenite::client_async(format!("ws://{addr}/ws"), stream).await.unwrap();
+    ws
+}
+
+/// `hello` on a new connection from `from`: the welcome, or the error it got instead.
+async fn hello_from(from: &str, addr: SocketAddr) -> (PlainWs, serde_json::Value) {
+    let mut w = ws_from(from, addr).await;
+    w.send(WsMsg::text(r#"{"type":"hello","v":1}"#)).await.unwrap();
+    let v = next_json(&mut w).await;
+    (w, v)
+}
+
+async fn close(mut w: PlainWs) {
+    let _ = w.close(None).await;
+    let _ = tokio::time::timeout(Duration::from_secs(2), async { while let Some(Ok(_)) = w.next().await {} }).await;
+}
+
+/// Security issue #1: connect, hello, close in a loop from one address. Its sessions wait out their grace period
+/// and count against the address (`signaling.max_sessions_per_ip`), so the churner is refused with
+/// `too_many_sessions` while a browser from another address is welcomed. On the old code the churner's grace
+/// sessions filled the global cap (twice `max_connections`) and the other address got `server_full` (and the
+/// key did not exist).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_churn_from_one_address_does_not_fill_the_server() {
+    let mut c = test_config();
+    c.signaling.max_connections = 20; // 40 sessions in all
+    c.signaling.max_sessions_per_ip = 8;
+    let s = TestServer::start(c).await;
+    let (mut welcomed, mut refused) = (0, 0);
+    for _ in 0..60 {
+        let (w, v) = hello_from("127.0.0.1", s.http).await;
+        match (v["type"].as_str(), v["code"].as_str()) {
+            (Some("welcome"), _) => welcomed += 1,
+            (Some("error"), Some("too_many_sessions")) => refused += 1,
+            _ => panic!("unexpected answer to hello: {v}"),
+        }
+        close(w).await;
+    }
+    println!("session churn: {welcomed} welcomed, {refused} refused");
+    assert_eq!(welcomed, 8, "the churner holds exactly its per-address cap");
+    assert!(s.ctx.live().signaling.reconnect_grace_secs >= 60, "grace outlasts the test");
+
+    let (_w, v) = hello_from("127.0.0.2", s.http).await;
+    assert_eq!(v["type"], "welcome", "a browser from another address: {v}");
+    s.stop().await.unwrap();
+}
+
+/// Security issue #3: the connect budget and the per-person prompt limit belong to the address, not to the
+/// WebSocket or the ID. An attacker that opens a new connection (and gets a new ID) for every request prompts
+/// its victim `requests_to_one_client_per_min` times, and probes IDs at `connect_requests_per_min`; a browser from
+/// another address still reaches the victim. On the old code every new connection had a fresh budget (~400,000
+/// look-ups and ~14,700 prompts in seconds).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_budget_outlives_connections_and_ids() {
+    let s = TestServer::start(test_config()).await;
+    let (mut victim, welcome) = hello_from("127.0.0.2", s.http).await;
+    let victim_id = welcome["id"].as_str().unwrap().to_string();
+
+    let (mut sent, mut budget_refused) = (0, 0);
+    let start = Instant::now();
+    for i in 0..30 {
+        let (mut w, v) = hello_from("127.0.0.1", s.http).await;
+        assert_eq!(v["type"], "welcome", "{v}");
+        let to = if i % 2 == 0 { victim_id.clone() } else { format!("{:08x}", rand::random::<u32>()) };
+        w.send(WsMsg::text(format!(r#"{{"type":"connect","to":"{to}"}}"#))).await.unwrap();
+        let v = next_json(&mut w).await;
+        match (v["type"].as_str(), v["code"].as_str()) {
+            (Some("request_sent"), _) => sent += 1,
+            // Over the address's budget: refused before any look-up (no `peer`).
+            (Some("error"), Some("too_many_requests")) if v["peer"].is_null() => budget_refused += 1,
+            // Over the per-person limit.
+            (Some("error"), Some("too_many_requests")) => assert_eq!(v["peer"], victim_id.as_str()),
+            (Some("error"), Some("unknown_peer")) => {}
+            _ => panic!("unexpected answer to connect: {v}"),
+        }
+        close(w).await;
+    }
+    // The budget refills at 20 a minute while this runs: allow for that, not for a budget per connection.
+    let answered = 30 - budget_refused;
+    let refill = (start.elapsed().as_secs_f64() / 3.0).ceil() as usize;
+    println!("connect churn: {answered} look-ups answered, {sent} requests delivered, {budget_refused} refused");
+    assert_eq!(sent, 3, "one address prompted one person {sent} times");
+    assert!(answered <= 20 + refill, "{answered} look-ups answered from one address");
+
+    // The victim saw three prompts (each withdrawn when its requester's session ends, which is later).
+    let mut prompts = 0;
+    let deadline = Instant::now() + Duration::from_millis(500);
+    while let Ok(Some(Ok(WsMsg::Text(t)))) = tokio::time::timeout_at(deadline.into(), victim.next()).await {
+        if t.contains(r#""type":"incoming""#) {
+            prompts += 1;
+        }
+    }
+    assert_eq!(prompts, 3);
+
+    // Another address is not limited by any of this.
+    let (mut friend, fw) = hello_from("127.0.0.3", s.http).await;
+    friend.send(WsMsg::text(format!(r#"{{"type":"connect","to":"{victim_id}"}}"#))).await.unwrap();
+    assert_eq!(until_type(&mut friend, "request_sent").await["peer"], victim_id);
+    assert_eq!(until_type(&mut victim, "incoming").await["peer"], fw["id"]);
+    s.stop().await.unwrap();
+}
