@@ -162,6 +162,11 @@ fn drive(data: &[u8]) -> usize {
         sim.step(&mut input);
         sim.check();
         most = most.max(sim.st.pairing_count());
+        #[cfg(test)]
+        {
+            let pending = sim.ids.iter().map(|&id| sim.st.requests_of(id).1.len()).max().unwrap_or(0);
+            MOST_PENDING.with(|m| m.set(m.get().max(pending)));
+        }
     }
     #[cfg(test)]
     LAST.with(|l| *l.borrow_mut() = Some((sim.ids.clone(), sim.st.pairing_count())));
@@ -172,6 +177,8 @@ fn drive(data: &[u8]) -> usize {
 thread_local! {
     /// After a test's `drive`: every ID handed out, and the pairings held at the end.
     static LAST: std::cell::RefCell<Option<(Vec<Id>, usize)>> = const { std::cell::RefCell::new(None) };
+    /// The most requests any one client had pending to it at once, over the runs since it was last reset.
+    static MOST_PENDING: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
 
 impl Sim {
@@ -479,6 +486,61 @@ mod tests {
             ],
         ));
         assert_eq!(most, 1, "the two clients were paired");
+    }
+
+    /// connect, hello, close in a loop from one source, then a client from another source.
+    fn session_churn() -> Vec<u8> {
+        let mut steps: Vec<&[u8]> = Vec::new();
+        for _ in 0..20 {
+            steps.extend([&[0u8, 0][..], &[1, 0, 0], &[7, 0]]);
+        }
+        steps.extend([&[0u8, 5][..], &[1, 0, 0]]);
+        ops(0, &steps)
+    }
+
+    /// A victim from one source; then, from another, a new connection and ID for every connect request to it.
+    fn connect_churn() -> Vec<u8> {
+        let mut steps: Vec<&[u8]> = vec![&[0, 4], &[1, 0, 0]];
+        for _ in 0..12 {
+            steps.extend([&[0u8, 0][..], &[1, 1, 0], &[2, 1, 0, 0], &[7, 1]]);
+        }
+        // 0x82: eight sessions in all and per source, so the churner is not stopped by a session cap first.
+        ops(0x82, &steps)
+    }
+
+    /// Security issue #1, through the one dispatch: the churner's sessions in their grace period count against
+    /// its source (3 in the driver's settings), so the other source is welcomed. On the old code the churner
+    /// took all 8 sessions and the other source got `server_full`.
+    #[test]
+    fn session_churn_from_one_source_stops_at_its_cap() {
+        drive(&session_churn());
+        let (ids, _) = LAST.with(|l| l.borrow_mut().take()).unwrap();
+        assert_eq!(ids.len(), 4, "3 for the churner, 1 for the other source: {ids:?}");
+    }
+
+    /// Security issue #3, through the one dispatch: at most `requests_per_target_per_min` (2 here) requests from
+    /// one source are pending to one client, whatever connections and IDs the source uses.
+    #[test]
+    fn connect_churn_from_one_source_prompts_a_client_a_few_times() {
+        MOST_PENDING.with(|m| m.set(0));
+        drive(&connect_churn());
+        let (ids, _) = LAST.with(|l| l.borrow_mut().take()).unwrap();
+        assert!(ids.len() >= 6, "the churn got IDs: {ids:?}");
+        assert_eq!(MOST_PENDING.with(|m| m.get()), 2);
+    }
+
+    #[test]
+    fn committed_churn_seeds_are_current() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/fuzz/seeds/signaling_hub");
+        for (name, data) in
+            [("session-churn-one-source", session_churn()), ("connect-churn-one-source", connect_churn())]
+        {
+            let path = format!("{dir}/{name}");
+            if std::env::var_os("PONTE_WRITE_SEEDS").is_some() {
+                std::fs::write(&path, &data).unwrap();
+            }
+            assert_eq!(std::fs::read(&path).ok(), Some(data), "{path} is stale: rerun with PONTE_WRITE_SEEDS=1");
+        }
     }
 
     /// The fuzz target's seeds, and every crash it found (added there once fixed), as regression tests.
