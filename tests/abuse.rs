@@ -13,6 +13,7 @@ use ponte::turn::codec::{self, *};
 use stun::attributes::AttrType;
 use stun::message::Setter;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message as WsMsg;
 
 fn rss_kib() -> u64 {
@@ -391,5 +392,50 @@ async fn connect_budget_outlives_connections_and_ids() {
     friend.send(WsMsg::text(format!(r#"{{"type":"connect","to":"{victim_id}"}}"#))).await.unwrap();
     assert_eq!(until_type(&mut friend, "request_sent").await["peer"], victim_id);
     assert_eq!(until_type(&mut victim, "incoming").await["peer"], fw["id"]);
+    s.stop().await.unwrap();
+}
+
+/// Counts the bytes a tracing subscriber writes.
+#[derive(Clone, Default)]
+struct LogBytes(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+impl std::io::Write for LogBytes {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.fetch_add(buf.len(), std::sync::atomic::Ordering::Relaxed);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Security issue #10: 200 upgrades with a 64 KiB refused Origin. The log gets one cut line per 10 s, not every
+/// Origin in full (the old code wrote ~13 MB), and a normal client is still served meanwhile. The runtime is
+/// single-threaded, so the server's log lines all go through this test's thread-local subscriber.
+#[tokio::test]
+async fn refused_origins_do_not_flood_the_log() {
+    let s = TestServer::start(test_config()).await;
+    let bytes = LogBytes::default();
+    let writer = bytes.clone();
+    let subscriber =
+        tracing_subscriber::fmt().with_max_level(tracing::Level::INFO).with_writer(move || writer.clone()).finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let origin = format!("http://{}.example", "a".repeat(64 * 1024));
+    for _ in 0..200 {
+        let mut req = format!("ws://{}/ws", s.http).into_client_request().unwrap();
+        req.headers_mut().insert("origin", origin.parse().unwrap());
+        match tokio_tungstenite::connect_async(req).await {
+            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => assert_eq!(resp.status().as_u16(), 403),
+            other => panic!("expected 403, got {:?}", other.map(|_| ())),
+        }
+    }
+    let mut normal = ws(s.http).await;
+    until_type(&mut normal, "welcome").await;
+    let logged = bytes.0.load(std::sync::atomic::Ordering::Relaxed);
+    println!("200 refused 64 KiB Origins: {logged} bytes of log");
+    assert!(logged > 0, "the refusal was not logged at all (the test would prove nothing)");
+    assert!(logged < 4096, "{logged} bytes of log for 200 refused Origins");
+    drop(_guard);
     s.stop().await.unwrap();
 }
