@@ -280,7 +280,16 @@ impl State {
     }
 
     /// Apply reloaded settings: new timers and new sessions use them; running timers keep their deadlines.
+    /// Per-source connect budgets take the new rate at once (a source that keeps its entry would otherwise keep
+    /// the old rate for as long as it stays active).
     pub fn set_settings(&mut self, settings: Settings) {
+        let cpm = settings.limits.connect_requests_per_min;
+        if cpm != self.settings.limits.connect_requests_per_min {
+            let cpm = cpm as f64;
+            for s in self.sources.values_mut() {
+                s.connects.set_rate(cpm / 60.0, cpm.max(1.0));
+            }
+        }
         self.settings = settings;
     }
 
@@ -1185,6 +1194,24 @@ mod tests {
         st.connect(md, me.as_str(), now);
         assert_eq!(d.types(), ["request_sent"]);
         st.check_invariants().unwrap();
+    }
+
+    /// A reload that lowers `connect_requests_per_min` applies to sources the hub already knows.
+    #[test]
+    fn reloaded_connect_budget_applies_to_known_sources() {
+        let mut st = State::new(settings(), Arc::default(), SigningKey::random());
+        let mut c = conn(1);
+        let id = join(&mut st, &c, None);
+        c.drain();
+        let mut s = settings();
+        s.limits.connect_requests_per_min = 2;
+        st.set_settings(s);
+        let now = Instant::now();
+        for _ in 0..3 {
+            st.connect(id, "zzzzzzzz", now);
+        }
+        let codes: Vec<serde_json::Value> = c.drain().iter().map(|v| v["code"].clone()).collect();
+        assert_eq!(codes, ["unknown_peer", "unknown_peer", "too_many_requests"]);
     }
 
     /// Per-source entries are forgotten once they hold no session and their budgets are whole again.

@@ -28,6 +28,13 @@ impl TokenBucket {
         TokenBucket { tokens: burst, rate: rate_per_sec, burst, last: now }
     }
 
+    /// New rate and burst (a config reload); tokens above the new burst are dropped.
+    pub fn set_rate(&mut self, rate_per_sec: f64, burst: f64) {
+        self.rate = rate_per_sec;
+        self.burst = burst;
+        self.tokens = self.tokens.min(burst);
+    }
+
     /// True when the bucket will be full again by `now` without taking anything: forgetting it then loses nothing.
     pub fn is_full_at(&self, now: Instant) -> bool {
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
