@@ -1,8 +1,8 @@
 //! A socket-free driver of the hub's state machine for the `signaling_hub` fuzz target and its regression tests:
 //! arbitrary bytes become a sequence of client operations (open, hello with or without a token, protocol
 //! messages, raw text frames, close, timers, reload, re-pairing by ticket, a server restart with the same signing
-//! key), dispatched the way `conn.rs` does, with invariants checked
-//! after every step.
+//! key), from a few source addresses (most from one, to model churn from one source), handed to
+//! `State::apply` — the same dispatch `conn.rs` uses — with invariants checked after every step.
 //!
 //! Checked after each operation: the hub's own structural invariants (`State::check_invariants`: symmetric
 //! pairings and requests, timers for everything that must expire, ...); every `signal` delivered comes from a
