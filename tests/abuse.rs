@@ -232,11 +232,11 @@ async fn websocket_floods_oversized_frames_and_id_scans() {
     };
     assert_eq!(closed, 1009);
 
-    // Normal clients pair and exchange a signal while the flood goes on.
-    let mut a = ws(addr).await;
-    let mut b = ws(addr).await;
-    let wa = until_type(&mut a, "welcome").await;
-    let wb = until_type(&mut b, "welcome").await;
+    // Normal clients pair and exchange a signal while the flood goes on. They use another address: the scanners'
+    // address has spent its connect budget, which is per address, not per connection.
+    let (mut a, wa) = hello_from("127.0.0.2", addr).await;
+    let (mut b, wb) = hello_from("127.0.0.2", addr).await;
+    assert_eq!((&wa["type"], &wb["type"]), (&"welcome".into(), &"welcome".into()));
     a.send(WsMsg::text(format!(r#"{{"type":"connect","to":"{}"}}"#, wb["id"].as_str().unwrap()))).await.unwrap();
     let inc = until_type(&mut b, "incoming").await;
     assert_eq!(inc["peer"], wa["id"]);
