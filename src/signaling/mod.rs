@@ -138,7 +138,12 @@ impl Hub {
                     "WebSocket refused: Origin not allowed (list it in http.allowed_origins, or set http.public_url)"
                 );
             }
-            return Err(Refusal { status: 403, text: "this Origin may not open the signaling WebSocket\n" });
+            return Err(Refusal {
+                status: 403,
+                text: "this Origin may not open the signaling WebSocket (the server's http.public_url or \
+                       http.allowed_origins must name it; http:// pages are only accepted by IP address or \
+                       localhost otherwise)\n",
+            });
         }
         if self.stop.is_cancelled() {
             return Err(Refusal { status: 503, text: "server shutting down\n" });
