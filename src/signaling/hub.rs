@@ -982,6 +982,14 @@ impl State {
                     return Err(format!("request {id}->{to} has no timer: it would never expire"));
                 }
             }
+            // One source prompts one client a few times at most (a reload that lowers the limit could leave more
+            // pending until they expire; the fuzz driver's reloads keep it).
+            for &(_, src) in &s.incoming {
+                let n = s.incoming.iter().filter(|(_, x)| *x == src).count();
+                if n > self.settings.requests_per_target_per_min {
+                    return Err(format!("{n} requests from source {src} pending to {id}"));
+                }
+            }
             for &(from, _) in &s.incoming {
                 if !self.sessions.get(&from).is_some_and(|fs| fs.outgoing.iter().any(|(p, _)| *p == id)) {
                     return Err(format!("incoming {from}->{id} missing from {from}'s outgoing"));
