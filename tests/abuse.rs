@@ -13,6 +13,7 @@ use ponte::turn::codec::{self, *};
 use stun::attributes::AttrType;
 use stun::message::Setter;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message as WsMsg;
 
 fn rss_kib() -> u64 {
@@ -234,11 +235,11 @@ async fn websocket_floods_oversized_frames_and_id_scans() {
     };
     assert_eq!(closed, 1009);
 
-    // Normal clients pair and exchange a signal while the flood goes on.
-    let mut a = ws(addr).await;
-    let mut b = ws(addr).await;
-    let wa = until_type(&mut a, "welcome").await;
-    let wb = until_type(&mut b, "welcome").await;
+    // Normal clients pair and exchange a signal while the flood goes on. They use another address: the scanners'
+    // address has spent its connect budget, which is per address, not per connection.
+    let (mut a, wa) = hello_from("127.0.0.2", addr).await;
+    let (mut b, wb) = hello_from("127.0.0.2", addr).await;
+    assert_eq!((&wa["type"], &wb["type"]), (&"welcome".into(), &"welcome".into()));
     a.send(WsMsg::text(format!(r#"{{"type":"connect","to":"{}"}}"#, wb["id"].as_str().unwrap()))).await.unwrap();
     let inc = until_type(&mut b, "incoming").await;
     assert_eq!(inc["peer"], wa["id"]);
@@ -435,5 +436,157 @@ async fn tcp_connections_without_an_allocation_time_out() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let r = normal.request(METHOD_REFRESH, &|m| m.add(AttrType(ATTR_LIFETIME), &600u32.to_be_bytes())).await;
     assert_eq!(code(&r), None, "refresh on the allocated TCP connection: {r}");
+    s.stop().await.unwrap();
+}
+
+type PlainWs = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
+
+/// A WebSocket to `/ws` from the loopback address `from` (127.0.0.x: each is a source of its own).
+async fn ws_from(from: &str, addr: SocketAddr) -> PlainWs {
+    let stream = common::connect_from(from, addr).await;
+    let (ws, _) = tokio_tungstenite::client_async(format!("ws://{addr}/ws"), stream).await.unwrap();
+    ws
+}
+
+/// `hello` on a new connection from `from`: the welcome, or the error it got instead.
+async fn hello_from(from: &str, addr: SocketAddr) -> (PlainWs, serde_json::Value) {
+    let mut w = ws_from(from, addr).await;
+    w.send(WsMsg::text(r#"{"type":"hello","v":1}"#)).await.unwrap();
+    let v = next_json(&mut w).await;
+    (w, v)
+}
+
+async fn close(mut w: PlainWs) {
+    let _ = w.close(None).await;
+    let _ = tokio::time::timeout(Duration::from_secs(2), async { while let Some(Ok(_)) = w.next().await {} }).await;
+}
+
+/// Security issue #1: connect, hello, close in a loop from one address. Its sessions wait out their grace period
+/// and count against the address (`signaling.max_sessions_per_ip`), so the churner is refused with
+/// `too_many_sessions` while a browser from another address is welcomed. On the old code the churner's grace
+/// sessions filled the global cap (twice `max_connections`) and the other address got `server_full` (and the
+/// key did not exist).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_churn_from_one_address_does_not_fill_the_server() {
+    let mut c = test_config();
+    c.signaling.max_connections = 20; // 40 sessions in all
+    c.signaling.max_sessions_per_ip = 8;
+    let s = TestServer::start(c).await;
+    let (mut welcomed, mut refused) = (0, 0);
+    for _ in 0..60 {
+        let (w, v) = hello_from("127.0.0.1", s.http).await;
+        match (v["type"].as_str(), v["code"].as_str()) {
+            (Some("welcome"), _) => welcomed += 1,
+            (Some("error"), Some("too_many_sessions")) => refused += 1,
+            _ => panic!("unexpected answer to hello: {v}"),
+        }
+        close(w).await;
+    }
+    println!("session churn: {welcomed} welcomed, {refused} refused");
+    assert_eq!(welcomed, 8, "the churner holds exactly its per-address cap");
+    assert!(s.ctx.live().signaling.reconnect_grace_secs >= 60, "grace outlasts the test");
+
+    let (_w, v) = hello_from("127.0.0.2", s.http).await;
+    assert_eq!(v["type"], "welcome", "a browser from another address: {v}");
+    s.stop().await.unwrap();
+}
+
+/// Security issue #3: the connect budget and the per-person prompt limit belong to the address, not to the
+/// WebSocket or the ID. An attacker that opens a new connection (and gets a new ID) for every request prompts
+/// its victim `requests_to_one_client_per_min` times, and probes IDs at `connect_requests_per_min`; a browser from
+/// another address still reaches the victim. On the old code every new connection had a fresh budget (~400,000
+/// look-ups and ~14,700 prompts in seconds).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_budget_outlives_connections_and_ids() {
+    let s = TestServer::start(test_config()).await;
+    let (mut victim, welcome) = hello_from("127.0.0.2", s.http).await;
+    let victim_id = welcome["id"].as_str().unwrap().to_string();
+
+    let (mut sent, mut budget_refused) = (0, 0);
+    let start = Instant::now();
+    for i in 0..30 {
+        let (mut w, v) = hello_from("127.0.0.1", s.http).await;
+        assert_eq!(v["type"], "welcome", "{v}");
+        let to = if i % 2 == 0 { victim_id.clone() } else { format!("{:08x}", rand::random::<u32>()) };
+        w.send(WsMsg::text(format!(r#"{{"type":"connect","to":"{to}"}}"#))).await.unwrap();
+        let v = next_json(&mut w).await;
+        match (v["type"].as_str(), v["code"].as_str()) {
+            (Some("request_sent"), _) => sent += 1,
+            // Over the address's budget: refused before any look-up (no `peer`).
+            (Some("error"), Some("too_many_requests")) if v["peer"].is_null() => budget_refused += 1,
+            // Over the per-person limit.
+            (Some("error"), Some("too_many_requests")) => assert_eq!(v["peer"], victim_id.as_str()),
+            (Some("error"), Some("unknown_peer")) => {}
+            _ => panic!("unexpected answer to connect: {v}"),
+        }
+        close(w).await;
+    }
+    // The budget refills at 20 a minute while this runs: allow for that, not for a budget per connection.
+    let answered = 30 - budget_refused;
+    let refill = (start.elapsed().as_secs_f64() / 3.0).ceil() as usize;
+    println!("connect churn: {answered} look-ups answered, {sent} requests delivered, {budget_refused} refused");
+    assert_eq!(sent, 3, "one address prompted one person {sent} times");
+    assert!(answered <= 20 + refill, "{answered} look-ups answered from one address");
+
+    // The victim saw three prompts (each withdrawn when its requester's session ends, which is later).
+    let mut prompts = 0;
+    let deadline = Instant::now() + Duration::from_millis(500);
+    while let Ok(Some(Ok(WsMsg::Text(t)))) = tokio::time::timeout_at(deadline.into(), victim.next()).await {
+        if t.contains(r#""type":"incoming""#) {
+            prompts += 1;
+        }
+    }
+    assert_eq!(prompts, 3);
+
+    // Another address is not limited by any of this.
+    let (mut friend, fw) = hello_from("127.0.0.3", s.http).await;
+    friend.send(WsMsg::text(format!(r#"{{"type":"connect","to":"{victim_id}"}}"#))).await.unwrap();
+    assert_eq!(until_type(&mut friend, "request_sent").await["peer"], victim_id);
+    assert_eq!(until_type(&mut victim, "incoming").await["peer"], fw["id"]);
+    s.stop().await.unwrap();
+}
+
+/// Counts the bytes a tracing subscriber writes.
+#[derive(Clone, Default)]
+struct LogBytes(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+impl std::io::Write for LogBytes {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.fetch_add(buf.len(), std::sync::atomic::Ordering::Relaxed);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Security issue #10: 200 upgrades with a 64 KiB refused Origin. The log gets one cut line per 10 s, not every
+/// Origin in full (the old code wrote ~13 MB), and a normal client is still served meanwhile. The runtime is
+/// single-threaded, so the server's log lines all go through this test's thread-local subscriber.
+#[tokio::test]
+async fn refused_origins_do_not_flood_the_log() {
+    let s = TestServer::start(test_config()).await;
+    let bytes = LogBytes::default();
+    let writer = bytes.clone();
+    let subscriber =
+        tracing_subscriber::fmt().with_max_level(tracing::Level::INFO).with_writer(move || writer.clone()).finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let origin = format!("http://{}.example", "a".repeat(64 * 1024));
+    for _ in 0..200 {
+        let mut req = format!("ws://{}/ws", s.http).into_client_request().unwrap();
+        req.headers_mut().insert("origin", origin.parse().unwrap());
+        match tokio_tungstenite::connect_async(req).await {
+            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => assert_eq!(resp.status().as_u16(), 403),
+            other => panic!("expected 403, got {:?}", other.map(|_| ())),
+        }
+    }
+    let mut normal = ws(s.http).await;
+    until_type(&mut normal, "welcome").await;
+    let logged = bytes.0.load(std::sync::atomic::Ordering::Relaxed);
+    println!("200 refused 64 KiB Origins: {logged} bytes of log");
+    assert!(logged > 0, "the refusal was not logged at all (the test would prove nothing)");
+    assert!(logged < 4096, "{logged} bytes of log for 200 refused Origins");
+    drop(_guard);
     s.stop().await.unwrap();
 }

@@ -764,6 +764,14 @@ async fn origin_allow_list() {
     let own = format!("http://{}", srv.http);
     assert!(open_with(&srv, &[("origin", own.as_str())]).await.is_ok());
     assert!(open_with(&srv, &[("origin", "https://friend.example")]).await.is_ok());
+    // DNS rebinding: a hostile page at evil.example, whose name now resolves to this server, presents
+    // Origin == Host. Without public_url or allowed_origins naming it, a DNS name over plain HTTP is refused
+    // (the old code accepted it); an https page is fine (its certificate proves the name).
+    let port = srv.http.port();
+    let (evil, evil_host) = (format!("http://evil.example:{port}"), format!("evil.example:{port}"));
+    assert_eq!(open_with(&srv, &[("origin", evil.as_str()), ("host", evil_host.as_str())]).await.err(), Some(403));
+    let (tls_page, host) = (format!("https://chat.example.org:{port}"), format!("chat.example.org:{port}"));
+    assert!(open_with(&srv, &[("origin", tls_page.as_str()), ("host", host.as_str())]).await.is_ok());
     srv.stop().await.unwrap();
 
     let mut cfg = test_config();
@@ -836,6 +844,31 @@ async fn sessions_cap_gives_server_full() {
     send(&mut ws, json!({"type": "hello", "v": 1})).await;
     expect_error(&mut ws, "server_full").await;
     assert_eq!(close_code(&mut ws).await, 1013);
+    srv.stop().await.unwrap();
+}
+
+/// Security issue #7: a token older than `token_max_age_secs` does not resume a live session (the old code
+/// resumed it and closed the owner with 4001); it counts as no token and gets a new ID.
+#[tokio::test]
+async fn an_expired_token_does_not_take_over_a_live_session() {
+    let mut cfg = test_config();
+    cfg.signaling.token_max_age_secs = 1;
+    let srv = TestServer::start(cfg).await;
+    let mut owner = client(&srv).await;
+    let old_token = owner.token.clone();
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let thief = hello(open(&srv).await, Some(&old_token)).await;
+    assert_ne!(thief.id, owner.id, "an expired token took the ID over");
+    assert_eq!(thief.welcome["resumed"], false);
+    // The owner is still connected and served (renewed tokens may arrive meanwhile).
+    send(&mut owner.ws, json!({"type": "ping", "t": 1})).await;
+    loop {
+        let v = recv(&mut owner.ws).await;
+        if v["type"] == "pong" {
+            break;
+        }
+        assert_eq!(v["type"], "tokens", "{v}");
+    }
     srv.stop().await.unwrap();
 }
 

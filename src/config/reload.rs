@@ -85,6 +85,8 @@ table! {
     Live "signaling.ice_servers" => signaling.ice_servers;
     Restart "signaling.state_dir" => signaling.state_dir;
     Live "signaling.token_max_age_secs" => signaling.token_max_age_secs;
+    Live "signaling.max_sessions_per_ip" => signaling.max_sessions_per_ip;
+    Live "signaling.requests_to_one_client_per_min" => signaling.requests_to_one_client_per_min;
 
     Restart "tls.cert" => tls.cert;
     Restart "tls.key" => tls.key;

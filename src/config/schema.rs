@@ -251,8 +251,13 @@ pub struct SignalingConfig {
     /// start), so IDs and pairings survive a restart. Unset: systemd's `$STATE_DIRECTORY`, else a key derived
     /// from `turn.secret`, else a random key per run.
     pub state_dir: Option<PathBuf>,
-    /// How old a token (or ticket) may be to restore an ID (or pairing) the server no longer holds.
+    /// How old a token may be to resume or restore an ID, and a ticket to restore a pairing.
     pub token_max_age_secs: u64,
+    // Per-source limits (a source is an IPv4 address or an IPv6 /64); they outlive connections.
+    /// Sessions (connected or in their reconnect grace period) one source may hold.
+    pub max_sessions_per_ip: usize,
+    /// Connect requests one source may send to one client per minute (and have pending to it at once).
+    pub requests_to_one_client_per_min: u32,
 }
 
 impl Default for SignalingConfig {
@@ -269,6 +274,8 @@ impl Default for SignalingConfig {
             ice_servers: Vec::new(),
             state_dir: None,
             token_max_age_secs: 86_400,
+            max_sessions_per_ip: 64,
+            requests_to_one_client_per_min: 3,
         }
     }
 }

@@ -187,6 +187,8 @@ fn signaling(s: &SignalingConfig, p: &mut Problems) {
         ("signaling.max_connections", s.max_connections as u64),
         ("signaling.request_timeout_secs", s.request_timeout_secs),
         ("signaling.token_max_age_secs", s.token_max_age_secs),
+        ("signaling.max_sessions_per_ip", s.max_sessions_per_ip as u64),
+        ("signaling.requests_to_one_client_per_min", s.requests_to_one_client_per_min as u64),
     ] {
         if v == 0 {
             p.bad(key, "must be at least 1");

@@ -1,6 +1,7 @@
 //! HTTP listener (hyper): routing for the web client, `/healthz` and the `/ws` upgrade; graceful connection shutdown.
 
 pub mod static_files;
+mod ws;
 
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
@@ -233,7 +234,7 @@ async fn route(
         }
     }
     let mut resp = match (req.method(), path) {
-        (&Method::GET, "/ws") => return hub.upgrade(req, remote),
+        (&Method::GET, "/ws") => return ws::upgrade(hub, req, remote, tls),
         (&Method::GET | &Method::HEAD, "/healthz") => {
             let status = if ctx.health.healthy() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
             let mut r = json_response(status, &ctx.health.to_json());

@@ -7,8 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
-use hyper::upgrade::Upgraded;
-use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -16,15 +15,19 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 
-use super::hub::{push, ConnCtl, ConnHandle, HelloOutcome, CLOSE_RESUMED, CLOSE_SLOW};
+use super::hub::{push, Applied, ConnCtl, ConnHandle, CLOSE_RESUMED, CLOSE_SLOW};
 use super::ids::Id;
-use super::limits::{Slot, TokenBucket};
-use super::protocol::{self, ClientMsg, ErrorCode, ParseError, ServerMsg};
+use super::limits::{source_key, Slot, TokenBucket};
+use super::protocol::{self, ErrorCode, ParseError, ServerMsg};
 use super::stats::Stats;
 use super::{ice, Hub};
 use crate::config::Config;
 
-pub type Ws = WebSocketStream<TokioIo<Upgraded>>;
+/// The byte stream under a WebSocket: whatever the HTTP layer upgraded (signaling knows no HTTP library).
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Io for T {}
+
+pub type Ws = WebSocketStream<Box<dyn Io>>;
 
 /// Messages queued for one client before it counts as too slow and is disconnected. Each slot is one message
 /// (at most `max_message_bytes`), so this bounds a stuck client's memory.
@@ -43,7 +46,7 @@ pub struct ConnInfo {
     pub remote: SocketAddr,
     /// The live config when the connection was accepted: its limits hold for the connection's lifetime.
     pub cfg: Arc<Config>,
-    /// Host for ponte's own ICE URLs (see `ice::advertised_host`).
+    /// Host for ponte's own ICE URLs (see `ice::host_for`).
     pub ice_host: Option<String>,
 }
 
@@ -61,7 +64,6 @@ struct Conn {
     handle: ConnHandle,
     id: Option<Id>,
     messages: TokenBucket,
-    connects: TokenBucket,
 }
 
 pub async fn run(hub: Arc<Hub>, mut ws: Ws, info: ConnInfo, slot: Slot) {
@@ -70,15 +72,16 @@ pub async fn run(hub: Arc<Hub>, mut ws: Ws, info: ConnInfo, slot: Slot) {
     let ctl = ConnCtl::new(hub.stop.child_token(), max_queued);
     let conn_id = hub.next_conn_id();
     let mps = info.cfg.signaling.messages_per_sec as f64;
-    let cpm = info.cfg.signaling.connect_requests_per_min as f64;
+    let source = source_key(info.remote.ip());
     let ping_every = Duration::from_secs(info.cfg.signaling.ping_interval_secs);
     let mut c = Conn {
         hub: hub.clone(),
         info,
-        handle: ConnHandle { conn_id, tx, ctl: ctl.clone() },
+        handle: ConnHandle { conn_id, source, tx, ctl: ctl.clone() },
         id: None,
+        // Per connection: it bounds the work one socket makes; limits that protect other people (connect
+        // requests, sessions) are per source and live in the hub.
         messages: TokenBucket::new(mps, 2.0 * mps),
-        connects: TokenBucket::new(cpm / 60.0, cpm),
     };
     tracing::debug!(conn = conn_id, remote = %c.info.remote, "WebSocket open");
 
@@ -276,88 +279,27 @@ impl Conn {
                 return None;
             }
         };
-        Stats::inc(&self.hub.stats.by_type[msg.index()]);
-        let Some(me) = self.id else {
-            let ClientMsg::Hello { v, token } = msg else {
-                self.error(ErrorCode::HelloRequired, "send hello first", Some(msg.type_name()), None);
-                return None;
-            };
-            return self.hello(v, token.as_deref());
-        };
-        let hub = &self.hub;
-        let conn_id = self.handle.conn_id;
-        match msg {
-            ClientMsg::Hello { .. } => {
-                self.error(ErrorCode::BadMessage, "hello was already sent on this connection", Some("hello"), None);
-            }
-            ClientMsg::RefreshIce => {
-                // The live config, not the connection's snapshot: fresh credentials follow a reloaded TTL.
-                let cfg = hub.live.current();
-                let (ice_servers, ice_expires) = ice::servers_for(
-                    &hub.own_ice,
-                    &cfg,
-                    self.info.ice_host.as_deref(),
-                    me,
-                    crate::credentials::unix_now(),
-                );
-                self.reply(ServerMsg::IceServers { ice_servers: &ice_servers, ice_expires }.to_text());
-            }
-            ClientMsg::Ping { t } => self.reply(ServerMsg::Pong { t }.to_text()),
-            ClientMsg::Connect { to } => {
-                // Counted before any lookup: failed attempts are exactly what an ID scan consists of.
-                if !self.connects.try_take() {
-                    self.error(
-                        ErrorCode::TooManyRequests,
-                        "too many connect requests; wait a minute",
-                        Some("connect"),
-                        None,
-                    );
-                    return None;
-                }
-                let mut st = hub.state.lock();
-                if st.is_current(me, conn_id) {
-                    st.connect(me, &to, Instant::now());
-                }
-            }
-            other => {
-                let mut st = hub.state.lock();
-                if !st.is_current(me, conn_id) {
-                    return None;
-                }
-                match other {
-                    ClientMsg::Cancel { to } => st.cancel(me, &to),
-                    ClientMsg::Accept { from } => st.accept(me, &from),
-                    ClientMsg::Decline { from } => st.decline(me, &from),
-                    ClientMsg::Signal { to, data } => st.signal(me, &to, data),
-                    ClientMsg::Bye { to } => st.bye(me, &to),
-                    ClientMsg::Rejoin { to, ticket } => st.rejoin(me, &to, &ticket, crate::credentials::unix_now()),
-                    _ => {}
-                }
-            }
-        }
-        None
-    }
-
-    fn hello(&mut self, v: u64, token: Option<&str>) -> Option<End> {
-        if v != protocol::VERSION {
-            self.error(ErrorCode::UnsupportedVersion, "this server speaks protocol version 1", Some("hello"), None);
-            return Some(End::Close { code: 1002, reason: "unsupported protocol version", flush: true });
-        }
         let hub = self.hub.clone();
-        let host = self.info.ice_host.clone();
+        let (host, cfg) = (self.info.ice_host.as_deref(), &self.info.cfg);
         let now_unix = crate::credentials::unix_now();
-        let cfg = self.info.cfg.clone();
-        let outcome = hub.state.lock().hello(self.handle.clone(), token, now_unix, |id| {
-            ice::servers_for(&hub.own_ice, &cfg, host.as_deref(), id, now_unix)
+        let applied = hub.state.lock().apply(&self.handle, self.id, msg, Instant::now(), now_unix, |id| {
+            ice::servers_for(&hub.own_ice, cfg, host, id, now_unix)
         });
-        match outcome {
-            HelloOutcome::Welcomed(id) => {
+        match applied {
+            Applied::Continue => None,
+            Applied::Welcomed(id) => {
                 tracing::debug!(conn = self.handle.conn_id, %id, "client welcomed");
                 self.id = Some(id);
                 None
             }
-            HelloOutcome::ServerFull => {
-                Some(End::Close { code: 1013, reason: "server full, try again later", flush: true })
+            Applied::Close { code, reason } => Some(End::Close { code, reason, flush: true }),
+            Applied::RefreshIce(me) => {
+                // The live config, not the connection's snapshot: fresh credentials follow a reloaded TTL.
+                let cfg = hub.live.current();
+                let (ice_servers, ice_expires) =
+                    ice::servers_for(&hub.own_ice, &cfg, self.info.ice_host.as_deref(), me, now_unix);
+                self.reply(ServerMsg::IceServers { ice_servers: &ice_servers, ice_expires }.to_text());
+                None
             }
         }
     }

@@ -1,8 +1,8 @@
 //! A socket-free driver of the hub's state machine for the `signaling_hub` fuzz target and its regression tests:
 //! arbitrary bytes become a sequence of client operations (open, hello with or without a token, protocol
 //! messages, raw text frames, close, timers, reload, re-pairing by ticket, a server restart with the same signing
-//! key), dispatched the way `conn.rs` does, with invariants checked
-//! after every step.
+//! key), from a few source addresses (most from one, to model churn from one source), handed to
+//! `State::apply` — the same dispatch `conn.rs` uses — with invariants checked after every step.
 //!
 //! Checked after each operation: the hub's own structural invariants (`State::check_invariants`: symmetric
 //! pairings and requests, timers for everything that must expire, ...); every `signal` delivered comes from a
@@ -10,6 +10,7 @@
 //! from the messages it received alone (as a browser does), equals the hub's. A violation panics.
 
 use std::collections::BTreeSet;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,15 +20,29 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::sync::CancellationToken;
 
 use super::conn::OUTBOX;
-use super::hub::{ConnCtl, ConnHandle, HelloOutcome, Settings, State};
+use super::hub::{Applied, ConnCtl, ConnHandle, Settings, State};
 use super::ids::Id;
 use super::keys::SigningKey;
+use super::limits::source_key;
 use super::protocol::{self, ClientMsg, Limits};
 
 /// Live connections the driver keeps at most (more only slows the fuzzer down).
 const MAX_CONNS: usize = 8;
 /// Operations per input at most.
 const MAX_OPS: usize = 4096;
+
+/// The addresses connections come from: most from one, so that churn from one source (connect, hello, close in
+/// a loop; requests from ever new IDs) meets the per-source limits. Two IPv6 addresses in one /64 are one source.
+fn source(sel: usize) -> IpAddr {
+    let ip = match sel % 8 {
+        0..=3 => IpAddr::V4(Ipv4Addr::new(198, 51, 100, 1)),
+        4 => IpAddr::V4(Ipv4Addr::new(198, 51, 100, 2)),
+        5 => IpAddr::V4(Ipv4Addr::new(203, 0, 113, 7)),
+        6 => IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 1, 0, 0, 0, 1)),
+        _ => IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 1, 0xffff, 0, 0, 9)),
+    };
+    source_key(ip)
+}
 
 /// What a client learns from the server's messages.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -108,6 +123,8 @@ fn settings(sel: u8) -> Settings {
         limits: Limits { max_message_bytes: 65536, messages_per_sec: 50, connect_requests_per_min: 20 },
         // Sometimes short enough for the timer operation to age tokens and tickets out.
         token_max_age: if sel & 0x40 == 0 { 86_400 } else { 30 },
+        max_sessions_per_source: if sel & 0x80 == 0 { 3 } else { 8 },
+        requests_per_target_per_min: 2,
     }
 }
 
@@ -145,6 +162,11 @@ fn drive(data: &[u8]) -> usize {
         sim.step(&mut input);
         sim.check();
         most = most.max(sim.st.pairing_count());
+        #[cfg(test)]
+        {
+            let pending = sim.ids.iter().map(|&id| sim.st.requests_of(id).1.len()).max().unwrap_or(0);
+            MOST_PENDING.with(|m| m.set(m.get().max(pending)));
+        }
     }
     #[cfg(test)]
     LAST.with(|l| *l.borrow_mut() = Some((sim.ids.clone(), sim.st.pairing_count())));
@@ -155,6 +177,8 @@ fn drive(data: &[u8]) -> usize {
 thread_local! {
     /// After a test's `drive`: every ID handed out, and the pairings held at the end.
     static LAST: std::cell::RefCell<Option<(Vec<Id>, usize)>> = const { std::cell::RefCell::new(None) };
+    /// The most requests any one client had pending to it at once, over the runs since it was last reset.
+    static MOST_PENDING: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
 
 impl Sim {
@@ -167,7 +191,12 @@ impl Sim {
                     let (tx, rx) = mpsc::channel(OUTBOX);
                     let conn_id = self.next_conn;
                     self.next_conn += 1;
-                    let handle = ConnHandle { conn_id, tx, ctl: ConnCtl::new(CancellationToken::new(), 1 << 24) };
+                    let handle = ConnHandle {
+                        conn_id,
+                        source: source(k),
+                        tx,
+                        ctl: ConnCtl::new(CancellationToken::new(), 1 << 24),
+                    };
                     self.conns.push(SimConn { conn_id, handle, rx, id: None, view: View::default() });
                 }
             }
@@ -258,69 +287,45 @@ impl Sim {
         }
     }
 
-    /// One text frame from connection `k`, handled as `conn.rs` handles it.
+    /// One text frame from connection `k`, handled by the hub's one dispatch, as `conn.rs` hands it over.
     fn frame(&mut self, k: usize, text: &str) {
         if self.conns.is_empty() {
             return;
         }
         let i = k % self.conns.len();
         let Ok(msg) = protocol::parse(text) else { return };
-        let (conn_id, me) = (self.conns[i].conn_id, self.conns[i].id);
-        let Some(me) = me else {
-            let ClientMsg::Hello { v, token } = msg else { return };
-            if v != protocol::VERSION {
-                self.conns.remove(i); // closed with 1002
-                return;
-            }
-            let handle = self.conns[i].handle.clone();
-            let unix = self.unix();
-            match self.st.hello(handle, token.as_deref(), unix, |_| (Vec::new(), 0)) {
-                HelloOutcome::Welcomed(id) => {
-                    self.conns[i].id = Some(id);
-                    if !self.ids.contains(&id) {
-                        self.ids.push(id);
+        if self.conns[i].id.is_some() {
+            // What the client itself concludes from what it sends (no reply tells it).
+            let view = &mut self.conns[i].view;
+            match &msg {
+                ClientMsg::Decline { from } => {
+                    if let Some(p) = Id::parse(from) {
+                        view.incoming.remove(&p);
                     }
                 }
-                HelloOutcome::ServerFull => {
-                    // Closed with 1013 after the error is flushed; it never held an ID.
-                    self.drain(i);
-                    self.conns.remove(i);
+                ClientMsg::Bye { to } => {
+                    if let Some(p) = Id::parse(to) {
+                        view.peers.remove(&p);
+                    }
                 }
+                _ => {}
             }
-            return;
-        };
-        let current = self.st.is_current(me, conn_id);
-        // What the client itself concludes from what it sends (no reply tells it).
-        let view = &mut self.conns[i].view;
-        match &msg {
-            ClientMsg::Decline { from } => {
-                if let Some(p) = Id::parse(from) {
-                    view.incoming.remove(&p);
-                }
-            }
-            ClientMsg::Bye { to } => {
-                if let Some(p) = Id::parse(to) {
-                    view.peers.remove(&p);
-                }
-            }
-            _ => {}
         }
-        if !current {
-            return;
-        }
-        let now = self.now;
-        match msg {
-            ClientMsg::Connect { to } => self.st.connect(me, &to, now),
-            ClientMsg::Cancel { to } => self.st.cancel(me, &to),
-            ClientMsg::Accept { from } => self.st.accept(me, &from),
-            ClientMsg::Decline { from } => self.st.decline(me, &from),
-            ClientMsg::Signal { to, data } => self.st.signal(me, &to, data),
-            ClientMsg::Bye { to } => self.st.bye(me, &to),
-            ClientMsg::Rejoin { to, ticket } => {
-                let unix = self.unix();
-                self.st.rejoin(me, &to, &ticket, unix)
+        let handle = self.conns[i].handle.clone();
+        let (me, now, unix) = (self.conns[i].id, self.now, self.unix());
+        match self.st.apply(&handle, me, msg, now, unix, |_| (Vec::new(), 0)) {
+            Applied::Continue | Applied::RefreshIce(_) => {}
+            Applied::Welcomed(id) => {
+                self.conns[i].id = Some(id);
+                if !self.ids.contains(&id) {
+                    self.ids.push(id);
+                }
             }
-            ClientMsg::Hello { .. } | ClientMsg::RefreshIce | ClientMsg::Ping { .. } => {}
+            Applied::Close { .. } => {
+                // Closed (1002, or 1013 after the error is flushed) before it held an ID.
+                self.drain(i);
+                self.conns.remove(i);
+            }
         }
     }
 
@@ -481,6 +486,61 @@ mod tests {
             ],
         ));
         assert_eq!(most, 1, "the two clients were paired");
+    }
+
+    /// connect, hello, close in a loop from one source, then a client from another source.
+    fn session_churn() -> Vec<u8> {
+        let mut steps: Vec<&[u8]> = Vec::new();
+        for _ in 0..20 {
+            steps.extend([&[0u8, 0][..], &[1, 0, 0], &[7, 0]]);
+        }
+        steps.extend([&[0u8, 5][..], &[1, 0, 0]]);
+        ops(0, &steps)
+    }
+
+    /// A victim from one source; then, from another, a new connection and ID for every connect request to it.
+    fn connect_churn() -> Vec<u8> {
+        let mut steps: Vec<&[u8]> = vec![&[0, 4], &[1, 0, 0]];
+        for _ in 0..12 {
+            steps.extend([&[0u8, 0][..], &[1, 1, 0], &[2, 1, 0, 0], &[7, 1]]);
+        }
+        // 0x82: eight sessions in all and per source, so the churner is not stopped by a session cap first.
+        ops(0x82, &steps)
+    }
+
+    /// Security issue #1, through the one dispatch: the churner's sessions in their grace period count against
+    /// its source (3 in the driver's settings), so the other source is welcomed. On the old code the churner
+    /// took all 8 sessions and the other source got `server_full`.
+    #[test]
+    fn session_churn_from_one_source_stops_at_its_cap() {
+        drive(&session_churn());
+        let (ids, _) = LAST.with(|l| l.borrow_mut().take()).unwrap();
+        assert_eq!(ids.len(), 4, "3 for the churner, 1 for the other source: {ids:?}");
+    }
+
+    /// Security issue #3, through the one dispatch: at most `requests_per_target_per_min` (2 here) requests from
+    /// one source are pending to one client, whatever connections and IDs the source uses.
+    #[test]
+    fn connect_churn_from_one_source_prompts_a_client_a_few_times() {
+        MOST_PENDING.with(|m| m.set(0));
+        drive(&connect_churn());
+        let (ids, _) = LAST.with(|l| l.borrow_mut().take()).unwrap();
+        assert!(ids.len() >= 6, "the churn got IDs: {ids:?}");
+        assert_eq!(MOST_PENDING.with(|m| m.get()), 2);
+    }
+
+    #[test]
+    fn committed_churn_seeds_are_current() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/fuzz/seeds/signaling_hub");
+        for (name, data) in
+            [("session-churn-one-source", session_churn()), ("connect-churn-one-source", connect_churn())]
+        {
+            let path = format!("{dir}/{name}");
+            if std::env::var_os("PONTE_WRITE_SEEDS").is_some() {
+                std::fs::write(&path, &data).unwrap();
+            }
+            assert_eq!(std::fs::read(&path).ok(), Some(data), "{path} is stale: rerun with PONTE_WRITE_SEEDS=1");
+        }
     }
 
     /// The fuzz target's seeds, and every crash it found (added there once fixed), as regression tests.

@@ -4,6 +4,7 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,8 +15,9 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::sync::CancellationToken;
 
 use super::ids::Id;
-use super::keys::{self, Nonce, SigningKey};
-use super::protocol::{self, CancelReason, ErrorCode, IceServer, LeftReason, Limits, PeerTicket, ServerMsg};
+use super::keys::{self, Nonce, SigningKey, TokenClaim};
+use super::limits::TokenBucket;
+use super::protocol::{self, CancelReason, ClientMsg, ErrorCode, IceServer, LeftReason, Limits, PeerTicket, ServerMsg};
 use super::stats::Stats;
 
 /// Close code the hub asks a connection to use when it is replaced by a resumed session.
@@ -24,11 +26,17 @@ pub const CLOSE_RESUMED: u16 = 4001;
 pub const CLOSE_SLOW: u16 = 1008;
 /// Pending `rejoin`s one session may hold (each needs a valid ticket naming it, so a real client has a handful).
 const MAX_REJOIN_CLAIMS: usize = 64;
+/// The window of `requests_to_one_client_per_min`.
+const MINUTE: Duration = Duration::from_secs(60);
+/// How often `expire` looks for per-source entries that can be forgotten.
+const SOURCE_SWEEP_EVERY: Duration = Duration::from_secs(10);
 
 /// How the hub reaches one live connection task.
 #[derive(Debug, Clone)]
 pub struct ConnHandle {
     pub conn_id: u64,
+    /// The client's source (`limits::source_key`: its IPv4 address, or its IPv6 /64): per-source limits count here.
+    pub source: IpAddr,
     pub tx: mpsc::Sender<Utf8Bytes>,
     pub ctl: Arc<ConnCtl>,
 }
@@ -89,11 +97,17 @@ pub fn push(handle: &ConnHandle, text: String) {
 
 #[derive(Debug)]
 struct Session {
+    /// The source of the connection that holds (or last held) the session; it counts against that source's cap.
+    source: IpAddr,
     /// Fixed for the session's life; its tokens carry it (a resume must match it, see [`Nonce`]).
     nonce: Nonce,
     conn: Option<ConnHandle>,
     /// Set while the client is away: when its grace period ends.
     away_until: Option<Instant>,
+    /// The deadline of this session's one grace timer in the heap, if it has one. A session that drops, resumes
+    /// and drops again keeps that timer (re-armed when it fires early) instead of adding one per drop, so
+    /// connection churn on one session cannot fill the heap.
+    grace_timer: Option<Instant>,
     /// Accepted pairings. Vecs, not sets: a client has a handful of partners and an empty Vec costs nothing,
     /// which matters at 10k sessions.
     peers: Vec<Id>,
@@ -103,8 +117,8 @@ struct Session {
     rejoin_claims: Vec<Id>,
     /// Requests I sent that are still pending, with their deadline.
     outgoing: Vec<(Id, Instant)>,
-    /// Requests sent to me that are still pending.
-    incoming: Vec<Id>,
+    /// Requests sent to me that are still pending, with the source each came from.
+    incoming: Vec<(Id, IpAddr)>,
     /// Pairings made while I was away, with my role: `paired` is replayed to me on resume, since the `peers`
     /// list alone does not tell a client its role.
     paired_while_away: Vec<(Id, bool)>,
@@ -123,8 +137,12 @@ pub struct Settings {
     pub request_timeout: Duration,
     pub max_sessions: usize,
     pub limits: Limits,
-    /// How old a token or ticket may be to restore an ID or pairing this process does not hold.
+    /// How old a token may be to resume or restore a session, and a ticket to restore a pairing.
     pub token_max_age: u64,
+    /// Sessions (live or in their grace period) one source may hold.
+    pub max_sessions_per_source: usize,
+    /// Connect requests one source may send to one client per minute, and have pending to it at once.
+    pub requests_per_target_per_min: usize,
 }
 
 impl Settings {
@@ -143,8 +161,25 @@ impl Settings {
                 connect_requests_per_min: s.connect_requests_per_min,
             },
             token_max_age: s.token_max_age_secs,
+            max_sessions_per_source: s.max_sessions_per_ip,
+            requests_per_target_per_min: s.requests_to_one_client_per_min as usize,
         }
     }
+}
+
+/// What the hub remembers about one source (an IPv4 address or an IPv6 /64) beyond its connections: limits that
+/// protect other people must not reset when the source opens a new WebSocket. An entry lives while the source
+/// holds sessions, and afterwards until its connect budget is full again and its per-client window is over, so
+/// the table holds at most the sources with sessions plus those active in the last minute (and is capped, see
+/// `source_mut`).
+#[derive(Debug)]
+struct Source {
+    /// Sessions held, live or in their grace period.
+    sessions: usize,
+    /// `connect` requests (each answers "is this ID online?", so this is also the ID-probing rate).
+    connects: TokenBucket,
+    /// Requests delivered in the last minute, by target: the per-client limit.
+    recent: Vec<(Id, Instant)>,
 }
 
 /// How a session started, as `welcome` tells it (`resumed` / `restored` / neither).
@@ -158,13 +193,32 @@ enum Start {
 /// What `hello` decided.
 pub enum HelloOutcome {
     Welcomed(Id),
-    /// Too many sessions (live + in grace); the error is queued, the caller closes with 1013.
-    ServerFull,
+    /// Too many sessions (live + in grace, in total or from this source); the error is queued, the caller
+    /// closes with 1013.
+    Full,
+}
+
+/// What [`State::apply`] asks of the connection task, beyond the messages it already queued.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Applied {
+    Continue,
+    /// `hello` succeeded: the connection now holds this ID.
+    Welcomed(Id),
+    /// Close the connection with this code (after flushing the queued error).
+    Close {
+        code: u16,
+        reason: &'static str,
+    },
+    /// `refresh_ice` from the holder of this ID: the task builds fresh ICE servers from the live config.
+    RefreshIce(Id),
 }
 
 #[derive(Debug)]
 pub struct State {
     sessions: HashMap<Id, Session>,
+    /// Per-source state (see [`Source`]).
+    sources: HashMap<IpAddr, Source>,
+    next_source_sweep: Option<Instant>,
     /// Deadlines, lazily invalidated: an entry whose request or grace period is gone by the time it fires is
     /// skipped. Stale entries are bounded by the connect rate limit times the timeout.
     timers: BinaryHeap<Reverse<(Instant, Timer)>>,
@@ -175,6 +229,16 @@ pub struct State {
 
 fn remove_id(v: &mut Vec<Id>, id: Id) -> bool {
     match v.iter().position(|x| *x == id) {
+        Some(i) => {
+            v.swap_remove(i);
+            true
+        }
+        None => false,
+    }
+}
+
+fn remove_incoming(v: &mut Vec<(Id, IpAddr)>, id: Id) -> bool {
+    match v.iter().position(|(x, _)| *x == id) {
         Some(i) => {
             v.swap_remove(i);
             true
@@ -195,7 +259,15 @@ fn remove_outgoing(v: &mut Vec<(Id, Instant)>, id: Id) -> bool {
 
 impl State {
     pub fn new(settings: Settings, stats: Arc<Stats>, key: SigningKey) -> State {
-        State { sessions: HashMap::new(), timers: BinaryHeap::new(), settings, stats, key }
+        State {
+            sessions: HashMap::new(),
+            sources: HashMap::new(),
+            next_source_sweep: None,
+            timers: BinaryHeap::new(),
+            settings,
+            stats,
+            key,
+        }
     }
 
     pub fn session_count(&self) -> usize {
@@ -208,7 +280,16 @@ impl State {
     }
 
     /// Apply reloaded settings: new timers and new sessions use them; running timers keep their deadlines.
+    /// Per-source connect budgets take the new rate at once (a source that keeps its entry would otherwise keep
+    /// the old rate for as long as it stays active).
     pub fn set_settings(&mut self, settings: Settings) {
+        let cpm = settings.limits.connect_requests_per_min;
+        if cpm != self.settings.limits.connect_requests_per_min {
+            let cpm = cpm as f64;
+            for s in self.sources.values_mut() {
+                s.connects.set_rate(cpm / 60.0, cpm.max(1.0));
+            }
+        }
         self.settings = settings;
     }
 
@@ -231,93 +312,223 @@ impl State {
         self.sessions.get(&id).and_then(|s| s.conn.as_ref()).is_some_and(|c| c.conn_id == conn_id)
     }
 
+    /// Handle one parsed client message from the connection `conn`, which holds the ID `me` once its `hello`
+    /// succeeded. This is the one dispatch of client messages to the state machine: the connection task
+    /// (`conn.rs`) and the fuzz driver (`fuzzing.rs`) both call it. `ice` builds the ICE list for a `welcome`.
+    pub fn apply(
+        &mut self,
+        conn: &ConnHandle,
+        me: Option<Id>,
+        msg: ClientMsg<'_>,
+        now: Instant,
+        now_unix: u64,
+        ice: impl FnOnce(Id) -> (Vec<IceServer>, u64),
+    ) -> Applied {
+        Stats::inc(&self.stats.by_type[msg.index()]);
+        let Some(me) = me else {
+            let ClientMsg::Hello { v, token } = msg else {
+                self.reply_err(conn, ErrorCode::HelloRequired, "send hello first", msg.type_name());
+                return Applied::Continue;
+            };
+            if v != protocol::VERSION {
+                self.reply_err(conn, ErrorCode::UnsupportedVersion, "this server speaks protocol version 1", "hello");
+                return Applied::Close { code: 1002, reason: "unsupported protocol version" };
+            }
+            return match self.hello(conn.clone(), token.as_deref(), now, now_unix, ice) {
+                HelloOutcome::Welcomed(id) => Applied::Welcomed(id),
+                HelloOutcome::Full => Applied::Close { code: 1013, reason: "server full, try again later" },
+            };
+        };
+        match msg {
+            ClientMsg::Hello { .. } => {
+                self.reply_err(conn, ErrorCode::BadMessage, "hello was already sent on this connection", "hello");
+                return Applied::Continue;
+            }
+            ClientMsg::RefreshIce => return Applied::RefreshIce(me),
+            ClientMsg::Ping { t } => {
+                push(conn, ServerMsg::Pong { t }.to_text());
+                return Applied::Continue;
+            }
+            _ => {}
+        }
+        // A connection replaced by a resume keeps running until it notices its cancellation; whatever it sends
+        // meanwhile must not act for the ID.
+        if !self.is_current(me, conn.conn_id) {
+            return Applied::Continue;
+        }
+        match msg {
+            ClientMsg::Connect { to } => self.connect(me, &to, now),
+            ClientMsg::Cancel { to } => self.cancel(me, &to),
+            ClientMsg::Accept { from } => self.accept(me, &from),
+            ClientMsg::Decline { from } => self.decline(me, &from),
+            ClientMsg::Signal { to, data } => self.signal(me, &to, data),
+            ClientMsg::Bye { to } => self.bye(me, &to),
+            ClientMsg::Rejoin { to, ticket } => self.rejoin(me, &to, &ticket, now_unix),
+            ClientMsg::Hello { .. } | ClientMsg::RefreshIce | ClientMsg::Ping { .. } => {}
+        }
+        Applied::Continue
+    }
+
+    /// An error to a connection that may not hold an ID yet.
+    fn reply_err(&self, conn: &ConnHandle, code: ErrorCode, message: &str, ref_: &str) {
+        self.stats.error(code);
+        push(conn, protocol::error(code, message, Some(ref_), None));
+    }
+
     /// `hello`: resume the session named by a valid token, restore its ID if this process does not hold it (a
-    /// restart), or start a new one. `ice` builds the ICE list for the ID finally chosen.
+    /// restart, or a grace period that ended), or start a new one. A token older than `token_max_age` does
+    /// neither (docs/security.md): it is treated as no token. `ice` builds the ICE list for the ID finally chosen.
     pub fn hello(
         &mut self,
         conn: ConnHandle,
         token: Option<&str>,
+        now: Instant,
         now_unix: u64,
         ice: impl FnOnce(Id) -> (Vec<IceServer>, u64),
     ) -> HelloOutcome {
-        let now = Instant::now();
-        let claim = token.and_then(|t| self.key.check_token(t));
-        // A grace period that ran out counts as over even if the sweeper has not removed the session yet.
-        let resume = claim.filter(|c| {
-            self.sessions
-                .get(&c.id)
-                .is_some_and(|s| s.nonce.matches(&c.nonce) && s.away_until.is_none_or(|until| until > now))
-        });
-        if let Some(c) = resume {
-            let id = c.id;
-            let s = self.sessions.get_mut(&id).expect("checked above");
-            let was_away = s.conn.is_none();
-            if let Some(old) = s.conn.replace(conn) {
-                tracing::debug!(%id, old = old.conn_id, "session resumed by another connection; closing the old one");
-                old.ctl.kill(CLOSE_RESUMED);
-            }
-            s.away_until = None;
-            let token = self.key.token(id, &s.nonce, now_unix);
-            let peers = s.peers.clone();
-            let incoming = s.incoming.clone();
-            let outgoing: Vec<Id> = s.outgoing.iter().map(|(p, _)| *p).collect();
-            let paired_while_away = std::mem::take(&mut s.paired_while_away);
-            let (ice_servers, ice_expires) = ice(id);
-            self.send(id, self.welcome(id, token, Start::Resumed, &ice_servers, ice_expires, peers.clone()));
-            // Replay what the client may have missed so it can rebuild its view from this connection alone.
-            for p in &peers {
-                let away = self.sessions.get(p).is_some_and(|ps| ps.conn.is_none());
-                if away {
-                    self.send(id, ServerMsg::PeerAway { peer: *p }.to_text());
-                }
-                if was_away {
-                    self.send(*p, ServerMsg::PeerBack { peer: id }.to_text());
-                }
-            }
-            for (p, initiator) in paired_while_away.into_iter().filter(|(p, _)| peers.contains(p)) {
-                let ticket = if initiator { self.ticket(id, p) } else { self.ticket(p, id) };
-                self.send(id, ServerMsg::Paired { peer: p, initiator, ticket }.to_text());
-            }
-            for p in incoming {
-                self.send(id, ServerMsg::Incoming { peer: p }.to_text());
-            }
-            for p in outgoing {
-                self.send(id, ServerMsg::RequestSent { peer: p }.to_text());
-            }
-            return HelloOutcome::Welcomed(id);
-        }
-
-        // A valid token for an ID nobody here holds (the server restarted, or the grace period ended): the ID
-        // comes back, without pairings. Only its token holder can do this, and only while the token is fresh.
         let max_age = self.settings.token_max_age;
-        let restore = claim.filter(|c| !self.sessions.contains_key(&c.id) && keys::fresh(c.issued, now_unix, max_age));
-        if self.sessions.len() >= self.settings.max_sessions {
-            self.stats.error(ErrorCode::ServerFull);
-            push(
-                &conn,
-                protocol::error(ErrorCode::ServerFull, "the server is full; try again later", Some("hello"), None),
-            );
-            return HelloOutcome::ServerFull;
+        let claim = token.and_then(|t| self.key.check_token(t)).filter(|c| keys::fresh(c.issued, now_unix, max_age));
+        if let Some(c) = claim.filter(|c| self.resumable(c, now)) {
+            return self.resume(conn, c.id, now, now_unix, ice);
         }
-        let (id, nonce) = match restore {
-            Some(c) => {
-                tracing::debug!(id = %c.id, "ID restored from its token");
-                (c.id, c.nonce)
-            }
-            None => loop {
-                let id = Id::random();
-                if !self.sessions.contains_key(&id) {
-                    break (id, Nonce::random());
-                }
-            },
+        if !self.room_for_session(&conn) {
+            return HelloOutcome::Full;
+        }
+        match claim.filter(|c| !self.sessions.contains_key(&c.id)) {
+            Some(c) => self.restore(conn, c, now, now_unix, ice),
+            None => self.fresh(conn, now, now_unix, ice),
+        }
+    }
+
+    /// The token's session is held here, with the same nonce, and its grace period has not run out (one that ran
+    /// out counts as over even if the sweeper has not removed the session yet).
+    fn resumable(&self, c: &TokenClaim, now: Instant) -> bool {
+        self.sessions
+            .get(&c.id)
+            .is_some_and(|s| s.nonce.matches(&c.nonce) && s.away_until.is_none_or(|until| until > now))
+    }
+
+    /// Whether a new session may start for `conn`: under the total cap and its source's cap. If not, the error
+    /// is queued on `conn`.
+    fn room_for_session(&mut self, conn: &ConnHandle) -> bool {
+        let (code, message) = if self.sessions.len() >= self.settings.max_sessions {
+            (ErrorCode::ServerFull, "the server is full; try again later")
+        } else if self.sources.get(&conn.source).is_some_and(|s| s.sessions >= self.settings.max_sessions_per_source) {
+            // Sessions in their grace period count: connect, hello, close in a loop from one address used to
+            // pile up sessions until the server was full for everybody.
+            (ErrorCode::TooManySessions, "too many sessions from your address; try again later")
+        } else {
+            return true;
         };
+        self.reply_err(conn, code, message, "hello");
+        false
+    }
+
+    /// Take over the live or away session `id` (the token matched it): the old connection, if any, is closed
+    /// with 4001, and what the client may have missed is replayed.
+    fn resume(
+        &mut self,
+        conn: ConnHandle,
+        id: Id,
+        now: Instant,
+        now_unix: u64,
+        ice: impl FnOnce(Id) -> (Vec<IceServer>, u64),
+    ) -> HelloOutcome {
+        let new_source = conn.source;
+        let s = self.sessions.get_mut(&id).expect("resumable checked it");
+        let was_away = s.conn.is_none();
+        if let Some(old) = s.conn.replace(conn) {
+            tracing::debug!(%id, old = old.conn_id, "session resumed by another connection; closing the old one");
+            old.ctl.kill(CLOSE_RESUMED);
+        }
+        s.away_until = None;
+        // A client that changed networks: its session now counts against the address it holds it from.
+        let old_source = std::mem::replace(&mut s.source, new_source);
+        let token = self.key.token(id, &s.nonce, now_unix);
+        let peers = s.peers.clone();
+        let incoming: Vec<Id> = s.incoming.iter().map(|(p, _)| *p).collect();
+        let outgoing: Vec<Id> = s.outgoing.iter().map(|(p, _)| *p).collect();
+        let paired_while_away = std::mem::take(&mut s.paired_while_away);
+        if old_source != new_source {
+            self.source_left(old_source);
+            self.source_mut(new_source, now).sessions += 1;
+        }
+        let (ice_servers, ice_expires) = ice(id);
+        self.send(id, self.welcome(id, token, Start::Resumed, &ice_servers, ice_expires, peers.clone()));
+        // Replay what the client may have missed so it can rebuild its view from this connection alone.
+        for p in &peers {
+            let away = self.sessions.get(p).is_some_and(|ps| ps.conn.is_none());
+            if away {
+                self.send(id, ServerMsg::PeerAway { peer: *p }.to_text());
+            }
+            if was_away {
+                self.send(*p, ServerMsg::PeerBack { peer: id }.to_text());
+            }
+        }
+        for (p, initiator) in paired_while_away.into_iter().filter(|(p, _)| peers.contains(p)) {
+            let ticket = if initiator { self.ticket(id, p) } else { self.ticket(p, id) };
+            self.send(id, ServerMsg::Paired { peer: p, initiator, ticket }.to_text());
+        }
+        for p in incoming {
+            self.send(id, ServerMsg::Incoming { peer: p }.to_text());
+        }
+        for p in outgoing {
+            self.send(id, ServerMsg::RequestSent { peer: p }.to_text());
+        }
+        HelloOutcome::Welcomed(id)
+    }
+
+    /// A valid, fresh token for an ID nobody here holds (the server restarted, or the grace period ended): the
+    /// ID comes back, without pairings. Only its token holder can do this.
+    fn restore(
+        &mut self,
+        conn: ConnHandle,
+        c: TokenClaim,
+        now: Instant,
+        now_unix: u64,
+        ice: impl FnOnce(Id) -> (Vec<IceServer>, u64),
+    ) -> HelloOutcome {
+        tracing::debug!(id = %c.id, "ID restored from its token");
+        self.start_session(conn, (c.id, c.nonce, Start::Restored), now, now_unix, ice)
+    }
+
+    /// A new session under a new random ID.
+    fn fresh(
+        &mut self,
+        conn: ConnHandle,
+        now: Instant,
+        now_unix: u64,
+        ice: impl FnOnce(Id) -> (Vec<IceServer>, u64),
+    ) -> HelloOutcome {
+        let id = loop {
+            let id = Id::random();
+            if !self.sessions.contains_key(&id) {
+                break id;
+            }
+        };
+        self.start_session(conn, (id, Nonce::random(), Start::Fresh), now, now_unix, ice)
+    }
+
+    /// Insert the session `(id, nonce)` held by `conn` and welcome it.
+    fn start_session(
+        &mut self,
+        conn: ConnHandle,
+        (id, nonce, how): (Id, Nonce, Start),
+        now: Instant,
+        now_unix: u64,
+        ice: impl FnOnce(Id) -> (Vec<IceServer>, u64),
+    ) -> HelloOutcome {
         let token = self.key.token(id, &nonce, now_unix);
+        let source = conn.source;
+        self.source_mut(source, now).sessions += 1;
         self.sessions.insert(
             id,
             Session {
+                source,
                 nonce,
                 conn: Some(conn),
                 away_until: None,
+                grace_timer: None,
                 peers: Vec::new(),
                 led: Vec::new(),
                 rejoin_claims: Vec::new(),
@@ -327,9 +538,30 @@ impl State {
             },
         );
         let (ice_servers, ice_expires) = ice(id);
-        let how = if restore.is_some() { Start::Restored } else { Start::Fresh };
         self.send(id, self.welcome(id, token, how, &ice_servers, ice_expires, Vec::new()));
         HelloOutcome::Welcomed(id)
+    }
+
+    /// The entry of `source`, made if needed. The table is capped: sources with sessions are at most
+    /// `max_sessions`; beyond twice that, entries of sources without sessions are forgotten first (an attacker
+    /// who can use that many addresses gains little from resetting their buckets).
+    fn source_mut(&mut self, source: IpAddr, now: Instant) -> &mut Source {
+        if !self.sources.contains_key(&source) && self.sources.len() >= self.settings.max_sessions.saturating_mul(2) {
+            self.sources.retain(|_, s| s.sessions > 0);
+        }
+        let cpm = self.settings.limits.connect_requests_per_min as f64;
+        self.sources.entry(source).or_insert_with(|| Source {
+            sessions: 0,
+            connects: TokenBucket::full_at(cpm / 60.0, cpm.max(1.0), now),
+            recent: Vec::new(),
+        })
+    }
+
+    /// A session of `source` ended or moved away; its entry stays until the sweep finds it idle.
+    fn source_left(&mut self, source: IpAddr) {
+        if let Some(s) = self.sources.get_mut(&source) {
+            s.sessions = s.sessions.saturating_sub(1);
+        }
     }
 
     /// A pairing ticket for `initiator` and `responder`, issued now.
@@ -395,7 +627,11 @@ impl State {
         let until = now + grace;
         s.away_until = Some(until);
         let peers = s.peers.clone();
-        self.timers.push(Reverse((until, Timer::Grace { id })));
+        // One grace timer per session: an earlier one still in the heap re-arms itself when it fires.
+        if s.grace_timer.is_none() {
+            s.grace_timer = Some(until);
+            self.timers.push(Reverse((until, Timer::Grace { id })));
+        }
         if notify {
             for p in peers {
                 self.send(p, ServerMsg::PeerAway { peer: id }.to_text());
@@ -407,6 +643,7 @@ impl State {
     fn remove_session(&mut self, id: Id) {
         let Some(s) = self.sessions.remove(&id) else { return };
         tracing::debug!(%id, "session ended");
+        self.source_left(s.source);
         for p in s.peers {
             if let Some(ps) = self.sessions.get_mut(&p) {
                 remove_id(&mut ps.peers, id);
@@ -416,11 +653,11 @@ impl State {
         }
         for (to, _) in s.outgoing {
             if let Some(ts) = self.sessions.get_mut(&to) {
-                remove_id(&mut ts.incoming, id);
+                remove_incoming(&mut ts.incoming, id);
             }
             self.send(to, ServerMsg::IncomingCancelled { peer: id, reason: CancelReason::Left }.to_text());
         }
-        for from in s.incoming {
+        for (from, _) in s.incoming {
             if let Some(fs) = self.sessions.get_mut(&from) {
                 remove_outgoing(&mut fs.outgoing, id);
             }
@@ -434,7 +671,7 @@ impl State {
             if *at > now {
                 break;
             }
-            let Some(Reverse((_, timer))) = self.timers.pop() else { break };
+            let Some(Reverse((at, timer))) = self.timers.pop() else { break };
             match timer {
                 Timer::Request { from, to } => {
                     let due = self
@@ -449,26 +686,53 @@ impl State {
                         remove_outgoing(&mut s.outgoing, to);
                     }
                     if let Some(s) = self.sessions.get_mut(&to) {
-                        remove_id(&mut s.incoming, from);
+                        remove_incoming(&mut s.incoming, from);
                     }
                     self.send(from, ServerMsg::RequestTimeout { peer: to }.to_text());
                     self.send(to, ServerMsg::IncomingCancelled { peer: from, reason: CancelReason::Timeout }.to_text());
                 }
                 Timer::Grace { id } => {
-                    let due = self
-                        .sessions
-                        .get(&id)
-                        .is_some_and(|s| s.conn.is_none() && s.away_until.is_some_and(|u| u <= now));
-                    if due {
-                        self.remove_session(id);
+                    let Some(s) = self.sessions.get_mut(&id) else { continue };
+                    if s.grace_timer != Some(at) {
+                        continue;
+                    }
+                    s.grace_timer = None;
+                    match s.away_until.filter(|_| s.conn.is_none()) {
+                        Some(until) if until <= now => self.remove_session(id),
+                        // Away again since this timer was set (it resumed and dropped): wait for the new end.
+                        Some(until) => {
+                            s.grace_timer = Some(until);
+                            self.timers.push(Reverse((until, Timer::Grace { id })));
+                        }
+                        None => {}
                     }
                 }
             }
         }
+        if self.next_source_sweep.is_none_or(|t| t <= now) {
+            self.next_source_sweep = Some(now + SOURCE_SWEEP_EVERY);
+            self.sweep_sources(now);
+        }
     }
 
+    /// Forget sources that hold no session, whose connect budget is full again and whose per-client window is
+    /// over: remembering them would change nothing.
+    fn sweep_sources(&mut self, now: Instant) {
+        self.sources.retain(|_, s| {
+            s.recent.retain(|(_, at)| now.saturating_duration_since(*at) < MINUTE);
+            s.sessions > 0 || !s.recent.is_empty() || !s.connects.is_full_at(now)
+        });
+    }
+
+    /// `connect{to}` from `me`. Limited per source, before any lookup (failed attempts are exactly what an ID scan
+    /// consists of, and `unknown_peer` vs `request_sent` tells who is online), and per source and target, so that
+    /// one address cannot flood one person with prompts by switching connections or IDs.
     pub fn connect(&mut self, me: Id, to_raw: &str, now: Instant) {
         const R: &str = "connect";
+        let Some(source) = self.sessions.get(&me).map(|s| s.source) else { return };
+        if !self.source_mut(source, now).connects.try_take_at(now) {
+            return self.err(me, ErrorCode::TooManyRequests, "too many connect requests; wait a minute", R, None);
+        }
         let Some(to) = Id::parse(to_raw) else {
             return self.err(me, ErrorCode::UnknownPeer, "no client with that ID is online", R, None);
         };
@@ -482,7 +746,7 @@ impl State {
         if s.peers.contains(&to) {
             return self.err(me, ErrorCode::AlreadyPaired, "you are already paired with that client", R, Some(to));
         }
-        if s.outgoing.iter().any(|(p, _)| *p == to) || s.incoming.contains(&to) {
+        if s.outgoing.iter().any(|(p, _)| *p == to) || s.incoming.iter().any(|(p, _)| *p == to) {
             return self.err(
                 me,
                 ErrorCode::DuplicateRequest,
@@ -491,10 +755,27 @@ impl State {
                 Some(to),
             );
         }
+        let per_target = self.settings.requests_per_target_per_min;
+        let src = self.sources.get_mut(&source).expect("made above");
+        src.recent.retain(|(_, at)| now.saturating_duration_since(*at) < MINUTE);
+        let recent = src.recent.iter().filter(|(t, _)| *t == to).count();
+        let pending = self.sessions.get(&to).map_or(0, |ts| ts.incoming.iter().filter(|(_, s)| *s == source).count());
+        if recent >= per_target || pending >= per_target {
+            return self.err(
+                me,
+                ErrorCode::TooManyRequests,
+                "too many requests to that client from your address; wait a minute",
+                R,
+                Some(to),
+            );
+        }
+        src.recent.push((to, now));
         let deadline = now + self.settings.request_timeout;
-        s.outgoing.push((to, deadline));
+        if let Some(s) = self.sessions.get_mut(&me) {
+            s.outgoing.push((to, deadline));
+        }
         if let Some(ts) = self.sessions.get_mut(&to) {
-            ts.incoming.push(me);
+            ts.incoming.push((me, source));
         }
         self.timers.push(Reverse((deadline, Timer::Request { from: me, to })));
         self.send(to, ServerMsg::Incoming { peer: me }.to_text());
@@ -511,7 +792,7 @@ impl State {
             return self.err(me, ErrorCode::NoRequest, "you have no pending request to that client", "cancel", to);
         };
         if let Some(ts) = self.sessions.get_mut(&to) {
-            remove_id(&mut ts.incoming, me);
+            remove_incoming(&mut ts.incoming, me);
         }
         self.send(to, ServerMsg::IncomingCancelled { peer: me, reason: CancelReason::Cancelled }.to_text());
         self.send(me, ServerMsg::RequestCancelled { peer: to }.to_text());
@@ -521,7 +802,7 @@ impl State {
     fn take_incoming(&mut self, me: Id, from_raw: &str, ref_: &str) -> Option<Id> {
         let from = Id::parse(from_raw);
         let removed = match (from, self.sessions.get_mut(&me)) {
-            (Some(from), Some(s)) => remove_id(&mut s.incoming, from),
+            (Some(from), Some(s)) => remove_incoming(&mut s.incoming, from),
             _ => false,
         };
         let Some(from) = from.filter(|_| removed) else {
@@ -601,7 +882,7 @@ impl State {
         for (a, b) in [(me, to), (to, me)] {
             if let Some(s) = self.sessions.get_mut(&a) {
                 remove_outgoing(&mut s.outgoing, b);
-                remove_id(&mut s.incoming, b);
+                remove_incoming(&mut s.incoming, b);
             }
         }
         tracing::debug!(%me, %to, "pairing restored from its ticket");
@@ -666,7 +947,7 @@ impl State {
     pub fn requests_of(&self, id: Id) -> (Vec<Id>, Vec<Id>) {
         self.sessions
             .get(&id)
-            .map(|s| (s.outgoing.iter().map(|(p, _)| *p).collect(), s.incoming.clone()))
+            .map(|s| (s.outgoing.iter().map(|(p, _)| *p).collect(), s.incoming.iter().map(|(p, _)| *p).collect()))
             .unwrap_or_default()
     }
 
@@ -678,7 +959,8 @@ impl State {
         }
         for (&id, s) in &self.sessions {
             let dup = |v: &[Id]| (1..v.len()).any(|i| v[..i].contains(&v[i]));
-            if dup(&s.peers) || dup(&s.incoming) || dup(&s.outgoing.iter().map(|(p, _)| *p).collect::<Vec<_>>()) {
+            let incoming: Vec<Id> = s.incoming.iter().map(|(p, _)| *p).collect();
+            if dup(&s.peers) || dup(&incoming) || dup(&s.outgoing.iter().map(|(p, _)| *p).collect::<Vec<_>>()) {
                 return Err(format!("{id}: duplicate entry in peers/incoming/outgoing"));
             }
             for &p in &s.peers {
@@ -690,17 +972,25 @@ impl State {
                 }
             }
             for &(to, deadline) in &s.outgoing {
-                if to == id || s.peers.contains(&to) || s.incoming.contains(&to) {
+                if to == id || s.peers.contains(&to) || incoming.contains(&to) {
                     return Err(format!("request {id}->{to} to itself, to a partner, or crossing another"));
                 }
-                if !self.sessions.get(&to).is_some_and(|ts| ts.incoming.contains(&id)) {
+                if !self.sessions.get(&to).is_some_and(|ts| ts.incoming.iter().any(|(p, _)| *p == id)) {
                     return Err(format!("request {id}->{to} missing from {to}'s incoming"));
                 }
                 if !timer_at(deadline, Timer::Request { from: id, to }) {
                     return Err(format!("request {id}->{to} has no timer: it would never expire"));
                 }
             }
-            for &from in &s.incoming {
+            // One source prompts one client a few times at most (a reload that lowers the limit could leave more
+            // pending until they expire; the fuzz driver's reloads keep it).
+            for &(_, src) in &s.incoming {
+                let n = s.incoming.iter().filter(|(_, x)| *x == src).count();
+                if n > self.settings.requests_per_target_per_min {
+                    return Err(format!("{n} requests from source {src} pending to {id}"));
+                }
+            }
+            for &(from, _) in &s.incoming {
                 if !self.sessions.get(&from).is_some_and(|fs| fs.outgoing.iter().any(|(p, _)| *p == id)) {
                     return Err(format!("incoming {from}->{id} missing from {from}'s outgoing"));
                 }
@@ -712,12 +1002,33 @@ impl State {
                     }
                 }
                 (None, Some(until)) => {
-                    if !timer_at(until, Timer::Grace { id }) {
+                    let armed = s.grace_timer.is_some_and(|at| at <= until && timer_at(at, Timer::Grace { id }));
+                    if !armed {
                         return Err(format!("{id} is away with no grace timer: it would never end"));
                     }
                 }
                 _ => return Err(format!("{id}: connection and grace period disagree")),
             }
+        }
+        // Per-source counts match the sessions, every source is under its cap (a reload may lower the cap under
+        // what is held: then only new sessions are refused), and the table stays bounded.
+        let mut held: HashMap<IpAddr, usize> = HashMap::new();
+        for s in self.sessions.values() {
+            *held.entry(s.source).or_default() += 1;
+        }
+        for (ip, n) in &held {
+            if self.sources.get(ip).map(|s| s.sessions) != Some(*n) {
+                return Err(format!(
+                    "source {ip} holds {n} sessions but counts {:?}",
+                    self.sources.get(ip).map(|s| s.sessions)
+                ));
+            }
+        }
+        if let Some((ip, _)) = self.sources.iter().find(|(ip, s)| s.sessions > 0 && !held.contains_key(ip)) {
+            return Err(format!("source {ip} counts sessions it does not hold"));
+        }
+        if self.sources.len() > self.settings.max_sessions.saturating_mul(2).max(held.len() + 1) {
+            return Err(format!("{} sources remembered: the table is not bounded", self.sources.len()));
         }
         Ok(())
     }
@@ -734,8 +1045,13 @@ mod tests {
             max_sessions: 100,
             limits: Limits { max_message_bytes: 65536, messages_per_sec: 50, connect_requests_per_min: 20 },
             token_max_age: 3600,
+            max_sessions_per_source: 4,
+            requests_per_target_per_min: 2,
         }
     }
+
+    const SRC_A: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(198, 51, 100, 1));
+    const SRC_B: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(203, 0, 113, 1));
 
     struct TestConn {
         handle: ConnHandle,
@@ -743,8 +1059,13 @@ mod tests {
     }
 
     fn conn(n: u64) -> TestConn {
+        conn_from(n, SRC_A)
+    }
+
+    fn conn_from(n: u64, source: IpAddr) -> TestConn {
         let (tx, rx) = mpsc::channel(64);
-        TestConn { handle: ConnHandle { conn_id: n, tx, ctl: ConnCtl::new(CancellationToken::new(), 1 << 20) }, rx }
+        let ctl = ConnCtl::new(CancellationToken::new(), 1 << 20);
+        TestConn { handle: ConnHandle { conn_id: n, source, tx, ctl }, rx }
     }
 
     impl TestConn {
@@ -762,10 +1083,161 @@ mod tests {
     }
 
     fn join(st: &mut State, c: &TestConn, token: Option<&str>) -> Id {
-        match st.hello(c.handle.clone(), token, 1000, |_| (Vec::new(), 0)) {
+        join_at(st, c, token, 1000)
+    }
+
+    fn join_at(st: &mut State, c: &TestConn, token: Option<&str>, now_unix: u64) -> Id {
+        match st.hello(c.handle.clone(), token, Instant::now(), now_unix, |_| (Vec::new(), 0)) {
             HelloOutcome::Welcomed(id) => id,
-            HelloOutcome::ServerFull => panic!("full"),
+            HelloOutcome::Full => panic!("full"),
         }
+    }
+
+    /// Issue #7: a token older than `token_max_age` must not resume a live session (and close its owner with
+    /// 4001); it starts a new session instead. Fails on the old code, which checked the age only to restore.
+    #[test]
+    fn an_old_token_does_not_take_over_a_live_session() {
+        let mut st = State::new(settings(), Arc::default(), SigningKey::random());
+        let mut a = conn(1);
+        let ia = join_at(&mut st, &a, None, 1000);
+        let token = a.drain()[0]["token"].as_str().unwrap().to_string();
+        let thief = conn(2);
+        let it = join_at(&mut st, &thief, Some(&token), 1000 + 3600 + 1);
+        assert_ne!(it, ia, "an expired token resumed the session");
+        assert!(!a.handle.ctl.cancel.is_cancelled(), "the owner was closed");
+        assert!(st.is_current(ia, 1));
+        // Within the age it still resumes.
+        let again = conn(3);
+        assert_eq!(join_at(&mut st, &again, Some(&token), 1000 + 3600), ia);
+    }
+
+    /// Issue #1: sessions in their grace period count against their source, so connect, hello, close in a loop
+    /// from one address stops at the per-source cap while another address still gets in. Fails on the old
+    /// code, which only had the global cap (the churner filled it and the other address got `server_full`).
+    #[test]
+    fn grace_sessions_count_against_their_source() {
+        let mut s = settings();
+        s.max_sessions = 10;
+        let mut st = State::new(s, Arc::default(), SigningKey::random());
+        let now = Instant::now();
+        let mut refused = 0;
+        for n in 0..50 {
+            let mut c = conn_from(n, SRC_A);
+            match st.hello(c.handle.clone(), None, now, 1000, |_| (Vec::new(), 0)) {
+                HelloOutcome::Welcomed(id) => st.disconnected(id, n, now, true),
+                HelloOutcome::Full => {
+                    refused += 1;
+                    let e = c.drain().pop().unwrap();
+                    assert_eq!(e["code"], "too_many_sessions");
+                }
+            }
+        }
+        assert_eq!(st.session_count(), 4, "the churner holds its cap, no more");
+        assert_eq!(refused, 46);
+        st.check_invariants().unwrap();
+        let other = conn_from(100, SRC_B);
+        join(&mut st, &other, None);
+        // When the grace periods end, the source may start sessions again, and its entry is forgotten later.
+        st.expire(now + Duration::from_secs(11));
+        assert_eq!(st.session_count(), 1);
+        join(&mut st, &conn_from(101, SRC_A), None);
+        st.check_invariants().unwrap();
+    }
+
+    /// A session that drops, resumes and drops again keeps one grace timer in the heap, not one per drop.
+    #[test]
+    fn resume_churn_keeps_one_grace_timer_per_session() {
+        let mut st = State::new(settings(), Arc::default(), SigningKey::random());
+        let mut a = conn(1);
+        let ia = join(&mut st, &a, None);
+        let token = a.drain()[0]["token"].as_str().unwrap().to_string();
+        let t0 = Instant::now();
+        st.disconnected(ia, 1, t0, true);
+        for n in 2..1000 {
+            join(&mut st, &conn(n), Some(&token));
+            st.disconnected(ia, n, t0 + Duration::from_millis(n), true);
+        }
+        assert!(st.timers.len() <= 2, "{} timers for one session", st.timers.len());
+        st.check_invariants().unwrap();
+        // The first timer fires early, re-arms for the last drop's grace period, which then ends the session.
+        st.expire(t0 + Duration::from_secs(10));
+        assert_eq!(st.session_count(), 1);
+        st.check_invariants().unwrap();
+        st.expire(t0 + Duration::from_secs(12));
+        assert_eq!(st.session_count(), 0);
+    }
+
+    /// Issue #3: the connect budget belongs to the source, not the connection or the ID, and one source may only
+    /// prompt one person a few times a minute. Fails on the old code (a budget per connection; none per target).
+    #[test]
+    fn connect_limits_outlive_connections_and_ids() {
+        let mut st = State::new(settings(), Arc::default(), SigningKey::random());
+        let mut victim = conn_from(1, SRC_B);
+        let iv = join(&mut st, &victim, None);
+        victim.drain();
+        let now = Instant::now();
+        // New connection and new ID for every request, all from one source.
+        let mut prompts = 0;
+        for n in 0..20 {
+            let mut c = conn_from(10 + n, SRC_A);
+            let me = join(&mut st, &c, None);
+            st.connect(me, iv.as_str(), now);
+            let types: Vec<String> = c.drain().iter().map(|v| v["type"].as_str().unwrap().to_string()).collect();
+            assert!(types.contains(&"welcome".into()));
+            st.disconnected(me, 10 + n, now, true);
+            st.expire(now + Duration::from_secs(11));
+            prompts += victim.types().iter().filter(|t| *t == "incoming").count();
+        }
+        assert_eq!(prompts, 2, "one source prompted one person {prompts} times in a minute");
+        // The source's budget of 20 lookups a minute is spent too, whichever connection asks.
+        let mut c = conn_from(99, SRC_A);
+        let me = join(&mut st, &c, None);
+        c.drain();
+        st.connect(me, "zzzzzzzz", now);
+        assert_eq!(c.drain()[0]["code"], "too_many_requests");
+        // Another source is not affected.
+        let mut d = conn_from(100, SRC_B);
+        let md = join(&mut st, &d, None);
+        d.drain();
+        st.connect(md, me.as_str(), now);
+        assert_eq!(d.types(), ["request_sent"]);
+        st.check_invariants().unwrap();
+    }
+
+    /// A reload that lowers `connect_requests_per_min` applies to sources the hub already knows.
+    #[test]
+    fn reloaded_connect_budget_applies_to_known_sources() {
+        let mut st = State::new(settings(), Arc::default(), SigningKey::random());
+        let mut c = conn(1);
+        let id = join(&mut st, &c, None);
+        c.drain();
+        let mut s = settings();
+        s.limits.connect_requests_per_min = 2;
+        st.set_settings(s);
+        let now = Instant::now();
+        for _ in 0..3 {
+            st.connect(id, "zzzzzzzz", now);
+        }
+        let codes: Vec<serde_json::Value> = c.drain().iter().map(|v| v["code"].clone()).collect();
+        assert_eq!(codes, ["unknown_peer", "unknown_peer", "too_many_requests"]);
+    }
+
+    /// Per-source entries are forgotten once they hold no session and their budgets are whole again.
+    #[test]
+    fn source_entries_expire() {
+        let mut st = State::new(settings(), Arc::default(), SigningKey::random());
+        let now = Instant::now();
+        let c = conn_from(1, SRC_A);
+        let id = join(&mut st, &c, None);
+        for _ in 0..10 {
+            st.connect(id, "zzzzzzzz", now);
+        }
+        st.disconnected(id, 1, now, true);
+        st.expire(now + Duration::from_secs(11));
+        assert_eq!(st.session_count(), 0);
+        assert_eq!(st.sources.len(), 1, "kept while its budget refills");
+        st.expire(now + Duration::from_secs(120));
+        assert!(st.sources.is_empty());
     }
 
     #[test]
@@ -831,7 +1303,7 @@ mod tests {
     #[test]
     fn full_outbox_kills_instead_of_growing() {
         let (tx, _rx) = mpsc::channel(4);
-        let h = ConnHandle { conn_id: 1, tx, ctl: ConnCtl::new(CancellationToken::new(), 1 << 20) };
+        let h = ConnHandle { conn_id: 1, source: SRC_A, tx, ctl: ConnCtl::new(CancellationToken::new(), 1 << 20) };
         for _ in 0..4 {
             push(&h, "x".into());
         }
@@ -841,7 +1313,7 @@ mod tests {
         assert_eq!(h.ctl.close_code.load(Ordering::Relaxed), CLOSE_SLOW);
 
         let (tx, _rx) = mpsc::channel(64);
-        let h = ConnHandle { conn_id: 2, tx, ctl: ConnCtl::new(CancellationToken::new(), 100) };
+        let h = ConnHandle { conn_id: 2, source: SRC_A, tx, ctl: ConnCtl::new(CancellationToken::new(), 100) };
         push(&h, "y".repeat(60));
         assert!(!h.ctl.cancel.is_cancelled());
         push(&h, "y".repeat(60));

@@ -20,7 +20,25 @@ pub struct TokenBucket {
 
 impl TokenBucket {
     pub fn new(rate_per_sec: f64, burst: f64) -> TokenBucket {
-        TokenBucket { tokens: burst, rate: rate_per_sec, burst, last: Instant::now() }
+        TokenBucket::full_at(rate_per_sec, burst, Instant::now())
+    }
+
+    /// A full bucket as of `now` (the hub's state machine runs on the time it is given, not the clock).
+    pub fn full_at(rate_per_sec: f64, burst: f64, now: Instant) -> TokenBucket {
+        TokenBucket { tokens: burst, rate: rate_per_sec, burst, last: now }
+    }
+
+    /// New rate and burst (a config reload); tokens above the new burst are dropped.
+    pub fn set_rate(&mut self, rate_per_sec: f64, burst: f64) {
+        self.rate = rate_per_sec;
+        self.burst = burst;
+        self.tokens = self.tokens.min(burst);
+    }
+
+    /// True when the bucket will be full again by `now` without taking anything: forgetting it then loses nothing.
+    pub fn is_full_at(&self, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.tokens + elapsed * self.rate >= self.burst
     }
 
     /// Take one token if there is one.
@@ -64,7 +82,7 @@ impl ConnCounter {
     /// given back when the returned guard drops, whatever path the connection takes (failed upgrade, error,
     /// normal close).
     pub fn acquire(self: &Arc<Self>, ip: IpAddr, max_total: usize, max_per_ip: usize) -> Result<Slot, SlotError> {
-        let ip = canonical(ip);
+        let ip = source_key(ip);
         let mut per_ip = self.per_ip.lock();
         let n = per_ip.get(&ip).copied().unwrap_or(0);
         if n >= max_per_ip {
@@ -84,16 +102,55 @@ impl ConnCounter {
     }
 }
 
-/// The key a connection counts under. IPv4-mapped IPv6 (`::ffff:1.2.3.4`, seen on dual-stack listeners) counts as
+/// The key a connection (and the hub's per-source state) counts under. IPv4-mapped IPv6 (`::ffff:1.2.3.4`, seen on dual-stack listeners) counts as
 /// the IPv4 address; other IPv6 addresses count per /64, because one host is normally given a whole /64 and could
 /// otherwise pick a fresh address for every connection.
-fn canonical(ip: IpAddr) -> IpAddr {
+pub fn source_key(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
             Some(v4) => IpAddr::V4(v4),
             None => IpAddr::V6(std::net::Ipv6Addr::from(u128::from(v6) & !((1u128 << 64) - 1))),
         },
         v4 => v4,
+    }
+}
+
+/// Rate-limits one kind of log line that a client can trigger at will (a refused Origin, a full server): at most
+/// one per `every`, carrying how many were suppressed since the last one, so an attacker cannot fill the disk or
+/// drown the journal (200 upgrades with a 64 KiB Origin once wrote 13 MB in a second).
+#[derive(Debug)]
+pub struct LogLimiter {
+    every: std::time::Duration,
+    state: Mutex<(Option<Instant>, u64)>,
+}
+
+impl LogLimiter {
+    pub const fn new(every: std::time::Duration) -> LogLimiter {
+        LogLimiter { every, state: Mutex::new((None, 0)) }
+    }
+
+    /// `Some(suppressed)` when this event may be logged (with the count of those dropped since the last one).
+    pub fn allow(&self, now: Instant) -> Option<u64> {
+        let mut st = self.state.lock();
+        let (last, suppressed) = &mut *st;
+        if last.is_some_and(|l| now.saturating_duration_since(l) < self.every) {
+            *suppressed += 1;
+            return None;
+        }
+        *last = Some(now);
+        Some(std::mem::take(suppressed))
+    }
+}
+
+/// A client-controlled value cut to at most `max` bytes (at a character boundary) for a log line, with the
+/// original length when it was cut, so that logging it costs a bounded amount whatever the client sent.
+pub fn for_log(value: &[u8], max: usize) -> String {
+    let text = String::from_utf8_lossy(&value[..value.len().min(max)]);
+    let text: String = text.chars().map(|c| if c.is_control() { '?' } else { c }).collect();
+    if value.len() > max {
+        format!("{text}… ({} bytes)", value.len())
+    } else {
+        text
     }
 }
 
@@ -155,5 +212,25 @@ mod tests {
         assert!(c.acquire(other, 100, 1).is_ok());
         // A raised limit (reload) applies to the next upgrade.
         assert!(c.acquire(b, 10, 10).is_ok());
+    }
+
+    #[test]
+    fn log_limiter_lets_one_through_per_period_and_counts_the_rest() {
+        let l = LogLimiter::new(Duration::from_secs(10));
+        let t0 = Instant::now();
+        assert_eq!(l.allow(t0), Some(0));
+        assert_eq!(l.allow(t0 + Duration::from_secs(1)), None);
+        assert_eq!(l.allow(t0 + Duration::from_secs(2)), None);
+        assert_eq!(l.allow(t0 + Duration::from_secs(10)), Some(2));
+    }
+
+    #[test]
+    fn logged_values_are_cut() {
+        assert_eq!(for_log(b"http://a.example", 64), "http://a.example");
+        let long = vec![b'a'; 65536];
+        let cut = for_log(&long, 64);
+        assert!(cut.len() < 100, "{cut}");
+        assert!(cut.ends_with("(65536 bytes)"));
+        assert_eq!(for_log(b"a\nb", 64), "a?b");
     }
 }

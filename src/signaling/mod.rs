@@ -12,32 +12,26 @@ pub mod limits;
 pub mod protocol;
 mod stats;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hyper::body::Incoming;
-use hyper::header::{self, HeaderMap, HeaderValue};
-use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use parking_lot::Mutex;
-use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{parse_origin, Config};
-use crate::health::Health;
-use crate::health::{Component, Status};
-use crate::http::{text_response, Body};
+use crate::health::{Component, Health, Status};
 use crate::live::LiveConfig;
 use crate::metrics::Metrics;
 
 pub use self::ice::OwnIceServers;
 
-use self::limits::{ConnCounter, SlotError};
+pub use self::conn::Io;
+use self::limits::{for_log, ConnCounter, LogLimiter, SlotError};
 
 /// The subprotocol selected when a client offers it.
 pub const SUBPROTOCOL: &str = "ponte.v1";
@@ -45,6 +39,38 @@ pub const SUBPROTOCOL: &str = "ponte.v1";
 const SWEEP_EVERY: Duration = Duration::from_millis(100);
 /// How long `run` waits for sockets to finish their closing handshake at shutdown.
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(3);
+/// Client-controlled values (an Origin) are cut to this many bytes in logs.
+const LOG_VALUE_MAX: usize = 128;
+/// At most one log line per this period for each kind of refusal a client can provoke at will.
+const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// What the HTTP layer learnt from a WebSocket upgrade request, for [`Hub::admit`] (no HTTP-library types: the
+/// handshake itself is `http::ws`'s business).
+pub struct Handshake<'a> {
+    /// The client's address (the socket's, or the one a trusted proxy forwarded).
+    pub remote: SocketAddr,
+    /// The raw `Origin` header, if any.
+    pub origin: Option<&'a [u8]>,
+    /// The `Host` header (or HTTP/2 authority), if any.
+    pub host: Option<&'a str>,
+    /// The request came over ponte's TLS listener.
+    pub tls: bool,
+}
+
+/// Why an upgrade is refused: the HTTP status and a one-line explanation for the body.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Refusal {
+    pub status: u16,
+    pub text: &'static str,
+}
+
+/// An upgrade the hub accepted: it holds the connection's slot (given back when it drops, whatever happens to
+/// the upgrade) and what the connection needs; hand it to [`Hub::serve`] with the upgraded stream.
+pub struct Admission {
+    slot: limits::Slot,
+    info: conn::ConnInfo,
+    ws_config: WebSocketConfig,
+}
 
 /// What signaling needs from the daemon.
 pub struct Deps {
@@ -69,6 +95,9 @@ pub struct Hub {
     tracker: TaskTracker,
     next_conn: AtomicU64,
     stats: Arc<stats::Stats>,
+    /// Refusals a client can provoke at will are logged at most once per [`REFUSAL_LOG_EVERY`].
+    origin_log: LogLimiter,
+    full_log: LogLimiter,
 }
 
 impl Hub {
@@ -82,6 +111,8 @@ impl Hub {
             tracker: TaskTracker::new(),
             next_conn: AtomicU64::new(1),
             stats,
+            origin_log: LogLimiter::new(REFUSAL_LOG_EVERY),
+            full_log: LogLimiter::new(REFUSAL_LOG_EVERY),
             live: deps.live,
             health: deps.health,
             own_ice: deps.own_ice,
@@ -109,30 +140,32 @@ impl Hub {
         self.state.lock().pairing_count()
     }
 
-    /// Handle `GET /ws` (WebSocket upgrade). `remote` is the client's address (socket or trusted proxy header).
-    pub fn upgrade(self: &Arc<Self>, req: Request<Incoming>, remote: SocketAddr) -> Response<Body> {
-        // Limits, origins and ICE settings follow reloads (SIGHUP); each connection keeps the ones it started with.
+    /// Decide on a WebSocket upgrade: Origin, shutdown, connection limits. Limits, origins and ICE settings
+    /// follow reloads (SIGHUP); each connection keeps the ones it started with.
+    pub fn admit(&self, h: &Handshake<'_>) -> Result<Admission, Refusal> {
         let cfg = self.live.current();
-        let headers = req.headers();
-        if !is_websocket_upgrade(headers) {
-            return text_response(StatusCode::BAD_REQUEST, "expected a WebSocket upgrade (Upgrade: websocket)\n");
-        }
-        if headers.get(header::SEC_WEBSOCKET_VERSION).map(|v| v.as_bytes()) != Some(b"13") {
-            let mut r = text_response(StatusCode::UPGRADE_REQUIRED, "unsupported WebSocket version; use 13\n");
-            r.headers_mut().insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
-            return r;
-        }
-        let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY) else {
-            return text_response(StatusCode::BAD_REQUEST, "missing Sec-WebSocket-Key\n");
-        };
-        let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
-        if !OriginPolicy::new(&cfg).allows(headers.get(header::ORIGIN), host) {
+        let remote = h.remote;
+        if !OriginPolicy::new(&cfg).allows(h.origin, h.host, h.tls) {
             stats::Stats::inc(&self.stats.refused_origin);
-            tracing::info!(%remote, origin = ?headers.get(header::ORIGIN), "WebSocket refused: Origin not allowed");
-            return text_response(StatusCode::FORBIDDEN, "this Origin may not open the signaling WebSocket\n");
+            // Cut and rate-limited: the Origin is whatever the client sent, as long as it liked.
+            if let Some(suppressed) = self.origin_log.allow(Instant::now()) {
+                let origin = h.origin.map(|o| for_log(o, LOG_VALUE_MAX));
+                tracing::info!(
+                    %remote,
+                    origin = origin.as_deref().unwrap_or(""),
+                    suppressed,
+                    "WebSocket refused: Origin not allowed (list it in http.allowed_origins, or set http.public_url)"
+                );
+            }
+            return Err(Refusal {
+                status: 403,
+                text: "this Origin may not open the signaling WebSocket (the server's http.public_url or \
+                       http.allowed_origins must name it; http:// pages are only accepted by IP address or \
+                       localhost otherwise)\n",
+            });
         }
         if self.stop.is_cancelled() {
-            return text_response(StatusCode::SERVICE_UNAVAILABLE, "server shutting down\n");
+            return Err(Refusal { status: 503, text: "server shutting down\n" });
         }
         let sig = &cfg.signaling;
         let slot = match self.conns.acquire(remote.ip(), sig.max_connections, sig.max_connections_per_ip) {
@@ -140,28 +173,17 @@ impl Hub {
             Err(SlotError::PerIp) => {
                 stats::Stats::inc(&self.stats.refused_per_ip);
                 tracing::debug!(%remote, "WebSocket refused: per-IP connection limit");
-                return text_response(StatusCode::TOO_MANY_REQUESTS, "too many connections from your address\n");
+                return Err(Refusal { status: 429, text: "too many connections from your address\n" });
             }
             Err(SlotError::Total) => {
                 stats::Stats::inc(&self.stats.refused_total);
-                tracing::warn!("WebSocket refused: signaling.max_connections reached");
-                return text_response(StatusCode::SERVICE_UNAVAILABLE, "server full, try again later\n");
+                if let Some(suppressed) = self.full_log.allow(Instant::now()) {
+                    tracing::warn!(suppressed, "WebSocket refused: signaling.max_connections reached");
+                }
+                return Err(Refusal { status: 503, text: "server full, try again later\n" });
             }
         };
-        let accept = derive_accept_key(key.as_bytes());
-        let offers_subprotocol = headers
-            .get_all(header::SEC_WEBSOCKET_PROTOCOL)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|p| p.trim() == SUBPROTOCOL);
         let max = sig.max_message_bytes;
-        let info = conn::ConnInfo {
-            remote,
-            ice_host: ice::host_for(&self.own_ice, &cfg, host, remote.ip()),
-            cfg: cfg.clone(),
-        };
-
         // Small buffers: tungstenite's defaults (128 KiB read buffer, allocated up front) would cost over
         // a gigabyte at 10k idle clients. 1 KiB holds most signaling messages (an ICE candidate is ~300 bytes);
         // a bigger one (an SDP) makes tungstenite reserve its whole length, so it costs a few more reads, not a
@@ -172,32 +194,27 @@ impl Hub {
             .max_write_buffer_size(4096 + max.saturating_mul(2))
             .max_message_size(Some(max))
             .max_frame_size(Some(max));
-        let on_upgrade = hyper::upgrade::on(req);
+        let info = conn::ConnInfo {
+            remote,
+            ice_host: ice::host_for(&self.own_ice, &cfg, h.host, remote.ip()),
+            cfg: cfg.clone(),
+        };
+        Ok(Admission { slot, info, ws_config })
+    }
+
+    /// Run an admitted connection once `upgraded` yields its stream (`None`: the upgrade failed; the slot is
+    /// given back). Tracked, so shutdown waits for it to close cleanly.
+    pub fn serve<F>(self: &Arc<Self>, admission: Admission, upgraded: F)
+    where
+        F: std::future::Future<Output = Option<Box<dyn Io>>> + Send + 'static,
+    {
         let hub = self.clone();
         self.tracker.spawn(async move {
-            let upgraded = match on_upgrade.await {
-                Ok(u) => u,
-                Err(e) => {
-                    tracing::debug!(%remote, "WebSocket upgrade failed: {e}");
-                    return;
-                }
-            };
-            let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_config)).await;
+            let Admission { slot, info, ws_config } = admission;
+            let Some(io) = upgraded.await else { return };
+            let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(ws_config)).await;
             conn::run(hub, ws, info, slot).await;
         });
-
-        let mut resp = Response::new(Body::default());
-        *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-        let h = resp.headers_mut();
-        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-        h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-        if let Ok(v) = HeaderValue::from_str(&accept) {
-            h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
-        }
-        if offers_subprotocol {
-            h.insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(SUBPROTOCOL));
-        }
-        resp
     }
 
     /// Background work (timeouts, grace expiry) until `shutdown`, then close every WebSocket cleanly.
@@ -240,22 +257,10 @@ impl Hub {
     }
 }
 
-fn header_has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
-    headers
-        .get_all(name)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case(token))
-}
-
-fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
-    header_has_token(headers, header::CONNECTION, "upgrade") && header_has_token(headers, header::UPGRADE, "websocket")
-}
-
-/// Which `Origin`s may open the WebSocket: the page's own (the request's `Host`, or `http.public_url`),
-/// `http.allowed_origins`, or anything when that list holds `"*"`. Browsers always send `Origin` on WebSocket
-/// upgrades, so a request without one is not a cross-site hijack (it is a CLI tool or test) and is allowed.
+/// Which `Origin`s may open the WebSocket: `http.public_url`, `http.allowed_origins` (or anything when that list
+/// holds `"*"`), and the page's own origin under the rules of [`OriginPolicy::same_origin`]. Browsers always send
+/// `Origin` on WebSocket upgrades, so a request without one is not a cross-site hijack (it is a CLI tool or test)
+/// and is allowed.
 struct OriginPolicy {
     any: bool,
     allowed: Vec<String>,
@@ -271,23 +276,52 @@ impl OriginPolicy {
         OriginPolicy { any: http.allowed_origins.iter().any(|o| o == "*"), allowed }
     }
 
-    fn allows(&self, origin: Option<&HeaderValue>, host: Option<&str>) -> bool {
+    fn allows(&self, origin: Option<&[u8]>, host: Option<&str>, tls: bool) -> bool {
         let Some(origin) = origin else { return true };
         if self.any {
             return true;
         }
         // `null` (sandboxed frames, file://) and anything unparsable fail here.
-        let Some(origin) = origin.to_str().ok().and_then(parse_origin) else { return false };
+        let Some(origin) = std::str::from_utf8(origin).ok().and_then(parse_origin) else { return false };
         if self.allowed.contains(&origin) {
             return true;
         }
-        // Same origin: the Origin's host[:port] equals the Host header (default port of its scheme dropped).
-        let (Some((scheme, authority)), Some(host)) = (origin.split_once("://"), host) else { return false };
+        host.is_some_and(|host| Self::same_origin(&origin, host, tls))
+    }
+
+    /// The Origin is the page's own, judged from the `Host` header alone (no `public_url`):
+    /// - its host[:port] must equal `Host` (default port of its scheme dropped);
+    /// - `https` pages are accepted on any connection (TLS here, or a TLS-terminating proxy in front): the browser
+    ///   checked a certificate for that name, so the name is really this server's, and a DNS-rebinding name
+    ///   fails that check;
+    /// - `http` pages are refused on a TLS connection (a page nobody authenticated must not reach the secure
+    ///   endpoint), and on plain HTTP accepted only when `Host` is an IP literal or `localhost`: for a DNS name,
+    ///   `Origin == Host` is exactly what a DNS-rebinding page (evil.example resolving to this server) presents,
+    ///   so such names must be listed (`http.public_url` or `http.allowed_origins`).
+    fn same_origin(origin: &str, host: &str, tls: bool) -> bool {
+        let Some((scheme, authority)) = origin.split_once("://") else { return false };
         let host = host.trim().to_ascii_lowercase();
         let default_port = if scheme == "http" { ":80" } else { ":443" };
         let host = host.strip_suffix(default_port).unwrap_or(&host);
-        authority == host
+        if authority != host {
+            return false;
+        }
+        match scheme {
+            "https" => true,
+            "http" => !tls && host_is_ip_or_localhost(host),
+            _ => false,
+        }
     }
+}
+
+/// `Host` (with or without a port) names an IP address literal or `localhost`: names a DNS-rebinding page
+/// cannot present as its own origin.
+fn host_is_ip_or_localhost(host: &str) -> bool {
+    if let Some(rest) = host.strip_prefix('[') {
+        return rest.split_once(']').is_some_and(|(ip, _)| ip.parse::<std::net::Ipv6Addr>().is_ok());
+    }
+    let name = host.rsplit_once(':').map_or(host, |(name, _)| name);
+    name.parse::<IpAddr>().is_ok() || name == "localhost" || name.ends_with(".localhost")
 }
 
 #[cfg(test)]
@@ -300,16 +334,36 @@ mod tests {
 
     #[test]
     fn origin_policy() {
-        let p = policy(false, &["https://chat.example.org"]);
-        let o = |s: &'static str| Some(HeaderValue::from_static(s));
-        assert!(p.allows(None, Some("x")));
-        assert!(p.allows(o("https://chat.example.org").as_ref(), Some("other")));
-        assert!(p.allows(o("http://127.0.0.1:8080").as_ref(), Some("127.0.0.1:8080")));
-        assert!(p.allows(o("http://host").as_ref(), Some("host:80")));
-        assert!(!p.allows(o("http://evil.example").as_ref(), Some("127.0.0.1:8080")));
-        assert!(!p.allows(o("http://127.0.0.1:9999").as_ref(), Some("127.0.0.1:8080")));
-        assert!(!p.allows(o("null").as_ref(), Some("127.0.0.1:8080")));
-        assert!(!p.allows(o("https://127.0.0.1:8080").as_ref(), None));
-        assert!(policy(true, &[]).allows(o("http://evil.example").as_ref(), Some("h")));
+        let p = policy(false, &["https://chat.example.org", "http://lan.example:8080"]);
+        let o = |s: &'static str| Some(s.as_bytes());
+        assert!(p.allows(None, Some("x"), false));
+        assert!(p.allows(o("https://chat.example.org"), Some("other"), false));
+        assert!(p.allows(o("http://127.0.0.1:8080"), Some("127.0.0.1:8080"), false));
+        assert!(p.allows(o("http://[::1]:8080"), Some("[::1]:8080"), false));
+        assert!(p.allows(o("http://localhost"), Some("localhost:80"), false));
+        assert!(!p.allows(o("http://evil.example"), Some("127.0.0.1:8080"), false));
+        assert!(!p.allows(o("http://127.0.0.1:9999"), Some("127.0.0.1:8080"), false));
+        assert!(!p.allows(o("null"), Some("127.0.0.1:8080"), false));
+        assert!(!p.allows(o("https://127.0.0.1:8080"), None, false));
+        assert!(policy(true, &[]).allows(o("http://evil.example"), Some("h"), false));
+    }
+
+    #[test]
+    fn origin_scheme_and_dns_rebinding() {
+        let p = policy(false, &["http://lan.example:8080"]);
+        let o = |s: &'static str| Some(s.as_bytes());
+        // DNS rebinding: a hostile page whose name now resolves here presents Origin == Host.
+        assert!(!p.allows(o("http://evil.example"), Some("evil.example"), false));
+        assert!(!p.allows(o("http://evil.example:8080"), Some("evil.example:8080"), false));
+        // A listed name is fine.
+        assert!(p.allows(o("http://lan.example:8080"), Some("lan.example:8080"), false));
+        // https: the certificate proves the name, on TLS here or through a TLS-terminating proxy.
+        assert!(p.allows(o("https://chat.example.net"), Some("chat.example.net"), true));
+        assert!(p.allows(o("https://chat.example.net"), Some("chat.example.net"), false));
+        // An unauthenticated http page may not reach the TLS endpoint, not even with an IP literal.
+        assert!(!p.allows(o("http://chat.example.net"), Some("chat.example.net"), true));
+        assert!(!p.allows(o("http://192.0.2.1:443"), Some("192.0.2.1"), true));
+        // Scheme-default ports are not mixed up: http://host (port 80) is not https://host (port 443).
+        assert!(!p.allows(o("http://192.0.2.1"), Some("192.0.2.1:443"), false));
     }
 }

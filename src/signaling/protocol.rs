@@ -226,11 +226,12 @@ pub enum ErrorCode {
     BinaryNotSupported,
     TooLarge,
     ServerFull,
+    TooManySessions,
     BadTicket,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 18] = [
+    pub const ALL: [ErrorCode; 19] = [
         ErrorCode::BadJson,
         ErrorCode::BadMessage,
         ErrorCode::UnknownType,
@@ -248,6 +249,7 @@ impl ErrorCode {
         ErrorCode::BinaryNotSupported,
         ErrorCode::TooLarge,
         ErrorCode::ServerFull,
+        ErrorCode::TooManySessions,
         ErrorCode::BadTicket,
     ];
 
@@ -271,6 +273,7 @@ impl ErrorCode {
             ErrorCode::BinaryNotSupported => "binary_not_supported",
             ErrorCode::TooLarge => "too_large",
             ErrorCode::ServerFull => "server_full",
+            ErrorCode::TooManySessions => "too_many_sessions",
             ErrorCode::BadTicket => "bad_ticket",
         }
     }
