@@ -23,6 +23,18 @@ pub fn canonical(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// One source for the per-source limits: an IPv4 address, or the /64 an IPv6 address is in (one subscriber's
+/// prefix; a host can use any of its 2^64 addresses, so counting single IPv6 addresses would bound nothing).
+pub fn source_of(ip: IpAddr) -> IpAddr {
+    match canonical(ip) {
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+        }
+        v4 => v4,
+    }
+}
+
 /// What kind of address an IP is, for the advertised-address advice.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AddressClass {

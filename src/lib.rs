@@ -9,6 +9,7 @@ pub mod credentials;
 pub mod doctor;
 pub mod health;
 pub mod http;
+pub mod limits;
 pub mod listeners;
 pub mod live;
 pub mod logging;

@@ -23,6 +23,10 @@ use tokio_util::sync::CancellationToken;
 
 /// A client must finish the TLS handshake and send its first bytes within this time.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Handshakes in progress at once from one source (IPv4 address or IPv6 /64). A browser opens a few; more from one
+/// address only hold file descriptors and CPU (each handshake costs a signature) until the timeout. What follows
+/// the handshake is bounded by its own listener: `http.max_connections_per_ip`, `turn.max_tcp_connections_per_ip`.
+const HANDSHAKES_PER_SOURCE: usize = 32;
 /// How often the certificate files are checked for renewal (certbot replaces them in place).
 const WATCH_INTERVAL: Duration = Duration::from_secs(60);
 
@@ -274,6 +278,7 @@ where
         Role::TurnOnly => tracing::info!("TURN over TLS listening on {local}"),
     }
     let dispatch = Arc::new(dispatch);
+    let pending = crate::limits::ConnCounter::new();
     loop {
         let (tcp, remote) = tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
@@ -285,6 +290,10 @@ where
                     continue;
                 }
             },
+        };
+        let Ok(slot) = pending.acquire(remote.ip(), usize::MAX, HANDSHAKES_PER_SOURCE) else {
+            tracing::debug!(%remote, "TLS connection refused: {HANDSHAKES_PER_SOURCE} handshakes in progress from its source");
+            continue;
         };
         let _ = tcp.set_nodelay(true);
         let (acceptor, dispatch) = (acceptor.clone(), dispatch.clone());
@@ -308,7 +317,9 @@ where
                 first.truncate(got);
                 Ok::<_, io::Error>((tls, first))
             };
-            match tokio::time::timeout(HANDSHAKE_TIMEOUT, start).await {
+            let started = tokio::time::timeout(HANDSHAKE_TIMEOUT, start).await;
+            drop(slot);
+            match started {
                 Ok(Ok((tls, first))) if !first.is_empty() => {
                     let proto = match role {
                         Role::TurnOnly => Protocol::Stun,

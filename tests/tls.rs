@@ -278,3 +278,26 @@ async fn plain_http_redirects_to_https_when_asked() {
     c.tls.redirect_http = true;
     assert!(c.validate().iter().any(|p| p.key == "tls.redirect_http"));
 }
+
+/// One source cannot hold the TLS port with handshakes it never finishes: past 32 at once its further connections
+/// are closed at once, while another source's HTTPS request is served.
+#[tokio::test]
+async fn pending_handshakes_are_capped_per_source() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new();
+    let s = TestServer::start(tls_config(dir.path(), &pki)).await;
+    let tls = s.tls.expect("TLS listener");
+    let mut silent = Vec::new();
+    for _ in 0..32 {
+        silent.push(common::connect_from("127.0.0.2", tls).await);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut refused = common::connect_from("127.0.0.2", tls).await;
+    let mut buf = [0u8; 16];
+    let closed = tokio::time::timeout(Duration::from_secs(2), refused.read(&mut buf)).await;
+    assert!(matches!(closed, Ok(Ok(0)) | Ok(Err(_))), "the 33rd silent handshake from one source was not refused");
+    let (resp, _) = https_get(&pki, tls, "/healthz").await;
+    assert!(resp.starts_with("HTTP/1.1 200"), "another source is served: {resp}");
+    drop(silent);
+    s.stop().await.unwrap();
+}

@@ -69,7 +69,7 @@ pub async fn serve(
     let graceful = GracefulShutdown::new();
     ctx.health.set(Component::Http, Status::Ok);
 
-    let slots = crate::signaling::limits::ConnCounter::new();
+    let slots = crate::limits::ConnCounter::new();
     // One connection, plain or TLS: same routing, same graceful shutdown, same per-source cap and idle timers.
     macro_rules! spawn_conn {
         ($io:expr, $remote:expr, $tls:expr) => {{

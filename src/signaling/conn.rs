@@ -17,11 +17,11 @@ use tokio_tungstenite::WebSocketStream;
 
 use super::hub::{push, Applied, ConnCtl, ConnHandle, CLOSE_RESUMED, CLOSE_SLOW};
 use super::ids::Id;
-use super::limits::{source_key, Slot, TokenBucket};
 use super::protocol::{self, ErrorCode, ParseError, ServerMsg};
 use super::stats::Stats;
 use super::{ice, Hub};
 use crate::config::Config;
+use crate::limits::{source_key, Slot, TokenBucket};
 
 /// The byte stream under a WebSocket: whatever the HTTP layer upgraded (signaling knows no HTTP library).
 pub trait Io: AsyncRead + AsyncWrite + Unpin + Send + 'static {}

@@ -23,8 +23,8 @@ use super::conn::OUTBOX;
 use super::hub::{Applied, ConnCtl, ConnHandle, Settings, State};
 use super::ids::Id;
 use super::keys::SigningKey;
-use super::limits::source_key;
 use super::protocol::{self, ClientMsg, Limits};
+use crate::limits::source_key;
 
 /// Live connections the driver keeps at most (more only slows the fuzzer down).
 const MAX_CONNS: usize = 8;

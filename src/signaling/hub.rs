@@ -16,9 +16,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::ids::Id;
 use super::keys::{self, Nonce, SigningKey, TokenClaim};
-use super::limits::TokenBucket;
 use super::protocol::{self, CancelReason, ClientMsg, ErrorCode, IceServer, LeftReason, Limits, PeerTicket, ServerMsg};
 use super::stats::Stats;
+use crate::limits::TokenBucket;
 
 /// Close code the hub asks a connection to use when it is replaced by a resumed session.
 pub const CLOSE_RESUMED: u16 = 4001;

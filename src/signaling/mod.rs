@@ -8,7 +8,6 @@ mod hub;
 mod ice;
 pub mod ids;
 pub mod keys;
-pub mod limits;
 pub mod protocol;
 mod stats;
 
@@ -31,7 +30,7 @@ use crate::metrics::Metrics;
 pub use self::ice::OwnIceServers;
 
 pub use self::conn::Io;
-use self::limits::{for_log, ConnCounter, LogLimiter, SlotError};
+use crate::limits::{self, for_log, ConnCounter, LogLimiter, SlotError};
 
 /// The subprotocol selected when a client offers it.
 pub const SUBPROTOCOL: &str = "ponte.v1";

@@ -168,17 +168,7 @@ fn inc(a: &AtomicU64) {
     a.fetch_add(1, Ordering::Relaxed);
 }
 
-/// One source for the per-source limits: an IPv4 address, or the /64 an IPv6 address is in (one subscriber's
-/// prefix; a host can use any of its 2^64 addresses, so counting single IPv6 addresses would bound nothing).
-pub fn source_of(ip: IpAddr) -> IpAddr {
-    match policy::canonical(ip) {
-        IpAddr::V6(v6) => {
-            let s = v6.segments();
-            IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
-        }
-        v4 => v4,
-    }
-}
+pub use crate::addr::source_of;
 
 /// The settings a config reload changes while the core runs ([`Core::reload`]); the rest of `TurnConfig`
 /// (addresses, ports, realm, secrets) is fixed at start.

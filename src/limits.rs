@@ -1,4 +1,4 @@
-//! Abuse limits: token buckets for message and connect rates, and RAII connection slots counting connections
+//! Abuse limits shared by the listeners (HTTP, TLS, signaling): token buckets for message and connect rates, and RAII connection slots counting connections
 //! per source IP and in total.
 
 use std::collections::HashMap;
@@ -102,18 +102,8 @@ impl ConnCounter {
     }
 }
 
-/// The key a connection (and the hub's per-source state) counts under. IPv4-mapped IPv6 (`::ffff:1.2.3.4`, seen on dual-stack listeners) counts as
-/// the IPv4 address; other IPv6 addresses count per /64, because one host is normally given a whole /64 and could
-/// otherwise pick a fresh address for every connection.
-pub fn source_key(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => IpAddr::V6(std::net::Ipv6Addr::from(u128::from(v6) & !((1u128 << 64) - 1))),
-        },
-        v4 => v4,
-    }
-}
+/// The key a connection (and the hub's per-source state) counts under: see [`crate::addr::source_of`].
+pub use crate::addr::source_of as source_key;
 
 /// Rate-limits one kind of log line that a client can trigger at will (a refused Origin, a full server): at most
 /// one per `every`, carrying how many were suppressed since the last one, so an attacker cannot fill the disk or
