@@ -102,6 +102,8 @@ listen_tcp = ["127.0.0.1:${turnPort}"]
     await p.locator('[data-testid=diag-candidates] tbody tr[data-type=relay]').first().waitFor();
     assert.deepEqual(await brokenCells(p, '[data-testid=diag-candidates] th'), []);
     assert.deepEqual(await brokenCells(p, '[data-testid=diag-candidates] td:nth-child(1), [data-testid=diag-candidates] td:nth-child(2)'), []);
+    // Addresses stay whole too (one candidate per block on a phone; only a long server URL may wrap).
+    assert.deepEqual(await brokenCells(p, '[data-testid=diag-candidates] td:nth-child(3)'), []);
     // The page itself does not scroll sideways (a wide table scrolls inside its own box).
     assert.ok(await p.evaluate(() => document.documentElement.scrollWidth <= window.innerWidth + 1), 'no sideways page scroll');
   });
