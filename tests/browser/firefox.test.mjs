@@ -1,7 +1,7 @@
 // The same client in Firefox (Debian's firefox-esr, driven by puppeteer-core over WebDriver BiDi; never a
 // downloaded browser): two Firefox tabs pair through the real ponte on loopback, send a file, and the finished
 // transfer's bar is painted in the "done" colour (Firefox paints it with ::-moz-progress-bar, which the CSS once
-// forgot: the bar stayed the accent colour).
+// forgot: the bar stayed the accent colour); the newest message stays in view when the details open.
 //
 //   cd tests/browser && node --test firefox.test.mjs     (needs target/debug/ponte and /usr/bin/firefox-esr)
 
@@ -97,7 +97,7 @@ listen_tcp = ["127.0.0.1:${turnPort}"]
     return p;
   }
 
-  test('pair, chat, send a file: the finished bar is the "done" colour, not the accent', { timeout: 120000 }, async () => {
+  test('pair, chat, send a file: the finished bar is the "done" colour, not the accent; details keep the newest message in view', { timeout: 120000 }, async () => {
     const a = await openApp();
     const b = await openApp(360);
     const idB = await b.evaluate(() => window.ponte.id);
@@ -114,6 +114,23 @@ listen_tcp = ["127.0.0.1:${turnPort}"]
       const bar = '[data-testid=file-transfer][data-state=done] [data-testid=progress]';
       const [painted, ok, accent] = [await paintedColour(p, bar), await cssColour(p, '--ok'), await cssColour(p, '--accent')];
       assert.ok(near(painted, ok), `finished bar painted ${painted}, want --ok ${ok} (accent is ${accent})`);
+    }
+    // Opening the connection details keeps the newest item fully in view here too. (The tab in front: Firefox
+    // runs no ResizeObserver in a background tab until it is shown, as in real life.)
+    for (let i = 0; i < 20; i++) await a.evaluate((n) => { const x = document.querySelector('[data-testid=message-input]'); x.value = `line ${n}`; document.querySelector('#composer').requestSubmit(); }, i);
+    await b.waitForFunction(() => [...document.querySelectorAll('[data-testid=message-text]')].some((x) => x.textContent === 'line 19'));
+    for (const p of [a, b]) {
+      await p.bringToFront();
+      await p.waitForFunction(() => { const l = document.querySelector('[data-testid=message-list]'); return l.scrollHeight > l.clientHeight && l.scrollHeight - l.scrollTop - l.clientHeight < 4; });
+      await p.click('[data-testid=details-toggle]');
+      await new Promise((r) => setTimeout(r, 300));
+      const overflow = await p.evaluate(() => {
+        const list = document.querySelector('[data-testid=message-list]');
+        const last = list.lastElementChild.getBoundingClientRect();
+        const box = list.getBoundingClientRect();
+        return Math.max(0, box.top - last.top, last.bottom - box.bottom);
+      });
+      assert.equal(overflow, 0, 'the newest message is fully visible with the details open');
       assert.deepEqual(p.errors, []);
     }
   });

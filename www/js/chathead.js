@@ -56,18 +56,17 @@ export function setDetailsOpen(open) {
 }
 
 /**
- * Keep the message list scrolled to the bottom while it is there and the frame around it changes: the details
- * panel or the failure box opening above it, the typing line, the composer growing, the keyboard on a phone.
- * Without this the list keeps its scrollTop while it shrinks, and the newest message slides under the bottom edge.
+ * Keep the message list scrolled to the bottom while it is there and anything changes its size or its content:
+ * the details panel or the failure box opening above it, the typing line, the composer growing, the keyboard on a
+ * phone, a file card growing a line when it finishes. Without this the list keeps its scrollTop, and the newest
+ * message slides under the bottom edge. Once the person scrolls up, it stays where they put it.
  */
 function pinToBottom(list) {
-  let lastHeight = list.clientHeight;
-  new ResizeObserver(() => {
-    const h = list.clientHeight;
-    // Was it at the bottom with the height it had until now? (scrollTop and scrollHeight are still the old ones.)
-    if (h < lastHeight && list.scrollHeight - list.scrollTop - lastHeight < 4) list.scrollTop = list.scrollHeight;
-    lastHeight = h;
-  }).observe(list);
+  let atBottom = true;
+  list.addEventListener('scroll', () => { atBottom = list.scrollHeight - list.scrollTop - list.clientHeight < 4; }, { passive: true });
+  const stick = () => { if (atBottom) list.scrollTop = list.scrollHeight; };
+  new ResizeObserver(stick).observe(list);
+  new MutationObserver(stick).observe(list, { childList: true, subtree: true, characterData: true });
 }
 
 export function initChatHead() {
