@@ -181,6 +181,8 @@ test('the path label names the other side\'s real transport from its `path` mess
   }
   // Its message alone is enough (a relay address the TURN list does not name).
   assert.equal(describePath(mine, { candidateType: 'prflx', address: '203.0.113.5' }, { type: 'relay', relayProtocol: 'tcp' }, turnHosts).proto, 'tcp');
+  // A stale message does not outvote the candidate: their end is now a plain srflx/host one, so it is direct.
+  assert.equal(describePath(mine, { candidateType: 'srflx', address: '203.0.113.5' }, { type: 'relay', relayProtocol: 'tcp' }, turnHosts).kind, 'direct');
   // My own relay: my own stats know the transport.
   p = describePath({ candidateType: 'relay', relayProtocol: 'tcp' }, theirRelay, { type: 'relay', relayProtocol: 'udp' }, turnHosts);
   assert.deepEqual(p, { kind: 'relay', side: 'local', proto: 'tcp' });

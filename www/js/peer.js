@@ -394,7 +394,8 @@ export class PeerLink extends EventTarget {
 /**
  * The selected pair as the UI names it: `{kind:'direct', local, remote}` (candidate types) or `{kind:'relay', side,
  * proto}`: `side` "local" when this browser relays (`proto` from its own stats), "remote" when the other one does
- * (its candidate is a relay one, has a TURN server's address, or its `path` message says so). Only the other side
+ * (its candidate is a relay one, has a TURN server's address, or is peer-reflexive and its `path` message says
+ * it relays). Only the other side
  * knows its transport to the relay (our stats show its relay address, never how it got there): `proto` is what
  * its `path` message said, or null until that arrives, never a guess.
  * @param {object} l  local candidate stats   @param {object} r  remote candidate stats
@@ -404,7 +405,10 @@ export class PeerLink extends EventTarget {
 export function describePath(l, r, remotePath, turnHosts) {
   if (l.candidateType === 'relay') return { kind: 'relay', side: 'local', proto: (l.relayProtocol || 'udp').toLowerCase() };
   const remoteSays = remotePath && remotePath.type === 'relay';
-  if (r.candidateType === 'relay' || (r.address && turnHosts.has(r.address)) || remoteSays) {
+  // A peer-reflexive candidate may well be its relay address (learned from a check before the candidate came);
+  // a host or srflx one is not, whatever an older `path` message said.
+  const unsure = !r.candidateType || r.candidateType === 'prflx';
+  if (r.candidateType === 'relay' || (r.address && turnHosts.has(r.address)) || (unsure && remoteSays)) {
     return { kind: 'relay', side: 'remote', proto: (remoteSays && remotePath.relayProtocol.toLowerCase()) || null };
   }
   return { kind: 'direct', local: l.candidateType, remote: r.candidateType };
