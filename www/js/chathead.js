@@ -66,7 +66,11 @@ function pinToBottom(list) {
   list.addEventListener('scroll', () => { atBottom = list.scrollHeight - list.scrollTop - list.clientHeight < 4; }, { passive: true });
   const stick = () => { if (atBottom) list.scrollTop = list.scrollHeight; };
   new ResizeObserver(stick).observe(list);
-  new MutationObserver(stick).observe(list, { childList: true, subtree: true, characterData: true });
+  new MutationObserver((changes) => {
+    // Nodes leave the list itself only when another conversation is attached, which starts at its bottom.
+    if (changes.some((m) => m.target === list && m.removedNodes.length)) atBottom = true;
+    stick();
+  }).observe(list, { childList: true, subtree: true, characterData: true });
 }
 
 export function initChatHead() {
