@@ -8,7 +8,7 @@
 import { test, describe, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { newPage, waitConnected, sendMessage, waitForMessage, screenshot } from './lib.mjs';
+import { newPage, waitConnected, sendMessage, waitForMessage, screenshot, openApp, pair } from './lib.mjs';
 import { labMissing, startLab, stopLab, twoPeers } from './labkit.mjs';
 
 const missing = labMissing();
@@ -80,6 +80,39 @@ describe('NAT lab', { skip: missing || false, concurrency: 1 }, () => {
         await waitForMessage(a, 'welcome back');
       } finally {
         unblockAll();
+      }
+    });
+
+    test('the other side relays over TCP (its router drops UDP): this side names TCP on its side, never a guessed UDP', { timeout: 120000 }, async () => {
+      const nat1 = ['netns', 'exec', `${lab.prefix}-nat1`, 'iptables'];
+      const rule = ['FORWARD', '-p', 'udp', '-j', 'DROP'];
+      execFileSync('ip', [...nat1, '-I', ...rule]);
+      try {
+        const a = await newPage(lab.browsers[0]);
+        const b = await newPage(lab.browsers[1], { mobile: true });
+        lab.pages.push(a, b);
+        const idA = await openApp(a, lab.url);
+        const idB = await openApp(b, lab.url);
+        // Every text B's label ever shows, from before the connection exists.
+        await b.evaluate(() => {
+          const label = document.querySelector('[data-testid=path-label]');
+          window.pathLabels = [];
+          new MutationObserver(() => window.pathLabels.push(label.textContent)).observe(label, { childList: true, characterData: true, subtree: true });
+        });
+        await pair(a, b, idB);
+        await waitConnected(a, 40000);
+        await waitConnected(b, 40000);
+        assert.match(await pathText(a, /TURN tcp/), /relayed through this server \(TURN tcp\)/i);
+        const dA = `${idA.slice(0, 4)}-${idA.slice(4)}`;
+        assert.equal(await pathText(b, /TURN tcp, on/), `Relayed through this server (TURN tcp, on ${dA}’s side)`);
+        await chatBothWays(a, b);
+        await b.getByTestId('details-toggle').click();
+        assert.match(await b.locator('#d-path').textContent(), /TURN tcp, on/);
+        const seen = await b.evaluate(() => window.pathLabels);
+        assert.deepEqual(seen.filter((x) => /udp, on/i.test(x)), [], `B never claimed UDP on A's side: ${JSON.stringify(seen)}`);
+        await screenshot(b, 'lab-remote-tcp-360');
+      } finally {
+        execFileSync('ip', [...nat1, '-D', ...rule]);
       }
     });
 

@@ -1,5 +1,8 @@
 // One conversation: its messages (kept as DOM nodes, attached to the visible list when selected), delivery
-// receipts, typing indicator, unread count, and the messages of the chat data channel.
+// receipts, typing indicator, unread count, the messages of the chat data channel, its file transfers and its
+// pairing state (pairing.js). Everything that changes a conversation goes through its methods; what the rest of
+// the page needs to know goes out on the bus (bus.js): `conversation-changed` {conv}, `message-arrived` {conv,
+// text}, `peer-rejoin` {conv, id}, `conversation-renamed` {conv, old}.
 //
 // Chat channel messages (JSON): {t:"msg", id, text, ts} → {t:"ack", id}; {t:"typing", on}; {t:"path", type,
 // relayProtocol} (my end of the selected candidate pair, so the other side can tell a relay on my side);
@@ -8,6 +11,10 @@
 import { el, timeText } from './dom.js';
 import { t, language } from './i18n.js';
 import { displayId } from './signaling.js';
+import { FileTransfers } from './files.js';
+import { Pairing } from './pairing.js';
+import { renderTransfer } from './filecard.js';
+import { emit } from './bus.js';
 
 const TYPING_SEND_EVERY_MS = 2500;
 const TYPING_SHOW_MS = 5000;
@@ -19,16 +26,22 @@ function msgId() {
   return `${Date.now().toString(36)}-${(counter++).toString(36)}-${[...r].map((b) => b.toString(16).padStart(2, '0')).join('')}`;
 }
 
-export class Chat {
-  constructor({ peer, link, hooks }) {
+export class Conversation {
+  /**
+   * @param {object} o
+   * @param {string} o.peer
+   * @param {import('./peer.js').PeerLink} o.link
+   * @param {string|null} [o.ticket]  from `paired`
+   */
+  constructor({ peer, link, ticket }) {
     this.peer = peer;
     this.link = link;
-    this.hooks = hooks;
+    this.pairing = new Pairing({ initiator: link.initiator, ticket });
     this.nodes = [];
     this.list = null;
     this.unread = 0;
     this.closed = false;
-    this.serverPaired = true;
+    this.shown = false; // the selected conversation (visible when the tab is too)
     this.unacked = new Map(); // id → message object
     this.statusEls = new Map(); // id → status element
     this.seen = new Set();
@@ -57,6 +70,7 @@ export class Chat {
         if (link.send(m)) this.setStatus(m.id, 'sent');
       }
       this.sentPath = '';
+      link.pollStats(); // tell the other side our end of the path now, not at the next poll
       this.changed();
     });
     link.addEventListener('chat-close', () => this.changed());
@@ -68,14 +82,31 @@ export class Chat {
       this.changed();
     });
     link.addEventListener('security', () => this.changed());
+    this.files = new FileTransfers(link, (x) => this.renderTransfer(x, renderTransfer));
   }
 
-  get selected() {
-    return this.hooks.isVisible(this);
+  /** Whether the server pairs the two IDs right now (tests read it too). */
+  get serverPaired() {
+    return this.pairing.serverPaired;
+  }
+
+  get visible() {
+    return this.shown && !document.hidden;
   }
 
   changed() {
-    this.hooks.changed(this);
+    emit('conversation-changed', { conv: this });
+  }
+
+  /** The peer came back under a new ID (server restart without a lasting key). */
+  renamePeer(id) {
+    const old = this.peer;
+    if (id === old) return;
+    this.peer = id;
+    this.link.peer = id;
+    this.pairing.dropTicket(); // it names the old ID
+    emit('conversation-renamed', { conv: this, old });
+    this.system('chat.peer_new_id', { old: displayId(old), id: displayId(id) });
   }
 
   attach(list) {
@@ -185,9 +216,9 @@ export class Chat {
         const ts = Number.isFinite(msg.ts) ? Math.min(msg.ts, Date.now()) : Date.now();
         this.append(this.messageNode({ id, text, ts, mine: false }));
         this.preview = text;
-        if (!this.hooks.isVisible(this)) this.unread += 1;
+        if (!this.visible) this.unread += 1;
         this.setTyping(false);
-        this.hooks.messageArrived(this, text);
+        emit('message-arrived', { conv: this, text });
         break;
       }
       case 'ack': {
@@ -202,10 +233,10 @@ export class Chat {
         this.link.setRemotePath(msg);
         break;
       case 'rejoin':
-        this.hooks.rejoin(this, String(msg.id || ''));
+        emit('peer-rejoin', { conv: this, id: String(msg.id || '') });
         break;
       default:
-        if (this.files) this.files.handle(msg);
+        this.files.handle(msg);
     }
   }
 
@@ -223,8 +254,8 @@ export class Chat {
       this.lastSender = null;
       this.append(n.li, x.dir === 'out');
       if (x.dir === 'in') {
-        if (!this.hooks.isVisible(this)) this.unread += 1;
-        this.hooks.messageArrived(this, x.name);
+        if (!this.visible) this.unread += 1;
+        emit('message-arrived', { conv: this, text: x.name });
         this.preview = t('chat.file_preview', { name: x.name });
       } else this.preview = `${t('chat.you')}: ${t('chat.file_preview', { name: x.name })}`;
       this.changed();
@@ -236,9 +267,9 @@ export class Chat {
   end(key, vars) {
     if (this.closed) return;
     this.closed = true;
-    this.ticket = null; // an ended conversation is never re-paired after a restart
+    this.pairing.end();
     this.system(key, vars);
-    if (this.files) this.files.abortAll();
+    this.files.abortAll();
     this.link.close();
     this.setTyping(false);
     this.changed();
@@ -246,6 +277,7 @@ export class Chat {
 
   destroy() {
     this.closed = true;
+    this.pairing.end();
     this.link.close();
     for (const [id, n] of this.transferNodes) {
       if (n.url) URL.revokeObjectURL(n.url);

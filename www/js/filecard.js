@@ -2,7 +2,7 @@
 
 import { el } from './dom.js';
 import { t } from './i18n.js';
-import { formatBytes, isFinal } from './files.js';
+import { isFinal } from './files.js';
 import { displayId } from './signaling.js';
 
 /**
@@ -99,4 +99,14 @@ function build(x, chat) {
 function ext(name) {
   const m = /\.([A-Za-z0-9]{1,4})$/.exec(name || '');
   return m ? m[1].toUpperCase() : 'FILE';
+}
+
+/** 1536 → "1.5 KB": sizes and speeds as people read them (display only, so here and not in files.js). */
+export function formatBytes(n) {
+  if (n < 1024) return `${n} B`;
+  const units = ['KB', 'MB', 'GB', 'TB'];
+  let v = n;
+  let u = -1;
+  do { v /= 1024; u++; } while (v >= 1024 && u < units.length - 1);
+  return `${v >= 100 ? v.toFixed(0) : v.toFixed(1)} ${units[u]}`;
 }

@@ -294,12 +294,3 @@ function waitLow(ch) {
 function sleep(ms) {
   return new Promise((r) => setTimeout(r, ms));
 }
-
-export function formatBytes(n) {
-  if (n < 1024) return `${n} B`;
-  const units = ['KB', 'MB', 'GB', 'TB'];
-  let v = n;
-  let u = -1;
-  do { v /= 1024; u++; } while (v >= 1024 && u < units.length - 1);
-  return `${v >= 100 ? v.toFixed(0) : v.toFixed(1)} ${units[u]}`;
-}

@@ -343,15 +343,7 @@ export class PeerLink extends EventTarget {
     const r = stats.get(pair.remoteCandidateId) || {};
     const local = { type: l.candidateType, protocol: l.protocol, relayProtocol: l.relayProtocol, address: l.address, port: l.port };
     const remote = { type: r.candidateType, protocol: r.protocol, address: r.address, port: r.port };
-    const turnHosts = this.turnHosts();
-    const remoteIsRelay = r.candidateType === 'relay' || (r.address && turnHosts.has(r.address))
-      || (this.remotePath && this.remotePath.type === 'relay');
-    let path;
-    if (l.candidateType === 'relay') path = { kind: 'relay', side: 'local', proto: (l.relayProtocol || 'udp').toLowerCase() };
-    else if (remoteIsRelay) {
-      const proto = this.remotePath && this.remotePath.type === 'relay' ? this.remotePath.relayProtocol : null;
-      path = { kind: 'relay', side: 'remote', proto: (proto || 'udp').toLowerCase() };
-    } else path = { kind: 'direct', local: l.candidateType, remote: r.candidateType };
+    const path = describePath(l, r, this.remotePath, this.turnHosts());
     const rtt = typeof pair.currentRoundTripTime === 'number' ? Math.round(pair.currentRoundTripTime * 1000) : null;
     this.stats = { path, rtt, local, remote, bytesSent: pair.bytesSent, bytesReceived: pair.bytesReceived };
     this.dispatchEvent(new CustomEvent('stats', { detail: this.stats }));
@@ -370,7 +362,11 @@ export class PeerLink extends EventTarget {
 
   /** What the peer reported about its own end of the selected pair. */
   setRemotePath(p) {
-    this.remotePath = p && typeof p === 'object' ? { type: String(p.type || ''), relayProtocol: String(p.relayProtocol || '') } : null;
+    const next = p && typeof p === 'object' ? { type: String(p.type || '').slice(0, 16), relayProtocol: String(p.relayProtocol || '').slice(0, 8) } : null;
+    const same = JSON.stringify(next) === JSON.stringify(this.remotePath);
+    this.remotePath = next;
+    // Re-read the stats now, so the label follows at once instead of at the next poll (up to 2 s of a stale path).
+    if (!same) this.pollStats();
   }
 
   async computeSecurityCode() {
@@ -393,6 +389,29 @@ export class PeerLink extends EventTarget {
     clearInterval(this.statsTimer);
     try { this.pc.close(); } catch { /* ignore */ }
   }
+}
+
+/**
+ * The selected pair as the UI names it: `{kind:'direct', local, remote}` (candidate types) or `{kind:'relay', side,
+ * proto}`: `side` "local" when this browser relays (`proto` from its own stats), "remote" when the other one does
+ * (its candidate is a relay one, has a TURN server's address, or is peer-reflexive and its `path` message says
+ * it relays). Only the other side
+ * knows its transport to the relay (our stats show its relay address, never how it got there): `proto` is what
+ * its `path` message said, or null until that arrives, never a guess.
+ * @param {object} l  local candidate stats   @param {object} r  remote candidate stats
+ * @param {{type:string, relayProtocol:string}|null} remotePath  the peer's last `path` message
+ * @param {Set<string>} turnHosts  the TURN servers' hosts
+ */
+export function describePath(l, r, remotePath, turnHosts) {
+  if (l.candidateType === 'relay') return { kind: 'relay', side: 'local', proto: (l.relayProtocol || 'udp').toLowerCase() };
+  const remoteSays = remotePath && remotePath.type === 'relay';
+  // A peer-reflexive candidate may well be its relay address (learned from a check before the candidate came);
+  // a host or srflx one is not, whatever an older `path` message said.
+  const unsure = !r.candidateType || r.candidateType === 'prflx';
+  if (r.candidateType === 'relay' || (r.address && turnHosts.has(r.address)) || (unsure && remoteSays)) {
+    return { kind: 'relay', side: 'remote', proto: (remoteSays && remotePath.relayProtocol.toLowerCase()) || null };
+  }
+  return { kind: 'direct', local: l.candidateType, remote: r.candidateType };
 }
 
 /** The DTLS certificate fingerprint from an SDP (`a=fingerprint:sha-256 AB:CD:...`), normalised. */

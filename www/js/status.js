@@ -1,0 +1,57 @@
+// The server connection line in the top bar ("Online", "Offline — retrying in 4 s") and the banner under it.
+// Anyone can show a banner with the bus event `banner` {text, action?, run?}.
+
+import { $ } from './dom.js';
+import { t } from './i18n.js';
+import { on } from './bus.js';
+
+/**
+ * @param {import('./signaling.js').Signaling} sig
+ * @param {{liveChats: () => boolean}} o  whether some chat still runs (the offline text says so)
+ */
+export function initStatus(sig, { liveChats }) {
+  let everWelcomed = false;
+  let retryTick = 0;
+
+  function render(detail) {
+    const box = $('.server-status');
+    const text = $('.server-status-text');
+    clearInterval(retryTick);
+    box.dataset.state = detail.state;
+    if (detail.state === 'open') text.textContent = t('server.online');
+    else if (detail.state === 'connecting') text.textContent = everWelcomed ? t('server.retrying') : t('server.connecting');
+    else if (detail.state === 'replaced') {
+      text.textContent = t('server.replaced');
+      showBanner({ text: t('server.replaced'), action: t('server.new_id_button'), run: () => { hideBanner(); sig.renew(); } });
+    } else if (detail.fatal) {
+      text.textContent = t('server.unsupported');
+    } else {
+      const tick = () => {
+        const s = Math.max(0, Math.ceil((sig.nextRetryAt - Date.now()) / 1000));
+        text.textContent = t(liveChats() ? 'server.offline_chats' : 'server.offline', { s });
+      };
+      tick();
+      retryTick = setInterval(tick, 1000);
+    }
+  }
+
+  function showBanner({ text, action, run }) {
+    const b = $('#banner');
+    b.querySelector('.banner-text').textContent = text;
+    const btn = $('#banner-action');
+    btn.hidden = !action;
+    if (action) {
+      btn.textContent = action;
+      btn.onclick = run;
+    }
+    b.hidden = false;
+  }
+  function hideBanner() { $('#banner').hidden = true; }
+
+  sig.addEventListener('state', (ev) => render(ev.detail));
+  sig.addEventListener('retry', () => render({ state: 'closed' }));
+  sig.addEventListener('welcome', () => { everWelcomed = true; });
+  on('banner', showBanner);
+  $('#banner-close').addEventListener('click', hideBanner);
+  document.addEventListener('languagechange', () => render({ state: sig.state }));
+}
