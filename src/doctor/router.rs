@@ -115,28 +115,12 @@ fn binding_request(txid: [u8; 12]) -> Vec<u8> {
 
 /// Probe with ponte running: a Binding request to `to` must get ponte's answer back.
 pub async fn probe_running(to: SocketAddr) -> Loopback {
+    let Ok(s) = tokio::net::UdpSocket::bind(wildcard(to)).await else { return Loopback::Unknown };
     let txid: [u8; 12] = rand::random();
-    let any: SocketAddr = if to.is_ipv4() { "0.0.0.0:0".parse().unwrap() } else { "[::]:0".parse().unwrap() };
-    let Ok(s) = tokio::net::UdpSocket::bind(any).await else { return Loopback::Unknown };
-    let req = binding_request(txid);
-    let mut buf = vec![0u8; 1500];
-    for _ in 0..3 {
-        if s.send_to(&req, to).await.is_err() {
-            // e.g. no route: certainly not coming back.
-            return Loopback::NoAnswer;
-        }
-        let deadline = tokio::time::Instant::now() + TRY;
-        while let Ok(Ok((n, _))) = tokio::time::timeout_at(deadline, s.recv_from(&mut buf)).await {
-            let b = &buf[..n];
-            if codec::classify(b) == codec::Kind::Stun
-                && codec::transaction_id(b) == txid
-                && codec::method_and_class(b) == (codec::METHOD_BINDING, 2)
-            {
-                return Loopback::Works;
-            }
-        }
-    }
-    Loopback::NoAnswer
+    send_and_watch(&s, &s, to, txid, |b| {
+        codec::classify(b) == codec::Kind::Stun && codec::method_and_class(b) == (codec::METHOD_BINDING, 2)
+    })
+    .await
 }
 
 /// Probe with ponte not running: bind the listen address ourselves and see whether a request sent to `to`
@@ -146,18 +130,38 @@ async fn probe_stopped(cfg: &Config, to: SocketAddr) -> Loopback {
         return Loopback::Unknown;
     };
     let Ok(inside) = tokio::net::UdpSocket::bind(listen).await else { return Loopback::Unknown };
-    let any: SocketAddr = if to.is_ipv4() { "0.0.0.0:0".parse().unwrap() } else { "[::]:0".parse().unwrap() };
-    let Ok(s) = tokio::net::UdpSocket::bind(any).await else { return Loopback::Unknown };
-    let txid: [u8; 12] = rand::random();
+    let Ok(s) = tokio::net::UdpSocket::bind(wildcard(to)).await else { return Loopback::Unknown };
+    send_and_watch(&s, &inside, to, rand::random(), |b| b.len() >= codec::STUN_HEADER).await
+}
+
+fn wildcard(to: SocketAddr) -> SocketAddr {
+    if to.is_ipv4() {
+        "0.0.0.0:0".parse().unwrap()
+    } else {
+        "[::]:0".parse().unwrap()
+    }
+}
+
+/// Send a Binding request with `txid` from `send` to `to` (three tries) and watch `watch` for a datagram with that
+/// transaction ID that `fits`.
+async fn send_and_watch(
+    send: &tokio::net::UdpSocket,
+    watch: &tokio::net::UdpSocket,
+    to: SocketAddr,
+    txid: [u8; 12],
+    fits: impl Fn(&[u8]) -> bool,
+) -> Loopback {
     let req = binding_request(txid);
     let mut buf = vec![0u8; 1500];
     for _ in 0..3 {
-        if s.send_to(&req, to).await.is_err() {
+        if send.send_to(&req, to).await.is_err() {
+            // e.g. no route: certainly not coming back.
             return Loopback::NoAnswer;
         }
         let deadline = tokio::time::Instant::now() + TRY;
-        while let Ok(Ok((n, _))) = tokio::time::timeout_at(deadline, inside.recv_from(&mut buf)).await {
-            if n >= codec::STUN_HEADER && codec::transaction_id(&buf[..n]) == txid {
+        while let Ok(Ok((n, _))) = tokio::time::timeout_at(deadline, watch.recv_from(&mut buf)).await {
+            let b = &buf[..n];
+            if b.len() >= codec::STUN_HEADER && codec::transaction_id(b) == txid && fits(b) {
                 return Loopback::Works;
             }
         }
