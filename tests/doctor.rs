@@ -256,6 +256,46 @@ fn the_daemon_logs_its_relay_self_test_at_start() {
     assert!(l.contains("between relays 127.0.0.1:"), "{l}");
 }
 
+/// Issue #19: a server listening and relaying on IPv6 only (a DS-Lite home) passed no self-test before: the
+/// test's Allocate asked for no family, got 440, and the log blamed the network.
+#[test]
+fn the_self_test_at_start_covers_an_ipv6_only_server() {
+    if std::net::UdpSocket::bind("[::1]:0").is_err() {
+        assert!(!common::in_ci(), "IPv6 loopback is unavailable (CI=true)");
+        eprintln!("SKIPPED: no IPv6 loopback on this machine");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(
+        dir.path(),
+        "[http]\nlisten = \"127.0.0.1:0\"\n[metrics]\nenabled = false\n[turn]\n\
+         listen_udp = [\"[::1]:0\"]\nlisten_tcp = [\"[::1]:0\"]\nrelay_ip = \"::1\"\n",
+    );
+    let l = d.wait_for("TURN self-test");
+    assert!(l.contains("INFO") && l.contains("TURN self-test passed"), "{l}");
+    assert!(l.contains("between relays [::1]:") && l.contains("(IPv6 relays)"), "{l}");
+}
+
+/// Dual stack: one self-test per family, each through a listener of its family.
+#[test]
+fn the_self_test_at_start_covers_each_family() {
+    if std::net::UdpSocket::bind("[::1]:0").is_err() {
+        assert!(!common::in_ci(), "IPv6 loopback is unavailable (CI=true)");
+        eprintln!("SKIPPED: no IPv6 loopback on this machine");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(
+        dir.path(),
+        "[http]\nlisten = \"127.0.0.1:0\"\n[metrics]\nenabled = false\n[turn]\n\
+         listen_udp = [\"127.0.0.1:0\", \"[::1]:0\"]\nlisten_tcp = []\nrelay_ip = \"127.0.0.1\"\nrelay_ip6 = \"::1\"\n",
+    );
+    let l = d.wait_for("(IPv4 relays)");
+    assert!(l.contains("TURN self-test passed") && l.contains("between relays 127.0.0.1:"), "{l}");
+    let l = d.wait_for("(IPv6 relays)");
+    assert!(l.contains("TURN self-test passed") && l.contains("between relays [::1]:"), "{l}");
+}
+
 #[test]
 fn a_failing_self_test_is_a_warning_with_advice_and_the_daemon_stays_up() {
     let dir = tempfile::tempdir().unwrap();

@@ -1,0 +1,167 @@
+//! IPv6 and dual stack through the real daemon's sockets on loopback (issue #19): a server that listens and
+//! relays on IPv6 only (a DS-Lite home) serves clients that ask for no family, a dual-stack server gives one
+//! allocation a relay of each family (ADDITIONAL-ADDRESS-FAMILY) and relays across families.
+
+mod common;
+
+use std::net::SocketAddr;
+
+use common::turn_client::{code, peer_attr, Client, Conn, T};
+use common::{test_config, TestServer};
+use ponte::config::Config;
+use ponte::turn::codec::{self, *};
+use stun::attributes::AttrType;
+use stun::message::Message;
+use tokio::net::UdpSocket;
+
+fn have_ipv6() -> bool {
+    if std::net::UdpSocket::bind("[::1]:0").is_ok() {
+        return true;
+    }
+    assert!(!common::in_ci(), "IPv6 loopback is unavailable (CI=true)");
+    eprintln!("SKIPPED: no IPv6 loopback on this machine");
+    false
+}
+
+/// Both families on loopback, loopback peers allowed.
+fn dual_config() -> Config {
+    let mut c = test_config();
+    c.turn.listen_udp = vec!["127.0.0.1:0".parse().unwrap(), "[::1]:0".parse().unwrap()];
+    c.turn.listen_tcp = vec![];
+    c.turn.relay_ip = Some("127.0.0.1".parse().unwrap());
+    c.turn.relay_ip6 = Some("::1".parse().unwrap());
+    c.turn.allow_peers = vec!["127.0.0.1/32".parse().unwrap(), "::1/128".parse().unwrap()];
+    c.turn.relay_port_min = 30000;
+    c.turn.relay_port_max = 30999;
+    c
+}
+
+fn relays(r: &Message) -> Vec<SocketAddr> {
+    r.attributes
+        .0
+        .iter()
+        .filter(|a| a.typ.0 == ATTR_XOR_RELAYED_ADDRESS)
+        .map(|a| codec::decode_xor_addr(&a.value, &r.transaction_id.0).unwrap())
+        .collect()
+}
+
+async fn client_on(local: &str, server: SocketAddr, srv: &TestServer) -> Client {
+    Client::with(Conn::Udp(UdpSocket::bind(local).await.unwrap(), server), srv)
+}
+
+/// Send `payload` to `peer` with a Send indication and check it arrives from `relay`; answer back and check the
+/// client gets it as a Data indication.
+async fn round_trip(c: &mut Client, peer: &UdpSocket, relay: SocketAddr, payload: &[u8]) {
+    let to = peer.local_addr().unwrap();
+    let mut m = codec::message(METHOD_SEND, 1, rand::random());
+    peer_attr(&mut m, to);
+    m.add(AttrType(ATTR_DATA), payload);
+    c.send_raw(&m.raw).await;
+    let mut b = [0u8; 200];
+    let (n, from) = tokio::time::timeout(T, peer.recv_from(&mut b)).await.unwrap().unwrap();
+    assert_eq!((&b[..n], from), (payload, relay), "the peer hears the relay of its own family");
+    peer.send_to(b"back", relay).await.unwrap();
+    let d = c.recv_stun().await;
+    assert_eq!(d.get(AttrType(ATTR_DATA)).unwrap(), b"back");
+}
+
+/// The issue's report: ponte on `[::1]` with the relay on `::1`, and a client (like every browser) that asks for
+/// no address family. It used to get 440; it gets the IPv6 relay.
+#[tokio::test]
+async fn an_ipv6_only_server_relays_for_clients_that_ask_for_no_family() {
+    if !have_ipv6() {
+        return;
+    }
+    let mut cfg = dual_config();
+    cfg.turn.listen_udp = vec!["[::1]:0".parse().unwrap()];
+    cfg.turn.relay_ip = Some("::1".parse().unwrap());
+    cfg.turn.relay_ip6 = None;
+    let srv = TestServer::start(cfg).await;
+    let mut c = client_on("[::1]:0", srv.turn_udp[0], &srv).await;
+    let relay = c.allocate().await;
+    assert_eq!(relay.ip().to_string(), "::1");
+    let peer = UdpSocket::bind("[::1]:0").await.unwrap();
+    let r = c.request(METHOD_CREATE_PERMISSION, &|m| peer_attr(m, peer.local_addr().unwrap())).await;
+    assert_eq!(code(&r), None);
+    round_trip(&mut c, &peer, relay, b"ds-lite").await;
+    srv.stop().await.unwrap();
+}
+
+/// ADDITIONAL-ADDRESS-FAMILY over the real sockets: one allocation, an IPv4 and an IPv6 relay, each talking to
+/// peers of its family; deleting the allocation closes both relay sockets.
+#[tokio::test]
+async fn a_dual_allocation_relays_to_peers_of_both_families() {
+    if !have_ipv6() {
+        return;
+    }
+    let srv = TestServer::start(dual_config()).await;
+    let v6_listener = srv.turn_udp.iter().copied().find(|a| a.is_ipv6()).unwrap();
+    let mut c = client_on("[::1]:0", v6_listener, &srv).await;
+    let r = c
+        .request(METHOD_ALLOCATE, &|m| {
+            m.add(AttrType(ATTR_REQUESTED_TRANSPORT), &[17, 0, 0, 0]);
+            m.add(AttrType(ATTR_ADDITIONAL_ADDRESS_FAMILY), &[2, 0, 0, 0]);
+        })
+        .await;
+    assert_eq!(code(&r), None, "{r}");
+    let got = relays(&r);
+    assert_eq!(got.len(), 2, "{r}");
+    let (r4, r6) = (got[0], got[1]);
+    assert_eq!((r4.ip().to_string(), r6.ip().to_string()), ("127.0.0.1".into(), "::1".into()));
+    assert!(r.get(AttrType(ATTR_ADDRESS_ERROR_CODE)).is_err(), "both families allocated");
+    let p4 = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let p6 = UdpSocket::bind("[::1]:0").await.unwrap();
+    let (a4, a6) = (p4.local_addr().unwrap(), p6.local_addr().unwrap());
+    let r = c
+        .request(METHOD_CREATE_PERMISSION, &move |m| {
+            peer_attr(m, a4);
+            peer_attr(m, a6);
+        })
+        .await;
+    assert_eq!(code(&r), None, "{r}");
+    round_trip(&mut c, &p4, r4, b"to v4").await;
+    round_trip(&mut c, &p6, r6, b"to v6").await;
+    let r = c.request(METHOD_REFRESH, &|m| m.add(AttrType(ATTR_LIFETIME), &0u32.to_be_bytes())).await;
+    assert_eq!(code(&r), None);
+    // Both relay ports are free again.
+    for relay in [r4, r6] {
+        let mut bound = false;
+        for _ in 0..50 {
+            if std::net::UdpSocket::bind(relay).is_ok() {
+                bound = true;
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        assert!(bound, "relay {relay} still held after the allocation was deleted");
+    }
+    srv.stop().await.unwrap();
+}
+
+/// Cross-family, both ways: a client over IPv4 with an IPv6 relay, a client over IPv6 with an IPv4 relay.
+#[tokio::test]
+async fn relaying_across_families() {
+    if !have_ipv6() {
+        return;
+    }
+    let srv = TestServer::start(dual_config()).await;
+    let v4_listener = srv.turn_udp.iter().copied().find(|a| a.is_ipv4()).unwrap();
+    let v6_listener = srv.turn_udp.iter().copied().find(|a| a.is_ipv6()).unwrap();
+    for (local, listener, v6) in [("127.0.0.1:0", v4_listener, true), ("[::1]:0", v6_listener, false)] {
+        let mut c = client_on(local, listener, &srv).await;
+        let r = c
+            .request(METHOD_ALLOCATE, &|m| {
+                m.add(AttrType(ATTR_REQUESTED_TRANSPORT), &[17, 0, 0, 0]);
+                m.add(AttrType(ATTR_REQUESTED_ADDRESS_FAMILY), &[if v6 { 2 } else { 1 }, 0, 0, 0]);
+            })
+            .await;
+        assert_eq!(code(&r), None, "{r}");
+        let relay = relays(&r)[0];
+        assert_eq!(relay.is_ipv6(), v6);
+        let peer = UdpSocket::bind(if v6 { "[::1]:0" } else { "127.0.0.1:0" }).await.unwrap();
+        let pa = peer.local_addr().unwrap();
+        assert_eq!(code(&c.request(METHOD_CREATE_PERMISSION, &move |m| peer_attr(m, pa)).await), None);
+        round_trip(&mut c, &peer, relay, b"across").await;
+    }
+    srv.stop().await.unwrap();
+}
