@@ -165,3 +165,82 @@ async fn relaying_across_families() {
     }
     srv.stop().await.unwrap();
 }
+
+/// The welcome of a WebSocket opened like a browser on the page at `http://{http}/` (Origin = the page).
+async fn welcome_over(http: SocketAddr) -> serde_json::Value {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = format!("ws://{http}/ws").into_client_request().unwrap();
+    req.headers_mut().insert("origin", format!("http://{http}").parse().unwrap());
+    let (mut ws, _) = tokio_tungstenite::connect_async(req).await.expect("the page's own origin is allowed over IPv6");
+    let hello = serde_json::json!({"type": "hello", "v": 1}).to_string();
+    ws.send(tokio_tungstenite::tungstenite::Message::text(hello)).await.unwrap();
+    loop {
+        let m = tokio::time::timeout(T, ws.next()).await.unwrap().unwrap().unwrap();
+        if let Ok(text) = m.to_text() {
+            let v: serde_json::Value = serde_json::from_str(text).unwrap();
+            if v["type"] == "welcome" {
+                return v;
+            }
+        }
+    }
+}
+
+fn urls(welcome: &serde_json::Value) -> Vec<String> {
+    welcome["ice_servers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|s| s["urls"].as_array().unwrap().iter().map(|u| u.as_str().unwrap().to_string()))
+        .collect()
+}
+
+/// A dual-stack server hands every browser STUN/TURN URLs in both families (IPv6 literals bracketed), and a
+/// page opened over IPv6 (`http://[::1]:port/`, the share link's origin) gets its WebSocket.
+#[tokio::test]
+async fn ice_servers_name_each_family_and_the_page_works_over_ipv6() {
+    if !have_ipv6() {
+        return;
+    }
+    let mut cfg = dual_config();
+    cfg.http.listen = "[::1]:0".parse().unwrap();
+    cfg.turn.external_ip = Some("198.51.100.10".parse().unwrap());
+    cfg.turn.external_ip6 = Some("2001:db8::10".parse().unwrap());
+    let srv = TestServer::start(cfg).await;
+    let udp4 = srv.turn_udp.iter().find(|a| a.is_ipv4()).unwrap().port();
+    let udp6 = srv.turn_udp.iter().find(|a| a.is_ipv6()).unwrap().port();
+    let w = welcome_over(srv.http).await;
+    let got = urls(&w);
+    for want in [
+        format!("stun:198.51.100.10:{udp4}"),
+        format!("stun:[2001:db8::10]:{udp6}"),
+        format!("turn:198.51.100.10:{udp4}?transport=udp"),
+        format!("turn:[2001:db8::10]:{udp6}?transport=udp"),
+    ] {
+        assert!(got.contains(&want), "{want} missing from {got:?}");
+    }
+    // A port only the IPv6 listener has is not offered at the IPv4 address, and the reverse.
+    assert!(!got.contains(&format!("stun:198.51.100.10:{udp6}")), "{got:?}");
+    assert!(!got.contains(&format!("stun:[2001:db8::10]:{udp4}")), "{got:?}");
+    srv.stop().await.unwrap();
+}
+
+/// A home reachable only over IPv6 (DS-Lite): its IPv6 address as `turn.external_ip`, a `[::]` listener. The
+/// URLs name the IPv6 address only: the IPv4 side is the provider's CGNAT, nobody outside reaches it.
+#[tokio::test]
+async fn an_ipv6_only_home_hands_out_ipv6_urls_only() {
+    if !have_ipv6() {
+        return;
+    }
+    let mut cfg = dual_config();
+    cfg.http.listen = "[::1]:0".parse().unwrap();
+    cfg.turn.listen_udp = vec!["[::]:0".parse().unwrap()];
+    cfg.turn.relay_ip = Some("::1".parse().unwrap());
+    cfg.turn.relay_ip6 = None;
+    cfg.turn.external_ip = Some("2001:db8:5::10".parse().unwrap());
+    let srv = TestServer::start(cfg).await;
+    let udp = srv.turn_udp[0].port();
+    let got = urls(&welcome_over(srv.http).await);
+    assert_eq!(got, [format!("stun:[2001:db8:5::10]:{udp}"), format!("turn:[2001:db8:5::10]:{udp}?transport=udp")]);
+    srv.stop().await.unwrap();
+}
