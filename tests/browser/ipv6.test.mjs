@@ -3,17 +3,28 @@
 //   app's share link is an IPv6 URL, /diag gets an IPv6 relay from TURN (it got 440 before, and /diag said the relay
 //   "could not be reached"), and two browsers chat through it;
 // - /diag names a refusal as a refusal: a relay that answers with an error code was reached.
-// The DS-Lite NAT lab (homes, CGNAT, IPv6 firewalls) is tests/lab/dslite.sh with its own test file.
+// - a DS-Lite home in the NAT lab (tests/lab/dslite.sh, needs root): the server's IPv4 is behind the provider's
+//   CGNAT, so it is reachable only over IPv6 through its router's IPv6 firewall; two dual-stack phones outside chat
+//   through it, directly when their firewalls let hole punching through and through the IPv6 relay otherwise, and a
+//   laptop at home chats with a phone.
 //
 //   cd tests/browser && node --test ipv6.test.mjs     (needs target/debug/ponte and /usr/bin/chromium)
+//
+// Lab traffic stays inside the namespaces the test creates (TEST-NET-2, 2001:db8::/32, 10.77/16, 100.64/10).
 
 import { test, describe, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import dgram from 'node:dgram';
 import net from 'node:net';
+import { execFileSync } from 'node:child_process';
+import { mkdtempSync, writeFileSync, rmSync, chmodSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
 import {
-  requirements, launch, newPage, startPonte, openApp, pair, waitConnected, sendMessage, waitForMessage, screenshot,
+  ROOT, CHROMIUM, PONTE, requirements, launch, newPage, startPonte, openApp, pair, waitConnected, sendMessage,
+  waitForMessage, screenshot,
 } from './lib.mjs';
+import { labMissing } from './labkit.mjs';
 
 const missing = requirements();
 
@@ -137,5 +148,165 @@ self_test = false
     } finally {
       held.close();
     }
+  });
+});
+
+// ---------------------------------------------------------------- the DS-Lite lab (tests/lab/dslite.sh)
+
+const DSLITE = path.join(ROOT, 'tests', 'lab', 'dslite.sh');
+const SRV6 = '2001:db8:1::10';
+const URL6 = `http://[${SRV6}]:8080`;
+let dsCounter = 0;
+
+/** The lab, ponte on the home server configured for an IPv6-only home, one Chromium per node (h1, h2, h3). */
+async function startDsLite(phones) {
+  const prefix = `ds${process.pid % 10000}${dsCounter++}`;
+  const lab = { prefix, browsers: {}, pages: [] };
+  lab.dir = mkdtempSync(path.join(tmpdir(), 'ponte-dslite-'));
+  try {
+    execFileSync('bash', [DSLITE, 'up', prefix, phones], { stdio: 'inherit' });
+    const deadline = Date.now() + 15000;
+    for (const node of ['h1', 'h2', 'h3']) {
+      for (;;) {
+        try {
+          execFileSync('ip', ['netns', 'exec', `${prefix}-${node}`, 'ping', '-c', '1', '-W', '1', SRV6], { stdio: 'ignore' });
+          break;
+        } catch {
+          if (Date.now() > deadline) throw new Error(`${prefix}-${node} cannot reach ${SRV6}`);
+        }
+      }
+    }
+    // The configuration docs/deploy.md gives for a DS-Lite home; the lab's peers live in 2001:db8::/32, which the
+    // peer policy refuses unless allowed.
+    lab.server = await startPonte({
+      name: 'ponte-dslite',
+      netns: `${prefix}-srv`,
+      toml: `[http]
+listen = "[::]:8080"
+[turn]
+listen_udp = ["[::]:3478"]
+listen_tcp = ["[::]:3478"]
+relay_ip = "${SRV6}"
+external_ip = "${SRV6}"
+relay_port_min = 49160
+relay_port_max = 49200
+allow_peers = ["2001:db8::/32"]
+secret = "lab-secret-not-for-production"
+[signaling]
+state_dir = "${path.join(lab.dir, 'state')}"
+`,
+    });
+    for (const node of ['h1', 'h2', 'h3']) {
+      const wrapper = path.join(lab.dir, `chromium-${node}.sh`);
+      writeFileSync(wrapper, `#!/bin/sh\nexec ip netns exec ${prefix}-${node} ${CHROMIUM} "$@"\n`);
+      chmodSync(wrapper, 0o755);
+      lab.browsers[node] = await launch({ executablePath: wrapper });
+    }
+  } catch (e) {
+    await stopDsLite(lab);
+    throw e;
+  }
+  return lab;
+}
+
+async function stopDsLite(lab) {
+  if (!lab) return;
+  for (const p of lab.pages) if (p.errors && p.errors.length) console.log(`[${lab.prefix}] page errors: ${p.errors.join(' | ')}`);
+  for (const b of Object.values(lab.browsers)) await b.close().catch(() => {});
+  if (lab.server) await lab.server.stop().catch(() => {});
+  try { execFileSync('bash', [DSLITE, 'down', lab.prefix], { stdio: 'inherit' }); } catch { /* best effort */ }
+  if (lab.dir) rmSync(lab.dir, { recursive: true, force: true });
+}
+
+function inNode(lab, node, cmd, args) {
+  return execFileSync('ip', ['netns', 'exec', `${lab.prefix}-${node}`, cmd, ...args], { encoding: 'utf8' });
+}
+
+async function iceUrls(page) {
+  return page.evaluate(() => {
+    const s = (window.ponte.signaling.session && window.ponte.signaling.session.ice_servers) || [];
+    return s.flatMap((x) => (Array.isArray(x.urls) ? x.urls : [x.urls]));
+  });
+}
+
+async function pathText(page, re) {
+  await page.waitForFunction((src) => new RegExp(src, 'i').test(document.querySelector('[data-testid=path-label]').textContent), re.source, { timeout: 20000 });
+  return page.getByTestId('path-label').textContent();
+}
+
+/** Pages in nodes `na` and `nb` open the server over IPv6, pair, connect and chat both ways. */
+async function chatOverIpv6(lab, na, nb, tag) {
+  const a = await newPage(lab.browsers[na]);
+  const b = await newPage(lab.browsers[nb], { mobile: true });
+  lab.pages.push(a, b);
+  await openApp(a, URL6);
+  const idB = await openApp(b, URL6);
+  await pair(a, b, idB);
+  await waitConnected(a, 40000);
+  await waitConnected(b, 40000);
+  await sendMessage(a, `hello from ${na} ${tag}`);
+  await waitForMessage(b, `hello from ${na} ${tag}`);
+  await sendMessage(b, `hello from ${nb} ${tag}`);
+  await waitForMessage(a, `hello from ${nb} ${tag}`);
+  return { a, b };
+}
+
+const labWhy = missing || labMissing();
+
+describe('DS-Lite: a home server reachable only over IPv6', { skip: labWhy || false, concurrency: 1 }, () => {
+  describe('phones whose firewalls let hole punching through', () => {
+    let lab;
+    before(async () => { lab = await startDsLite('punch'); });
+    after(async () => stopDsLite(lab));
+
+    test('two dual-stack phones outside chat directly over IPv6; the page hands out IPv6 URLs only', { timeout: 120000 }, async () => {
+      const { a, b } = await chatOverIpv6(lab, 'h2', 'h3', 'punch');
+      for (const p of [a, b]) {
+        const urls = await iceUrls(p);
+        assert.ok(urls.length && urls.every((u) => u.includes(`[${SRV6}]`)), urls.join(' '));
+        assert.match(await pathText(p, /direct/), /direct/i);
+      }
+      await screenshot(b, 'dslite-phones-direct-360');
+    });
+
+    test('a laptop at home chats with a phone outside', { timeout: 120000 }, async () => {
+      const { a } = await chatOverIpv6(lab, 'h1', 'h2', 'home');
+      assert.match(await a.getByTestId('share-link').inputValue(), /^http:\/\/\[2001:db8:1::10\]:8080\/#/);
+    });
+
+    test('over IPv4 nothing outside reaches the server; the self-test and doctor say IPv6 only', { timeout: 60000 }, async () => {
+      // The home's public IPv4 is the provider's CGNAT address: no port of it leads to the server.
+      assert.throws(() => inNode(lab, 'h2', 'timeout', ['3', 'bash', '-c', 'echo > /dev/tcp/198.51.100.31/8080']));
+      assert.match(lab.server.log, /TURN self-test passed: .*\[2001:db8:1::10\]:\d+.*\(IPv6 relays\)/);
+      let out;
+      try { out = inNode(lab, 'srv', PONTE, ['doctor', '-c', lab.server.cfg]); } catch (e) { out = String(e.stdout || '') + String(e.stderr || ''); }
+      assert.match(out, /families\s+reachable over IPv6 only/, out);
+      assert.match(out, /relay .*passed: .*\(IPv6 relays\)/, out);
+    });
+  });
+
+  describe('phones that cannot reach each other directly', () => {
+    let lab;
+    before(async () => { lab = await startDsLite('nopunch'); });
+    after(async () => stopDsLite(lab));
+
+    test('two dual-stack phones chat through the IPv6 relay', { timeout: 120000 }, async () => {
+      const { a, b } = await chatOverIpv6(lab, 'h2', 'h3', 'relay');
+      assert.match(await pathText(a, /relayed/), /relayed through this server/i);
+      assert.match(await pathText(b, /relayed/), /relayed through this server/i);
+      await screenshot(b, 'dslite-phones-relayed-360');
+    });
+
+    test('/diag on a phone: IPv6 STUN and relay work', { timeout: 90000 }, async () => {
+      const p = await newPage(lab.browsers.h2, { mobile: true });
+      lab.pages.push(p);
+      await p.goto(`${URL6}/diag`);
+      await p.waitForSelector('body[data-done=true]', { timeout: 60000 });
+      await screenshot(p, 'dslite-diag-360');
+      assert.equal(await check(p, 'turn-udp-v6'), 'ok', await detail(p, 'turn-udp-v6'));
+      assert.match(await detail(p, 'turn-udp-v6'), /2001:db8:1::10/);
+      assert.equal(await check(p, 'turn-tcp-v6'), 'ok', await detail(p, 'turn-tcp-v6'));
+      assert.equal(await check(p, 'stun-v6'), 'ok', await detail(p, 'stun-v6'));
+    });
   });
 });
