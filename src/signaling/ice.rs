@@ -185,24 +185,13 @@ pub fn family_hosts(turn: &crate::config::TurnConfig, listen: &[SocketAddr]) -> 
             continue;
         }
         let reachable = |ip: &IpAddr| matches!(crate::addr::classify(*ip), Public | Documentation);
-        if let Some(ip) = turn
-            .external_for(v6)
-            .or_else(|| relays.iter().copied().find(|ip| ip.is_ipv6() == v6 && !ip.is_ipv4_mapped() && reachable(ip)))
-        {
+        if let Some(ip) = turn.external_for(v6).or_else(|| {
+            relays.iter().copied().map(crate::turn::policy::canonical).find(|ip| ip.is_ipv6() == v6 && reachable(ip))
+        }) {
             out.push(ip);
         }
     }
     out
-}
-
-trait Mapped {
-    fn is_ipv4_mapped(&self) -> bool;
-}
-
-impl Mapped for IpAddr {
-    fn is_ipv4_mapped(&self) -> bool {
-        matches!(self, IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some())
-    }
 }
 
 /// The hosts for one client's URLs: `host`, then (when `host` is an IP literal) the address of each other family
