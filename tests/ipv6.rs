@@ -244,3 +244,47 @@ async fn an_ipv6_only_home_hands_out_ipv6_urls_only() {
     assert_eq!(got, [format!("stun:[2001:db8:5::10]:{udp}"), format!("turn:[2001:db8:5::10]:{udp}?transport=udp")]);
     srv.stop().await.unwrap();
 }
+
+/// Interop with coturn's client: `turnutils_uclient -x` asks for an IPv6 relay (REQUESTED-ADDRESS-FAMILY) and
+/// echoes through `turnutils_peer` on `::1`, over a client connection of either family.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coturn_uclient_gets_an_ipv6_relay_and_echoes() {
+    if !have_ipv6() || !common::require_tool("turnutils_uclient") || !common::require_tool("turnutils_peer") {
+        return;
+    }
+    let srv = TestServer::start(dual_config()).await;
+    let peer_port = std::net::UdpSocket::bind("[::1]:0").unwrap().local_addr().unwrap().port().to_string();
+    let mut peer = std::process::Command::new("turnutils_peer")
+        .args(["-L", "::1", "-p", &peer_port])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    for listener in [srv.turn_udp.iter().find(|a| a.is_ipv6()), srv.turn_udp.iter().find(|a| a.is_ipv4())] {
+        let l = *listener.unwrap();
+        let (host, port) = (l.ip().to_string(), l.port().to_string());
+        let args = ["60", "turnutils_uclient", "-x", "-W", "test-secret-0123456789abcdef", "-e", "::1", "-r"]
+            .into_iter()
+            .map(String::from)
+            .chain([peer_port.clone(), "-n".into(), "10".into(), "-m".into(), "1".into(), "-p".into(), port, host])
+            .collect::<Vec<_>>();
+        let out =
+            tokio::task::spawn_blocking(move || std::process::Command::new("timeout").args(&args).output().unwrap())
+                .await
+                .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+        let line = text
+            .lines()
+            .rev()
+            .find(|l| l.contains("tot_send_msgs=") && !l.contains("msz="))
+            .unwrap_or_else(|| panic!("no summary from uclient via {l}:\n{text}"));
+        // uclient counts RTP and RTCP together (10 each). The peer listens on ::1 only and an IPv4 relay refuses
+        // IPv6 peers (443), so every echo went through an IPv6 relay.
+        assert!(line.contains("tot_send_msgs=20") && line.contains("tot_recv_msgs=20"), "via {l}: {line}\n{text}");
+        assert!(text.contains("Total lost packets 0"), "via {l}:\n{text}");
+    }
+    let _ = peer.kill();
+    let _ = peer.wait();
+    srv.stop().await.unwrap();
+}

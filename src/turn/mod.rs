@@ -442,9 +442,10 @@ pub async fn serve(mut deps: Deps, sockets: Sockets, shutdown: CancellationToken
     let relay_ips = relay_ips(cfg, &listen);
     for ip in &relay_ips {
         if is_private(*ip) && cfg.external_for(ip.is_ipv6()).is_none() {
+            let key = if ip.is_ipv6() { "turn.external_ip6" } else { "turn.external_ip" };
             tracing::warn!(
-                "TURN relay address {ip} is private and turn.external_ip is not set: clients outside this network \
-                 cannot reach the relay. Behind a router, forward {} to this host and set turn.external_ip to the \
+                "TURN relay address {ip} is private and {key} is not set: clients outside this network \
+                 cannot reach the relay. Behind a router, forward {} to this host and set {key} to the \
                  public address.",
                 forward_phrase(&listen, udp_count, cfg.relay_port_min, cfg.relay_port_max)
             );
