@@ -133,6 +133,21 @@ fn turn(t: &TurnConfig, p: &mut Problems) {
                 );
             }
         }
+        // `[::]:P` is bound dual-stack (src/listeners.rs): it already serves IPv4, and a `0.0.0.0:P` beside it would
+        // fight it for the port.
+        for (key, list) in [("turn.listen_udp", &t.listen_udp), ("turn.listen_tcp", &t.listen_tcp)] {
+            for a in list.iter().filter(|a| a.is_ipv6() && a.ip().is_unspecified() && a.port() != 0) {
+                if list.iter().any(|b| b.is_ipv4() && b.ip().is_unspecified() && b.port() == a.port()) {
+                    p.bad(
+                        key,
+                        format!(
+                            "0.0.0.0:{port} and {a} both listed: {a} serves IPv4 and IPv6 already; remove 0.0.0.0:{port}",
+                            port = a.port()
+                        ),
+                    );
+                }
+            }
+        }
         if let Some(ip) = t.external_ip6 {
             if !ip.is_ipv6() {
                 p.bad(
@@ -396,5 +411,11 @@ mod tests {
         assert_eq!(both.len(), 2, "{both:?}");
         assert!(both.iter().all(|m| m.contains("one address per family")), "{both:?}");
         assert!(keys(TurnConfig { external_ip6: ip("::1"), ..ok })[0].contains("cannot be advertised"));
+        let both = keys(TurnConfig {
+            listen_udp: vec!["0.0.0.0:3478".parse().unwrap(), "[::]:3478".parse().unwrap()],
+            ..TurnConfig::default()
+        });
+        assert_eq!(both.len(), 1, "{both:?}");
+        assert!(both[0].starts_with("turn.listen_udp: 0.0.0.0:3478 and [::]:3478 both listed"), "{both:?}");
     }
 }

@@ -78,7 +78,7 @@ pub fn lan_host(
         if is_lan(ip) && listens_on(ip, &local) {
             return Some(format_ip(ip));
         }
-        if Some(ip) == cfg.turn.external_ip.map(crate::turn::policy::canonical) {
+        if cfg.turn.external_ips().into_iter().any(|e| crate::turn::policy::canonical(e) == ip) {
             return None;
         }
     }
@@ -332,6 +332,11 @@ mod tests {
         assert_eq!(lan_host(&cfg, &wildcard, Some("10.77.1.10:8080"), ip("127.0.0.1"), ifaces), None);
         // A LAN client that used the public address (router with NAT loopback) keeps it: it works for them.
         assert_eq!(lan_host(&cfg, &wildcard, Some("198.51.100.21:8080"), ip("10.77.1.1"), ifaces), None);
+        // The same for the public IPv6 address (turn.external_ip6), from a unique-local client address.
+        let mut cfg = home_cfg();
+        cfg.turn.external_ip6 = Some(ip("2001:db8:1::10"));
+        let dual: Vec<SocketAddr> = vec!["[::]:3478".parse().unwrap(), "[fd00::10]:3478".parse().unwrap()];
+        assert_eq!(lan_host(&cfg, &dual, Some("[2001:db8:1::10]:8080"), ip("fd00::2"), ifaces), None);
     }
 
     #[test]
