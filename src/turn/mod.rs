@@ -549,7 +549,11 @@ pub async fn serve(mut deps: Deps, sockets: Sockets, shutdown: CancellationToken
         relay_ips.iter().map(|ip| shell.core.advertised(SocketAddr::new(*ip, 0)).ip().to_string()).collect();
     tracing::info!(
         "TURN relays bind on {} ports {}-{}, advertised as {}",
-        relay_ips.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(", "),
+        relay_ips
+            .iter()
+            .map(|i| format!("{i} ({})", if i.is_ipv6() { "IPv6" } else { "IPv4" }))
+            .collect::<Vec<_>>()
+            .join(", "),
         cfg.relay_port_min,
         cfg.relay_port_max,
         advertised.join(", ")
