@@ -252,7 +252,12 @@ impl Bucket {
 
 #[derive(Debug)]
 struct AllocState {
+    /// When the allocation ends: the latest expiry of its live relays.
     expires: Instant,
+    /// Expiry of each relay (`[relay, relay2]`); `None`: never allocated, or deleted by a Refresh to 0 for its
+    /// family (RFC 8656 §7.1: a dual allocation's families are refreshed and deleted one by one when the Refresh
+    /// names a family, together when it does not).
+    relay_expires: [Option<Instant>; 2],
     /// Keyed by canonical peer IP (permissions ignore the port, RFC 8656 §9).
     perms: HashMap<IpAddr, Instant>,
     channels: HashMap<u16, (SocketAddr, Instant)>,
@@ -274,15 +279,18 @@ struct Allocation {
 }
 
 impl Allocation {
-    /// The relay that talks to peers of `peer`'s family (RFC 8656: a peer is reached from the relayed address of
-    /// its own family), if the allocation has one.
-    fn relay_for(&self, peer: IpAddr) -> Option<SocketAddr> {
-        std::iter::once(self.relay).chain(self.relay2).find(|r| r.is_ipv4() == peer.is_ipv4())
+    /// The live relays with their index in [`AllocState::relay_expires`].
+    fn live<'a>(&'a self, st: &'a AllocState) -> impl Iterator<Item = (usize, SocketAddr)> + 'a {
+        [Some(self.relay), self.relay2]
+            .into_iter()
+            .enumerate()
+            .filter_map(move |(i, r)| r.filter(|_| st.relay_expires[i].is_some()).map(|r| (i, r)))
     }
 
-    /// Relay ports this allocation holds.
-    fn ports(&self) -> usize {
-        1 + self.relay2.is_some() as usize
+    /// The live relay that talks to peers of `peer`'s family (RFC 8656: a peer is reached from the relayed
+    /// address of its own family), if the allocation has one.
+    fn relay_for(&self, st: &AllocState, peer: IpAddr) -> Option<SocketAddr> {
+        self.live(st).map(|(_, r)| r).find(|r| r.is_ipv4() == peer.is_ipv4())
     }
 }
 
@@ -539,8 +547,9 @@ impl Core {
             inc(&self.counters.dropped_packets);
             return;
         }
+        let relay = a.relay_for(&st, peer.ip());
         drop(st);
-        let (Some(peer), Some(relay)) = (self.dest(peer), a.relay_for(peer.ip())) else {
+        let (Some(peer), Some(relay)) = (self.dest(peer), relay) else {
             inc(&self.counters.dropped_packets);
             return;
         };
@@ -566,17 +575,18 @@ impl Core {
         }
         let (Some(peer), Some(data)) = (peer, data) else { return drop_it() };
         let peer = SocketAddr::new(policy::canonical(peer.ip()), peer.port());
-        if a.relay_for(peer.ip()).is_none() {
-            return drop_it();
-        }
         let mut st = a.st.lock();
+        let Some(relay) = a.relay_for(&st, peer.ip()) else {
+            drop(st);
+            return drop_it();
+        };
         // A permission exists only for peers that passed the policy when it was installed.
         let permitted = st.perms.get(&peer.ip()).is_some_and(|e| *e > now);
         if !permitted || !st.up.take(self.bandwidth.load(Ordering::Relaxed), data.len(), now) {
             return drop_it();
         }
         drop(st);
-        let (Some(peer), Some(relay)) = (self.dest(peer), a.relay_for(peer.ip())) else {
+        let Some(peer) = self.dest(peer) else {
             inc(&self.counters.dropped_packets);
             return;
         };
@@ -1029,6 +1039,7 @@ impl Core {
                     source,
                     st: Mutex::new(AllocState {
                         expires: now + req.lifetime,
+                        relay_expires: [Some(now + req.lifetime), relay2.map(|_| now + req.lifetime)],
                         perms: HashMap::new(),
                         channels: HashMap::new(),
                         by_peer: HashMap::new(),
@@ -1087,12 +1098,33 @@ impl Core {
 
     fn delete(&self, tuple: &FiveTuple, out: &mut Vec<Action>) {
         if let Some((_, a)) = self.allocs.remove(tuple) {
-            for relay in std::iter::once(a.relay).chain(a.relay2) {
+            let live: Vec<SocketAddr> = a.live(&a.st.lock()).map(|(_, r)| r).collect();
+            for &relay in &live {
                 self.by_relay.remove(&relay);
                 out.push(Action::CloseRelay { relay });
             }
-            self.release(&a.username, a.source, a.ports());
+            self.release(&a.username, a.source, live.len());
             self.counters.allocations_active.store(self.allocs.len() as u64, Ordering::Relaxed);
+        }
+    }
+
+    /// Close relay `i` of dual allocation `a` (its family refreshed to 0, or expired) while the other stays: the
+    /// socket goes and its port returns to the source's count. Call without holding `a`'s state lock: the peer
+    /// path holds a `by_relay` guard while it takes that lock, so `by_relay` must never be written under it.
+    fn close_one(&self, a: &Allocation, i: usize, out: &mut Vec<Action>) {
+        let relay = if i == 0 { Some(a.relay) } else { a.relay2 };
+        let closed = {
+            let mut st = a.st.lock();
+            let had = st.relay_expires[i].take().is_some();
+            if let Some(e) = st.relay_expires.iter().flatten().max().copied() {
+                st.expires = e;
+            }
+            had
+        };
+        if let (true, Some(relay)) = (closed, relay) {
+            self.by_relay.remove(&relay);
+            out.push(Action::CloseRelay { relay });
+            decrement(&mut self.usage.lock().per_source, &a.source, 1);
         }
     }
 
@@ -1109,24 +1141,42 @@ impl Core {
 
     fn refresh(&self, req: &Req, who: &Authed, out: &mut Vec<Action>) -> Result<Option<Message>, Message> {
         let a = self.owned(req, who)?;
+        // REQUESTED-ADDRESS-FAMILY names the one relay of a dual allocation this Refresh is for (RFC 8656 §7.1);
+        // a family the allocation has no live relay of is a mismatch.
+        let mut only = None;
         if let Ok(f) = req.msg.get(AttrType(ATTR_REQUESTED_ADDRESS_FAMILY)) {
-            // A family this allocation has no relay of (a dual allocation has both).
             let v6 = f.first() == Some(&2);
-            if !std::iter::once(a.relay).chain(a.relay2).any(|r| r.is_ipv6() == v6) {
+            let st = a.st.lock();
+            let Some((i, _)) = a.live(&st).find(|(_, r)| r.is_ipv6() == v6) else {
                 return Err(req.error(443, "Peer Address Family Mismatch"));
-            }
+            };
+            // The only live relay: the Refresh is for the whole allocation.
+            only = (a.live(&st).count() > 1).then_some(i);
         }
         let asked = requested_lifetime(&req.msg);
-        let lifetime = if asked == Some(Duration::ZERO) {
-            self.delete(&req.from, out);
-            Duration::ZERO
-        } else {
-            let l = asked
-                .unwrap_or(DEFAULT_ALLOCATION_LIFETIME)
-                .min(MAX_ALLOCATION_LIFETIME)
-                .max(DEFAULT_ALLOCATION_LIFETIME);
-            a.st.lock().expires = req.now + l;
-            l
+        let lifetime = match (asked == Some(Duration::ZERO), only) {
+            (true, None) => {
+                self.delete(&req.from, out);
+                Duration::ZERO
+            }
+            (true, Some(i)) => {
+                self.close_one(&a, i, out);
+                Duration::ZERO
+            }
+            (false, _) => {
+                let l = asked
+                    .unwrap_or(DEFAULT_ALLOCATION_LIFETIME)
+                    .min(MAX_ALLOCATION_LIFETIME)
+                    .max(DEFAULT_ALLOCATION_LIFETIME);
+                let mut st = a.st.lock();
+                for (i, e) in st.relay_expires.iter_mut().enumerate() {
+                    if e.is_some() && only.is_none_or(|o| o == i) {
+                        *e = Some(req.now + l);
+                    }
+                }
+                st.expires = st.relay_expires.iter().flatten().max().copied().unwrap_or(req.now + l);
+                l
+            }
         };
         let mut m = codec::message(METHOD_REFRESH, 2, req.txid);
         m.add(AttrType(ATTR_LIFETIME), &(lifetime.as_secs() as u32).to_be_bytes());
@@ -1149,7 +1199,7 @@ impl Core {
             };
             match checked {
                 Ok(ip) => {
-                    if alloc.relay_for(ip).is_none() {
+                    if alloc.relay_for(&alloc.st.lock(), ip).is_none() {
                         return Err(req.error(443, "Peer Address Family Mismatch"));
                     }
                     peers.push(SocketAddr::new(ip, p.port()));
@@ -1255,11 +1305,20 @@ impl Core {
     pub fn tick(&self, now: Instant, out: &mut Vec<Action>) {
         let mut next = now + MAX_TICK;
         let mut dead = Vec::new();
+        let mut expired_relays = Vec::new();
         for a in self.allocs.iter() {
             let mut st = a.st.lock();
             if st.expires <= now {
                 dead.push(*a.key());
                 continue;
+            }
+            // One family of a dual allocation expired (refreshed separately), the other lives on.
+            for i in 0..2 {
+                match st.relay_expires[i] {
+                    Some(e) if e <= now => expired_relays.push((a.value().clone(), i)),
+                    Some(e) => next = next.min(e),
+                    None => {}
+                }
             }
             st.perms.retain(|_, e| *e > now);
             let mut gone = Vec::new();
@@ -1279,6 +1338,9 @@ impl Core {
         for t in dead {
             tracing::debug!(client = %t.client, "TURN allocation expired");
             self.delete(&t, out);
+        }
+        for (a, i) in expired_relays {
+            self.close_one(&a, i, out);
         }
         let mut uncached: HashMap<IpAddr, usize> = HashMap::new();
         self.responses.retain(|(t, _), (at, _)| {

@@ -1491,3 +1491,51 @@ fn client_over_ipv6_gets_an_ipv4_relay_cross_family() {
     let (to, _) = peer_packet(&t, local(public("0.0.0.0:50000")), peer, b"back").unwrap();
     assert_eq!(to.client, public("[2001:db8:2::7]:40000"));
 }
+
+#[test]
+fn a_dual_allocations_families_are_refreshed_and_deleted_one_by_one() {
+    let mut t = dual_stack();
+    let r = t.request(METHOD_ALLOCATE, &|m| {
+        transport(m, 17);
+        m.add(AttrType(ATTR_ADDITIONAL_ADDRESS_FAMILY), &[2, 0, 0, 0]);
+    });
+    assert_eq!(all_relayed(&r).len(), 2, "{r}");
+    let (v4, v6) = (local(public("0.0.0.0:50000")), public("[2001:db8:1::1]:50001"));
+    let family = |f: u8, secs: u32| {
+        move |m: &mut Message| {
+            m.add(AttrType(ATTR_REQUESTED_ADDRESS_FAMILY), &[f, 0, 0, 0]);
+            m.add(AttrType(ATTR_LIFETIME), &secs.to_be_bytes());
+        }
+    };
+    // Only the IPv4 relay is refreshed (RFC 8656 §7.1): when the first lifetime ends, the IPv6 relay goes alone.
+    assert_eq!(code(&t.request(METHOD_REFRESH, &family(1, 3600))), None);
+    let (out, _) = t.tick_at(t.now + DEFAULT_ALLOCATION_LIFETIME);
+    assert!(matches!(out.as_slice(), [Action::CloseRelay { relay }] if *relay == v6), "{out:?}");
+    t.now += DEFAULT_ALLOCATION_LIFETIME;
+    assert_eq!(t.core.allocation_count(), 1, "the IPv4 relay lives on");
+    assert_eq!(t.core.usage.lock().per_source.values().sum::<usize>(), 1, "the IPv6 port is given back");
+    assert_eq!(code(&t.perm(public("[2606:4700::1111]:1"))), Some(443), "no IPv6 relay any more");
+    assert_eq!(code(&t.request(METHOD_REFRESH, &family(2, 600))), Some(443), "a deleted family");
+    assert_eq!(code(&t.perm(public("8.8.8.8:1"))), None);
+    assert!(t.core.by_relay.contains_key(&v4) && !t.core.by_relay.contains_key(&v6));
+    // A Refresh to 0 naming the last family deletes the allocation.
+    let out = t.feed(&t.build(METHOD_REFRESH, rand::random(), &family(1, 0), true));
+    assert!(out.iter().any(|a| matches!(a, Action::CloseRelay { relay } if *relay == v4)), "{out:?}");
+    assert_eq!(t.core.allocation_count(), 0);
+    assert!(t.core.usage.lock().per_source.is_empty());
+
+    // A Refresh to 0 for one family of a fresh dual allocation closes just that relay at once.
+    t.tuple.client = public("198.51.100.7:40001");
+    let r = t.request(METHOD_ALLOCATE, &|m| {
+        transport(m, 17);
+        m.add(AttrType(ATTR_ADDITIONAL_ADDRESS_FAMILY), &[2, 0, 0, 0]);
+    });
+    let relays = all_relayed(&r);
+    let v6b = relays[1];
+    let out = t.feed(&t.build(METHOD_REFRESH, rand::random(), &family(2, 0), true));
+    let closed: Vec<_> =
+        out.iter().filter_map(|a| if let Action::CloseRelay { relay } = a { Some(*relay) } else { None }).collect();
+    assert_eq!(closed, [v6b]);
+    assert_eq!(t.core.allocation_count(), 1);
+    assert_eq!(code(&t.perm(public("8.8.8.8:1"))), None, "the IPv4 relay still works");
+}
