@@ -165,7 +165,7 @@ fn run_daemon(file: Option<&Path>) -> ExitCode {
         // race with what the tests count.
         tokio::spawn(crate::turn::selftest::at_start(
             daemon.config.turn.clone(),
-            daemon.addrs.turn_udp.first().copied(),
+            daemon.addrs.turn_udp.clone(),
             daemon.turn_secret.clone(),
             daemon.health.clone(),
             shutdown.clone(),

@@ -151,6 +151,10 @@ impl Daemon {
                 tls_port: self.addrs.tls.map(|a| a.port()),
                 listen: self.addrs.turn_udp.iter().chain(&self.addrs.turn_tcp).copied().collect(),
                 stun_alt_port: self.config.turn.stun_alt_listen.map(|a| a.port()),
+                family_hosts: crate::signaling::family_hosts(
+                    &self.config.turn,
+                    &self.addrs.turn_udp.iter().chain(&self.addrs.turn_tcp).copied().collect::<Vec<_>>(),
+                ),
                 secret: self.turn_secret.clone(),
             },
         }

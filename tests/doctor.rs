@@ -57,6 +57,35 @@ fn metric(m: &[(String, f64)], name: &str) -> f64 {
     m.iter().find(|(k, _)| k == name).unwrap_or_else(|| panic!("no {name}")).1
 }
 
+/// Issue #19: doctor on a server that relays IPv6 only: its relay line names the family and the self-test
+/// passes (it got 440 before, and said the relay could not be reached); the families line says IPv6 only.
+#[tokio::test]
+async fn doctor_on_an_ipv6_only_server_tests_the_ipv6_relay() {
+    if std::net::UdpSocket::bind("[::1]:0").is_err() {
+        assert!(!in_ci(), "IPv6 loopback is unavailable (CI=true)");
+        eprintln!("SKIPPED: no IPv6 loopback on this machine");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("v6.toml");
+    std::fs::write(
+        &cfg,
+        "[http]\nlisten = \"[::1]:0\"\n[metrics]\nenabled = false\n[turn]\nlisten_udp = [\"[::1]:0\"]\n\
+         listen_tcp = []\nrelay_ip = \"::1\"\nexternal_ip = \"2001:db8:5::10\"\n",
+    )
+    .unwrap();
+    let (code, out) = doctor(&["-c", cfg.to_str().unwrap()]).await;
+    assert_eq!(code, 0, "{out}");
+    let addr = line(&out, "address");
+    assert!(addr.contains("advertised relay address 2001:db8:5::10 (IPv6, turn.external_ip)"), "{out}");
+    let fam = line(&out, "families");
+    assert!(fam.starts_with("WARN") && fam.contains("reachable over IPv6 only"), "{out}");
+    assert!(advice(&out, "families").contains("IPv4-only networks cannot reach"), "{out}");
+    let relay = line(&out, "relay");
+    assert!(relay.starts_with("ok") && relay.contains("between relays [2001:db8:5::10]:"), "{out}");
+    assert!(relay.contains("(IPv6 relays)"), "{out}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn doctor_against_a_running_server_passes_and_shows_the_relays() {
     let s = TestServer::start(test_config()).await;
@@ -254,6 +283,46 @@ fn the_daemon_logs_its_relay_self_test_at_start() {
     let l = d.wait_for("TURN self-test");
     assert!(l.contains("INFO") && l.contains("TURN self-test passed"), "{l}");
     assert!(l.contains("between relays 127.0.0.1:"), "{l}");
+}
+
+/// Issue #19: a server listening and relaying on IPv6 only (a DS-Lite home) passed no self-test before: the
+/// test's Allocate asked for no family, got 440, and the log blamed the network.
+#[test]
+fn the_self_test_at_start_covers_an_ipv6_only_server() {
+    if std::net::UdpSocket::bind("[::1]:0").is_err() {
+        assert!(!common::in_ci(), "IPv6 loopback is unavailable (CI=true)");
+        eprintln!("SKIPPED: no IPv6 loopback on this machine");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(
+        dir.path(),
+        "[http]\nlisten = \"127.0.0.1:0\"\n[metrics]\nenabled = false\n[turn]\n\
+         listen_udp = [\"[::1]:0\"]\nlisten_tcp = [\"[::1]:0\"]\nrelay_ip = \"::1\"\n",
+    );
+    let l = d.wait_for("TURN self-test");
+    assert!(l.contains("INFO") && l.contains("TURN self-test passed"), "{l}");
+    assert!(l.contains("between relays [::1]:") && l.contains("(IPv6 relays)"), "{l}");
+}
+
+/// Dual stack: one self-test per family, each through a listener of its family.
+#[test]
+fn the_self_test_at_start_covers_each_family() {
+    if std::net::UdpSocket::bind("[::1]:0").is_err() {
+        assert!(!common::in_ci(), "IPv6 loopback is unavailable (CI=true)");
+        eprintln!("SKIPPED: no IPv6 loopback on this machine");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(
+        dir.path(),
+        "[http]\nlisten = \"127.0.0.1:0\"\n[metrics]\nenabled = false\n[turn]\n\
+         listen_udp = [\"127.0.0.1:0\", \"[::1]:0\"]\nlisten_tcp = []\nrelay_ip = \"127.0.0.1\"\nrelay_ip6 = \"::1\"\n",
+    );
+    let l = d.wait_for("(IPv4 relays)");
+    assert!(l.contains("TURN self-test passed") && l.contains("between relays 127.0.0.1:"), "{l}");
+    let l = d.wait_for("(IPv6 relays)");
+    assert!(l.contains("TURN self-test passed") && l.contains("between relays [::1]:"), "{l}");
 }
 
 #[test]

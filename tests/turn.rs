@@ -247,8 +247,14 @@ async fn ipv6_relay_with_requested_address_family() {
     let srv = TestServer::start(cfg).await;
     let s = UdpSocket::bind("[::1]:0").await.unwrap();
     let mut c = Client::with(Conn::Udp(s, srv.turn_udp[0]), &srv);
-    // IPv4 is the default family and this server has no IPv4 relay address: 440.
-    let r = c.request(METHOD_ALLOCATE, &|m| m.add(AttrType(ATTR_REQUESTED_TRANSPORT), &[17, 0, 0, 0])).await;
+    // This server has no IPv4 relay address: an explicit IPv4 request gets 440 (a request without a family gets
+    // the IPv6 relay, tests/ipv6.rs).
+    let r = c
+        .request(METHOD_ALLOCATE, &|m| {
+            m.add(AttrType(ATTR_REQUESTED_TRANSPORT), &[17, 0, 0, 0]);
+            m.add(AttrType(ATTR_REQUESTED_ADDRESS_FAMILY), &[1, 0, 0, 0]);
+        })
+        .await;
     assert_eq!(code(&r), Some(440));
     let r = c
         .request(METHOD_ALLOCATE, &|m| {

@@ -57,6 +57,8 @@ table! {
     Restart "turn.relay_port_max" => turn.relay_port_max;
     Restart "turn.relay_ip" => turn.relay_ip;
     Restart "turn.external_ip" => turn.external_ip;
+    Restart "turn.relay_ip6" => turn.relay_ip6;
+    Restart "turn.external_ip6" => turn.external_ip6;
     Live "turn.allow_peers" => turn.allow_peers;
     Live "turn.deny_peers" => turn.deny_peers;
     // Quotas, the answer budget and SOFTWARE reach the TURN core through its config watcher (Core::reload).

@@ -130,9 +130,14 @@ pub struct TurnConfig {
     pub relay_port_max: u16,
     /// Local address relay sockets bind on. Unset: the address of the interface with the default route.
     pub relay_ip: Option<IpAddr>,
+    /// Local IPv6 address for IPv6 relay sockets, beside an IPv4 `relay_ip` (dual stack). Unset: the IPv6 listener's
+    /// address or, with a wildcard `[::]` listener, the IPv6 address of the default route.
+    pub relay_ip6: Option<IpAddr>,
     /// Public address advertised in XOR-RELAYED-ADDRESS and in ICE URLs, for a server behind a router
     /// with port forwarding.
     pub external_ip: Option<IpAddr>,
+    /// Public IPv6 address advertised for IPv6 relays and in IPv6 ICE URLs, beside an IPv4 `external_ip`.
+    pub external_ip6: Option<IpAddr>,
     /// Peer networks allowed even though the default policy denies them (allow wins over deny).
     pub allow_peers: Vec<IpNet>,
     /// Peer networks denied in addition to the built-in special-purpose ranges.
@@ -191,7 +196,9 @@ impl Default for TurnConfig {
             relay_port_min: 49152,
             relay_port_max: 65535,
             relay_ip: None,
+            relay_ip6: None,
             external_ip: None,
+            external_ip6: None,
             allow_peers: Vec::new(),
             deny_peers: Vec::new(),
             max_allocations: 1000,
@@ -209,6 +216,25 @@ impl Default for TurnConfig {
             max_tcp_connections_per_ip: 32,
             tcp_setup_timeout_secs: 10,
         }
+    }
+}
+
+impl TurnConfig {
+    /// The configured relay addresses (`relay_ip`, `relay_ip6`), at most one per family.
+    pub fn relay_ips_configured(&self) -> Vec<IpAddr> {
+        self.relay_ip.into_iter().chain(self.relay_ip6).collect()
+    }
+
+    /// The public address advertised for one family: `external_ip` when it is of that family, else
+    /// `external_ip6` for IPv6. Either key may hold the IPv6 one (a home reachable only over IPv6 sets just
+    /// `external_ip`), validation keeps them to one per family.
+    pub fn external_for(&self, v6: bool) -> Option<IpAddr> {
+        self.external_ips().into_iter().find(|ip| ip.is_ipv6() == v6)
+    }
+
+    /// Every configured public address (`external_ip`, `external_ip6`).
+    pub fn external_ips(&self) -> Vec<IpAddr> {
+        self.external_ip.into_iter().chain(self.external_ip6).collect()
     }
 }
 

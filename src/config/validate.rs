@@ -133,9 +133,54 @@ fn turn(t: &TurnConfig, p: &mut Problems) {
                 );
             }
         }
+        // `[::]:P` is bound dual-stack (src/listeners.rs): it already serves IPv4, and a `0.0.0.0:P` beside it would
+        // fight it for the port.
+        for (key, list) in [("turn.listen_udp", &t.listen_udp), ("turn.listen_tcp", &t.listen_tcp)] {
+            for a in list.iter().filter(|a| a.is_ipv6() && a.ip().is_unspecified() && a.port() != 0) {
+                if list.iter().any(|b| b.is_ipv4() && b.ip().is_unspecified() && b.port() == a.port()) {
+                    p.bad(
+                        key,
+                        format!(
+                            "0.0.0.0:{port} and {a} both listed: {a} serves IPv4 and IPv6 already; remove 0.0.0.0:{port}",
+                            port = a.port()
+                        ),
+                    );
+                }
+            }
+        }
+        if let Some(ip) = t.external_ip6 {
+            if !ip.is_ipv6() {
+                p.bad(
+                    "turn.external_ip6",
+                    format!("{ip} is not an IPv6 address; put the IPv4 one in turn.external_ip"),
+                );
+            } else if t.external_ip.is_some_and(|e| e.is_ipv6()) {
+                p.bad(
+                    "turn.external_ip6",
+                    format!("{ip}: turn.external_ip is IPv6 too, one address per family; set turn.external_ip to the IPv4 one or remove it"),
+                );
+            } else if ip.is_unspecified() || ip.is_loopback() || ip.is_multicast() {
+                p.bad("turn.external_ip6", format!("{ip} cannot be advertised to browsers; set this host's public IPv6 address (or remove the key)"));
+            }
+        }
         if let Some(ip) = t.relay_ip {
             if ip.is_multicast() {
                 p.bad("turn.relay_ip", format!("{ip} is multicast; use an address of one of this host's interfaces"));
+            }
+        }
+        if let Some(ip) = t.relay_ip6 {
+            if !ip.is_ipv6() {
+                p.bad("turn.relay_ip6", format!("{ip} is not an IPv6 address; put the IPv4 one in turn.relay_ip"));
+            } else if t.relay_ip.is_some_and(|r| r.is_ipv6()) {
+                p.bad(
+                    "turn.relay_ip6",
+                    format!("{ip}: turn.relay_ip is IPv6 too, one address per family; set turn.relay_ip to the IPv4 one or remove it"),
+                );
+            } else if ip.is_multicast() || ip.is_unspecified() {
+                p.bad(
+                    "turn.relay_ip6",
+                    format!("{ip} is not an address of this host's interfaces; use one (e.g. its public IPv6 address)"),
+                );
             }
         }
     }
@@ -334,4 +379,43 @@ pub fn domain_problem(name: &str) -> Option<String> {
         ));
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys(t: TurnConfig) -> Vec<String> {
+        let mut p = Problems::default();
+        turn(&t, &mut p);
+        p.0.into_iter().map(|p| format!("{}: {}", p.key, p.message)).collect()
+    }
+
+    #[test]
+    fn relay_and_external_addresses_one_per_family() {
+        let ip = |s: &str| Some(s.parse::<IpAddr>().unwrap());
+        let ok = TurnConfig {
+            relay_ip: ip("192.0.2.10"),
+            relay_ip6: ip("2001:db8::10"),
+            external_ip: ip("203.0.113.7"),
+            external_ip6: ip("2001:db8::10"),
+            ..TurnConfig::default()
+        };
+        assert_eq!(keys(ok.clone()), Vec::<String>::new());
+        // An IPv6-only home may put its IPv6 address in the plain keys.
+        assert!(keys(TurnConfig { relay_ip: ip("2001:db8::10"), relay_ip6: None, ..ok.clone() }).is_empty());
+        let bad = keys(TurnConfig { relay_ip6: ip("192.0.2.11"), external_ip6: ip("198.51.100.1"), ..ok.clone() });
+        assert!(bad[0].starts_with("turn.external_ip6: 198.51.100.1 is not an IPv6 address"), "{bad:?}");
+        assert!(bad[1].starts_with("turn.relay_ip6: 192.0.2.11 is not an IPv6 address"), "{bad:?}");
+        let both = keys(TurnConfig { relay_ip: ip("2001:db8::11"), external_ip: ip("2001:db8::11"), ..ok.clone() });
+        assert_eq!(both.len(), 2, "{both:?}");
+        assert!(both.iter().all(|m| m.contains("one address per family")), "{both:?}");
+        assert!(keys(TurnConfig { external_ip6: ip("::1"), ..ok })[0].contains("cannot be advertised"));
+        let both = keys(TurnConfig {
+            listen_udp: vec!["0.0.0.0:3478".parse().unwrap(), "[::]:3478".parse().unwrap()],
+            ..TurnConfig::default()
+        });
+        assert_eq!(both.len(), 1, "{both:?}");
+        assert!(both[0].starts_with("turn.listen_udp: 0.0.0.0:3478 and [::]:3478 both listed"), "{both:?}");
+    }
 }

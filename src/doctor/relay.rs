@@ -20,7 +20,7 @@ pub(super) async fn check_relay(r: &mut Report, cfg: &Config, daemon: Option<&Da
         r.add("relay", Level::Ok, "self-test skipped: turn.enabled = false", None);
         return;
     }
-    let Some(listen) = t.listen_udp.first().copied() else {
+    let Some(first) = t.listen_udp.first().copied() else {
         r.add(
             "relay",
             Level::Warn,
@@ -29,6 +29,32 @@ pub(super) async fn check_relay(r: &mut Report, cfg: &Config, daemon: Option<&Da
         );
         return;
     };
+    // One self-test per relay family (REQUESTED-ADDRESS-FAMILY), through a UDP listener of that family when there
+    // is one (RFC 8656 lets any client family use any relay family).
+    let all: Vec<SocketAddr> = t.listen_udp.iter().chain(&t.listen_tcp).copied().collect();
+    let mut families: Vec<bool> = crate::turn::relay_ips(t, &all).iter().map(|ip| ip.is_ipv6()).collect();
+    families.dedup();
+    let mut creds = None;
+    for v6 in families {
+        let listen = t.listen_udp.iter().copied().find(|l| l.is_ipv6() == v6).unwrap_or(first);
+        if !relay_family(r, cfg, daemon, listen, v6, &mut creds).await {
+            return;
+        }
+    }
+}
+
+/// The self-test for one relay family; false when the other families need not be tried (no credentials, the
+/// daemon's TURN is down).
+async fn relay_family(
+    r: &mut Report,
+    cfg: &Config,
+    daemon: Option<&Daemon>,
+    listen: SocketAddr,
+    v6: bool,
+    creds: &mut Option<[Credential; 2]>,
+) -> bool {
+    let t = &cfg.turn;
+    let family = selftest::family_name(Some(v6));
     let outcome = match daemon {
         Some(d) if listen.port() != 0 => {
             if d.turn != "ok" {
@@ -38,21 +64,24 @@ pub(super) async fn check_relay(r: &mut Report, cfg: &Config, daemon: Option<&Da
                     format!("the running ponte {} reports its TURN server as {}", d.version, d.turn),
                     Some("look at `journalctl -u ponte`; with turn.enabled = false in its config, restart it with this one".into()),
                 );
-                return;
+                return false;
             }
-            let creds = match daemon_credentials(cfg, d.http).await {
-                Ok(c) => c,
-                Err(why) => {
-                    r.add("relay", Level::Warn, format!("self-test skipped: {why}"), Some(
-                        "set turn.secret_file so that doctor can mint credentials, or open /diag in a browser to test TURN".into(),
-                    ));
-                    return;
+            if creds.is_none() {
+                match daemon_credentials(cfg, d.http).await {
+                    Ok(c) => *creds = Some(c),
+                    Err(why) => {
+                        r.add("relay", Level::Warn, format!("self-test skipped: {why}"), Some(
+                            "set turn.secret_file so that doctor can mint credentials, or open /diag in a browser to test TURN".into(),
+                        ));
+                        return false;
+                    }
                 }
-            };
-            let res = selftest::run(selftest::reach(listen), [&creds[0], &creds[1]], t).await;
+            }
+            let c = creds.as_ref().expect("set above");
+            let res = selftest::run_family(selftest::reach(listen), [&c[0], &c[1]], t, Some(v6)).await;
             ("against the running ponte", res, None)
         }
-        _ => match in_process(cfg, listen).await {
+        _ => match in_process(cfg, listen, v6).await {
             Ok((res, note)) => ("on a TURN server started for the test (no ponte running)", res, note),
             Err(e) => {
                 r.add(
@@ -61,16 +90,22 @@ pub(super) async fn check_relay(r: &mut Report, cfg: &Config, daemon: Option<&Da
                     format!("self-test could not start a TURN server: {e:#}"),
                     Some("fix the problem above (often a listener or relay address that is not this host's)".into()),
                 );
-                return;
+                return true;
             }
         },
     };
     match outcome {
-        (how, Ok(p), note) => {
-            r.add("relay", Level::Ok, format!("self-test {how} passed: {}", selftest::describe(&p)), note)
+        (how, Ok(p), note) => r.add(
+            "relay",
+            Level::Ok,
+            format!("self-test {how} passed: {} ({family} relays)", selftest::describe(&p)),
+            note,
+        ),
+        (how, Err(f), _) => {
+            r.add("relay", Level::Fail, format!("self-test {how} ({family} relays): {f}"), Some(f.advice))
         }
-        (how, Err(f), _) => r.add("relay", Level::Fail, format!("self-test {how}: {f}"), Some(f.advice)),
     }
+    true
 }
 
 /// Two credentials the running daemon accepts: minted with the configured secret, a static user, or (with a
@@ -133,14 +168,13 @@ async fn welcome_credential(http: SocketAddr) -> Result<Credential, String> {
 async fn in_process(
     cfg: &Config,
     listen: SocketAddr,
+    v6: bool,
 ) -> anyhow::Result<(Result<selftest::Passed, selftest::Failed>, Option<String>)> {
     let mut c = cfg.clone();
-    // The relay address stays what the daemon would use, whatever the test listener is.
+    // The relay address of the family under test stays what the daemon would use, whatever the test listener is.
     let all: Vec<SocketAddr> = cfg.turn.listen_udp.iter().chain(&cfg.turn.listen_tcp).copied().collect();
-    c.turn.relay_ip = crate::turn::relay_ips(&cfg.turn, &all)
-        .into_iter()
-        .find(|ip| ip.is_ipv4() == listen.is_ipv4())
-        .or(cfg.turn.relay_ip);
+    c.turn.relay_ip = crate::turn::relay_ips(&cfg.turn, &all).into_iter().find(|ip| ip.is_ipv6() == v6);
+    c.turn.relay_ip6 = None;
     c.http.listen = "127.0.0.1:0".parse()?;
     c.metrics.enabled = false;
     c.tls = TlsConfig::default();
@@ -188,7 +222,7 @@ async fn in_process(
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let (a, b) = (Credential::mint(&secret, "ponte-doctor-a"), Credential::mint(&secret, "ponte-doctor-b"));
-    let res = selftest::run(server, [&a, &b], &cfg.turn).await;
+    let res = selftest::run_family(server, [&a, &b], &cfg.turn, Some(v6)).await;
     shutdown.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(3), task).await;
     Ok((res, note))

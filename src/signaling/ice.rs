@@ -78,7 +78,7 @@ pub fn lan_host(
         if is_lan(ip) && listens_on(ip, &local) {
             return Some(format_ip(ip));
         }
-        if Some(ip) == cfg.turn.external_ip.map(crate::turn::policy::canonical) {
+        if cfg.turn.external_ips().into_iter().any(|e| crate::turn::policy::canonical(e) == ip) {
             return None;
         }
     }
@@ -160,8 +160,53 @@ pub struct OwnIceServers {
     pub listen: Vec<SocketAddr>,
     /// `turn.stun_alt_listen`'s port: a second `stun:` URL for /diag's NAT mapping test.
     pub stun_alt_port: Option<u16>,
+    /// The public address of each family this server's STUN/TURN serves ([`family_hosts`]): a browser whose
+    /// URLs name an address of one family also gets URLs at the other family's.
+    pub family_hosts: Vec<IpAddr>,
     /// Mints the per-client TURN REST credentials.
     pub secret: Secret,
+}
+
+/// The address browsers can reach ponte's STUN/TURN at, per family it listens on: `turn.external_ip`/
+/// `external_ip6` of that family, else a relay address of that family that people outside can reach (public or
+/// documentation/lab; not private, loopback, link-local or CGNAT). At most one per family, IPv4 first.
+///
+/// Why: a dual-stack phone that reached ponte over IPv6 gets `turn:[v6]` URLs, and one on IPv4 `turn:v4`
+/// URLs. With the other family's URLs too it can relay and learn its reflexive address over both, which is
+/// what lets an IPv4-only peer meet an IPv6-only peer through the relay (RFC 8656 cross-family relaying).
+pub fn family_hosts(turn: &crate::config::TurnConfig, listen: &[SocketAddr]) -> Vec<IpAddr> {
+    use crate::addr::AddressClass::*;
+    let relays = crate::turn::relay_ips(turn, listen);
+    let mut out = Vec::new();
+    for v6 in [false, true] {
+        // A `[::]` wildcard serves IPv4 too (src/listeners.rs binds it dual-stack).
+        let serves = listen.iter().any(|a| a.is_ipv6() == v6 || (!v6 && a.ip().is_unspecified() && a.is_ipv6()));
+        if !serves {
+            continue;
+        }
+        let reachable = |ip: &IpAddr| matches!(crate::addr::classify(*ip), Public | Documentation);
+        if let Some(ip) = turn.external_for(v6).or_else(|| {
+            relays.iter().copied().map(crate::turn::policy::canonical).find(|ip| ip.is_ipv6() == v6 && reachable(ip))
+        }) {
+            out.push(ip);
+        }
+    }
+    out
+}
+
+/// The hosts for one client's URLs: `host`, then (when `host` is an IP literal) the address of each other family
+/// from [`OwnIceServers::family_hosts`], bracketed when IPv6. A DNS name is left alone: the browser resolves it
+/// (publish A and AAAA records), and literal URLs beside it would double every allocation.
+fn hosts_for(own: &OwnIceServers, host: &str) -> Vec<(String, Option<bool>)> {
+    let Ok(primary) = host.trim_matches(['[', ']']).parse::<IpAddr>() else { return vec![(host.to_string(), None)] };
+    let primary = crate::turn::policy::canonical(primary);
+    let mut out = vec![(host.to_string(), Some(primary.is_ipv6()))];
+    for ip in &own.family_hosts {
+        if ip.is_ipv6() != primary.is_ipv6() {
+            out.push((format_ip(*ip), Some(ip.is_ipv6())));
+        }
+    }
+    out
 }
 
 /// Build the list for client `id`, with credentials valid from `now`. Returns the list and when its
@@ -172,27 +217,44 @@ pub fn servers_for(own: &OwnIceServers, cfg: &Config, host: Option<&str>, id: Id
     let mut out = Vec::new();
     if own.enabled {
         if let Some(host) = host {
-            let mut udp_ports = own.udp_ports.clone();
-            let mut tcp_ports = own.tcp_ports.clone();
-            // `0.0.0.0:3478` and `[::]:3478` are one URL for a browser.
-            udp_ports.sort_unstable();
-            udp_ports.dedup();
-            tcp_ports.sort_unstable();
-            tcp_ports.dedup();
-            if !udp_ports.is_empty() {
-                // The STUN-only second port (`turn.stun_alt_listen`) goes last: /diag compares the mappings.
-                let alt = own.stun_alt_port.filter(|p| !udp_ports.contains(p));
-                out.push(IceServer {
-                    urls: udp_ports.iter().chain(&alt).map(|p| format!("stun:{host}:{p}")).collect(),
-                    username: None,
-                    credential: None,
-                });
+            let hosts = hosts_for(own, host);
+            // The ports of listeners serving a family (`None`: a DNS name, every port). `[::]` serves both.
+            let serving = |ports: &[u16], v6: Option<bool>| -> Vec<u16> {
+                let mut v: Vec<u16> = ports
+                    .iter()
+                    .copied()
+                    .filter(|p| {
+                        let Some(v6) = v6 else { return true };
+                        own.listen.is_empty()
+                            || own.listen.iter().any(|a| {
+                                a.port() == *p && (a.is_ipv6() == v6 || (!v6 && a.is_ipv6() && a.ip().is_unspecified()))
+                            })
+                    })
+                    .collect();
+                // `0.0.0.0:3478` and `[::]:3478` are one URL for a browser.
+                v.sort_unstable();
+                v.dedup();
+                v
+            };
+            let (mut stun_urls, mut turn_urls) = (Vec::new(), Vec::new());
+            for (host, v6) in &hosts {
+                let udp_ports = serving(&own.udp_ports, *v6);
+                let tcp_ports = serving(&own.tcp_ports, *v6);
+                stun_urls.extend(udp_ports.iter().map(|p| format!("stun:{host}:{p}")));
+                turn_urls.extend(
+                    udp_ports
+                        .iter()
+                        .map(|p| format!("turn:{host}:{p}?transport=udp"))
+                        .chain(tcp_ports.iter().map(|p| format!("turn:{host}:{p}?transport=tcp"))),
+                );
             }
-            let mut turn_urls: Vec<String> = udp_ports
-                .iter()
-                .map(|p| format!("turn:{host}:{p}?transport=udp"))
-                .chain(tcp_ports.iter().map(|p| format!("turn:{host}:{p}?transport=tcp")))
-                .collect();
+            if !stun_urls.is_empty() {
+                // The STUN-only second port (`turn.stun_alt_listen`) goes last: /diag compares the mappings.
+                if let Some(alt) = own.stun_alt_port.filter(|p| !own.udp_ports.contains(p)) {
+                    stun_urls.push(format!("stun:{host}:{alt}"));
+                }
+                out.push(IceServer { urls: stun_urls, username: None, credential: None });
+            }
             // TURN over TLS on the shared TLS port: the last resort for networks that only let TLS on 443 out.
             // The certificate names a host, so prefer public_url's host over an IP address.
             if let Some(tls_port) = own.tls_port {
@@ -270,6 +332,11 @@ mod tests {
         assert_eq!(lan_host(&cfg, &wildcard, Some("10.77.1.10:8080"), ip("127.0.0.1"), ifaces), None);
         // A LAN client that used the public address (router with NAT loopback) keeps it: it works for them.
         assert_eq!(lan_host(&cfg, &wildcard, Some("198.51.100.21:8080"), ip("10.77.1.1"), ifaces), None);
+        // The same for the public IPv6 address (turn.external_ip6), from a unique-local client address.
+        let mut cfg = home_cfg();
+        cfg.turn.external_ip6 = Some(ip("2001:db8:1::10"));
+        let dual: Vec<SocketAddr> = vec!["[::]:3478".parse().unwrap(), "[fd00::10]:3478".parse().unwrap()];
+        assert_eq!(lan_host(&cfg, &dual, Some("[2001:db8:1::10]:8080"), ip("fd00::2"), ifaces), None);
     }
 
     #[test]
@@ -292,5 +359,26 @@ mod tests {
         public.turn.relay_ip = Some(ip("198.51.100.10"));
         let h = lan_host(&public, &["198.51.100.10:3478".parse().unwrap()], Some("x.lan"), ip("10.0.0.2"), Vec::new);
         assert_eq!(h, None);
+    }
+
+    #[test]
+    fn family_hosts_are_reachable_addresses_of_the_families_listened_on() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let sa = |s: &str| s.parse::<SocketAddr>().unwrap();
+        let mut t = crate::config::TurnConfig {
+            relay_ip: Some(ip("192.168.1.10")),
+            relay_ip6: Some(ip("2001:db8:1::10")),
+            ..Default::default()
+        };
+        // A private IPv4 relay is no address for people outside; the global IPv6 one is.
+        assert_eq!(family_hosts(&t, &[sa("0.0.0.0:3478"), sa("[::]:3478")]), [ip("2001:db8:1::10")]);
+        t.external_ip = Some(ip("203.0.113.7"));
+        assert_eq!(family_hosts(&t, &[sa("[::]:3478")]), [ip("203.0.113.7"), ip("2001:db8:1::10")], "[::] serves both");
+        assert_eq!(family_hosts(&t, &[sa("0.0.0.0:3478")]), [ip("203.0.113.7")], "no IPv6 listener");
+        // A ULA relay is not reachable from outside either.
+        t.relay_ip6 = Some(ip("fd00::10"));
+        assert_eq!(family_hosts(&t, &[sa("[::]:3478")]), [ip("203.0.113.7")]);
+        t.external_ip6 = Some(ip("2001:db8:1::10"));
+        assert_eq!(family_hosts(&t, &[sa("[::]:3478")]), [ip("203.0.113.7"), ip("2001:db8:1::10")]);
     }
 }

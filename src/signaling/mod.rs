@@ -27,7 +27,7 @@ use crate::health::{Component, Health, Status};
 use crate::live::LiveConfig;
 use crate::metrics::Metrics;
 
-pub use self::ice::OwnIceServers;
+pub use self::ice::{family_hosts, OwnIceServers};
 
 pub use self::conn::Io;
 use crate::limits::{self, for_log, ConnCounter, LogLimiter, SlotError};

@@ -158,7 +158,19 @@ impl Client {
 
     /// Allocate a UDP relay; returns the relayed transport address the server announces.
     pub async fn allocate(&mut self) -> Result<SocketAddr, ClientError> {
-        let r = self.request(METHOD_ALLOCATE, &|m| m.add(AttrType(ATTR_REQUESTED_TRANSPORT), &[17, 0, 0, 0])).await?;
+        self.allocate_family(None).await
+    }
+
+    /// Allocate a relay of one family (`Some(true)`: IPv6) with REQUESTED-ADDRESS-FAMILY, or the server's default.
+    pub async fn allocate_family(&mut self, v6: Option<bool>) -> Result<SocketAddr, ClientError> {
+        let r = self
+            .request(METHOD_ALLOCATE, &|m| {
+                m.add(AttrType(ATTR_REQUESTED_TRANSPORT), &[17, 0, 0, 0]);
+                if let Some(v6) = v6 {
+                    m.add(AttrType(ATTR_REQUESTED_ADDRESS_FAMILY), &[if v6 { 2 } else { 1 }, 0, 0, 0]);
+                }
+            })
+            .await?;
         let mut a = stun::xoraddr::XorMappedAddress::default();
         a.get_from_as(&r, AttrType(ATTR_XOR_RELAYED_ADDRESS))
             .map_err(|_| ClientError::Malformed("Allocate success without XOR-RELAYED-ADDRESS"))?;

@@ -28,6 +28,10 @@ pub const ATTR_PASSWORD_ALGORITHM: u16 = 0x001D;
 pub const ATTR_USERHASH: u16 = 0x001E;
 pub const ATTR_XOR_MAPPED_ADDRESS: u16 = 0x0020;
 pub const ATTR_RESERVATION_TOKEN: u16 = 0x0022;
+/// RFC 8656 §18.11/§18.12: a second relayed address of the other family (dual allocation), and why a family
+/// could not be allocated (in a success response).
+pub const ATTR_ADDITIONAL_ADDRESS_FAMILY: u16 = 0x8000;
+pub const ATTR_ADDRESS_ERROR_CODE: u16 = 0x8001;
 pub const ATTR_SOFTWARE: u16 = 0x8022;
 pub const ATTR_FINGERPRINT: u16 = 0x8028;
 

@@ -93,6 +93,14 @@ pub struct RelayRequest {
     pub reserve_next: bool,
     /// RESERVATION-TOKEN: use the socket the shell holds at this address instead of binding one.
     pub reserved: Option<SocketAddr>,
+    /// ADDITIONAL-ADDRESS-FAMILY (RFC 8656 §7.2): once this relay is bound, the core asks for a second one at
+    /// this address (the other family) with a follow-up [`Action::OpenRelay`].
+    additional: Option<IpAddr>,
+    /// In that follow-up: the relay already bound for the first family.
+    first: Option<SocketAddr>,
+    /// ADDRESS-ERROR-CODE for the success response: the family (1 = IPv4, 2 = IPv6) asked for but not
+    /// allocated, and why (440: no relay address of that family; 508: no port).
+    address_error: Option<(u8, u16)>,
     txid: [u8; 12],
     username: String,
     key: [u8; 16],
@@ -244,7 +252,12 @@ impl Bucket {
 
 #[derive(Debug)]
 struct AllocState {
+    /// When the allocation ends: the latest expiry of its live relays.
     expires: Instant,
+    /// Expiry of each relay (`[relay, relay2]`); `None`: never allocated, or deleted by a Refresh to 0 for its
+    /// family (RFC 8656 §7.1: a dual allocation's families are refreshed and deleted one by one when the Refresh
+    /// names a family, together when it does not).
+    relay_expires: [Option<Instant>; 2],
     /// Keyed by canonical peer IP (permissions ignore the port, RFC 8656 §9).
     perms: HashMap<IpAddr, Instant>,
     channels: HashMap<u16, (SocketAddr, Instant)>,
@@ -257,10 +270,28 @@ struct AllocState {
 struct Allocation {
     tuple: FiveTuple,
     relay: SocketAddr,
+    /// The second relay of a dual allocation (ADDITIONAL-ADDRESS-FAMILY): the other family than `relay`.
+    relay2: Option<SocketAddr>,
     username: String,
     /// [`source_of`] the client: whose per-source count this allocation's relay port is in.
     source: IpAddr,
     st: Mutex<AllocState>,
+}
+
+impl Allocation {
+    /// The live relays with their index in [`AllocState::relay_expires`].
+    fn live<'a>(&'a self, st: &'a AllocState) -> impl Iterator<Item = (usize, SocketAddr)> + 'a {
+        [Some(self.relay), self.relay2]
+            .into_iter()
+            .enumerate()
+            .filter_map(move |(i, r)| r.filter(|_| st.relay_expires[i].is_some()).map(|r| (i, r)))
+    }
+
+    /// The live relay that talks to peers of `peer`'s family (RFC 8656: a peer is reached from the relayed
+    /// address of its own family), if the allocation has one.
+    fn relay_for(&self, st: &AllocState, peer: IpAddr) -> Option<SocketAddr> {
+        self.live(st).map(|(_, r)| r).find(|r| r.is_ipv4() == peer.is_ipv4())
+    }
 }
 
 /// What quotas count. Entries are removed when they reach zero, so the maps hold only sources and users that
@@ -374,7 +405,7 @@ impl Core {
         let mut relay_aliases = Vec::new();
         for l in &cfg.relay_ips {
             relay_aliases.push((*l, *l));
-            if let Some(e) = cfg.turn.external_ip.filter(|e| e.is_ipv4() == l.is_ipv4()) {
+            if let Some(e) = cfg.turn.external_for(l.is_ipv6()) {
                 relay_aliases.push((policy::canonical(e), *l));
             }
         }
@@ -460,9 +491,9 @@ impl Core {
     /// The address clients are told for a relay socket bound at `local`: the external IP when configured
     /// (same family), else the local one.
     pub fn advertised(&self, local: SocketAddr) -> SocketAddr {
-        match self.cfg.external_ip {
-            Some(ip) if ip.is_ipv4() == local.is_ipv4() => SocketAddr::new(ip, local.port()),
-            _ => local,
+        match self.cfg.external_for(local.is_ipv6()) {
+            Some(ip) => SocketAddr::new(ip, local.port()),
+            None => local,
         }
     }
 
@@ -516,14 +547,15 @@ impl Core {
             inc(&self.counters.dropped_packets);
             return;
         }
+        let relay = a.relay_for(&st, peer.ip());
         drop(st);
-        let Some(peer) = self.dest(peer) else {
+        let (Some(peer), Some(relay)) = (self.dest(peer), relay) else {
             inc(&self.counters.dropped_packets);
             return;
         };
         self.counters.packets_client_to_peer.fetch_add(1, Ordering::Relaxed);
         self.counters.bytes_client_to_peer.fetch_add(data.len() as u64, Ordering::Relaxed);
-        out.push(Action::ToPeer { relay: a.relay, peer, data });
+        out.push(Action::ToPeer { relay, peer, data });
     }
 
     /// Send indication (RFC 8656 §11.2): parsed with the zero-copy attribute walker, no allocation.
@@ -543,10 +575,11 @@ impl Core {
         }
         let (Some(peer), Some(data)) = (peer, data) else { return drop_it() };
         let peer = SocketAddr::new(policy::canonical(peer.ip()), peer.port());
-        if peer.is_ipv4() != a.relay.is_ipv4() {
-            return drop_it();
-        }
         let mut st = a.st.lock();
+        let Some(relay) = a.relay_for(&st, peer.ip()) else {
+            drop(st);
+            return drop_it();
+        };
         // A permission exists only for peers that passed the policy when it was installed.
         let permitted = st.perms.get(&peer.ip()).is_some_and(|e| *e > now);
         if !permitted || !st.up.take(self.bandwidth.load(Ordering::Relaxed), data.len(), now) {
@@ -559,7 +592,7 @@ impl Core {
         };
         self.counters.packets_client_to_peer.fetch_add(1, Ordering::Relaxed);
         self.counters.bytes_client_to_peer.fetch_add(data.len() as u64, Ordering::Relaxed);
-        out.push(Action::ToPeer { relay: a.relay, peer, data });
+        out.push(Action::ToPeer { relay, peer, data });
     }
 
     // ---------------------------------------------------------------- hot path: peer → client
@@ -598,7 +631,7 @@ impl Core {
                 inc(&self.counters.dropped_packets);
                 return None;
             }
-            if let Some(ext) = self.cfg.external_ip.filter(|e| e.is_ipv4() == peer.is_ipv4()) {
+            if let Some(ext) = self.cfg.external_for(peer.is_ipv6()) {
                 peer.set_ip(policy::canonical(ext));
             }
         }
@@ -823,10 +856,23 @@ impl Core {
             return e(442, "Unsupported Transport Protocol");
         }
         let family = msg.get(AttrType(ATTR_REQUESTED_ADDRESS_FAMILY)).ok();
+        let additional = msg.get(AttrType(ATTR_ADDITIONAL_ADDRESS_FAMILY)).ok();
         let even = msg.get(AttrType(ATTR_EVEN_PORT)).ok();
         let token = msg.get(AttrType(ATTR_RESERVATION_TOKEN)).ok();
-        if token.is_some() && (even.is_some() || family.is_some()) {
-            return e(400, "RESERVATION-TOKEN with EVEN-PORT or REQUESTED-ADDRESS-FAMILY");
+        if token.is_some() && (even.is_some() || family.is_some() || additional.is_some()) {
+            return e(400, "RESERVATION-TOKEN with EVEN-PORT or an address family");
+        }
+        // RFC 8656 §7.2: ADDITIONAL-ADDRESS-FAMILY may only ask for IPv6 (the first relay is IPv4), and not
+        // together with REQUESTED-ADDRESS-FAMILY.
+        if additional.is_some() && family.is_some() {
+            return e(400, "REQUESTED-ADDRESS-FAMILY with ADDITIONAL-ADDRESS-FAMILY");
+        }
+        if additional.as_deref().is_some_and(|a| a != [2, 0, 0, 0]) {
+            return e(400, "ADDITIONAL-ADDRESS-FAMILY must be IPv6");
+        }
+        // A reserved pair of ports is one family; a dual allocation with one would need a pair per family.
+        if additional.is_some() && even.as_deref().is_some_and(|b| b.first().is_some_and(|b| b & 0x80 != 0)) {
+            return e(400, "EVEN-PORT with R=1 and ADDITIONAL-ADDRESS-FAMILY");
         }
         let reserved = match token.as_deref() {
             None => None,
@@ -839,15 +885,36 @@ impl Core {
                 }
             }
         };
-        let want_v6 = match family.as_deref() {
-            None => false,
-            Some([1, 0, 0, 0]) => false,
-            Some([2, 0, 0, 0]) => true,
-            Some(_) => return e(440, "Address Family not Supported"),
-        };
-        let ip = match reserved {
-            Some((_, addr, _)) => addr.ip(),
-            None => match self.relay_ips.iter().copied().find(|ip| ip.is_ipv6() == want_v6) {
+        let relay_of = |v6: bool| self.relay_ips.iter().copied().find(|ip| ip.is_ipv6() == v6);
+        let (v4, v6) = (relay_of(false), relay_of(true));
+        let mut address_error = None;
+        let mut second = None;
+        let ip = match (reserved, family.as_deref(), additional.is_some()) {
+            (Some((_, addr, _)), ..) => addr.ip(),
+            (None, Some([1, 0, 0, 0]), _) => v4.ok_or_else(|| req.error(440, "Address Family not Supported"))?,
+            (None, Some([2, 0, 0, 0]), _) => v6.ok_or_else(|| req.error(440, "Address Family not Supported"))?,
+            (None, Some(_), _) => return e(440, "Address Family not Supported"),
+            // Dual allocation: IPv4 first, then IPv6. A family we have no relay address of is named in
+            // ADDRESS-ERROR-CODE of the success answer, and the client gets the other one (RFC 8656 §7.2).
+            (None, None, true) => match (v4, v6) {
+                (Some(a), Some(b)) => {
+                    second = Some(b);
+                    a
+                }
+                (Some(a), None) => {
+                    address_error = Some((2, 440));
+                    a
+                }
+                (None, Some(b)) => {
+                    address_error = Some((1, 440));
+                    b
+                }
+                (None, None) => return e(440, "Address Family not Supported"),
+            },
+            // No family asked: IPv4 (RFC 8656 §7.2), or IPv6 when this server relays IPv6 only, e.g. a home
+            // reachable only over IPv6 (DS-Lite). Browsers do not ask for a family, and a 440 would leave them
+            // without any relay where an IPv6 one serves them.
+            (None, None, false) => match v4.or(v6) {
                 Some(ip) => ip,
                 None => return e(440, "Address Family not Supported"),
             },
@@ -864,7 +931,7 @@ impl Core {
         // reservation's port is already counted for the source that reserved it.
         let ports = match reserved {
             Some((_, _, owner)) if owner == source => 0,
-            _ => 1 + reserve_next as usize,
+            _ => 1 + reserve_next as usize + second.is_some() as usize,
         };
         {
             // Reserve quota now; relay_opened commits or releases it.
@@ -906,6 +973,9 @@ impl Core {
             even_port,
             reserve_next,
             reserved: reserved.map(|(_, a, _)| a),
+            additional: second,
+            first: None,
+            address_error,
             txid: req.txid,
             username: who.username.clone(),
             key: who.key,
@@ -926,11 +996,35 @@ impl Core {
     ) {
         let who = Authed { username: req.username.clone(), key: req.key, integrity: req.integrity };
         let source = source_of(req.tuple.client.ip());
+        // A dual allocation: the first relay is bound, now the second family's.
+        if let (Ok(relay), Some(ip)) = (&bound, req.additional) {
+            out.push(Action::OpenRelay(RelayRequest {
+                ip,
+                even_port: false,
+                reserve_next: false,
+                reserved: None,
+                additional: None,
+                first: Some(*relay),
+                ..req
+            }));
+            return;
+        }
+        // The second relay of a dual allocation could not be bound: the allocation goes on with the first, the
+        // answer says why the other family is missing (RFC 8656 §7.2), and the port counted for it is returned.
+        let (bound, relay2, address_error) = match (req.first, bound) {
+            (None, b) => (b, None, req.address_error),
+            (Some(first), Ok(second)) => (Ok(first), Some(second), req.address_error),
+            (Some(first), Err(err)) => {
+                tracing::warn!(client = %req.tuple.client, "TURN allocation without its IPv6 relay: no relay port available in turn.relay_port_min..max ({err})");
+                decrement(&mut self.usage.lock().per_source, &source, 1);
+                (Ok(first), None, Some((2, 508)))
+            }
+        };
         let m = match bound {
             Err(err) => {
                 // Give back what allocate() counted: the allocation's port, the next one if it was to be
                 // reserved, and the claimed reservation's (its socket is gone with the failure).
-                self.release(&req.username, source, 1 + req.reserve_next as usize);
+                self.release(&req.username, source, 1 + req.reserve_next as usize + req.additional.is_some() as usize);
                 inc(&self.counters.quota_rejections);
                 tracing::warn!(client = %req.tuple.client, "TURN allocation refused: no relay port available in turn.relay_port_min..max ({err})");
                 error_message(METHOD_ALLOCATE, req.txid, 508, "Insufficient Capacity")
@@ -940,10 +1034,12 @@ impl Core {
                 let alloc = Arc::new(Allocation {
                     tuple: req.tuple,
                     relay,
+                    relay2,
                     username: req.username.clone(),
                     source,
                     st: Mutex::new(AllocState {
                         expires: now + req.lifetime,
+                        relay_expires: [Some(now + req.lifetime), relay2.map(|_| now + req.lifetime)],
                         perms: HashMap::new(),
                         channels: HashMap::new(),
                         by_peer: HashMap::new(),
@@ -952,14 +1048,29 @@ impl Core {
                     }),
                 });
                 self.allocs.insert(req.tuple, alloc.clone());
+                if let Some(r2) = relay2 {
+                    self.by_relay.insert(r2, alloc.clone());
+                }
                 self.by_relay.insert(relay, alloc);
                 inc(&self.counters.allocations_created);
                 self.counters.allocations_active.store(self.allocs.len() as u64, Ordering::Relaxed);
                 tracing::debug!(client = %req.tuple.client, relay = %relay, username = %req.username, "TURN allocation created");
                 let mut m = codec::message(METHOD_ALLOCATE, 2, req.txid);
-                let adv = self.advertised(relay);
-                let _ = stun::xoraddr::XorMappedAddress { ip: adv.ip(), port: adv.port() }
-                    .add_to_as(&mut m, AttrType(ATTR_XOR_RELAYED_ADDRESS));
+                for r in std::iter::once(relay).chain(relay2) {
+                    let adv = self.advertised(r);
+                    let _ = stun::xoraddr::XorMappedAddress { ip: adv.ip(), port: adv.port() }
+                        .add_to_as(&mut m, AttrType(ATTR_XOR_RELAYED_ADDRESS));
+                }
+                if let Some((family, code)) = address_error {
+                    // RFC 8656 §18.12: family, reserved, then an ERROR-CODE-style class/number and reason.
+                    let reason: &[u8] =
+                        if code == 440 { b"Address Family not Supported" } else { b"Insufficient Capacity" };
+                    let mut v = vec![family, 0, 0, 0];
+                    v[2] = (code / 100) as u8;
+                    v[3] = (code % 100) as u8;
+                    v.extend_from_slice(reason);
+                    m.add(AttrType(ATTR_ADDRESS_ERROR_CODE), &v);
+                }
                 let client = SocketAddr::new(policy::canonical(req.tuple.client.ip()), req.tuple.client.port());
                 let _ = stun::xoraddr::XorMappedAddress { ip: client.ip(), port: client.port() }.add_to(&mut m);
                 m.add(AttrType(ATTR_LIFETIME), &(req.lifetime.as_secs() as u32).to_be_bytes());
@@ -987,10 +1098,33 @@ impl Core {
 
     fn delete(&self, tuple: &FiveTuple, out: &mut Vec<Action>) {
         if let Some((_, a)) = self.allocs.remove(tuple) {
-            self.by_relay.remove(&a.relay);
-            self.release(&a.username, a.source, 1);
+            let live: Vec<SocketAddr> = a.live(&a.st.lock()).map(|(_, r)| r).collect();
+            for &relay in &live {
+                self.by_relay.remove(&relay);
+                out.push(Action::CloseRelay { relay });
+            }
+            self.release(&a.username, a.source, live.len());
             self.counters.allocations_active.store(self.allocs.len() as u64, Ordering::Relaxed);
-            out.push(Action::CloseRelay { relay: a.relay });
+        }
+    }
+
+    /// Close relay `i` of dual allocation `a` (its family refreshed to 0, or expired) while the other stays: the
+    /// socket goes and its port returns to the source's count. Call without holding `a`'s state lock: the peer
+    /// path holds a `by_relay` guard while it takes that lock, so `by_relay` must never be written under it.
+    fn close_one(&self, a: &Allocation, i: usize, out: &mut Vec<Action>) {
+        let relay = if i == 0 { Some(a.relay) } else { a.relay2 };
+        let closed = {
+            let mut st = a.st.lock();
+            let had = st.relay_expires[i].take().is_some();
+            if let Some(e) = st.relay_expires.iter().flatten().max().copied() {
+                st.expires = e;
+            }
+            had
+        };
+        if let (true, Some(relay)) = (closed, relay) {
+            self.by_relay.remove(&relay);
+            out.push(Action::CloseRelay { relay });
+            decrement(&mut self.usage.lock().per_source, &a.source, 1);
         }
     }
 
@@ -1007,23 +1141,42 @@ impl Core {
 
     fn refresh(&self, req: &Req, who: &Authed, out: &mut Vec<Action>) -> Result<Option<Message>, Message> {
         let a = self.owned(req, who)?;
+        // REQUESTED-ADDRESS-FAMILY names the one relay of a dual allocation this Refresh is for (RFC 8656 §7.1);
+        // a family the allocation has no live relay of is a mismatch.
+        let mut only = None;
         if let Ok(f) = req.msg.get(AttrType(ATTR_REQUESTED_ADDRESS_FAMILY)) {
             let v6 = f.first() == Some(&2);
-            if v6 != a.relay.is_ipv6() {
+            let st = a.st.lock();
+            let Some((i, _)) = a.live(&st).find(|(_, r)| r.is_ipv6() == v6) else {
                 return Err(req.error(443, "Peer Address Family Mismatch"));
-            }
+            };
+            // The only live relay: the Refresh is for the whole allocation.
+            only = (a.live(&st).count() > 1).then_some(i);
         }
         let asked = requested_lifetime(&req.msg);
-        let lifetime = if asked == Some(Duration::ZERO) {
-            self.delete(&req.from, out);
-            Duration::ZERO
-        } else {
-            let l = asked
-                .unwrap_or(DEFAULT_ALLOCATION_LIFETIME)
-                .min(MAX_ALLOCATION_LIFETIME)
-                .max(DEFAULT_ALLOCATION_LIFETIME);
-            a.st.lock().expires = req.now + l;
-            l
+        let lifetime = match (asked == Some(Duration::ZERO), only) {
+            (true, None) => {
+                self.delete(&req.from, out);
+                Duration::ZERO
+            }
+            (true, Some(i)) => {
+                self.close_one(&a, i, out);
+                Duration::ZERO
+            }
+            (false, _) => {
+                let l = asked
+                    .unwrap_or(DEFAULT_ALLOCATION_LIFETIME)
+                    .min(MAX_ALLOCATION_LIFETIME)
+                    .max(DEFAULT_ALLOCATION_LIFETIME);
+                let mut st = a.st.lock();
+                for (i, e) in st.relay_expires.iter_mut().enumerate() {
+                    if e.is_some() && only.is_none_or(|o| o == i) {
+                        *e = Some(req.now + l);
+                    }
+                }
+                st.expires = st.relay_expires.iter().flatten().max().copied().unwrap_or(req.now + l);
+                l
+            }
         };
         let mut m = codec::message(METHOD_REFRESH, 2, req.txid);
         m.add(AttrType(ATTR_LIFETIME), &(lifetime.as_secs() as u32).to_be_bytes());
@@ -1032,7 +1185,7 @@ impl Core {
 
     /// Every XOR-PEER-ADDRESS of a request, checked against the policy; the first refusal fails the whole
     /// request (RFC 8656 §9.2: all or nothing).
-    fn peers(&self, req: &Req, relay: SocketAddr) -> Result<Vec<SocketAddr>, Message> {
+    fn peers(&self, req: &Req, alloc: &Allocation) -> Result<Vec<SocketAddr>, Message> {
         let mut peers = Vec::new();
         for a in req.msg.attributes.0.iter().filter(|a| a.typ.0 == ATTR_XOR_PEER_ADDRESS) {
             let Some(p) = codec::decode_xor_addr(&a.value, &req.txid) else {
@@ -1046,7 +1199,7 @@ impl Core {
             };
             match checked {
                 Ok(ip) => {
-                    if ip.is_ipv4() != relay.is_ipv4() {
+                    if alloc.relay_for(&alloc.st.lock(), ip).is_none() {
                         return Err(req.error(443, "Peer Address Family Mismatch"));
                     }
                     peers.push(SocketAddr::new(ip, p.port()));
@@ -1071,7 +1224,7 @@ impl Core {
 
     fn create_permission(&self, req: &Req, who: &Authed) -> Result<Option<Message>, Message> {
         let a = self.owned(req, who)?;
-        let peers = self.peers(req, a.relay)?;
+        let peers = self.peers(req, &a)?;
         let max = self.limits.read().max_permissions_per_allocation;
         let mut st = a.st.lock();
         let new = peers
@@ -1102,7 +1255,7 @@ impl Core {
         if !(0x4000..=0x7FFF).contains(&ch) {
             return Err(req.error(400, "Bad channel number"));
         }
-        let peers = self.peers(req, a.relay)?;
+        let peers = self.peers(req, &a)?;
         if peers.len() != 1 {
             return Err(req.error(400, "One XOR-PEER-ADDRESS expected"));
         }
@@ -1152,11 +1305,20 @@ impl Core {
     pub fn tick(&self, now: Instant, out: &mut Vec<Action>) {
         let mut next = now + MAX_TICK;
         let mut dead = Vec::new();
+        let mut expired_relays = Vec::new();
         for a in self.allocs.iter() {
             let mut st = a.st.lock();
             if st.expires <= now {
                 dead.push(*a.key());
                 continue;
+            }
+            // One family of a dual allocation expired (refreshed separately), the other lives on.
+            for i in 0..2 {
+                match st.relay_expires[i] {
+                    Some(e) if e <= now => expired_relays.push((a.value().clone(), i)),
+                    Some(e) => next = next.min(e),
+                    None => {}
+                }
             }
             st.perms.retain(|_, e| *e > now);
             let mut gone = Vec::new();
@@ -1176,6 +1338,9 @@ impl Core {
         for t in dead {
             tracing::debug!(client = %t.client, "TURN allocation expired");
             self.delete(&t, out);
+        }
+        for (a, i) in expired_relays {
+            self.close_one(&a, i, out);
         }
         let mut uncached: HashMap<IpAddr, usize> = HashMap::new();
         self.responses.retain(|(t, _), (at, _)| {

@@ -79,7 +79,8 @@ impl T {
         let mut out = Vec::new();
         self.core.handle(pkt, self.tuple, self.now, &mut out);
         let mut done = Vec::new();
-        for a in out {
+        // relay_opened may ask for a second relay (dual allocation): loop like the shell does.
+        while let Some(a) = (!out.is_empty()).then(|| out.remove(0)) {
             match a {
                 Action::OpenRelay(r) => {
                     let mut port = self.next_port;
@@ -93,7 +94,7 @@ impl T {
                     }
                     let addr = r.reserved.unwrap_or(SocketAddr::new(r.ip, port));
                     done.push(Action::OpenRelay(RelayRequest { ..r.clone_for_test() }));
-                    self.core.relay_opened(r, Ok(addr), self.now, &mut done);
+                    self.core.relay_opened(r, Ok(addr), self.now, &mut out);
                 }
                 other => done.push(other),
             }
@@ -191,6 +192,9 @@ impl RelayRequest {
             even_port: self.even_port,
             reserve_next: self.reserve_next,
             reserved: self.reserved,
+            additional: self.additional,
+            first: self.first,
+            address_error: self.address_error,
             txid: self.txid,
             username: self.username.clone(),
             key: self.key,
@@ -1303,4 +1307,235 @@ fn reload_applies_bandwidth_answer_rate_and_software_live() {
     assert_eq!(t.ask(&pkt).get(AttrType(ATTR_SOFTWARE)).unwrap(), b"ponte-test", "software");
     let r = t.perm(peer);
     assert_eq!(r.get(AttrType(ATTR_SOFTWARE)).unwrap(), b"ponte-test");
+}
+
+// ------------------------------------------------------------------------------------------ IPv6 (issue #19)
+
+/// Every XOR-RELAYED-ADDRESS of an answer, in order.
+fn all_relayed(m: &Message) -> Vec<SocketAddr> {
+    m.attributes
+        .0
+        .iter()
+        .filter(|a| a.typ.0 == ATTR_XOR_RELAYED_ADDRESS)
+        .map(|a| codec::decode_xor_addr(&a.value, &m.transaction_id.0).unwrap())
+        .collect()
+}
+
+/// ADDRESS-ERROR-CODE as (family, code).
+fn address_error(m: &Message) -> Option<(u8, u16)> {
+    let v = m.get(AttrType(ATTR_ADDRESS_ERROR_CODE)).ok()?;
+    Some((v[0], v[2] as u16 * 100 + v[3] as u16))
+}
+
+fn dual_stack() -> T {
+    let mut c = cfg();
+    c.external_ip6 = Some("2001:db8:1::1".parse().unwrap());
+    let mut t = T::with(c);
+    t.core.relay_ips.push("2001:db8:1::1".parse().unwrap());
+    t
+}
+
+#[test]
+fn ipv6_only_relay_serves_clients_that_ask_for_no_family() {
+    // A home reachable only over IPv6 (DS-Lite) has no IPv4 relay; browsers send no REQUESTED-ADDRESS-FAMILY.
+    let mut c = cfg();
+    c.external_ip = None;
+    let mut t = T::with(c);
+    t.core.relay_ips = vec!["2001:db8:1::1".parse().unwrap()];
+    t.tuple.client = public("[2001:db8:2::7]:40000");
+    t.tuple.server = public("[2001:db8:1::1]:3478");
+    let r = t.request(METHOD_ALLOCATE, &|m| transport(m, 17));
+    assert_eq!(code(&r), None, "{r}");
+    assert_eq!(relayed(&r), public("[2001:db8:1::1]:50000"));
+    // An explicit IPv4 request is still refused with 440 (RFC 8656 §7.2).
+    t.tuple.client = public("[2001:db8:2::7]:40001");
+    let r = t.request(METHOD_ALLOCATE, &|m| {
+        transport(m, 17);
+        m.add(AttrType(ATTR_REQUESTED_ADDRESS_FAMILY), &[1, 0, 0, 0]);
+    });
+    assert_eq!(code(&r), Some(440));
+}
+
+#[test]
+fn ipv6_relay_advertises_external_ip6_and_relays_to_ipv6_peers_only() {
+    let mut t = dual_stack();
+    t.tuple.client = public("[2001:db8:2::7]:40000");
+    let r = t.request(METHOD_ALLOCATE, &|m| {
+        transport(m, 17);
+        m.add(AttrType(ATTR_REQUESTED_ADDRESS_FAMILY), &[2, 0, 0, 0]);
+    });
+    assert_eq!(code(&r), None, "{r}");
+    assert_eq!(relayed(&r), public("[2001:db8:1::1]:50000"), "turn.external_ip6 advertised");
+    let peer = public("[2606:4700::1111]:5000");
+    assert_eq!(code(&t.perm(peer)), None);
+    assert_eq!(code(&t.perm(public("8.8.8.8:1"))), Some(443), "IPv4 peer on an IPv6-only allocation");
+    for bad in ["[fd00::1]:1", "[fe80::1]:1", "[64:ff9b::a00:1]:1", "[2002:a00:1::1]:1", "[::ffff:10.0.0.1]:1"] {
+        assert_eq!(code(&t.perm(public(bad))), Some(403), "{bad} must stay refused");
+    }
+    let out = t.feed(&send_indication(peer, b"hi"));
+    assert_eq!(
+        to_peer(&out).iter().map(|(r, p, _)| (*r, *p)).collect::<Vec<_>>(),
+        [(public("[2001:db8:1::1]:50000"), peer)]
+    );
+    let (to, _) = peer_packet(&t, public("[2001:db8:1::1]:50000"), peer, b"back").expect("permitted peer");
+    assert_eq!(to, t.tuple);
+}
+
+#[test]
+fn additional_address_family_gives_a_relay_of_each_family() {
+    let mut t = dual_stack();
+    let r = t.request(METHOD_ALLOCATE, &|m| {
+        transport(m, 17);
+        m.add(AttrType(ATTR_ADDITIONAL_ADDRESS_FAMILY), &[2, 0, 0, 0]);
+    });
+    assert_eq!(code(&r), None, "{r}");
+    assert_eq!(all_relayed(&r), [public("203.0.113.1:50000"), public("[2001:db8:1::1]:50001")]);
+    assert_eq!(address_error(&r), None);
+    // Peers of both families; each is reached from the relay of its own family.
+    let (p4, p6) = (public("8.8.8.8:53"), public("[2606:4700::1111]:5000"));
+    assert_eq!(
+        code(&t.request(METHOD_CREATE_PERMISSION, &|m| {
+            peer_attr(m, p4);
+            peer_attr(m, p6);
+        })),
+        None
+    );
+    let sent: Vec<_> =
+        [p4, p6].iter().flat_map(|p| to_peer(&t.feed(&send_indication(*p, b"x")))).map(|(r, p, _)| (r, p)).collect();
+    assert_eq!(sent, [(local(public("0.0.0.0:50000")), p4), (public("[2001:db8:1::1]:50001"), p6)]);
+    assert!(peer_packet(&t, public("[2001:db8:1::1]:50001"), p6, b"v6").is_some());
+    assert!(peer_packet(&t, local(public("0.0.0.0:50000")), p4, b"v4").is_some());
+    // The allocation holds two relay ports; deleting it closes both and returns both.
+    assert_eq!(t.core.usage.lock().per_source.values().sum::<usize>(), 2);
+    let out = t.feed(&t.build(METHOD_REFRESH, rand::random(), &|m| m.add(AttrType(ATTR_LIFETIME), &[0; 4]), true));
+    let closed: Vec<_> =
+        out.iter().filter_map(|a| if let Action::CloseRelay { relay } = a { Some(*relay) } else { None }).collect();
+    assert_eq!(closed, [local(public("0.0.0.0:50000")), public("[2001:db8:1::1]:50001")]);
+    assert!(t.core.usage.lock().per_source.is_empty());
+}
+
+#[test]
+fn additional_address_family_without_an_ipv6_relay_and_bad_combinations() {
+    let mut t = T::new();
+    let r = t.request(METHOD_ALLOCATE, &|m| {
+        transport(m, 17);
+        m.add(AttrType(ATTR_ADDITIONAL_ADDRESS_FAMILY), &[2, 0, 0, 0]);
+    });
+    assert_eq!(code(&r), None, "the IPv4 relay is still allocated: {r}");
+    assert_eq!(all_relayed(&r), [public("203.0.113.1:50000")]);
+    assert_eq!(address_error(&r), Some((2, 440)), "and the answer says why there is no IPv6 one");
+    t.tuple.client = public("198.51.100.7:40001");
+    for (what, attrs) in [
+        (
+            "IPv4 as the additional family",
+            &(|m: &mut Message| {
+                m.add(AttrType(ATTR_ADDITIONAL_ADDRESS_FAMILY), &[1, 0, 0, 0]);
+            }) as &dyn Fn(&mut Message),
+        ),
+        ("with REQUESTED-ADDRESS-FAMILY", &|m: &mut Message| {
+            m.add(AttrType(ATTR_REQUESTED_ADDRESS_FAMILY), &[1, 0, 0, 0]);
+            m.add(AttrType(ATTR_ADDITIONAL_ADDRESS_FAMILY), &[2, 0, 0, 0]);
+        }),
+        ("with EVEN-PORT R=1", &|m: &mut Message| {
+            m.add(AttrType(ATTR_EVEN_PORT), &[0x80]);
+            m.add(AttrType(ATTR_ADDITIONAL_ADDRESS_FAMILY), &[2, 0, 0, 0]);
+        }),
+    ] {
+        let r = t.request(METHOD_ALLOCATE, &|m| {
+            transport(m, 17);
+            attrs(m);
+        });
+        assert_eq!(code(&r), Some(400), "{what}");
+    }
+}
+
+#[test]
+fn dual_allocation_keeps_its_ipv4_relay_when_no_ipv6_port_is_free() {
+    let mut t = dual_stack();
+    t.get_nonce();
+    let pkt = t.build(
+        METHOD_ALLOCATE,
+        rand::random(),
+        &|m| {
+            transport(m, 17);
+            m.add(AttrType(ATTR_ADDITIONAL_ADDRESS_FAMILY), &[2, 0, 0, 0]);
+        },
+        true,
+    );
+    let mut out = Vec::new();
+    t.core.handle(&pkt, t.tuple, t.now, &mut out);
+    let Some(Action::OpenRelay(first)) = out.pop() else { panic!("{out:?}") };
+    assert!(first.ip.is_ipv4());
+    t.core.relay_opened(first, Ok(public("10.1.1.1:50000")), t.now, &mut out);
+    let Some(Action::OpenRelay(second)) = out.pop() else { panic!("{out:?}") };
+    assert!(second.ip.is_ipv6());
+    t.core.relay_opened(second, Err(std::io::Error::new(std::io::ErrorKind::AddrInUse, "full")), t.now, &mut out);
+    let Some(Action::ToClient { data, .. }) = out.pop() else { panic!("{out:?}") };
+    let r = codec::decode(&data).unwrap();
+    assert_eq!(code(&r), None);
+    assert_eq!(all_relayed(&r), [public("203.0.113.1:50000")]);
+    assert_eq!(address_error(&r), Some((2, 508)));
+    assert_eq!(t.core.usage.lock().per_source.values().sum::<usize>(), 1, "the IPv6 port is given back");
+}
+
+#[test]
+fn client_over_ipv6_gets_an_ipv4_relay_cross_family() {
+    // RFC 8656 allows any client family with any relay family: an IPv6-only phone relays to IPv4 peers.
+    let mut t = T::new();
+    t.tuple.client = public("[2001:db8:2::7]:40000");
+    t.tuple.server = public("[2001:db8:1::1]:3478");
+    assert_eq!(t.allocate(), public("203.0.113.1:50000"));
+    let peer = public("8.8.8.8:53");
+    assert_eq!(code(&t.perm(peer)), None);
+    assert_eq!(to_peer(&t.feed(&send_indication(peer, b"x"))).len(), 1);
+    let (to, _) = peer_packet(&t, local(public("0.0.0.0:50000")), peer, b"back").unwrap();
+    assert_eq!(to.client, public("[2001:db8:2::7]:40000"));
+}
+
+#[test]
+fn a_dual_allocations_families_are_refreshed_and_deleted_one_by_one() {
+    let mut t = dual_stack();
+    let r = t.request(METHOD_ALLOCATE, &|m| {
+        transport(m, 17);
+        m.add(AttrType(ATTR_ADDITIONAL_ADDRESS_FAMILY), &[2, 0, 0, 0]);
+    });
+    assert_eq!(all_relayed(&r).len(), 2, "{r}");
+    let (v4, v6) = (local(public("0.0.0.0:50000")), public("[2001:db8:1::1]:50001"));
+    let family = |f: u8, secs: u32| {
+        move |m: &mut Message| {
+            m.add(AttrType(ATTR_REQUESTED_ADDRESS_FAMILY), &[f, 0, 0, 0]);
+            m.add(AttrType(ATTR_LIFETIME), &secs.to_be_bytes());
+        }
+    };
+    // Only the IPv4 relay is refreshed (RFC 8656 §7.1): when the first lifetime ends, the IPv6 relay goes alone.
+    assert_eq!(code(&t.request(METHOD_REFRESH, &family(1, 3600))), None);
+    let (out, _) = t.tick_at(t.now + DEFAULT_ALLOCATION_LIFETIME);
+    assert!(matches!(out.as_slice(), [Action::CloseRelay { relay }] if *relay == v6), "{out:?}");
+    t.now += DEFAULT_ALLOCATION_LIFETIME;
+    assert_eq!(t.core.allocation_count(), 1, "the IPv4 relay lives on");
+    assert_eq!(t.core.usage.lock().per_source.values().sum::<usize>(), 1, "the IPv6 port is given back");
+    assert_eq!(code(&t.perm(public("[2606:4700::1111]:1"))), Some(443), "no IPv6 relay any more");
+    assert_eq!(code(&t.request(METHOD_REFRESH, &family(2, 600))), Some(443), "a deleted family");
+    assert_eq!(code(&t.perm(public("8.8.8.8:1"))), None);
+    assert!(t.core.by_relay.contains_key(&v4) && !t.core.by_relay.contains_key(&v6));
+    // A Refresh to 0 naming the last family deletes the allocation.
+    let out = t.feed(&t.build(METHOD_REFRESH, rand::random(), &family(1, 0), true));
+    assert!(out.iter().any(|a| matches!(a, Action::CloseRelay { relay } if *relay == v4)), "{out:?}");
+    assert_eq!(t.core.allocation_count(), 0);
+    assert!(t.core.usage.lock().per_source.is_empty());
+
+    // A Refresh to 0 for one family of a fresh dual allocation closes just that relay at once.
+    t.tuple.client = public("198.51.100.7:40001");
+    let r = t.request(METHOD_ALLOCATE, &|m| {
+        transport(m, 17);
+        m.add(AttrType(ATTR_ADDITIONAL_ADDRESS_FAMILY), &[2, 0, 0, 0]);
+    });
+    let relays = all_relayed(&r);
+    let v6b = relays[1];
+    let out = t.feed(&t.build(METHOD_REFRESH, rand::random(), &family(2, 0), true));
+    let closed: Vec<_> =
+        out.iter().filter_map(|a| if let Action::CloseRelay { relay } = a { Some(*relay) } else { None }).collect();
+    assert_eq!(closed, [v6b]);
+    assert_eq!(t.core.allocation_count(), 1);
+    assert_eq!(code(&t.perm(public("8.8.8.8:1"))), None, "the IPv4 relay still works");
 }

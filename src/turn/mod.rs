@@ -234,8 +234,11 @@ pub(crate) async fn send_datagrams<'a>(
 /// The local addresses relay sockets bind on (one per family): `turn.relay_ip`, else the specific addresses
 /// of the UDP listeners, else the primary interface address, else 127.0.0.1 (with a loud warning).
 pub fn relay_ips(cfg: &TurnConfig, listen: &[SocketAddr]) -> Vec<IpAddr> {
-    if let Some(ip) = cfg.relay_ip {
-        return vec![ip];
+    // Configured addresses win for every family: a host that names its IPv4 relay names its IPv6 one too
+    // (`turn.relay_ip6`), rather than getting one guessed from a listener it may not route through.
+    let configured = cfg.relay_ips_configured();
+    if !configured.is_empty() {
+        return configured;
     }
     let mut out: Vec<IpAddr> = Vec::new();
     for a in listen.iter().map(|a| policy::canonical(a.ip())) {
@@ -276,7 +279,8 @@ fn primary_ip(probe: &str) -> Option<IpAddr> {
 /// The public address clients reach relays on: `turn.external_ip`, else the (first) relay address. The
 /// signaling side uses the same host in the `turn:` URLs it hands out.
 pub fn public_ip(cfg: &TurnConfig, listen: &[SocketAddr]) -> IpAddr {
-    cfg.external_ip.unwrap_or_else(|| relay_ips(cfg, listen)[0])
+    let relays = relay_ips(cfg, listen);
+    cfg.external_for(relays[0].is_ipv6()).or(cfg.external_ip).unwrap_or(relays[0])
 }
 
 /// The ports a router must forward for TURN, from the addresses really bound (`listen`: the UDP sockets
@@ -437,10 +441,11 @@ pub async fn serve(mut deps: Deps, sockets: Sockets, shutdown: CancellationToken
     let udp_count = udp.len();
     let relay_ips = relay_ips(cfg, &listen);
     for ip in &relay_ips {
-        if is_private(*ip) && cfg.external_ip.is_none() {
+        if is_private(*ip) && cfg.external_for(ip.is_ipv6()).is_none() {
+            let key = if ip.is_ipv6() { "turn.external_ip6" } else { "turn.external_ip" };
             tracing::warn!(
-                "TURN relay address {ip} is private and turn.external_ip is not set: clients outside this network \
-                 cannot reach the relay. Behind a router, forward {} to this host and set turn.external_ip to the \
+                "TURN relay address {ip} is private and {key} is not set: clients outside this network \
+                 cannot reach the relay. Behind a router, forward {} to this host and set {key} to the \
                  public address.",
                 forward_phrase(&listen, udp_count, cfg.relay_port_min, cfg.relay_port_max)
             );
@@ -448,7 +453,7 @@ pub async fn serve(mut deps: Deps, sockets: Sockets, shutdown: CancellationToken
     }
     let mut own: Vec<IpAddr> = relay_ips.clone();
     own.extend(listen.iter().map(|a| a.ip()));
-    own.extend(cfg.external_ip);
+    own.extend(cfg.external_ips());
     // Every interface address, whatever the listeners: a host with a LAN and a WAN address that listens on
     // one of them must still refuse peers at the other (an allow_peers network may contain it; docs/turn.md).
     own.extend(interface_ips());
@@ -544,7 +549,11 @@ pub async fn serve(mut deps: Deps, sockets: Sockets, shutdown: CancellationToken
         relay_ips.iter().map(|ip| shell.core.advertised(SocketAddr::new(*ip, 0)).ip().to_string()).collect();
     tracing::info!(
         "TURN relays bind on {} ports {}-{}, advertised as {}",
-        relay_ips.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(", "),
+        relay_ips
+            .iter()
+            .map(|i| format!("{i} ({})", if i.is_ipv6() { "IPv6" } else { "IPv4" }))
+            .collect::<Vec<_>>()
+            .join(", "),
         cfg.relay_port_min,
         cfg.relay_port_max,
         advertised.join(", ")

@@ -74,6 +74,17 @@ pub fn reach(listen: SocketAddr) -> SocketAddr {
 /// Run the self-test against the TURN UDP listener at `server` with one credential per allocation (they may be
 /// the same). `cfg` only shapes the advice. Both allocations are released at the end, pass or fail.
 pub async fn run(server: SocketAddr, creds: [&Credential; 2], cfg: &TurnConfig) -> Result<Passed, Failed> {
+    run_family(server, creds, cfg, None).await
+}
+
+/// [`run`] with relays of one family (`Some(true)`: IPv6, asked with REQUESTED-ADDRESS-FAMILY), whatever the
+/// family of the listener at `server` (RFC 8656 allows any client family with any relay family).
+pub async fn run_family(
+    server: SocketAddr,
+    creds: [&Credential; 2],
+    cfg: &TurnConfig,
+    v6: Option<bool>,
+) -> Result<Passed, Failed> {
     let any: SocketAddr = if server.is_ipv4() { "0.0.0.0:0".parse().unwrap() } else { "[::]:0".parse().unwrap() };
     let mut clients = Vec::new();
     for c in creds {
@@ -84,19 +95,24 @@ pub async fn run(server: SocketAddr, creds: [&Credential; 2], cfg: &TurnConfig) 
         })?;
         clients.push(client);
     }
-    let result = relay_between(server, &mut clients, cfg).await;
+    let result = relay_between(server, &mut clients, cfg, v6).await;
     for c in &mut clients {
         let _ = c.release().await;
     }
     result
 }
 
-async fn relay_between(server: SocketAddr, clients: &mut [Client], cfg: &TurnConfig) -> Result<Passed, Failed> {
+async fn relay_between(
+    server: SocketAddr,
+    clients: &mut [Client],
+    cfg: &TurnConfig,
+    v6: Option<bool>,
+) -> Result<Passed, Failed> {
     let ports = format!("{}-{}", cfg.relay_port_min, cfg.relay_port_max);
     let mut relays = Vec::new();
     for (i, c) in clients.iter_mut().enumerate() {
         let step = if i == 0 { "allocate relay A" } else { "allocate relay B" };
-        let relay = c.allocate().await.map_err(|e| Failed {
+        let relay = c.allocate_family(v6).await.map_err(|e| Failed {
             step,
             advice: match &e {
                 ClientError::Timeout { .. } => format!(
@@ -108,6 +124,12 @@ async fn relay_between(server: SocketAddr, clients: &mut [Client], cfg: &TurnCon
                     ponte uses another secret than this config (changed turn.secret or turn.secret_file without a \
                     restart?); restart ponte or fix the config"
                     .into(),
+                ClientError::Refused { code: 440, .. } => format!(
+                    "the server refused the address family (440): it has no {} relay address; set {} to an \
+                     address of this host in that family, or remove the listeners of a family you do not relay",
+                    family_name(v6),
+                    if v6 == Some(true) { "turn.relay_ip6" } else { "turn.relay_ip" }
+                ),
                 ClientError::Refused { code: 486, .. } => "the per-user quota refused the allocation: \
                     turn.max_allocations_per_user is reached (or too low; the self-test needs 2)"
                     .into(),
@@ -170,6 +192,15 @@ async fn relay_between(server: SocketAddr, clients: &mut [Client], cfg: &TurnCon
     Ok(Passed { relays: [a, b], round_trip: started.elapsed() })
 }
 
+/// "IPv4"/"IPv6" for a family asked with REQUESTED-ADDRESS-FAMILY (none asked: the server's default, IPv4).
+pub fn family_name(v6: Option<bool>) -> &'static str {
+    if v6 == Some(true) {
+        "IPv6"
+    } else {
+        "IPv4"
+    }
+}
+
 /// Receive until `want` arrives (skipping anything else relayed to us), within [`RELAY_WAIT`].
 async fn recv_expect(c: &mut Client, want: &[u8]) -> Result<(SocketAddr, Vec<u8>), ClientError> {
     let deadline = Instant::now() + RELAY_WAIT;
@@ -194,10 +225,11 @@ pub fn describe(p: &Passed) -> String {
 
 /// The daemon's self-test at start: once the TURN listeners are up, relay a packet through ourselves and log
 /// the result. Runs beside the daemon, so it never delays READY, and its failure is only a warning.
-/// `listen` is the first bound `turn.listen_udp` address, `secret` the one that mints credentials.
+/// `listen` are the bound `turn.listen_udp` addresses, `secret` the one that mints credentials. Every family
+/// the server relays is tested (REQUESTED-ADDRESS-FAMILY), through a listener of that family when there is one.
 pub async fn at_start(
     cfg: TurnConfig,
-    listen: Option<SocketAddr>,
+    listen: Vec<SocketAddr>,
     secret: Secret,
     health: Arc<Health>,
     shutdown: CancellationToken,
@@ -205,7 +237,7 @@ pub async fn at_start(
     if !cfg.enabled || !cfg.self_test {
         return;
     }
-    let Some(listen) = listen else {
+    let Some(first) = listen.first().copied() else {
         tracing::info!("TURN self-test skipped: it runs over UDP and turn.listen_udp is empty");
         return;
     };
@@ -218,12 +250,21 @@ pub async fn at_start(
     }
     let a = Credential::mint(&secret, "ponte-self-test-a");
     let b = Credential::mint(&secret, "ponte-self-test-b");
-    let test = run(reach(listen), [&a, &b], &cfg);
-    tokio::select! {
-        _ = shutdown.cancelled() => {}
-        r = test => match r {
-            Ok(p) => tracing::info!("TURN self-test passed: {}", describe(&p)),
-            Err(f) => tracing::warn!("TURN self-test failed: {f} — {}", f.advice),
-        },
+    let families: Vec<bool> = {
+        let mut f: Vec<bool> = super::relay_ips(&cfg, &listen).iter().map(|ip| ip.is_ipv6()).collect();
+        f.dedup();
+        f
+    };
+    for v6 in families {
+        let via = listen.iter().copied().find(|l| l.is_ipv6() == v6).unwrap_or(first);
+        let name = family_name(Some(v6));
+        let test = run_family(reach(via), [&a, &b], &cfg, Some(v6));
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = test => match r {
+                Ok(p) => tracing::info!("TURN self-test passed: {} ({name} relays)", describe(&p)),
+                Err(f) => tracing::warn!("TURN self-test failed ({name} relays): {f} — {}", f.advice),
+            },
+        }
     }
 }

@@ -108,6 +108,30 @@ function urlParts(url) {
   return { scheme, host: m[2], port: m[3] || (scheme === 'turns' ? '5349' : '3478'), transport: (m[4] || (scheme === 'turns' ? 'tcp' : 'udp')).toLowerCase() };
 }
 
+/** 'v6' for a URL whose host is an IPv6 literal, 'v4' for an IPv4 literal, '' for a name. */
+function urlFamily(url) {
+  const { host } = urlParts(url);
+  if (host.includes(':')) return 'v6';
+  return /^\d+\.\d+\.\d+\.\d+$/.test(host) ? 'v4' : '';
+}
+
+/**
+ * Why a TURN URL gave no relay, from the browser's icecandidateerror events. A STUN error code (300-699) is
+ * the server's answer: it was reached and refused, and the code says why (440: no relay address of the family
+ * asked for; 486/508: quota or capacity). Only 701 (no answer) or no error at all means it was not reached.
+ */
+function turnWhy(errors, kind, port) {
+  const answer = errors.find((e) => e.code >= 300 && e.code < 700);
+  if (answer) {
+    const code = `${answer.code} ${answer.text || ''}`.trim();
+    if ([401, 403, 437, 441].includes(answer.code)) return t('diag.turn_why_auth', { code });
+    if (answer.code === 440 || answer.code === 443) return t('diag.turn_why_family', { code });
+    return t('diag.turn_why_refused', { code });
+  }
+  if (errors.length) return t('diag.turn_why_unreachable', { proto: kind.toUpperCase(), port });
+  return t('diag.turn_why_none', { s: GATHER_TIMEOUT_MS / 1000 });
+}
+
 function addCandidates(list, server) {
   for (const c of list) candidates.push({ ...c, server });
   const body = $('#cands');
@@ -220,6 +244,7 @@ async function run() {
   const seen = new Set();
   const stunUrls = [];
   let stunServer = null;
+  const stunCounts = {};
   let stunCount = 0;
   const turnKinds = new Set();
   for (const server of servers) {
@@ -227,11 +252,16 @@ async function run() {
       if (!url || seen.has(url)) continue;
       seen.add(url);
       const p = urlParts(url);
+      // Each family the server has gets its own checks; IPv6 ones are keyed `…-v6` (IPv4 and names keep the
+      // plain keys). The title carries the URL, whose host shows the family.
+      const fam = urlFamily(url) === 'v6' ? '-v6' : '';
       if (p.scheme === 'stun') {
         stunCount += 1;
+        stunCounts[fam] = (stunCounts[fam] || 0) + 1;
         stunUrls.push(url);
         stunServer = stunServer || server;
-        const c = check(`stun${stunCount > 1 ? `-${stunCount}` : ''}`, t('diag.stun', { url }));
+        const n = stunCounts[fam];
+        const c = check(`stun${fam}${n > 1 ? `-${n}` : ''}`, t('diag.stun', { url }));
         jobs.push(gather(server, url, false).then(({ cands, errors }) => {
           const srflx = cands.filter((x) => x.type === 'srflx');
           addCandidates(srflx, url);
@@ -240,26 +270,22 @@ async function run() {
           else if (failed || !cands.length) c.set('fail', t('diag.stun_fail', { port: p.port }));
           // No server-reflexive candidate and no error: either no NAT (the answer equals the local address)
           // or no answer yet (the browser ends gathering before its STUN timeout). Decided below with TURN/UDP.
-          else return { kind: 'stun', ok: false, url, undecided: { c, addr: cands[0].address, port: p.port } };
-          return { kind: 'stun', ok: c.result === 'ok', url };
+          else return { kind: 'stun', ok: false, url, fam, undecided: { c, addr: cands[0].address, port: p.port } };
+          return { kind: 'stun', ok: c.result === 'ok', url, fam };
         }));
       } else if (p.scheme === 'turn' || p.scheme === 'turns') {
         const kind = p.scheme === 'turns' ? 'tls' : p.transport;
         turnKinds.add(kind);
-        const c = check(`turn-${kind}`, t('diag.turn', { url }));
+        const c = check(`turn-${kind}${fam}`, t('diag.turn', { url }));
         jobs.push(gather(server, url, true).then(({ cands, errors, ms }) => {
           const relay = cands.filter((x) => x.type === 'relay');
           addCandidates(relay, url);
           if (relay.length) {
             c.set('ok', t('diag.turn_ok', { addr: `${relay[0].address}:${relay[0].port}`, ms: ms ?? '?' }));
           } else {
-            const auth = errors.find((e) => [401, 403, 437, 441, 486].includes(e.code));
-            const why = auth ? t('diag.turn_why_auth', { code: `${auth.code} ${auth.text || ''}`.trim() })
-              : errors.length ? t('diag.turn_why_unreachable', { proto: kind.toUpperCase(), port: p.port })
-                : t('diag.turn_why_none', { s: GATHER_TIMEOUT_MS / 1000 });
-            c.set('fail', t('diag.turn_fail', { why }));
+            c.set('fail', t('diag.turn_fail', { why: turnWhy(errors, kind, p.port) }));
           }
-          return { kind: 'turn', ok: relay.length > 0, transport: kind };
+          return { kind: 'turn', ok: relay.length > 0, transport: kind, fam };
         }));
       }
     }
@@ -269,8 +295,12 @@ async function run() {
   else if (!turnKinds.has('tls')) check('turn-tls', t('diag.turn_tls')).set('skip', '');
 
   // Needs two STUN destinations on this server; run while the other checks gather.
+  // The mapping test compares the public ports one socket gets from two STUN destinations of ONE family: an IPv4
+  // and an IPv6 answer always differ and would read as a symmetric NAT. IPv4 first (NATs are an IPv4 thing).
   const natCheck = check('nat', t('diag.nat'));
-  const mappingJob = stunUrls.length >= 2 ? mappingBehaviour(stunServer, stunUrls) : Promise.resolve('unknown');
+  const v4Stun = stunUrls.filter((u) => urlFamily(u) !== 'v6');
+  const mappingUrls = v4Stun.length >= 2 ? v4Stun : stunUrls.filter((u) => urlFamily(u) === 'v6');
+  const mappingJob = mappingUrls.length >= 2 ? mappingBehaviour(stunServer, mappingUrls) : Promise.resolve('unknown');
   const outcome = await Promise.all(jobs);
   // UDP to this server works when TURN over UDP gave a relay: then a silent STUN check means "no NAT".
   const udpWorks = outcome.some((o) => o.kind === 'turn' && o.ok && o.transport === 'udp');
@@ -280,7 +310,8 @@ async function run() {
     if (udpWorks) { c.set('ok', t('diag.stun_ok', { addr })); o.ok = true; } else c.set('fail', t('diag.stun_fail', { port }));
   }
   const stunOk = outcome.some((o) => o.kind === 'stun' && o.ok);
-  const stunAnswered = outcome.filter((o) => o.kind === 'stun' && o.ok).length;
+  const mappingFam = mappingUrls.length && urlFamily(mappingUrls[0]) === 'v6' ? '-v6' : '';
+  const stunAnswered = outcome.filter((o) => o.kind === 'stun' && o.ok && o.fam === mappingFam).length;
   const turnOk = outcome.some((o) => o.kind === 'turn' && o.ok);
   const turnUdpOk = outcome.some((o) => o.kind === 'turn' && o.ok && o.transport === 'udp');
   const turnStreamOk = outcome.some((o) => o.kind === 'turn' && o.ok && o.transport !== 'udp');
@@ -288,7 +319,7 @@ async function run() {
   if (stunAnswered < 2) mapping = 'unknown';
   natCheck.set(mapping === 'independent' ? 'ok' : mapping === 'dependent' ? 'warn' : 'skip',
     t(mapping === 'independent' ? 'diag.nat_independent' : mapping === 'dependent' ? 'diag.nat_dependent'
-      : stunUrls.length < 2 ? 'diag.nat_one_port' : 'diag.nat_unknown'));
+      : mappingUrls.length < 2 ? 'diag.nat_one_port' : 'diag.nat_unknown'));
   natCheck.li.dataset.mapping = mapping;
   if (!stunOk && !turnUdpOk && turnStreamOk) {
     // Nothing over UDP answers, TURN over TCP/TLS does: everything will be relayed over TCP.
