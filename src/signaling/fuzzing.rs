@@ -20,11 +20,29 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::sync::CancellationToken;
 
 use super::conn::OUTBOX;
-use super::hub::{Applied, ConnCtl, ConnHandle, Settings, State};
+use super::hub::{Applied, ConnCtl, ConnHandle, Proving, Settings, State};
 use super::ids::Id;
 use super::keys::SigningKey;
 use super::protocol::{self, ClientMsg, Limits};
 use crate::limits::source_key;
+
+/// Identity key pairs the simulated browsers use (a few, so that several tabs share one and take it over).
+fn keypairs() -> &'static [(ring::signature::EcdsaKeyPair, String)] {
+    use base64::Engine;
+    use ring::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
+    static KEYS: std::sync::OnceLock<Vec<(EcdsaKeyPair, String)>> = std::sync::OnceLock::new();
+    KEYS.get_or_init(|| {
+        let rng = ring::rand::SystemRandom::new();
+        (0..3)
+            .map(|_| {
+                let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).expect("keygen");
+                let kp = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng).expect("key");
+                let public = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(kp.public_key().as_ref());
+                (kp, public)
+            })
+            .collect()
+    })
+}
 
 /// Live connections the driver keeps at most (more only slows the fuzzer down).
 const MAX_CONNS: usize = 8;
@@ -59,6 +77,9 @@ struct SimConn {
     /// Set by a successful hello.
     id: Option<Id>,
     view: View,
+    /// The identity handshake in progress, as `conn.rs` holds it, and the key pair it uses.
+    proving: Option<Proving>,
+    keypair: usize,
 }
 
 #[derive(Deserialize)]
@@ -112,6 +133,8 @@ struct Sim {
     unix0: u64,
     next_conn: u64,
     base: Settings,
+    /// Extra wall-clock seconds (days passing for the identities' forget period).
+    unix_skew: u64,
 }
 
 fn settings(sel: u8) -> Settings {
@@ -125,6 +148,9 @@ fn settings(sel: u8) -> Settings {
         token_max_age: if sel & 0x40 == 0 { 86_400 } else { 30 },
         max_sessions_per_source: if sel & 0x80 == 0 { 3 } else { 8 },
         requests_per_target_per_min: 2,
+        identity_forget_after_days: 1,
+        identity_registrations_per_hour: 2,
+        max_identities: if sel & 0x20 == 0 { 16 } else { 2 },
     }
 }
 
@@ -154,6 +180,7 @@ fn drive(data: &[u8]) -> usize {
         unix0: crate::credentials::unix_now(),
         next_conn: 1,
         base,
+        unix_skew: 0,
     };
     let mut ops = 0;
     let mut most = 0;
@@ -185,7 +212,7 @@ impl Sim {
     fn step(&mut self, input: &mut Input<'_>) {
         let op = input.byte();
         let k = input.byte() as usize;
-        match op % 13 {
+        match op % 17 {
             0 => {
                 if self.conns.len() < MAX_CONNS {
                     let (tx, rx) = mpsc::channel(OUTBOX);
@@ -197,7 +224,15 @@ impl Sim {
                         tx,
                         ctl: ConnCtl::new(CancellationToken::new(), 1 << 24),
                     };
-                    self.conns.push(SimConn { conn_id, handle, rx, id: None, view: View::default() });
+                    self.conns.push(SimConn {
+                        conn_id,
+                        handle,
+                        rx,
+                        id: None,
+                        view: View::default(),
+                        proving: None,
+                        keypair: 0,
+                    });
                 }
             }
             1 => {
@@ -257,7 +292,61 @@ impl Sim {
                 // The server process restarts (kill -9 and back): every connection and all in-memory state is
                 // gone; the signing key, and so the tokens and tickets clients hold, survive.
                 self.conns.clear();
-                self.st = State::new(self.base, Arc::default(), key());
+                let ids = self.st.identities_snapshot();
+                self.st = State::new(self.base, Arc::default(), key()).with_identities(ids, None);
+            }
+            13 => {
+                // hello with an identity: one of the key pairs (maybe with a token), or a malformed key.
+                let sel = input.byte();
+                let keys = keypairs();
+                let kp = sel as usize % keys.len();
+                let n = self.conns.len().max(1);
+                if let Some(c) = self.conns.get_mut(k % n) {
+                    c.keypair = kp;
+                }
+                let key = if sel & 0x80 == 0 { keys[kp].1.clone() } else { keys[kp].1[..40].to_string() };
+                let token =
+                    (sel & 0x40 != 0).then(|| self.tokens.get(sel as usize % self.tokens.len().max(1)).cloned());
+                let text =
+                    serde_json::json!({"type": "hello", "v": 1, "token": token.flatten(), "identity": {"key": key}});
+                self.frame(k, &text.to_string());
+            }
+            14 => {
+                // identity_proof: signed by the key the hello named, by another key, or garbage.
+                let sel = input.byte();
+                if self.conns.is_empty() {
+                    return;
+                }
+                let i = k % self.conns.len();
+                let keys = keypairs();
+                let challenge = self.conns[i].proving.as_ref().map(|p| p.challenge.clone()).unwrap_or_default();
+                let signer = match sel % 4 {
+                    0..=1 => Some(self.conns[i].keypair),
+                    2 => Some((self.conns[i].keypair + 1) % keys.len()),
+                    _ => None,
+                };
+                let signature = match signer {
+                    Some(j) => {
+                        use base64::Engine;
+                        let msg = format!("{}{challenge}", super::identity::SIGN_PREFIX);
+                        let sig = keys[j].0.sign(&ring::rand::SystemRandom::new(), msg.as_bytes()).expect("sign");
+                        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sig.as_ref())
+                    }
+                    None => String::from_utf8_lossy(input.bytes(sel as usize % 90)).into_owned(),
+                };
+                let text = serde_json::json!({"type": "identity_proof", "signature": signature}).to_string();
+                self.frame(k, &text);
+            }
+            15 => {
+                let ty = ["contact_add", "contact_remove", "block", "unblock"][input.byte() as usize % 4];
+                let target = self.target(input);
+                self.frame(k, &serde_json::json!({"type": ty, "id": target}).to_string());
+            }
+            16 => {
+                // Time passes beyond the identities' forget period (a day here), with the forget sweep.
+                self.unix_skew += 2 * 86_400;
+                let unix = self.unix();
+                self.st.forget_identities(unix);
             }
             _ => {
                 // A config reload: the grace period and limits change for what starts from now on.
@@ -269,7 +358,7 @@ impl Sim {
 
     /// Wall-clock seconds as the hub sees them (tokens and tickets carry these).
     fn unix(&self) -> u64 {
-        self.unix0 + self.now.duration_since(self.t0).as_secs()
+        self.unix0 + self.unix_skew + self.now.duration_since(self.t0).as_secs()
     }
 
     fn pick_id(&self, sel: u8) -> Option<Id> {
@@ -313,7 +402,10 @@ impl Sim {
         }
         let handle = self.conns[i].handle.clone();
         let (me, now, unix) = (self.conns[i].id, self.now, self.unix());
-        match self.st.apply(&handle, me, msg, now, unix, |_| (Vec::new(), 0)) {
+        let mut proving = self.conns[i].proving.take();
+        let applied = self.st.apply(&handle, me, &mut proving, msg, now, unix, |_| (Vec::new(), 0));
+        self.conns[i].proving = proving;
+        match applied {
             Applied::Continue | Applied::RefreshIce(_) => {}
             Applied::Welcomed(id) => {
                 self.conns[i].id = Some(id);
@@ -383,6 +475,17 @@ impl Sim {
                 ("peer_left", Some(p)) => {
                     view.peers.remove(&p);
                     view.outgoing.remove(&p);
+                }
+                ("presence", Some(p)) => {
+                    let me = me.expect("presence to a connection without an ID");
+                    let online =
+                        serde_json::from_str::<serde_json::Value>(m.as_str()).ok().and_then(|v| v["online"].as_bool());
+                    if online == Some(true) {
+                        assert!(
+                            self.st.is_mutual(me, p),
+                            "presence of {p} sent to {me}, which are not mutual contacts"
+                        );
+                    }
                 }
                 ("signal", _) => {
                     let from = out.from.as_deref().and_then(Id::parse).expect("signal without a valid from");
