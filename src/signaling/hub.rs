@@ -375,36 +375,32 @@ impl State {
     }
 
     /// Handle one parsed client message from the connection `conn`, which holds the ID `me` once its `hello`
-    /// succeeded. This is the one dispatch of client messages to the state machine: the connection task
+    /// succeeded, at `now` (monotonic) and `now_unix` (wall clock: tokens and tickets carry it). This is the one dispatch of client messages to the state machine: the connection task
     /// (`conn.rs`) and the fuzz driver (`fuzzing.rs`) both call it. `ice` builds the ICE list for a `welcome`.
     ///
     /// `proving` is the connection's identity handshake in progress (docs/protocol.md): set by a
     /// `hello{identity}`, consumed by the `identity_proof` that follows.
-    #[allow(clippy::too_many_arguments)]
     pub fn apply(
         &mut self,
         conn: &ConnHandle,
         me: Option<Id>,
         proving: &mut Option<Proving>,
         msg: ClientMsg<'_>,
-        now: Instant,
-        now_unix: u64,
+        (now, now_unix): (Instant, u64),
         ice: impl FnOnce(Id) -> (Vec<IceServer>, u64),
     ) -> Applied {
-        let applied = self.dispatch(conn, me, proving, msg, now, now_unix, ice);
+        let applied = self.dispatch(conn, me, proving, msg, (now, now_unix), ice);
         self.flush();
         applied
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn dispatch(
         &mut self,
         conn: &ConnHandle,
         me: Option<Id>,
         proving: &mut Option<Proving>,
         msg: ClientMsg<'_>,
-        now: Instant,
-        now_unix: u64,
+        (now, now_unix): (Instant, u64),
         ice: impl FnOnce(Id) -> (Vec<IceServer>, u64),
     ) -> Applied {
         Stats::inc(&self.stats.by_type[msg.index()]);
