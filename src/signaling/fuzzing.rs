@@ -1,5 +1,6 @@
 //! A socket-free driver of the hub's state machine for the `signaling_hub` fuzz target and its regression tests:
-//! arbitrary bytes become a sequence of client operations (open, hello with or without a token, protocol
+//! arbitrary bytes become a sequence of client operations (open, hello with or without a token or an identity
+//! key, identity proofs, contact and block messages, identities forgotten as days pass, protocol
 //! messages, raw text frames, close, timers, reload, re-pairing by ticket, a server restart with the same signing
 //! key), from a few source addresses (most from one, to model churn from one source), handed to
 //! `State::apply` — the same dispatch `conn.rs` uses — with invariants checked after every step.
@@ -206,6 +207,8 @@ thread_local! {
     static LAST: std::cell::RefCell<Option<(Vec<Id>, usize)>> = const { std::cell::RefCell::new(None) };
     /// The most requests any one client had pending to it at once, over the runs since it was last reset.
     static MOST_PENDING: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    /// `presence{online:true}` messages delivered, over the runs since it was last reset.
+    static PRESENCE_SEEN: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
 
 impl Sim {
@@ -485,6 +488,8 @@ impl Sim {
                             self.st.is_mutual(me, p),
                             "presence of {p} sent to {me}, which are not mutual contacts"
                         );
+                        #[cfg(test)]
+                        PRESENCE_SEEN.with(|n| n.set(n.get() + 1));
                     }
                 }
                 ("signal", _) => {
@@ -635,9 +640,11 @@ mod tests {
     #[test]
     fn committed_churn_seeds_are_current() {
         let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/fuzz/seeds/signaling_hub");
-        for (name, data) in
-            [("session-churn-one-source", session_churn()), ("connect-churn-one-source", connect_churn())]
-        {
+        for (name, data) in [
+            ("session-churn-one-source", session_churn()),
+            ("connect-churn-one-source", connect_churn()),
+            ("identities-contacts-takeover-restart", identity_scenario()),
+        ] {
             let path = format!("{dir}/{name}");
             if std::env::var_os("PONTE_WRITE_SEEDS").is_some() {
                 std::fs::write(&path, &data).unwrap();
@@ -662,6 +669,48 @@ mod tests {
         assert!(n >= 5, "seeds missing from {dir}");
     }
 
+    /// Identities through the one dispatch: two keys prove themselves, consent mutually (presence flows), a
+    /// second tab of the first key takes its ID over, and after a restart (the table kept, as the store does)
+    /// the key gets its ID back.
+    fn identity_scenario() -> Vec<u8> {
+        ops(
+            0,
+            &[
+                &[0, 0],
+                &[0, 0],
+                &[13, 0, 0],    // conn 0: hello with key 0
+                &[14, 0, 0],    // conn 0: the right proof
+                &[13, 1, 1],    // conn 1: hello with key 1
+                &[14, 1, 0],    // conn 1: the right proof
+                &[15, 0, 0, 4], // conn 0: contact_add ids[1]
+                &[15, 1, 0, 0], // conn 1: contact_add ids[0] (mutual: presence)
+                &[2, 1, 0, 0],  // conn 1: connect to ids[0]
+                &[0, 0],        // conn 2
+                &[13, 2, 0],    // conn 2: hello with key 0 ...
+                &[14, 2, 2],    // ... signed by key 1: refused, closed
+                &[0, 0],        // conn 2 again
+                &[13, 2, 0],    // hello with key 0
+                &[14, 2, 0],    // the right proof: takes ids[0] over from conn 0
+                &[8, 0],        // conn 0's task ends (4002)
+                &[15, 1, 2, 0], // conn 1: block ids[0]
+                &[12, 0],       // restart
+                &[0, 0],
+                &[13, 0, 0],
+                &[14, 0, 1], // key 0 again: same ID
+                &[16, 0],    // days pass: nobody is forgotten while online
+            ],
+        )
+    }
+
+    #[test]
+    fn identities_through_the_dispatch() {
+        PRESENCE_SEEN.with(|n| n.set(0));
+        drive(&identity_scenario());
+        let (ids, _) = LAST.with(|l| l.borrow_mut().take()).unwrap();
+        assert_eq!(ids.len(), 2, "two keys, two IDs, kept through a takeover and a restart: {ids:?}");
+        assert!(PRESENCE_SEEN.with(|n| n.get()) >= 1, "mutual contacts saw each other online");
+    }
+
     #[test]
     fn random_operation_sequences_keep_invariants() {
         // A cheap deterministic stand-in for the fuzzer, so `cargo test` covers the driver and the hub: steps
@@ -677,7 +726,7 @@ mod tests {
         for round in 0..300 {
             let mut data = vec![if round % 3 == 0 { 2 } else { next(4) * 2 }];
             for _ in 0..150 {
-                let op = match next(100) {
+                let op = match next(125) {
                     0..=9 => 0,
                     10..=24 => 1,
                     25..=74 => 2,
@@ -685,12 +734,20 @@ mod tests {
                     78..=82 => 7,
                     83..=87 => 8,
                     88..=94 => 9,
-                    _ => 10,
+                    95..=99 => 10,
+                    100..=107 => 13,
+                    108..=113 => 14,
+                    114..=123 => 15,
+                    _ => 16,
                 };
                 data.extend([op, next(4)]);
                 match op {
                     1 => data.push(next(3)),
                     2 => data.extend([next(6), next(16), next(9)]),
+                    // Mostly well-formed keys, sometimes with a token or truncated.
+                    13 => data.push(next(3) | [0, 0, 0, 0x40, 0x80][next(5) as usize]),
+                    14 => data.push(next(4)),
+                    15 => data.extend([next(4), next(16)]),
                     6 => data.extend(*b"\x0e{\"type\":\"bye\"}"),
                     9 => *data.last_mut().unwrap() = next(30),
                     _ => {}

@@ -552,6 +552,54 @@ mod tests {
     }
 
     #[test]
+    fn identity_messages_parse_with_their_fields() {
+        let m = parse(r#"{"type":"hello","v":1,"identity":{"key":"BAAA"}}"#).unwrap();
+        assert!(matches!(m, ClientMsg::Hello { identity: Some(ref k), token: None, .. } if k == "BAAA"));
+        assert!(matches!(parse(r#"{"type":"hello","v":1}"#).unwrap(), ClientMsg::Hello { identity: None, .. }));
+        // `identity` must be an object with a string key.
+        for bad in [r#"{"type":"hello","v":1,"identity":"BAAA"}"#, r#"{"type":"hello","v":1,"identity":{}}"#] {
+            assert!(matches!(parse(bad).unwrap_err(), ParseError::BadMessage { ty: Some(ref t), .. } if t == "hello"));
+        }
+        let m = parse(r#"{"type":"identity_proof","signature":"c2ln"}"#).unwrap();
+        assert!(matches!(m, ClientMsg::IdentityProof { ref signature } if signature == "c2ln"));
+        for (ty, idx) in [("contact_add", 11), ("contact_remove", 12), ("block", 13), ("unblock", 14)] {
+            let text = format!(r#"{{"type":"{ty}","id":"abcd2345"}}"#);
+            let m = parse(&text).unwrap();
+            assert_eq!((m.type_name(), m.index()), (ty, idx));
+            assert_eq!(ClientMsg::TYPES[idx], ty);
+            let e = parse(&format!(r#"{{"type":"{ty}","to":"abcd2345"}}"#)).unwrap_err();
+            assert!(matches!(e, ParseError::BadMessage { ty: Some(ref t), .. } if t == ty), "{e:?}");
+        }
+        assert!(matches!(parse(r#"{"type":"identity_proof"}"#).unwrap_err(), ParseError::BadMessage { .. }));
+    }
+
+    #[test]
+    fn identity_server_messages_shape() {
+        let peer = Id::parse("abcd2345").unwrap();
+        let v = |m: ServerMsg<'_>| serde_json::from_str::<serde_json::Value>(&m.to_text()).unwrap();
+        assert_eq!(
+            v(ServerMsg::Presence { peer, online: true }),
+            serde_json::json!({"type":"presence","peer":"abcd2345","online":true})
+        );
+        assert_eq!(
+            v(ServerMsg::Contact { peer, mutual: false, online: false }),
+            serde_json::json!({"type":"contact","peer":"abcd2345","mutual":false,"online":false})
+        );
+        assert_eq!(
+            v(ServerMsg::Incoming { peer, peer_key: None }),
+            serde_json::json!({"type":"incoming","peer":"abcd2345"})
+        );
+        assert_eq!(
+            v(ServerMsg::Incoming { peer, peer_key: Some("k".into()) }),
+            serde_json::json!({"type":"incoming","peer":"abcd2345","peer_key":"k"})
+        );
+        assert_eq!(
+            v(ServerMsg::IdentityChallenge { challenge: "c".into() }),
+            serde_json::json!({"type":"identity_challenge","challenge":"c"})
+        );
+    }
+
+    #[test]
     fn signal_is_forwarded_verbatim_and_from_is_ours() {
         let m = parse(r#"{"type":"signal","to":"abcd2345","from":"evil","data":{"sdp":"v=0\r\n","n":[1,2]}}"#).unwrap();
         let ClientMsg::Signal { to, data } = m else { panic!() };
