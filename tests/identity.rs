@@ -405,3 +405,37 @@ async fn new_identities_per_address_are_limited_but_returning_ones_are_not() {
     anonymous_client(&srv, None).await;
     srv.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn identity_limits_follow_a_reload() {
+    let mut cfg = test_config();
+    cfg.signaling.identity_registrations_per_hour = 1;
+    let srv = TestServer::start(cfg.clone()).await;
+    identity_client(&srv, &Key::new(), None).await;
+    let refused = |srv: &TestServer| {
+        let srv_ws = srv.ws_url();
+        async move {
+            let (mut ws, _) = tokio_tungstenite::connect_async(srv_ws).await.unwrap();
+            let k = Key::new();
+            send(&mut ws, json!({"type": "hello", "v": 1, "identity": {"key": k.public()}})).await;
+            let ch = expect(&mut ws, "identity_challenge").await;
+            send(&mut ws, json!({"type": "identity_proof", "signature": k.prove(ch["challenge"].as_str().unwrap())}))
+                .await;
+            expect_error(&mut ws, "too_many_identities").await;
+        }
+    };
+    refused(&srv).await;
+
+    // More registrations per hour: applies at once.
+    cfg.signaling.identity_registrations_per_hour = 5;
+    let report = srv.ctx.reload(cfg.clone());
+    assert_eq!(report.applied, ["signaling.identity_registrations_per_hour"]);
+    identity_client(&srv, &Key::new(), None).await;
+
+    // A lower total: the store is full with the two it holds.
+    cfg.signaling.max_identities = 2;
+    let report = srv.ctx.reload(cfg.clone());
+    assert_eq!(report.applied, ["signaling.max_identities"]);
+    refused(&srv).await;
+    srv.stop().await.unwrap();
+}

@@ -352,6 +352,10 @@ impl State {
                 s.connects.set_rate(cpm / 60.0, cpm.max(1.0));
             }
         }
+        if settings.identity_registrations_per_hour != self.settings.identity_registrations_per_hour {
+            // A new hourly budget for everybody at the new rate: an operator who raises it wants it to apply now.
+            self.registrations.clear();
+        }
         self.settings = settings;
     }
 
@@ -1679,6 +1683,29 @@ mod tests {
         st.disconnected(ia, 1, Instant::now(), true);
         assert!(st.is_current(ia, 3));
         assert!(b.types().is_empty(), "partner must not see peer_away for a hand-over");
+    }
+
+    #[test]
+    fn identities_are_forgotten_after_the_reloaded_period_but_never_while_online() {
+        let mut st = State::new(settings(), Arc::default(), SigningKey::random());
+        let (a, b) = (Id::parse("aaaa2345").unwrap(), Id::parse("bbbb2345").unwrap());
+        let mut ids = Identities::default();
+        ids.register(a, PublicKey([4; identity::KEY_LEN]), 1_000);
+        ids.register(b, PublicKey([5; identity::KEY_LEN]), 1_000);
+        st = st.with_identities(ids.snapshot(), None);
+        let c = conn(1);
+        // b is online (an anonymous session cannot hold it, so put it there as its proof would).
+        st.start_session(c.handle.clone(), (b, Nonce::random(), Start::Restored), Instant::now(), 1_000, |_| {
+            (Vec::new(), 0)
+        });
+        let ten_days = 1_000 + 10 * 86_400;
+        st.forget_identities(ten_days);
+        assert_eq!(st.identity_count(), 2, "180 days by default");
+        st.set_settings(Settings { identity_forget_after_days: 7, ..settings() });
+        st.forget_identities(ten_days);
+        assert_eq!(st.identity_count(), 1, "the reloaded period applies at the next sweep");
+        assert!(st.ids.key_of(a).is_none() && st.ids.key_of(b).is_some(), "the online identity stays");
+        st.check_invariants().unwrap();
     }
 
     #[test]
