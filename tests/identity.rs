@@ -186,6 +186,8 @@ async fn a_key_keeps_its_id_across_visits_and_a_server_restart() {
     assert_eq!(a.welcome["restored"], true);
     let b2 = identity_client(&srv, &bob, None).await;
     assert_ne!(b2.id, id);
+    let gauge = srv.scrape().await.into_iter().find(|(k, _)| k == "ponte_signaling_identities").map(|(_, v)| v);
+    assert_eq!(gauge, Some(2.0), "both bindings were loaded");
     srv.stop().await.unwrap();
 }
 
