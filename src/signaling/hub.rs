@@ -980,6 +980,7 @@ impl State {
     /// reserved IDs go after as long again. Called about once a minute.
     pub fn forget_identities(&mut self, now_unix: u64) {
         let days = self.settings.identity_forget_after_days;
+        self.ids.set_max_reserved(self.settings.max_identities);
         let sessions = &self.sessions;
         let gone = self.ids.forget_unused(now_unix, days, |id| sessions.contains_key(&id));
         if !gone.is_empty() {

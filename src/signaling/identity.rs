@@ -134,13 +134,27 @@ pub enum EdgeError {
     TooMany,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Identities {
     by_id: HashMap<Id, Record>,
     by_key: HashMap<PublicKey, Id>,
     /// Forgotten IDs, reserved until the unix time given, so a forgotten ID is not soon handed to another key.
     reserved: HashMap<Id, u64>,
+    /// Reservations kept at most (`signaling.max_identities`; unlimited until set).
+    max_reserved: usize,
     ops: Vec<Op>,
+}
+
+impl Default for Identities {
+    fn default() -> Identities {
+        Identities {
+            by_id: HashMap::new(),
+            by_key: HashMap::new(),
+            reserved: HashMap::new(),
+            max_reserved: usize::MAX,
+            ops: Vec::new(),
+        }
+    }
 }
 
 impl Identities {
@@ -158,6 +172,11 @@ impl Identities {
         }
         t.reserved = reserved.into_iter().filter(|(id, _)| !t.by_id.contains_key(id)).collect();
         t
+    }
+
+    /// Keep at most `n` reserved IDs (applied at the next `forget_unused`).
+    pub fn set_max_reserved(&mut self, n: usize) {
+        self.max_reserved = n;
     }
 
     pub fn len(&self) -> usize {
@@ -332,8 +351,17 @@ impl Identities {
                 self.put(id);
             }
         }
-        let expired: Vec<Id> =
+        let mut expired: Vec<Id> =
             self.reserved.iter().filter(|(_, until)| **until <= now_unix).map(|(id, _)| *id).collect();
+        // Reservations are bounded like the bindings: beyond as many as the store may hold identities, the ones
+        // closest to running out go first (a new ID clashing with one of them is a 1 in 10^11 chance anyway).
+        let over = (self.reserved.len() - expired.len()).saturating_sub(self.max_reserved);
+        if over > 0 {
+            let mut live: Vec<(u64, Id)> =
+                self.reserved.iter().filter(|(_, u)| **u > now_unix).map(|(id, u)| (*u, *id)).collect();
+            live.sort_unstable();
+            expired.extend(live.into_iter().take(over).map(|(_, id)| id));
+        }
         for id in expired {
             self.reserved.remove(&id);
             self.ops.push(Op::Unreserve(id));
@@ -347,6 +375,7 @@ impl Identities {
             by_id: self.by_id.clone(),
             by_key: self.by_key.clone(),
             reserved: self.reserved.clone(),
+            max_reserved: self.max_reserved,
             ops: Vec::new(),
         }
     }
@@ -479,6 +508,11 @@ mod tests {
         assert!(t.is_taken(b) && t.key_of(b).is_none() && t.id_of(&PublicKey([5; KEY_LEN])).is_none());
         assert!(t.get(a).unwrap().contacts.is_empty());
         t.check_invariants().unwrap();
+        // Reservations are capped: with room for none, b's goes at the next sweep.
+        let mut capped = t.snapshot();
+        capped.set_max_reserved(0);
+        capped.forget_unused(1000 + 201 * DAY, 180, |_| true);
+        assert!(!capped.is_taken(b) && capped.reserved_len() == 0);
         // The reservation runs out after as long again.
         assert!(t.forget_unused(1000 + 400 * DAY, 180, |x| x == a).is_empty());
         assert!(!t.is_taken(b) && t.reserved_len() == 0);
