@@ -441,3 +441,39 @@ async fn identity_limits_follow_a_reload() {
     refused(&srv).await;
     srv.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn contact_lookups_spend_the_connect_budget_and_an_unproven_hello_times_out() {
+    let mut cfg = test_config();
+    cfg.signaling.connect_requests_per_min = 2;
+    let srv = TestServer::start(cfg).await;
+    let mut a = identity_client(&srv, &Key::new(), None).await;
+    // Two look-ups (whatever their answer), then the budget is spent: no scanning for registered IDs.
+    send(&mut a.ws, json!({"type": "contact_add", "id": "abcd2345"})).await;
+    expect_error(&mut a.ws, "not_identity").await;
+    send(&mut a.ws, json!({"type": "block", "id": "abcd2346"})).await;
+    expect_error(&mut a.ws, "not_identity").await;
+    send(&mut a.ws, json!({"type": "contact_add", "id": "abcd2347"})).await;
+    expect_error(&mut a.ws, "too_many_requests").await;
+    send(&mut a.ws, json!({"type": "connect", "to": "abcd2347"})).await;
+    expect_error(&mut a.ws, "too_many_requests").await;
+    // Withdrawing needs no look-up: still answered.
+    send(&mut a.ws, json!({"type": "contact_remove", "id": "abcd2345"})).await;
+    expect(&mut a.ws, "contact_removed").await;
+
+    // A challenge nobody answers: the connection goes at the hello deadline like a silent one.
+    let mut ws = open(&srv).await;
+    send(&mut ws, json!({"type": "hello", "v": 1, "identity": {"key": Key::new().public()}})).await;
+    expect(&mut ws, "identity_challenge").await;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(15), ws.next()).await.expect("closed within 15 s") {
+            Some(Ok(Message::Close(Some(f)))) => {
+                assert_eq!(u16::from(f.code), 1008);
+                break;
+            }
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+            other => panic!("expected the close, got {other:?}"),
+        }
+    }
+    srv.stop().await.unwrap();
+}
