@@ -329,6 +329,13 @@ async fn presence_flows_only_between_mutual_contacts() {
     let p = expect(&mut a.ws, "presence").await;
     assert_eq!(p, json!({"type": "presence", "peer": b.id, "online": true}));
 
+    // B opens a second tab: it takes the ID over, and A sees no flicker.
+    let b2 = identity_client(&srv, &kb, None).await;
+    assert_eq!(b2.id, b.id);
+    assert_eq!(close_code(&mut b.ws).await, 4002);
+    assert_silent(&mut a.ws, Duration::from_millis(300)).await;
+    let mut b = b2;
+
     // A removes B: B sees A offline; A's own list no longer has B.
     send(&mut a.ws, json!({"type": "contact_remove", "id": b.id})).await;
     expect(&mut a.ws, "contact_removed").await;
