@@ -379,8 +379,9 @@ impl State {
     }
 
     /// Handle one parsed client message from the connection `conn`, which holds the ID `me` once its `hello`
-    /// succeeded, at `now` (monotonic) and `now_unix` (wall clock: tokens and tickets carry it). This is the one dispatch of client messages to the state machine: the connection task
-    /// (`conn.rs`) and the fuzz driver (`fuzzing.rs`) both call it. `ice` builds the ICE list for a `welcome`.
+    /// succeeded, at `now` (monotonic) and `now_unix` (wall clock: tokens and tickets carry it). This is the one
+    /// dispatch of client messages to the state machine: the connection task (`conn.rs`) and the fuzz driver
+    /// (`fuzzing.rs`) both call it. `ice` builds the ICE list for a `welcome`.
     ///
     /// `proving` is the connection's identity handshake in progress (docs/protocol.md): set by a
     /// `hello{identity}`, consumed by the `identity_proof` that follows.
