@@ -11,10 +11,10 @@ fuzz_target!(|data: &[u8]| {
         // What loads must write back to the same record.
         assert_eq!(Record::from_bytes(&r.to_bytes()), Some(r));
     }
-    let text = String::from_utf8_lossy(data);
-    let (a, b) = text.split_at(text.len() / 2);
-    if let Some(key) = PublicKey::parse(a) {
+    let (a, b) = data.split_at(data.len() / 2);
+    let (a, b) = (String::from_utf8_lossy(a), String::from_utf8_lossy(b));
+    if let Some(key) = PublicKey::parse(&a) {
         assert_eq!(PublicKey::parse(&key.encode()), Some(key));
-        let _ = key.verify(b, b);
+        let _ = key.verify(&b, &b);
     }
 });
