@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Build every fuzz target (config, turn_core, signaling_parse, signaling_hub: `cargo fuzz list`) and run each for
-# SECONDS (default 30), starting from the committed seeds.
+# Build every fuzz target (config, turn_core, signaling_parse, signaling_hub, signaling_identity: `cargo fuzz
+# list`) and run each for SECONDS (default 30), starting from the committed seeds.
 #   bash fuzz/run.sh            # a short pass, as CI does
 #   bash fuzz/run.sh 3600       # an hour per target
 # Crashes land in fuzz/artifacts/<target>/; add each as a regression test before fixing it.

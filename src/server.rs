@@ -136,10 +136,12 @@ impl Daemon {
         }
     }
 
-    /// What signaling needs: the live config, the token key, and ponte's own STUN/TURN servers for ICE lists.
-    pub fn signaling_deps(&self) -> crate::signaling::Deps {
+    /// What signaling needs: the live config, the token key, ponte's own STUN/TURN servers for ICE lists, and
+    /// the identity store (opened here, so call this once per run).
+    pub fn signaling_deps(&self) -> anyhow::Result<crate::signaling::Deps> {
         let ports = |v: &[SocketAddr]| v.iter().map(|a| a.port()).collect();
-        crate::signaling::Deps {
+        let state_dir = crate::signaling::keys::state_dir(&self.config);
+        Ok(crate::signaling::Deps {
             live: self.live.clone(),
             key: self.signaling_key.clone(),
             health: self.health.clone(),
@@ -157,7 +159,8 @@ impl Daemon {
                 ),
                 secret: self.turn_secret.clone(),
             },
-        }
+            identities: crate::signaling::store::open(state_dir.as_deref())?,
+        })
     }
 
     /// What the HTTP server needs.
@@ -199,7 +202,7 @@ pub async fn run_with(daemon: Arc<Daemon>, listeners: Listeners, shutdown: Cance
     let Listeners { http, metrics, tls, turns, turn_udp, turn_tcp, stun_alt } = listeners;
     let mut tasks: JoinSet<TaskResult> = JoinSet::new();
 
-    let hub = crate::signaling::Hub::new(daemon.signaling_deps());
+    let hub = crate::signaling::Hub::new(daemon.signaling_deps()?);
     {
         let (hub, shutdown) = (hub.clone(), shutdown.clone());
         tasks.spawn(async move { ("signaling", hub.run(shutdown).await) });

@@ -89,6 +89,9 @@ table! {
     Live "signaling.token_max_age_secs" => signaling.token_max_age_secs;
     Live "signaling.max_sessions_per_ip" => signaling.max_sessions_per_ip;
     Live "signaling.requests_to_one_client_per_min" => signaling.requests_to_one_client_per_min;
+    Live "signaling.identity_forget_after_days" => signaling.identity_forget_after_days;
+    Live "signaling.identity_registrations_per_hour" => signaling.identity_registrations_per_hour;
+    Live "signaling.max_identities" => signaling.max_identities;
 
     Restart "tls.cert" => tls.cert;
     Restart "tls.key" => tls.key;

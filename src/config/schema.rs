@@ -284,6 +284,12 @@ pub struct SignalingConfig {
     pub max_sessions_per_ip: usize,
     /// Connect requests one source may send to one client per minute (and have pending to it at once).
     pub requests_to_one_client_per_min: u32,
+    /// Days an identity (ID <-> public key binding, consents, blocks) is kept after it was last seen.
+    pub identity_forget_after_days: u64,
+    /// New identities one source may register per hour.
+    pub identity_registrations_per_hour: u32,
+    /// Identities the store holds at most.
+    pub max_identities: usize,
 }
 
 impl Default for SignalingConfig {
@@ -302,6 +308,9 @@ impl Default for SignalingConfig {
             token_max_age_secs: 86_400,
             max_sessions_per_ip: 64,
             requests_to_one_client_per_min: 3,
+            identity_forget_after_days: 180,
+            identity_registrations_per_hour: 10,
+            max_identities: 10_000,
         }
     }
 }

@@ -234,10 +234,25 @@ fn signaling(s: &SignalingConfig, p: &mut Problems) {
         ("signaling.token_max_age_secs", s.token_max_age_secs),
         ("signaling.max_sessions_per_ip", s.max_sessions_per_ip as u64),
         ("signaling.requests_to_one_client_per_min", s.requests_to_one_client_per_min as u64),
+        ("signaling.identity_forget_after_days", s.identity_forget_after_days),
+        ("signaling.identity_registrations_per_hour", s.identity_registrations_per_hour as u64),
+        ("signaling.max_identities", s.max_identities as u64),
     ] {
         if v == 0 {
             p.bad(key, "must be at least 1");
         }
+    }
+    if s.identity_forget_after_days > 36_500 {
+        p.bad(
+            "signaling.identity_forget_after_days",
+            format!("{} is out of range; use 1 to 36500 days", s.identity_forget_after_days),
+        );
+    }
+    if s.max_identities > 10_000_000 {
+        p.bad(
+            "signaling.max_identities",
+            format!("{} is out of range; use 1 to 10000000 (the store is held in memory too)", s.max_identities),
+        );
     }
     if !(5..=300).contains(&s.ping_interval_secs) {
         p.bad(

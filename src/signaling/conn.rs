@@ -15,7 +15,7 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 
-use super::hub::{push, Applied, ConnCtl, ConnHandle, CLOSE_RESUMED, CLOSE_SLOW};
+use super::hub::{push, Applied, ConnCtl, ConnHandle, Proving, CLOSE_RESUMED, CLOSE_SLOW, CLOSE_TAKEN_OVER};
 use super::ids::Id;
 use super::protocol::{self, ErrorCode, ParseError, ServerMsg};
 use super::stats::Stats;
@@ -63,6 +63,8 @@ struct Conn {
     info: ConnInfo,
     handle: ConnHandle,
     id: Option<Id>,
+    /// The identity handshake in progress (between `hello{identity}` and `identity_proof`).
+    proving: Option<Proving>,
     messages: TokenBucket,
 }
 
@@ -79,6 +81,7 @@ pub async fn run(hub: Arc<Hub>, mut ws: Ws, info: ConnInfo, slot: Slot) {
         info,
         handle: ConnHandle { conn_id, source, tx, ctl: ctl.clone() },
         id: None,
+        proving: None,
         // Per connection: it bounds the work one socket makes; limits that protect other people (connect
         // requests, sessions) are per source and live in the hub.
         messages: TokenBucket::new(mps, 2.0 * mps),
@@ -101,6 +104,9 @@ pub async fn run(hub: Arc<Hub>, mut ws: Ws, info: ConnInfo, slot: Slot) {
             _ = ctl.cancel.cancelled() => {
                 break match ctl.close_code.load(Ordering::Relaxed) {
                     CLOSE_RESUMED => End::Close { code: CLOSE_RESUMED, reason: "session resumed elsewhere", flush: true },
+                    CLOSE_TAKEN_OVER => {
+                        End::Close { code: CLOSE_TAKEN_OVER, reason: "identity opened in another tab", flush: true }
+                    }
                     CLOSE_SLOW => {
                         Stats::inc(&hub.stats.slow_disconnects);
                         End::Close { code: CLOSE_SLOW, reason: "too slow: outbox overflow", flush: false }
@@ -282,9 +288,10 @@ impl Conn {
         let hub = self.hub.clone();
         let (host, cfg) = (self.info.ice_host.as_deref(), &self.info.cfg);
         let now_unix = crate::credentials::unix_now();
-        let applied = hub.state.lock().apply(&self.handle, self.id, msg, Instant::now(), now_unix, |id| {
-            ice::servers_for(&hub.own_ice, cfg, host, id, now_unix)
-        });
+        let applied =
+            hub.state.lock().apply(&self.handle, self.id, &mut self.proving, msg, (Instant::now(), now_unix), |id| {
+                ice::servers_for(&hub.own_ice, cfg, host, id, now_unix)
+            });
         match applied {
             Applied::Continue => None,
             Applied::Welcomed(id) => {

@@ -1,5 +1,6 @@
 //! A socket-free driver of the hub's state machine for the `signaling_hub` fuzz target and its regression tests:
-//! arbitrary bytes become a sequence of client operations (open, hello with or without a token, protocol
+//! arbitrary bytes become a sequence of client operations (open, hello with or without a token or an identity
+//! key, identity proofs, contact and block messages, identities forgotten as days pass, protocol
 //! messages, raw text frames, close, timers, reload, re-pairing by ticket, a server restart with the same signing
 //! key), from a few source addresses (most from one, to model churn from one source), handed to
 //! `State::apply` — the same dispatch `conn.rs` uses — with invariants checked after every step.
@@ -20,11 +21,29 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::sync::CancellationToken;
 
 use super::conn::OUTBOX;
-use super::hub::{Applied, ConnCtl, ConnHandle, Settings, State};
+use super::hub::{Applied, ConnCtl, ConnHandle, Proving, Settings, State};
 use super::ids::Id;
 use super::keys::SigningKey;
 use super::protocol::{self, ClientMsg, Limits};
 use crate::limits::source_key;
+
+/// Identity key pairs the simulated browsers use (a few, so that several tabs share one and take it over).
+fn keypairs() -> &'static [(ring::signature::EcdsaKeyPair, String)] {
+    use base64::Engine;
+    use ring::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
+    static KEYS: std::sync::OnceLock<Vec<(EcdsaKeyPair, String)>> = std::sync::OnceLock::new();
+    KEYS.get_or_init(|| {
+        let rng = ring::rand::SystemRandom::new();
+        (0..3)
+            .map(|_| {
+                let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).expect("keygen");
+                let kp = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng).expect("key");
+                let public = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(kp.public_key().as_ref());
+                (kp, public)
+            })
+            .collect()
+    })
+}
 
 /// Live connections the driver keeps at most (more only slows the fuzzer down).
 const MAX_CONNS: usize = 8;
@@ -59,6 +78,9 @@ struct SimConn {
     /// Set by a successful hello.
     id: Option<Id>,
     view: View,
+    /// The identity handshake in progress, as `conn.rs` holds it, and the key pair it uses.
+    proving: Option<Proving>,
+    keypair: usize,
 }
 
 #[derive(Deserialize)]
@@ -112,6 +134,8 @@ struct Sim {
     unix0: u64,
     next_conn: u64,
     base: Settings,
+    /// Extra wall-clock seconds (days passing for the identities' forget period).
+    unix_skew: u64,
 }
 
 fn settings(sel: u8) -> Settings {
@@ -125,6 +149,9 @@ fn settings(sel: u8) -> Settings {
         token_max_age: if sel & 0x40 == 0 { 86_400 } else { 30 },
         max_sessions_per_source: if sel & 0x80 == 0 { 3 } else { 8 },
         requests_per_target_per_min: 2,
+        identity_forget_after_days: 1,
+        identity_registrations_per_hour: 2,
+        max_identities: if sel & 0x20 == 0 { 16 } else { 2 },
     }
 }
 
@@ -154,6 +181,7 @@ fn drive(data: &[u8]) -> usize {
         unix0: crate::credentials::unix_now(),
         next_conn: 1,
         base,
+        unix_skew: 0,
     };
     let mut ops = 0;
     let mut most = 0;
@@ -179,13 +207,15 @@ thread_local! {
     static LAST: std::cell::RefCell<Option<(Vec<Id>, usize)>> = const { std::cell::RefCell::new(None) };
     /// The most requests any one client had pending to it at once, over the runs since it was last reset.
     static MOST_PENDING: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    /// `presence{online:true}` messages delivered, over the runs since it was last reset.
+    static PRESENCE_SEEN: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
 
 impl Sim {
     fn step(&mut self, input: &mut Input<'_>) {
         let op = input.byte();
         let k = input.byte() as usize;
-        match op % 13 {
+        match op % 17 {
             0 => {
                 if self.conns.len() < MAX_CONNS {
                     let (tx, rx) = mpsc::channel(OUTBOX);
@@ -197,7 +227,15 @@ impl Sim {
                         tx,
                         ctl: ConnCtl::new(CancellationToken::new(), 1 << 24),
                     };
-                    self.conns.push(SimConn { conn_id, handle, rx, id: None, view: View::default() });
+                    self.conns.push(SimConn {
+                        conn_id,
+                        handle,
+                        rx,
+                        id: None,
+                        view: View::default(),
+                        proving: None,
+                        keypair: 0,
+                    });
                 }
             }
             1 => {
@@ -257,7 +295,61 @@ impl Sim {
                 // The server process restarts (kill -9 and back): every connection and all in-memory state is
                 // gone; the signing key, and so the tokens and tickets clients hold, survive.
                 self.conns.clear();
-                self.st = State::new(self.base, Arc::default(), key());
+                let ids = self.st.identities_snapshot();
+                self.st = State::new(self.base, Arc::default(), key()).with_identities(ids, None);
+            }
+            13 => {
+                // hello with an identity: one of the key pairs (maybe with a token), or a malformed key.
+                let sel = input.byte();
+                let keys = keypairs();
+                let kp = sel as usize % keys.len();
+                let n = self.conns.len().max(1);
+                if let Some(c) = self.conns.get_mut(k % n) {
+                    c.keypair = kp;
+                }
+                let key = if sel & 0x80 == 0 { keys[kp].1.clone() } else { keys[kp].1[..40].to_string() };
+                let token =
+                    (sel & 0x40 != 0).then(|| self.tokens.get(sel as usize % self.tokens.len().max(1)).cloned());
+                let text =
+                    serde_json::json!({"type": "hello", "v": 1, "token": token.flatten(), "identity": {"key": key}});
+                self.frame(k, &text.to_string());
+            }
+            14 => {
+                // identity_proof: signed by the key the hello named, by another key, or garbage.
+                let sel = input.byte();
+                if self.conns.is_empty() {
+                    return;
+                }
+                let i = k % self.conns.len();
+                let keys = keypairs();
+                let challenge = self.conns[i].proving.as_ref().map(|p| p.challenge.clone()).unwrap_or_default();
+                let signer = match sel % 4 {
+                    0..=1 => Some(self.conns[i].keypair),
+                    2 => Some((self.conns[i].keypair + 1) % keys.len()),
+                    _ => None,
+                };
+                let signature = match signer {
+                    Some(j) => {
+                        use base64::Engine;
+                        let msg = format!("{}{challenge}", super::identity::SIGN_PREFIX);
+                        let sig = keys[j].0.sign(&ring::rand::SystemRandom::new(), msg.as_bytes()).expect("sign");
+                        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sig.as_ref())
+                    }
+                    None => String::from_utf8_lossy(input.bytes(sel as usize % 90)).into_owned(),
+                };
+                let text = serde_json::json!({"type": "identity_proof", "signature": signature}).to_string();
+                self.frame(k, &text);
+            }
+            15 => {
+                let ty = ["contact_add", "contact_remove", "block", "unblock"][input.byte() as usize % 4];
+                let target = self.target(input);
+                self.frame(k, &serde_json::json!({"type": ty, "id": target}).to_string());
+            }
+            16 => {
+                // Time passes beyond the identities' forget period (a day here), with the forget sweep.
+                self.unix_skew += 2 * 86_400;
+                let unix = self.unix();
+                self.st.forget_identities(unix);
             }
             _ => {
                 // A config reload: the grace period and limits change for what starts from now on.
@@ -269,7 +361,7 @@ impl Sim {
 
     /// Wall-clock seconds as the hub sees them (tokens and tickets carry these).
     fn unix(&self) -> u64 {
-        self.unix0 + self.now.duration_since(self.t0).as_secs()
+        self.unix0 + self.unix_skew + self.now.duration_since(self.t0).as_secs()
     }
 
     fn pick_id(&self, sel: u8) -> Option<Id> {
@@ -313,7 +405,10 @@ impl Sim {
         }
         let handle = self.conns[i].handle.clone();
         let (me, now, unix) = (self.conns[i].id, self.now, self.unix());
-        match self.st.apply(&handle, me, msg, now, unix, |_| (Vec::new(), 0)) {
+        let mut proving = self.conns[i].proving.take();
+        let applied = self.st.apply(&handle, me, &mut proving, msg, (now, unix), |_| (Vec::new(), 0));
+        self.conns[i].proving = proving;
+        match applied {
             Applied::Continue | Applied::RefreshIce(_) => {}
             Applied::Welcomed(id) => {
                 self.conns[i].id = Some(id);
@@ -383,6 +478,19 @@ impl Sim {
                 ("peer_left", Some(p)) => {
                     view.peers.remove(&p);
                     view.outgoing.remove(&p);
+                }
+                ("presence", Some(p)) => {
+                    let me = me.expect("presence to a connection without an ID");
+                    let online =
+                        serde_json::from_str::<serde_json::Value>(m.as_str()).ok().and_then(|v| v["online"].as_bool());
+                    if online == Some(true) {
+                        assert!(
+                            self.st.is_mutual(me, p),
+                            "presence of {p} sent to {me}, which are not mutual contacts"
+                        );
+                        #[cfg(test)]
+                        PRESENCE_SEEN.with(|n| n.set(n.get() + 1));
+                    }
                 }
                 ("signal", _) => {
                     let from = out.from.as_deref().and_then(Id::parse).expect("signal without a valid from");
@@ -532,9 +640,11 @@ mod tests {
     #[test]
     fn committed_churn_seeds_are_current() {
         let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/fuzz/seeds/signaling_hub");
-        for (name, data) in
-            [("session-churn-one-source", session_churn()), ("connect-churn-one-source", connect_churn())]
-        {
+        for (name, data) in [
+            ("session-churn-one-source", session_churn()),
+            ("connect-churn-one-source", connect_churn()),
+            ("identities-contacts-takeover-restart", identity_scenario()),
+        ] {
             let path = format!("{dir}/{name}");
             if std::env::var_os("PONTE_WRITE_SEEDS").is_some() {
                 std::fs::write(&path, &data).unwrap();
@@ -559,6 +669,48 @@ mod tests {
         assert!(n >= 5, "seeds missing from {dir}");
     }
 
+    /// Identities through the one dispatch: two keys prove themselves, consent mutually (presence flows), a
+    /// second tab of the first key takes its ID over, and after a restart (the table kept, as the store does)
+    /// the key gets its ID back.
+    fn identity_scenario() -> Vec<u8> {
+        ops(
+            0,
+            &[
+                &[0, 0],
+                &[0, 0],
+                &[13, 0, 0],    // conn 0: hello with key 0
+                &[14, 0, 0],    // conn 0: the right proof
+                &[13, 1, 1],    // conn 1: hello with key 1
+                &[14, 1, 0],    // conn 1: the right proof
+                &[15, 0, 0, 4], // conn 0: contact_add ids[1]
+                &[15, 1, 0, 0], // conn 1: contact_add ids[0] (mutual: presence)
+                &[2, 1, 0, 0],  // conn 1: connect to ids[0]
+                &[0, 0],        // conn 2
+                &[13, 2, 0],    // conn 2: hello with key 0 ...
+                &[14, 2, 2],    // ... signed by key 1: refused, closed
+                &[0, 0],        // conn 2 again
+                &[13, 2, 0],    // hello with key 0
+                &[14, 2, 0],    // the right proof: takes ids[0] over from conn 0
+                &[8, 0],        // conn 0's task ends (4002)
+                &[15, 1, 2, 0], // conn 1: block ids[0]
+                &[12, 0],       // restart
+                &[0, 0],
+                &[13, 0, 0],
+                &[14, 0, 1], // key 0 again: same ID
+                &[16, 0],    // days pass: nobody is forgotten while online
+            ],
+        )
+    }
+
+    #[test]
+    fn identities_through_the_dispatch() {
+        PRESENCE_SEEN.with(|n| n.set(0));
+        drive(&identity_scenario());
+        let (ids, _) = LAST.with(|l| l.borrow_mut().take()).unwrap();
+        assert_eq!(ids.len(), 2, "two keys, two IDs, kept through a takeover and a restart: {ids:?}");
+        assert!(PRESENCE_SEEN.with(|n| n.get()) >= 1, "mutual contacts saw each other online");
+    }
+
     #[test]
     fn random_operation_sequences_keep_invariants() {
         // A cheap deterministic stand-in for the fuzzer, so `cargo test` covers the driver and the hub: steps
@@ -574,7 +726,7 @@ mod tests {
         for round in 0..300 {
             let mut data = vec![if round % 3 == 0 { 2 } else { next(4) * 2 }];
             for _ in 0..150 {
-                let op = match next(100) {
+                let op = match next(125) {
                     0..=9 => 0,
                     10..=24 => 1,
                     25..=74 => 2,
@@ -582,12 +734,20 @@ mod tests {
                     78..=82 => 7,
                     83..=87 => 8,
                     88..=94 => 9,
-                    _ => 10,
+                    95..=99 => 10,
+                    100..=107 => 13,
+                    108..=113 => 14,
+                    114..=123 => 15,
+                    _ => 16,
                 };
                 data.extend([op, next(4)]);
                 match op {
                     1 => data.push(next(3)),
                     2 => data.extend([next(6), next(16), next(9)]),
+                    // Mostly well-formed keys, sometimes with a token or truncated.
+                    13 => data.push(next(3) | [0, 0, 0, 0x40, 0x80][next(5) as usize]),
+                    14 => data.push(next(4)),
+                    15 => data.extend([next(4), next(16)]),
                     6 => data.extend(*b"\x0e{\"type\":\"bye\"}"),
                     9 => *data.last_mut().unwrap() = next(30),
                     _ => {}

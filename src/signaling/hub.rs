@@ -14,16 +14,25 @@ use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::sync::CancellationToken;
 
+use super::identity::{self, EdgeError, Identities, PublicKey};
 use super::ids::Id;
 use super::keys::{self, Nonce, SigningKey, TokenClaim};
-use super::protocol::{self, CancelReason, ClientMsg, ErrorCode, IceServer, LeftReason, Limits, PeerTicket, ServerMsg};
+use super::protocol::{
+    self, CancelReason, ClientMsg, ContactState, ErrorCode, IceServer, IdentityInfo, LeftReason, Limits, PeerTicket,
+    ServerMsg,
+};
 use super::stats::Stats;
+use super::store::Writer;
 use crate::limits::TokenBucket;
 
 /// Close code the hub asks a connection to use when it is replaced by a resumed session.
 pub const CLOSE_RESUMED: u16 = 4001;
 /// Close code for a connection whose outbox overflowed (it does not read fast enough).
 pub const CLOSE_SLOW: u16 = 1008;
+/// Close code for the older connection of an identity that a newer tab (or browser window) took over.
+pub const CLOSE_TAKEN_OVER: u16 = 4002;
+/// The window of `identity_registrations_per_hour`.
+const HOUR_SECS: f64 = 3600.0;
 /// Pending `rejoin`s one session may hold (each needs a valid ticket naming it, so a real client has a handful).
 const MAX_REJOIN_CLAIMS: usize = 64;
 /// The window of `requests_to_one_client_per_min`.
@@ -143,6 +152,12 @@ pub struct Settings {
     pub max_sessions_per_source: usize,
     /// Connect requests one source may send to one client per minute, and have pending to it at once.
     pub requests_per_target_per_min: usize,
+    /// Identities are forgotten this many days after they were last seen.
+    pub identity_forget_after_days: u64,
+    /// New identities one source may register per hour.
+    pub identity_registrations_per_hour: u32,
+    /// Identities the store holds at most.
+    pub max_identities: usize,
 }
 
 impl Settings {
@@ -163,6 +178,9 @@ impl Settings {
             token_max_age: s.token_max_age_secs,
             max_sessions_per_source: s.max_sessions_per_ip,
             requests_per_target_per_min: s.requests_to_one_client_per_min as usize,
+            identity_forget_after_days: s.identity_forget_after_days,
+            identity_registrations_per_hour: s.identity_registrations_per_hour,
+            max_identities: s.max_identities,
         }
     }
 }
@@ -193,9 +211,18 @@ enum Start {
 /// What `hello` decided.
 pub enum HelloOutcome {
     Welcomed(Id),
-    /// Too many sessions (live + in grace, in total or from this source); the error is queued, the caller
-    /// closes with 1013.
+    /// Too many sessions (live + in grace, in total or from this source), or a new identity over its limits; the
+    /// error is queued, the caller closes with 1013.
     Full,
+}
+
+/// A connection between `hello{identity}` and its `identity_proof`: the key to check and the challenge it must
+/// sign. Held by the connection (it dies with it), handed to [`State::apply`] with every message.
+#[derive(Debug, Clone)]
+pub struct Proving {
+    pub key: PublicKey,
+    pub challenge: String,
+    pub token: Option<String>,
 }
 
 /// What [`State::apply`] asks of the connection task, beyond the messages it already queued.
@@ -225,6 +252,13 @@ pub struct State {
     settings: Settings,
     stats: Arc<Stats>,
     key: SigningKey,
+    /// Lasting identities: ID <-> key bindings, consents, blocks (see `identity.rs`).
+    ids: Identities,
+    /// Writes `ids`' changes to disk (`None`: in memory only).
+    writer: Option<Writer>,
+    /// New identities registered per source, per hour. Separate from `sources`, whose entries go after a minute
+    /// of quiet: this budget must outlast that.
+    registrations: HashMap<IpAddr, TokenBucket>,
 }
 
 fn remove_id(v: &mut Vec<Id>, id: Id) -> bool {
@@ -267,7 +301,35 @@ impl State {
             settings,
             stats,
             key,
+            ids: Identities::default(),
+            writer: None,
+            registrations: HashMap::new(),
         }
+    }
+
+    /// Use `ids` (loaded from the store) and write its changes through `writer`.
+    pub fn with_identities(mut self, ids: Identities, writer: Option<Writer>) -> State {
+        self.ids = ids;
+        self.writer = writer;
+        self
+    }
+
+    /// The writer, for a clean close at shutdown (what is queued gets written).
+    pub fn take_writer(&mut self) -> Option<Writer> {
+        self.flush();
+        self.writer.take()
+    }
+
+    /// Hand the identity table's changes to the disk writer (dropped when there is none).
+    fn flush(&mut self) {
+        let ops = self.ids.take_ops();
+        if let (Some(w), false) = (&self.writer, ops.is_empty()) {
+            w.send(ops);
+        }
+    }
+
+    pub fn identity_count(&self) -> usize {
+        self.ids.len()
     }
 
     pub fn session_count(&self) -> usize {
@@ -289,6 +351,10 @@ impl State {
             for s in self.sources.values_mut() {
                 s.connects.set_rate(cpm / 60.0, cpm.max(1.0));
             }
+        }
+        if settings.identity_registrations_per_hour != self.settings.identity_registrations_per_hour {
+            // A new hourly budget for everybody at the new rate: an operator who raises it wants it to apply now.
+            self.registrations.clear();
         }
         self.settings = settings;
     }
@@ -313,26 +379,84 @@ impl State {
     }
 
     /// Handle one parsed client message from the connection `conn`, which holds the ID `me` once its `hello`
-    /// succeeded. This is the one dispatch of client messages to the state machine: the connection task
-    /// (`conn.rs`) and the fuzz driver (`fuzzing.rs`) both call it. `ice` builds the ICE list for a `welcome`.
+    /// succeeded, at `now` (monotonic) and `now_unix` (wall clock: tokens and tickets carry it). This is the one
+    /// dispatch of client messages to the state machine: the connection task (`conn.rs`) and the fuzz driver
+    /// (`fuzzing.rs`) both call it. `ice` builds the ICE list for a `welcome`.
+    ///
+    /// `proving` is the connection's identity handshake in progress (docs/protocol.md): set by a
+    /// `hello{identity}`, consumed by the `identity_proof` that follows.
     pub fn apply(
         &mut self,
         conn: &ConnHandle,
         me: Option<Id>,
+        proving: &mut Option<Proving>,
         msg: ClientMsg<'_>,
-        now: Instant,
-        now_unix: u64,
+        (now, now_unix): (Instant, u64),
+        ice: impl FnOnce(Id) -> (Vec<IceServer>, u64),
+    ) -> Applied {
+        let applied = self.dispatch(conn, me, proving, msg, (now, now_unix), ice);
+        self.flush();
+        applied
+    }
+
+    fn dispatch(
+        &mut self,
+        conn: &ConnHandle,
+        me: Option<Id>,
+        proving: &mut Option<Proving>,
+        msg: ClientMsg<'_>,
+        (now, now_unix): (Instant, u64),
         ice: impl FnOnce(Id) -> (Vec<IceServer>, u64),
     ) -> Applied {
         Stats::inc(&self.stats.by_type[msg.index()]);
         let Some(me) = me else {
-            let ClientMsg::Hello { v, token } = msg else {
-                self.reply_err(conn, ErrorCode::HelloRequired, "send hello first", msg.type_name());
+            if let Some(p) = proving.take() {
+                let ClientMsg::IdentityProof { signature } = msg else {
+                    *proving = Some(p);
+                    self.reply_err(conn, ErrorCode::ProofRequired, "send identity_proof first", msg.type_name());
+                    return Applied::Continue;
+                };
+                if !p.key.verify(&p.challenge, &signature) {
+                    self.reply_err(
+                        conn,
+                        ErrorCode::BadSignature,
+                        "the signature does not verify: sign \"ponte-identity-v1:\" + challenge with the key sent in \
+                         hello (ECDSA P-256, SHA-256, raw r||s, base64url)",
+                        "identity_proof",
+                    );
+                    return Applied::Close { code: 1008, reason: "identity proof failed" };
+                }
+                return match self.identity_hello(conn.clone(), p.key, p.token.as_deref(), now, now_unix, ice) {
+                    HelloOutcome::Welcomed(id) => Applied::Welcomed(id),
+                    HelloOutcome::Full => Applied::Close { code: 1013, reason: "server full, try again later" },
+                };
+            }
+            let ClientMsg::Hello { v, token, identity } = msg else {
+                let (code, text) = match msg {
+                    ClientMsg::IdentityProof { .. } => (ErrorCode::BadMessage, "no identity challenge is outstanding"),
+                    _ => (ErrorCode::HelloRequired, "send hello first"),
+                };
+                self.reply_err(conn, code, text, msg.type_name());
                 return Applied::Continue;
             };
             if v != protocol::VERSION {
                 self.reply_err(conn, ErrorCode::UnsupportedVersion, "this server speaks protocol version 1", "hello");
                 return Applied::Close { code: 1002, reason: "unsupported protocol version" };
+            }
+            if let Some(key) = identity {
+                let Some(key) = PublicKey::parse(&key) else {
+                    self.reply_err(
+                        conn,
+                        ErrorCode::BadKey,
+                        "identity.key must be base64url of the 65-byte raw P-256 public key (exportKey(\"raw\"))",
+                        "hello",
+                    );
+                    return Applied::Close { code: 1008, reason: "bad identity key" };
+                };
+                let challenge = identity::challenge();
+                push(conn, ServerMsg::IdentityChallenge { challenge: challenge.clone() }.to_text());
+                *proving = Some(Proving { key, challenge, token });
+                return Applied::Continue;
             }
             return match self.hello(conn.clone(), token.as_deref(), now, now_unix, ice) {
                 HelloOutcome::Welcomed(id) => Applied::Welcomed(id),
@@ -364,6 +488,13 @@ impl State {
             ClientMsg::Signal { to, data } => self.signal(me, &to, data),
             ClientMsg::Bye { to } => self.bye(me, &to),
             ClientMsg::Rejoin { to, ticket } => self.rejoin(me, &to, &ticket, now_unix),
+            ClientMsg::ContactAdd { id } => self.contact_add(me, &id, now),
+            ClientMsg::ContactRemove { id } => self.contact_remove(me, &id),
+            ClientMsg::Block { id } => self.block(me, &id, now),
+            ClientMsg::Unblock { id } => self.unblock(me, &id),
+            ClientMsg::IdentityProof { .. } => {
+                self.err(me, ErrorCode::BadMessage, "no identity challenge is outstanding", "identity_proof", None)
+            }
             ClientMsg::Hello { .. } | ClientMsg::RefreshIce | ClientMsg::Ping { .. } => {}
         }
         Applied::Continue
@@ -387,7 +518,10 @@ impl State {
         ice: impl FnOnce(Id) -> (Vec<IceServer>, u64),
     ) -> HelloOutcome {
         let max_age = self.settings.token_max_age;
-        let claim = token.and_then(|t| self.key.check_token(t)).filter(|c| keys::fresh(c.issued, now_unix, max_age));
+        // An identity's ID goes only to a connection that proved its key: its tokens alone bring back nothing.
+        let claim = token
+            .and_then(|t| self.key.check_token(t))
+            .filter(|c| keys::fresh(c.issued, now_unix, max_age) && !self.ids.is_taken(c.id));
         if let Some(c) = claim.filter(|c| self.resumable(c, now)) {
             return self.resume(conn, c.id, now, now_unix, ice);
         }
@@ -467,10 +601,10 @@ impl State {
         }
         for (p, initiator) in paired_while_away.into_iter().filter(|(p, _)| peers.contains(p)) {
             let ticket = if initiator { self.ticket(id, p) } else { self.ticket(p, id) };
-            self.send(id, ServerMsg::Paired { peer: p, initiator, ticket }.to_text());
+            self.send(id, ServerMsg::Paired { peer: p, initiator, ticket, peer_key: self.key_str(p) }.to_text());
         }
         for p in incoming {
-            self.send(id, ServerMsg::Incoming { peer: p }.to_text());
+            self.send(id, ServerMsg::Incoming { peer: p, peer_key: self.key_str(p) }.to_text());
         }
         for p in outgoing {
             self.send(id, ServerMsg::RequestSent { peer: p }.to_text());
@@ -500,13 +634,118 @@ impl State {
         now_unix: u64,
         ice: impl FnOnce(Id) -> (Vec<IceServer>, u64),
     ) -> HelloOutcome {
-        let id = loop {
+        let id = self.free_id();
+        self.start_session(conn, (id, Nonce::random(), Start::Fresh), now, now_unix, ice)
+    }
+
+    /// A random ID nobody holds: no session, no identity, not reserved after being forgotten.
+    fn free_id(&self) -> Id {
+        loop {
             let id = Id::random();
-            if !self.sessions.contains_key(&id) {
+            if !self.sessions.contains_key(&id) && !self.ids.is_taken(id) {
                 break id;
             }
+        }
+    }
+
+    /// `hello{identity}` whose proof verified: the key's ID (bound now if the key is new), resumed when the
+    /// token names its live session, else taken over from any older connection (newest tab wins, 4002) and
+    /// started afresh. Mutual contacts online hear `presence` when the ID was not online before.
+    fn identity_hello(
+        &mut self,
+        conn: ConnHandle,
+        key: PublicKey,
+        token: Option<&str>,
+        now: Instant,
+        now_unix: u64,
+        ice: impl FnOnce(Id) -> (Vec<IceServer>, u64),
+    ) -> HelloOutcome {
+        let Some(id) = self.ids.id_of(&key) else {
+            return self.register(conn, key, now, now_unix, ice);
         };
+        self.ids.seen(id, now_unix);
+        let max_age = self.settings.token_max_age;
+        let claim = token
+            .and_then(|t| self.key.check_token(t))
+            .filter(|c| c.id == id && keys::fresh(c.issued, now_unix, max_age) && self.resumable(c, now));
+        if claim.is_some() {
+            return self.resume(conn, id, now, now_unix, ice);
+        }
+        let was_online = self.sessions.contains_key(&id);
+        if was_online {
+            // Another tab of the same profile (or a reload that lost its token): the newest connection wins.
+            if let Some(old) = self.sessions.get(&id).and_then(|s| s.conn.as_ref()) {
+                tracing::debug!(%id, old = old.conn_id, "identity opened in another connection; closing the old one");
+                old.ctl.kill(CLOSE_TAKEN_OVER);
+            }
+            self.end_session(id, false);
+        }
+        if !self.room_for_session(&conn) {
+            if was_online {
+                self.announce(id, false);
+            }
+            return HelloOutcome::Full;
+        }
+        let out = self.start_session(conn, (id, Nonce::random(), Start::Restored), now, now_unix, ice);
+        if !was_online {
+            self.announce(id, true);
+        }
+        out
+    }
+
+    /// A key never seen: bind it to a new ID, within the per-source and total limits.
+    fn register(
+        &mut self,
+        conn: ConnHandle,
+        key: PublicKey,
+        now: Instant,
+        now_unix: u64,
+        ice: impl FnOnce(Id) -> (Vec<IceServer>, u64),
+    ) -> HelloOutcome {
+        if !self.room_for_session(&conn) {
+            return HelloOutcome::Full;
+        }
+        let over_total = self.ids.len() >= self.settings.max_identities;
+        if over_total || !self.registration_budget(conn.source, now) {
+            let message = if over_total {
+                "the server holds as many identities as it may; try again later or use ponte without one"
+            } else {
+                "too many new identities from your address; try again in an hour or use ponte without one"
+            };
+            self.reply_err(&conn, ErrorCode::TooManyIdentities, message, "identity_proof");
+            return HelloOutcome::Full;
+        }
+        let id = self.free_id();
+        self.ids.register(id, key, now_unix);
+        tracing::debug!(%id, "new identity");
         self.start_session(conn, (id, Nonce::random(), Start::Fresh), now, now_unix, ice)
+    }
+
+    /// Take one new identity from `source`'s hourly budget.
+    fn registration_budget(&mut self, source: IpAddr, now: Instant) -> bool {
+        let per_hour = self.settings.identity_registrations_per_hour as f64;
+        if !self.registrations.contains_key(&source) && self.registrations.len() >= self.settings.max_sessions {
+            self.registrations.retain(|_, b| !b.is_full_at(now));
+        }
+        let b = self
+            .registrations
+            .entry(source)
+            .or_insert_with(|| TokenBucket::full_at(per_hour / HOUR_SECS, per_hour.max(1.0), now));
+        b.try_take_at(now)
+    }
+
+    /// Tell `id`'s online mutual contacts that it came online or went offline.
+    fn announce(&self, id: Id, online: bool) {
+        for c in self.ids.mutuals(id) {
+            if self.sessions.contains_key(&c) {
+                self.send(c, ServerMsg::Presence { peer: id, online }.to_text());
+            }
+        }
+    }
+
+    /// The identity key of `id`, in wire form, if it has one.
+    fn key_str(&self, id: Id) -> Option<String> {
+        self.ids.key_of(id).map(|k| k.encode())
     }
 
     /// Insert the session `(id, nonce)` held by `conn` and welcome it.
@@ -607,6 +846,17 @@ impl State {
             ice_expires,
             peers,
             limits: self.settings.limits,
+            identity: self.ids.key_of(id).map(|k| IdentityInfo { key: k.encode() }),
+            contacts: self.ids.get(id).map(|r| {
+                r.contacts
+                    .iter()
+                    .map(|&peer| {
+                        let mutual = self.ids.mutual(id, peer);
+                        ContactState { peer, mutual, online: mutual && self.sessions.contains_key(&peer) }
+                    })
+                    .collect()
+            }),
+            blocked: self.ids.get(id).map(|r| r.blocks.clone()),
         }
         .to_text()
     }
@@ -639,10 +889,21 @@ impl State {
         }
     }
 
-    /// End a session for good: partners get `peer_left`, pending requests are withdrawn on both sides.
+    /// End a session for good: partners get `peer_left`, pending requests are withdrawn on both sides, and an
+    /// identity's mutual contacts see it go offline.
     fn remove_session(&mut self, id: Id) {
+        self.end_session(id, true);
+    }
+
+    /// [`State::remove_session`]; `announce: false` when the same ID starts again at once (a takeover), so its
+    /// contacts see no flicker.
+    fn end_session(&mut self, id: Id, announce: bool) {
         let Some(s) = self.sessions.remove(&id) else { return };
         tracing::debug!(%id, "session ended");
+        self.ids.seen(id, crate::credentials::unix_now());
+        if announce {
+            self.announce(id, false);
+        }
         self.source_left(s.source);
         for p in s.peers {
             if let Some(ps) = self.sessions.get_mut(&p) {
@@ -713,6 +974,20 @@ impl State {
             self.next_source_sweep = Some(now + SOURCE_SWEEP_EVERY);
             self.sweep_sources(now);
         }
+        self.flush();
+    }
+
+    /// Forget identities unused for `identity_forget_after_days` (never one that is online), and let their
+    /// reserved IDs go after as long again. Called about once a minute.
+    pub fn forget_identities(&mut self, now_unix: u64) {
+        let days = self.settings.identity_forget_after_days;
+        self.ids.set_max_reserved(self.settings.max_identities);
+        let sessions = &self.sessions;
+        let gone = self.ids.forget_unused(now_unix, days, |id| sessions.contains_key(&id));
+        if !gone.is_empty() {
+            tracing::info!(count = gone.len(), "forgot identities unused for {days} days");
+        }
+        self.flush();
     }
 
     /// Forget sources that hold no session, whose connect budget is full again and whose per-client window is
@@ -722,6 +997,7 @@ impl State {
             s.recent.retain(|(_, at)| now.saturating_duration_since(*at) < MINUTE);
             s.sessions > 0 || !s.recent.is_empty() || !s.connects.is_full_at(now)
         });
+        self.registrations.retain(|_, b| !b.is_full_at(now));
     }
 
     /// `connect{to}` from `me`. Limited per source, before any lookup (failed attempts are exactly what an ID scan
@@ -739,7 +1015,8 @@ impl State {
         if to == me {
             return self.err(me, ErrorCode::SelfConnect, "that is your own ID", R, Some(to));
         }
-        if !self.sessions.contains_key(&to) {
+        // Blocked: the same answer as offline, so the blocked side cannot tell.
+        if !self.sessions.contains_key(&to) || self.ids.blocks(to, me) {
             return self.err(me, ErrorCode::UnknownPeer, "no client with that ID is online", R, Some(to));
         }
         let Some(s) = self.sessions.get_mut(&me) else { return };
@@ -778,7 +1055,7 @@ impl State {
             ts.incoming.push((me, source));
         }
         self.timers.push(Reverse((deadline, Timer::Request { from: me, to })));
-        self.send(to, ServerMsg::Incoming { peer: me }.to_text());
+        self.send(to, ServerMsg::Incoming { peer: me, peer_key: self.key_str(me) }.to_text());
         self.send(me, ServerMsg::RequestSent { peer: to }.to_text());
     }
 
@@ -838,8 +1115,12 @@ impl State {
             }
         }
         let ticket = self.ticket(initiator, responder);
-        self.send(initiator, ServerMsg::Paired { peer: responder, initiator: true, ticket: ticket.clone() }.to_text());
-        self.send(responder, ServerMsg::Paired { peer: initiator, initiator: false, ticket }.to_text());
+        let (ikey, rkey) = (self.key_str(initiator), self.key_str(responder));
+        self.send(
+            initiator,
+            ServerMsg::Paired { peer: responder, initiator: true, ticket: ticket.clone(), peer_key: rkey }.to_text(),
+        );
+        self.send(responder, ServerMsg::Paired { peer: initiator, initiator: false, ticket, peer_key: ikey }.to_text());
         // A new partner that is mid-reconnect: say so now, as if it had dropped after pairing.
         for (a, b) in [(initiator, responder), (responder, initiator)] {
             if self.sessions.get(&b).is_some_and(|s| s.conn.is_none()) {
@@ -933,11 +1214,113 @@ impl State {
         }
         self.send(to, ServerMsg::PeerLeft { peer: me, reason: LeftReason::Bye }.to_text());
     }
+
+    /// The ID a contact message names, if `me` is an identity and the ID is well formed; the error otherwise.
+    /// `lookup`: the message reveals whether the ID is registered, so it spends the source's connect budget
+    /// (the same scan that `connect` guards against).
+    fn contact_target(&mut self, me: Id, raw: &str, ref_: &str, lookup: Option<Instant>) -> Option<Id> {
+        if self.ids.key_of(me).is_none() {
+            self.err(
+                me,
+                ErrorCode::IdentityRequired,
+                "contacts need a lasting identity (hello with identity)",
+                ref_,
+                None,
+            );
+            return None;
+        }
+        if let Some(now) = lookup {
+            let source = self.sessions.get(&me)?.source;
+            if !self.source_mut(source, now).connects.try_take_at(now) {
+                self.err(me, ErrorCode::TooManyRequests, "too many look-ups of IDs; wait a minute", ref_, None);
+                return None;
+            }
+        }
+        match Id::parse(raw).filter(|id| *id != me) {
+            Some(id) => Some(id),
+            None => {
+                self.err(me, ErrorCode::NotIdentity, "that is not the ID of another identity", ref_, None);
+                None
+            }
+        }
+    }
+
+    fn edge_err(&self, me: Id, e: EdgeError, peer: Id, ref_: &str) {
+        match e {
+            EdgeError::NotIdentity => {
+                self.err(me, ErrorCode::NotIdentity, "that ID belongs to no lasting identity", ref_, Some(peer))
+            }
+            EdgeError::TooMany => self.err(
+                me,
+                ErrorCode::TooManyContacts,
+                &format!("an identity holds at most {} contacts and as many blocks", identity::MAX_EDGES),
+                ref_,
+                Some(peer),
+            ),
+        }
+    }
+
+    /// `contact_add{id}`: my consent to presence with `id`. The other side hears of it only once it is mutual.
+    pub fn contact_add(&mut self, me: Id, raw: &str, now: Instant) {
+        const R: &str = "contact_add";
+        let Some(peer) = self.contact_target(me, raw, R, Some(now)) else { return };
+        let was = self.ids.mutual(me, peer);
+        match self.ids.add_contact(me, peer) {
+            Err(e) => self.edge_err(me, e, peer, R),
+            Ok(mutual) => {
+                let online = mutual && self.sessions.contains_key(&peer);
+                self.send(me, ServerMsg::Contact { peer, mutual, online }.to_text());
+                if online && !was {
+                    self.send(peer, ServerMsg::Presence { peer: me, online: true }.to_text());
+                }
+            }
+        }
+    }
+
+    /// `contact_remove{id}`: withdraw my consent; if it was mutual, `id` sees me offline from now on.
+    pub fn contact_remove(&mut self, me: Id, raw: &str) {
+        let Some(peer) = self.contact_target(me, raw, "contact_remove", None) else { return };
+        let was = self.ids.remove_contact(me, peer);
+        self.send(me, ServerMsg::ContactRemoved { peer }.to_text());
+        if was && self.sessions.contains_key(&peer) {
+            self.send(peer, ServerMsg::Presence { peer: me, online: false }.to_text());
+        }
+    }
+
+    /// `block{id}`: withdraw consent and refuse `connect`s from `id` (it sees me as offline).
+    pub fn block(&mut self, me: Id, raw: &str, now: Instant) {
+        const R: &str = "block";
+        let Some(peer) = self.contact_target(me, raw, R, Some(now)) else { return };
+        match self.ids.block(me, peer) {
+            Err(e) => self.edge_err(me, e, peer, R),
+            Ok(was) => {
+                self.send(me, ServerMsg::Blocked { peer }.to_text());
+                if was && self.sessions.contains_key(&peer) {
+                    self.send(peer, ServerMsg::Presence { peer: me, online: false }.to_text());
+                }
+            }
+        }
+    }
+
+    pub fn unblock(&mut self, me: Id, raw: &str) {
+        let Some(peer) = self.contact_target(me, raw, "unblock", None) else { return };
+        self.ids.unblock(me, peer);
+        self.send(me, ServerMsg::Unblocked { peer }.to_text());
+    }
 }
 
 /// Read-only views and a structural self-check for the fuzz target (`signaling::fuzzing`) and tests.
 #[cfg(any(test, feature = "fuzzing"))]
 impl State {
+    /// The identity table as it is (what a restarted server loads from disk), without pending writes.
+    pub fn identities_snapshot(&self) -> Identities {
+        self.ids.snapshot()
+    }
+
+    pub fn is_mutual(&self, a: Id, b: Id) -> bool {
+        self.ids.mutual(a, b)
+    }
+
     /// Partners of `id` as the hub records them (empty for an unknown ID).
     pub fn peers_of(&self, id: Id) -> Vec<Id> {
         self.sessions.get(&id).map(|s| s.peers.clone()).unwrap_or_default()
@@ -1030,6 +1413,7 @@ impl State {
         if self.sources.len() > self.settings.max_sessions.saturating_mul(2).max(held.len() + 1) {
             return Err(format!("{} sources remembered: the table is not bounded", self.sources.len()));
         }
+        self.ids.check_invariants()?;
         Ok(())
     }
 }
@@ -1047,6 +1431,9 @@ mod tests {
             token_max_age: 3600,
             max_sessions_per_source: 4,
             requests_per_target_per_min: 2,
+            identity_forget_after_days: 180,
+            identity_registrations_per_hour: 3,
+            max_identities: 1000,
         }
     }
 
@@ -1298,6 +1685,29 @@ mod tests {
         st.disconnected(ia, 1, Instant::now(), true);
         assert!(st.is_current(ia, 3));
         assert!(b.types().is_empty(), "partner must not see peer_away for a hand-over");
+    }
+
+    #[test]
+    fn identities_are_forgotten_after_the_reloaded_period_but_never_while_online() {
+        let mut st = State::new(settings(), Arc::default(), SigningKey::random());
+        let (a, b) = (Id::parse("aaaa2345").unwrap(), Id::parse("bbbb2345").unwrap());
+        let mut ids = Identities::default();
+        ids.register(a, PublicKey([4; identity::KEY_LEN]), 1_000);
+        ids.register(b, PublicKey([5; identity::KEY_LEN]), 1_000);
+        st = st.with_identities(ids.snapshot(), None);
+        let c = conn(1);
+        // b is online (an anonymous session cannot hold it, so put it there as its proof would).
+        st.start_session(c.handle.clone(), (b, Nonce::random(), Start::Restored), Instant::now(), 1_000, |_| {
+            (Vec::new(), 0)
+        });
+        let ten_days = 1_000 + 10 * 86_400;
+        st.forget_identities(ten_days);
+        assert_eq!(st.identity_count(), 2, "180 days by default");
+        st.set_settings(Settings { identity_forget_after_days: 7, ..settings() });
+        st.forget_identities(ten_days);
+        assert_eq!(st.identity_count(), 1, "the reloaded period applies at the next sweep");
+        assert!(st.ids.key_of(a).is_none() && st.ids.key_of(b).is_some(), "the online identity stays");
+        st.check_invariants().unwrap();
     }
 
     #[test]

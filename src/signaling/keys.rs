@@ -86,6 +86,17 @@ pub struct TicketClaim {
     pub issued: u64,
 }
 
+/// The state directory: `signaling.state_dir`, else systemd's `$STATE_DIRECTORY` (the first one listed), else
+/// none. The signaling key and the identity store live there.
+pub fn state_dir(config: &Config) -> Option<PathBuf> {
+    config.signaling.state_dir.clone().or_else(|| {
+        // systemd may list several directories, separated by ':'; ponte's unit has one.
+        std::env::var_os("STATE_DIRECTORY")
+            .and_then(|v| v.to_str().and_then(|s| s.split(':').next()).map(PathBuf::from))
+            .filter(|p| !p.as_os_str().is_empty())
+    })
+}
+
 impl SigningKey {
     pub fn random() -> SigningKey {
         SigningKey(rand::random())
@@ -154,13 +165,7 @@ impl SigningKey {
     /// Settle the key for a run: the state directory's key file (`signaling.state_dir`, else systemd's
     /// `$STATE_DIRECTORY`), else one derived from a configured TURN secret, else a random one (logged once).
     pub fn from_config(config: &Config, turn_secret: Option<&str>) -> anyhow::Result<(SigningKey, KeySource)> {
-        let dir = config.signaling.state_dir.clone().or_else(|| {
-            // systemd may list several directories, separated by ':'; ponte's unit has one.
-            std::env::var_os("STATE_DIRECTORY")
-                .and_then(|v| v.to_str().and_then(|s| s.split(':').next()).map(PathBuf::from))
-                .filter(|p| !p.as_os_str().is_empty())
-        });
-        if let Some(dir) = dir {
+        if let Some(dir) = state_dir(config) {
             let key = SigningKey::load_or_create(&dir)?;
             return Ok((key, KeySource::File(dir.join(KEY_FILE))));
         }

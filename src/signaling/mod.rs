@@ -6,10 +6,12 @@ mod conn;
 pub mod fuzzing;
 mod hub;
 mod ice;
+pub mod identity;
 pub mod ids;
 pub mod keys;
 pub mod protocol;
 mod stats;
+pub mod store;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -36,6 +38,8 @@ use crate::limits::{self, for_log, ConnCounter, LogLimiter, SlotError};
 pub const SUBPROTOCOL: &str = "ponte.v1";
 /// How often the hub looks for expired requests and grace periods (timer resolution).
 const SWEEP_EVERY: Duration = Duration::from_millis(100);
+/// How often identities unused for `signaling.identity_forget_after_days` are looked for.
+const FORGET_EVERY: Duration = Duration::from_secs(60);
 /// How long `run` waits for sockets to finish their closing handshake at shutdown.
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(3);
 /// Client-controlled values (an Origin) are cut to this many bytes in logs.
@@ -81,6 +85,8 @@ pub struct Deps {
     pub metrics: Arc<Metrics>,
     /// ponte's own STUN/TURN servers, for the ICE lists handed to browsers.
     pub own_ice: OwnIceServers,
+    /// The identity store, loaded (`store::open`); the hub owns it from here on and closes it at shutdown.
+    pub identities: store::Opened,
 }
 
 pub struct Hub {
@@ -104,7 +110,10 @@ impl Hub {
         let settings = hub::Settings::from_config(&deps.live.current());
         let stats = Arc::new(stats::Stats::default());
         let hub = Arc::new(Hub {
-            state: Mutex::new(hub::State::new(settings, stats.clone(), deps.key)),
+            state: Mutex::new(
+                hub::State::new(settings, stats.clone(), deps.key)
+                    .with_identities(deps.identities.table, deps.identities.writer),
+            ),
             conns: ConnCounter::new(),
             stop: CancellationToken::new(),
             tracker: TaskTracker::new(),
@@ -137,6 +146,11 @@ impl Hub {
     /// Accepted pairings.
     pub fn pairing_count(&self) -> usize {
         self.state.lock().pairing_count()
+    }
+
+    /// Lasting identities known (bound to a key).
+    pub fn identity_count(&self) -> usize {
+        self.state.lock().identity_count()
     }
 
     /// Decide on a WebSocket upgrade: Origin, shutdown, connection limits. Limits, origins and ICE settings
@@ -223,10 +237,13 @@ impl Hub {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut reloads = self.live.subscribe();
         let mut watching = true;
+        let mut forget = tokio::time::interval(FORGET_EVERY);
+        forget.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = tick.tick() => self.state.lock().expire(Instant::now()),
+                _ = forget.tick() => self.state.lock().forget_identities(crate::credentials::unix_now()),
                 changed = reloads.changed(), if watching => {
                     if changed.is_err() {
                         // The sender lives in the context, which outlives the hub; if it ever goes, stop watching.
@@ -251,6 +268,12 @@ impl Hub {
             );
         } else if open > 0 {
             tracing::info!("closed {open} WebSocket(s)");
+        }
+        // Last: sessions that ended above updated last-seen times. Joining the writer closes the file, so a new
+        // process (or a test's restarted server) can open it.
+        let writer = self.state.lock().take_writer();
+        if let Some(w) = writer {
+            let _ = tokio::task::spawn_blocking(move || w.finish()).await;
         }
         Ok(())
     }

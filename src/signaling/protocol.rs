@@ -12,22 +12,75 @@ pub const VERSION: u64 = 1;
 /// re-parsed into a tree.
 #[derive(Debug)]
 pub enum ClientMsg<'a> {
-    Hello { v: u64, token: Option<String> },
-    Connect { to: String },
-    Cancel { to: String },
-    Accept { from: String },
-    Decline { from: String },
-    Signal { to: String, data: &'a RawValue },
-    Bye { to: String },
+    /// `identity`: the base64url public key of a lasting identity (docs/protocol.md), checked by the hub.
+    Hello {
+        v: u64,
+        token: Option<String>,
+        identity: Option<String>,
+    },
+    Connect {
+        to: String,
+    },
+    Cancel {
+        to: String,
+    },
+    Accept {
+        from: String,
+    },
+    Decline {
+        from: String,
+    },
+    Signal {
+        to: String,
+        data: &'a RawValue,
+    },
+    Bye {
+        to: String,
+    },
     RefreshIce,
-    Ping { t: Option<&'a RawValue> },
-    Rejoin { to: String, ticket: String },
+    Ping {
+        t: Option<&'a RawValue>,
+    },
+    Rejoin {
+        to: String,
+        ticket: String,
+    },
+    IdentityProof {
+        signature: String,
+    },
+    ContactAdd {
+        id: String,
+    },
+    ContactRemove {
+        id: String,
+    },
+    Block {
+        id: String,
+    },
+    Unblock {
+        id: String,
+    },
 }
 
 impl ClientMsg<'_> {
     /// Every client message type, in [`ClientMsg::index`] order.
-    pub const TYPES: [&'static str; 10] =
-        ["hello", "connect", "cancel", "accept", "decline", "signal", "bye", "refresh_ice", "ping", "rejoin"];
+    pub const TYPES: [&'static str; 15] = [
+        "hello",
+        "connect",
+        "cancel",
+        "accept",
+        "decline",
+        "signal",
+        "bye",
+        "refresh_ice",
+        "ping",
+        "rejoin",
+        "identity_proof",
+        "contact_add",
+        "contact_remove",
+        "block",
+        "unblock",
+    ];
 
     pub fn index(&self) -> usize {
         match self {
@@ -41,6 +94,11 @@ impl ClientMsg<'_> {
             ClientMsg::RefreshIce => 7,
             ClientMsg::Ping { .. } => 8,
             ClientMsg::Rejoin { .. } => 9,
+            ClientMsg::IdentityProof { .. } => 10,
+            ClientMsg::ContactAdd { .. } => 11,
+            ClientMsg::ContactRemove { .. } => 12,
+            ClientMsg::Block { .. } => 13,
+            ClientMsg::Unblock { .. } => 14,
         }
     }
 
@@ -56,6 +114,11 @@ impl ClientMsg<'_> {
             ClientMsg::RefreshIce => "refresh_ice",
             ClientMsg::Ping { .. } => "ping",
             ClientMsg::Rejoin { .. } => "rejoin",
+            ClientMsg::IdentityProof { .. } => "identity_proof",
+            ClientMsg::ContactAdd { .. } => "contact_add",
+            ClientMsg::ContactRemove { .. } => "contact_remove",
+            ClientMsg::Block { .. } => "block",
+            ClientMsg::Unblock { .. } => "unblock",
         }
     }
 }
@@ -84,6 +147,20 @@ struct HelloIn {
     v: u64,
     #[serde(default)]
     token: Option<String>,
+    #[serde(default)]
+    identity: Option<IdentityIn>,
+}
+#[derive(Deserialize)]
+struct IdentityIn {
+    key: String,
+}
+#[derive(Deserialize)]
+struct ProofIn {
+    signature: String,
+}
+#[derive(Deserialize)]
+struct IdIn {
+    id: String,
 }
 #[derive(Deserialize)]
 struct ToIn {
@@ -134,7 +211,7 @@ pub fn parse(text: &str) -> Result<ClientMsg<'_>, ParseError> {
     Ok(match &*ty {
         "hello" => {
             let h: HelloIn = body(text, "hello")?;
-            ClientMsg::Hello { v: h.v, token: h.token }
+            ClientMsg::Hello { v: h.v, token: h.token, identity: h.identity.map(|i| i.key) }
         }
         "connect" => ClientMsg::Connect { to: body::<ToIn>(text, "connect")?.to },
         "cancel" => ClientMsg::Cancel { to: body::<ToIn>(text, "cancel")?.to },
@@ -151,6 +228,11 @@ pub fn parse(text: &str) -> Result<ClientMsg<'_>, ParseError> {
             let r: RejoinIn = body(text, "rejoin")?;
             ClientMsg::Rejoin { to: r.to, ticket: r.ticket }
         }
+        "identity_proof" => ClientMsg::IdentityProof { signature: body::<ProofIn>(text, "identity_proof")?.signature },
+        "contact_add" => ClientMsg::ContactAdd { id: body::<IdIn>(text, "contact_add")?.id },
+        "contact_remove" => ClientMsg::ContactRemove { id: body::<IdIn>(text, "contact_remove")?.id },
+        "block" => ClientMsg::Block { id: body::<IdIn>(text, "block")?.id },
+        "unblock" => ClientMsg::Unblock { id: body::<IdIn>(text, "unblock")?.id },
         other => {
             // Echo at most a short, printable prefix of an unknown type back: it goes into our reply.
             let shown: String = other.chars().filter(|c| !c.is_control()).take(40).collect();
@@ -181,6 +263,19 @@ pub struct IceServer {
 pub struct PeerTicket {
     pub peer: Id,
     pub ticket: String,
+}
+
+#[derive(Serialize, Debug, Clone)]
+pub struct IdentityInfo {
+    pub key: String,
+}
+
+/// One entry of `welcome.contacts`: `online` is only ever true when `mutual` is.
+#[derive(Serialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ContactState {
+    pub peer: Id,
+    pub mutual: bool,
+    pub online: bool,
 }
 
 #[derive(Serialize, Debug, Clone, Copy)]
@@ -228,10 +323,17 @@ pub enum ErrorCode {
     ServerFull,
     TooManySessions,
     BadTicket,
+    BadKey,
+    BadSignature,
+    ProofRequired,
+    TooManyIdentities,
+    IdentityRequired,
+    NotIdentity,
+    TooManyContacts,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 19] = [
+    pub const ALL: [ErrorCode; 26] = [
         ErrorCode::BadJson,
         ErrorCode::BadMessage,
         ErrorCode::UnknownType,
@@ -251,6 +353,13 @@ impl ErrorCode {
         ErrorCode::ServerFull,
         ErrorCode::TooManySessions,
         ErrorCode::BadTicket,
+        ErrorCode::BadKey,
+        ErrorCode::BadSignature,
+        ErrorCode::ProofRequired,
+        ErrorCode::TooManyIdentities,
+        ErrorCode::IdentityRequired,
+        ErrorCode::NotIdentity,
+        ErrorCode::TooManyContacts,
     ];
 
     /// The wire name (`bad_json`), as serde writes it.
@@ -275,6 +384,13 @@ impl ErrorCode {
             ErrorCode::ServerFull => "server_full",
             ErrorCode::TooManySessions => "too_many_sessions",
             ErrorCode::BadTicket => "bad_ticket",
+            ErrorCode::BadKey => "bad_key",
+            ErrorCode::BadSignature => "bad_signature",
+            ErrorCode::ProofRequired => "proof_required",
+            ErrorCode::TooManyIdentities => "too_many_identities",
+            ErrorCode::IdentityRequired => "identity_required",
+            ErrorCode::NotIdentity => "not_identity",
+            ErrorCode::TooManyContacts => "too_many_contacts",
         }
     }
 }
@@ -295,9 +411,19 @@ pub enum ServerMsg<'a> {
         ice_expires: u64,
         peers: Vec<Id>,
         limits: Limits,
+        /// Identity sessions only (docs/protocol.md, "Identities, contacts and presence").
+        #[serde(skip_serializing_if = "Option::is_none")]
+        identity: Option<IdentityInfo>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        contacts: Option<Vec<ContactState>>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        blocked: Option<Vec<Id>>,
     },
     Incoming {
         peer: Id,
+        /// The requester's identity key, when it has one.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        peer_key: Option<String>,
     },
     IncomingCancelled {
         peer: Id,
@@ -319,6 +445,30 @@ pub enum ServerMsg<'a> {
         peer: Id,
         initiator: bool,
         ticket: String,
+        /// The partner's identity key, when it has one.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        peer_key: Option<String>,
+    },
+    IdentityChallenge {
+        challenge: String,
+    },
+    Contact {
+        peer: Id,
+        mutual: bool,
+        online: bool,
+    },
+    ContactRemoved {
+        peer: Id,
+    },
+    Blocked {
+        peer: Id,
+    },
+    Unblocked {
+        peer: Id,
+    },
+    Presence {
+        peer: Id,
+        online: bool,
     },
     RejoinWaiting {
         peer: Id,
@@ -399,6 +549,54 @@ mod tests {
             e => panic!("{e:?}"),
         }
         assert!(matches!(parse("{\"type\":\"signal\",\"to\":\"x\"}").unwrap_err(), ParseError::BadMessage { .. }));
+    }
+
+    #[test]
+    fn identity_messages_parse_with_their_fields() {
+        let m = parse(r#"{"type":"hello","v":1,"identity":{"key":"BAAA"}}"#).unwrap();
+        assert!(matches!(m, ClientMsg::Hello { identity: Some(ref k), token: None, .. } if k == "BAAA"));
+        assert!(matches!(parse(r#"{"type":"hello","v":1}"#).unwrap(), ClientMsg::Hello { identity: None, .. }));
+        // `identity` must be an object with a string key.
+        for bad in [r#"{"type":"hello","v":1,"identity":"BAAA"}"#, r#"{"type":"hello","v":1,"identity":{}}"#] {
+            assert!(matches!(parse(bad).unwrap_err(), ParseError::BadMessage { ty: Some(ref t), .. } if t == "hello"));
+        }
+        let m = parse(r#"{"type":"identity_proof","signature":"c2ln"}"#).unwrap();
+        assert!(matches!(m, ClientMsg::IdentityProof { ref signature } if signature == "c2ln"));
+        for (ty, idx) in [("contact_add", 11), ("contact_remove", 12), ("block", 13), ("unblock", 14)] {
+            let text = format!(r#"{{"type":"{ty}","id":"abcd2345"}}"#);
+            let m = parse(&text).unwrap();
+            assert_eq!((m.type_name(), m.index()), (ty, idx));
+            assert_eq!(ClientMsg::TYPES[idx], ty);
+            let e = parse(&format!(r#"{{"type":"{ty}","to":"abcd2345"}}"#)).unwrap_err();
+            assert!(matches!(e, ParseError::BadMessage { ty: Some(ref t), .. } if t == ty), "{e:?}");
+        }
+        assert!(matches!(parse(r#"{"type":"identity_proof"}"#).unwrap_err(), ParseError::BadMessage { .. }));
+    }
+
+    #[test]
+    fn identity_server_messages_shape() {
+        let peer = Id::parse("abcd2345").unwrap();
+        let v = |m: ServerMsg<'_>| serde_json::from_str::<serde_json::Value>(&m.to_text()).unwrap();
+        assert_eq!(
+            v(ServerMsg::Presence { peer, online: true }),
+            serde_json::json!({"type":"presence","peer":"abcd2345","online":true})
+        );
+        assert_eq!(
+            v(ServerMsg::Contact { peer, mutual: false, online: false }),
+            serde_json::json!({"type":"contact","peer":"abcd2345","mutual":false,"online":false})
+        );
+        assert_eq!(
+            v(ServerMsg::Incoming { peer, peer_key: None }),
+            serde_json::json!({"type":"incoming","peer":"abcd2345"})
+        );
+        assert_eq!(
+            v(ServerMsg::Incoming { peer, peer_key: Some("k".into()) }),
+            serde_json::json!({"type":"incoming","peer":"abcd2345","peer_key":"k"})
+        );
+        assert_eq!(
+            v(ServerMsg::IdentityChallenge { challenge: "c".into() }),
+            serde_json::json!({"type":"identity_challenge","challenge":"c"})
+        );
     }
 
     #[test]

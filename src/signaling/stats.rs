@@ -55,6 +55,11 @@ impl Source for HubSource {
             "Accepted pairings between two clients",
             hub.pairing_count() as u64,
         ));
+        out.push(Sample::gauge(
+            "signaling_identities",
+            "Lasting identities known (ID <-> public key bindings in the identity store)",
+            hub.identity_count() as u64,
+        ));
         out.push(Sample::counter("signaling_messages", "Frames received from clients", get(&s.messages)));
         for (ty, c) in ClientMsg::TYPES.iter().zip(&s.by_type) {
             out.push(
