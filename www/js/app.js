@@ -8,6 +8,7 @@
 // All user-provided text goes through textContent; nothing from the network is ever parsed as HTML.
 
 import { Signaling } from './signaling.js';
+import { loadIdentity } from './identity.js';
 import { detectLanguage, setLanguage, fillLanguageSelect, language, t } from './i18n.js';
 import { $ } from './dom.js';
 import { on } from './bus.js';
@@ -43,6 +44,12 @@ window.ponte = {
   get language() { return language(); },
   conversation: (peer) => convs.get(peer),
   signaling: sig,
+  get identityKey() { return sig.identity && sig.identity.key; },
 };
 
-sig.start();
+// The lasting identity (identity.js) before the first hello; without one the page is anonymous and share.js says why.
+loadIdentity().then((id) => {
+  if (id.key) sig.identity = id;
+  else sig.identityUnavailable = id.reason;
+  sig.start();
+});

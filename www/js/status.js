@@ -23,6 +23,10 @@ export function initStatus(sig, { liveChats }) {
     else if (detail.state === 'replaced') {
       text.textContent = t('server.replaced');
       showBanner({ text: t('server.replaced'), action: t('server.new_id_button'), run: () => { hideBanner(); sig.renew(); } });
+    } else if (detail.state === 'taken') {
+      // Another tab of this browser proved the same identity and now holds the ID: offer to take it back.
+      text.textContent = t('server.taken');
+      showBanner({ text: t('server.taken'), action: t('server.use_here'), run: () => { hideBanner(); sig.reconnectNow(); } });
     } else if (detail.fatal) {
       text.textContent = t('server.unsupported');
     } else {
