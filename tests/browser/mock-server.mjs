@@ -25,7 +25,8 @@ const canon = (s) => String(s || '').toLowerCase().replace(/[^0-9a-z]/g, '');
 
 /** The identity state a mock server keeps (share it between two mock servers to play a restart with state). */
 export function newIdentities() {
-  return { byKey: new Map(), keyOf: new Map(), consent: new Map(), blocks: new Map() };
+  // nextId: tests only, the ID the next new key gets (to play a contact whose key changed under the same ID).
+  return { byKey: new Map(), keyOf: new Map(), consent: new Map(), blocks: new Map(), nextId: null };
 }
 
 export function publicKey(key) {
@@ -144,7 +145,7 @@ export function startMockServer({ port = 0, iceServers = [], grace = 5000, ident
           ws.close(1013, 'too many identities');
           return;
         }
-        if (!id) { id = newId(); ident.byKey.set(key, id); ident.keyOf.set(id, key); }
+        if (!id) { id = ident.nextId || newId(); ident.nextId = null; ident.byKey.set(key, id); ident.keyOf.set(id, key); }
         const c = clients.get(id);
         if (c && hello.token && c.token === hello.token) { welcome(resume(id)); return; }
         if (c) takeOver(id);

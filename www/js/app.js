@@ -18,6 +18,8 @@ import { initNotify } from './notify.js';
 import { initRequests } from './requests.js';
 import { initConversations } from './conversations.js';
 import { initComposer } from './composer.js';
+import { ContactBook } from './contactbook.js';
+import { initContacts } from './contacts.js';
 
 setLanguage(detectLanguage());
 fillLanguageSelect($('#lang-select'));
@@ -27,7 +29,13 @@ let convs = null; // set below; the status line asks it only once signaling runs
 initStatus(sig, { liveChats: () => !!convs && convs.liveChats() });
 initNotify();
 initShare(sig);
-initRequests(sig, { conversation: (peer) => convs.get(peer) });
+const book = new ContactBook(sig);
+initRequests(sig, {
+  conversation: (peer) => convs.get(peer),
+  autoAccepts: (peer, key) => book.autoAccepts(peer, key),
+  isBlocked: (peer) => book.isBlocked(peer),
+  contactName: (peer) => (book.get(peer) ? book.get(peer).name : null),
+});
 convs = initConversations(sig);
 initComposer({ current: convs.current });
 
@@ -45,11 +53,13 @@ window.ponte = {
   conversation: (peer) => convs.get(peer),
   signaling: sig,
   get identityKey() { return sig.identity && sig.identity.key; },
+  contacts: book,
 };
 
 // The lasting identity (identity.js) before the first hello; without one the page is anonymous and share.js says why.
-loadIdentity().then((id) => {
+Promise.all([loadIdentity(), book.load()]).then(([id]) => {
   if (id.key) sig.identity = id;
   else sig.identityUnavailable = id.reason;
+  initContacts(sig, book, { conversation: (peer) => convs.get(peer) });
   sig.start();
 });

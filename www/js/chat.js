@@ -130,8 +130,9 @@ export class Conversation {
   }
 
   /** A centred line of text ("Connected", "X left"). `key` is an i18n key, or plain text. */
-  system(key, vars) {
-    const node = el('li', { class: 'sys', 'data-testid': 'system-message' }, t(key, vars));
+  /** A line from the page itself; kind 'warning' makes it loud (key changes, failed identity checks). */
+  system(key, vars, kind = '') {
+    const node = el('li', { class: kind ? `sys ${kind}` : 'sys', 'data-testid': 'system-message', 'data-kind': kind || 'info' }, t(key, vars));
     this.labels.push([node, key, vars]);
     this.lastSender = null;
     this.append(node);
