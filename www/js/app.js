@@ -20,6 +20,7 @@ import { initConversations } from './conversations.js';
 import { initComposer } from './composer.js';
 import { ContactBook } from './contactbook.js';
 import { initContacts } from './contacts.js';
+import { initHistory } from './history.js';
 
 setLanguage(detectLanguage());
 fillLanguageSelect($('#lang-select'));
@@ -60,6 +61,6 @@ window.ponte = {
 Promise.all([loadIdentity(), book.load()]).then(([id]) => {
   if (id.key) sig.identity = id;
   else sig.identityUnavailable = id.reason;
-  initContacts(sig, book, { conversation: (peer) => convs.get(peer) });
+  initContacts(sig, book, { conversation: (peer) => convs.get(peer), history: initHistory(book) });
   sig.start();
 });

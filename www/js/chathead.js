@@ -36,8 +36,8 @@ export function renderChatHead(c) {
   $('#end-btn').setAttribute('aria-label', c.closed ? t('chat.remove') : t('chat.end'));
   $('#end-btn').dataset.mode = c.closed ? 'remove' : 'end';
   $('#typing').textContent = c.typing ? t('chat.typing', { id: d }) : '';
-  const composerOff = c.closed;
-  $('#message-input').placeholder = c.closed ? t('chat.closed') : c.link.chatOpen ? t('chat.placeholder') : t('chat.placeholder_waiting');
+  const composerOff = !c.writable;
+  $('#message-input').placeholder = c.closed ? (c.writable ? t('history.placeholder_offline') : t('chat.closed')) : c.link.chatOpen ? t('chat.placeholder') : t('chat.placeholder_waiting');
   $('#message-input').disabled = composerOff;
   $('#send-btn').disabled = composerOff;
   $('#file-input').disabled = composerOff || !c.link.chatOpen;

@@ -13,9 +13,9 @@ import { emit, on } from './bus.js';
 /**
  * @param {import('./signaling.js').Signaling} sig
  * @param {import('./contactbook.js').ContactBook} book
- * @param {{conversation: (peer:string) => any}} o
+ * @param {{conversation: (peer:string) => any, history: ReturnType<typeof import('./history.js').initHistory>}} o
  */
-export function initContacts(sig, book, { conversation }) {
+export function initContacts(sig, book, { conversation, history }) {
   let current = null; // the open conversation
   const list = $('#contact-list');
   const openConv = (peer) => { const c = conversation(peer); return c && !c.closed ? c : null; };
@@ -35,7 +35,8 @@ export function initContacts(sig, book, { conversation }) {
           el('span', { class: 'conv-sub muted small' }, `${d} · ${sub}`)));
       main.addEventListener('click', () => {
         if (openConv(c.id)) emit('open-conversation', { peer: c.id });
-        else emit('connect-to', { peer: c.id });
+        else if (online) emit('connect-to', { peer: c.id });
+        else emit('open-history', { peer: c.id });
       });
       const menu = el('details', { class: 'contact-menu' },
         el('summary', { class: 'icon-btn small', 'data-testid': 'contact-menu', 'aria-label': t('contacts.menu', { name: c.name }), title: t('contacts.menu', { name: c.name }) }, '⋯'),
@@ -45,12 +46,18 @@ export function initContacts(sig, book, { conversation }) {
             if (name != null) book.rename(c.id, name);
           }),
           action('contact-remove', t('contacts.remove'), () => {
-            if (confirm(t('contacts.remove_confirm', { name: c.name }))) book.remove(c.id);
+            if (!confirm(t('contacts.remove_confirm', { name: c.name }))) return;
+            history.deleteConversation(c.id);
+            book.remove(c.id);
+          }),
+          action('contact-delete-history', t('history.delete'), () => {
+            if (confirm(t('history.delete_confirm', { name: c.name }))) history.deleteConversation(c.id);
           }),
           action('contact-block', t('contacts.block'), () => {
             if (!confirm(t('contacts.block_confirm', { name: c.name }))) return;
             // A block does not end a live pairing by itself: end it here.
             if (openConv(c.id)) sig.send({ type: 'bye', to: c.id });
+            history.deleteConversation(c.id);
             book.block(c.id);
           })));
       const li = el('li', { class: 'contact-item', 'data-testid': 'contact', 'data-peer': c.id, 'data-online': String(online), 'data-verified': String(!!c.verified) }, main, menu);
@@ -60,6 +67,7 @@ export function initContacts(sig, book, { conversation }) {
     list.replaceChildren(...items);
     $('#contacts-empty').hidden = items.length > 0;
     $('#auto-accept').checked = !!book.settings.autoAccept;
+    $('#keep-history').checked = book.settings.keepHistory !== false;
     renderSave();
   }
 
@@ -83,10 +91,30 @@ export function initContacts(sig, book, { conversation }) {
     if (!c || !c.peerKey) return;
     const name = prompt(t('contacts.save_prompt', { id: displayId(c.peer) }), '');
     if (name == null) return;
-    book.save(c.peer, name || displayId(c.peer), c.peerKey).then(() => c.system('contacts.saved', { name: book.get(c.peer).name }));
+    book.save(c.peer, name || displayId(c.peer), c.peerKey).then(async () => {
+      c.system('contacts.saved', { name: book.get(c.peer).name });
+      await history.storeAll([...c.records.values()]);
+      c.setOfflineQueue(history.keeps(c.peer));
+    });
   });
 
   $('#auto-accept').addEventListener('change', (e) => book.setSetting('autoAccept', e.target.checked));
+  $('#keep-history').addEventListener('change', (e) => book.setSetting('keepHistory', e.target.checked));
+  $('#clear-all').addEventListener('click', async () => {
+    if (!confirm(t('history.clear_all_confirm'))) return;
+    await history.clearEverything();
+    for (const c of book.list()) await book.remove(c.id);
+    for (const id of [...book.blocked]) await book.unblock(id);
+    location.reload();
+  });
+
+  /** A conversation with a saved contact shows what the device kept, and may queue messages while it is offline. */
+  async function withHistory(c) {
+    c.setOfflineQueue(history.keeps(c.peer));
+    const recs = await history.load(c.peer);
+    if (recs.length) c.loadHistory(recs);
+  }
+  on('history-view', ({ conv }) => withHistory(conv));
 
   // The server's statement of the peer's key, checked against the saved one. A change is never accepted silently.
   sig.addEventListener('paired', (ev) => {
@@ -109,6 +137,7 @@ export function initContacts(sig, book, { conversation }) {
     } else if (status === 'new' && key) {
       book.acceptNewKey(peer, key);
     }
+    if (status !== 'stranger') withHistory(c);
     renderSave();
   });
 

@@ -3,7 +3,7 @@
 // and re-pairing). The Conversation owns its pairing state; this module only asks it and calls its methods.
 //
 // Bus: listens to `conversation-changed`, `conversation-renamed`, `message-arrived`, `peer-rejoin`,
-// `open-conversation` {peer}; emits `conversation-selected` {conv|null}, `rejoin-expected` {peer}, `attention`
+// `open-conversation` {peer}, `open-history` {peer}; emits `history-view` {conv}, `conversation-selected` {conv|null}, `rejoin-expected` {peer}, `attention`
 // {source:'unread', count}, `notify`.
 
 import { $, el, avatarColor } from './dom.js';
@@ -189,6 +189,20 @@ export function initConversations(sig) {
     if (!conv.visible) emit('notify', { title: `ponte: ${displayId(conv.peer)}`, body: text.slice(0, 140), tag: `ponte-msg-${conv.peer}` });
   });
   on('open-conversation', ({ peer }) => { const c = convs.get(peer); if (c) select(c); });
+  // A saved contact that is offline: open its stored history (an ended conversation; contacts.js fills it and lets
+  // messages be written, to be delivered when both are online again).
+  on('open-history', ({ peer }) => {
+    let c = convs.get(peer);
+    if (!c) {
+      const link = new PeerLink({ peer, initiator: false, iceServers: [], signal: () => {}, canSignal: () => false });
+      c = new Conversation({ peer, link, ticket: null });
+      c.end('history.offline', { id: displayId(peer) });
+      convs.set(peer, c);
+      addItem(c);
+      emit('history-view', { conv: c });
+    }
+    select(c);
+  });
 
   function addItem(c) {
     const d = displayId(c.peer);

@@ -99,5 +99,5 @@ export const messagesDelete = (peer) => run('messages', 'readwrite', async (s) =
 export async function clearAll() {
   await run('messages', 'readwrite', (s) => req2p(s.clear()), null);
   await run('contacts', 'readwrite', (s) => req2p(s.clear()), null);
-  await run('kv', 'readwrite', (s) => req2p(s.delete('settings')), null);
+  await run('kv', 'readwrite', (s) => Promise.all([req2p(s.delete('settings')), req2p(s.delete('blocked'))]), null);
 }
