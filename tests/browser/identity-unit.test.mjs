@@ -48,3 +48,14 @@ test('a WebCrypto key and signature have the wire sizes, verify as a server chec
   assert.ok(!(await verify(key, b64url(bytes), proofBytes(challenge))));
   assert.equal(publicKey('AAAA'), null, 'not a point');
 });
+
+test('the security code of two identities is symmetric, 20 digits, and changes with either key', async () => {
+  const { safetyCode, bindingBytes } = await import('../../www/js/identity.js');
+  const k1 = 'B'.repeat(87);
+  const k2 = 'C'.repeat(87);
+  const c = await safetyCode(k1, k2);
+  assert.match(c, /^\d{4}( \d{4}){4}$/);
+  assert.equal(await safetyCode(k2, k1), c);
+  assert.notEqual(await safetyCode(k1, 'D'.repeat(87)), c);
+  assert.equal(new TextDecoder().decode(bindingBytes('sha-256 AA', 'sha-256 BB')), 'ponte-dtls-v1:sha-256 AA|sha-256 BB');
+});

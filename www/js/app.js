@@ -21,6 +21,7 @@ import { initComposer } from './composer.js';
 import { ContactBook } from './contactbook.js';
 import { initContacts } from './contacts.js';
 import { initHistory } from './history.js';
+import { initVerify } from './verify.js';
 
 setLanguage(detectLanguage());
 fillLanguageSelect($('#lang-select'));
@@ -62,5 +63,6 @@ Promise.all([loadIdentity(), book.load()]).then(([id]) => {
   if (id.key) sig.identity = id;
   else sig.identityUnavailable = id.reason;
   initContacts(sig, book, { conversation: (peer) => convs.get(peer), history: initHistory(book) });
+  initVerify(sig, book, { conversation: (peer) => convs.get(peer) });
   sig.start();
 });

@@ -63,6 +63,9 @@ export class Conversation {
     this.sentPath = '';
     this.welcomed = false;
     this.records = new Map(); // mid → what history.js may keep: {peer, mid, from, text|file, ts, status}
+    this.peerKey = null; // the peer's identity key as the server stated it in `paired` (contacts.js sets it)
+    this.binding = null; // verify.js: 'ok' (the peer signed this connection's fingerprints) | 'mismatch' | null
+    this.safetyCode = null; // verify.js: the code of the two identity keys (stable), when both have one
     this.offlineQueue = false; // a saved contact: messages may be written while it is offline (sent when it is back)
 
     link.addEventListener('state', (ev) => {
@@ -80,6 +83,7 @@ export class Conversation {
       }
       this.sentPath = '';
       link.pollStats(); // tell the other side our end of the path now, not at the next poll
+      emit('chat-opened', { conv: this }); // verify.js binds the DTLS fingerprints to the identity keys
       this.changed();
     });
     link.addEventListener('chat-close', () => this.changed());
@@ -222,6 +226,18 @@ export class Conversation {
     this.changed();
   }
 
+  /** verify.js: the stable code of the two identity keys. */
+  setSafetyCode(code) {
+    this.safetyCode = code || null;
+    this.changed();
+  }
+
+  /** verify.js: whether the peer's identity key signed this connection's DTLS fingerprints. */
+  setBinding(result) {
+    this.binding = result;
+    this.changed();
+  }
+
   /** Allow writing while closed (the peer is a saved contact); the messages wait on the device. */
   setOfflineQueue(on) {
     if (this.offlineQueue === !!on) return;
@@ -307,6 +323,9 @@ export class Conversation {
         break;
       case 'rejoin':
         emit('peer-rejoin', { conv: this, id: String(msg.id || '') });
+        break;
+      case 'id-bind':
+        emit('peer-binding', { conv: this, msg });
         break;
       default:
         this.files.handle(msg);

@@ -25,8 +25,10 @@ export function renderChatHead(c) {
   $('#d-state').textContent = badge.textContent;
   $('#d-path').textContent = path.text || t('conn.path_unknown');
   $('#d-rtt').textContent = rtt || t('conn.path_unknown');
-  $('#security-code').textContent = c.link.securityCode || '—';
-  $('#security-hint').textContent = t('conn.security_hint', { id: d });
+  // Two identities: the stable code of both keys (verify.js); otherwise this connection's DTLS code.
+  $('#security-code').textContent = c.safetyCode || c.link.securityCode || '—';
+  $('#security-code').dataset.kind = c.safetyCode ? 'identity' : 'dtls';
+  $('#security-hint').textContent = t(c.safetyCode ? 'verify.hint' : 'conn.security_hint', { id: d });
   const fail = $('#failure');
   const showFail = !c.closed && state === 'failed';
   fail.hidden = !showFail;

@@ -85,3 +85,29 @@ export async function loadIdentity() {
     return { reason: 'error' };
   }
 }
+
+// ---------------------------------------------------------------- keys verified once
+
+export const BIND_PREFIX = 'ponte-dtls-v1:';
+
+/**
+ * The bytes one side signs to bind this connection's DTLS certificates to its identity key: its own fingerprint,
+ * then the one it sees for the other side. The other side checks them as (the fingerprint it sees for me, its
+ * own); a man in the middle terminates DTLS with his own certificates, so the two views differ and the check fails.
+ */
+export function bindingBytes(signerFp, otherFp) {
+  return new TextEncoder().encode(`${BIND_PREFIX}${signerFp}|${otherFp}`);
+}
+
+/**
+ * The security code of a pair of identities, the same on both sides and on every connection (like a safety
+ * number): SHA-256 over both public keys (sorted), 20 digits in five groups. It changes only when a key does.
+ */
+export async function safetyCode(keyA, keyB) {
+  const [a, b] = [keyA, keyB].sort();
+  const d = new Uint8Array(await crypto.subtle.digest('SHA-256', new TextEncoder().encode(`ponte-safety-v1|${a}|${b}`)));
+  let n = 0n;
+  for (let i = 0; i < 12; i++) n = (n << 8n) | BigInt(d[i]);
+  const digits = (n % 10n ** 20n).toString().padStart(20, '0');
+  return digits.match(/.{4}/g).join(' ');
+}
