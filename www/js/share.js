@@ -20,7 +20,7 @@ export function initShare(sig) {
     lasting = !!w.identity;
     render();
     emit('me', me);
-    if ((changed || prevTab) && !lasting) emit('banner', { text: t('server.id_changed', { id: me.display }) });
+    if (changed || prevTab) emit('banner', { text: t('server.id_changed', { id: me.display }) });
   });
 
   const shareLink = () => (me ? `${location.origin}/#${me.id}` : '');
