@@ -123,4 +123,12 @@ describe('contacts', { skip: missing || false }, () => {
     assert.match(await a.locator('[data-testid=system-message][data-kind=warning]').first().textContent(), /identity key changed/);
     assert.match(await a.getByTestId('banner').textContent(), /identity key changed/);
   });
+
+  test('a saved contact the server no longer knows (not_identity) is shown as such', async () => {
+    const ctx = await browser(profile());
+    const a = await appPage(ctx, server.url);
+    await a.evaluate(() => window.ponte.contacts.save('zzzzzzzz', 'Ghost', 'B'.repeat(87)));
+    await a.waitForFunction(() => /no longer known/.test(document.querySelector('[data-testid=contact][data-peer=zzzzzzzz]')?.textContent || ''));
+    assert.equal(await a.locator('[data-testid=contact][data-peer=zzzzzzzz]').getAttribute('data-online'), 'false');
+  });
 });

@@ -38,7 +38,7 @@ initRequests(sig, {
   isBlocked: (peer) => book.isBlocked(peer),
   contactName: (peer) => (book.get(peer) ? book.get(peer).name : null),
 });
-convs = initConversations(sig);
+convs = initConversations(sig, { nameOf: (peer) => (book.get(peer) ? book.get(peer).name : null) });
 initComposer({ current: convs.current });
 
 $('#theme-toggle').addEventListener('click', () => {

@@ -18,6 +18,7 @@ export class ContactBook extends EventTarget {
     this.contacts = new Map(); // id → {id, name, key, verified, verifiedKey, added}
     this.blocked = new Set();
     this.presence = new Map(); // id → {mutual, online}
+    this.forgotten = new Set(); // saved contacts the server no longer knows (not_identity)
     this.settings = { ...DEFAULT_SETTINGS };
     this.identity = false; // the current session is an identity session
     sig.addEventListener('welcome', (ev) => this.onWelcome(ev.detail));
@@ -32,6 +33,15 @@ export class ContactBook extends EventTarget {
       const { peer, mutual, online } = ev.detail;
       this.presence.set(peer, { mutual: !!mutual, online: !!online });
       this.changed();
+    });
+    // A saved contact's identity was forgotten by the server (unused for months): it cannot come online under that
+    // ID any more. Shown on the contact; the contact itself stays until the user removes it.
+    sig.addEventListener('error', (ev) => {
+      const e = ev.detail;
+      if (e.code === 'not_identity' && e.ref === 'contact_add' && e.peer && this.contacts.has(e.peer)) {
+        this.forgotten.add(e.peer);
+        this.changed();
+      }
     });
     sig.addEventListener('state', (ev) => {
       if (ev.detail.state !== 'open') { for (const p of this.presence.values()) p.online = false; this.changed(); }
@@ -76,6 +86,8 @@ export class ContactBook extends EventTarget {
   isOnline(id) { return !!this.presence.get(id)?.online; }
 
   isMutual(id) { return !!this.presence.get(id)?.mutual; }
+
+  isForgotten(id) { return this.forgotten.has(id); }
 
   async save(id, name, key) {
     const old = this.contacts.get(id);

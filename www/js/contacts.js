@@ -3,7 +3,7 @@
 // contact's identity key changed. The state lives in the ContactBook (contactbook.js, network side).
 //
 // Bus: listens to `conversation-selected`, `conversation-changed`, `me`; emits `connect-to` {peer} (requests.js
-// asks), `open-conversation` {peer}, `banner`.
+// asks), `open-conversation` {peer}, `open-history` {peer}, `contacts-changed` {}, `banner`.
 
 import { $, el, avatarColor } from './dom.js';
 import { t } from './i18n.js';
@@ -27,7 +27,8 @@ export function initContacts(sig, book, { conversation, history }) {
       const avatar = el('span', { class: 'avatar', 'aria-hidden': 'true' }, [...c.name][0] ? [...c.name][0].toUpperCase() : '?');
       avatar.style.setProperty('--avatar', avatarColor(c.id));
       const dot = el('span', { class: 'presence-dot', 'aria-hidden': 'true' });
-      const sub = online ? t('contacts.online') : book.isMutual(c.id) || !book.identity ? t('contacts.offline') : t('contacts.not_mutual');
+      const sub = online ? t('contacts.online') : book.isForgotten(c.id) ? t('contacts.forgotten')
+        : book.isMutual(c.id) || !book.identity ? t('contacts.offline') : t('contacts.not_mutual');
       const main = el('button', { type: 'button', class: 'contact-main', 'data-testid': 'contact-connect', title: online ? t('contacts.connect_title', { name: c.name }) : sub },
         avatar, dot,
         el('span', { class: 'conv-text' },
@@ -143,7 +144,8 @@ export function initContacts(sig, book, { conversation, history }) {
 
   on('conversation-selected', ({ conv }) => { current = conv; renderSave(); });
   on('conversation-changed', ({ conv }) => { if (conv === current) renderSave(); });
-  book.addEventListener('change', render);
+  book.addEventListener('change', () => { render(); emit('contacts-changed', {}); });
   document.addEventListener('languagechange', render);
   render();
+  emit('contacts-changed', {});
 }
