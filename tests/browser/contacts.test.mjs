@@ -131,4 +131,59 @@ describe('contacts', { skip: missing || false }, () => {
     await a.waitForFunction(() => /no longer known/.test(document.querySelector('[data-testid=contact][data-peer=zzzzzzzz]')?.textContent || ''));
     assert.equal(await a.locator('[data-testid=contact][data-peer=zzzzzzzz]').getAttribute('data-online'), 'false');
   });
+
+  test('rename, block (the chat ends, their requests do not arrive), unblock', async () => {
+    const a = await appPage(await browser(profile()), server.url);
+    const b = await appPage(await browser(profile()), server.url);
+    const idA = await a.evaluate(() => window.ponte.id);
+    const idB = await b.evaluate(() => window.ponte.id);
+    await a.getByTestId('peer-id-input').fill(idB);
+    await a.getByTestId('connect').click();
+    await b.getByTestId('accept').click();
+    await waitConnected(a);
+    await saveContact(a, 'Bob');
+    await contact(a, idB).getByTestId('contact-menu').click();
+    answerNextDialog(a, 'Robert');
+    await contact(a, idB).getByTestId('contact-rename').click();
+    await a.locator('[data-testid=contact-name]:text-is("Robert")').waitFor();
+    assert.equal(await a.locator(`[data-testid=conversation][data-peer="${idB}"] .conv-name`).textContent(), 'Robert', 'the conversation list follows');
+
+    await contact(a, idB).getByTestId('contact-menu').click();
+    answerNextDialog(a, '');
+    await contact(a, idB).getByTestId('contact-block').click();
+    await a.locator(`[data-testid=blocked][data-peer="${idB}"]`).waitFor({ state: 'attached' });
+    assert.equal(await contact(a, idB).count(), 0, 'no longer a contact');
+    await b.waitForSelector(`[data-testid=conversation][data-peer="${idA}"][data-state=closed]`);
+    await b.getByTestId('end-chat').click();
+    await b.getByTestId('peer-id-input').fill(idA);
+    await b.getByTestId('connect').click();
+    await b.waitForFunction(() => /Nobody with the ID/.test(document.querySelector('[data-testid=connect-message]').textContent));
+    assert.equal(await a.getByTestId('incoming-request').count(), 0, 'a blocked ID cannot ask');
+
+    await a.locator('#blocked-box summary').click();
+    await a.locator(`[data-testid=blocked][data-peer="${idB}"] [data-testid=unblock]`).click();
+    await a.waitForSelector('[data-testid=blocked-box][hidden]', { state: 'attached' });
+    await b.getByTestId('connect').click();
+    await a.locator(`[data-testid=incoming-request][data-peer="${idB}"]`).waitFor();
+  });
+
+  test('"keep history" off: nothing is stored for a saved contact', async () => {
+    const a = await appPage(await browser(profile()), server.url);
+    const b = await appPage(await browser(profile()), server.url);
+    const idB = await b.evaluate(() => window.ponte.id);
+    await a.getByTestId('keep-history').uncheck();
+    await a.getByTestId('peer-id-input').fill(idB);
+    await a.getByTestId('connect').click();
+    await b.getByTestId('accept').click();
+    await waitConnected(a);
+    await saveContact(a, 'Bob');
+    await a.getByTestId('message-input').fill('not kept');
+    await a.getByTestId('message-input').press('Enter');
+    await a.waitForSelector('[data-testid=message-status][data-status=delivered]');
+    const stored = await a.evaluate(() => new Promise((resolve) => {
+      const r = indexedDB.open('ponte');
+      r.onsuccess = () => { const q = r.result.transaction('messages').objectStore('messages').count(); q.onsuccess = () => resolve(q.result); };
+    }));
+    assert.equal(stored, 0);
+  });
 });

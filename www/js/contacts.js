@@ -67,6 +67,15 @@ export function initContacts(sig, book, { conversation, history }) {
     });
     list.replaceChildren(...items);
     $('#contacts-empty').hidden = items.length > 0;
+    // Blocked IDs, each with "unblock" (a block is kept on the device and, for presence and requests, by the server).
+    const blocked = [...book.blocked].sort();
+    $('#blocked-box').hidden = !blocked.length;
+    $('#blocked-summary').textContent = t('contacts.blocked_title', { n: blocked.length });
+    $('#blocked-list').replaceChildren(...blocked.map((id) => {
+      const b = el('button', { type: 'button', class: 'link-btn small', 'data-testid': 'unblock' }, t('contacts.unblock'));
+      b.addEventListener('click', () => book.unblock(id));
+      return el('li', { 'data-testid': 'blocked', 'data-peer': id }, el('span', { class: 'mono' }, displayId(id)), ' ', b);
+    }));
     $('#auto-accept').checked = !!book.settings.autoAccept;
     $('#keep-history').checked = book.settings.keepHistory !== false;
     renderSave();
