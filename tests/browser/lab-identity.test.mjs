@@ -13,7 +13,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { chromium } from 'playwright-core';
-import { CHROME_ARGS, waitConnected, sendMessage, waitForMessage } from './lib.mjs';
+import { CHROME_ARGS, waitConnected, sendMessage, waitForMessage, newPage, openApp } from './lib.mjs';
 import { labMissing, startLab, stopLab } from './labkit.mjs';
 import { appPage } from './profiles.mjs';
 
@@ -48,6 +48,15 @@ for (const [nat, pathRe] of [['cone', /direct/i], ['symmetric', /relay/i]]) {
       for (const c of ctxs) await c.close().catch(() => {});
       await stopLab(lab);
       for (const d of dirs) rmSync(d, { recursive: true, force: true });
+    });
+
+    test('without the secure-origin exception the page is anonymous on plain http and says why', { skip: nat !== 'cone' && 'once is enough' }, async () => {
+      const p = await newPage(lab.browsers[0]);
+      lab.pages.push(p);
+      await openApp(p, lab.url);
+      assert.equal(await p.getByTestId('id-note').getAttribute('data-kind'), 'one-time');
+      assert.match(await p.getByTestId('id-note').textContent(), /not secure/);
+      assert.ok(!(await p.evaluate(() => window.ponte.identityKey)), 'no key');
     });
 
     test('chat, save each other, close and reopen A, one click reconnects', { timeout: 180000 }, async () => {
