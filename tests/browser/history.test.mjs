@@ -59,6 +59,11 @@ describe('history on the device', { skip: missing || false }, () => {
     await sendMessage(b, 'after saving');
     await waitForMessage(a, 'after saving');
     await a.waitForSelector('[data-testid=message-status][data-status=delivered]');
+    // A file: its card's metadata is kept (name, size), never its content.
+    await a.evaluate((peer) => window.ponte.conversation(peer).files.offer(new File(['x'.repeat(1000)], 'notes.txt', { type: 'text/plain' })), idB);
+    await b.locator('[data-testid=file-accept]').click();
+    await b.waitForSelector('[data-testid=file-transfer][data-state=done]');
+    await a.waitForSelector('[data-testid=file-transfer][data-state=done]');
     await ctxA.close();
     await ctxB.close();
 
@@ -68,6 +73,7 @@ describe('history on the device', { skip: missing || false }, () => {
     await a.locator(`[data-testid=contact][data-peer="${idB}"] [data-testid=contact-connect]`).click();
     await a.getByTestId('history-end').waitFor();
     assert.deepEqual(await texts(a), ['before saving', 'after saving']);
+    assert.match(await a.getByTestId('history-file').textContent(), /notes\.txt \(1000 B\)/);
     await sendMessage(a, 'written while you were away');
     const queued = a.locator('[data-testid=message]', { hasText: 'written while you were away' }).getByTestId('message-status');
     assert.equal(await queued.getAttribute('data-status'), 'queued');
@@ -83,6 +89,7 @@ describe('history on the device', { skip: missing || false }, () => {
     await waitForMessage(b, 'written while you were away');
     await a.waitForSelector('[data-testid=message]:has-text("written while you were away") [data-testid=message-status][data-status=delivered]');
     assert.deepEqual(await texts(b), ['before saving', 'after saving', 'written while you were away']);
+    assert.match(await b.getByTestId('history-file').textContent(), /notes\.txt/, 'the receiver keeps the card too');
     assert.deepEqual(await texts(a), ['before saving', 'after saving', 'written while you were away'], 'no duplicate');
 
     // "Delete conversation" forgets it: after a reload nothing is shown for Bob.
