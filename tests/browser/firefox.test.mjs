@@ -88,7 +88,10 @@ listen_tcp = ["127.0.0.1:${turnPort}"]
   });
 
   async function openApp(width = 1280) {
-    const p = await browser.newPage();
+    // Each page in its own browser context: two tabs of one profile share the lasting identity, and the newer one
+    // takes the ID over (docs/protocol.md, "Several tabs"); these are two people.
+    const ctx = await browser.createBrowserContext();
+    const p = await ctx.newPage();
     p.errors = [];
     p.on('pageerror', (e) => p.errors.push(String(e)));
     await p.setViewport({ width, height: width > 400 ? 800 : 740 });

@@ -8,6 +8,7 @@
 // All user-provided text goes through textContent; nothing from the network is ever parsed as HTML.
 
 import { Signaling } from './signaling.js';
+import { loadIdentity } from './identity.js';
 import { detectLanguage, setLanguage, fillLanguageSelect, language, t } from './i18n.js';
 import { $ } from './dom.js';
 import { on } from './bus.js';
@@ -17,6 +18,10 @@ import { initNotify } from './notify.js';
 import { initRequests } from './requests.js';
 import { initConversations } from './conversations.js';
 import { initComposer } from './composer.js';
+import { ContactBook } from './contactbook.js';
+import { initContacts } from './contacts.js';
+import { initHistory } from './history.js';
+import { initVerify } from './verify.js';
 
 setLanguage(detectLanguage());
 fillLanguageSelect($('#lang-select'));
@@ -26,8 +31,14 @@ let convs = null; // set below; the status line asks it only once signaling runs
 initStatus(sig, { liveChats: () => !!convs && convs.liveChats() });
 initNotify();
 initShare(sig);
-initRequests(sig, { conversation: (peer) => convs.get(peer) });
-convs = initConversations(sig);
+const book = new ContactBook(sig);
+initRequests(sig, {
+  conversation: (peer) => convs.get(peer),
+  autoAccepts: (peer, key) => book.autoAccepts(peer, key),
+  isBlocked: (peer) => book.isBlocked(peer),
+  contactName: (peer) => (book.get(peer) ? book.get(peer).name : null),
+});
+convs = initConversations(sig, { nameOf: (peer) => (book.get(peer) ? book.get(peer).name : null) });
 initComposer({ current: convs.current });
 
 $('#theme-toggle').addEventListener('click', () => {
@@ -43,6 +54,15 @@ window.ponte = {
   get language() { return language(); },
   conversation: (peer) => convs.get(peer),
   signaling: sig,
+  get identityKey() { return sig.identity && sig.identity.key; },
+  contacts: book,
 };
 
-sig.start();
+// The lasting identity (identity.js) before the first hello; without one the page is anonymous and share.js says why.
+Promise.all([loadIdentity(), book.load()]).then(([id]) => {
+  if (id.key) sig.identity = id;
+  else sig.identityUnavailable = id.reason;
+  initContacts(sig, book, { conversation: (peer) => convs.get(peer), history: initHistory(book) });
+  initVerify(sig, book, { conversation: (peer) => convs.get(peer) });
+  sig.start();
+});

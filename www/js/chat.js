@@ -26,6 +26,13 @@ function msgId() {
   return `${Date.now().toString(36)}-${(counter++).toString(36)}-${[...r].map((b) => b.toString(16).padStart(2, '0')).join('')}`;
 }
 
+function sizeText(n) {
+  if (!Number.isFinite(n)) return '';
+  if (n < 1024) return `${n} B`;
+  if (n < 1024 * 1024) return `${(n / 1024).toFixed(1)} KB`;
+  return `${(n / 1024 / 1024).toFixed(1)} MB`;
+}
+
 export class Conversation {
   /**
    * @param {object} o
@@ -55,6 +62,11 @@ export class Conversation {
     this.draft = '';
     this.sentPath = '';
     this.welcomed = false;
+    this.records = new Map(); // mid → what history.js may keep: {peer, mid, from, text|file, ts, status}
+    this.peerKey = null; // the peer's identity key as the server stated it in `paired` (contacts.js sets it)
+    this.binding = null; // verify.js: 'ok' (the peer signed this connection's fingerprints) | 'mismatch' | null
+    this.safetyCode = null; // verify.js: the code of the two identity keys (stable), when both have one
+    this.offlineQueue = false; // a saved contact: messages may be written while it is offline (sent when it is back)
 
     link.addEventListener('state', (ev) => {
       const { state, diagnosis } = ev.detail;
@@ -71,6 +83,7 @@ export class Conversation {
       }
       this.sentPath = '';
       link.pollStats(); // tell the other side our end of the path now, not at the next poll
+      emit('chat-opened', { conv: this }); // verify.js binds the DTLS fingerprints to the identity keys
       this.changed();
     });
     link.addEventListener('chat-close', () => this.changed());
@@ -130,8 +143,9 @@ export class Conversation {
   }
 
   /** A centred line of text ("Connected", "X left"). `key` is an i18n key, or plain text. */
-  system(key, vars) {
-    const node = el('li', { class: 'sys', 'data-testid': 'system-message' }, t(key, vars));
+  /** A line from the page itself; kind 'warning' makes it loud (key changes, failed identity checks). */
+  system(key, vars, kind = '') {
+    const node = el('li', { class: kind ? `sys ${kind}` : 'sys', 'data-testid': 'system-message', 'data-kind': kind || 'info' }, t(key, vars));
     this.labels.push([node, key, vars]);
     this.lastSender = null;
     this.append(node);
@@ -165,7 +179,80 @@ export class Conversation {
     return li;
   }
 
+  /** Keep (or update) a message's record and tell history.js about it (it stores it for saved contacts). */
+  record(rec) {
+    const r = { peer: this.peer, ...this.records.get(rec.mid), ...rec };
+    this.records.set(r.mid, r);
+    emit('history', { rec: r });
+  }
+
+  /**
+   * Show stored messages above the live ones (oldest first). My messages that never got a receipt are sent again
+   * (the receiver drops duplicates by id): that is how messages written while the contact was offline get delivered.
+   */
+  loadHistory(recs) {
+    const nodes = [];
+    const saveNodes = this.nodes;
+    this.nodes = nodes;
+    const saveSender = this.lastSender;
+    this.lastSender = null;
+    const list = this.list;
+    this.list = null; // build detached, then put them in front
+    for (const r of recs) {
+      if (this.seen.has(r.mid) || this.records.has(r.mid)) continue;
+      this.seen.add(r.mid);
+      this.records.set(r.mid, { ...r, peer: this.peer });
+      if (r.file) {
+        this.lastSender = null;
+        this.append(el('li', { class: 'sys file-history', 'data-testid': 'history-file' }, t('history.file', { name: r.file.name, size: sizeText(r.file.size) })));
+        continue;
+      }
+      const mine = r.from === 'me';
+      this.append(this.messageNode({ id: r.mid, text: r.text, ts: r.ts, mine }));
+      if (mine) {
+        this.setStatus(r.mid, r.status || 'sent');
+        if (r.status !== 'delivered') {
+          const m = { t: 'msg', id: r.mid, text: r.text, ts: r.ts };
+          this.unacked.set(r.mid, m);
+          if (!this.closed && this.link.send(m)) this.setStatus(r.mid, 'sent');
+        }
+      }
+    }
+    if (nodes.length) nodes.push(el('li', { class: 'sys history-sep', 'data-testid': 'history-end' }, t('history.earlier')));
+    this.nodes = [...nodes, ...saveNodes];
+    this.lastSender = saveSender;
+    this.list = list;
+    if (this.isAttached()) this.attach(this.list);
+    this.changed();
+  }
+
+  /** verify.js: the stable code of the two identity keys. */
+  setSafetyCode(code) {
+    this.safetyCode = code || null;
+    this.changed();
+  }
+
+  /** verify.js: whether the peer's identity key signed this connection's DTLS fingerprints. */
+  setBinding(result) {
+    this.binding = result;
+    this.changed();
+  }
+
+  /** Allow writing while closed (the peer is a saved contact); the messages wait on the device. */
+  setOfflineQueue(on) {
+    if (this.offlineQueue === !!on) return;
+    this.offlineQueue = !!on;
+    this.changed();
+  }
+
+  /** Whether the composer may send: a live chat, or a saved contact's ended one (queued for later). */
+  get writable() {
+    return !this.closed || this.offlineQueue;
+  }
+
   setStatus(id, s) {
+    const rec = this.records.get(id);
+    if (rec && rec.from === 'me' && rec.status !== s && s !== 'queued') this.record({ mid: id, status: s });
     const node = this.statusEls.get(id);
     if (!node) return;
     node.dataset.status = s;
@@ -179,8 +266,9 @@ export class Conversation {
     const m = { t: 'msg', id: msgId(), text, ts: Date.now() };
     this.unacked.set(m.id, m);
     this.append(this.messageNode({ ...m, mine: true }), true);
+    this.record({ mid: m.id, from: 'me', text, ts: m.ts, status: 'queued' });
     this.setStatus(m.id, 'queued');
-    if (this.link.send(m)) this.setStatus(m.id, 'sent');
+    if (!this.closed && this.link.send(m)) this.setStatus(m.id, 'sent');
     this.lastTypingSent = 0;
     this.preview = `${t('chat.you')}: ${text}`;
     this.changed();
@@ -215,6 +303,7 @@ export class Conversation {
         const text = String(msg.text ?? '').slice(0, MAX_TEXT);
         const ts = Number.isFinite(msg.ts) ? Math.min(msg.ts, Date.now()) : Date.now();
         this.append(this.messageNode({ id, text, ts, mine: false }));
+        this.record({ mid: id, from: 'peer', text, ts });
         this.preview = text;
         if (!this.visible) this.unread += 1;
         this.setTyping(false);
@@ -235,6 +324,9 @@ export class Conversation {
       case 'rejoin':
         emit('peer-rejoin', { conv: this, id: String(msg.id || '') });
         break;
+      case 'id-bind':
+        emit('peer-binding', { conv: this, msg });
+        break;
       default:
         this.files.handle(msg);
     }
@@ -253,6 +345,8 @@ export class Conversation {
       this.transferNodes.set(x.id, n);
       this.lastSender = null;
       this.append(n.li, x.dir === 'out');
+      // The card's metadata only (never the file): name, size, type.
+      this.record({ mid: x.id, from: x.dir === 'out' ? 'me' : 'peer', ts: Date.now(), file: { name: x.name, size: x.size, mime: x.mime || '' } });
       if (x.dir === 'in') {
         if (!this.visible) this.unread += 1;
         emit('message-arrived', { conv: this, text: x.name });

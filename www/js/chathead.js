@@ -25,8 +25,10 @@ export function renderChatHead(c) {
   $('#d-state').textContent = badge.textContent;
   $('#d-path').textContent = path.text || t('conn.path_unknown');
   $('#d-rtt').textContent = rtt || t('conn.path_unknown');
-  $('#security-code').textContent = c.link.securityCode || '—';
-  $('#security-hint').textContent = t('conn.security_hint', { id: d });
+  // Two identities: the stable code of both keys (verify.js); otherwise this connection's DTLS code.
+  $('#security-code').textContent = c.safetyCode || c.link.securityCode || '—';
+  $('#security-code').dataset.kind = c.safetyCode ? 'identity' : 'dtls';
+  $('#security-hint').textContent = t(c.safetyCode ? 'verify.hint' : 'conn.security_hint', { id: d });
   const fail = $('#failure');
   const showFail = !c.closed && state === 'failed';
   fail.hidden = !showFail;
@@ -36,8 +38,8 @@ export function renderChatHead(c) {
   $('#end-btn').setAttribute('aria-label', c.closed ? t('chat.remove') : t('chat.end'));
   $('#end-btn').dataset.mode = c.closed ? 'remove' : 'end';
   $('#typing').textContent = c.typing ? t('chat.typing', { id: d }) : '';
-  const composerOff = c.closed;
-  $('#message-input').placeholder = c.closed ? t('chat.closed') : c.link.chatOpen ? t('chat.placeholder') : t('chat.placeholder_waiting');
+  const composerOff = !c.writable;
+  $('#message-input').placeholder = c.closed ? (c.writable ? t('history.placeholder_offline') : t('chat.closed')) : c.link.chatOpen ? t('chat.placeholder') : t('chat.placeholder_waiting');
   $('#message-input').disabled = composerOff;
   $('#send-btn').disabled = composerOff;
   $('#file-input').disabled = composerOff || !c.link.chatOpen;

@@ -15,7 +15,7 @@ export function initComposer({ current }) {
     msgInput.style.height = 'auto';
     msgInput.style.height = `${Math.min(msgInput.scrollHeight, 160)}px`;
   };
-  const writable = () => { const c = current(); return c && !c.closed ? c : null; };
+  const writable = () => { const c = current(); return c && c.writable ? c : null; };
 
   on('conversation-selected', ({ conv }) => {
     if (!conv) return;

@@ -3,7 +3,7 @@
 // and re-pairing). The Conversation owns its pairing state; this module only asks it and calls its methods.
 //
 // Bus: listens to `conversation-changed`, `conversation-renamed`, `message-arrived`, `peer-rejoin`,
-// `open-conversation` {peer}; emits `conversation-selected` {conv|null}, `rejoin-expected` {peer}, `attention`
+// `open-conversation` {peer}, `open-history` {peer}; emits `history-view` {conv}, `conversation-selected` {conv|null}, `rejoin-expected` {peer}, `attention`
 // {source:'unread', count}, `notify`.
 
 import { $, el, avatarColor } from './dom.js';
@@ -14,8 +14,11 @@ import { Conversation } from './chat.js';
 import { emit, on } from './bus.js';
 import { renderChatHead, setDetailsOpen, initChatHead } from './chathead.js';
 
-/** @param {import('./signaling.js').Signaling} sig */
-export function initConversations(sig) {
+/**
+ * @param {import('./signaling.js').Signaling} sig
+ * @param {{nameOf?: (peer:string) => string|null}} [o]  a saved contact's name (the list shows it instead of the ID)
+ */
+export function initConversations(sig, { nameOf = () => null } = {}) {
   const convs = new Map(); // peer id → Conversation
   const items = new Map(); // Conversation → its sidebar item
   let selected = null; // the open Conversation
@@ -182,13 +185,36 @@ export function initConversations(sig) {
     const item = items.get(conv);
     if (item) {
       item.btn.dataset.peer = conv.peer;
-      item.name.textContent = displayId(conv.peer);
+      labelName(item.name, conv.peer);
     }
   });
+  // A contact saved, renamed or removed: the list names follow.
+  on('contacts-changed', () => {
+    for (const [c, item] of items) labelName(item.name, c.peer);
+  });
+  function labelName(node, peer) {
+    const name = nameOf(peer);
+    node.textContent = name || displayId(peer);
+    node.classList.toggle('mono', !name); // an ID in the ID font, a name in the text font
+  }
   on('message-arrived', ({ conv, text }) => {
     if (!conv.visible) emit('notify', { title: `ponte: ${displayId(conv.peer)}`, body: text.slice(0, 140), tag: `ponte-msg-${conv.peer}` });
   });
   on('open-conversation', ({ peer }) => { const c = convs.get(peer); if (c) select(c); });
+  // A saved contact that is offline: open its stored history (an ended conversation; contacts.js fills it and lets
+  // messages be written, to be delivered when both are online again).
+  on('open-history', ({ peer }) => {
+    let c = convs.get(peer);
+    if (!c) {
+      const link = new PeerLink({ peer, initiator: false, iceServers: [], signal: () => {}, canSignal: () => false });
+      c = new Conversation({ peer, link, ticket: null });
+      c.end('history.offline', { id: displayId(peer) });
+      convs.set(peer, c);
+      addItem(c);
+      emit('history-view', { conv: c });
+    }
+    select(c);
+  });
 
   function addItem(c) {
     const d = displayId(c.peer);
@@ -197,9 +223,10 @@ export function initConversations(sig) {
     const badge = el('span', { class: 'badge', 'data-testid': 'unread', hidden: '' });
     const sub = el('span', { class: 'conv-sub muted small' });
     const btn = el('button', { type: 'button', class: 'conv-item', 'data-testid': 'conversation', 'data-peer': c.peer },
-      avatar, el('span', { class: 'conv-text' }, el('span', { class: 'conv-name mono' }, d), sub), badge);
+      avatar, el('span', { class: 'conv-text' }, el('span', { class: 'conv-name' }), sub), badge);
     btn.addEventListener('click', () => select(c));
     const item = { li: el('li', {}, btn), btn, badge, sub, name: btn.querySelector('.conv-name') };
+    labelName(item.name, c.peer);
     items.set(c, item);
     $('#conv-list').prepend(item.li);
     $('#convs-empty').hidden = true;

@@ -12,9 +12,11 @@ import { unlockAudio } from './notify.js';
 
 /**
  * @param {import('./signaling.js').Signaling} sig
- * @param {{conversation: (peer:string) => import('./chat.js').Conversation|undefined}} o  an open conversation
+ * @param {{conversation: (peer:string) => import('./chat.js').Conversation|undefined,
+ *   autoAccepts?: (peer:string, key?:string) => boolean, isBlocked?: (peer:string) => boolean,
+ *   contactName?: (peer:string) => string|null}} o  an open conversation; the contact book's answers
  */
-export function initRequests(sig, { conversation }) {
+export function initRequests(sig, { conversation, autoAccepts = () => false, isBlocked = () => false, contactName = () => null }) {
   const incoming = new Map(); // peer id → card element
   const pendingOut = new Map(); // peer id → 'sending' | 'waiting'
   let me = null;
@@ -25,6 +27,7 @@ export function initRequests(sig, { conversation }) {
   const openConv = (peer) => { const c = conversation(peer); return c && !c.closed ? c : null; };
 
   on('me', (m) => { me = m; });
+  on('connect-to', ({ peer }) => requestConnect(peer));
 
   function setConnectMessage(text, kind = 'error') {
     connectMsg.textContent = text || '';
@@ -163,6 +166,10 @@ export function initRequests(sig, { conversation }) {
     const peer = ev.detail.peer;
     const known = openConv(peer);
     if (known && known.pairing.autoAccepts()) { sig.send({ type: 'accept', from: peer }); return; }
+    // A saved contact with its saved key, and the setting on: no card. Never for anybody else.
+    if (autoAccepts(peer, ev.detail.peer_key)) { sig.send({ type: 'accept', from: peer }); return; }
+    // The server refuses a blocked ID's connects; one in flight before the block is declined here.
+    if (isBlocked(peer)) { sig.send({ type: 'decline', from: peer }); return; }
     if (incoming.has(peer)) return;
     const d = displayId(peer);
     const accept = el('button', { class: 'btn primary', type: 'button', 'data-testid': 'accept' }, t('incoming.accept'));
@@ -171,7 +178,7 @@ export function initRequests(sig, { conversation }) {
       el('div', { class: 'avatar' }, d.slice(0, 2).toUpperCase()),
       el('div', { class: 'request-body' },
         el('strong', { class: 'request-title' }, t('incoming.title')),
-        el('span', { id: `req-${peer}` }, t('incoming.text', { id: d }))),
+        el('span', { id: `req-${peer}` }, t('incoming.text', { id: contactName(peer) ? `${contactName(peer)} (${d})` : d }))),
       el('div', { class: 'request-actions' }, decline, accept));
     card.querySelector('.avatar').style.setProperty('--avatar', avatarColor(peer));
     accept.addEventListener('click', () => { sig.send({ type: 'accept', from: peer }); removeIncoming(peer); });

@@ -10,12 +10,14 @@ import { emit } from './bus.js';
 /** @param {import('./signaling.js').Signaling} sig */
 export function initShare(sig) {
   let me = null;
+  let lasting = false; // the server bound my ID to this browser's identity key
 
   sig.addEventListener('welcome', (ev) => {
     const w = ev.detail;
     const changed = me && me.id !== w.id;
     const prevTab = !me && w.previousId && w.previousId !== w.id;
     me = { id: w.id, display: w.display_id || displayId(w.id) };
+    lasting = !!w.identity;
     render();
     emit('me', me);
     if (changed || prevTab) emit('banner', { text: t('server.id_changed', { id: me.display }) });
@@ -23,8 +25,20 @@ export function initShare(sig) {
 
   const shareLink = () => (me ? `${location.origin}/#${me.id}` : '');
 
+  // Why the ID is lasting or one-time (a plain http:// LAN address has no WebCrypto; the server refused the key).
+  function identityNote() {
+    if (!me) return '';
+    if (lasting) return t('me.lasting');
+    // Sent the key but the welcome has no identity: a server without identities (older than this page).
+    const why = sig.identityRefused ? 'refused' : sig.identityUnavailable || (sig.usesIdentity ? 'server' : 'error');
+    return t(`me.one_time_${why}`);
+  }
+
   function render() {
     $('#my-id').textContent = me ? me.display : '····-····';
+    const note = $('#id-note');
+    note.textContent = identityNote();
+    note.dataset.kind = lasting ? 'lasting' : 'one-time';
     $('#share-link').value = shareLink();
     $('#copy-id').disabled = !me;
     $('#qr-btn').disabled = !me;

@@ -3,9 +3,19 @@
 // Sends `hello` (with the reconnect token kept in sessionStorage, so a reload keeps the ID; the server signs it, so
 // it also brings the ID back after a server restart), reconnects with
 // exponential backoff plus jitter, and re-emits every server message as an event named after its `type`.
-// Extra events: `state` (detail: "connecting" | "open" | "closed" | "replaced"), `session` (the welcome).
+// Extra events: `state` (detail: "connecting" | "open" | "closed" | "replaced" | "taken"), `session` (the welcome),
+// `identity-refused` {code} (the server refused the identity: the page goes on anonymously).
+//
+// With `identity` set ({key, sign}, from identity.js) the hello names the public key and the `identity_challenge`
+// is answered with `identity_proof` before anything else; close code 4002 (the identity was opened in another
+// tab) stops reconnecting until `reconnectNow()` ("use here"), so two tabs never take the ID from each other
+// forever.
+
+import { proofBytes } from './identity.js';
 
 const TOKEN_KEY = 'ponte.token';
+// Errors before the welcome after which the server closes the connection and the identity cannot work here.
+const IDENTITY_FATAL = new Set(['bad_key', 'bad_signature', 'too_many_identities']);
 const ID_KEY = 'ponte.id';
 const PING_EVERY_MS = 25000;
 const PONG_TIMEOUT_MS = 10000;
@@ -24,6 +34,14 @@ export class Signaling extends EventTarget {
     this.stopped = false;
     this.nextRetryAt = 0;
     this.outbox = []; // messages sent while disconnected, flushed after welcome
+    this.identity = null; // {key, sign(bytes)} when this profile has a lasting identity
+    this.identityUnavailable = null; // why there is no identity (identity.js reason), for the page to say
+    this.identityRefused = null; // error code when the server refused it (bad_key, bad_signature, too_many_identities)
+  }
+
+  /** Whether the next hello will carry the identity. */
+  get usesIdentity() {
+    return !!this.identity && !this.identityRefused;
   }
 
   static defaultUrl() {
@@ -89,13 +107,26 @@ export class Signaling extends EventTarget {
     let welcomed = false;
     ws.onopen = () => {
       if (this.ws !== ws) return;
-      ws.send(JSON.stringify({ type: 'hello', v: 1, token: this.token }));
+      const hello = { type: 'hello', v: 1, token: this.token };
+      if (this.usesIdentity) hello.identity = { key: this.identity.key };
+      ws.send(JSON.stringify(hello));
     };
     ws.onmessage = (ev) => {
       if (this.ws !== ws) return;
       let msg;
       try { msg = JSON.parse(ev.data); } catch { return; }
       if (!msg || typeof msg.type !== 'string') return;
+      if (msg.type === 'identity_challenge') {
+        if (!this.usesIdentity || typeof msg.challenge !== 'string') return;
+        this.identity.sign(proofBytes(msg.challenge)).then((signature) => {
+          if (this.ws === ws && ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify({ type: 'identity_proof', signature }));
+        }, (e) => { console.warn('ponte: cannot sign', e); this.refuseIdentity('sign_failed'); ws.close(1000); });
+        return;
+      }
+      if (msg.type === 'error' && !welcomed && IDENTITY_FATAL.has(msg.code) && this.usesIdentity) {
+        // The server will close this connection: the next one goes without the identity (the anonymous flow).
+        this.refuseIdentity(msg.code);
+      }
       if (msg.type === 'welcome') {
         welcomed = true;
         this.attempt = 0;
@@ -123,6 +154,12 @@ export class Signaling extends EventTarget {
       if (this.ws !== ws) return;
       this.ws = null;
       this.stopPing();
+      if (ev.code === 4002) {
+        // This identity was opened in another tab, which now has the ID: never take it back by ourselves.
+        this.stopped = true;
+        this.setState('taken', { code: ev.code });
+        return;
+      }
       if (ev.code === 4001) {
         // Another tab (a duplicated one shares sessionStorage) took over this ID: do not fight over it.
         this.stopped = true;
@@ -138,6 +175,11 @@ export class Signaling extends EventTarget {
       this.scheduleRetry(ev.code === 1013);
     };
     ws.onerror = () => { /* onclose follows */ };
+  }
+
+  refuseIdentity(code) {
+    this.identityRefused = code;
+    this.dispatchEvent(new CustomEvent('identity-refused', { detail: { code } }));
   }
 
   scheduleRetry(slow) {

@@ -1,0 +1,189 @@
+// Contacts, presence, one-click connect, auto-accept and the key-change warning, in Chromium with persistent
+// profiles against the mock server (mock-server.mjs implements docs/protocol.md "Contacts, consent and presence").
+//
+//   cd tests/browser && node --test contacts.test.mjs      (needs /usr/bin/chromium; no ponte binary)
+
+import { test, describe, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { requirements, waitConnected } from './lib.mjs';
+import { startMockServer, newIdentities } from './mock-server.mjs';
+import { openProfile, appPage } from './profiles.mjs';
+
+const missing = requirements({ needPonte: false });
+
+/** Answer the next prompt()/confirm() with `text`. */
+function answerNextDialog(page, text) {
+  page.once('dialog', (d) => d.accept(text));
+}
+
+async function saveContact(page, name) {
+  await page.getByTestId('save-contact').waitFor();
+  answerNextDialog(page, name);
+  await page.getByTestId('save-contact').click();
+  await page.locator(`[data-testid=contact-name]:text-is("${name}")`).waitFor();
+}
+
+const contact = (page, id) => page.locator(`[data-testid=contact][data-peer="${id}"]`);
+
+describe('contacts', { skip: missing || false }, () => {
+  let server;
+  const identities = newIdentities();
+  const dirs = [];
+  const ctxs = [];
+  const profile = () => { const d = mkdtempSync(path.join(tmpdir(), 'ponte-profile-')); dirs.push(d); return d; };
+  const browser = async (dir) => { const c = await openProfile(dir); ctxs.push(c); return c; };
+
+  before(async () => { server = await startMockServer({ identities, grace: 500 }); });
+  after(async () => {
+    for (const c of ctxs) await c.close().catch(() => {});
+    if (server) await server.close();
+    for (const d of dirs) rmSync(d, { recursive: true, force: true });
+  });
+
+  test('save each other, see presence, reopen the browser, connect in one click; auto-accept only for contacts; a changed key warns', async () => {
+    const dirA = profile();
+    const dirB = profile();
+    const ctxA = await browser(dirA);
+    let ctxB = await browser(dirB);
+    const a = await appPage(ctxA, server.url);
+    let b = await appPage(ctxB, server.url);
+    const idA = await a.evaluate(() => window.ponte.id);
+    const idB = await b.evaluate(() => window.ponte.id);
+
+    await a.getByTestId('peer-id-input').fill(idB);
+    await a.getByTestId('connect').click();
+    await b.getByTestId('accept').click();
+    await waitConnected(a);
+    await waitConnected(b);
+
+    // A saves B: not mutual yet, so no presence (B cannot learn that A saved it).
+    await saveContact(a, 'Bob');
+    assert.equal(await contact(a, idB).getAttribute('data-online'), 'false');
+    assert.match(await contact(a, idB).textContent(), /once they save you/);
+    await saveContact(b, 'Alice');
+    await a.waitForSelector(`[data-testid=contact][data-peer="${idB}"][data-online=true]`);
+    await b.waitForSelector(`[data-testid=contact][data-peer="${idA}"][data-online=true]`);
+    assert.equal(await a.getByTestId('chat-contact-name').textContent(), 'Bob');
+    assert.equal(await a.getByTestId('save-contact').isVisible(), false, 'saved: no more "save contact"');
+
+    // B closes the browser: A sees B offline (after B's grace period).
+    await ctxB.close();
+    await a.waitForSelector(`[data-testid=contact][data-peer="${idB}"][data-online=false]`, { timeout: 10000 });
+
+    // B opens it again: same ID, Alice still saved and online, and A sees B online.
+    ctxB = await browser(dirB);
+    b = await appPage(ctxB, server.url);
+    assert.equal(await b.evaluate(() => window.ponte.id), idB);
+    await b.waitForSelector(`[data-testid=contact][data-peer="${idA}"][data-online=true]`);
+    assert.equal(await contact(b, idA).getByTestId('contact-name').textContent(), 'Alice');
+    await a.waitForSelector(`[data-testid=contact][data-peer="${idB}"][data-online=true]`);
+
+    // B accepts contacts automatically; A's old chat ended with B's browser. One click on "Bob" connects.
+    await b.getByTestId('auto-accept').check();
+    await a.waitForSelector(`[data-testid=conversation][data-peer="${idB}"][data-state=closed]`, { timeout: 15000 });
+    await a.getByTestId('end-chat').click(); // remove the ended conversation
+    await contact(a, idB).getByTestId('contact-connect').click();
+    await waitConnected(a);
+    await waitConnected(b);
+    assert.equal(await b.getByTestId('incoming-request').count(), 0, 'no card: accepted automatically');
+
+    // A stranger gets a card at B even with auto-accept on.
+    const ctxC = await browser(profile());
+    const c = await appPage(ctxC, server.url);
+    await c.getByTestId('peer-id-input').fill(idB);
+    await c.getByTestId('connect').click();
+    await b.locator(`[data-testid=incoming-request][data-peer="${await c.evaluate(() => window.ponte.id)}"]`).waitFor();
+    await ctxC.close();
+
+    // B's identity key changes under the same ID (a new browser profile, and a server that lost the binding):
+    // A has auto-accept on, yet gets a card, and after accepting a loud warning.
+    await a.getByTestId('auto-accept').check();
+    await b.evaluate(() => new Promise((resolve) => {
+      const r = indexedDB.open('ponte');
+      r.onsuccess = () => { const tx = r.result.transaction('kv', 'readwrite'); tx.objectStore('kv').delete('identity'); tx.oncomplete = resolve; };
+    }));
+    const oldKeyB = identities.keyOf.get(idB);
+    identities.byKey.delete(oldKeyB);
+    identities.nextId = idB;
+    await b.evaluate(() => sessionStorage.clear());
+    await b.reload();
+    await b.waitForFunction(() => window.ponte && window.ponte.id);
+    assert.equal(await b.evaluate(() => window.ponte.id), idB);
+    assert.notEqual(await b.evaluate(() => window.ponte.identityKey), oldKeyB);
+    await a.waitForSelector(`[data-testid=conversation][data-peer="${idB}"][data-state=closed]`, { timeout: 15000 });
+    await a.getByTestId('end-chat').click();
+    await b.getByTestId('peer-id-input').fill(idA);
+    await b.getByTestId('connect').click();
+    await a.locator(`[data-testid=incoming-request][data-peer="${idB}"]`).waitFor();
+    await a.getByTestId('accept').click();
+    await a.locator('[data-testid=system-message][data-kind=warning]').first().waitFor();
+    assert.match(await a.locator('[data-testid=system-message][data-kind=warning]').first().textContent(), /identity key changed/);
+    assert.match(await a.getByTestId('banner').textContent(), /identity key changed/);
+  });
+
+  test('a saved contact the server no longer knows (not_identity) is shown as such', async () => {
+    const ctx = await browser(profile());
+    const a = await appPage(ctx, server.url);
+    await a.evaluate(() => window.ponte.contacts.save('zzzzzzzz', 'Ghost', 'B'.repeat(87)));
+    await a.waitForFunction(() => /no longer known/.test(document.querySelector('[data-testid=contact][data-peer=zzzzzzzz]')?.textContent || ''));
+    assert.equal(await a.locator('[data-testid=contact][data-peer=zzzzzzzz]').getAttribute('data-online'), 'false');
+  });
+
+  test('rename, block (the chat ends, their requests do not arrive), unblock', async () => {
+    const a = await appPage(await browser(profile()), server.url);
+    const b = await appPage(await browser(profile()), server.url);
+    const idA = await a.evaluate(() => window.ponte.id);
+    const idB = await b.evaluate(() => window.ponte.id);
+    await a.getByTestId('peer-id-input').fill(idB);
+    await a.getByTestId('connect').click();
+    await b.getByTestId('accept').click();
+    await waitConnected(a);
+    await saveContact(a, 'Bob');
+    await contact(a, idB).getByTestId('contact-menu').click();
+    answerNextDialog(a, 'Robert');
+    await contact(a, idB).getByTestId('contact-rename').click();
+    await a.locator('[data-testid=contact-name]:text-is("Robert")').waitFor();
+    assert.equal(await a.locator(`[data-testid=conversation][data-peer="${idB}"] .conv-name`).textContent(), 'Robert', 'the conversation list follows');
+
+    await contact(a, idB).getByTestId('contact-menu').click();
+    answerNextDialog(a, '');
+    await contact(a, idB).getByTestId('contact-block').click();
+    await a.locator(`[data-testid=blocked][data-peer="${idB}"]`).waitFor({ state: 'attached' });
+    assert.equal(await contact(a, idB).count(), 0, 'no longer a contact');
+    await b.waitForSelector(`[data-testid=conversation][data-peer="${idA}"][data-state=closed]`);
+    await b.getByTestId('end-chat').click();
+    await b.getByTestId('peer-id-input').fill(idA);
+    await b.getByTestId('connect').click();
+    await b.waitForFunction(() => /Nobody with the ID/.test(document.querySelector('[data-testid=connect-message]').textContent));
+    assert.equal(await a.getByTestId('incoming-request').count(), 0, 'a blocked ID cannot ask');
+
+    await a.locator('#blocked-box summary').click();
+    await a.locator(`[data-testid=blocked][data-peer="${idB}"] [data-testid=unblock]`).click();
+    await a.waitForSelector('[data-testid=blocked-box][hidden]', { state: 'attached' });
+    await b.getByTestId('connect').click();
+    await a.locator(`[data-testid=incoming-request][data-peer="${idB}"]`).waitFor();
+  });
+
+  test('"keep history" off: nothing is stored for a saved contact', async () => {
+    const a = await appPage(await browser(profile()), server.url);
+    const b = await appPage(await browser(profile()), server.url);
+    const idB = await b.evaluate(() => window.ponte.id);
+    await a.getByTestId('keep-history').uncheck();
+    await a.getByTestId('peer-id-input').fill(idB);
+    await a.getByTestId('connect').click();
+    await b.getByTestId('accept').click();
+    await waitConnected(a);
+    await saveContact(a, 'Bob');
+    await a.getByTestId('message-input').fill('not kept');
+    await a.getByTestId('message-input').press('Enter');
+    await a.waitForSelector('[data-testid=message-status][data-status=delivered]');
+    const stored = await a.evaluate(() => new Promise((resolve) => {
+      const r = indexedDB.open('ponte');
+      r.onsuccess = () => { const q = r.result.transaction('messages').objectStore('messages').count(); q.onsuccess = () => resolve(q.result); };
+    }));
+    assert.equal(stored, 0);
+  });
+});
