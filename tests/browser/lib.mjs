@@ -72,29 +72,36 @@ export async function newPage(browser, { mobile = false, locale = 'en-US', color
   return page;
 }
 
-export async function freeTcpPort(host = '127.0.0.1') {
-  return new Promise((resolve, reject) => {
+/**
+ * A port that is free now and stays out of the kernel's ephemeral range (32768-60999 by default), so that a test
+ * that stops ponte and starts it again on the same port does not find it taken meanwhile by some browser's or
+ * client's ephemeral socket (Chromium's ICE sockets bind on 127.0.0.1 too).
+ */
+async function freePort(host, udp) {
+  const tcpFree = (port) => new Promise((resolve) => {
     const s = net.createServer();
-    s.once('error', reject);
-    s.listen(0, host, () => {
-      const { port } = s.address();
-      s.close(() => resolve(port));
-    });
+    s.once('error', () => resolve(false));
+    s.listen(port, host, () => s.close(() => resolve(true)));
   });
+  const udpFree = (port) => new Promise((resolve) => {
+    const u = dgram.createSocket(host.includes(':') ? 'udp6' : 'udp4');
+    u.once('error', () => resolve(false));
+    u.bind(port, host, () => u.close(() => resolve(true)));
+  });
+  for (let i = 0; i < 200; i++) {
+    const port = 20000 + Math.floor(Math.random() * 12000);
+    if (await tcpFree(port) && (!udp || await udpFree(port))) return port;
+  }
+  throw new Error(`no free ${udp ? 'UDP+TCP' : 'TCP'} port on ${host} between 20000 and 32000`);
+}
+
+export async function freeTcpPort(host = '127.0.0.1') {
+  return freePort(host, false);
 }
 
 /** A port free on both UDP and TCP (TURN listens on both). */
 export async function freeUdpTcpPort(host = '127.0.0.1') {
-  for (let i = 0; i < 20; i++) {
-    const port = await freeTcpPort(host);
-    const ok = await new Promise((resolve) => {
-      const u = dgram.createSocket('udp4');
-      u.once('error', () => resolve(false));
-      u.bind(port, host, () => u.close(() => resolve(true)));
-    });
-    if (ok) return port;
-  }
-  throw new Error('no free UDP+TCP port');
+  return freePort(host, true);
 }
 
 /**
