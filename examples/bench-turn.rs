@@ -332,7 +332,7 @@ fn main() -> anyhow::Result<()> {
             cpus
         );
         println!(
-            "{:<10}{:>8}{:>11}{:>11}{:>11}{:>8}{:>19}{:>19}{:>19}{:>30}{:>8}",
+            "{:<10}{:>8}{:>11}{:>11}{:>11}{:>8}{:>19}{:>19}{:>19}{:>30}{:>21}{:>8}",
             "placement",
             "clients",
             "ponte rt/s",
@@ -343,13 +343,14 @@ fn main() -> anyhow::Result<()> {
             "coturn",
             "floor",
             "CPU/pkt ponte/coturn/floor",
+            "sleeps/1k pkt p/c/f",
             "load"
         );
         for (label, clients, p, c, f, load) in &matrix {
             let us = |s: &Stats| format!("{:.2}", s.cpu_per_op.as_nanos() as f64 / 1000.0);
             let l = |s: &Stats| format!("{}/{}", s.p50.as_micros(), s.p99.as_micros());
             println!(
-                "{:<10}{:>8}{:>11.0}{:>11.0}{:>11.0}{:>8.2}{:>19}{:>19}{:>19}{:>30}{:>8}",
+                "{:<10}{:>8}{:>11.0}{:>11.0}{:>11.0}{:>8.2}{:>19}{:>19}{:>19}{:>30}{:>21}{:>8}",
                 label,
                 clients,
                 p.rate,
@@ -360,6 +361,7 @@ fn main() -> anyhow::Result<()> {
                 l(c),
                 l(f),
                 format!("{} / {} / {} µs", us(p), us(c), us(f)),
+                format!("{:.0}/{:.0}/{:.0}", p.sleeps_per_k, c.sleeps_per_k, f.sleeps_per_k),
                 load.split_whitespace().next().unwrap_or("-")
             );
         }
@@ -454,6 +456,8 @@ struct Stats {
     p50: Duration,
     p99: Duration,
     lost: u64,
+    /// Server threads' voluntary context switches (each one a sleep and a later wake-up) per 1000 operations.
+    sleeps_per_k: f64,
 }
 
 /// CPU time used so far by process `pid` (all threads), from /proc.
@@ -479,6 +483,7 @@ fn stats(mut rtts: Vec<u32>, elapsed: Duration, sent: u64, cpu: Duration, ops_pe
         p50: Duration::from_nanos(pct(0.50) as u64),
         p99: Duration::from_nanos(pct(0.99) as u64),
         lost: sent.saturating_sub(rtts.len() as u64),
+        sleeps_per_k: 0.0,
     }
 }
 
@@ -722,6 +727,7 @@ fn relay_phase(server: SocketAddr, pid: u32, o: &Opts, pace: Option<f64>, floor:
         clients.push(c);
     }
     let cpu0 = cpu_time(pid);
+    let sleeps0 = sleeps(pid);
     let epoch = Instant::now();
     let deadline = epoch + Duration::from_secs(o.secs);
     let budget = MAX_PER_PHASE / o.clients as u64;
@@ -815,6 +821,7 @@ fn relay_phase(server: SocketAddr, pid: u32, o: &Opts, pace: Option<f64>, floor:
         hs.into_iter().map(|h| h.join().unwrap()).collect()
     });
     let cpu = cpu_time(pid) - cpu0;
+    let slept = sleeps(pid).saturating_sub(sleeps0);
     stop.store(true, Ordering::Relaxed);
     let _ = echo.join();
     for c in &mut clients {
@@ -832,7 +839,25 @@ fn relay_phase(server: SocketAddr, pid: u32, o: &Opts, pace: Option<f64>, floor:
     let elapsed = results.iter().map(|r| r.2).max().unwrap_or_default();
     let sent = results.iter().map(|r| r.1).sum();
     // Two relayed packets per echo round trip (client→peer, peer→client).
-    Ok(stats(results.into_iter().flat_map(|r| r.0).collect(), elapsed, sent, cpu, 2))
+    let mut st = stats(results.into_iter().flat_map(|r| r.0).collect(), elapsed, sent, cpu, 2);
+    st.sleeps_per_k = slept as f64 * 1000.0 / (st.rate * elapsed.as_secs_f64() * 2.0).max(1.0);
+    Ok(st)
+}
+
+/// Voluntary context switches of every thread of `pid` so far (a thread blocking, to be woken later).
+fn sleeps(pid: u32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return 0 };
+    tasks
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("status")).ok())
+        .filter_map(|s| {
+            s.lines()
+                .find(|l| l.starts_with("voluntary_ctxt_switches:"))?
+                .split_whitespace()
+                .nth(1)?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum()
 }
 
 /// Resident set size of process `pid`, KiB.
