@@ -17,6 +17,12 @@
 //! Throughput is measured closed-loop (`--window` requests in flight per client thread), latency both there
 //! (saturated: RTT is then mostly queueing) and at a fixed `--rate` below either server's capacity. The servers
 //! run on the first `--pin` CPUs (default: half of them) and the generator on the rest; `--pin 0` shares all.
+//!
+//! Then the relay matrix (`--matrix 0` skips it): the relay phase again, pinned as above and unpinned (servers and
+//! generator sharing every CPU, as on a home server), with 1 and 2 client threads, for ponte, coturn and the floor:
+//! a bare UDP forwarder written here (`--serve-floor`, one thread, epoll and recvmmsg/sendmmsg, no TURN at all)
+//! whose CPU per relayed packet is the least any relay can spend on this machine. The same server processes serve
+//! every placement: they start seeing all CPUs and every thread is then restricted (or released) per phase.
 
 #[path = "common/mod.rs"]
 mod common;
@@ -43,6 +49,7 @@ const RELAY_PORTS: u16 = 12_500;
 const PONTE_PORTS_MIN: u16 = 20_000;
 const COTURN_PORTS_MIN: u16 = 7_000;
 
+#[derive(Clone)]
 struct Opts {
     secs: u64,
     rounds: usize,
@@ -57,12 +64,17 @@ struct Opts {
     /// CPUs given to the servers (the first N), the load generator getting the others; 0: everything shares all.
     /// None: half of them.
     pin: Option<usize>,
+    /// Run the relay matrix (pinned and unpinned × 1 and 2 client threads, ponte, coturn and the floor).
+    matrix: bool,
 }
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("--serve-ponte") {
         return serve_ponte(&args[2]);
+    }
+    if args.get(1).map(String::as_str) == Some("--serve-floor") {
+        return serve_floor(&args[2]);
     }
     let mut o = Opts {
         secs: 2,
@@ -74,6 +86,7 @@ fn main() -> anyhow::Result<()> {
         udp_workers: 0,
         pin: None,
         rate: 20_000,
+        matrix: true,
     };
     let mut i = 1;
     while i + 1 < args.len() {
@@ -88,10 +101,11 @@ fn main() -> anyhow::Result<()> {
             "--udp-workers" => o.udp_workers = v.min(64),
             "--pin" => o.pin = Some(v),
             "--rate" => o.rate = v.clamp(100, 1_000_000),
+            "--matrix" => o.matrix = v != 0,
             other => {
                 anyhow::bail!(
                     "unknown option {other}; use --secs, --rounds, --clients, --window, --size, --allocations, \
-                     --udp-workers, --pin, --rate"
+                     --udp-workers, --pin, --rate, --matrix"
                 )
             }
         }
@@ -146,7 +160,7 @@ fn main() -> anyhow::Result<()> {
                 o.allocations + 100
             ),
         )?;
-        let child = pinned(Command::new(std::env::current_exe()?), pin)
+        let child = Command::new(std::env::current_exe()?)
             .args(["--serve-ponte", cfg.to_str().unwrap()])
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
@@ -155,7 +169,7 @@ fn main() -> anyhow::Result<()> {
     };
     let coturn = {
         let port = free_port();
-        let child = pinned(Command::new("turnserver"), pin)
+        let child = Command::new("turnserver")
             .current_dir(dir.path())
             .args([
                 "-n",
@@ -196,13 +210,30 @@ fn main() -> anyhow::Result<()> {
             })?;
         (Guard(child), SocketAddr::from(([127, 0, 0, 1], port)))
     };
-    if pin > 0 {
-        // The generator threads (spawned per phase) inherit this thread's CPUs.
-        set_cpus(pin..cpus)?;
-    }
+    let floor = {
+        let port = free_port();
+        let child = Command::new(std::env::current_exe()?)
+            .args(["--serve-floor", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()?;
+        (Guard(child), SocketAddr::from(([127, 0, 0, 1], port)))
+    };
     for (name, addr) in [("ponte", ponte.1), ("coturn", coturn.1)] {
         wait_ready(addr).map_err(|e| anyhow::anyhow!("{name} did not answer STUN on {addr}: {e}"))?;
     }
+    // The servers start seeing every CPU (so their defaults, e.g. ponte's one UDP worker per CPU, are those of
+    // this host) and are restricted afterwards, every thread: the same processes then serve pinned and unpinned.
+    let pids = [ponte.0 .0.id(), coturn.0 .0.id(), floor.0 .0.id()];
+    let place = |pin: usize| -> anyhow::Result<()> {
+        for pid in pids {
+            set_pid_cpus(pid, if pin > 0 { 0..pin } else { 0..cpus })?;
+        }
+        // The generator threads (spawned per phase) inherit this thread's CPUs.
+        set_cpus(if pin > 0 { pin..cpus } else { 0..cpus })?;
+        Ok(())
+    };
+    place(pin)?;
 
     let (pa, ca) = if o.allocations > 0 {
         let pa = alloc_phase(ponte.1, ponte.0 .0.id(), &o).map_err(|e| e.context("ponte allocations"))?;
@@ -218,8 +249,8 @@ fn main() -> anyhow::Result<()> {
         cb.push(binding_phase(coturn.1, coturn.0 .0.id(), &o, None));
     }
     for _ in 0..o.rounds {
-        pr.push(relay_phase(ponte.1, ponte.0 .0.id(), &o, None).map_err(|e| e.context("ponte relay phase"))?);
-        cr.push(relay_phase(coturn.1, coturn.0 .0.id(), &o, None).map_err(|e| e.context("coturn relay phase"))?);
+        pr.push(relay_phase(ponte.1, ponte.0 .0.id(), &o, None, false).map_err(|e| e.context("ponte relay phase"))?);
+        cr.push(relay_phase(coturn.1, coturn.0 .0.id(), &o, None, false).map_err(|e| e.context("coturn relay phase"))?);
     }
     // Latency at the same offered load for both, below either one's capacity: under saturation a closed loop's
     // RTT is mostly its own queue (in-flight ÷ throughput) and the generator's scheduling, not the server.
@@ -228,13 +259,38 @@ fn main() -> anyhow::Result<()> {
     for _ in 0..o.rounds {
         pbl.push(binding_phase(ponte.1, ponte.0 .0.id(), &o, pace));
         cbl.push(binding_phase(coturn.1, coturn.0 .0.id(), &o, pace));
-        prl.push(relay_phase(ponte.1, ponte.0 .0.id(), &o, pace).map_err(|e| e.context("ponte relay latency"))?);
-        crl.push(relay_phase(coturn.1, coturn.0 .0.id(), &o, pace).map_err(|e| e.context("coturn relay latency"))?);
+        prl.push(relay_phase(ponte.1, ponte.0 .0.id(), &o, pace, false).map_err(|e| e.context("ponte relay latency"))?);
+        crl.push(
+            relay_phase(coturn.1, coturn.0 .0.id(), &o, pace, false).map_err(|e| e.context("coturn relay latency"))?,
+        );
     }
     let (pbl, cbl, prl, crl) = (median(pbl), median(cbl), median(prl), median(crl));
     let (pb, cb, pr, cr) = (median(pb), median(cb), median(pr), median(cr));
+    // The relay matrix: both placements and 1 and 2 client threads in one run, with the floor.
+    let mut matrix = Vec::new();
+    if o.matrix {
+        let pinned_cpus = (cpus / 2).max(1);
+        for (label, p) in [("pinned", pinned_cpus), ("unpinned", 0)] {
+            if p >= cpus {
+                continue;
+            }
+            place(p)?;
+            for clients in [1, 2] {
+                let oc = Opts { clients, ..o.clone() };
+                let (mut a, mut b, mut f) = (Vec::new(), Vec::new(), Vec::new());
+                for _ in 0..o.rounds {
+                    a.push(relay_phase(ponte.1, pids[0], &oc, None, false).map_err(|e| e.context("ponte matrix"))?);
+                    b.push(relay_phase(coturn.1, pids[1], &oc, None, false).map_err(|e| e.context("coturn matrix"))?);
+                    f.push(relay_phase(floor.1, pids[2], &oc, None, true).map_err(|e| e.context("floor matrix"))?);
+                }
+                matrix.push((label, clients, median(a), median(b), median(f), common::load_average()));
+            }
+        }
+        place(pin)?;
+    }
     drop(ponte);
     drop(coturn);
+    drop(floor);
 
     println!();
     println!("{:<32}{:>16}{:>16}{:>16}", "", "ponte", "coturn", "ponte/coturn");
@@ -265,6 +321,53 @@ fn main() -> anyhow::Result<()> {
             format!("{cp:.0} B")
         );
         row("  allocations created/s", pa.rate, ca.rate);
+    }
+    if !matrix.is_empty() {
+        println!(
+            "\nTURN relay matrix (closed loop, window {} per client thread, {}-byte payloads; pinned: servers on CPU 0..{}, \
+             generator on the rest; unpinned: everything shares all {} CPUs; floor = bare UDP forwarder, no TURN):",
+            o.window,
+            o.size,
+            (cpus / 2).max(1),
+            cpus
+        );
+        println!(
+            "{:<10}{:>8}{:>11}{:>11}{:>11}{:>8}{:>19}{:>19}{:>19}{:>30}{:>21}{:>8}",
+            "placement",
+            "clients",
+            "ponte rt/s",
+            "coturn",
+            "floor",
+            "p/c",
+            "p50/p99 ponte µs",
+            "coturn",
+            "floor",
+            "CPU/pkt ponte/coturn/floor",
+            "sleeps/1k pkt p/c/f",
+            "load"
+        );
+        for (label, clients, p, c, f, load) in &matrix {
+            let us = |s: &Stats| format!("{:.2}", s.cpu_per_op.as_nanos() as f64 / 1000.0);
+            let l = |s: &Stats| format!("{}/{}", s.p50.as_micros(), s.p99.as_micros());
+            println!(
+                "{:<10}{:>8}{:>11.0}{:>11.0}{:>11.0}{:>8.2}{:>19}{:>19}{:>19}{:>30}{:>21}{:>8}",
+                label,
+                clients,
+                p.rate,
+                c.rate,
+                f.rate,
+                if c.rate > 0.0 { p.rate / c.rate } else { 0.0 },
+                l(p),
+                l(c),
+                l(f),
+                format!("{} / {} / {} µs", us(p), us(c), us(f)),
+                format!("{:.0}/{:.0}/{:.0}", p.sleeps_per_k, c.sleeps_per_k, f.sleeps_per_k),
+                load.split_whitespace().next().unwrap_or("-")
+            );
+        }
+        println!(
+            "(rt/s: echo round trips per second, 2 relayed packets each; CPU per relayed packet, all server threads)"
+        );
     }
     println!("\n(relayed packets count both directions: client→peer and peer→client through the relay;");
     println!(
@@ -353,6 +456,8 @@ struct Stats {
     p50: Duration,
     p99: Duration,
     lost: u64,
+    /// Server threads' voluntary context switches (each one a sleep and a later wake-up) per 1000 operations.
+    sleeps_per_k: f64,
 }
 
 /// CPU time used so far by process `pid` (all threads), from /proc.
@@ -378,6 +483,7 @@ fn stats(mut rtts: Vec<u32>, elapsed: Duration, sent: u64, cpu: Duration, ops_pe
         p50: Duration::from_nanos(pct(0.50) as u64),
         p99: Duration::from_nanos(pct(0.99) as u64),
         lost: sent.saturating_sub(rtts.len() as u64),
+        sleeps_per_k: 0.0,
     }
 }
 
@@ -562,7 +668,8 @@ impl TurnClient {
     }
 }
 
-fn relay_phase(server: SocketAddr, pid: u32, o: &Opts, pace: Option<f64>) -> anyhow::Result<Stats> {
+/// With `floor`, `server` is the bare forwarder ([`serve_floor`]): no allocation, one setup datagram naming the peer.
+fn relay_phase(server: SocketAddr, pid: u32, o: &Opts, pace: Option<f64>, floor: bool) -> anyhow::Result<Stats> {
     // The echo peer: one socket, one thread, returns every datagram to its sender, in batches (recvmmsg/sendmmsg)
     // like the clients, so that the generator leaves as much CPU as it can to the server under test.
     let peer = UdpSocket::bind("127.0.0.1:0")?;
@@ -603,6 +710,12 @@ fn relay_phase(server: SocketAddr, pid: u32, o: &Opts, pace: Option<f64>) -> any
     let mut clients = Vec::new();
     for id in 0..o.clients {
         let mut c = TurnClient::new(server, id)?;
+        if floor {
+            floor_setup(&c.s, server, peer_addr)?;
+            c.s.set_read_timeout(Some(Duration::from_millis(100)))?;
+            clients.push(c);
+            continue;
+        }
         c.request(METHOD_ALLOCATE, &|m| m.add(AttrType(ATTR_REQUESTED_TRANSPORT), &[17, 0, 0, 0]))?;
         c.request(METHOD_CHANNEL_BIND, &|m| {
             m.add(AttrType(ATTR_CHANNEL_NUMBER), &[0x40, 0x00, 0, 0]);
@@ -614,6 +727,7 @@ fn relay_phase(server: SocketAddr, pid: u32, o: &Opts, pace: Option<f64>) -> any
         clients.push(c);
     }
     let cpu0 = cpu_time(pid);
+    let sleeps0 = sleeps(pid);
     let epoch = Instant::now();
     let deadline = epoch + Duration::from_secs(o.secs);
     let budget = MAX_PER_PHASE / o.clients as u64;
@@ -707,6 +821,7 @@ fn relay_phase(server: SocketAddr, pid: u32, o: &Opts, pace: Option<f64>) -> any
         hs.into_iter().map(|h| h.join().unwrap()).collect()
     });
     let cpu = cpu_time(pid) - cpu0;
+    let slept = sleeps(pid).saturating_sub(sleeps0);
     stop.store(true, Ordering::Relaxed);
     let _ = echo.join();
     for c in &mut clients {
@@ -716,12 +831,33 @@ fn relay_phase(server: SocketAddr, pid: u32, o: &Opts, pace: Option<f64>) -> any
         c.s.set_nonblocking(true)?;
         while c.s.recv_from(&mut buf).is_ok() {}
         c.s.set_nonblocking(false)?;
+        if floor {
+            continue;
+        }
         let _ = c.request(METHOD_REFRESH, &|m| m.add(AttrType(ATTR_LIFETIME), &0u32.to_be_bytes()));
     }
     let elapsed = results.iter().map(|r| r.2).max().unwrap_or_default();
     let sent = results.iter().map(|r| r.1).sum();
     // Two relayed packets per echo round trip (client→peer, peer→client).
-    Ok(stats(results.into_iter().flat_map(|r| r.0).collect(), elapsed, sent, cpu, 2))
+    let mut st = stats(results.into_iter().flat_map(|r| r.0).collect(), elapsed, sent, cpu, 2);
+    st.sleeps_per_k = slept as f64 * 1000.0 / (st.rate * elapsed.as_secs_f64() * 2.0).max(1.0);
+    Ok(st)
+}
+
+/// Voluntary context switches of every thread of `pid` so far (a thread blocking, to be woken later).
+fn sleeps(pid: u32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return 0 };
+    tasks
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("status")).ok())
+        .filter_map(|s| {
+            s.lines()
+                .find(|l| l.starts_with("voluntary_ctxt_switches:"))?
+                .split_whitespace()
+                .nth(1)?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum()
 }
 
 /// Resident set size of process `pid`, KiB.
@@ -792,17 +928,146 @@ fn alloc_phase(server: SocketAddr, pid: u32, o: &Opts) -> anyhow::Result<AllocSt
     Ok(AllocStats { count, before_kib, after_kib, rate: count as f64 / elapsed.as_secs_f64() })
 }
 
-/// `cmd` set to run on CPUs `0..n` (all of them when `n` is 0), threads included: the affinity is set before
-/// `exec`, so every thread the server starts inherits it, and its "one worker per CPU" defaults see `n` CPUs.
-fn pinned(mut cmd: Command, n: usize) -> Command {
-    use std::os::unix::process::CommandExt;
-    if n > 0 {
-        // SAFETY: only sched_setaffinity (async-signal-safe) runs between fork and exec.
+/// Restrict every thread of process `pid` to `cpus` (threads it starts later inherit it from their creator).
+fn set_pid_cpus(pid: u32, cpus: std::ops::Range<usize>) -> std::io::Result<()> {
+    for t in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let Some(tid) = t?.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
+        // SAFETY: as in set_cpus, for another thread id.
         unsafe {
-            cmd.pre_exec(move || set_cpus(0..n));
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            for c in cpus.clone() {
+                libc::CPU_SET(c, &mut set);
+            }
+            // A thread may have ended since the listing: not an error.
+            libc::sched_setaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), &set);
         }
     }
-    cmd
+    Ok(())
+}
+
+/// Tell the floor forwarder which peer this client's datagrams go to ("PEER" + port), waiting for its "OK".
+fn floor_setup(s: &UdpSocket, floor: SocketAddr, peer: SocketAddr) -> anyhow::Result<()> {
+    let mut msg = b"PEER".to_vec();
+    msg.extend_from_slice(&peer.port().to_be_bytes());
+    s.set_read_timeout(Some(Duration::from_millis(100)))?;
+    let mut buf = [0u8; 64];
+    for _ in 0..50 {
+        s.send_to(&msg, floor)?;
+        if let Ok((n, _)) = s.recv_from(&mut buf) {
+            if &buf[..n] == b"OK" {
+                return Ok(());
+            }
+        }
+    }
+    anyhow::bail!("the floor forwarder at {floor} does not answer")
+}
+
+/// The floor: a bare UDP forwarder that does what a TURN relay's data path must do and nothing else (no STUN, no
+/// authentication, permissions, channels, quotas or expiry), in one thread with epoll and recvmmsg/sendmmsg. A client
+/// names its peer once ("PEER" + port, answered "OK") and gets its own relay socket; its ChannelData payloads go out
+/// of that socket to the peer, and the peer's datagrams come back as ChannelData (0x4000). Its CPU per relayed
+/// packet is what the kernel's UDP path costs: the least any relay on this machine can spend.
+fn serve_floor(port: &str) -> anyhow::Result<()> {
+    use std::collections::HashMap;
+    use std::os::fd::AsRawFd;
+    const LISTENER: mio::Token = mio::Token(usize::MAX);
+    let listener = UdpSocket::bind(("127.0.0.1", port.parse::<u16>()?))?;
+    listener.set_nonblocking(true)?;
+    let mut poll = mio::Poll::new()?;
+    poll.registry().register(&mut mio::unix::SourceFd(&listener.as_raw_fd()), LISTENER, mio::Interest::READABLE)?;
+    let mut by_client: HashMap<SocketAddr, (usize, SocketAddr)> = HashMap::new();
+    let mut relays: Vec<(UdpSocket, SocketAddr)> = Vec::new();
+    let mut rx = mmsg::RecvBatch::with_layout(mmsg::BATCH, 4, 2048, 0);
+    let mut events = mio::Events::with_capacity(256);
+    let mut ready: Vec<mio::Token> = Vec::new();
+    let mut lens = Vec::with_capacity(mmsg::BATCH);
+    loop {
+        poll.poll(&mut events, if ready.is_empty() { None } else { Some(Duration::ZERO) })?;
+        for ev in events.iter() {
+            if !ready.contains(&ev.token()) {
+                ready.push(ev.token());
+            }
+        }
+        let mut i = 0;
+        while i < ready.len() {
+            let t = ready[i];
+            let sock = if t == LISTENER { &listener } else { &relays[t.0].0 };
+            let n = match rx.recv(sock) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => 0,
+                Err(_) => {
+                    i += 1;
+                    continue;
+                }
+            };
+            if t == LISTENER {
+                let mut out: Vec<(usize, SocketAddr, &[u8])> = Vec::with_capacity(n);
+                for k in 0..n {
+                    let Some((data, from)) = rx.get(k) else { continue };
+                    if data.len() == 6 && &data[..4] == b"PEER" {
+                        let peer = SocketAddr::from(([127, 0, 0, 1], u16::from_be_bytes([data[4], data[5]])));
+                        let r = UdpSocket::bind("127.0.0.1:0")?;
+                        r.set_nonblocking(true)?;
+                        let tok = mio::Token(relays.len());
+                        poll.registry().register(
+                            &mut mio::unix::SourceFd(&r.as_raw_fd()),
+                            tok,
+                            mio::Interest::READABLE,
+                        )?;
+                        relays.push((r, from));
+                        by_client.insert(from, (tok.0, peer));
+                        let _ = listener.send_to(b"OK", from);
+                    } else if data.len() >= 4 && data[0] & 0xc0 == 0x40 {
+                        if let Some(&(r, peer)) = by_client.get(&from) {
+                            out.push((r, peer, &data[4..]));
+                        }
+                    }
+                }
+                // Runs of datagrams for the same relay socket leave in one sendmmsg.
+                let mut a = 0;
+                while a < out.len() {
+                    let b = a + out[a..].iter().take_while(|x| x.0 == out[a].0).count();
+                    let run = &out[a..b];
+                    forward(&relays[run[0].0].0, run.len(), |k| (run[k].1, run[k].2));
+                    a = b;
+                }
+            } else {
+                let client = relays[t.0].1;
+                lens.clear();
+                for k in 0..n {
+                    if let Some((buf, len, _)) = rx.slot_mut(k) {
+                        buf[0..2].copy_from_slice(&0x4000u16.to_be_bytes());
+                        buf[2..4].copy_from_slice(&(len as u16).to_be_bytes());
+                        lens.push((k, len));
+                    }
+                }
+                forward(&listener, lens.len(), |k| (client, &rx.slot(lens[k].0)[..4 + lens[k].1]));
+            }
+            if n < rx.capacity() {
+                ready.swap_remove(i);
+            } else {
+                i += 1;
+            }
+        }
+    }
+}
+
+/// Send `n` datagrams, as many per sendmmsg as fit, waiting for room when the socket buffer is full.
+fn forward<'a>(s: &UdpSocket, n: usize, item: impl Fn(usize) -> (SocketAddr, &'a [u8])) {
+    use std::os::fd::AsRawFd;
+    let mut sent = 0;
+    while sent < n {
+        let from = sent;
+        match mmsg::send_many(s.as_raw_fd(), n - from, |k| item(from + k)) {
+            Ok(k) => sent += k.max(1),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                let mut p = libc::pollfd { fd: s.as_raw_fd(), events: libc::POLLOUT, revents: 0 };
+                // SAFETY: one valid pollfd for the duration of the call.
+                unsafe { libc::poll(&mut p, 1, 100) };
+            }
+            Err(_) => sent += 1,
+        }
+    }
 }
 
 /// Restrict the calling thread (and the threads it starts afterwards) to `cpus`.

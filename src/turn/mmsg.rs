@@ -126,6 +126,11 @@ impl RecvBatch {
     }
 
     /// Slot `i` as [`slot_mut`](Self::slot_mut) left it.
+    /// Datagrams one `recv` can take.
+    pub fn capacity(&self) -> usize {
+        self.count
+    }
+
     pub fn slot(&self, i: usize) -> &[u8] {
         &self.bufs[i * self.stride..(i + 1) * self.stride]
     }

@@ -42,7 +42,7 @@ pub(crate) struct Shell {
     pub core: Core,
     /// Our UDP listening sockets by local address (responses and relayed data to UDP clients leave from the
     /// address the client talked to).
-    pub udp: HashMap<SocketAddr, Arc<tokio::net::UdpSocket>>,
+    pub udp: HashMap<SocketAddr, Arc<UdpSocket>>,
     /// Send queues of live TCP and TLS client connections.
     pub streams: DashMap<FiveTuple, tcp::StreamTx>,
     /// Open TCP/TLS client connections per source ([`core::source_of`](self::core::source_of)), for `turn.max_tcp_connections_per_ip`.
@@ -55,6 +55,8 @@ pub(crate) struct Shell {
     /// Free ports of the relay range.
     pub ports: relay::PortPool,
     pub shutdown: CancellationToken,
+    /// The data-path threads' pollers ([`udp::run`]): where relay sockets are registered.
+    pub pollers: Vec<relay::Poller>,
 }
 
 /// Which of our sockets a batched datagram leaves from.
@@ -90,7 +92,7 @@ impl Shell {
     /// The one place the core's actions are carried out. `pkt` is the buffer the `ToPeer`/`FromPeer` ranges
     /// refer to. With a `batch`, UDP datagrams are queued in it for [`Shell::flush`]; without one they leave at
     /// once. Returns the last [`Action::Timeout`] seen (the tick task sleeps until then).
-    pub async fn execute(
+    pub fn execute(
         self: &Arc<Self>,
         pkt: &[u8],
         actions: &mut Vec<Action>,
@@ -107,7 +109,7 @@ impl Shell {
                         None => {
                             let sock = self.relays.get(&relay).map(|r| r.socket.clone());
                             if let Some(s) = sock {
-                                send_datagrams(&s, 1, |_| (peer, &pkt[data.clone()])).await;
+                                send_udp(&s, 1, |_| (peer, &pkt[data.clone()]));
                             }
                         }
                     },
@@ -115,13 +117,13 @@ impl Shell {
                         (Transport::Udp, Some(b)) => {
                             b.relayed.push((Via::Listener(to.server), to.client, b.slot, data))
                         }
-                        _ => self.to_client(to, &pkt[data]).await,
+                        _ => self.to_client(to, &pkt[data]),
                     },
                     Action::ToClient { to, data } => match batch.as_deref_mut() {
                         Some(b) if to.transport == Transport::Udp && b.listener == Some(to.server) => {
                             b.answers.push((to.client, data))
                         }
-                        _ => self.to_client(to, &data).await,
+                        _ => self.to_client(to, &data),
                     },
                     Action::OpenRelay(req) => {
                         let bound = relay::open(self, &req);
@@ -130,7 +132,7 @@ impl Shell {
                     Action::CloseRelay { relay } => {
                         let mut held = false;
                         if let Some((_, r)) = self.relays.remove(&relay) {
-                            r.stop();
+                            r.stop(self);
                             held = true;
                         }
                         held |= self.reserved.remove(&relay).is_some();
@@ -148,13 +150,13 @@ impl Shell {
 
     /// Send what `batch` holds: the answers from its listener, the relayed datagrams one `sendmmsg` per socket in
     /// arrival order. `slot(i)` is receive slot `i`, the buffer the ranges refer to.
-    pub async fn flush<'a>(&self, batch: &mut Batch, slot: impl Fn(usize) -> &'a [u8]) {
+    pub fn flush<'a>(&self, batch: &mut Batch, slot: impl Fn(usize) -> &'a [u8]) {
         if batch.is_empty() {
             return;
         }
         if let Some(s) = batch.listener.and_then(|l| self.udp.get(&l)) {
             let answers = &batch.answers;
-            send_datagrams(s, answers.len(), |k| (answers[k].0, &answers[k].1[..])).await;
+            send_udp(s, answers.len(), |k| (answers[k].0, &answers[k].1[..]));
         }
         batch.answers.clear();
         let mut group: Vec<(SocketAddr, &'a [u8])> = Vec::with_capacity(batch.relayed.len());
@@ -174,16 +176,16 @@ impl Shell {
                 Via::Listener(a) => self.udp.get(&a).cloned(),
             };
             if let Some(s) = sock {
-                send_datagrams(&s, group.len(), |k| group[k]).await;
+                send_udp(&s, group.len(), |k| group[k]);
             }
         }
     }
 
-    pub async fn to_client(&self, to: FiveTuple, data: &[u8]) {
+    pub fn to_client(&self, to: FiveTuple, data: &[u8]) {
         match to.transport {
             Transport::Udp => {
                 if let Some(s) = self.udp.get(&to.server) {
-                    send_datagrams(s, 1, |_| (to.client, data)).await;
+                    send_udp(s, 1, |_| (to.client, data));
                 }
             }
             Transport::Tcp => {
@@ -201,8 +203,42 @@ impl Shell {
 /// stalled listener or relay task is worse than lost UDP datagrams, which clients retransmit or tolerate.
 pub(crate) const SEND_STALL: Duration = Duration::from_millis(100);
 
-/// The shells' one way to send UDP: datagrams `item(0..n)` (destination, bytes) from `sock`, as many per
-/// `sendmmsg` as fit. Never waits in the common case; when the socket buffer is full, waits for room (backpressure
+/// The data path's one way to send UDP: datagrams `item(0..n)` (destination, bytes) from `sock`, as many per
+/// `sendmmsg` as fit. Never waits in the common case. When the socket buffer is full, a data-path thread waits for
+/// room (backpressure on that thread's sockets) at most [`SEND_STALL`] in all, then drops the rest; any other
+/// caller (a TCP/TLS client's task, the tick task, on the async runtime) drops at once rather than block a runtime
+/// worker: UDP may lose datagrams, and clients retransmit or tolerate it. A datagram the kernel refuses on its own
+/// (e.g. an unreachable destination) is skipped.
+pub(crate) fn send_udp<'a>(sock: &UdpSocket, n: usize, item: impl Fn(usize) -> (SocketAddr, &'a [u8])) {
+    let mut deadline = None;
+    let mut sent = 0;
+    while sent < n {
+        let from = sent;
+        match mmsg::send_many(sock.as_raw_fd(), n - from, |k| item(from + k)) {
+            Ok(k) => sent += k.max(1),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                let now = Instant::now();
+                let until = *deadline.get_or_insert(now + SEND_STALL);
+                if !relay::on_data_thread() || now >= until {
+                    tracing::debug!("UDP send buffer full: dropping {} datagrams", n - sent);
+                    return;
+                }
+                let ms = (until - now).as_millis().clamp(1, i32::MAX as u128) as i32;
+                let mut p = libc::pollfd { fd: sock.as_raw_fd(), events: libc::POLLOUT, revents: 0 };
+                // SAFETY: one valid pollfd for the duration of the call.
+                unsafe { libc::poll(&mut p, 1, ms) };
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                tracing::trace!("UDP send to {} failed: {e}", item(sent).0);
+                sent += 1;
+            }
+        }
+    }
+}
+
+/// The same on a runtime socket, for async shells (`turn.stun_alt_listen`): datagrams `item(0..n)` from `sock`, as
+/// many per `sendmmsg` as fit. Never waits in the common case; when the socket buffer is full, waits for room (backpressure
 /// on this one task) at most [`SEND_STALL`] in all, then drops the rest. A datagram the kernel refuses on its own
 /// (e.g. an unreachable destination) is skipped.
 pub(crate) async fn send_datagrams<'a>(
@@ -431,6 +467,17 @@ pub struct TlsConn {
     pub local: SocketAddr,
 }
 
+/// Held by the task that waits for data-path thread `.1`: when it is dropped (shutdown, or the runtime going away
+/// with the task still pending) the thread is told to stop.
+struct StopOnDrop(Arc<Shell>, usize);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.shutdown.cancel();
+        self.0.pollers[self.1].wake();
+    }
+}
+
 /// Serve STUN/TURN on the given (bound, non-blocking) sockets until `shutdown`. Sets health Turn → Ok once
 /// listening; returns `Err` if a listener fails. Relay sockets are closed on return.
 pub async fn serve(mut deps: Deps, sockets: Sockets, shutdown: CancellationToken) -> anyhow::Result<()> {
@@ -467,12 +514,18 @@ pub async fn serve(mut deps: Deps, sockets: Sockets, shutdown: CancellationToken
     let mut udp_map = HashMap::new();
     for s in udp {
         let addr = s.local_addr()?;
-        let s = Arc::new(tokio::net::UdpSocket::from_std(s)?);
+        s.set_nonblocking(true)?;
+        let s = Arc::new(s);
         // Several sockets share an address under SO_REUSEPORT (`turn.udp_workers`); answers and relayed data may
         // leave through any of them, since the source address is the same.
         udp_map.entry(addr).or_insert_with(|| s.clone());
         udp_socks.push(s);
     }
+    // One data-path thread per UDP listener socket, at least one (a TCP-only server still has relay sockets).
+    let polls: Vec<mio::Poll> =
+        (0..udp_socks.len().max(1)).map(|_| mio::Poll::new()).collect::<std::io::Result<_>>()?;
+    let pollers =
+        polls.iter().enumerate().map(|(i, p)| relay::Poller::new(p, i)).collect::<std::io::Result<Vec<_>>>()?;
     let shell = Arc::new(Shell {
         core,
         udp: udp_map,
@@ -482,17 +535,42 @@ pub async fn serve(mut deps: Deps, sockets: Sockets, shutdown: CancellationToken
         reserved: DashMap::new(),
         ports: relay::PortPool::new((cfg.relay_port_min, cfg.relay_port_max)),
         shutdown: shutdown.child_token(),
+        pollers,
     });
 
     deps.metrics.register(Arc::new(TurnMetrics(Arc::downgrade(&shell))));
     let mut tasks: JoinSet<anyhow::Result<()>> = JoinSet::new();
     let mut listening = Vec::new();
-    for s in udp_socks {
+    for s in &udp_socks {
         let l = format!("udp://{}", s.local_addr()?);
         if !listening.contains(&l) {
             listening.push(l);
         }
-        tasks.spawn(udp::run(shell.clone(), s));
+    }
+    // The data path runs on its own threads, outside the async runtime (see udp.rs for why). Each reports its end
+    // through a task here, so a failed listener fails `serve` as before; dropping that task (the runtime going
+    // away) stops the thread too.
+    let mut listeners = udp_socks.into_iter();
+    for (index, poll) in polls.into_iter().enumerate() {
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        let (sh, listener) = (shell.clone(), listeners.next());
+        std::thread::Builder::new().name(format!("ponte-udp-{index}")).spawn(move || {
+            let _ = done_tx.send(udp::run(sh, index, poll, listener));
+        })?;
+        let stop = StopOnDrop(shell.clone(), index);
+        tasks.spawn(async move {
+            let _stop = stop;
+            done_rx.await.unwrap_or(Ok(()))
+        });
+    }
+    {
+        // Threads block in epoll_wait: wake them to see the shutdown.
+        let shell = shell.clone();
+        tasks.spawn(async move {
+            shell.shutdown.cancelled().await;
+            shell.pollers.iter().for_each(relay::Poller::wake);
+            Ok(())
+        });
     }
     for l in tcp {
         let l = tokio::net::TcpListener::from_std(l)?;
@@ -572,7 +650,7 @@ pub async fn serve(mut deps: Deps, sockets: Sockets, shutdown: CancellationToken
                     _ = tokio::time::sleep_until(next) => {
                         let now = Instant::now();
                         shell.core.tick(now, &mut actions);
-                        let at = shell.execute(&[], &mut actions, None).await.unwrap_or(now + MAX_TICK);
+                        let at = shell.execute(&[], &mut actions, None).unwrap_or(now + MAX_TICK);
                         next = tokio::time::Instant::from_std(at.max(now + TICK_FLOOR));
                     }
                 }
@@ -599,16 +677,14 @@ pub async fn serve(mut deps: Deps, sockets: Sockets, shutdown: CancellationToken
     shell.shutdown.cancel();
     // Close every relay socket now rather than when the last task lets go of it.
     let keys: Vec<SocketAddr> = shell.relays.iter().map(|r| *r.key()).collect();
-    let mut stopped = Vec::new();
     for k in keys {
         if let Some((_, r)) = shell.relays.remove(&k) {
-            r.stop();
-            stopped.push(r.task);
+            r.stop(&shell);
         }
     }
     shell.reserved.clear();
-    // Wait for the aborted tasks to drop their sockets, so the ports are free when `serve` returns.
-    let _ = tokio::time::timeout(Duration::from_secs(1), futures_util::future::join_all(stopped)).await;
+    // Waiting for the tasks waits for the data-path threads, which drop their relay sockets as they end: the ports
+    // are free when `serve` returns.
     let _ = tokio::time::timeout(Duration::from_secs(2), async { while tasks.join_next().await.is_some() {} }).await;
     tasks.abort_all();
     result

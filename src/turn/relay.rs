@@ -1,52 +1,136 @@
-//! Relay sockets (RFC 8656 §7.2 relayed transport address): one UDP socket per allocation, bound within `turn.relay_port_min..=max` on the relay address, and the task that forwards peer datagrams to the client.
+//! Relay sockets (RFC 8656 §7.2 relayed transport address): one UDP socket per allocation, bound within `turn.relay_port_min..=max` on the relay address, and the data-path threads that poll them.
 //!
-//! The task owns its socket and a small batch of receive slots; per datagram it asks the core (one shard
-//! read-lock, one uncontended per-allocation mutex) where to send, with the header written into the slot's
-//! headroom — no allocation and no async lock on the peer→client path, and one `sendmmsg` per batch.
+//! A relay socket has no task of its own: it is registered with one [`Poller`], the epoll instance of one
+//! data-path thread (src/turn/udp.rs), normally the thread whose listener received the Allocate, so that both
+//! directions of an allocation are handled by the same thread without any hand-over. Per datagram the thread asks
+//! the core (one shard read-lock, one uncontended per-allocation mutex) where to send, with the header written
+//! into the receive slot's headroom — no allocation and no lock on the peer→client path, one `sendmmsg` per batch.
 
+use std::cell::Cell;
 use std::collections::{HashMap, VecDeque};
 use std::io;
-use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
-use std::time::Instant;
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
 
 use parking_lot::Mutex;
 use rand::seq::SliceRandom;
-use tokio::io::Interest;
 
 use socket2::{Domain, Protocol, Socket, Type};
 
-use super::codec::{HEADROOM, TAILROOM};
 use super::core::RelayRequest;
-use super::mmsg::RecvBatch;
-use super::{Batch, Shell};
+use super::Shell;
 
-/// Peer datagrams taken off a relay socket per system call.
-const RELAY_BATCH: usize = 8;
 /// Largest peer datagram relayed. Peers of browsers send at most about 1,200 bytes (WebRTC keeps under the path
 /// MTU), and nothing larger crosses the internet unfragmented; a bigger datagram is truncated by the kernel,
-/// flagged, and dropped rather than misread. (8 slots of this size per allocation are only backed by memory once
-/// traffic has touched them.)
-const RELAY_SLOT: usize = 4096;
+/// flagged, and dropped rather than misread. (The receive slots belong to the data-path thread, not to the
+/// allocation: an allocation costs its socket and its core state, no buffer.)
+pub(crate) const RELAY_SLOT: usize = 4096;
 /// How many ports held by other programs to skip before answering 508: a bounded search keeps a range that
 /// another program has filled from turning each Allocate into a port scan.
 const BIND_ATTEMPTS: u32 = 128;
 
-/// A live relay socket, registered in the shell so that client→peer sends find it.
-pub struct Relay {
-    pub socket: Arc<tokio::net::UdpSocket>,
-    /// Aborting the task (allocation gone, shutdown) drops its socket handle; no per-datagram `select!`
-    /// against a cancellation future is needed.
-    pub task: tokio::task::JoinHandle<()>,
+/// The token of a poller's waker (shutdown, a relay closed from another thread).
+pub(crate) const WAKE: mio::Token = mio::Token(usize::MAX);
+/// The token of a data-path thread's UDP listener.
+pub(crate) const LISTENER: mio::Token = mio::Token(usize::MAX - 1);
+
+thread_local! {
+    /// The index of the poller whose thread this is (`usize::MAX` elsewhere): relays opened here are polled here,
+    /// and only here may a full send buffer make the caller wait (a runtime worker must never block).
+    static CURRENT: Cell<usize> = const { Cell::new(usize::MAX) };
 }
 
-impl Relay {
-    pub fn stop(&self) {
-        self.task.abort();
+/// Mark the calling thread as data-path thread `index` (for [`open`] and [`on_data_thread`]).
+pub(crate) fn set_current(index: usize) {
+    CURRENT.with(|c| c.set(index));
+}
+
+/// Whether the calling thread is a data-path thread (which may wait briefly for room in a send buffer).
+pub(crate) fn on_data_thread() -> bool {
+    CURRENT.with(|c| c.get()) != usize::MAX
+}
+
+/// A change to a data-path thread's set of relay sockets, applied by that thread before it next reads.
+pub(crate) enum Change {
+    /// The thread holds a weak handle: the socket closes as soon as the allocation lets go of it (its port is free
+    /// again at once), not when the thread next wakes.
+    Add(mio::Token, Weak<UdpSocket>, SocketAddr),
+    Remove(mio::Token),
+}
+
+/// The handle other threads use to give a data-path thread relay sockets to poll, or take them away. The
+/// `mio::Poll` itself is owned by the thread.
+pub(crate) struct Poller {
+    registry: mio::Registry,
+    waker: mio::Waker,
+    index: usize,
+    next: AtomicUsize,
+    changes: Mutex<Vec<Change>>,
+}
+
+impl Poller {
+    pub fn new(poll: &mio::Poll, index: usize) -> io::Result<Poller> {
+        Ok(Poller {
+            registry: poll.registry().try_clone()?,
+            waker: mio::Waker::new(poll.registry(), WAKE)?,
+            index,
+            next: AtomicUsize::new(0),
+            changes: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Poll `socket` (bound at `local`) from now on. The change is queued before the registration, so the thread
+    /// knows the token by the time epoll reports it.
+    fn add(&self, socket: Arc<UdpSocket>, local: SocketAddr) -> io::Result<mio::Token> {
+        let token = mio::Token(self.next.fetch_add(1, Ordering::Relaxed));
+        let fd = socket.as_raw_fd();
+        self.changes.lock().push(Change::Add(token, Arc::downgrade(&socket), local));
+        if let Err(e) = self.registry.register(&mut mio::unix::SourceFd(&fd), token, mio::Interest::READABLE) {
+            self.changes.lock().push(Change::Remove(token));
+            return Err(e);
+        }
+        Ok(token)
+    }
+
+    /// Stop polling `socket`; the thread forgets it when it next wakes.
+    fn remove(&self, token: mio::Token, socket: &UdpSocket) {
+        let _ = self.registry.deregister(&mut mio::unix::SourceFd(&socket.as_raw_fd()));
+        self.changes.lock().push(Change::Remove(token));
+        if CURRENT.with(|c| c.get()) != self.index {
+            self.wake();
+        }
+    }
+
+    pub fn wake(&self) {
+        let _ = self.waker.wake();
+    }
+
+    /// The changes queued since the last call (cheap when there are none: one uncontended lock).
+    pub fn take_changes(&self, into: &mut Vec<Change>) {
+        let mut c = self.changes.lock();
+        if !c.is_empty() {
+            into.append(&mut c);
+        }
     }
 }
 
-/// Bind a relay socket for `req`, register it and start its task. Returns the local address.
+/// A live relay socket, registered in the shell so that client→peer sends find it.
+pub struct Relay {
+    pub socket: Arc<UdpSocket>,
+    poller: usize,
+    token: mio::Token,
+}
+
+impl Relay {
+    /// Stop reading from the socket; it closes when this `Relay` is dropped (the data-path thread holds it weakly).
+    pub fn stop(&self, shell: &Shell) {
+        shell.pollers[self.poller].remove(self.token, &self.socket);
+    }
+}
+
+/// Bind a relay socket for `req`, register it and hand it to a data-path thread. Returns the local address.
 pub fn open(shell: &Arc<Shell>, req: &RelayRequest) -> io::Result<SocketAddr> {
     let std = if let Some(addr) = req.reserved {
         // RESERVATION-TOKEN: the port held since the EVEN-PORT (R=1) allocation.
@@ -63,15 +147,19 @@ pub fn open(shell: &Arc<Shell>, req: &RelayRequest) -> io::Result<SocketAddr> {
         shell.ports.take(req.ip, req.even_port)?
     };
     let local = std.local_addr()?;
-    let socket = match tokio::net::UdpSocket::from_std(std) {
-        Ok(s) => Arc::new(s),
+    let socket = Arc::new(std);
+    // The thread that received the Allocate (both directions then stay on one thread); from a TCP/TLS task, spread
+    // by port.
+    let here = CURRENT.with(|c| c.get());
+    let poller = if here < shell.pollers.len() { here } else { local.port() as usize % shell.pollers.len() };
+    let token = match shell.pollers[poller].add(socket.clone(), local) {
+        Ok(t) => t,
         Err(e) => {
             shell.ports.give_back(local);
             return Err(e);
         }
     };
-    let task = tokio::spawn(run(shell.clone(), socket.clone(), local));
-    shell.relays.insert(local, Relay { socket, task });
+    shell.relays.insert(local, Relay { socket, poller, token });
     Ok(local)
 }
 
@@ -207,56 +295,6 @@ fn bind_port(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
     socket.bind(&addr.into())?;
     socket.set_nonblocking(true)?;
     Ok(socket.into())
-}
-
-/// Forward datagrams from peers to the allocation's client until the allocation is closed.
-///
-/// Datagrams are taken off the relay socket up to [`RELAY_BATCH`] at a time (`recvmmsg`), each wrapped in place as
-/// ChannelData or a Data indication by the core, and those bound for a UDP client leave in one `sendmmsg` from the
-/// listener socket ([`Shell::flush`]): a file transfer through the relay arrives in bursts, and per-datagram system
-/// calls are what costs.
-async fn run(shell: Arc<Shell>, socket: Arc<tokio::net::UdpSocket>, local: SocketAddr) {
-    let mut rx = RecvBatch::with_layout(RELAY_BATCH, HEADROOM, RELAY_SLOT, TAILROOM);
-    let mut batch = Batch::default();
-    let mut actions = Vec::with_capacity(RELAY_BATCH);
-    loop {
-        if let Err(e) = socket.readable().await {
-            tracing::warn!("TURN relay socket {local} failed: {e}");
-            break;
-        }
-        let n = match socket.try_io(Interest::READABLE, || rx.recv(&*socket)) {
-            Ok(n) => n,
-            // ICMP errors from earlier sends surface here on Linux; they are not fatal for the socket.
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock
-                        | io::ErrorKind::ConnectionRefused
-                        | io::ErrorKind::ConnectionReset
-                        | io::ErrorKind::Interrupted
-                ) =>
-            {
-                continue
-            }
-            Err(e) => {
-                tracing::warn!("TURN relay socket {local} failed: {e}");
-                break;
-            }
-        };
-        let now = Instant::now();
-        for i in 0..n {
-            let Some((buf, len, peer)) = rx.slot_mut(i) else {
-                shell.core.count_dropped();
-                continue;
-            };
-            shell.core.from_peer(local, peer, buf, len, now, &mut actions);
-            if !actions.is_empty() {
-                batch.slot = i;
-                shell.execute(rx.slot(i), &mut actions, Some(&mut batch)).await;
-            }
-        }
-        shell.flush(&mut batch, |i| rx.slot(i)).await;
-    }
 }
 
 #[cfg(test)]

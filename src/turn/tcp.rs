@@ -138,7 +138,7 @@ where
                         let frame = &buf[start..start + n];
                         shell.core.handle(frame, tuple, Instant::now(), &mut actions);
                         if !actions.is_empty() {
-                            shell.execute(frame, &mut actions, None).await;
+                            shell.execute(frame, &mut actions, None);
                         }
                         start += n;
                     }
@@ -172,7 +172,7 @@ where
     shell.streams.remove(&tuple);
     let mut actions = Vec::new();
     shell.core.client_closed(tuple, &mut actions);
-    shell.execute(&[], &mut actions, None).await;
+    shell.execute(&[], &mut actions, None);
 }
 
 /// One open connection counted against its source's `turn.max_tcp_connections_per_ip`; dropping it gives the
