@@ -5,12 +5,9 @@
 
 import { test, describe, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import path from 'node:path';
 import { requirements, waitConnected } from './lib.mjs';
 import { startMockServer, newIdentities } from './mock-server.mjs';
-import { openProfile, appPage } from './profiles.mjs';
+import { appPage, saveContact, profiles } from './profiles.mjs';
 
 const missing = requirements({ needPonte: false });
 
@@ -19,28 +16,17 @@ function answerNextDialog(page, text) {
   page.once('dialog', (d) => d.accept(text));
 }
 
-async function saveContact(page, name) {
-  await page.getByTestId('save-contact').waitFor();
-  answerNextDialog(page, name);
-  await page.getByTestId('save-contact').click();
-  await page.locator(`[data-testid=contact-name]:text-is("${name}")`).waitFor();
-}
-
 const contact = (page, id) => page.locator(`[data-testid=contact][data-peer="${id}"]`);
 
 describe('contacts', { skip: missing || false }, () => {
   let server;
   const identities = newIdentities();
-  const dirs = [];
-  const ctxs = [];
-  const profile = () => { const d = mkdtempSync(path.join(tmpdir(), 'ponte-profile-')); dirs.push(d); return d; };
-  const browser = async (dir) => { const c = await openProfile(dir); ctxs.push(c); return c; };
+  const { profile, browser, close: closeProfiles } = profiles();
 
   before(async () => { server = await startMockServer({ identities, grace: 500 }); });
   after(async () => {
-    for (const c of ctxs) await c.close().catch(() => {});
+    await closeProfiles();
     if (server) await server.close();
-    for (const d of dirs) rmSync(d, { recursive: true, force: true });
   });
 
   test('save each other, see presence, reopen the browser, connect in one click; auto-accept only for contacts; a changed key warns', async () => {

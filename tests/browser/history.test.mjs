@@ -6,36 +6,22 @@
 
 import { test, describe, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import path from 'node:path';
 import { requirements, waitConnected, sendMessage, waitForMessage } from './lib.mjs';
 import { startMockServer, newIdentities } from './mock-server.mjs';
-import { openProfile, appPage } from './profiles.mjs';
+import { appPage, saveContact, profiles } from './profiles.mjs';
 
 const missing = requirements({ needPonte: false });
-
-async function saveContact(page, name) {
-  await page.getByTestId('save-contact').waitFor();
-  page.once('dialog', (d) => d.accept(name));
-  await page.getByTestId('save-contact').click();
-  await page.locator(`[data-testid=contact-name]:text-is("${name}")`).waitFor();
-}
 
 const texts = (page) => page.locator('[data-testid=message-list] [data-testid=message-text]').allTextContents();
 
 describe('history on the device', { skip: missing || false }, () => {
   let server;
-  const dirs = [];
-  const ctxs = [];
-  const profile = () => { const d = mkdtempSync(path.join(tmpdir(), 'ponte-profile-')); dirs.push(d); return d; };
-  const browser = async (dir) => { const c = await openProfile(dir); ctxs.push(c); return c; };
+  const { profile, browser, close: closeProfiles } = profiles();
 
   before(async () => { server = await startMockServer({ identities: newIdentities(), grace: 500 }); });
   after(async () => {
-    for (const c of ctxs) await c.close().catch(() => {});
+    await closeProfiles();
     if (server) await server.close();
-    for (const d of dirs) rmSync(d, { recursive: true, force: true });
   });
 
   test('messages survive closing both browsers; one written offline is delivered later with a receipt', async () => {

@@ -10,16 +10,9 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { requirements, startPonte, freeTcpPort, freeUdpTcpPort, waitConnected, sendMessage, waitForMessage } from './lib.mjs';
-import { openProfile, appPage } from './profiles.mjs';
+import { openProfile, appPage, saveContact } from './profiles.mjs';
 
 const missing = requirements();
-
-async function saveContact(page, name) {
-  await page.getByTestId('save-contact').waitFor();
-  page.once('dialog', (d) => d.accept(name));
-  await page.getByTestId('save-contact').click();
-  await page.locator(`[data-testid=contact-name]:text-is("${name}")`).waitFor();
-}
 
 describe('identities with the real server', { skip: missing || false }, () => {
   let server;

@@ -15,7 +15,7 @@ import path from 'node:path';
 import { chromium } from 'playwright-core';
 import { CHROME_ARGS, waitConnected, sendMessage, waitForMessage, newPage, openApp } from './lib.mjs';
 import { labMissing, startLab, stopLab } from './labkit.mjs';
-import { appPage } from './profiles.mjs';
+import { appPage, saveContact } from './profiles.mjs';
 
 const missing = labMissing();
 
@@ -28,13 +28,6 @@ function openInHome(lab, home, dir, mobile = false) {
     locale: 'en-US',
     timeout: 60000,
   });
-}
-
-async function saveContact(page, name) {
-  await page.getByTestId('save-contact').waitFor();
-  page.once('dialog', (d) => d.accept(name));
-  await page.getByTestId('save-contact').click();
-  await page.locator(`[data-testid=contact-name]:text-is("${name}")`).waitFor({ state: 'attached' });
 }
 
 for (const [nat, pathRe] of [['cone', /direct/i], ['symmetric', /relay/i]]) {
@@ -74,8 +67,8 @@ for (const [nat, pathRe] of [['cone', /direct/i], ['symmetric', /relay/i]]) {
       await b.getByTestId('accept').click();
       await waitConnected(a, 40000);
       await waitConnected(b, 40000);
-      await saveContact(a, 'Bob');
-      await saveContact(b, 'Alice');
+      await saveContact(a, 'Bob', { state: 'attached' });
+      await saveContact(b, 'Alice', { state: 'attached' });
       await b.getByTestId('back').click(); // a phone shows the list again
       await b.getByTestId('auto-accept').check();
       await ctxA.close();

@@ -1,6 +1,9 @@
 // Persistent browser profiles for the identity, contacts and history tests: closing the context and launching it
 // again on the same directory is "closing and reopening the browser" (IndexedDB, the identity key, stay).
 
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
 import { chromium } from 'playwright-core';
 import { CHROMIUM, CHROME_ARGS } from './lib.mjs';
 
@@ -26,3 +29,34 @@ export async function appPage(ctx, url) {
   return page;
 }
 
+
+/** Save the open conversation's person as a contact named `name` (answers the name prompt). `state`: how the new
+ * contact row must be present (`attached` where the contacts card may be folded away, e.g. at 360 px). */
+export async function saveContact(page, name, { state = 'visible' } = {}) {
+  await page.getByTestId('save-contact').waitFor();
+  page.once('dialog', (d) => d.accept(name));
+  await page.getByTestId('save-contact').click();
+  await page.locator(`[data-testid=contact-name]:text-is("${name}")`).waitFor({ state });
+}
+
+/** Profile directories and their browsers for one test file, all closed and removed by `close()`. */
+export function profiles() {
+  const dirs = [];
+  const ctxs = [];
+  return {
+    profile() {
+      const d = mkdtempSync(path.join(tmpdir(), 'ponte-profile-'));
+      dirs.push(d);
+      return d;
+    },
+    async browser(dir) {
+      const c = await openProfile(dir);
+      ctxs.push(c);
+      return c;
+    },
+    async close() {
+      for (const c of ctxs) await c.close().catch(() => {});
+      for (const d of dirs) rmSync(d, { recursive: true, force: true });
+    },
+  };
+}
