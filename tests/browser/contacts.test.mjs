@@ -7,7 +7,7 @@ import { test, describe, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { requirements, waitConnected } from './lib.mjs';
 import { startMockServer, newIdentities } from './mock-server.mjs';
-import { appPage, saveContact, profiles } from './profiles.mjs';
+import { appPage, saveContact, profiles, connectPages } from './profiles.mjs';
 
 const missing = requirements({ needPonte: false });
 
@@ -36,14 +36,7 @@ describe('contacts', { skip: missing || false }, () => {
     let ctxB = await browser(dirB);
     const a = await appPage(ctxA, server.url);
     let b = await appPage(ctxB, server.url);
-    const idA = await a.evaluate(() => window.ponte.id);
-    const idB = await b.evaluate(() => window.ponte.id);
-
-    await a.getByTestId('peer-id-input').fill(idB);
-    await a.getByTestId('connect').click();
-    await b.getByTestId('accept').click();
-    await waitConnected(a);
-    await waitConnected(b);
+    const { idA, idB } = await connectPages(a, b);
 
     // A saves B: not mutual yet, so no presence (B cannot learn that A saved it).
     await saveContact(a, 'Bob');

@@ -6,9 +6,9 @@
 
 import { test, describe, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { requirements, waitConnected, sendMessage, waitForMessage } from './lib.mjs';
+import { requirements, sendMessage, waitForMessage } from './lib.mjs';
 import { startMockServer, newIdentities } from './mock-server.mjs';
-import { appPage, saveContact, profiles } from './profiles.mjs';
+import { appPage, saveContact, profiles, connectPages } from './profiles.mjs';
 
 const missing = requirements({ needPonte: false });
 
@@ -31,13 +31,7 @@ describe('history on the device', { skip: missing || false }, () => {
     let ctxB = await browser(dirB);
     let a = await appPage(ctxA, server.url);
     let b = await appPage(ctxB, server.url);
-    const idA = await a.evaluate(() => window.ponte.id);
-    const idB = await b.evaluate(() => window.ponte.id);
-    await a.getByTestId('peer-id-input').fill(idB);
-    await a.getByTestId('connect').click();
-    await b.getByTestId('accept').click();
-    await waitConnected(a);
-    await waitConnected(b);
+    const { idA, idB } = await connectPages(a, b);
     await sendMessage(a, 'before saving');
     await waitForMessage(b, 'before saving');
     await saveContact(a, 'Bob');

@@ -5,7 +5,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { chromium } from 'playwright-core';
-import { CHROMIUM, CHROME_ARGS } from './lib.mjs';
+import { CHROMIUM, CHROME_ARGS, waitConnected } from './lib.mjs';
 
 /** A browser with its own profile directory: closing and launching it again is "closing and reopening the browser". */
 export async function openProfile(dir, { mobile = false } = {}) {
@@ -59,4 +59,16 @@ export function profiles() {
       for (const d of dirs) rmSync(d, { recursive: true, force: true });
     },
   };
+}
+
+/** A asks for B by ID, B accepts, both wait for the chat to open; returns both IDs. */
+export async function connectPages(a, b) {
+  const idA = await a.evaluate(() => window.ponte.id);
+  const idB = await b.evaluate(() => window.ponte.id);
+  await a.getByTestId('peer-id-input').fill(idB);
+  await a.getByTestId('connect').click();
+  await b.getByTestId('accept').click();
+  await waitConnected(a);
+  await waitConnected(b);
+  return { idA, idB };
 }

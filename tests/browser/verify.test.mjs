@@ -9,7 +9,7 @@ import { test, describe, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { requirements, waitConnected } from './lib.mjs';
 import { startMockServer, newIdentities } from './mock-server.mjs';
-import { appPage, saveContact, profiles } from './profiles.mjs';
+import { appPage, saveContact, profiles, connectPages } from './profiles.mjs';
 
 const missing = requirements({ needPonte: false });
 
@@ -39,13 +39,7 @@ describe('keys verified once', { skip: missing || false }, () => {
     let ctxB = await browser(dirB);
     let a = await appPage(ctxA, server.url);
     let b = await appPage(ctxB, server.url);
-    const idA = await a.evaluate(() => window.ponte.id);
-    const idB = await b.evaluate(() => window.ponte.id);
-    await a.getByTestId('peer-id-input').fill(idB);
-    await a.getByTestId('connect').click();
-    await b.getByTestId('accept').click();
-    await waitConnected(a);
-    await waitConnected(b);
+    const { idA, idB } = await connectPages(a, b);
     const first = await code(a);
     assert.match(first, /^\d{4}( \d{4}){4}$/);
     assert.equal(await code(b), first, 'the same code on both sides');
