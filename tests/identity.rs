@@ -7,19 +7,14 @@ mod common;
 use std::time::Duration;
 
 use base64::Engine;
+use common::ws::*;
 use common::{test_config, TestServer};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 use ponte::config::Config;
 use ring::rand::SystemRandom;
 use ring::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
 use serde_json::{json, Value};
-use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
-
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
-
-const WAIT: Duration = Duration::from_secs(5);
 
 fn b64(b: &[u8]) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
@@ -55,56 +50,6 @@ struct Client {
     id: String,
     token: String,
     welcome: Value,
-}
-
-async fn open(srv: &TestServer) -> Ws {
-    tokio_tungstenite::connect_async(srv.ws_url()).await.expect("WebSocket connect").0
-}
-
-async fn send(ws: &mut Ws, v: Value) {
-    ws.send(Message::text(v.to_string())).await.expect("send");
-}
-
-async fn recv_within(ws: &mut Ws, d: Duration) -> Option<Value> {
-    let deadline = tokio::time::Instant::now() + d;
-    loop {
-        match tokio::time::timeout_at(deadline, ws.next()).await.ok()? {
-            Some(Ok(Message::Text(t))) => return Some(serde_json::from_str(&t).expect("server sent JSON")),
-            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-            other => panic!("expected a text message, got {other:?}"),
-        }
-    }
-}
-
-async fn expect(ws: &mut Ws, ty: &str) -> Value {
-    let v = recv_within(ws, WAIT).await.expect("expected a message within 5 s");
-    assert_eq!(v["type"], ty, "expected {ty}, got {v}");
-    v
-}
-
-async fn expect_error(ws: &mut Ws, code: &str) -> Value {
-    let v = expect(ws, "error").await;
-    assert_eq!(v["code"], code, "{v}");
-    assert!(v["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
-    v
-}
-
-async fn assert_silent(ws: &mut Ws, d: Duration) {
-    if let Some(v) = recv_within(ws, d).await {
-        panic!("expected silence, got {v}");
-    }
-}
-
-async fn close_code(ws: &mut Ws) -> u16 {
-    loop {
-        match tokio::time::timeout(WAIT, ws.next()).await.expect("close within 5 s") {
-            Some(Ok(Message::Close(Some(f)))) => return u16::from(f.code),
-            Some(Ok(Message::Close(None))) => return 1005,
-            Some(Ok(_)) => continue,
-            Some(Err(e)) => panic!("connection failed instead of closing cleanly: {e}"),
-            None => panic!("connection ended without a close frame"),
-        }
-    }
 }
 
 /// The whole identity handshake: hello{identity} -> identity_challenge -> identity_proof -> welcome.

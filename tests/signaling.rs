@@ -5,6 +5,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
+use common::ws::*;
 use common::{test_config, TestServer};
 use futures_util::{SinkExt, StreamExt};
 use hmac::{Hmac, Mac};
@@ -16,11 +17,6 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
-
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
-
-const WAIT: Duration = Duration::from_secs(5);
 
 /// One test client: a WebSocket plus what its welcome said.
 struct Client {
@@ -28,11 +24,6 @@ struct Client {
     id: String,
     token: String,
     welcome: Value,
-}
-
-async fn open(srv: &TestServer) -> Ws {
-    let (ws, _) = tokio_tungstenite::connect_async(srv.ws_url()).await.expect("WebSocket connect");
-    ws
 }
 
 /// Open a WebSocket with extra request headers; `Err(status)` when the upgrade is refused.
@@ -45,60 +36,6 @@ async fn open_with(srv: &TestServer, headers: &[(&'static str, &str)]) -> Result
         Ok((ws, _)) => Ok(ws),
         Err(WsError::Http(resp)) => Err(resp.status().as_u16()),
         Err(e) => panic!("unexpected WebSocket error: {e}"),
-    }
-}
-
-async fn send(ws: &mut Ws, v: Value) {
-    ws.send(Message::text(v.to_string())).await.expect("send");
-}
-
-/// Next JSON message (pings are answered by tungstenite while we poll); panics after 5 s.
-async fn recv(ws: &mut Ws) -> Value {
-    recv_within(ws, WAIT).await.expect("expected a message within 5 s")
-}
-
-async fn recv_within(ws: &mut Ws, d: Duration) -> Option<Value> {
-    let deadline = tokio::time::Instant::now() + d;
-    loop {
-        let m = tokio::time::timeout_at(deadline, ws.next()).await.ok()?;
-        match m {
-            Some(Ok(Message::Text(t))) => return Some(serde_json::from_str(&t).expect("server sent JSON")),
-            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-            other => panic!("expected a text message, got {other:?}"),
-        }
-    }
-}
-
-/// The close code the server ends the connection with (after any messages, which are skipped).
-async fn close_code(ws: &mut Ws) -> u16 {
-    loop {
-        match tokio::time::timeout(WAIT, ws.next()).await.expect("close within 5 s") {
-            Some(Ok(Message::Close(Some(f)))) => return u16::from(f.code),
-            Some(Ok(Message::Close(None))) => return 1005,
-            Some(Ok(_)) => continue,
-            Some(Err(e)) => panic!("connection failed instead of closing cleanly: {e}"),
-            None => panic!("connection ended without a close frame"),
-        }
-    }
-}
-
-async fn expect(ws: &mut Ws, ty: &str) -> Value {
-    let v = recv(ws).await;
-    assert_eq!(v["type"], ty, "expected {ty}, got {v}");
-    v
-}
-
-async fn expect_error(ws: &mut Ws, code: &str) -> Value {
-    let v = expect(ws, "error").await;
-    assert_eq!(v["code"], code, "{v}");
-    assert!(v["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
-    v
-}
-
-/// Nothing arrives within `d`.
-async fn assert_silent(ws: &mut Ws, d: Duration) {
-    if let Some(v) = recv_within(ws, d).await {
-        panic!("expected silence, got {v}");
     }
 }
 

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod turn_client;
+pub mod ws;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
