@@ -5,13 +5,13 @@
 # apt: iproute2/iptables (the network-namespace NAT lab), coturn (reference STUN/TURN clients and peer), chromium
 # and firefox-esr (browser tests, driven by npm playwright-core / puppeteer-core: never a downloaded browser),
 # systemd-container (systemd-nspawn boots a throw-away container for the .deb), zbar-tools (decodes the share-link
-# QR code), pebble (the ACME test CA). cargo: cargo-deb (packaging test), cargo-fuzz (the fuzz pass). npm: the
+# QR code), pebble (the ACME test CA), redis-server and haproxy (the cluster tests start their own). cargo: cargo-deb (packaging test), cargo-fuzz (the fuzz pass). npm: the
 # browser test drivers and peerjs-server (the signaling benchmark's peer).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 packages=(iproute2 iptables iputils-ping procps ca-certificates systemd systemd-container coturn chromium
-  firefox-esr fonts-dejavu-core zbar-tools pebble)
+  firefox-esr fonts-dejavu-core zbar-tools pebble redis-server haproxy)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -25,8 +25,11 @@ if [ ${#missing[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}"
-  # The coturn package may start its own service; the tests run its binaries themselves.
+  # The coturn, redis-server and haproxy packages may start their own services; the tests run the binaries
+  # themselves, on ports of their own.
   (systemctl stop coturn 2>/dev/null || service coturn stop 2>/dev/null || pkill -x turnserver) || true
+  (systemctl stop redis-server 2>/dev/null || service redis-server stop 2>/dev/null || pkill -x redis-server) || true
+  (systemctl stop haproxy 2>/dev/null || service haproxy stop 2>/dev/null || pkill -x haproxy) || true
 fi
 
 command -v cargo-deb >/dev/null || cargo install cargo-deb --locked --quiet
