@@ -83,7 +83,7 @@ export class Call {
  * `busy-missed` {link, id} (an invite came while we were in another call).
  */
 export class Calls extends EventTarget {
-  constructor({ media = new BrowserMedia(), ringMs = RING_MS, newId = randomId, setTimer = setTimeout, clearTimer = clearTimeout } = {}) {
+  constructor({ media = new BrowserMedia(), ringMs = RING_MS, newId = randomId, setTimer = (fn, ms) => setTimeout(fn, ms), clearTimer = (id) => clearTimeout(id) } = {}) {
     super();
     this.media = media;
     this.ringMs = ringMs;

@@ -143,7 +143,7 @@ export function initCalls({ conversation, current, nameOf = () => null }) {
     if (!call) {
       panel.hidden = true;
       panel.dataset.state = ended ? 'ended' : 'idle';
-      document.body.classList.remove('in-call');
+      document.body.classList.remove('in-call', 'call-docked', 'call-video');
       remoteVideo.srcObject = null;
       localVideo.srcObject = null;
       clearInterval(statsTimer);
@@ -157,6 +157,8 @@ export function initCalls({ conversation, current, nameOf = () => null }) {
     }
     panel.hidden = false;
     document.body.classList.add('in-call');
+    document.body.classList.toggle('call-docked', call.state !== 'incoming');
+    document.body.classList.toggle('call-video', call.video);
     panel.dataset.state = call.state;
     panel.dataset.video = String(call.video);
     panel.dataset.camera = call.cameraOff ? 'off' : 'on';
