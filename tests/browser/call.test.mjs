@@ -129,7 +129,7 @@ listen_tcp = ["127.0.0.1:${turnPort}"]
 
     // Mute: no outgoing audio RTP, while the other way still flows.
     await a.getByTestId('call-mute').click();
-    assert.equal(await a.getByTestId('call-mute').getAttribute('aria-pressed'), 'true');
+    await a.waitForSelector('[data-testid=call-mute][aria-pressed=true]');
     await a.waitForTimeout(500);
     let [x, y] = await delta(a, (s) => s.outbound.audio.packetsSent);
     assert.equal(y, x, `muted: outgoing audio packets ${x} → ${y}`);

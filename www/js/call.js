@@ -268,6 +268,7 @@ export class Calls extends EventTarget {
     const call = this.call;
     if (!call) return;
     call.muted = !!on;
+    this.emitChange(call); // the button follows the click at once; the sender follows a moment later
     await this.media.setMuted(call, call.muted);
     this.emitChange(call);
   }
