@@ -132,6 +132,7 @@ listen_tcp = ["127.0.0.1:${turnPort}"]
     assert.equal(y, x, `muted: outgoing audio packets ${x} → ${y}`);
     [x, y] = await delta(a, (s) => s.outbound.video.packetsSent, 1000);
     assert.ok(y > x, 'video still goes out while muted');
+    await b.waitForFunction(() => /microphone is off/.test(document.querySelector('[data-testid=call-status]').textContent));
     await a.getByTestId('call-mute').click();
     await grows(a, (s) => s.outbound.audio.packetsSent, 'outgoing audio after unmute');
 
@@ -143,10 +144,14 @@ listen_tcp = ["127.0.0.1:${turnPort}"]
     assert.equal(y, x, `camera off: outgoing video packets ${x} → ${y}`);
     const live = await a.evaluate(() => window.ponte.callTracks().filter((t) => t.kind === 'video' && t.readyState === 'live').length);
     assert.equal(live, 0, 'no live camera track while the camera is off');
+    // The other side shows the avatar instead of a frozen last frame.
+    await b.waitForSelector('[data-testid=call-panel][data-remote-video=false]', { state: 'attached' });
     await screenshot(a, 'call-camera-off-desktop');
+    await screenshot(b, 'call-peer-camera-off-360');
     await a.getByTestId('call-camera').click();
     await grows(a, (s) => s.outbound.video.packetsSent, 'outgoing video after camera on');
     await grows(b, (s) => s.inbound.video.framesDecoded, 'frames decoded after camera on');
+    await b.waitForSelector('[data-testid=call-panel][data-remote-video=true]', { state: 'attached' });
 
     // Dark theme, in call.
     await b.emulateMedia({ colorScheme: 'dark' });
