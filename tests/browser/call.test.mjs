@@ -12,7 +12,7 @@ import { requirements, launch, newPage, startPonte, freeTcpPort, freeUdpTcpPort,
 
 const missing = requirements();
 
-export const FAKE_MEDIA_ARGS = ['--use-fake-device-for-media-stream', '--use-fake-ui-for-media-stream', '--autoplay-policy=no-user-gesture-required'];
+export const FAKE_MEDIA_ARGS = ['--use-fake-device-for-media-stream', '--use-fake-ui-for-media-stream', '--autoplay-policy=no-user-gesture-required', '--auto-select-desktop-capture-source=Entire screen'];
 
 /** The page's call stats (window.ponte.callStats()). */
 const stats = (p) => p.evaluate(() => window.ponte.callStats());
@@ -81,7 +81,8 @@ listen_udp = ["127.0.0.1:${turnPort}"]
 listen_tcp = ["127.0.0.1:${turnPort}"]
 `,
     });
-    browser = await launch({ extraArgs: ['--allow-loopback-in-peer-connection', ...FAKE_MEDIA_ARGS] });
+    // Two fake cameras, so that "switch camera" shows on the phone page.
+    browser = await launch({ extraArgs: ['--allow-loopback-in-peer-connection', ...FAKE_MEDIA_ARGS.map((x) => (x === '--use-fake-device-for-media-stream' ? `${x}=device-count=2` : x))] });
   });
 
   after(async () => {
@@ -152,6 +153,40 @@ listen_tcp = ["127.0.0.1:${turnPort}"]
     await grows(a, (s) => s.outbound.video.packetsSent, 'outgoing video after camera on');
     await grows(b, (s) => s.inbound.video.framesDecoded, 'frames decoded after camera on');
     await b.waitForSelector('[data-testid=call-panel][data-remote-video=true]', { state: 'attached' });
+
+    // The device menu lists the (fake) microphones; choosing another one keeps the audio going out.
+    await a.getByTestId('call-devices').click();
+    await a.getByTestId('call-devices-menu').waitFor();
+    await a.waitForFunction(() => document.querySelectorAll('[data-testid=call-mic-select] option').length > 0);
+    const mics = await a.$$eval('[data-testid=call-mic-select] option', (os) => os.map((o) => o.value));
+    const other = mics.find((m) => m !== 'default') || mics[0];
+    await a.getByTestId('call-mic-select').selectOption(other);
+    await grows(a, (s) => s.outbound.audio.packetsSent, 'outgoing audio after choosing a microphone');
+    await screenshot(a, 'call-devices-desktop');
+    await a.getByTestId('call-devices').click();
+    // Screen sharing (desktop only): the video sender switches to the screen, and back to the camera.
+    assert.equal(await a.getByTestId('call-share-screen').isVisible(), true);
+    assert.equal(await b.getByTestId('call-share-screen').isVisible(), false, 'no screen sharing on a phone');
+    // Two (fake) cameras: the phone offers to switch; the sender takes the other camera and the old one is released.
+    // Chromium's second fake camera is a depth (Y16) device that its encoder does not send, so the video is checked
+    // after switching back to the first one.
+    await b.getByTestId('call-switch-camera').waitFor();
+    const cam = () => b.evaluate(() => { const c = window.ponte.calls.call; const tr = c.transceivers.find((x) => x.receiver.track.kind === 'video'); return { local: c.local.video && c.local.video.getSettings().deviceId, sending: tr.sender.track && tr.sender.track.getSettings().deviceId }; });
+    const first = await cam();
+    await b.getByTestId('call-switch-camera').click();
+    await b.waitForFunction((d) => { const v = window.ponte.calls.call.local.video; return v && v.getSettings().deviceId !== d; }, first.local);
+    const second = await cam();
+    assert.equal(second.sending, second.local, 'the sender sends the new camera');
+    assert.equal(await b.evaluate(() => window.ponte.callTracks().filter((t) => t.kind === 'video' && t.readyState === 'live').length), 1, 'the old camera is released');
+    await b.getByTestId('call-switch-camera').click();
+    await b.waitForFunction((d) => { const v = window.ponte.calls.call.local.video; return v && v.getSettings().deviceId === d; }, first.local);
+    await grows(a, (s) => s.inbound.video.framesDecoded, 'frames decoded after switching the camera there and back');
+    await a.getByTestId('call-share-screen').click();
+    await a.waitForFunction(() => window.ponte.callState().sharing, null, { timeout: 10000 });
+    await grows(b, (s) => s.inbound.video.framesDecoded, 'frames decoded while sharing the screen');
+    await a.getByTestId('call-share-screen').click();
+    await a.waitForFunction(() => !window.ponte.callState().sharing);
+    await grows(b, (s) => s.inbound.video.framesDecoded, 'frames decoded after sharing');
 
     // Dark theme, in call.
     await b.emulateMedia({ colorScheme: 'dark' });

@@ -315,6 +315,7 @@ export class Calls extends EventTarget {
       call.sharing = false;
     } catch (e) {
       call.error = e && e.name ? e.name : String(e);
+      if (!call.local.video) call.cameraOff = true; // the old camera is gone and no new one came: say it is off
     }
     this.emitChange(call);
   }
@@ -455,15 +456,32 @@ export class BrowserMedia {
     call.local.video = t;
   }
 
+  /**
+   * The next camera: by device (the next `videoinput`, which works everywhere, fake devices included), else by
+   * `facingMode` (phones that list one device per facing only after a permission).
+   */
   async switchCamera(call, facing) {
     const s = this.sender(call, 'video');
     const old = call.local.video;
-    // Some phones cannot open both cameras at once: let the old one go first.
-    if (old) old.stop();
-    const v = await navigator.mediaDevices.getUserMedia({ video: { facingMode: { exact: facing } } });
+    const md = navigator.mediaDevices;
+    const cams = (await md.enumerateDevices()).filter((d) => d.kind === 'videoinput' && d.deviceId);
+    const cur = old ? old.getSettings().deviceId : null;
+    const next = cams.length > 1 ? cams[(cams.findIndex((d) => d.deviceId === cur) + 1) % cams.length].deviceId : null;
+    const size = { width: { ideal: 1280 }, height: { ideal: 720 } };
+    const want = next ? { deviceId: { exact: next }, ...size } : { facingMode: { exact: facing }, ...size };
+    let v;
+    try {
+      v = await md.getUserMedia({ video: want }); // the new camera first: no gap in the video
+    } catch {
+      // Some phones cannot open both cameras at once: let the old one go, then ask again (or for any camera).
+      if (old) old.stop();
+      call.local.video = null;
+      try { v = await md.getUserMedia({ video: want }); } catch { v = await md.getUserMedia({ video: { facingMode: facing } }); }
+    }
     const t = this.track(call, v.getVideoTracks()[0]);
     if (!call.live) { t.stop(); return; }
     if (s) await s.replaceTrack(t);
+    if (old && old !== t) old.stop();
     call.local.video = t;
   }
 
