@@ -318,6 +318,49 @@ listen_tcp = ["127.0.0.1:${turnPort}"]
     }
   });
 
+  test('a call rings: a chime every 2 s and, in a hidden tab, a notification (pt-BR); the ring stops when the caller gives up', async () => {
+    const a = await open();
+    const b = await open({ locale: 'pt-BR' });
+    await b.addInitScript(() => {
+      // Record instead of showing; pretend the tab is in the background.
+      window.shown = [];
+      window.Notification = class {
+        static permission = 'granted';
+        static requestPermission() { return Promise.resolve('granted'); }
+        constructor(title, opts) { window.shown.push({ title, body: opts && opts.body }); }
+        close() { window.closedNotes = (window.closedNotes || 0) + 1; }
+      };
+      Object.defineProperty(document, 'hidden', { configurable: true, get: () => window.fakeHidden === true });
+      window.chimes = 0;
+      const orig = AudioContext.prototype.createOscillator;
+      AudioContext.prototype.createOscillator = function (...args) { window.chimes += 1; return orig.apply(this, args); };
+    });
+    const idA = await openApp(a, server.url);
+    const idB = await openApp(b, server.url);
+    await b.getByTestId('my-id').click(); // a user gesture, so the page may play sound later
+    await pair(a, b, idB);
+    await waitConnected(a);
+    await a.waitForFunction((p) => window.ponte.conversation(p).link.chatOpen, idB);
+    await b.evaluate(() => { window.fakeHidden = true; });
+    await a.getByTestId('call-video').click();
+    await b.waitForFunction(() => window.shown.some((n) => /chamando/.test(n.title)));
+    const note = (await b.evaluate(() => window.shown)).find((n) => /chamando/.test(n.title));
+    assert.equal(note.title, `ponte: ${idA.slice(0, 4)}-${idA.slice(4)} está chamando`);
+    assert.match(note.body, /Chamada de vídeo/);
+    assert.match(await b.getByTestId('call-status').textContent(), /Chamada de vídeo recebida/);
+    assert.equal(await b.getByTestId('call-accept').getAttribute('aria-label'), 'Atender');
+    const c1 = await b.evaluate(() => window.chimes);
+    await b.waitForFunction((n) => window.chimes > n, c1, { timeout: 5000 }); // it rings again
+    await screenshot(b, 'call-ringing-ptbr-desktop');
+    await a.getByTestId('call-hangup').click();
+    await panelState(b, 'ended');
+    assert.ok(await b.evaluate(() => window.closedNotes) >= 1, 'the notification is taken back');
+    const c2 = await b.evaluate(() => window.chimes);
+    await b.waitForTimeout(2500);
+    assert.equal(await b.evaluate(() => window.chimes), c2, 'the ring stopped');
+    assert.match(await callLine(b, 'call-missed'), /Chamada perdida de/);
+  });
+
   test('ending the conversation ends the call on both sides', async () => {
     const [a, b] = await connected();
     await a.getByTestId('call-video').click();
