@@ -188,6 +188,16 @@ listen_tcp = ["127.0.0.1:${turnPort}"]
     await a.waitForFunction(() => !window.ponte.callState().sharing);
     await grows(b, (s) => s.inbound.video.framesDecoded, 'frames decoded after sharing');
 
+    // The phone shrinks the call to a tile, writes in the chat, and taps the tile to get the call back.
+    await b.getByTestId('call-minimize').click();
+    await b.getByTestId('message-input').fill('writing during the call');
+    await b.getByTestId('message-input').press('Enter');
+    await a.locator('[data-testid=message-text]', { hasText: 'writing during the call' }).waitFor();
+    await screenshot(b, 'call-minimized-360');
+    await b.getByTestId('call-panel').click();
+    await b.getByTestId('call-hangup').waitFor();
+    assert.equal(await b.evaluate(() => document.querySelector('[data-testid=call-panel]').classList.contains('mini')), false);
+
     // Dark theme, in call.
     await b.emulateMedia({ colorScheme: 'dark' });
     await screenshot(b, 'call-video-360-dark');

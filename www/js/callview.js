@@ -142,6 +142,7 @@ export function initCalls({ conversation, current, nameOf = () => null }) {
     ring(call);
     if (!call) {
       panel.hidden = true;
+      panel.classList.remove('mini');
       panel.dataset.state = ended ? 'ended' : 'idle';
       document.body.classList.remove('in-call', 'call-docked', 'call-video');
       remoteVideo.srcObject = null;
@@ -168,6 +169,8 @@ export function initCalls({ conversation, current, nameOf = () => null }) {
     $('#call-avatar').textContent = (name || d).slice(0, 2).toUpperCase();
     $('#call-status').textContent = call.remoteMuted && call.state === 'active' ? `${statusText(call)} · ${t('call.peer_muted')}` : statusText(call);
     const ringing = call.state === 'incoming';
+    if (ringing) panel.classList.remove('mini');
+    panel.tabIndex = panel.classList.contains('mini') ? 0 : -1;
     $('#call-accept').hidden = !ringing;
     $('#call-decline').hidden = !ringing;
     $('#call-hangup').hidden = ringing;
@@ -248,6 +251,16 @@ export function initCalls({ conversation, current, nameOf = () => null }) {
   }
 
   // ------------------------------------------------------------ controls
+
+  // Phones: shrink the call to a tile so the chat can be read and written; a tap on the tile brings it back.
+  function setMini(on) {
+    panel.classList.toggle('mini', on);
+    panel.setAttribute('aria-label', on ? t('call.expand') : '');
+    if (!on) panel.removeAttribute('aria-label');
+  }
+  $('#call-minimize').addEventListener('click', (ev) => { ev.stopPropagation(); setMini(true); });
+  panel.addEventListener('click', () => { if (panel.classList.contains('mini')) setMini(false); });
+  panel.addEventListener('keydown', (ev) => { if (panel.classList.contains('mini') && (ev.key === 'Enter' || ev.key === ' ')) setMini(false); });
 
   $('#call-accept').addEventListener('click', () => {
     unlockAudio();

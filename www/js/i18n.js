@@ -299,6 +299,8 @@ const en = {
   'call.log_failed': 'The call could not start on {id}’s side (camera or microphone)',
   'call.log_media_error': 'The call could not start: no access to the camera or microphone ({error})',
   'call.peer_muted': 'their microphone is off',
+  'call.minimize': 'Show the chat (the call goes on)',
+  'call.expand': 'Back to the call',
 };
 
 const ptBR = {
@@ -598,6 +600,8 @@ const ptBR = {
   'call.log_failed': 'A chamada não pôde começar do lado de {id} (câmera ou microfone)',
   'call.log_media_error': 'A chamada não pôde começar: sem acesso à câmera ou ao microfone ({error})',
   'call.peer_muted': 'o microfone da outra pessoa está desligado',
+  'call.minimize': 'Mostrar a conversa (a chamada continua)',
+  'call.expand': 'Voltar para a chamada',
 };
 
 export const LANGUAGES = {
