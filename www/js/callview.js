@@ -16,9 +16,13 @@ import { Calls, BrowserMedia, qualityLevel } from './call.js';
 
 const STATS_EVERY_MS = 2000;
 
-/** Whether this page may use the camera and microphone at all (https or localhost, and a browser that has them). */
+/**
+ * Whether this page may use the camera and microphone at all. Browsers expose `navigator.mediaDevices` only in a
+ * secure context (https or localhost), unless told otherwise (Firefox's media.devices.insecure.enabled, Chromium's
+ * --unsafely-treat-insecure-origin-as-secure, as the NAT lab does): asking for it, not isSecureContext, says it.
+ */
 export function callsSupported() {
-  return !!(globalThis.isSecureContext && navigator.mediaDevices && navigator.mediaDevices.getUserMedia && globalThis.RTCRtpTransceiver);
+  return !!(navigator.mediaDevices && navigator.mediaDevices.getUserMedia && globalThis.RTCRtpTransceiver);
 }
 
 function mmss(s) {
