@@ -546,6 +546,8 @@ async fn redis_restart_degrades_then_recovers() {
     let mut l1 = client_on(&c.nodes[0], None).await;
     let mut l2 = client_on(&c.nodes[0], None).await;
     pair(&mut l1, &mut l2).await;
+    let k = Key::new();
+    let ident = identity_on(&c.nodes[2], &k).await;
 
     c.redis.kill();
     let h = c.nodes[0].wait_cluster("failed", Duration::from_secs(10)).await;
@@ -570,6 +572,17 @@ async fn redis_restart_degrades_then_recovers() {
     let mut r = c.redis.conn().await;
     let holder: Option<String> = redis::cmd("GET").arg(format!("t:id:{}", b.id)).query_async(&mut r).await.unwrap();
     assert_eq!(holder.as_deref(), Some("node-b"), "presence re-published after Redis came back");
+    // The identity table, lost with Redis (no persistence), is written back by the nodes that hold it.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let rec: Option<String> =
+            redis::cmd("HGET").arg("t:identities").arg(&ident.id).query_async(&mut r).await.unwrap();
+        if rec.is_some_and(|r| r.contains(&k.public())) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "identity {} not written back to Redis", ident.id);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     signal(&mut a, &mut b, 2).await;
     signal(&mut b, &mut a, 3).await;
     signal(&mut l2, &mut l1, 4).await;

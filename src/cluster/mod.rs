@@ -111,8 +111,11 @@ pub enum Inbound {
     TakeOver { id: String },
     /// These IDs were on a node that stopped (its heartbeat expired): their partners here must hear they are away.
     NodeGone { ids: Vec<String> },
-    /// Changes to the identity table made on another node (or loaded from Redis at connect).
+    /// Changes to the identity table made on another node.
     Identities(Vec<HashOp>),
+    /// The whole identity table as Redis holds it, read at (re)connect. The hub writes back what it holds and
+    /// Redis lacks (a Redis restarted without persistence loses nothing the nodes still know).
+    Snapshot(Vec<HashOp>),
 }
 
 /// Why the hub may not hand a cross-node operation to the cluster now.
@@ -592,7 +595,7 @@ impl Task {
             let map: HashMap<String, String> = redis::from_redis_value(m).unwrap_or_default();
             ops.extend(map.into_iter().map(|(field, value)| HashOp { reserved, field, value: Some(value) }));
         }
-        if !ops.is_empty() && self.in_tx.send(Inbound::Identities(ops)).await.is_err() {
+        if self.in_tx.send(Inbound::Snapshot(ops)).await.is_err() {
             Stats::inc(&self.stats.inbound_dropped);
         }
     }
