@@ -14,7 +14,7 @@
 //! 1150-byte packets sent back to back (9 per frame; every 60th frame a keyframe of 36), and audio 50 packets/s
 //! of 120 bytes (Opus at 20 ms). The header prints the resulting bitrate and packet rate.
 //!
-//! The number of concurrent calls is ramped (1, 10, 25, 50, 75, 100, … up to `--max-calls`, at most 500), each
+//! The number of concurrent calls is ramped (1, 10, 20, 30, 40, 50, 60, 80, 100, … up to `--max-calls`, at most 500), each
 //! step `--secs` seconds of media, alternating between ponte and coturn at every step so that load from other
 //! processes hits both about equally. Loss is end to end (every packet sent that did not arrive at the other end
 //! within 300 ms after the step); a step whose loss is above `--loss` percent is run once more (a shared machine
@@ -45,7 +45,7 @@ const PONTE_PORTS_MIN: u16 = 20_000;
 const COTURN_PORTS_MIN: u16 = 7_000;
 /// The most calls `--max-calls` may ask for (two allocations and two sockets each, per server).
 const MAX_CALLS: usize = 500;
-const CALL_STEPS: [usize; 13] = [1, 10, 25, 50, 75, 100, 125, 150, 175, 200, 250, 350, 500];
+const CALL_STEPS: [usize; 15] = [1, 10, 20, 30, 40, 50, 60, 80, 100, 125, 150, 200, 250, 350, 500];
 
 const FPS: u32 = 30;
 const VIDEO_PACKET: usize = 1150;
@@ -216,13 +216,14 @@ fn main() -> anyhow::Result<()> {
 
     println!();
     println!(
-        "{:<7}{:>7}{:>10}{:>10}{:>11}{:>9}{:>10}{:>12}{:>9}{:>18}{:>20}",
+        "{:<7}{:>7}{:>10}{:>10}{:>11}{:>9}{:>9}{:>10}{:>12}{:>9}{:>18}{:>20}",
         "server",
         "calls",
         "media",
         "relayed",
         "relayed",
         "CPU",
+        "gen CPU",
         "CPU/pkt",
         "CPU per",
         "loss",
@@ -230,20 +231,21 @@ fn main() -> anyhow::Result<()> {
         "kernel drops"
     );
     println!(
-        "{:<7}{:>7}{:>10}{:>10}{:>11}{:>9}{:>10}{:>12}{:>9}{:>18}{:>20}",
-        "", "", "Mbit/s", "Mbit/s", "pkt/s", "% core", "µs", "100 Mbit/s", "%", "ms", "server/generator"
+        "{:<7}{:>7}{:>10}{:>10}{:>11}{:>9}{:>9}{:>10}{:>12}{:>9}{:>18}{:>20}",
+        "", "", "Mbit/s", "Mbit/s", "pkt/s", "% core", "% core", "µs", "100 Mbit/s", "%", "ms", "server/generator"
     );
     for &calls in &steps {
         for (k, (name, _, _)) in servers.iter().enumerate() {
             if let Some(r) = results[k].iter().find(|r| r.calls == calls) {
                 println!(
-                    "{:<7}{:>7}{:>10.1}{:>10.1}{:>11.0}{:>9.1}{:>10.2}{:>11.2}%{:>9}{:>18}{:>20}",
+                    "{:<7}{:>7}{:>10.1}{:>10.1}{:>11.0}{:>9.1}{:>9.1}{:>10.2}{:>11.2}%{:>9}{:>18}{:>20}",
                     name,
                     calls,
                     r.media_mbps(),
                     r.relayed_mbps(),
                     r.relayed_pps(),
                     r.cpu_pct(),
+                    r.generator_cpu_pct(),
                     r.cpu_per_packet_us(),
                     r.cpu_pct_per_100mbps(),
                     format!("{:.3}{}", r.loss_pct(), if r.retried.is_some() { "*" } else { "" }),
@@ -286,15 +288,18 @@ fn main() -> anyhow::Result<()> {
 
 fn print_step(name: &str, r: &Step) {
     println!(
-        "  {name:<7}{:>4} calls: {:>7.1} Mbit/s relayed, {:>7.0} pkt/s, CPU {:>5.1} %, loss {:.3} %{}, \
-         p99 {:.2} ms, load {}",
+        "  {name:<7}{:>4} calls: {:>7.1} Mbit/s relayed, {:>7.0} pkt/s, CPU {:>5.1} % (generator {:.1} %), \
+         loss {:.3} %{}, p99 {:.2} ms, kernel drops server/generator {}/{}, load {}",
         r.calls,
         r.relayed_mbps(),
         r.relayed_pps(),
         r.cpu_pct(),
+        r.generator_cpu_pct(),
         r.loss_pct(),
         r.retried.map(|f| format!(" (first run {f:.3} %)")).unwrap_or_default(),
         r.p99.as_secs_f64() * 1e3,
+        r.server_drops,
+        r.generator_drops,
         common::load_average().split_whitespace().next().unwrap_or("-")
     );
 }
@@ -308,6 +313,8 @@ struct Step {
     /// Payload bytes received by the ends (media sent and delivered).
     received_bytes: u64,
     cpu: Duration,
+    /// This process's CPU over the same time (the load generator's threads).
+    generator_cpu: Duration,
     p50: Duration,
     p99: Duration,
     /// Datagrams the kernel dropped in the server's sockets and in the generator's during the step.
@@ -338,6 +345,9 @@ impl Step {
     fn cpu_pct(&self) -> f64 {
         self.cpu.as_secs_f64() * 100.0 / self.secs()
     }
+    fn generator_cpu_pct(&self) -> f64 {
+        self.generator_cpu.as_secs_f64() * 100.0 / self.secs()
+    }
     fn cpu_per_packet_us(&self) -> f64 {
         self.cpu.as_secs_f64() * 1e6 / (2.0 * self.received as f64).max(1.0)
     }
@@ -350,10 +360,8 @@ impl Step {
 fn run_step(server: SocketAddr, pid: u32, relay: &ServerPorts, calls: usize, o: &Opts) -> anyhow::Result<Step> {
     let mut ends = Vec::with_capacity(2 * calls);
     for c in 0..calls {
-        let mut a = TurnClient::new(server, 2 * c)?;
-        let mut b = TurnClient::new(server, 2 * c + 1)?;
-        let ra = a.allocate().map_err(|e| e.context(format!("allocation for call {c}")))?;
-        let rb = b.allocate().map_err(|e| e.context(format!("allocation for call {c}")))?;
+        let (mut a, ra) = allocated(server, 2 * c).map_err(|e| e.context(format!("allocation for call {c}")))?;
+        let (mut b, rb) = allocated(server, 2 * c + 1).map_err(|e| e.context(format!("allocation for call {c}")))?;
         a.bind_channel(CHANNEL, rb)?;
         b.bind_channel(CHANNEL, ra)?;
         ends.push(a);
@@ -362,6 +370,7 @@ fn run_step(server: SocketAddr, pid: u32, relay: &ServerPorts, calls: usize, o: 
     let ports: HashSet<u16> = ends.iter().map(|e| e.s.local_addr().map(|a| a.port()).unwrap_or(0)).collect();
     let drops0 = udp_drops(relay, &ports);
     let cpu0 = turn::cpu_time(pid);
+    let gen0 = turn::cpu_time(std::process::id());
     let epoch = Instant::now();
     let run = Duration::from_secs(o.secs);
     let per_thread = ends.len().div_ceil(o.threads);
@@ -370,6 +379,7 @@ fn run_step(server: SocketAddr, pid: u32, relay: &ServerPorts, calls: usize, o: 
         hs.into_iter().map(|h| h.join().unwrap()).collect()
     });
     let cpu = turn::cpu_time(pid) - cpu0;
+    let generator_cpu = turn::cpu_time(std::process::id()) - gen0;
     let drops1 = udp_drops(relay, &ports);
     let mut t = Tally::default();
     for r in out {
@@ -396,12 +406,27 @@ fn run_step(server: SocketAddr, pid: u32, relay: &ServerPorts, calls: usize, o: 
         received: t.received,
         received_bytes: t.bytes,
         cpu,
+        generator_cpu,
         p50: pct(0.5),
         p99: pct(0.99),
         server_drops: drops1.0.saturating_sub(drops0.0),
         generator_drops: drops1.1.saturating_sub(drops0.1),
         retried: None,
     })
+}
+
+/// A client with an allocation. A new socket may get the port of one from an earlier step whose allocation the
+/// server still holds (its Refresh-to-0 lost): 437 Allocation Mismatch; then another socket is tried.
+fn allocated(server: SocketAddr, id: usize) -> anyhow::Result<(TurnClient, SocketAddr)> {
+    let mut last = None;
+    for _ in 0..3 {
+        let mut c = TurnClient::new(server, id)?;
+        match c.allocate() {
+            Ok(relay) => return Ok((c, relay)),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap())
 }
 
 /// A server's listening port and relay port range.

@@ -229,17 +229,7 @@ impl TurnClient {
                 )
                 .add_to(&mut m)?;
             }
-            self.s.send_to(&m.raw, self.server)?;
-            let mut buf = [0u8; 1500];
-            // Skip anything that is not the answer (relayed data still arriving from a previous phase).
-            let r = loop {
-                let (n, _) = self.s.recv_from(&mut buf)?;
-                if let Some(r) = codec::decode(&buf[..n]) {
-                    if r.transaction_id == m.transaction_id {
-                        break r;
-                    }
-                }
-            };
+            let r = self.exchange(&m)?;
             let code = r.get(AttrType(ATTR_ERROR_CODE)).ok().map(|v| v[2] as u16 * 100 + v[3] as u16);
             match code {
                 None => return Ok(r),
@@ -248,6 +238,30 @@ impl TurnClient {
             }
         }
         anyhow::bail!("authentication failed")
+    }
+
+    /// Send `m` and wait for its answer, retransmitting (same transaction) after each read timeout, 4 times in all:
+    /// a loaded server or a full socket buffer loses a datagram now and then, and a lost Refresh-to-0 would leave an
+    /// allocation behind on that 5-tuple. Anything that is not the answer (relayed data still arriving) is skipped.
+    fn exchange(&mut self, m: &Message) -> anyhow::Result<Message> {
+        let mut buf = [0u8; 1500];
+        for _ in 0..4 {
+            self.s.send_to(&m.raw, self.server)?;
+            loop {
+                match self.s.recv_from(&mut buf) {
+                    Ok((n, _)) => {
+                        if let Some(r) = codec::decode(&buf[..n]) {
+                            if r.transaction_id == m.transaction_id {
+                                return Ok(r);
+                            }
+                        }
+                    }
+                    Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => break,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+        anyhow::bail!("no answer from {} after 4 tries", self.server)
     }
 
     /// Allocate a UDP relay; returns the relayed address.
