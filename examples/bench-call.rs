@@ -93,8 +93,7 @@ fn main() -> anyhow::Result<()> {
     if args.get(1).map(String::as_str) == Some("--serve-ponte") {
         return turn::serve_ponte(&args[2]);
     }
-    let mut o =
-        Opts { secs: 10, max_calls: 200, threads: 2, pin: 0, loss: 0.5, video_kbps: 2500, cap: 0 };
+    let mut o = Opts { secs: 10, max_calls: 200, threads: 2, pin: 0, loss: 0.5, video_kbps: 2500, cap: 0 };
     let mut i = 1;
     while i + 1 < args.len() {
         let v = &args[i + 1];
@@ -175,12 +174,8 @@ fn main() -> anyhow::Result<()> {
         turn::set_cpus(o.pin..cpus)?;
     }
 
-    let steps: Vec<usize> = CALL_STEPS
-        .iter()
-        .copied()
-        .filter(|&c| c < o.max_calls)
-        .chain(std::iter::once(o.max_calls))
-        .collect();
+    let steps: Vec<usize> =
+        CALL_STEPS.iter().copied().filter(|&c| c < o.max_calls).chain(std::iter::once(o.max_calls)).collect();
     // Per server: the steps run (the last result of each), whether it still ramps, and the most calls without loss.
     let mut results: [Vec<Step>; 2] = [Vec::new(), Vec::new()];
     let mut ramping = [true, true];
@@ -190,7 +185,8 @@ fn main() -> anyhow::Result<()> {
             if !ramping[k] {
                 continue;
             }
-            let step = || run_step(s.1, s.0.pid(), ports, calls, &o).map_err(|e| e.context(format!("{name}, {calls} calls")));
+            let step =
+                || run_step(s.1, s.0.pid(), ports, calls, &o).map_err(|e| e.context(format!("{name}, {calls} calls")));
             let mut r = step()?;
             if r.loss_pct() > o.loss {
                 let again = step()?;

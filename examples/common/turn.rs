@@ -97,7 +97,9 @@ pub fn spawn_coturn(
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .map_err(|e| anyhow::anyhow!("cannot start coturn's turnserver ({e}); install it with `apt-get install coturn`"))?;
+        .map_err(|e| {
+            anyhow::anyhow!("cannot start coturn's turnserver ({e}); install it with `apt-get install coturn`")
+        })?;
     Ok((Guard(child), SocketAddr::from(([127, 0, 0, 1], port))))
 }
 
@@ -256,7 +258,9 @@ impl TurnClient {
                             }
                         }
                     }
-                    Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => break,
+                    Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                        break
+                    }
                     Err(e) => return Err(e.into()),
                 }
             }

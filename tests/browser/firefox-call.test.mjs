@@ -55,7 +55,7 @@ listen_tcp = ["127.0.0.1:${turnPort}"]
         ...FIREFOX_FAKE_MEDIA_PREFS,
       },
     });
-    chromium = await launch({ extraArgs: FAKE_MEDIA_ARGS });
+    chromium = await launch({ extraArgs: ['--allow-loopback-in-peer-connection', '--autoplay-policy=no-user-gesture-required', ...FAKE_MEDIA_ARGS] });
     // 127.0.0.1 is a secure context in both browsers, so getUserMedia is allowed on plain http there.
     const ctx = await firefox.createBrowserContext();
     f = await ctx.newPage();
@@ -66,6 +66,7 @@ listen_tcp = ["127.0.0.1:${turnPort}"]
     await f.waitForFunction(() => window.ponte && window.ponte.id, { timeout: 20000 });
     idF = await f.evaluate(() => window.ponte.id);
     c = await newPage(chromium, { mobile: true });
+    await c.context().grantPermissions(['camera', 'microphone']);
     idC = await openChromium(c, server.url);
     // Firefox requests, Chromium accepts.
     await f.type('[data-testid=peer-id-input]', idC);
@@ -73,6 +74,9 @@ listen_tcp = ["127.0.0.1:${turnPort}"]
     await c.getByTestId('accept').click();
     await f.waitForSelector('[data-testid=connection-state][data-state=connected]', { timeout: 40000 });
     await c.waitForSelector('[data-testid=connection-state][data-state=connected]', { timeout: 40000 });
+    // Calls ride the chat's data channel.
+    await until(f, 'the chat channel open in Firefox', (peer) => window.ponte.conversation(peer).link.chatOpen, idC);
+    await until(c, 'the chat channel open in Chromium', (peer) => window.ponte.conversation(peer).link.chatOpen, idF);
   });
 
   after(async () => {
