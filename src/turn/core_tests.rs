@@ -987,8 +987,14 @@ fn default_bandwidth_cap_carries_a_bursty_video_call_and_cuts_a_flood() {
             if i == flow.len() / 2 {
                 // Mid-call the other side starts a screen share: one big keyframe burst on top of the video.
                 let burst = [0u8; 1150];
-                let got = (0..screen_keyframe).filter(|_| peer_packet(&t, local(relay), peer, &burst).is_some()).count();
-                assert_eq!(got, screen_keyframe, "cap {cap}: a {} kB keyframe burst passes", screen_keyframe * 1150 / 1000);
+                let got =
+                    (0..screen_keyframe).filter(|_| peer_packet(&t, local(relay), peer, &burst).is_some()).count();
+                assert_eq!(
+                    got,
+                    screen_keyframe,
+                    "cap {cap}: a {} kB keyframe burst passes",
+                    screen_keyframe * 1150 / 1000
+                );
             }
         }
         assert_eq!(up, flow.len(), "cap {cap}: every packet of a 2.6 Mbit/s call passes, client → peer");
