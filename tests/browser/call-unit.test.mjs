@@ -126,6 +126,17 @@ test('a call rings, is accepted, media flows, and hang-up from the callee ends b
   assert.equal(call.state, 'active');
   assert.equal(inc.state, 'active');
   assert.ok(call.startedAt > 0);
+  // Mute and camera state reach the other side (it shows the avatar, not a frozen frame).
+  await a.calls.setMuted(true);
+  await a.calls.setCameraOff(true);
+  await settle();
+  assert.equal(inc.remoteMuted, true);
+  assert.equal(inc.remoteCameraOff, true);
+  await a.calls.setCameraOff(false);
+  await settle();
+  assert.equal(inc.remoteCameraOff, false);
+  b.calls.receive(ba, { t: 'call-media', id: 'stale', muted: false });
+  assert.equal(inc.remoteMuted, true, 'a stale id changes nothing');
   b.calls.hangup();
   assert.equal(inc.state, 'ended');
   assert.equal(inc.reason, 'hangup');
@@ -236,7 +247,9 @@ test('glare: both call each other at once; one call survives, accepted on the si
   assert.equal(cb.dir, 'in');
   assert.equal(cb.state, 'connecting', 'and accepts it by itself');
   assert.equal(cb.video, true);
-  assert.deepEqual(ba.sent.map((m) => m.t), ['call', 'call-accept'], 'no busy, no ringing: only the accept');
+  // No busy, no ringing: the accept, and (b had chosen voice, a video) that b's camera is off.
+  assert.deepEqual(ba.sent.map((m) => m.t), ['call', 'call-accept', 'call-media']);
+  assert.deepEqual(ba.sent[2], { t: 'call-media', id: ca.id, muted: false, cameraOff: true });
   assert.deepEqual(ab.sent.map((m) => m.t), ['call'], 'the winner ignores the losing invite');
   a.calls.receive(ab, structuredClone(ba.sent[1]));
   assert.equal(ca.state, 'connecting');

@@ -6,6 +6,7 @@
 //   {t:"call", id, video}      caller → callee: invite          {t:"call-ringing", id}  callee → caller: it rings
 //   {t:"call-accept", id}      callee → caller                  {t:"call-decline", id}  callee → caller
 //   {t:"call-busy", id}        callee → caller: in another call {t:"call-end", id, reason}  either side
+//   {t:"call-media", id, muted, cameraOff}  either side, during the call: my microphone / camera state
 // A message whose id is not the current call's is stale and ignored; a new invite during a call gets `call-busy`.
 //
 // Media ride the conversation's existing RTCPeerConnection (one ICE path, already direct or relayed: no second
@@ -46,6 +47,8 @@ export class Call {
     this.cameraOff = !video;
     this.sharing = false;
     this.facing = 'user';
+    this.remoteMuted = false; // what the other side says of its own mute / camera (call-media)
+    this.remoteCameraOff = !video;
     this.startedAt = 0; // when it became active (ms since epoch)
     this.endedAt = 0;
     this.createdAt = Date.now();
@@ -71,7 +74,7 @@ export class Call {
     return {
       id: this.id, peer: this.peer, dir: this.dir, video: this.video, state: this.state, ringing: this.ringing,
       reason: this.reason, error: this.error, muted: this.muted, cameraOff: this.cameraOff, sharing: this.sharing,
-      facing: this.facing, duration: this.duration,
+      facing: this.facing, duration: this.duration, remoteMuted: this.remoteMuted, remoteCameraOff: this.remoteCameraOff,
     };
   }
 }
@@ -160,6 +163,7 @@ export class Calls extends EventTarget {
     }
     if (!call.live) return;
     if (!call.link.send({ t: 'call-accept', id: call.id })) { this.end(call, 'gone'); return; }
+    if (call.video && call.cameraOff) this.tellMedia(call); // glare: I took a video call with my voice-only media
     this.emitChange(call);
   }
 
@@ -202,6 +206,7 @@ export class Calls extends EventTarget {
           call.id = id;
           call.dir = 'in';
           call.video = call.video || !!msg.video;
+          call.remoteCameraOff = !msg.video;
           call.state = 'incoming';
           call.ringing = false;
           this.emitChange(call);
@@ -231,6 +236,11 @@ export class Calls extends EventTarget {
         this.emitChange(call);
         // The offer (through the server) may have overtaken the accept (on the chat channel): media already here.
         if (call.remote && call.remote.getTracks().length) this.mediaFlowing(call);
+        break;
+      case 'call-media':
+        call.remoteMuted = !!msg.muted;
+        call.remoteCameraOff = !!msg.cameraOff;
+        this.emitChange(call);
         break;
       case 'call-decline':
         if (call.state === 'outgoing') this.end(call, 'declined');
@@ -268,7 +278,9 @@ export class Calls extends EventTarget {
     const call = this.call;
     if (!call) return;
     call.muted = !!on;
+    this.emitChange(call); // the button follows the click at once; the sender follows a moment later
     await this.media.setMuted(call, call.muted);
+    this.tellMedia(call);
     this.emitChange(call);
   }
 
@@ -282,7 +294,15 @@ export class Calls extends EventTarget {
     } catch (e) {
       call.error = e && e.name ? e.name : String(e);
     }
+    this.tellMedia(call);
     this.emitChange(call);
+  }
+
+  /** Tell the other side my mute / camera state, so it shows my avatar instead of a frozen frame. */
+  tellMedia(call) {
+    if (call.live && call.state !== 'outgoing' && call.state !== 'incoming') {
+      call.link.send({ t: 'call-media', id: call.id, muted: call.muted, cameraOff: call.cameraOff });
+    }
   }
 
   async switchCamera() {
@@ -295,6 +315,7 @@ export class Calls extends EventTarget {
       call.sharing = false;
     } catch (e) {
       call.error = e && e.name ? e.name : String(e);
+      if (!call.local.video) call.cameraOff = true; // the old camera is gone and no new one came: say it is off
     }
     this.emitChange(call);
   }
@@ -435,15 +456,32 @@ export class BrowserMedia {
     call.local.video = t;
   }
 
+  /**
+   * The next camera: by device (the next `videoinput`, which works everywhere, fake devices included), else by
+   * `facingMode` (phones that list one device per facing only after a permission).
+   */
   async switchCamera(call, facing) {
     const s = this.sender(call, 'video');
     const old = call.local.video;
-    // Some phones cannot open both cameras at once: let the old one go first.
-    if (old) old.stop();
-    const v = await navigator.mediaDevices.getUserMedia({ video: { facingMode: { exact: facing } } });
+    const md = navigator.mediaDevices;
+    const cams = (await md.enumerateDevices()).filter((d) => d.kind === 'videoinput' && d.deviceId);
+    const cur = old ? old.getSettings().deviceId : null;
+    const next = cams.length > 1 ? cams[(cams.findIndex((d) => d.deviceId === cur) + 1) % cams.length].deviceId : null;
+    const size = { width: { ideal: 1280 }, height: { ideal: 720 } };
+    const want = next ? { deviceId: { exact: next }, ...size } : { facingMode: { exact: facing }, ...size };
+    let v;
+    try {
+      v = await md.getUserMedia({ video: want }); // the new camera first: no gap in the video
+    } catch {
+      // Some phones cannot open both cameras at once: let the old one go, then ask again (or for any camera).
+      if (old) old.stop();
+      call.local.video = null;
+      try { v = await md.getUserMedia({ video: want }); } catch { v = await md.getUserMedia({ video: { facingMode: facing } }); }
+    }
     const t = this.track(call, v.getVideoTracks()[0]);
     if (!call.live) { t.stop(); return; }
     if (s) await s.replaceTrack(t);
+    if (old && old !== t) old.stop();
     call.local.video = t;
   }
 

@@ -166,7 +166,7 @@ export function initCalls({ conversation, current, nameOf = () => null }) {
     const name = nameOf(call.peer) || '';
     $('#call-peer').textContent = name || d;
     $('#call-avatar').textContent = (name || d).slice(0, 2).toUpperCase();
-    $('#call-status').textContent = statusText(call);
+    $('#call-status').textContent = call.remoteMuted && call.state === 'active' ? `${statusText(call)} · ${t('call.peer_muted')}` : statusText(call);
     const ringing = call.state === 'incoming';
     $('#call-accept').hidden = !ringing;
     $('#call-decline').hidden = !ringing;
@@ -196,7 +196,7 @@ export function initCalls({ conversation, current, nameOf = () => null }) {
     localVideo.hidden = !local;
     localVideo.classList.toggle('mirror', !call.sharing && call.facing === 'user');
     if (call.remote && remoteVideo.srcObject !== call.remote) remoteVideo.srcObject = call.remote;
-    const remoteVideoOn = !!call.remote && call.remote.getVideoTracks().some((x) => x.readyState === 'live' && !x.muted);
+    const remoteVideoOn = remoteVideoShown(call);
     panel.dataset.remoteVideo = String(remoteVideoOn);
     if (call.remote && remoteVideo.paused) remoteVideo.play().catch(() => {});
     renderDuration(call);
@@ -205,8 +205,13 @@ export function initCalls({ conversation, current, nameOf = () => null }) {
       statsTimer = setInterval(() => pollStats(call), STATS_EVERY_MS);
       pollStats(call);
     }
-    if (!tickTimer) tickTimer = setInterval(() => { if (calls.call) { renderDuration(calls.call); panel.dataset.remoteVideo = String(!!calls.call.remote && calls.call.remote.getVideoTracks().some((x) => x.readyState === 'live' && !x.muted)); } }, 1000);
+    if (!tickTimer) tickTimer = setInterval(() => { if (calls.call) { renderDuration(calls.call); panel.dataset.remoteVideo = String(remoteVideoShown(calls.call)); } }, 1000);
     if (call.state === 'incoming' || call.state === 'active') refreshDevices();
+  }
+
+  /** The other side's video is worth showing: a live track, not muted, and its camera not switched off. */
+  function remoteVideoShown(call) {
+    return !!call.remote && !call.remoteCameraOff && call.remote.getVideoTracks().some((x) => x.readyState === 'live' && !x.muted);
   }
 
   function renderDuration(call) {

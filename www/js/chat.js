@@ -333,6 +333,7 @@ export class Conversation {
       case 'call-decline':
       case 'call-busy':
       case 'call-end':
+      case 'call-media':
         emit('call-message', { conv: this, msg }); // callview.js hands it to call.js
         break;
       default:

@@ -298,6 +298,7 @@ const en = {
   'call.log_gone': 'Call ended: the connection to {id} was lost',
   'call.log_failed': 'The call could not start on {id}’s side (camera or microphone)',
   'call.log_media_error': 'The call could not start: no access to the camera or microphone ({error})',
+  'call.peer_muted': 'their microphone is off',
 };
 
 const ptBR = {
@@ -596,6 +597,7 @@ const ptBR = {
   'call.log_gone': 'Chamada encerrada: a conexão com {id} caiu',
   'call.log_failed': 'A chamada não pôde começar do lado de {id} (câmera ou microfone)',
   'call.log_media_error': 'A chamada não pôde começar: sem acesso à câmera ou ao microfone ({error})',
+  'call.peer_muted': 'o microfone da outra pessoa está desligado',
 };
 
 export const LANGUAGES = {
