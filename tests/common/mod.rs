@@ -54,6 +54,12 @@ impl TestServer {
         let ctx = Arc::new(Daemon::new(config, &listeners).expect("daemon"));
         let shutdown = CancellationToken::new();
         let handle = tokio::spawn(ponte::server::run_with(ctx.clone(), listeners, shutdown.clone()));
+        // Wait (briefly) until every component says ok: a test that asks `/healthz` or runs `ponte doctor` right
+        // away saw TURN still "starting" on a loaded machine. A server meant to be unhealthy just waits 10 s.
+        let ready_by = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !ctx.health.healthy() && std::time::Instant::now() < ready_by && !handle.is_finished() {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
         TestServer { ctx, http, turn_udp, turn_tcp, metrics, tls, shutdown, handle }
     }
 
