@@ -239,6 +239,12 @@ export async function killNode(lab, name) {
 
 /** HAProxy's view of its servers, from its stats socket: {'ponte/n1': 'UP', 'ponte_n1/n2': 'DOWN', …}. */
 export async function haproxyServers(lab) {
+  const st = await haproxyStats(lab);
+  return Object.fromEntries(Object.entries(st).map(([k, v]) => [k, v.status]));
+}
+
+/** Every server line of HAProxy's `show stat`: {'ponte/n1': {status, sessions}, …} (sessions: total so far). */
+export async function haproxyStats(lab) {
   const csv = await new Promise((resolve, reject) => {
     let out = '';
     const s = net.connect(path.join(lab.dir, 'haproxy.sock'), () => s.write('show stat\n'));
@@ -249,7 +255,7 @@ export async function haproxyServers(lab) {
   const states = {};
   for (const line of csv.split('\n')) {
     const f = line.split(',');
-    if (f.length > 17 && !line.startsWith('#') && f[1] !== 'FRONTEND' && f[1] !== 'BACKEND') states[`${f[0]}/${f[1]}`] = f[17];
+    if (f.length > 17 && !line.startsWith('#') && f[1] !== 'FRONTEND' && f[1] !== 'BACKEND') states[`${f[0]}/${f[1]}`] = { status: f[17], sessions: Number(f[7]) };
   }
   return states;
 }
@@ -274,8 +280,11 @@ export async function nodeOf(page) {
   return hit[0];
 }
 
-/** The public address of the relay candidate the page's connection to `peer` uses now (null if not relayed). */
-export async function relayAddressOf(page, peer) {
+/**
+ * The candidate pair the page's connection to `peer` uses now: {local: {type, address, port}, remote: {…}}
+ * (a relay candidate's address is the relay's public address, i.e. which node relays).
+ */
+export async function selectedPath(page, peer) {
   return page.evaluate(async (peer) => {
     const pc = window.ponte.conversation(peer).link.pc;
     const stats = await pc.getStats();
@@ -285,8 +294,11 @@ export async function relayAddressOf(page, peer) {
     });
     if (!pair) stats.forEach((s) => { if (s.type === 'candidate-pair' && s.nominated && s.state === 'succeeded') pair = s; });
     if (!pair) return null;
-    const local = stats.get(pair.localCandidateId);
-    return local && local.candidateType === 'relay' ? local.address : null;
+    const c = (id) => {
+      const x = stats.get(id) || {};
+      return { type: x.candidateType, address: x.address, port: x.port, protocol: x.protocol };
+    };
+    return { local: c(pair.localCandidateId), remote: c(pair.remoteCandidateId) };
   }, peer);
 }
 
