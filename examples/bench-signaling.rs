@@ -236,6 +236,8 @@ struct Results {
 struct RedisCost {
     commands: u64,
     publishes: u64,
+    /// Redis CPU in those commands, µs.
+    usec: u64,
     /// Commands while the clients sat idle for a fixed time (heartbeats, presence refreshes), per second.
     idle_commands_per_sec: f64,
     memory_per_client: f64,
@@ -292,11 +294,12 @@ impl Results {
         println!("per client         {:.0} bytes (over {} node{})", self.per_client, self.nodes, if self.nodes > 1 { "s" } else { "" });
         if let Some(r) = self.redis {
             println!(
-                "redis              {} commands ({} PUBLISH) for {} relayed msgs = {:.2} commands/msg; idle: {:.1} commands/s; {:.0} bytes of Redis memory per client",
+                "redis              {} commands ({} PUBLISH) for {} relayed msgs = {:.2} commands/msg, {:.2} µs of Redis CPU/msg; idle: {:.1} commands/s; {:.0} bytes of Redis memory per client",
                 r.commands,
                 r.publishes,
                 self.msgs,
                 r.commands as f64 / self.msgs.max(1) as f64,
+                r.usec as f64 / self.msgs.max(1) as f64,
                 r.idle_commands_per_sec,
                 r.memory_per_client
             );
@@ -519,6 +522,7 @@ async fn bench(args: &Args, servers: &mut [Server], redis: Option<&Redis>) -> an
             let c1 = r.commands()?;
             redis_cost.commands = c1.total - c0.total;
             redis_cost.publishes = c1.publish - c0.publish;
+            redis_cost.usec = c1.usec - c0.usec;
         }
         stop.store(true, Ordering::Relaxed);
         for r in relays {
@@ -862,6 +866,8 @@ struct Redis {
 struct Commands {
     total: u64,
     publish: u64,
+    /// Redis's own CPU time in those commands (commandstats `usec`), µs.
+    usec: u64,
 }
 
 impl Redis {
@@ -919,20 +925,24 @@ impl Redis {
 
     fn commands(&self) -> anyhow::Result<Commands> {
         let info = self.cli(&["INFO", "commandstats"])?;
-        let mut c = Commands { total: 0, publish: 0 };
+        let mut c = Commands { total: 0, publish: 0, usec: 0 };
         for line in info.lines() {
             // cmdstat_publish:calls=12,usec=34,…
             let Some((name, rest)) = line.strip_prefix("cmdstat_").and_then(|l| l.split_once(':')) else { continue };
-            let calls: u64 = rest
-                .split(',')
-                .find_map(|kv| kv.strip_prefix("calls="))
-                .and_then(|v| v.parse().ok())
-                .with_context(|| format!("malformed commandstats line {line}"))?;
+            let field = |key: &str| -> anyhow::Result<u64> {
+                rest.split(',')
+                    .find_map(|kv| kv.strip_prefix(key))
+                    .and_then(|v| v.parse().ok())
+                    .with_context(|| format!("malformed commandstats line {line}"))
+            };
+            let calls = field("calls=")?;
+            let usec = field("usec=")?;
             // The benchmark's own INFO/CONFIG/FLUSHALL calls are not the cluster's.
             if matches!(name, "info" | "config|resetstat" | "config" | "flushall" | "ping") {
                 continue;
             }
             c.total += calls;
+            c.usec += usec;
             if name == "publish" || name == "spublish" {
                 c.publish += calls;
             }
@@ -968,6 +978,7 @@ fn cluster_table(args: &Args, runs: &[Results]) {
     let cost = |r: &Results, f: &dyn Fn(&RedisCost, &Results) -> String| r.redis.as_ref().map_or("-".into(), |c| f(c, r));
     let per_msg = |c: &RedisCost, r: &Results| format!("{:.2}", c.commands as f64 / r.msgs.max(1) as f64);
     let pub_per_msg = |c: &RedisCost, r: &Results| format!("{:.2}", c.publishes as f64 / r.msgs.max(1) as f64);
+    let usec_per_msg = |c: &RedisCost, r: &Results| format!("{:.2} µs", c.usec as f64 / r.msgs.max(1) as f64);
     let idle = |c: &RedisCost, _: &Results| format!("{:.1}", c.idle_commands_per_sec);
     let rmem = |c: &RedisCost, _: &Results| format!("{:.0} B", c.memory_per_client);
     let rows: Vec<(&str, String, String, String, String)> = vec![
@@ -1009,6 +1020,7 @@ fn cluster_table(args: &Args, runs: &[Results]) {
         ("Redis memory per idle client", "-".into(), cost(one_redis, &rmem), cost(two, &rmem), "".into()),
         ("Redis commands per relayed msg", "-".into(), cost(one_redis, &per_msg), cost(two, &per_msg), "".into()),
         ("  of which PUBLISH", "-".into(), cost(one_redis, &pub_per_msg), cost(two, &pub_per_msg), "".into()),
+        ("Redis CPU per relayed msg", "-".into(), cost(one_redis, &usec_per_msg), cost(two, &usec_per_msg), "".into()),
         ("Redis commands/s, all idle", "-".into(), cost(one_redis, &idle), cost(two, &idle), "".into()),
         (
             "server RSS, all idle (sum)",

@@ -179,6 +179,7 @@ describe('cluster lab', { skip: missing || false, concurrency: 1 }, () => {
       await c.locator(`[data-testid=conversation][data-peer="${idE}"]`).click();
       await e.waitForSelector('[data-testid=connection-state][data-state=connected]', { timeout: 40000 });
       await chat(e, c, 'across nodes again');
+      await c.locator(`[data-testid=conversation][data-peer="${idD}"]`).click();
       await chat(d, c, 'same node pair still fine');
     });
   });

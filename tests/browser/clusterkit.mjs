@@ -55,12 +55,15 @@ export function haproxyConfig(dir) {
   const servers = (prefer) => Object.entries(NODES)
     .map(([name, a]) => `    server ${name} ${a.dc}:${HTTP_PORT} check${prefer && prefer !== name ? ' backup' : ''}`)
     .join('\n');
+  // The lab: no syslog, no user switch, a socket for the test to read the servers' states, fewer connections (the
+  // example's maxconn needs a higher open-files limit than a test shell has).
   return `global
     stats socket ${path.join(dir, 'haproxy.sock')} mode 600 level admin
-${section('global').split('\n').filter((l) => !/^\s*(log|user|group|daemon|chroot|stats socket)\b/.test(l)).join('\n')}
+    maxconn 1000
+${section('global').split('\n').filter((l) => !/^\s*(log|user|group|daemon|chroot|stats socket|maxconn)\b/.test(l)).join('\n')}
 
 defaults
-${section('defaults').split('\n').filter((l) => !/^\s*log\b/.test(l)).join('\n')}
+${section('defaults').split('\n').filter((l) => !/^\s*(log|option\s+(httplog|dontlognull))\b/.test(l)).join('\n')}
 
 frontend web
     bind ${LB_IP}:${HTTP_PORT}
@@ -110,9 +113,13 @@ export async function startCluster({ nat1, nat2, prefix }) {
     writeFileSync(cfg, haproxyConfig(dir));
     lab.haproxy = spawnLogged(lab, 'haproxy', 'lb', 'haproxy', ['-db', '-f', cfg]);
     await waitFor(async () => {
+      if (lab.haproxy.exitCode !== null) throw new Error('haproxy exited');
       const st = await haproxyServers(lab);
       return ['n1', 'n2'].every((n) => st[`ponte/${n}`] === 'UP');
-    }, 20000, 'HAProxy sees both nodes up');
+    }, 20000, 'HAProxy sees both nodes up').catch(async (e) => {
+      const st = await haproxyServers(lab).catch((x) => String(x));
+      throw new Error(`${e.message}: ${JSON.stringify(st)}\nhaproxy: ${lab.haproxy.logText}\nn1: ${lab.nodes.n1.log.slice(-2000)}`);
+    });
     lab.url = `http://${LB_IP}:${HTTP_PORT}`;
     lab.urlFor = { n1: `http://${LB_IP}:8081`, n2: `http://${LB_IP}:8082` };
     for (const home of ['h1', 'h2']) {
@@ -171,7 +178,7 @@ async function waitFor(check, ms, what) {
 
 /** redis-cli against the lab's Redis (from the database host's namespace). */
 export function redisCli(lab, ...args) {
-  return execFileSync('ip', ['netns', 'exec', `${lab.prefix}-db`, 'redis-cli', '-h', REDIS_IP, '-p', '6379', ...args], { encoding: 'utf8' }).trim();
+  return execFileSync('ip', ['netns', 'exec', `${lab.prefix}-db`, 'redis-cli', '-h', REDIS_IP, '-p', '6379', ...args], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] }).trim();
 }
 
 /**
