@@ -291,7 +291,12 @@ impl Results {
             mib(self.rss_after),
             mib(self.hwm)
         );
-        println!("per client         {:.0} bytes (over {} node{})", self.per_client, self.nodes, if self.nodes > 1 { "s" } else { "" });
+        println!(
+            "per client         {:.0} bytes (over {} node{})",
+            self.per_client,
+            self.nodes,
+            if self.nodes > 1 { "s" } else { "" }
+        );
         if let Some(r) = self.redis {
             println!(
                 "redis              {} commands ({} PUBLISH) for {} relayed msgs = {:.2} commands/msg, {:.2} µs of Redis CPU/msg; idle: {:.1} commands/s; {:.0} bytes of Redis memory per client",
@@ -505,10 +510,9 @@ async fn bench(args: &Args, servers: &mut [Server], redis: Option<&Redis>) -> an
             relays.push(tokio::spawn(relay(c, ctx)));
         }
     }
-    let mut redis_before = None;
     if !relays.is_empty() {
         tokio::time::sleep(Duration::from_secs(1)).await;
-        redis_before = redis.map(Redis::commands).transpose()?;
+        let redis_before = redis.map(Redis::commands).transpose()?;
         measuring.store(true, Ordering::Relaxed);
         let m0 = Instant::now();
         let until = m0 + Duration::from_secs(args.seconds);
@@ -752,7 +756,7 @@ impl Server {
                     &config,
                     format!(
                         "[http]\nlisten = \"{addr}\"\nmax_connections_per_ip = {limit}\n\n[turn]\nenabled = false\n\
-                         secret = \"bench-secret\"\n\n[signaling]\nmax_connections = {limit}\n\
+                         secret = \"bench-secret-shared-by-the-nodes\"\n\n[signaling]\nmax_connections = {limit}\n\
                          max_connections_per_ip = {limit}\nmax_sessions_per_ip = {limit}\nmessages_per_sec = 1000000\n\
                          connect_requests_per_min = 1000000\nrequests_to_one_client_per_min = 1000000\n\n\
                          [log]\nlevel = \"warn\"\n{cluster}"
@@ -975,7 +979,8 @@ fn cluster_table(args: &Args, runs: &[Results]) {
     );
     println!("{:<34}{:>14}{:>16}{:>16}{:>10}", "", "1 node", "1 node + Redis", "2 nodes + Redis", "2 vs 1");
     let ratio = |num: f64, den: f64| if den > 0.0 && num > 0.0 { format!("{:.2}", num / den) } else { "-".into() };
-    let cost = |r: &Results, f: &dyn Fn(&RedisCost, &Results) -> String| r.redis.as_ref().map_or("-".into(), |c| f(c, r));
+    let cost =
+        |r: &Results, f: &dyn Fn(&RedisCost, &Results) -> String| r.redis.as_ref().map_or("-".into(), |c| f(c, r));
     let per_msg = |c: &RedisCost, r: &Results| format!("{:.2}", c.commands as f64 / r.msgs.max(1) as f64);
     let pub_per_msg = |c: &RedisCost, r: &Results| format!("{:.2}", c.publishes as f64 / r.msgs.max(1) as f64);
     let usec_per_msg = |c: &RedisCost, r: &Results| format!("{:.2} µs", c.usec as f64 / r.msgs.max(1) as f64);
