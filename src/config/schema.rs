@@ -61,6 +61,7 @@ pub struct Config {
     pub metrics: MetricsConfig,
     pub tls: TlsConfig,
     pub log: LogConfig,
+    pub cluster: ClusterConfig,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -474,4 +475,41 @@ pub fn parse_origin(url: &str) -> Option<String> {
     let default_port = if scheme == "http" { ":80" } else { ":443" };
     let authority = authority.strip_suffix(default_port).unwrap_or(authority);
     Some(format!("{scheme}://{authority}"))
+}
+
+/// `[cluster]`: several nodes share signaling through Redis (docs/architecture.md, "Several nodes"). Off unless
+/// `redis_url` is set: then no Redis connection, no cluster task, nothing changes for a single node.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// `redis://[:password@]host[:port][/db]` of the Redis every node shares. A secret: it may carry a password.
+    pub redis_url: Option<Secret>,
+    /// This node's name, unique in the cluster: it names the node's Redis channel and its presence records.
+    pub node_name: Option<String>,
+    /// This node's public (relay/external) addresses, announced to the other nodes so their TURN peer policy lets
+    /// relayed traffic between allocations on different nodes through. Empty: `turn.external_ip`/`relay_ip`.
+    pub public_addresses: Vec<IpAddr>,
+    /// Prefix of every Redis key and channel (several clusters can share one Redis).
+    pub key_prefix: String,
+    /// How long a node's presence records outlive it (a killed node's IDs are freed and its browsers' partners
+    /// see them away after this); refreshed every third of it.
+    pub presence_ttl_secs: u64,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            redis_url: None,
+            node_name: None,
+            public_addresses: Vec::new(),
+            key_prefix: "ponte".into(),
+            presence_ttl_secs: 15,
+        }
+    }
+}
+
+impl ClusterConfig {
+    pub fn enabled(&self) -> bool {
+        self.redis_url.is_some()
+    }
 }
