@@ -184,11 +184,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
         for nodes in [1, 2] {
             let label = format!("ponte, {nodes} node{} + Redis", if nodes > 1 { "s" } else { "" });
             println!("\n== {label} ==");
+            redis.flush()?;
             let mut servers = Vec::new();
             for n in 0..nodes {
                 servers.push(Server::start(&args, Proto::Ponte, Some((redis.url(), format!("bench-{n}"))))?);
             }
-            redis.flush()?;
+            for s in &servers {
+                s.wait_cluster_ok()?;
+            }
             let r = bench(&args, &mut servers, Some(&redis)).await;
             stop_all(&mut servers);
             let mut r = r.with_context(|| format!("{label} run"))?;
@@ -745,11 +748,16 @@ impl Server {
                 let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
                 let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
                 let config = dir.path().join("bench.toml");
-                // The nodes of a cluster share the TURN secret (from which the signaling key is derived) and Redis.
+                // The nodes of a cluster share the TURN secret (from which the signaling key is derived) and Redis;
+                // each has its own metrics port (the default one is taken by the first node).
                 let cluster = match &cluster {
-                    Some((url, name)) => format!(
-                        "\n[cluster]\nredis_url = \"{url}\"\nnode_name = \"{name}\"\npublic_addresses = [\"127.0.0.1\"]\n"
-                    ),
+                    Some((url, name)) => {
+                        let metrics = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+                        format!(
+                            "\n[metrics]\nlisten = \"{metrics}\"\n\n[cluster]\nredis_url = \"{url}\"\nnode_name = \"{name}\"\n\
+                             public_addresses = [\"127.0.0.1\"]\n"
+                        )
+                    }
                     None => String::new(),
                 };
                 std::fs::write(
@@ -816,6 +824,27 @@ impl Server {
 
     fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Wait until the node's `/healthz` says its cluster link is up (subscribed and presence written), so that the
+    /// clients' hellos and the first cross-node messages do not race the node's start.
+    fn wait_cluster_ok(&self) -> anyhow::Result<()> {
+        use std::io::{Read as _, Write as _};
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let mut last = String::new();
+        while Instant::now() < deadline {
+            let mut body = String::new();
+            if let Ok(mut s) = std::net::TcpStream::connect(self.addr) {
+                let _ = write!(s, "GET /healthz HTTP/1.0\r\nHost: {}\r\n\r\n", self.addr);
+                let _ = s.read_to_string(&mut body);
+            }
+            if body.contains(r#""cluster":"ok""#) {
+                return Ok(());
+            }
+            last = body;
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        bail!("node {} never said \"cluster\":\"ok\" in /healthz within 15 s; last answer:\n{last}", self.addr)
     }
 
     fn status_kib(&self, field: &str) -> anyhow::Result<u64> {
