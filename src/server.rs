@@ -132,6 +132,7 @@ impl Daemon {
             secrets: self.turn_secrets.clone(),
             health: self.health.clone(),
             metrics: self.metrics.clone(),
+            cluster_peers: None,
             tls_streams,
         }
     }
@@ -214,6 +215,7 @@ pub async fn run_with(daemon: Arc<Daemon>, listeners: Listeners, shutdown: Cance
 
     // `[cluster]`: the Redis link to the other nodes. Not configured: nothing of it exists.
     let mut cluster_deps = None;
+    let mut cluster_peers = None;
     if daemon.config.cluster.enabled() {
         let c = &daemon.config.cluster;
         let mut addresses = c.public_addresses.clone();
@@ -221,6 +223,7 @@ pub async fn run_with(daemon: Arc<Daemon>, listeners: Listeners, shutdown: Cance
             addresses.extend(daemon.config.turn.external_ip.or(daemon.config.turn.relay_ip));
         }
         let cluster = crate::cluster::Cluster::new(c, addresses, daemon.health.clone(), &daemon.metrics)?;
+        cluster_peers = Some(cluster.peers);
         cluster_deps = Some(crate::signaling::ClusterDeps {
             link: cluster.link,
             inbound: cluster.inbound,
@@ -287,7 +290,8 @@ pub async fn run_with(daemon: Arc<Daemon>, listeners: Listeners, shutdown: Cance
     if daemon.config.turn.enabled {
         // The doctor's router check (NAT loopback, external_ip), run once at start for the log.
         tokio::spawn(crate::doctor::router::log_at_startup(daemon.config.clone()));
-        let (deps, shutdown) = (daemon.turn_deps(Some(turns_rx)), shutdown.clone());
+        let (mut deps, shutdown) = (daemon.turn_deps(Some(turns_rx)), shutdown.clone());
+        deps.cluster_peers = cluster_peers;
         let sockets = crate::turn::Sockets { udp: turn_udp, tcp: turn_tcp, stun_alt };
         tasks.spawn(async move { ("turn", crate::turn::serve(deps, sockets, shutdown).await) });
     } else {

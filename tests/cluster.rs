@@ -452,10 +452,13 @@ async fn contacts_presence_and_block_across_nodes() {
     let (ka, kb) = (Key::new(), Key::new());
     let mut a = identity_on(&c.nodes[0], &ka).await;
     let mut b = identity_on(&c.nodes[1], &kb).await;
+    // The identity table is replicated through Redis: give node-b's registration a moment to reach node-a.
+    tokio::time::sleep(Duration::from_millis(300)).await;
     // The identity registered on node-a is known on node-b (the table is shared): contacts work across.
     send(&mut a.ws, json!({"type": "contact_add", "id": b.id})).await;
     let v = expect(&mut a.ws, "contact").await;
     assert_eq!(v["mutual"], false, "{v}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
     send(&mut b.ws, json!({"type": "contact_add", "id": a.id})).await;
     let v = expect(&mut b.ws, "contact").await;
     assert_eq!(v["mutual"], true, "{v}");

@@ -158,6 +158,11 @@ impl Link {
         })
     }
 
+    /// The hub refused a cross-node operation by itself (it checked [`Link::is_up`] first): count it.
+    pub fn refused(&self) {
+        Stats::inc(&self.stats.refused);
+    }
+
     /// A session for `id` started here.
     pub fn claim(&self, id: &str, exclusive: bool) {
         self.held.lock().insert(id.to_string());
@@ -263,6 +268,8 @@ impl Routes {
 pub struct Cluster {
     pub link: Link,
     pub inbound: mpsc::Receiver<Inbound>,
+    /// The relay addresses the other live nodes announce, for this node's TURN peer policy.
+    pub peers: tokio::sync::watch::Receiver<Vec<IpAddr>>,
     pub runner: Runner,
 }
 
@@ -293,6 +300,7 @@ impl Cluster {
         metrics.register(Arc::new(stats::Source(stats.clone())));
         let (tx, rx) = mpsc::channel(OUT_QUEUE);
         let (in_tx, inbound) = mpsc::channel(IN_QUEUE);
+        let (peers_tx, peers) = tokio::sync::watch::channel(Vec::new());
         let up = Arc::new(AtomicBool::new(false));
         let held: Arc<Mutex<HashSet<String>>> = Arc::default();
         health.set(Component::Cluster, Status::Starting);
@@ -312,9 +320,10 @@ impl Cluster {
             routes: Arc::new(Mutex::new(Routes::default())),
             conn: None,
             known_nodes: HashSet::new(),
+            peers_tx,
             instance: format!("{:016x}", rand::random::<u64>()),
         };
-        Ok(Cluster { link, inbound, runner: Runner(task) })
+        Ok(Cluster { link, inbound, peers, runner: Runner(task) })
     }
 }
 
@@ -334,6 +343,8 @@ struct Task {
     conn: Option<ConnectionManager>,
     /// Nodes seen alive at the last heartbeat.
     known_nodes: HashSet<String>,
+    /// The other live nodes' announced relay addresses, for TURN.
+    peers_tx: tokio::sync::watch::Sender<Vec<IpAddr>>,
     /// Random per process: tells this run's heartbeat from an earlier process's of the same name.
     instance: String,
 }
@@ -488,6 +499,9 @@ impl Task {
         if self.conn.is_none() {
             return;
         }
+        // After Redis was away (restarted empty, perhaps) the node set is being rebuilt: only nodes whose
+        // heartbeat is seen to expire count as gone, not nodes that merely have not re-registered yet.
+        let was_up = self.up.load(Ordering::Relaxed);
         let ttl = self.ttl.as_secs();
         let info = serde_json::json!({ "addresses": self.addresses, "instance": self.instance }).to_string();
         let mut pipe = redis::pipe();
@@ -510,20 +524,31 @@ impl Task {
         // Nodes in the set whose heartbeat expired are gone: their IDs' partners here hear they are away.
         let others: Vec<&String> = members.iter().filter(|m| **m != *self.node).collect();
         let mut alive = HashSet::new();
+        let mut dead = Vec::new();
+        let mut addresses: Vec<IpAddr> = Vec::new();
         if !others.is_empty() {
             let mut pipe = redis::pipe();
             for m in &others {
-                pipe.exists(self.names.node(m));
+                pipe.get(self.names.node(m));
             }
             let Some(v) = self.query(&pipe, others.len()).await else { return };
-            let mut dead = Vec::new();
             for (m, e) in others.iter().zip(v) {
-                if redis::from_redis_value::<bool>(e).unwrap_or(true) {
-                    alive.insert((*m).clone());
-                } else {
-                    dead.push((*m).clone());
+                match redis::from_redis_value::<Option<String>>(e).ok().flatten() {
+                    Some(info) => {
+                        alive.insert((*m).clone());
+                        let info: serde_json::Value = serde_json::from_str(&info).unwrap_or_default();
+                        addresses.extend(
+                            info["addresses"]
+                                .as_array()
+                                .into_iter()
+                                .flatten()
+                                .filter_map(|a| a.as_str()?.parse::<IpAddr>().ok()),
+                        );
+                    }
+                    None => dead.push((*m).clone()),
                 }
             }
+
             if !dead.is_empty() {
                 let mut pipe = redis::pipe();
                 for d in &dead {
@@ -532,9 +557,20 @@ impl Task {
                 let _ = self.query(&pipe, dead.len()).await;
             }
         }
-        // A node we knew (or routed to) that is no longer alive.
-        let routed: HashSet<String> = self.routes.lock().map.values().map(|(n, _)| n.to_string()).collect();
-        for gone in self.known_nodes.iter().chain(routed.iter()).filter(|n| !alive.contains(*n) && **n != *self.node) {
+        addresses.sort();
+        addresses.dedup();
+        self.peers_tx.send_if_modified(|cur| {
+            let changed = *cur != addresses;
+            *cur = addresses;
+            changed
+        });
+        // A node whose heartbeat expired, or that was alive at the last heartbeat and is not now (another node
+        // already removed it from the set).
+        let mut gone: HashSet<&String> = dead.iter().collect();
+        if was_up {
+            gone.extend(self.known_nodes.iter().filter(|n| !alive.contains(*n) && **n != *self.node));
+        }
+        for gone in gone {
             let ids = self.routes.lock().drop_node(gone);
             tracing::info!(node = %gone, ids = ids.len(), "cluster: node gone (heartbeat expired)");
             if !ids.is_empty() && self.in_tx.try_send(Inbound::NodeGone { ids }).is_err() {

@@ -31,8 +31,11 @@ use crate::signaling::stats::Stats;
 
 /// What one node tells another about two IDs: `from` (a session on the sending node) and `to` (one on the
 /// receiving node).
+///
+/// Externally tagged (`{"signal":{…}}`): an internally tagged enum buffers its fields, and a `RawValue` (the
+/// signal's payload, passed through unparsed) cannot be read from a buffer.
 #[derive(Serialize, Deserialize, Debug)]
-#[serde(tag = "t", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
 pub enum Remote {
     /// `from` asks `to` to pair (`source`: from's source, for the per-target limit kept on to's node).
     Connect {
@@ -200,6 +203,9 @@ impl State {
     pub(super) fn cluster_ready(&self, me: Id, ref_: &str, peer: Id) -> bool {
         let up = self.cluster.as_ref().is_some_and(|l| l.is_up());
         if !up {
+            if let Some(l) = &self.cluster {
+                l.refused();
+            }
             self.err(me, ErrorCode::ClusterUnavailable, CLUSTER_UNAVAILABLE, ref_, Some(peer));
         }
         up
@@ -317,12 +323,17 @@ impl State {
         }
     }
 
+    /// Local sessions that list `id` as a contact.
+    fn local_contacts_of(&self, id: Id) -> Vec<Id> {
+        self.sessions.keys().copied().filter(|c| self.ids.get(*c).is_some_and(|r| r.contacts.contains(&id))).collect()
+    }
+
     /// One message from the cluster task.
     pub fn apply_cluster(&mut self, msg: Inbound, now: Instant) {
         match msg {
             Inbound::Envelope { body } => match serde_json::from_str::<Remote>(&body) {
                 Ok(r) => self.on_remote(r, now),
-                Err(e) => tracing::debug!("cluster: unreadable envelope: {e}"),
+                Err(e) => tracing::warn!("cluster: unreadable envelope from another node (a different version?): {e}"),
             },
             Inbound::Bounced { body, unreachable } => {
                 if let Ok(Remote::Refused { from, to, code, r }) = serde_json::from_str::<Remote>(&body) {
@@ -397,7 +408,27 @@ impl State {
             }
             Inbound::Identities(ops) => {
                 for op in ops.iter().filter_map(from_hash_op) {
+                    // A consent given on another node can make a pairing of contacts mutual here (both added
+                    // each other at about the same time, each on its own node): the local side then learns
+                    // whether the other is online, as it would have from its own `contact_add`.
+                    let changed = match &op {
+                        Op::Put(id, _) => Some(*id),
+                        _ => None,
+                    };
+                    let before: Vec<(Id, bool)> = changed
+                        .map(|id| self.local_contacts_of(id).into_iter().map(|c| (c, self.ids.mutual(id, c))).collect())
+                        .unwrap_or_default();
                     self.ids.apply_remote(op);
+                    if let (Some(id), Some(link)) = (changed, &self.cluster) {
+                        for (c, was) in before {
+                            if !was && self.ids.mutual(id, c) {
+                                let _ = link.send(Outbound::Online {
+                                    for_id: c.as_str().into(),
+                                    ids: vec![id.as_str().into()],
+                                });
+                            }
+                        }
+                    }
                 }
             }
         }
@@ -581,5 +612,25 @@ impl State {
         remove_incoming(&mut s.incoming, from);
         self.pair(c.initiator, c.responder);
         self.notify(Remote::RejoinDone { from: to, to: from, ticket });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn envelopes_round_trip_with_raw_payloads() {
+        let (a, b) = (Id::parse("abcd2345").unwrap(), Id::parse("wxyz6789").unwrap());
+        let data = RawValue::from_string(r#"{"sdp":"v=0","n":[1,2]}"#.into()).unwrap();
+        let text = serde_json::to_string(&Remote::Signal { from: a, to: b, data }).unwrap();
+        let Remote::Signal { from, to, data } = serde_json::from_str(&text).unwrap() else { panic!("{text}") };
+        assert_eq!((from, to, data.get()), (a, b, r#"{"sdp":"v=0","n":[1,2]}"#));
+        let text =
+            serde_json::to_string(&Remote::Refused { from: a, to: b, code: ErrorCode::PeerAway, r: "signal".into() })
+                .unwrap();
+        assert!(matches!(serde_json::from_str(&text).unwrap(), Remote::Refused { code: ErrorCode::PeerAway, .. }));
+        // A forged or damaged ID is refused, not guessed at.
+        assert!(serde_json::from_str::<Remote>(r#"{"bye":{"from":"ABCD-2345","to":"wxyz6789"}}"#).is_err());
     }
 }
