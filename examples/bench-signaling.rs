@@ -86,6 +86,10 @@ struct Args {
     /// The redis-server binary for --cluster (Debian: apt-get install redis-server).
     #[arg(long, default_value = "redis-server")]
     redis_server: PathBuf,
+    /// With --cluster: how long to count Redis commands while every client is idle (the nodes refresh presence
+    /// every third of cluster.presence_ttl_secs, 5 s by default: take at least two such periods).
+    #[arg(long, default_value_t = 10)]
+    idle_secs: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -461,10 +465,11 @@ async fn bench(args: &Args, servers: &mut [Server], redis: Option<&Redis>) -> an
     let mut redis_cost = RedisCost::default();
     if let (Some(r), Some(m0)) = (redis, redis_mem0) {
         redis_cost.memory_per_client = r.used_memory()?.saturating_sub(m0) as f64 / args.clients as f64;
-        // What a cluster costs Redis while nobody talks: heartbeats and presence refreshes.
+        // What a cluster costs Redis while nobody talks: heartbeats and presence refreshes, which come in one burst
+        // every third of cluster.presence_ttl_secs (default 15 s): two such periods.
         let c0 = r.commands()?;
         let t0 = Instant::now();
-        tokio::time::sleep(Duration::from_secs(3)).await;
+        tokio::time::sleep(Duration::from_secs(args.idle_secs)).await;
         redis_cost.idle_commands_per_sec = (r.commands()?.total - c0.total) as f64 / t0.elapsed().as_secs_f64();
     }
     res.per_client = (res.rss_idle.saturating_sub(res.rss_base) as f64 * 1024.0) / args.clients as f64;
