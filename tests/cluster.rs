@@ -81,6 +81,7 @@ impl Drop for Redis {
 /// One ponte process.
 struct Node {
     name: String,
+    redis_url: String,
     http: SocketAddr,
     metrics: SocketAddr,
     config: PathBuf,
@@ -119,7 +120,7 @@ presence_ttl_secs = {TTL}
             ),
         )
         .unwrap();
-        let mut n = Node { name: name.into(), http, metrics, config, child: None };
+        let mut n = Node { name: name.into(), redis_url: redis.url(), http, metrics, config, child: None };
         n.spawn();
         n
     }
@@ -172,6 +173,22 @@ presence_ttl_secs = {TTL}
         }
     }
 
+    /// The node writes an ID's presence a moment after `welcome` (its cluster task does it): wait until Redis
+    /// names this node for `id`, as another node would see it.
+    async fn wait_presence(&self, id: &str) {
+        let mut r =
+            redis::Client::open(self.redis_url.as_str()).unwrap().get_multiplexed_async_connection().await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let holder: Option<String> = redis::cmd("GET").arg(format!("t:id:{id}")).query_async(&mut r).await.unwrap();
+            if holder.as_deref() == Some(self.name.as_str()) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{}: presence of {id} never written ({holder:?})", self.name);
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     async fn metric(&self, name: &str) -> f64 {
         let (_, _, body) = common::http_get(self.metrics, "/metrics", &[]).await;
         let text = String::from_utf8(body).unwrap();
@@ -217,6 +234,13 @@ async fn open_url(url: &str) -> Ws {
 }
 
 async fn client_on(node: &Node, token: Option<&str>) -> Client {
+    let c = client_no_redis(node, token).await;
+    node.wait_presence(&c.id).await;
+    c
+}
+
+/// A client whose presence is not waited for (Redis is down).
+async fn client_no_redis(node: &Node, token: Option<&str>) -> Client {
     let mut ws = open_url(&node.ws_url()).await;
     let mut h = json!({"type": "hello", "v": 1});
     if let Some(t) = token {
@@ -428,6 +452,7 @@ async fn identity_on(node: &Node, key: &Key) -> Client {
     let ch = expect(&mut ws, "identity_challenge").await;
     send(&mut ws, json!({"type": "identity_proof", "signature": key.prove(ch["challenge"].as_str().unwrap())})).await;
     let welcome = expect(&mut ws, "welcome").await;
+    node.wait_presence(welcome["id"].as_str().unwrap()).await;
     Client {
         id: welcome["id"].as_str().unwrap().to_string(),
         token: welcome["token"].as_str().unwrap().to_string(),
@@ -546,6 +571,8 @@ async fn redis_restart_degrades_then_recovers() {
     let mut l1 = client_on(&c.nodes[0], None).await;
     let mut l2 = client_on(&c.nodes[0], None).await;
     pair(&mut l1, &mut l2).await;
+    let k = Key::new();
+    let ident = identity_on(&c.nodes[2], &k).await;
 
     c.redis.kill();
     let h = c.nodes[0].wait_cluster("failed", Duration::from_secs(10)).await;
@@ -555,7 +582,7 @@ async fn redis_restart_degrades_then_recovers() {
     signal(&mut l1, &mut l2, 1).await;
     send(&mut a.ws, json!({"type": "signal", "to": b.id, "data": {}})).await;
     expect_error(&mut a.ws, "cluster_unavailable").await;
-    let mut x = client_on(&c.nodes[0], None).await;
+    let mut x = client_no_redis(&c.nodes[0], None).await;
     send(&mut x.ws, json!({"type": "connect", "to": b.id})).await;
     expect_error(&mut x.ws, "cluster_unavailable").await;
     let refused = c.nodes[0].metric("ponte_cluster_refused_total").await;
@@ -570,6 +597,17 @@ async fn redis_restart_degrades_then_recovers() {
     let mut r = c.redis.conn().await;
     let holder: Option<String> = redis::cmd("GET").arg(format!("t:id:{}", b.id)).query_async(&mut r).await.unwrap();
     assert_eq!(holder.as_deref(), Some("node-b"), "presence re-published after Redis came back");
+    // The identity table, lost with Redis (no persistence), is written back by the nodes that hold it.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let rec: Option<String> =
+            redis::cmd("HGET").arg("t:identities").arg(&ident.id).query_async(&mut r).await.unwrap();
+        if rec.is_some_and(|r| r.contains(&k.public())) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "identity {} not written back to Redis", ident.id);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     signal(&mut a, &mut b, 2).await;
     signal(&mut b, &mut a, 3).await;
     signal(&mut l2, &mut l1, 4).await;

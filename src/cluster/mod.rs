@@ -111,8 +111,11 @@ pub enum Inbound {
     TakeOver { id: String },
     /// These IDs were on a node that stopped (its heartbeat expired): their partners here must hear they are away.
     NodeGone { ids: Vec<String> },
-    /// Changes to the identity table made on another node (or loaded from Redis at connect).
+    /// Changes to the identity table made on another node.
     Identities(Vec<HashOp>),
+    /// The whole identity table as Redis holds it, read at (re)connect. The hub writes back what it holds and
+    /// Redis lacks (a Redis restarted without persistence loses nothing the nodes still know).
+    Snapshot(Vec<HashOp>),
 }
 
 /// Why the hub may not hand a cross-node operation to the cluster now.
@@ -322,6 +325,8 @@ impl Cluster {
             known_nodes: HashSet::new(),
             peers_tx,
             instance: format!("{:016x}", rand::random::<u64>()),
+            sub_up: false,
+            need_load: true,
         };
         Ok(Cluster { link, inbound, peers, runner: Runner(task) })
     }
@@ -347,6 +352,10 @@ struct Task {
     peers_tx: tokio::sync::watch::Sender<Vec<IpAddr>>,
     /// Random per process: tells this run's heartbeat from an earlier process's of the same name.
     instance: String,
+    /// The subscriber task holds a live subscription.
+    sub_up: bool,
+    /// The identity table must be (re)loaded from Redis: set at each (re)subscription, cleared once read.
+    need_load: bool,
 }
 
 /// What the subscriber task tells the main task.
@@ -373,21 +382,23 @@ impl Task {
         let mut batch = Vec::with_capacity(BATCH);
         let mut backoff = BACKOFF_MIN;
         let mut next_try = tokio::time::Instant::now();
-        let mut sub_up = false;
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 ev = ev_rx.recv() => match ev {
                     Some(SubEvent::Up) => {
-                        sub_up = true;
+                        self.sub_up = true;
                         // (Re)subscribed: anything written while we were away is missing here. Load the identity
-                        // table and write presence again at once.
-                        self.ensure_conn().await;
-                        self.load_identities().await;
-                        self.heartbeat().await;
+                        // table and write presence again at once (or at the next heartbeat if a command fails:
+                        // the command connection may notice the outage only now).
+                        self.need_load = true;
+                        if self.ensure_conn().await {
+                            self.need_load = !self.load_identities().await;
+                            self.heartbeat().await;
+                        }
                     }
                     Some(SubEvent::Down) => {
-                        sub_up = false;
+                        self.sub_up = false;
                         self.set_up(false);
                     }
                     None => {}
@@ -402,11 +413,10 @@ impl Task {
                         continue;
                     }
                     backoff = BACKOFF_MIN;
-                    self.heartbeat().await;
-                    if !sub_up {
-                        // Commands work but the subscription is not back yet: envelopes to us would be lost.
-                        self.set_up(false);
+                    if self.need_load {
+                        self.need_load = !self.load_identities().await;
                     }
+                    self.heartbeat().await;
                 }
                 n = self.rx.recv_many(&mut batch, BATCH) => {
                     if n == 0 {
@@ -579,22 +589,24 @@ impl Task {
         }
         self.stats.nodes.store(alive.len() as u64 + 1, Ordering::Relaxed);
         self.known_nodes = alive;
-        self.set_up(true);
+        // Up only with the subscription too: without it, envelopes to this node would be lost.
+        self.set_up(self.sub_up);
     }
 
-    /// Read the whole identity table (at start and after Redis comes back).
-    async fn load_identities(&mut self) {
+    /// Read the whole identity table (at start and after Redis comes back); false if Redis did not answer.
+    async fn load_identities(&mut self) -> bool {
         let mut pipe = redis::pipe();
         pipe.hgetall(self.names.identities(false)).hgetall(self.names.identities(true));
-        let Some(v) = self.query(&pipe, 2).await else { return };
+        let Some(v) = self.query(&pipe, 2).await else { return false };
         let mut ops = Vec::new();
         for (reserved, m) in [false, true].into_iter().zip(v) {
             let map: HashMap<String, String> = redis::from_redis_value(m).unwrap_or_default();
             ops.extend(map.into_iter().map(|(field, value)| HashOp { reserved, field, value: Some(value) }));
         }
-        if !ops.is_empty() && self.in_tx.send(Inbound::Identities(ops)).await.is_err() {
+        if self.in_tx.send(Inbound::Snapshot(ops)).await.is_err() {
             Stats::inc(&self.stats.inbound_dropped);
         }
+        true
     }
 
     fn bounce(&self, body: Option<String>, unreachable: bool) {

@@ -456,6 +456,34 @@ mod tests {
     }
 
     #[test]
+    fn cluster_keys_are_checked_and_the_url_never_quoted() {
+        let check = |c: ClusterConfig| {
+            let mut p = Problems::default();
+            cluster(&c, &mut p);
+            p.0.into_iter().map(|p| format!("{}: {}", p.key, p.message)).collect::<Vec<_>>()
+        };
+        assert!(check(ClusterConfig::default()).is_empty(), "no [cluster]: nothing to say");
+        let ok = ClusterConfig {
+            redis_url: Some(Secret::new("redis://:hunter2@10.0.0.5:6379/0")),
+            node_name: Some("node-a".into()),
+            ..ClusterConfig::default()
+        };
+        assert!(check(ok.clone()).is_empty(), "{:?}", check(ok.clone()));
+        let bad = check(ClusterConfig { node_name: None, ..ok.clone() });
+        assert!(bad[0].starts_with("cluster.node_name: must be set"), "{bad:?}");
+        let bad = check(ClusterConfig { node_name: Some("Node A".into()), ..ok.clone() });
+        assert!(bad[0].starts_with("cluster.node_name: \"Node A\""), "{bad:?}");
+        let bad = check(ClusterConfig { redis_url: Some(Secret::new("rediss://:hunter2@h/0")), ..ok.clone() });
+        assert!(bad[0].starts_with("cluster.redis_url: must start with redis://"), "{bad:?}");
+        assert!(bad.iter().all(|m| !m.contains("hunter2")), "the password was printed: {bad:?}");
+        let bad = check(ClusterConfig { presence_ttl_secs: 1, ..ok.clone() });
+        assert!(bad[0].starts_with("cluster.presence_ttl_secs"), "{bad:?}");
+        let bad = check(ClusterConfig { redis_url: None, ..ok });
+        assert!(bad[0].starts_with("cluster.redis_url: must be set"), "{bad:?}");
+        assert!(format!("{:?}", ClusterConfig::default().redis_url.or(Some(Secret::new("x")))).contains("***"));
+    }
+
+    #[test]
     fn relay_and_external_addresses_one_per_family() {
         let ip = |s: &str| Some(s.parse::<IpAddr>().unwrap());
         let ok = TurnConfig {

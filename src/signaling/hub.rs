@@ -1687,6 +1687,89 @@ mod tests {
         }
     }
 
+    /// Two nodes' hubs with the cluster task replaced by this shuttle: what one queues for an ID of the other
+    /// is applied there (`apply_cluster`), as the Redis pub/sub would.
+    fn shuttle(from: &mut mpsc::Receiver<crate::cluster::Outbound>, to: &mut State) -> usize {
+        let mut n = 0;
+        while let Ok(o) = from.try_recv() {
+            if let crate::cluster::Outbound::To { body, .. } = o {
+                to.apply_cluster(crate::cluster::Inbound::Envelope { body }, Instant::now());
+                n += 1;
+            }
+        }
+        n
+    }
+
+    #[test]
+    fn cross_node_pairing_keeps_consent_on_both_halves() {
+        let key = SigningKey::random();
+        let (la, mut qa) = crate::cluster::Link::detached("node-a", true);
+        let (lb, mut qb) = crate::cluster::Link::detached("node-b", true);
+        let ttl = Duration::from_secs(3);
+        let mut na = State::new(settings(), Arc::default(), key.clone()).with_cluster(la, ttl);
+        let mut nb = State::new(settings(), Arc::default(), key).with_cluster(lb, ttl);
+        let (mut a, mut b, mut x) = (conn(1), conn_from(2, SRC_B), conn(3));
+        let ia = join(&mut na, &a, None);
+        let ib = join(&mut nb, &b, None);
+        let ix = join(&mut na, &x, None);
+        let now = Instant::now();
+        a.drain();
+        b.drain();
+        x.drain();
+        na.connect(ia, ib.as_str(), now);
+        assert!(a.types().is_empty(), "request_sent waits for the target's node");
+        assert_eq!(shuttle(&mut qa, &mut nb), 1);
+        assert_eq!(b.types(), ["incoming"]);
+        shuttle(&mut qb, &mut na);
+        assert_eq!(a.types(), ["request_sent"]);
+        nb.accept(ib, ia.as_str());
+        assert_eq!(b.types(), ["paired"]);
+        shuttle(&mut qb, &mut na);
+        let paired = a.drain();
+        assert_eq!((paired[0]["type"].as_str(), paired[0]["initiator"].as_bool()), (Some("paired"), Some(true)));
+        let data = RawValue::from_string("{\"n\":1}".into()).unwrap();
+        na.signal(ia, ib.as_str(), &data);
+        shuttle(&mut qa, &mut nb);
+        assert_eq!(b.drain()[0]["data"]["n"], 1);
+        // X (node-a, not paired) cannot send; and an envelope claiming to be from X is not delivered by node-b,
+        // which knows no pairing of X and B: consent is checked on both nodes.
+        na.signal(ix, ib.as_str(), &data);
+        assert_eq!(x.drain()[0]["code"], "not_paired");
+        let forged = format!("{{\"signal\":{{\"from\":\"{ix}\",\"to\":\"{ib}\",\"data\":{{}}}}}}");
+        nb.apply_cluster(crate::cluster::Inbound::Envelope { body: forged }, Instant::now());
+        assert!(b.drain().is_empty(), "a signal without a pairing on this node was delivered");
+        shuttle(&mut qb, &mut na);
+        assert_eq!(x.drain()[0]["code"], "not_paired");
+        // bye on one node removes both halves.
+        nb.bye(ib, ia.as_str());
+        shuttle(&mut qb, &mut na);
+        assert_eq!(a.drain()[0]["type"], "peer_left");
+        assert!(na.peers_of(ia).is_empty() && nb.peers_of(ib).is_empty());
+        na.check_invariants().unwrap();
+        nb.check_invariants().unwrap();
+    }
+
+    #[test]
+    fn cross_node_operations_are_refused_while_redis_is_down() {
+        let (link, mut q) = crate::cluster::Link::detached("node-a", false);
+        let mut st =
+            State::new(settings(), Arc::default(), SigningKey::random()).with_cluster(link, Duration::from_secs(3));
+        let mut a = conn(1);
+        let (ia, ib) = (join(&mut st, &a, None), conn(2));
+        let ib2 = join(&mut st, &ib, None);
+        a.drain();
+        st.connect(ia, "abcd2345", Instant::now());
+        let e = a.drain();
+        assert_eq!(e[0]["code"], "cluster_unavailable", "{e:?}");
+        assert!(st.requests_of(ia).0.is_empty(), "nothing was half done");
+        while let Ok(o) = q.try_recv() {
+            assert!(!matches!(o, crate::cluster::Outbound::To { .. }), "queued while Redis is down: {o:?}");
+        }
+        // The same node still works.
+        st.connect(ia, ib2.as_str(), Instant::now());
+        assert_eq!(a.types(), ["request_sent"]);
+    }
+
     /// Issue #7: a token older than `token_max_age` must not resume a live session (and close its owner with
     /// 4001); it starts a new session instead. Fails on the old code, which checked the age only to restore.
     #[test]

@@ -208,6 +208,14 @@ impl Identities {
         }
     }
 
+    /// Every binding and reservation as write operations (to fill a store that lost them: a cluster's Redis
+    /// restarted without persistence).
+    pub fn export(&self) -> Vec<Op> {
+        let mut ops: Vec<Op> = self.by_id.iter().map(|(id, r)| Op::Put(*id, r.clone())).collect();
+        ops.extend(self.reserved.iter().map(|(id, until)| Op::Reserve(*id, *until)));
+        ops
+    }
+
     /// Keep at most `n` reserved IDs (applied at the next `forget_unused`).
     pub fn set_max_reserved(&mut self, n: usize) {
         self.max_reserved = n;

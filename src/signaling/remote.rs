@@ -406,6 +406,28 @@ impl State {
                     }
                 }
             }
+            Inbound::Snapshot(ops) => {
+                let known: std::collections::HashSet<(bool, &str)> =
+                    ops.iter().map(|h| (h.reserved, h.field.as_str())).collect();
+                for op in ops.iter().filter_map(from_hash_op) {
+                    self.ids.apply_remote(op);
+                }
+                // What this node holds and Redis lacks (it restarted empty, or missed changes while away).
+                let missing: Vec<Op> = self
+                    .ids
+                    .export()
+                    .into_iter()
+                    .filter(|op| match op {
+                        Op::Put(id, _) => !known.contains(&(false, id.as_str())),
+                        Op::Reserve(id, _) => !known.contains(&(true, id.as_str())),
+                        _ => false,
+                    })
+                    .collect();
+                if !missing.is_empty() {
+                    tracing::info!(count = missing.len(), "cluster: writing identities Redis lacks back to it");
+                    self.cluster_identities(&missing);
+                }
+            }
             Inbound::Identities(ops) => {
                 for op in ops.iter().filter_map(from_hash_op) {
                     // A consent given on another node can make a pairing of contacts mutual here (both added

@@ -817,6 +817,28 @@ fn allow_peers_opens_private_ranges() {
     assert_eq!(code(&t.perm(public("8.8.8.8:1"))), Some(403));
 }
 
+/// `[cluster]`: the other nodes' announced relay addresses are let through as exact hosts (a lab or a private
+/// network between nodes uses ranges the built-in policy refuses), nothing around them, and a config reload of
+/// the peer lists keeps them.
+#[test]
+fn cluster_peers_are_allowed_as_exact_hosts() {
+    let mut c = cfg();
+    c.deny_peers = vec!["8.8.8.0/24".parse().unwrap()];
+    let mut t = T::with(c.clone());
+    t.allocate();
+    assert_eq!(code(&t.perm(public("198.51.100.20:1"))), Some(403), "TEST-NET is refused by default");
+    t.core.set_cluster_peers(vec!["198.51.100.20".parse().unwrap(), "10.0.0.7".parse().unwrap()]);
+    assert_eq!(code(&t.perm(public("198.51.100.20:1"))), None, "another node's relay address");
+    assert_eq!(code(&t.perm(public("10.0.0.7:1"))), None);
+    assert_eq!(code(&t.perm(public("198.51.100.21:1"))), Some(403), "only the exact host");
+    assert_eq!(code(&t.perm(public("8.8.8.8:1"))), Some(403));
+    t.core.set_peer_lists(&c.allow_peers, &c.deny_peers);
+    assert_eq!(code(&t.perm(public("10.0.0.7:2"))), None, "a reload keeps the cluster's peers");
+    t.core.set_cluster_peers(Vec::new());
+    assert_eq!(code(&t.perm(public("10.0.0.8:1"))), Some(403));
+    assert_eq!(code(&t.perm(public("198.51.100.20:3"))), Some(403), "a node that left is refused again");
+}
+
 #[test]
 fn permission_quota_is_508() {
     let mut c = cfg();
