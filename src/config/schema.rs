@@ -151,7 +151,10 @@ pub struct TurnConfig {
     pub max_permissions_per_allocation: usize,
     /// Most channels one allocation may bind.
     pub max_channels_per_allocation: usize,
-    /// Relay bandwidth cap per allocation in bytes/s, each direction; 0 = unlimited.
+    /// Relay bandwidth cap per allocation in bytes/s, each direction; 0 = unlimited. The default, 1,250,000
+    /// (10 Mbit/s), is four times what a 720p video call sends (about 2.6 Mbit/s each way with audio) and twice a
+    /// camera plus a screen share, with a one-second burst (a keyframe is tens of kB), while one allocation cannot
+    /// take a home uplink (a file transfer over the relay shares the same allocation). See docs/turn.md.
     pub max_bandwidth_per_allocation: u64,
     /// Most unsigned answers per second to one source IP (an IPv6 /64 counts as one source): Binding
     /// responses, 401/438 challenges and errors to requests without valid credentials. Their source address
@@ -206,7 +209,7 @@ impl Default for TurnConfig {
             max_allocations_per_user: 10,
             max_permissions_per_allocation: 64,
             max_channels_per_allocation: 64,
-            max_bandwidth_per_allocation: 0,
+            max_bandwidth_per_allocation: 1_250_000,
             unauthenticated_rate_per_ip: 100,
             software: None,
             self_test: true,
