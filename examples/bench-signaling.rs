@@ -2,6 +2,10 @@
 //! relays `signal` messages between each pair, then prints msgs/s, one-way latency p50/p99 and the server's RSS.
 //! With `--vs-peerjs` it then does the same against peerjs-server (npm `peer`, run with node from
 //! bench/peerjs after `npm ci` there) and prints both side by side with the ratios.
+//! With `--cluster` it also starts its own Debian `redis-server` and runs the same load against one ponte node with
+//! `[cluster]` (Redis, nothing crossing it) and against two nodes sharing that Redis, clients split between them and
+//! every pair across the two (each relayed message goes node → Redis → node); it prints the three side by side with
+//! the Redis commands per relayed message (from `INFO commandstats`) and the memory per idle client.
 //!
 //! Each server runs as a separate process (the `ponte` binary built next to this example, with a temporary
 //! config; `node bench/peerjs/server.mjs`) so that its memory is measured apart from the load generator's.
@@ -9,6 +13,7 @@
 //! ```text
 //! cargo build --release && cargo run --release --example bench-signaling -- --clients 10000 --pairs 500 --seconds 10
 //! (cd bench/peerjs && npm ci) && cargo run --release --example bench-signaling -- --vs-peerjs --clients 10000
+//! cargo run --release --example bench-signaling -- --cluster --clients 10000 --pairs 100
 //! ```
 
 #[path = "common/mod.rs"]
@@ -74,6 +79,17 @@ struct Args {
     /// Directory holding server.mjs and node_modules/peer (`npm ci` there first).
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/bench/peerjs"))]
     peerjs_dir: PathBuf,
+    /// Also run one node with `[cluster]` and two nodes sharing a Redis (started by the benchmark) and print the
+    /// three ponte setups side by side.
+    #[arg(long)]
+    cluster: bool,
+    /// The redis-server binary for --cluster (Debian: apt-get install redis-server).
+    #[arg(long, default_value = "redis-server")]
+    redis_server: PathBuf,
+    /// With --cluster: how long to count Redis commands while every client is idle (the nodes refresh presence
+    /// every third of cluster.presence_ttl_secs, 5 s by default: take at least two such periods).
+    #[arg(long, default_value_t = 10)]
+    idle_secs: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -154,9 +170,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let protos: &[Proto] = if args.vs_peerjs { &[Proto::Ponte, Proto::Peerjs] } else { &[Proto::Ponte] };
     for &proto in protos {
         println!("\n== {} ==", proto.name());
-        let mut server = Server::start(&args, proto)?;
-        let r = bench(&args, &mut server).await;
-        server.stop();
+        let mut servers = vec![Server::start(&args, proto, None)?];
+        let r = bench(&args, &mut servers, None).await;
+        stop_all(&mut servers);
         let r = r.with_context(|| format!("{} run", proto.name()))?;
         r.print(&args);
         results.push(r);
@@ -164,12 +180,47 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if let [p, q] = &results[..] {
         side_by_side(&args, p, q);
     }
+    if args.cluster {
+        let mut single = results.swap_remove(0);
+        single.label = Some("ponte, 1 node".into());
+        let redis = Redis::start(&args.redis_server)?;
+        let mut runs = vec![single];
+        for nodes in [1, 2] {
+            let label = format!("ponte, {nodes} node{} + Redis", if nodes > 1 { "s" } else { "" });
+            println!("\n== {label} ==");
+            redis.flush()?;
+            let mut servers = Vec::new();
+            for n in 0..nodes {
+                servers.push(Server::start(&args, Proto::Ponte, Some((redis.url(), format!("bench-{n}"))))?);
+            }
+            for s in &servers {
+                s.wait_cluster_ok()?;
+            }
+            let r = bench(&args, &mut servers, Some(&redis)).await;
+            stop_all(&mut servers);
+            let mut r = r.with_context(|| format!("{label} run"))?;
+            r.label = Some(label);
+            r.print(&args);
+            runs.push(r);
+        }
+        cluster_table(&args, &runs);
+    }
     Ok(())
+}
+
+fn stop_all(servers: &mut [Server]) {
+    for s in servers {
+        s.stop();
+    }
 }
 
 #[derive(Default)]
 struct Results {
     proto: Option<Proto>,
+    /// The setup's name when it is not just the protocol (the cluster runs).
+    label: Option<String>,
+    /// Nodes the clients were spread over.
+    nodes: usize,
     ramp: Duration,
     rss_base: u64,
     rss_idle: u64,
@@ -183,9 +234,27 @@ struct Results {
     latencies: Vec<u32>,
     /// (seconds to exit after SIGTERM, idle clients closed with 1001, idle clients): ponte only.
     shutdown: Option<(f64, u64, usize)>,
+    /// Redis commands (all kinds, from INFO commandstats) and PUBLISHes during the measured relay period, and
+    /// Redis's `used_memory` growth (bytes) from no clients to all clients idle: cluster runs only.
+    redis: Option<RedisCost>,
+}
+
+#[derive(Default, Clone, Copy)]
+struct RedisCost {
+    commands: u64,
+    publishes: u64,
+    /// Redis CPU in those commands, µs.
+    usec: u64,
+    /// Commands while the clients sat idle for a fixed time (heartbeats, presence refreshes), per second.
+    idle_commands_per_sec: f64,
+    memory_per_client: f64,
 }
 
 impl Results {
+    fn name(&self) -> String {
+        self.label.clone().unwrap_or_else(|| self.proto.map_or("?", Proto::name).to_string())
+    }
+
     fn rate(&self) -> f64 {
         if self.measured.is_zero() {
             0.0
@@ -204,7 +273,7 @@ impl Results {
     }
 
     fn print(&self, args: &Args) {
-        println!("-- results ({}) --", self.proto.map_or("?", Proto::name));
+        println!("-- results ({}) --", self.name());
         println!("clients            {}", args.clients);
         println!("pairs              {} (window {}, payload {} B)", args.pairs, args.window, args.payload);
         if self.msgs > 0 {
@@ -229,7 +298,24 @@ impl Results {
             mib(self.rss_after),
             mib(self.hwm)
         );
-        println!("per client         {:.0} bytes", self.per_client);
+        println!(
+            "per client         {:.0} bytes (over {} node{})",
+            self.per_client,
+            self.nodes,
+            if self.nodes > 1 { "s" } else { "" }
+        );
+        if let Some(r) = self.redis {
+            println!(
+                "redis              {} commands ({} PUBLISH) for {} relayed msgs = {:.2} commands/msg, {:.2} µs of Redis CPU/msg; idle: {:.1} commands/s; {:.0} bytes of Redis memory per client",
+                r.commands,
+                r.publishes,
+                self.msgs,
+                r.commands as f64 / self.msgs.max(1) as f64,
+                r.usec as f64 / self.msgs.max(1) as f64,
+                r.idle_commands_per_sec,
+                r.memory_per_client
+            );
+        }
         if let Some((secs, closed, idle)) = self.shutdown {
             println!("shutdown           SIGTERM to exit {secs:.2} s; {closed}/{idle} idle clients got close 1001");
         }
@@ -313,11 +399,26 @@ fn side_by_side(args: &Args, p: &Results, q: &Results) {
     );
 }
 
-async fn bench(args: &Args, server: &mut Server) -> anyhow::Result<Results> {
-    let proto = server.proto;
-    let mut res = Results { proto: Some(proto), ..Default::default() };
-    res.rss_base = server.rss_kib()?;
-    println!("server pid {} on {}; RSS before clients: {:.1} MiB", server.pid(), server.addr, mib(res.rss_base));
+/// Sum of the servers' RSS (or another /proc/PID/status field), KiB.
+fn total_kib(servers: &[Server], field: &str) -> anyhow::Result<u64> {
+    servers.iter().map(|s| s.status_kib(field)).sum()
+}
+
+/// One run against `servers` (one, or several cluster nodes: client i talks to node i % n, so with two nodes every
+/// pair, made of clients 2k and 2k+1, crosses the nodes). `redis`: the cluster's Redis, measured around the run.
+async fn bench(args: &Args, servers: &mut [Server], redis: Option<&Redis>) -> anyhow::Result<Results> {
+    let proto = servers[0].proto;
+    let mut res = Results { proto: Some(proto), nodes: servers.len(), ..Default::default() };
+    res.rss_base = total_kib(servers, "VmRSS:")?;
+    for server in servers.iter() {
+        println!(
+            "server pid {} on {}; RSS before clients: {:.1} MiB",
+            server.pid(),
+            server.addr,
+            mib(server.rss_kib()?)
+        );
+    }
+    let redis_mem0 = redis.map(Redis::used_memory).transpose()?;
 
     // Ramp up: connect + hello (ponte) / connect + OPEN (peerjs) every client.
     let n_ips = args.source_ips.unwrap_or_else(|| args.clients.div_ceil(20_000)).max(1);
@@ -326,7 +427,7 @@ async fn bench(args: &Args, server: &mut Server) -> anyhow::Result<Results> {
     let mut joins = Vec::with_capacity(args.clients);
     for i in 0..args.clients {
         let sem = sem.clone();
-        let addr = server.addr;
+        let addr = servers[i % servers.len()].addr;
         let src = Ipv4Addr::new(127, 0, 0, 2 + (i % n_ips) as u8);
         joins.push(tokio::spawn(async move {
             let _permit = sem.acquire().await?;
@@ -360,7 +461,17 @@ async fn bench(args: &Args, server: &mut Server) -> anyhow::Result<Results> {
         idle_tasks.push(tokio::spawn(idle(proto, c.ws, going_away.clone())));
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
-    res.rss_idle = server.rss_kib()?;
+    res.rss_idle = total_kib(servers, "VmRSS:")?;
+    let mut redis_cost = RedisCost::default();
+    if let (Some(r), Some(m0)) = (redis, redis_mem0) {
+        redis_cost.memory_per_client = r.used_memory()?.saturating_sub(m0) as f64 / args.clients as f64;
+        // What a cluster costs Redis while nobody talks: heartbeats and presence refreshes, which come in one burst
+        // every third of cluster.presence_ttl_secs (default 15 s): two such periods.
+        let c0 = r.commands()?;
+        let t0 = Instant::now();
+        tokio::time::sleep(Duration::from_secs(args.idle_secs)).await;
+        redis_cost.idle_commands_per_sec = (r.commands()?.total - c0.total) as f64 / t0.elapsed().as_secs_f64();
+    }
     res.per_client = (res.rss_idle.saturating_sub(res.rss_base) as f64 * 1024.0) / args.clients as f64;
     println!(
         "server RSS with {} idle clients: {:.1} MiB ({:.0} bytes/client over the baseline)",
@@ -409,6 +520,7 @@ async fn bench(args: &Args, server: &mut Server) -> anyhow::Result<Results> {
     }
     if !relays.is_empty() {
         tokio::time::sleep(Duration::from_secs(1)).await;
+        let redis_before = redis.map(Redis::commands).transpose()?;
         measuring.store(true, Ordering::Relaxed);
         let m0 = Instant::now();
         let until = m0 + Duration::from_secs(args.seconds);
@@ -418,6 +530,12 @@ async fn bench(args: &Args, server: &mut Server) -> anyhow::Result<Results> {
         measuring.store(false, Ordering::Relaxed);
         res.measured = m0.elapsed();
         res.msgs = count.load(Ordering::Relaxed);
+        if let (Some(r), Some(c0)) = (redis, redis_before) {
+            let c1 = r.commands()?;
+            redis_cost.commands = c1.total - c0.total;
+            redis_cost.publishes = c1.publish - c0.publish;
+            redis_cost.usec = c1.usec - c0.usec;
+        }
         stop.store(true, Ordering::Relaxed);
         for r in relays {
             res.latencies.extend(r.await??);
@@ -426,14 +544,17 @@ async fn bench(args: &Args, server: &mut Server) -> anyhow::Result<Results> {
         // Messages counted between the measurement's end and this load have latencies too; keep them aligned.
         res.msgs = res.latencies.len() as u64;
     }
-    res.rss_after = server.rss_kib()?;
-    res.hwm = server.status_kib("VmHWM")?;
+    if redis.is_some() {
+        res.redis = Some(redis_cost);
+    }
+    res.rss_after = total_kib(servers, "VmRSS:")?;
+    res.hwm = total_kib(servers, "VmHWM:")?;
 
     if proto == Proto::Ponte {
         // Graceful shutdown with the idle clients still connected: every one should get close code 1001.
         let idle_count = idle_tasks.len();
         let t0 = Instant::now();
-        server.stop();
+        stop_all(servers);
         let stopped = t0.elapsed();
         let _ = tokio::time::timeout(Duration::from_secs(10), async {
             for t in idle_tasks {
@@ -443,7 +564,7 @@ async fn bench(args: &Args, server: &mut Server) -> anyhow::Result<Results> {
         .await;
         res.shutdown = Some((stopped.as_secs_f64(), going_away.load(Ordering::Relaxed), idle_count));
     } else {
-        server.stop();
+        stop_all(servers);
         for t in idle_tasks {
             t.abort();
         }
@@ -608,7 +729,8 @@ struct Server {
 }
 
 impl Server {
-    fn start(args: &Args, proto: Proto) -> anyhow::Result<Server> {
+    /// `cluster`: (Redis URL, node name) for a ponte node with a `[cluster]` section.
+    fn start(args: &Args, proto: Proto, cluster: Option<(String, String)>) -> anyhow::Result<Server> {
         let dir = tempfile::tempdir()?;
         let limit = args.clients + 1000;
         let (child, addr) = match proto {
@@ -631,12 +753,26 @@ impl Server {
                 let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
                 let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
                 let config = dir.path().join("bench.toml");
+                // The nodes of a cluster share the TURN secret (from which the signaling key is derived) and Redis;
+                // each has its own metrics port (the default one is taken by the first node).
+                let cluster = match &cluster {
+                    Some((url, name)) => {
+                        let metrics = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+                        format!(
+                            "\n[metrics]\nlisten = \"{metrics}\"\n\n[cluster]\nredis_url = \"{url}\"\nnode_name = \"{name}\"\n\
+                             public_addresses = [\"127.0.0.1\"]\n"
+                        )
+                    }
+                    None => String::new(),
+                };
                 std::fs::write(
                     &config,
                     format!(
-                        "[http]\nlisten = \"{addr}\"\nmax_connections_per_ip = {limit}\n\n[turn]\nenabled = false\n\n[signaling]\nmax_connections = {limit}\n\
-                         max_connections_per_ip = {limit}\nmessages_per_sec = 1000000\nconnect_requests_per_min = 1000000\n\n\
-                         [log]\nlevel = \"warn\"\n"
+                        "[http]\nlisten = \"{addr}\"\nmax_connections_per_ip = {limit}\n\n[turn]\nenabled = false\n\
+                         secret = \"bench-secret-shared-by-the-nodes\"\n\n[signaling]\nmax_connections = {limit}\n\
+                         max_connections_per_ip = {limit}\nmax_sessions_per_ip = {limit}\nmessages_per_sec = 1000000\n\
+                         connect_requests_per_min = 1000000\nrequests_to_one_client_per_min = 1000000\n\n\
+                         [log]\nlevel = \"warn\"\n{cluster}"
                     ),
                 )?;
                 let child = Command::new(&bin)
@@ -695,6 +831,27 @@ impl Server {
         self.child.id()
     }
 
+    /// Wait until the node's `/healthz` says its cluster link is up (subscribed and presence written), so that the
+    /// clients' hellos and the first cross-node messages do not race the node's start.
+    fn wait_cluster_ok(&self) -> anyhow::Result<()> {
+        use std::io::{Read as _, Write as _};
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let mut last = String::new();
+        while Instant::now() < deadline {
+            let mut body = String::new();
+            if let Ok(mut s) = std::net::TcpStream::connect(self.addr) {
+                let _ = write!(s, "GET /healthz HTTP/1.0\r\nHost: {}\r\n\r\n", self.addr);
+                let _ = s.read_to_string(&mut body);
+            }
+            if body.contains(r#""cluster":"ok""#) {
+                return Ok(());
+            }
+            last = body;
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        bail!("node {} never said \"cluster\":\"ok\" in /healthz within 15 s; last answer:\n{last}", self.addr)
+    }
+
     fn status_kib(&self, field: &str) -> anyhow::Result<u64> {
         let s = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))?;
         let line =
@@ -733,4 +890,193 @@ impl Drop for Server {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// The cluster runs' Redis: Debian's redis-server as a child process on a free loopback port, no persistence.
+struct Redis {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+/// Redis commands counted by `INFO commandstats` since it started.
+#[derive(Clone, Copy)]
+struct Commands {
+    total: u64,
+    publish: u64,
+    /// Redis's own CPU time in those commands (commandstats `usec`), µs.
+    usec: u64,
+}
+
+impl Redis {
+    fn start(bin: &std::path::Path) -> anyhow::Result<Redis> {
+        let dir = tempfile::tempdir()?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let child = Command::new(bin)
+            .args(["--bind", "127.0.0.1", "--port", &port.to_string(), "--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .with_context(|| format!("spawn {} (apt-get install redis-server)", bin.display()))?;
+        let mut redis = Redis { child, port, _dir: dir };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while redis.cli(&["PING"]).map(|o| o.trim() != "PONG").unwrap_or(true) {
+            if let Some(st) = redis.child.try_wait()? {
+                bail!("redis-server exited during startup: {st}");
+            }
+            if Instant::now() > deadline {
+                bail!("redis-server did not answer PING on port {port} within 10 s");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let version = redis.cli(&["INFO", "server"])?;
+        let version = version.lines().find_map(|l| l.strip_prefix("redis_version:")).unwrap_or("?").trim().to_string();
+        println!("\nredis-server {version} pid {} on 127.0.0.1:{port} (no persistence)", redis.child.id());
+        Ok(redis)
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// redis-cli (same package) rather than a Redis client crate: the benchmark only reads counters.
+    fn cli(&self, args: &[&str]) -> anyhow::Result<String> {
+        let out = Command::new("redis-cli")
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .context("run redis-cli (apt-get install redis-server)")?;
+        anyhow::ensure!(out.status.success(), "redis-cli {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Empty the database and the counters between runs.
+    fn flush(&self) -> anyhow::Result<()> {
+        self.cli(&["FLUSHALL"])?;
+        self.cli(&["CONFIG", "RESETSTAT"])?;
+        Ok(())
+    }
+
+    fn commands(&self) -> anyhow::Result<Commands> {
+        let info = self.cli(&["INFO", "commandstats"])?;
+        let mut c = Commands { total: 0, publish: 0, usec: 0 };
+        for line in info.lines() {
+            // cmdstat_publish:calls=12,usec=34,…
+            let Some((name, rest)) = line.strip_prefix("cmdstat_").and_then(|l| l.split_once(':')) else { continue };
+            let field = |key: &str| -> anyhow::Result<u64> {
+                rest.split(',')
+                    .find_map(|kv| kv.strip_prefix(key))
+                    .and_then(|v| v.parse().ok())
+                    .with_context(|| format!("malformed commandstats line {line}"))
+            };
+            let calls = field("calls=")?;
+            let usec = field("usec=")?;
+            // The benchmark's own INFO/CONFIG/FLUSHALL calls are not the cluster's.
+            if matches!(name, "info" | "config|resetstat" | "config" | "flushall" | "ping") {
+                continue;
+            }
+            c.total += calls;
+            c.usec += usec;
+            if name == "publish" || name == "spublish" {
+                c.publish += calls;
+            }
+        }
+        Ok(c)
+    }
+
+    fn used_memory(&self) -> anyhow::Result<u64> {
+        let info = self.cli(&["INFO", "memory"])?;
+        info.lines()
+            .find_map(|l| l.strip_prefix("used_memory:"))
+            .and_then(|v| v.trim().parse().ok())
+            .context("no used_memory in INFO memory")
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One node, one node with `[cluster]`, two nodes (every pair across them), side by side.
+fn cluster_table(args: &Args, runs: &[Results]) {
+    let [one, one_redis, two] = runs else { return };
+    println!(
+        "\n== one node vs a two-node cluster: {} clients, {} pairs, window {}, {} B payload ==",
+        args.clients, args.pairs, args.window, args.payload
+    );
+    println!("{:<34}{:>14}{:>16}{:>16}{:>10}", "", "1 node", "1 node + Redis", "2 nodes + Redis", "2 vs 1");
+    let ratio = |num: f64, den: f64| if den > 0.0 && num > 0.0 { format!("{:.2}", num / den) } else { "-".into() };
+    let cost =
+        |r: &Results, f: &dyn Fn(&RedisCost, &Results) -> String| r.redis.as_ref().map_or("-".into(), |c| f(c, r));
+    let per_msg = |c: &RedisCost, r: &Results| format!("{:.2}", c.commands as f64 / r.msgs.max(1) as f64);
+    let pub_per_msg = |c: &RedisCost, r: &Results| format!("{:.2}", c.publishes as f64 / r.msgs.max(1) as f64);
+    let usec_per_msg = |c: &RedisCost, r: &Results| format!("{:.2} µs", c.usec as f64 / r.msgs.max(1) as f64);
+    let idle = |c: &RedisCost, _: &Results| format!("{:.1}", c.idle_commands_per_sec);
+    let rmem = |c: &RedisCost, _: &Results| format!("{:.0} B", c.memory_per_client);
+    let rows: Vec<(&str, String, String, String, String)> = vec![
+        (
+            "relayed msgs/s",
+            format!("{:.0}", one.rate()),
+            format!("{:.0}", one_redis.rate()),
+            format!("{:.0}", two.rate()),
+            ratio(two.rate(), one.rate()),
+        ),
+        (
+            "latency one-way p50",
+            format!("{:.2} ms", one.pct(0.5)),
+            format!("{:.2} ms", one_redis.pct(0.5)),
+            format!("{:.2} ms", two.pct(0.5)),
+            ratio(two.pct(0.5), one.pct(0.5)),
+        ),
+        (
+            "latency one-way p99",
+            format!("{:.2} ms", one.pct(0.99)),
+            format!("{:.2} ms", one_redis.pct(0.99)),
+            format!("{:.2} ms", two.pct(0.99)),
+            ratio(two.pct(0.99), one.pct(0.99)),
+        ),
+        (
+            "pairing (connect+accept), all",
+            one.pairing.map_or("-".into(), |d| format!("{:.2} s", d.as_secs_f64())),
+            one_redis.pairing.map_or("-".into(), |d| format!("{:.2} s", d.as_secs_f64())),
+            two.pairing.map_or("-".into(), |d| format!("{:.2} s", d.as_secs_f64())),
+            "".into(),
+        ),
+        (
+            "memory per idle client (nodes)",
+            format!("{:.0} B", one.per_client),
+            format!("{:.0} B", one_redis.per_client),
+            format!("{:.0} B", two.per_client),
+            ratio(two.per_client, one.per_client),
+        ),
+        ("Redis memory per idle client", "-".into(), cost(one_redis, &rmem), cost(two, &rmem), "".into()),
+        ("Redis commands per relayed msg", "-".into(), cost(one_redis, &per_msg), cost(two, &per_msg), "".into()),
+        ("  of which PUBLISH", "-".into(), cost(one_redis, &pub_per_msg), cost(two, &pub_per_msg), "".into()),
+        ("Redis CPU per relayed msg", "-".into(), cost(one_redis, &usec_per_msg), cost(two, &usec_per_msg), "".into()),
+        ("Redis commands/s, all idle", "-".into(), cost(one_redis, &idle), cost(two, &idle), "".into()),
+        (
+            "server RSS, all idle (sum)",
+            format!("{:.1} MiB", mib(one.rss_idle)),
+            format!("{:.1} MiB", mib(one_redis.rss_idle)),
+            format!("{:.1} MiB", mib(two.rss_idle)),
+            ratio(two.rss_idle as f64, one.rss_idle as f64),
+        ),
+    ];
+    for (name, a, b, c, r) in rows {
+        println!("{name:<34}{a:>14}{b:>16}{c:>16}{r:>10}");
+    }
+    println!(
+        "(2 vs 1: two nodes / one node, so above 1 is more for rates and costs alike. Two nodes: client i on node\n \
+         i % 2, so every pair crosses the nodes and every relayed message goes node → Redis PUBLISH → node. Memory\n \
+         per idle client: (sum of the nodes' RSS with all clients idle − sum before any client) / clients. All the\n \
+         processes share this machine's {} CPUs: a second node adds no CPU here, it only adds work.)",
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    );
 }

@@ -111,6 +111,7 @@ const en = {
   'connect.duplicate': 'There is already a pending request between you and {id}.',
   'connect.rate': 'Too many requests. Wait a minute and try again.',
   'connect.offline': 'Not connected to the server yet. Try again in a moment.',
+  'connect.cluster': 'Can’t reach {id} right now: {id} is not on this server, and the link between the servers of this service is down. Chats on this server go on; try again in a minute.',
 
   'incoming.title': 'Chat request',
   'incoming.text': '{id} wants to chat with you.',
@@ -414,6 +415,7 @@ const ptBR = {
   'connect.duplicate': 'Já existe um pedido pendente entre você e {id}.',
   'connect.rate': 'Pedidos demais. Espere um minuto e tente de novo.',
   'connect.offline': 'Ainda sem conexão com o servidor. Tente de novo daqui a pouco.',
+  'connect.cluster': 'Não foi possível alcançar {id} agora: {id} não está neste servidor, e a ligação entre os servidores deste serviço caiu. As conversas neste servidor continuam; tente de novo em um minuto.',
 
   'incoming.title': 'Pedido de conversa',
   'incoming.text': '{id} quer conversar com você.',

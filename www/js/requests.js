@@ -113,6 +113,7 @@ export function initRequests(sig, { conversation, autoAccepts = () => false, isB
     const keys = {
       unknown_peer: 'connect.unknown', self_connect: 'connect.self', already_paired: 'connect.already',
       duplicate_request: 'connect.duplicate', too_many_requests: 'connect.rate',
+      cluster_unavailable: 'connect.cluster',
     };
     if (e.ref === 'connect' || keys[e.code] && e.ref !== 'signal') {
       if (peer) pendingOut.delete(peer);
