@@ -66,6 +66,14 @@ struct Opts {
     pin: Option<usize>,
     /// Run the relay matrix (pinned and unpinned × 1 and 2 client threads, ponte, coturn and the floor).
     matrix: bool,
+    /// Placements of the matrix: pinned, unpinned (both by default).
+    placements: (bool, bool),
+    /// Client-thread counts of the matrix (1 and 2 by default).
+    matrix_clients: Vec<usize>,
+    /// Run the Binding and relay phases before the matrix (and their fixed-rate latency phases).
+    main: bool,
+    /// Also run a second ponte with UDP GSO off (`PONTE_UDP_GSO=0`) in the matrix, alternating with the others.
+    gso_ab: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -87,9 +95,26 @@ fn main() -> anyhow::Result<()> {
         pin: None,
         rate: 20_000,
         matrix: true,
+        placements: (true, true),
+        matrix_clients: vec![1, 2],
+        main: true,
+        gso_ab: false,
     };
     let mut i = 1;
     while i + 1 < args.len() {
+        // Options with words for values first.
+        match (args[i].as_str(), args[i + 1].as_str()) {
+            ("--matrix", "pinned") => o.placements = (true, false),
+            ("--matrix", "unpinned") => o.placements = (false, true),
+            ("--matrix-clients", list) => {
+                o.matrix_clients = list.split(',').map(|c| c.parse::<usize>().map(|c| c.clamp(1, 64))).collect::<Result<_, _>>()?
+            }
+            _ => {}
+        }
+        if args[i] == "--matrix-clients" || (args[i] == "--matrix" && args[i + 1].parse::<usize>().is_err()) {
+            i += 2;
+            continue;
+        }
         let v: usize = args[i + 1].parse()?;
         match args[i].as_str() {
             "--secs" => o.secs = v.clamp(1, 60) as u64,
@@ -102,10 +127,13 @@ fn main() -> anyhow::Result<()> {
             "--pin" => o.pin = Some(v),
             "--rate" => o.rate = v.clamp(100, 1_000_000),
             "--matrix" => o.matrix = v != 0,
+            "--main" => o.main = v != 0,
+            "--gso-ab" => o.gso_ab = v != 0,
             other => {
                 anyhow::bail!(
                     "unknown option {other}; use --secs, --rounds, --clients, --window, --size, --allocations, \
-                     --udp-workers, --pin, --rate, --matrix"
+                     --udp-workers, --pin, --rate, --matrix 0|1|pinned|unpinned, --matrix-clients 1,2, --main, \
+                     --gso-ab"
                 )
             }
         }
@@ -143,9 +171,9 @@ fn main() -> anyhow::Result<()> {
         common::load_average()
     );
 
-    let ponte = {
+    let start_ponte = |name: &str, gso: bool| -> anyhow::Result<(Guard, SocketAddr)> {
         let port = free_port();
-        let cfg = dir.path().join("ponte.toml");
+        let cfg = dir.path().join(format!("{name}.toml"));
         std::fs::write(
             &cfg,
             format!(
@@ -162,11 +190,15 @@ fn main() -> anyhow::Result<()> {
         )?;
         let child = Command::new(std::env::current_exe()?)
             .args(["--serve-ponte", cfg.to_str().unwrap()])
+            .env("PONTE_UDP_GSO", if gso { "1" } else { "0" })
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()?;
-        (Guard(child), SocketAddr::from(([127, 0, 0, 1], port)))
+        Ok((Guard(child), SocketAddr::from(([127, 0, 0, 1], port))))
     };
+    let ponte = start_ponte("ponte", ponte::turn::mmsg::gso_enabled())?;
+    // The same ponte with UDP GSO off, for an A/B of GSO in the same minutes (`--gso-ab 1`).
+    let ponte_nogso = if o.gso_ab { Some(start_ponte("ponte-nogso", false)?) } else { None };
     let coturn = {
         let port = free_port();
         let child = Command::new("turnserver")
@@ -219,14 +251,18 @@ fn main() -> anyhow::Result<()> {
             .spawn()?;
         (Guard(child), SocketAddr::from(([127, 0, 0, 1], port)))
     };
-    for (name, addr) in [("ponte", ponte.1), ("coturn", coturn.1)] {
+    for (name, addr) in [("ponte", ponte.1), ("coturn", coturn.1)]
+        .into_iter()
+        .chain(ponte_nogso.as_ref().map(|p| ("ponte (GSO off)", p.1)))
+    {
         wait_ready(addr).map_err(|e| anyhow::anyhow!("{name} did not answer STUN on {addr}: {e}"))?;
     }
     // The servers start seeing every CPU (so their defaults, e.g. ponte's one UDP worker per CPU, are those of
     // this host) and are restricted afterwards, every thread: the same processes then serve pinned and unpinned.
     let pids = [ponte.0 .0.id(), coturn.0 .0.id(), floor.0 .0.id()];
+    let nogso_pid = ponte_nogso.as_ref().map(|p| p.0 .0.id());
     let place = |pin: usize| -> anyhow::Result<()> {
-        for pid in pids {
+        for pid in pids.into_iter().chain(nogso_pid) {
             set_pid_cpus(pid, if pin > 0 { 0..pin } else { 0..cpus })?;
         }
         // The generator threads (spawned per phase) inherit this thread's CPUs.
@@ -243,12 +279,13 @@ fn main() -> anyhow::Result<()> {
         (None, None)
     };
 
+    let main_rounds = if o.main { o.rounds } else { 0 };
     let (mut pb, mut cb, mut pr, mut cr) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for _ in 0..o.rounds {
+    for _ in 0..main_rounds {
         pb.push(binding_phase(ponte.1, ponte.0 .0.id(), &o, None));
         cb.push(binding_phase(coturn.1, coturn.0 .0.id(), &o, None));
     }
-    for _ in 0..o.rounds {
+    for _ in 0..main_rounds {
         pr.push(relay_phase(ponte.1, ponte.0 .0.id(), &o, None, false).map_err(|e| e.context("ponte relay phase"))?);
         cr.push(relay_phase(coturn.1, coturn.0 .0.id(), &o, None, false).map_err(|e| e.context("coturn relay phase"))?);
     }
@@ -256,7 +293,7 @@ fn main() -> anyhow::Result<()> {
     // RTT is mostly its own queue (in-flight ÷ throughput) and the generator's scheduling, not the server.
     let pace = Some(o.rate as f64 / o.clients as f64);
     let (mut pbl, mut cbl, mut prl, mut crl) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for _ in 0..o.rounds {
+    for _ in 0..main_rounds {
         pbl.push(binding_phase(ponte.1, ponte.0 .0.id(), &o, pace));
         cbl.push(binding_phase(coturn.1, coturn.0 .0.id(), &o, pace));
         prl.push(relay_phase(ponte.1, ponte.0 .0.id(), &o, pace, false).map_err(|e| e.context("ponte relay latency"))?);
@@ -264,50 +301,60 @@ fn main() -> anyhow::Result<()> {
             relay_phase(coturn.1, coturn.0 .0.id(), &o, pace, false).map_err(|e| e.context("coturn relay latency"))?,
         );
     }
-    let (pbl, cbl, prl, crl) = (median(pbl), median(cbl), median(prl), median(crl));
-    let (pb, cb, pr, cr) = (median(pb), median(cb), median(pr), median(cr));
+    let main = if o.main {
+        Some((median(pb), median(cb), median(pr), median(cr), median(pbl), median(cbl), median(prl), median(crl)))
+    } else {
+        None
+    };
     // The relay matrix: both placements and 1 and 2 client threads in one run, with the floor.
     let mut matrix = Vec::new();
     if o.matrix {
         let pinned_cpus = (cpus / 2).max(1);
-        for (label, p) in [("pinned", pinned_cpus), ("unpinned", 0)] {
-            if p >= cpus {
+        for (label, p, on) in [("pinned", pinned_cpus, o.placements.0), ("unpinned", 0, o.placements.1)] {
+            if p >= cpus || !on {
                 continue;
             }
             place(p)?;
-            for clients in [1, 2] {
+            for &clients in &o.matrix_clients {
                 let oc = Opts { clients, ..o.clone() };
-                let (mut a, mut b, mut f) = (Vec::new(), Vec::new(), Vec::new());
+                let (mut a, mut b, mut f, mut g) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
                 for _ in 0..o.rounds {
                     a.push(relay_phase(ponte.1, pids[0], &oc, None, false).map_err(|e| e.context("ponte matrix"))?);
                     b.push(relay_phase(coturn.1, pids[1], &oc, None, false).map_err(|e| e.context("coturn matrix"))?);
                     f.push(relay_phase(floor.1, pids[2], &oc, None, true).map_err(|e| e.context("floor matrix"))?);
+                    if let (Some(n), Some(pid)) = (&ponte_nogso, nogso_pid) {
+                        g.push(relay_phase(n.1, pid, &oc, None, false).map_err(|e| e.context("ponte (GSO off)"))?);
+                    }
                 }
-                matrix.push((label, clients, median(a), median(b), median(f), common::load_average()));
+                let g = if g.is_empty() { None } else { Some(median(g)) };
+                matrix.push((label, clients, median(a), median(b), median(f), g, common::load_average()));
             }
         }
         place(pin)?;
     }
     drop(ponte);
+    drop(ponte_nogso);
     drop(coturn);
     drop(floor);
 
-    println!();
-    println!("{:<32}{:>16}{:>16}{:>16}", "", "ponte", "coturn", "ponte/coturn");
-    row("STUN Binding requests/s", pb.rate, cb.rate);
-    lat("  RTT p50 / p99", &pb, &cb);
-    cpu("  server CPU per request", &pb, &cb);
-    println!("{:<32}{:>16}{:>16}", "  lost", pb.lost, cb.lost);
-    row("TURN relayed packets/s", pr.rate * 2.0, cr.rate * 2.0);
-    row("  (echo round trips/s)", pr.rate, cr.rate);
-    lat("  RTT p50 / p99", &pr, &cr);
-    cpu("  server CPU per packet", &pr, &cr);
-    println!("{:<32}{:>16}{:>16}", "  lost", pr.lost, cr.lost);
-    println!("at a fixed {} operations/s (requests; echo round trips = 2 relayed packets):", o.rate);
-    lat("  STUN Binding RTT p50 / p99", &pbl, &cbl);
-    println!("{:<32}{:>16}{:>16}", "    lost", pbl.lost, cbl.lost);
-    lat("  TURN relay RTT p50 / p99", &prl, &crl);
-    println!("{:<32}{:>16}{:>16}", "    lost", prl.lost, crl.lost);
+    if let Some((pb, cb, pr, cr, pbl, cbl, prl, crl)) = &main {
+        println!();
+        println!("{:<32}{:>16}{:>16}{:>16}", "", "ponte", "coturn", "ponte/coturn");
+        row("STUN Binding requests/s", pb.rate, cb.rate);
+        lat("  RTT p50 / p99", pb, cb);
+        cpu("  server CPU per request", pb, cb);
+        println!("{:<32}{:>16}{:>16}", "  lost", pb.lost, cb.lost);
+        row("TURN relayed packets/s", pr.rate * 2.0, cr.rate * 2.0);
+        row("  (echo round trips/s)", pr.rate, cr.rate);
+        lat("  RTT p50 / p99", pr, cr);
+        cpu("  server CPU per packet", pr, cr);
+        println!("{:<32}{:>16}{:>16}", "  lost", pr.lost, cr.lost);
+        println!("at a fixed {} operations/s (requests; echo round trips = 2 relayed packets):", o.rate);
+        lat("  STUN Binding RTT p50 / p99", pbl, cbl);
+        println!("{:<32}{:>16}{:>16}", "    lost", pbl.lost, cbl.lost);
+        lat("  TURN relay RTT p50 / p99", prl, crl);
+        println!("{:<32}{:>16}{:>16}", "    lost", prl.lost, crl.lost);
+    }
     if let (Some(pa), Some(ca)) = (pa, ca) {
         let mib = |k: u64| format!("{:.1} MiB", k as f64 / 1024.0);
         println!("{:<32}{:>16}{:>16}", "RSS, no allocations", mib(pa.before_kib), mib(ca.before_kib));
@@ -331,8 +378,18 @@ fn main() -> anyhow::Result<()> {
             (cpus / 2).max(1),
             cpus
         );
+        let nogso = |g: &Option<Stats>| match g {
+            Some(g) => format!(
+                "{:>10.0} {}/{} {:.2} µs",
+                g.rate,
+                g.p50.as_micros(),
+                g.p99.as_micros(),
+                g.cpu_per_op.as_nanos() as f64 / 1000.0
+            ),
+            None => String::new(),
+        };
         println!(
-            "{:<10}{:>8}{:>11}{:>11}{:>11}{:>8}{:>19}{:>19}{:>19}{:>30}{:>21}{:>8}",
+            "{:<10}{:>8}{:>11}{:>11}{:>11}{:>8}{:>19}{:>19}{:>19}{:>30}{:>21}{:>8}  {}",
             "placement",
             "clients",
             "ponte rt/s",
@@ -344,13 +401,14 @@ fn main() -> anyhow::Result<()> {
             "floor",
             "CPU/pkt ponte/coturn/floor",
             "sleeps/1k pkt p/c/f",
-            "load"
+            "load",
+            if o.gso_ab { "ponte GSO off: rt/s p50/p99 µs CPU/pkt" } else { "" }
         );
-        for (label, clients, p, c, f, load) in &matrix {
+        for (label, clients, p, c, f, g, load) in &matrix {
             let us = |s: &Stats| format!("{:.2}", s.cpu_per_op.as_nanos() as f64 / 1000.0);
             let l = |s: &Stats| format!("{}/{}", s.p50.as_micros(), s.p99.as_micros());
             println!(
-                "{:<10}{:>8}{:>11.0}{:>11.0}{:>11.0}{:>8.2}{:>19}{:>19}{:>19}{:>30}{:>21}{:>8}",
+                "{:<10}{:>8}{:>11.0}{:>11.0}{:>11.0}{:>8.2}{:>19}{:>19}{:>19}{:>30}{:>21}{:>8}  {}",
                 label,
                 clients,
                 p.rate,
@@ -362,7 +420,8 @@ fn main() -> anyhow::Result<()> {
                 l(f),
                 format!("{} / {} / {} µs", us(p), us(c), us(f)),
                 format!("{:.0}/{:.0}/{:.0}", p.sleeps_per_k, c.sleeps_per_k, f.sleeps_per_k),
-                load.split_whitespace().next().unwrap_or("-")
+                load.split_whitespace().next().unwrap_or("-"),
+                nogso(g)
             );
         }
         println!(
@@ -1058,7 +1117,8 @@ fn forward<'a>(s: &UdpSocket, n: usize, item: impl Fn(usize) -> (SocketAddr, &'a
     let mut sent = 0;
     while sent < n {
         let from = sent;
-        match mmsg::send_many(s.as_raw_fd(), n - from, |k| item(from + k)) {
+        // Runs to one destination as UDP GSO messages, like ponte (so the floor stays the least a relay can spend).
+        match mmsg::send_segmented(s.as_raw_fd(), n - from, |k| item(from + k)) {
             Ok(k) => sent += k.max(1),
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                 let mut p = libc::pollfd { fd: s.as_raw_fd(), events: libc::POLLOUT, revents: 0 };
