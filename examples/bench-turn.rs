@@ -72,8 +72,10 @@ struct Opts {
     matrix_clients: Vec<usize>,
     /// Run the Binding and relay phases before the matrix (and their fixed-rate latency phases).
     main: bool,
-    /// Also run a second ponte with UDP GSO off (`PONTE_UDP_GSO=0`) in the matrix, alternating with the others.
-    gso_ab: bool,
+    /// Also run a second ponte with this environment variable set (`--ab PONTE_UDP_GSO=0`: GSO off;
+    /// `PONTE_UDP_SHORT_SLICE=0`: default scheduler slice) in the matrix, alternating with the others: an A/B in the
+    /// same minutes.
+    ab: Option<(String, String)>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -98,7 +100,7 @@ fn main() -> anyhow::Result<()> {
         placements: (true, true),
         matrix_clients: vec![1, 2],
         main: true,
-        gso_ab: false,
+        ab: None,
     };
     let mut i = 1;
     while i + 1 < args.len() {
@@ -106,12 +108,16 @@ fn main() -> anyhow::Result<()> {
         match (args[i].as_str(), args[i + 1].as_str()) {
             ("--matrix", "pinned") => o.placements = (true, false),
             ("--matrix", "unpinned") => o.placements = (false, true),
+            ("--ab", kv) => {
+                let (k, v) = kv.split_once('=').ok_or_else(|| anyhow::anyhow!("--ab wants NAME=VALUE"))?;
+                o.ab = Some((k.to_string(), v.to_string()));
+            }
             ("--matrix-clients", list) => {
                 o.matrix_clients = list.split(',').map(|c| c.parse::<usize>().map(|c| c.clamp(1, 64))).collect::<Result<_, _>>()?
             }
             _ => {}
         }
-        if args[i] == "--matrix-clients" || (args[i] == "--matrix" && args[i + 1].parse::<usize>().is_err()) {
+        if args[i] == "--matrix-clients" || args[i] == "--ab" || (args[i] == "--matrix" && args[i + 1].parse::<usize>().is_err()) {
             i += 2;
             continue;
         }
@@ -128,12 +134,11 @@ fn main() -> anyhow::Result<()> {
             "--rate" => o.rate = v.clamp(100, 1_000_000),
             "--matrix" => o.matrix = v != 0,
             "--main" => o.main = v != 0,
-            "--gso-ab" => o.gso_ab = v != 0,
             other => {
                 anyhow::bail!(
                     "unknown option {other}; use --secs, --rounds, --clients, --window, --size, --allocations, \
                      --udp-workers, --pin, --rate, --matrix 0|1|pinned|unpinned, --matrix-clients 1,2, --main, \
-                     --gso-ab"
+                     --ab NAME=VALUE"
                 )
             }
         }
@@ -171,7 +176,7 @@ fn main() -> anyhow::Result<()> {
         common::load_average()
     );
 
-    let start_ponte = |name: &str, gso: bool| -> anyhow::Result<(Guard, SocketAddr)> {
+    let start_ponte = |name: &str, env: Option<&(String, String)>| -> anyhow::Result<(Guard, SocketAddr)> {
         let port = free_port();
         let cfg = dir.path().join(format!("{name}.toml"));
         std::fs::write(
@@ -188,17 +193,20 @@ fn main() -> anyhow::Result<()> {
                 o.allocations + 100
             ),
         )?;
-        let child = Command::new(std::env::current_exe()?)
-            .args(["--serve-ponte", cfg.to_str().unwrap()])
-            .env("PONTE_UDP_GSO", if gso { "1" } else { "0" })
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()?;
+        let mut cmd = Command::new(std::env::current_exe()?);
+        cmd.args(["--serve-ponte", cfg.to_str().unwrap()]);
+        if let Some((k, v)) = env {
+            cmd.env(k, v);
+        }
+        let child = cmd.stdout(Stdio::null()).stderr(Stdio::inherit()).spawn()?;
         Ok((Guard(child), SocketAddr::from(([127, 0, 0, 1], port))))
     };
-    let ponte = start_ponte("ponte", ponte::turn::mmsg::gso_enabled())?;
-    // The same ponte with UDP GSO off, for an A/B of GSO in the same minutes (`--gso-ab 1`).
-    let ponte_nogso = if o.gso_ab { Some(start_ponte("ponte-nogso", false)?) } else { None };
+    let ponte = start_ponte("ponte", None)?;
+    // The same ponte with one environment variable set, for an A/B in the same minutes (`--ab NAME=VALUE`).
+    let ponte_b = match &o.ab {
+        Some(kv) => Some(start_ponte("ponte-b", Some(kv))?),
+        None => None,
+    };
     let coturn = {
         let port = free_port();
         let child = Command::new("turnserver")
@@ -253,16 +261,16 @@ fn main() -> anyhow::Result<()> {
     };
     for (name, addr) in [("ponte", ponte.1), ("coturn", coturn.1)]
         .into_iter()
-        .chain(ponte_nogso.as_ref().map(|p| ("ponte (GSO off)", p.1)))
+        .chain(ponte_b.as_ref().map(|p| ("ponte (B)", p.1)))
     {
         wait_ready(addr).map_err(|e| anyhow::anyhow!("{name} did not answer STUN on {addr}: {e}"))?;
     }
     // The servers start seeing every CPU (so their defaults, e.g. ponte's one UDP worker per CPU, are those of
     // this host) and are restricted afterwards, every thread: the same processes then serve pinned and unpinned.
     let pids = [ponte.0 .0.id(), coturn.0 .0.id(), floor.0 .0.id()];
-    let nogso_pid = ponte_nogso.as_ref().map(|p| p.0 .0.id());
+    let b_pid = ponte_b.as_ref().map(|p| p.0 .0.id());
     let place = |pin: usize| -> anyhow::Result<()> {
-        for pid in pids.into_iter().chain(nogso_pid) {
+        for pid in pids.into_iter().chain(b_pid) {
             set_pid_cpus(pid, if pin > 0 { 0..pin } else { 0..cpus })?;
         }
         // The generator threads (spawned per phase) inherit this thread's CPUs.
@@ -322,8 +330,8 @@ fn main() -> anyhow::Result<()> {
                     a.push(relay_phase(ponte.1, pids[0], &oc, None, false).map_err(|e| e.context("ponte matrix"))?);
                     b.push(relay_phase(coturn.1, pids[1], &oc, None, false).map_err(|e| e.context("coturn matrix"))?);
                     f.push(relay_phase(floor.1, pids[2], &oc, None, true).map_err(|e| e.context("floor matrix"))?);
-                    if let (Some(n), Some(pid)) = (&ponte_nogso, nogso_pid) {
-                        g.push(relay_phase(n.1, pid, &oc, None, false).map_err(|e| e.context("ponte (GSO off)"))?);
+                    if let (Some(n), Some(pid)) = (&ponte_b, b_pid) {
+                        g.push(relay_phase(n.1, pid, &oc, None, false).map_err(|e| e.context("ponte (B)"))?);
                     }
                 }
                 let g = if g.is_empty() { None } else { Some(median(g)) };
@@ -333,7 +341,7 @@ fn main() -> anyhow::Result<()> {
         place(pin)?;
     }
     drop(ponte);
-    drop(ponte_nogso);
+    drop(ponte_b);
     drop(coturn);
     drop(floor);
 
@@ -378,7 +386,7 @@ fn main() -> anyhow::Result<()> {
             (cpus / 2).max(1),
             cpus
         );
-        let nogso = |g: &Option<Stats>| match g {
+        let b_cell = |g: &Option<Stats>| match g {
             Some(g) => format!(
                 "{:>10.0} {}/{} {:.2} µs",
                 g.rate,
@@ -402,7 +410,10 @@ fn main() -> anyhow::Result<()> {
             "CPU/pkt ponte/coturn/floor",
             "sleeps/1k pkt p/c/f",
             "load",
-            if o.gso_ab { "ponte GSO off: rt/s p50/p99 µs CPU/pkt" } else { "" }
+            match &o.ab {
+                Some((k, v)) => format!("ponte with {k}={v}: rt/s p50/p99 µs CPU/pkt"),
+                None => String::new(),
+            }
         );
         for (label, clients, p, c, f, g, load) in &matrix {
             let us = |s: &Stats| format!("{:.2}", s.cpu_per_op.as_nanos() as f64 / 1000.0);
@@ -421,7 +432,7 @@ fn main() -> anyhow::Result<()> {
                 format!("{} / {} / {} µs", us(p), us(c), us(f)),
                 format!("{:.0}/{:.0}/{:.0}", p.sleeps_per_k, c.sleeps_per_k, f.sleeps_per_k),
                 load.split_whitespace().next().unwrap_or("-"),
-                nogso(g)
+                b_cell(g)
             );
         }
         println!(
