@@ -113,11 +113,15 @@ fn main() -> anyhow::Result<()> {
                 o.ab = Some((k.to_string(), v.to_string()));
             }
             ("--matrix-clients", list) => {
-                o.matrix_clients = list.split(',').map(|c| c.parse::<usize>().map(|c| c.clamp(1, 64))).collect::<Result<_, _>>()?
+                o.matrix_clients =
+                    list.split(',').map(|c| c.parse::<usize>().map(|c| c.clamp(1, 64))).collect::<Result<_, _>>()?
             }
             _ => {}
         }
-        if args[i] == "--matrix-clients" || args[i] == "--ab" || (args[i] == "--matrix" && args[i + 1].parse::<usize>().is_err()) {
+        if args[i] == "--matrix-clients"
+            || args[i] == "--ab"
+            || (args[i] == "--matrix" && args[i + 1].parse::<usize>().is_err())
+        {
             i += 2;
             continue;
         }
@@ -259,9 +263,8 @@ fn main() -> anyhow::Result<()> {
             .spawn()?;
         (Guard(child), SocketAddr::from(([127, 0, 0, 1], port)))
     };
-    for (name, addr) in [("ponte", ponte.1), ("coturn", coturn.1)]
-        .into_iter()
-        .chain(ponte_b.as_ref().map(|p| ("ponte (B)", p.1)))
+    for (name, addr) in
+        [("ponte", ponte.1), ("coturn", coturn.1)].into_iter().chain(ponte_b.as_ref().map(|p| ("ponte (B)", p.1)))
     {
         wait_ready(addr).map_err(|e| anyhow::anyhow!("{name} did not answer STUN on {addr}: {e}"))?;
     }

@@ -143,7 +143,10 @@ impl Shell {
                     Action::Timeout(at) => timeout = Some(at),
                 }
             }
-            *actions = more;
+            // Appended rather than assigned: `actions` keeps its capacity (the data-path threads reuse one vector
+            // for every packet; assigning `more` here cost an allocation per packet), and `more` allocates only
+            // when an OpenRelay produced something.
+            actions.append(&mut more);
         }
         timeout
     }
