@@ -262,8 +262,8 @@ pub fn send_segmented<'a>(fd: RawFd, n: usize, item: impl Fn(usize) -> (SocketAd
         let (to, first) = item(i);
         let seg = first.len();
         let mut k = 1;
-        if seg > 0 {
-            let cap = (GSO_MAX_BYTES / seg).min(GSO_MAX_SEGMENTS);
+        if let Some(cap) = GSO_MAX_BYTES.checked_div(seg) {
+            let cap = cap.min(GSO_MAX_SEGMENTS);
             while i + k < n && k < cap {
                 let (t, d) = item(i + k);
                 if t != to || d.len() > seg || d.is_empty() {
