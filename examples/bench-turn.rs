@@ -3,7 +3,13 @@
 //! same machine, loopback only, printed side by side with the ratio.
 //!
 //!     cargo run --release --example bench-turn [-- --secs 2 --rounds 3 --clients 8 --window 32 --size 100
-//!                                                  --allocations 5000 --rate 20000 --pin N --udp-workers 0]
+//!                                                  --allocations 5000 --rate 20000 --pin N --udp-workers 0
+//!                                                  --main 1 --matrix 1|0|pinned|unpinned --matrix-clients 1,2
+//!                                                  --ab PONTE_UDP_GSO=0]
+//!
+//! `--main 0` skips the Binding and relay phases (only the matrix runs); `--ab NAME=VALUE` adds a second ponte,
+//! started with that environment variable, to the matrix (e.g. `PONTE_UDP_GSO=0`, `PONTE_UDP_SHORT_SLICE=0`), so
+//! that a switch is compared in the same minutes as everything else.
 //!
 //! First, memory per allocation: `--allocations` K allocations (one client socket and username each) are created
 //! against each fresh server, and the server's RSS before and after gives bytes per allocation (relay sockets'
