@@ -32,20 +32,20 @@
 
 #[path = "common/mod.rs"]
 mod common;
+#[path = "common/turn.rs"]
+mod turn;
 
 use std::net::{SocketAddr, UdpSocket};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ponte::turn::codec::{self, *};
+use ponte::turn::codec::*;
 use ponte::turn::mmsg;
 use stun::attributes::AttrType;
-use stun::message::{Message, Setter};
+use turn::{binding_request, cpu_time, set_cpus, set_pid_cpus, wait_readable, Guard, TurnClient};
 
-const SECRET: &str = "bench-secret-0123456789abcdef";
-const REALM: &str = "ponte";
 /// Hard cap on requests/packets per phase and server, so a run is bounded even on a very fast machine.
 const MAX_PER_PHASE: u64 = 5_000_000;
 /// Most allocations `--allocations` may ask for (each costs a socket here and one in the server).
@@ -87,7 +87,7 @@ struct Opts {
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("--serve-ponte") {
-        return serve_ponte(&args[2]);
+        return turn::serve_ponte(&args[2]);
     }
     if args.get(1).map(String::as_str) == Some("--serve-floor") {
         return serve_floor(&args[2]);
@@ -186,82 +186,33 @@ fn main() -> anyhow::Result<()> {
         common::load_average()
     );
 
-    let start_ponte = |name: &str, env: Option<&(String, String)>| -> anyhow::Result<(Guard, SocketAddr)> {
-        let port = free_port();
-        let cfg = dir.path().join(format!("{name}.toml"));
-        std::fs::write(
-            &cfg,
-            format!(
-                "[http]\nlisten = \"127.0.0.1:0\"\n[metrics]\nenabled = false\n[log]\nlevel = \"warn\"\n[turn]\nlisten_udp = [\"127.0.0.1:{port}\"]\n\
-                 listen_tcp = []\nsecret = \"{SECRET}\"\nrelay_ip = \"127.0.0.1\"\nrelay_port_min = {PONTE_PORTS_MIN}\n\
-                 relay_port_max = {}\nallow_peers = [\"127.0.0.1/32\"]\nmax_allocations_per_user = 100\n\
-                 max_allocations = {}\nunauthenticated_rate_per_ip = 1000000\nudp_workers = {}\n\
-                 max_allocations_per_ip = {}\nrelay_port_share_per_ip_percent = 100\n",
-                PONTE_PORTS_MIN + RELAY_PORTS - 1,
-                o.allocations + 100,
-                o.udp_workers,
-                o.allocations + 100
-            ),
-        )?;
-        let mut cmd = Command::new(std::env::current_exe()?);
-        cmd.args(["--serve-ponte", cfg.to_str().unwrap()]);
-        if let Some((k, v)) = env {
-            cmd.env(k, v);
-        }
-        let child = cmd.stdout(Stdio::null()).stderr(Stdio::inherit()).spawn()?;
-        Ok((Guard(child), SocketAddr::from(([127, 0, 0, 1], port))))
-    };
-    let ponte = start_ponte("ponte", None)?;
+    let ponte_extra = format!(
+        "relay_port_min = {PONTE_PORTS_MIN}\nrelay_port_max = {}\nallow_peers = [\"127.0.0.1/32\"]\n\
+         max_allocations_per_user = 100\nmax_allocations = {}\nunauthenticated_rate_per_ip = 1000000\n\
+         udp_workers = {}\nmax_allocations_per_ip = {}\nrelay_port_share_per_ip_percent = 100\n\
+         max_bandwidth_per_allocation = 0\n",
+        PONTE_PORTS_MIN + RELAY_PORTS - 1,
+        o.allocations + 100,
+        o.udp_workers,
+        o.allocations + 100
+    );
+    let ponte = turn::spawn_ponte(dir.path(), &ponte_extra)?;
     // The same ponte with one environment variable set, for an A/B in the same minutes (`--ab NAME=VALUE`).
     let ponte_b = match &o.ab {
-        Some(kv) => Some(start_ponte("ponte-b", Some(kv))?),
+        Some(kv) => {
+            let b = dir.path().join("b");
+            std::fs::create_dir_all(&b)?;
+            Some(turn::spawn_ponte_with_env(&b, &ponte_extra, Some(kv))?)
+        }
         None => None,
     };
-    let coturn = {
-        let port = free_port();
-        let child = Command::new("turnserver")
-            .current_dir(dir.path())
-            .args([
-                "-n",
-                "--no-cli",
-                "--no-tls",
-                "--no-dtls",
-                "--no-rfc5780",
-                "--no-software-attribute",
-                "--log-file",
-                "stdout",
-                "--simple-log",
-                "--pidfile",
-                dir.path().join("turnserver.pid").to_str().unwrap(),
-                "--listening-ip",
-                "127.0.0.1",
-                "--listening-port",
-                &port.to_string(),
-                "--relay-ip",
-                "127.0.0.1",
-                "--min-port",
-                &COTURN_PORTS_MIN.to_string(),
-                "--max-port",
-                &(COTURN_PORTS_MIN + RELAY_PORTS - 1).to_string(),
-                "--use-auth-secret",
-                &format!("--static-auth-secret={SECRET}"),
-                &format!("--realm={REALM}"),
-                // coturn refuses loopback peers before looking at allowed-peer-ip; both are needed here.
-                "--allow-loopback-peers",
-                "--allowed-peer-ip=127.0.0.1",
-                "--user-quota=100",
-                &format!("--total-quota={}", o.allocations + 100),
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| {
-                anyhow::anyhow!("cannot start coturn's turnserver ({e}); install it with `apt-get install coturn`")
-            })?;
-        (Guard(child), SocketAddr::from(([127, 0, 0, 1], port)))
-    };
+    let coturn = turn::spawn_coturn(
+        dir.path(),
+        COTURN_PORTS_MIN..=COTURN_PORTS_MIN + RELAY_PORTS - 1,
+        &["--user-quota=100".into(), format!("--total-quota={}", o.allocations + 100)],
+    )?;
     let floor = {
-        let port = free_port();
+        let port = turn::free_port();
         let child = Command::new(std::env::current_exe()?)
             .args(["--serve-floor", &port.to_string()])
             .stdout(Stdio::null())
@@ -272,7 +223,7 @@ fn main() -> anyhow::Result<()> {
     for (name, addr) in
         [("ponte", ponte.1), ("coturn", coturn.1)].into_iter().chain(ponte_b.as_ref().map(|p| ("ponte (B)", p.1)))
     {
-        wait_ready(addr).map_err(|e| anyhow::anyhow!("{name} did not answer STUN on {addr}: {e}"))?;
+        turn::wait_ready(addr).map_err(|e| anyhow::anyhow!("{name} did not answer STUN on {addr}: {e}"))?;
     }
     // The servers start seeing every CPU (so their defaults, e.g. ponte's one UDP worker per CPU, are those of
     // this host) and are restricted afterwards, every thread: the same processes then serve pinned and unpinned.
@@ -480,44 +431,6 @@ fn lat(name: &str, p: &Stats, c: &Stats) {
     );
 }
 
-/// Runs ponte in this (child) process.
-fn serve_ponte(cfg: &str) -> anyhow::Result<()> {
-    let config = ponte::config::Config::load(std::path::Path::new(cfg))?;
-    // Warnings (a refused allocation and why) reach the terminal; the config sets the level to warn.
-    ponte::logging::init(&config.log);
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    rt.block_on(async {
-        let listeners = ponte::Listeners::bind(&config)?;
-        ponte::run(config, listeners, tokio_util::sync::CancellationToken::new()).await
-    })
-}
-
-struct Guard(Child);
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-fn wait_ready(addr: SocketAddr) -> anyhow::Result<()> {
-    let s = UdpSocket::bind("127.0.0.1:0")?;
-    s.set_read_timeout(Some(Duration::from_millis(100)))?;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut buf = [0u8; 1500];
-    while Instant::now() < deadline {
-        s.send_to(&binding_request(0, 0), addr)?;
-        if s.recv_from(&mut buf).is_ok() {
-            return Ok(());
-        }
-    }
-    anyhow::bail!("timeout")
-}
-
 /// The round with the median rate (its latencies come along), with the losses of all rounds.
 fn median(mut v: Vec<Stats>) -> Stats {
     let lost = v.iter().map(|s| s.lost).sum();
@@ -539,18 +452,6 @@ struct Stats {
     sleeps_per_k: f64,
 }
 
-/// CPU time used so far by process `pid` (all threads), from /proc.
-fn cpu_time(pid: u32) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the parenthesised command name; utime and stime are fields 14 and 15 (1-based).
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<u64> = rest.split_whitespace().map(|x| x.parse().unwrap_or(0)).collect();
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-    let ticks = f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0);
-    Duration::from_micros(ticks * 1_000_000 / hz)
-}
-
 fn stats(mut rtts: Vec<u32>, elapsed: Duration, sent: u64, cpu: Duration, ops_per_rtt: u32) -> Stats {
     rtts.sort_unstable();
     let ops = (rtts.len() as u32).max(1) * ops_per_rtt;
@@ -564,17 +465,6 @@ fn stats(mut rtts: Vec<u32>, elapsed: Duration, sent: u64, cpu: Duration, ops_pe
         lost: sent.saturating_sub(rtts.len() as u64),
         sleeps_per_k: 0.0,
     }
-}
-
-/// A Binding request whose transaction ID carries the send time (ns since `epoch`) and a sequence number,
-/// so RTTs need no bookkeeping.
-fn binding_request(ts: u64, seq: u32) -> [u8; 20] {
-    let mut b = [0u8; 20];
-    b[1] = 0x01;
-    b[4..8].copy_from_slice(&MAGIC_COOKIE.to_be_bytes());
-    b[8..16].copy_from_slice(&ts.to_be_bytes());
-    b[16..20].copy_from_slice(&seq.to_be_bytes());
-    b
 }
 
 /// Closed-loop load in both phases: each client thread keeps `window` requests in flight, a response releases
@@ -677,14 +567,6 @@ fn binding_phase(server: SocketAddr, pid: u32, o: &Opts, pace: Option<f64>) -> S
     stats(results.into_iter().flat_map(|r| r.0).collect(), elapsed, sent, cpu_time(pid) - cpu0, 1)
 }
 
-/// Wait up to `ms` for the socket to have something to read.
-fn wait_readable(s: &UdpSocket, ms: i32) -> bool {
-    use std::os::fd::AsRawFd;
-    let mut p = libc::pollfd { fd: s.as_raw_fd(), events: libc::POLLIN, revents: 0 };
-    // SAFETY: one valid pollfd for the duration of the call.
-    unsafe { libc::poll(&mut p, 1, ms) > 0 }
-}
-
 /// Send everything queued, waiting for room in the socket buffer when it is full.
 fn send_all(s: &UdpSocket, tx: &mut mmsg::SendBatch) {
     use std::os::fd::AsRawFd;
@@ -692,58 +574,6 @@ fn send_all(s: &UdpSocket, tx: &mut mmsg::SendBatch) {
         let mut p = libc::pollfd { fd: s.as_raw_fd(), events: libc::POLLOUT, revents: 0 };
         // SAFETY: as above.
         unsafe { libc::poll(&mut p, 1, 100) };
-    }
-}
-
-/// Blocking request/response with the long-term-credential dance (401 → realm/nonce → signed request).
-struct TurnClient {
-    s: UdpSocket,
-    server: SocketAddr,
-    user: String,
-    pass: String,
-    nonce: Vec<u8>,
-}
-
-impl TurnClient {
-    fn new(server: SocketAddr, id: usize) -> anyhow::Result<TurnClient> {
-        let s = UdpSocket::bind("127.0.0.1:0")?;
-        s.set_read_timeout(Some(Duration::from_secs(2)))?;
-        let cred = ponte::credentials::mint(
-            &ponte::config::Secret::new(SECRET),
-            &format!("bench{id}"),
-            ponte::credentials::unix_now(),
-            3600,
-        );
-        Ok(TurnClient { s, server, user: cred.username, pass: cred.password, nonce: Vec::new() })
-    }
-
-    fn request(&mut self, method: u16, attrs: &dyn Fn(&mut Message)) -> anyhow::Result<Message> {
-        for _ in 0..3 {
-            let mut m = codec::message(method, 0, rand::random());
-            attrs(&mut m);
-            if !self.nonce.is_empty() {
-                m.add(AttrType(ATTR_USERNAME), self.user.as_bytes());
-                m.add(AttrType(ATTR_REALM), REALM.as_bytes());
-                m.add(AttrType(ATTR_NONCE), &self.nonce);
-                stun::integrity::MessageIntegrity::new_long_term_integrity(
-                    self.user.clone(),
-                    REALM.into(),
-                    self.pass.clone(),
-                )
-                .add_to(&mut m)?;
-            }
-            self.s.send_to(&m.raw, self.server)?;
-            let mut buf = [0u8; 1500];
-            let (n, _) = self.s.recv_from(&mut buf)?;
-            let r = codec::decode(&buf[..n]).ok_or_else(|| anyhow::anyhow!("bad answer"))?;
-            let code = r.get(AttrType(ATTR_ERROR_CODE)).ok().map(|v| v[2] as u16 * 100 + v[3] as u16);
-            match code {
-                None => return Ok(r),
-                Some(401) | Some(438) => self.nonce = r.get(AttrType(ATTR_NONCE))?,
-                Some(c) => anyhow::bail!("error {c} for method {method:#x}"),
-            }
-        }
-        anyhow::bail!("authentication failed")
     }
 }
 
@@ -1007,23 +837,6 @@ fn alloc_phase(server: SocketAddr, pid: u32, o: &Opts) -> anyhow::Result<AllocSt
     Ok(AllocStats { count, before_kib, after_kib, rate: count as f64 / elapsed.as_secs_f64() })
 }
 
-/// Restrict every thread of process `pid` to `cpus` (threads it starts later inherit it from their creator).
-fn set_pid_cpus(pid: u32, cpus: std::ops::Range<usize>) -> std::io::Result<()> {
-    for t in std::fs::read_dir(format!("/proc/{pid}/task"))? {
-        let Some(tid) = t?.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
-        // SAFETY: as in set_cpus, for another thread id.
-        unsafe {
-            let mut set: libc::cpu_set_t = std::mem::zeroed();
-            for c in cpus.clone() {
-                libc::CPU_SET(c, &mut set);
-            }
-            // A thread may have ended since the listing: not an error.
-            libc::sched_setaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), &set);
-        }
-    }
-    Ok(())
-}
-
 /// Tell the floor forwarder which peer this client's datagrams go to ("PEER" + port), waiting for its "OK".
 fn floor_setup(s: &UdpSocket, floor: SocketAddr, peer: SocketAddr) -> anyhow::Result<()> {
     let mut msg = b"PEER".to_vec();
@@ -1148,19 +961,4 @@ fn forward<'a>(s: &UdpSocket, n: usize, item: impl Fn(usize) -> (SocketAddr, &'a
             Err(_) => sent += 1,
         }
     }
-}
-
-/// Restrict the calling thread (and the threads it starts afterwards) to `cpus`.
-fn set_cpus(cpus: std::ops::Range<usize>) -> std::io::Result<()> {
-    // SAFETY: a zeroed cpu_set_t is the empty set; CPU_SET stays within it for CPU numbers below CPU_SETSIZE.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        for c in cpus {
-            libc::CPU_SET(c, &mut set);
-        }
-        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-    }
-    Ok(())
 }

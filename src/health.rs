@@ -38,22 +38,34 @@ pub enum Component {
     Http,
     Signaling,
     Turn,
+    /// The Redis link of a cluster node (`[cluster]`); disabled (and not shown) on a single node.
+    Cluster,
 }
 
 impl Component {
-    pub const ALL: [Component; 3] = [Component::Http, Component::Signaling, Component::Turn];
+    pub const ALL: [Component; 4] = [Component::Http, Component::Signaling, Component::Turn, Component::Cluster];
     pub fn name(self) -> &'static str {
         match self {
             Component::Http => "http",
             Component::Signaling => "signaling",
             Component::Turn => "turn",
+            Component::Cluster => "cluster",
         }
     }
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Health {
-    states: [AtomicU8; 3],
+    states: [AtomicU8; 4],
+}
+
+impl Default for Health {
+    /// Every component starting, except the cluster link: a single node has none until `[cluster]` says so.
+    fn default() -> Health {
+        let h = Health { states: Default::default() };
+        h.set(Component::Cluster, Status::Disabled);
+        h
+    }
 }
 
 impl Health {
@@ -70,6 +82,10 @@ impl Health {
     pub fn to_json(&self) -> serde_json::Value {
         let mut components = serde_json::Map::new();
         for c in Component::ALL {
+            if c == Component::Cluster && self.get(c) == Status::Disabled {
+                // A single node reports exactly what it always did.
+                continue;
+            }
             components.insert(c.name().into(), self.get(c).as_str().into());
         }
         serde_json::json!({

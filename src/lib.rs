@@ -4,6 +4,7 @@ pub mod acme;
 pub mod addr;
 pub mod challenges;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod credentials;
 pub mod doctor;

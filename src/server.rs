@@ -132,15 +132,25 @@ impl Daemon {
             secrets: self.turn_secrets.clone(),
             health: self.health.clone(),
             metrics: self.metrics.clone(),
+            cluster_peers: None,
             tls_streams,
         }
     }
 
     /// What signaling needs: the live config, the token key, ponte's own STUN/TURN servers for ICE lists, and
     /// the identity store (opened here, so call this once per run).
-    pub fn signaling_deps(&self) -> anyhow::Result<crate::signaling::Deps> {
+    pub fn signaling_deps(
+        &self,
+        cluster: Option<crate::signaling::ClusterDeps>,
+    ) -> anyhow::Result<crate::signaling::Deps> {
         let ports = |v: &[SocketAddr]| v.iter().map(|a| a.port()).collect();
         let state_dir = crate::signaling::keys::state_dir(&self.config);
+        // Clustered, the identity table is shared through Redis (loaded by the cluster task), not kept in a file
+        // of one node.
+        let identities = match &cluster {
+            Some(_) => crate::signaling::store::Opened::in_memory(),
+            None => crate::signaling::store::open(state_dir.as_deref())?,
+        };
         Ok(crate::signaling::Deps {
             live: self.live.clone(),
             key: self.signaling_key.clone(),
@@ -159,7 +169,8 @@ impl Daemon {
                 ),
                 secret: self.turn_secret.clone(),
             },
-            identities: crate::signaling::store::open(state_dir.as_deref())?,
+            identities,
+            cluster,
         })
     }
 
@@ -202,7 +213,26 @@ pub async fn run_with(daemon: Arc<Daemon>, listeners: Listeners, shutdown: Cance
     let Listeners { http, metrics, tls, turns, turn_udp, turn_tcp, stun_alt } = listeners;
     let mut tasks: JoinSet<TaskResult> = JoinSet::new();
 
-    let hub = crate::signaling::Hub::new(daemon.signaling_deps()?);
+    // `[cluster]`: the Redis link to the other nodes. Not configured: nothing of it exists.
+    let mut cluster_deps = None;
+    let mut cluster_peers = None;
+    if daemon.config.cluster.enabled() {
+        let c = &daemon.config.cluster;
+        let mut addresses = c.public_addresses.clone();
+        if addresses.is_empty() {
+            addresses.extend(daemon.config.turn.external_ip.or(daemon.config.turn.relay_ip));
+        }
+        let cluster = crate::cluster::Cluster::new(c, addresses, daemon.health.clone(), &daemon.metrics)?;
+        cluster_peers = Some(cluster.peers);
+        cluster_deps = Some(crate::signaling::ClusterDeps {
+            link: cluster.link,
+            inbound: cluster.inbound,
+            ttl: Duration::from_secs(c.presence_ttl_secs),
+        });
+        let (runner, shutdown) = (cluster.runner, shutdown.clone());
+        tasks.spawn(async move { ("cluster", runner.run(shutdown).await) });
+    }
+    let hub = crate::signaling::Hub::new(daemon.signaling_deps(cluster_deps)?);
     {
         let (hub, shutdown) = (hub.clone(), shutdown.clone());
         tasks.spawn(async move { ("signaling", hub.run(shutdown).await) });
@@ -260,7 +290,8 @@ pub async fn run_with(daemon: Arc<Daemon>, listeners: Listeners, shutdown: Cance
     if daemon.config.turn.enabled {
         // The doctor's router check (NAT loopback, external_ip), run once at start for the log.
         tokio::spawn(crate::doctor::router::log_at_startup(daemon.config.clone()));
-        let (deps, shutdown) = (daemon.turn_deps(Some(turns_rx)), shutdown.clone());
+        let (mut deps, shutdown) = (daemon.turn_deps(Some(turns_rx)), shutdown.clone());
+        deps.cluster_peers = cluster_peers;
         let sockets = crate::turn::Sockets { udp: turn_udp, tcp: turn_tcp, stun_alt };
         tasks.spawn(async move { ("turn", crate::turn::serve(deps, sockets, shutdown).await) });
     } else {

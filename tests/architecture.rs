@@ -113,12 +113,25 @@ fn only_the_cli_reaches_the_daemon_lifecycle() {
 #[test]
 fn the_bottom_layer_imports_no_subsystem() {
     let g = graph();
-    let subsystems = ["server", "http", "signaling", "turn", "tls", "acme", "doctor", "cli"];
+    let subsystems = ["server", "http", "signaling", "turn", "tls", "acme", "doctor", "cli", "cluster"];
     for bottom in ["config", "metrics", "health", "live", "listeners", "addr", "pem", "challenges", "credentials"] {
         let deps = g.get(bottom).unwrap_or_else(|| panic!("no module {bottom}"));
         let up: Vec<&String> = deps.iter().filter(|d| subsystems.contains(&d.as_str())).collect();
         assert!(up.is_empty(), "{bottom} imports {up:?}");
     }
+}
+
+/// The cluster link (Redis transport) sits under signaling and knows nothing of it: it routes opaque envelopes
+/// by ID (docs/architecture.md, "Several nodes").
+#[test]
+fn the_cluster_link_knows_no_signaling() {
+    let g = graph();
+    let deps = g.get("cluster").expect("no module cluster");
+    let allowed = ["config", "metrics", "health"];
+    let extra: Vec<&String> = deps.iter().filter(|d| !allowed.contains(&d.as_str())).collect();
+    assert!(extra.is_empty(), "cluster imports {extra:?} (layer: signaling -> cluster -> config, metrics, health)");
+    let users: Vec<&String> = g.iter().filter(|(_, d)| d.contains("cluster")).map(|(m, _)| m).collect();
+    assert_eq!(users, ["server", "signaling"], "modules that import crate::cluster");
 }
 
 #[test]

@@ -34,6 +34,8 @@ bench_smoke() {
 cargo build --locked --bin ponte --example bench-signaling --example bench-turn
 bench_smoke "ponte vs peerjs-server" target/debug/examples/bench-signaling --vs-peerjs --clients 40 --pairs 4 --seconds 1
 bench_smoke "memory per allocation" target/debug/examples/bench-turn --secs 1 --rounds 1 --allocations 100
+cargo build --locked --example bench-call
+bench_smoke "max concurrent calls without loss" target/debug/examples/bench-call --secs 1 --max-calls 2
 
 if [ -f tests/browser/package.json ]; then
   cargo build --locked --bin ponte

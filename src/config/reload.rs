@@ -106,6 +106,12 @@ table! {
     // Applied by the daemon through the log filter handle (unless RUST_LOG pins it).
     Live "log.level" => log.level;
     Restart "log.format" => log.format;
+
+    Restart "cluster.redis_url" => cluster.redis_url;
+    Restart "cluster.node_name" => cluster.node_name;
+    Restart "cluster.public_addresses" => cluster.public_addresses;
+    Restart "cluster.key_prefix" => cluster.key_prefix;
+    Restart "cluster.presence_ttl_secs" => cluster.presence_ttl_secs;
 }
 
 /// The outcome of comparing a running config with a new one.

@@ -61,6 +61,7 @@ pub struct Config {
     pub metrics: MetricsConfig,
     pub tls: TlsConfig,
     pub log: LogConfig,
+    pub cluster: ClusterConfig,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -150,7 +151,10 @@ pub struct TurnConfig {
     pub max_permissions_per_allocation: usize,
     /// Most channels one allocation may bind.
     pub max_channels_per_allocation: usize,
-    /// Relay bandwidth cap per allocation in bytes/s, each direction; 0 = unlimited.
+    /// Relay bandwidth cap per allocation in bytes/s, each direction; 0 = unlimited. The default, 1,250,000
+    /// (10 Mbit/s), is four times what a 720p video call sends (about 2.6 Mbit/s each way with audio) and twice a
+    /// camera plus a screen share, with a one-second burst (a keyframe is tens of kB), while one allocation cannot
+    /// take a home uplink (a file transfer over the relay shares the same allocation). See docs/turn.md.
     pub max_bandwidth_per_allocation: u64,
     /// Most unsigned answers per second to one source IP (an IPv6 /64 counts as one source): Binding
     /// responses, 401/438 challenges and errors to requests without valid credentials. Their source address
@@ -205,7 +209,7 @@ impl Default for TurnConfig {
             max_allocations_per_user: 10,
             max_permissions_per_allocation: 64,
             max_channels_per_allocation: 64,
-            max_bandwidth_per_allocation: 0,
+            max_bandwidth_per_allocation: 1_250_000,
             unauthenticated_rate_per_ip: 100,
             software: None,
             self_test: true,
@@ -474,4 +478,41 @@ pub fn parse_origin(url: &str) -> Option<String> {
     let default_port = if scheme == "http" { ":80" } else { ":443" };
     let authority = authority.strip_suffix(default_port).unwrap_or(authority);
     Some(format!("{scheme}://{authority}"))
+}
+
+/// `[cluster]`: several nodes share signaling through Redis (docs/architecture.md, "Several nodes"). Off unless
+/// `redis_url` is set: then no Redis connection, no cluster task, nothing changes for a single node.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// `redis://[:password@]host[:port][/db]` of the Redis every node shares. A secret: it may carry a password.
+    pub redis_url: Option<Secret>,
+    /// This node's name, unique in the cluster: it names the node's Redis channel and its presence records.
+    pub node_name: Option<String>,
+    /// This node's public (relay/external) addresses, announced to the other nodes so their TURN peer policy lets
+    /// relayed traffic between allocations on different nodes through. Empty: `turn.external_ip`/`relay_ip`.
+    pub public_addresses: Vec<IpAddr>,
+    /// Prefix of every Redis key and channel (several clusters can share one Redis).
+    pub key_prefix: String,
+    /// How long a node's presence records outlive it (a killed node's IDs are freed and its browsers' partners
+    /// see them away after this); refreshed every third of it.
+    pub presence_ttl_secs: u64,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            redis_url: None,
+            node_name: None,
+            public_addresses: Vec::new(),
+            key_prefix: "ponte".into(),
+            presence_ttl_secs: 15,
+        }
+    }
+}
+
+impl ClusterConfig {
+    pub fn enabled(&self) -> bool {
+        self.redis_url.is_some()
+    }
 }

@@ -29,6 +29,7 @@ impl Config {
         tls(&self.tls, &self.http, &mut p);
         metrics(&self.metrics, &self.http, &mut p);
         log(&self.log, &mut p);
+        cluster(&self.cluster, &mut p);
         p.0
     }
 }
@@ -370,6 +371,54 @@ fn log(l: &LogConfig, p: &mut Problems) {
     }
 }
 
+fn cluster(c: &ClusterConfig, p: &mut Problems) {
+    let name_ok = |n: &str| {
+        (1..=32).contains(&n.len())
+            && n.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !n.starts_with('-')
+    };
+    if let Some(url) = &c.redis_url {
+        // The URL may hold a password: only its scheme is ever quoted back.
+        let u = url.expose();
+        if !(u.starts_with("redis://") || u.starts_with("redis+unix://") || u.starts_with("unix://")) {
+            p.bad(
+                "cluster.redis_url",
+                "must start with redis:// (e.g. \"redis://127.0.0.1:6379/0\", or \"redis://:password@host:6379/0\"); \
+                 rediss:// (TLS) is not supported: reach Redis over a private network or a tunnel",
+            );
+        } else if redis::Client::open(u).is_err() {
+            p.bad("cluster.redis_url", "is not a valid Redis URL; write it like \"redis://127.0.0.1:6379/0\"");
+        }
+        match c.node_name.as_deref() {
+            None => p.bad(
+                "cluster.node_name",
+                "must be set when cluster.redis_url is: a name unique in the cluster, e.g. \"node-a\"",
+            ),
+            Some(n) if !name_ok(n) => p.bad(
+                "cluster.node_name",
+                format!("{n:?}: use 1 to 32 characters of a-z, 0-9 and -, not starting with -, e.g. \"node-a\""),
+            ),
+            Some(_) => {}
+        }
+    } else if c.node_name.is_some() || !c.public_addresses.is_empty() {
+        p.bad(
+            "cluster.redis_url",
+            "must be set for the other [cluster] keys to mean anything (remove them for a single node)",
+        );
+    }
+    if c.key_prefix.is_empty() || c.key_prefix.len() > 32 || !c.key_prefix.bytes().all(|b| b.is_ascii_graphic()) {
+        p.bad("cluster.key_prefix", "use 1 to 32 printable characters without spaces (default \"ponte\")");
+    }
+    if !(3..=300).contains(&c.presence_ttl_secs) {
+        p.bad("cluster.presence_ttl_secs", "must be between 3 and 300 seconds (default 15)");
+    }
+    for (i, a) in c.public_addresses.iter().enumerate() {
+        if a.is_unspecified() || a.is_multicast() {
+            p.bad(format!("cluster.public_addresses[{i}]"), format!("{a} is not a unicast address of this node"));
+        }
+    }
+}
+
 /// Why `name` cannot be a certificate name for ACME http-01/tls-alpn-01, if it cannot.
 pub fn domain_problem(name: &str) -> Option<String> {
     if name.starts_with("*.") {
@@ -404,6 +453,34 @@ mod tests {
         let mut p = Problems::default();
         turn(&t, &mut p);
         p.0.into_iter().map(|p| format!("{}: {}", p.key, p.message)).collect()
+    }
+
+    #[test]
+    fn cluster_keys_are_checked_and_the_url_never_quoted() {
+        let check = |c: ClusterConfig| {
+            let mut p = Problems::default();
+            cluster(&c, &mut p);
+            p.0.into_iter().map(|p| format!("{}: {}", p.key, p.message)).collect::<Vec<_>>()
+        };
+        assert!(check(ClusterConfig::default()).is_empty(), "no [cluster]: nothing to say");
+        let ok = ClusterConfig {
+            redis_url: Some(Secret::new("redis://:hunter2@10.0.0.5:6379/0")),
+            node_name: Some("node-a".into()),
+            ..ClusterConfig::default()
+        };
+        assert!(check(ok.clone()).is_empty(), "{:?}", check(ok.clone()));
+        let bad = check(ClusterConfig { node_name: None, ..ok.clone() });
+        assert!(bad[0].starts_with("cluster.node_name: must be set"), "{bad:?}");
+        let bad = check(ClusterConfig { node_name: Some("Node A".into()), ..ok.clone() });
+        assert!(bad[0].starts_with("cluster.node_name: \"Node A\""), "{bad:?}");
+        let bad = check(ClusterConfig { redis_url: Some(Secret::new("rediss://:hunter2@h/0")), ..ok.clone() });
+        assert!(bad[0].starts_with("cluster.redis_url: must start with redis://"), "{bad:?}");
+        assert!(bad.iter().all(|m| !m.contains("hunter2")), "the password was printed: {bad:?}");
+        let bad = check(ClusterConfig { presence_ttl_secs: 1, ..ok.clone() });
+        assert!(bad[0].starts_with("cluster.presence_ttl_secs"), "{bad:?}");
+        let bad = check(ClusterConfig { redis_url: None, ..ok });
+        assert!(bad[0].starts_with("cluster.redis_url: must be set"), "{bad:?}");
+        assert!(format!("{:?}", ClusterConfig::default().redis_url.or(Some(Secret::new("x")))).contains("***"));
     }
 
     #[test]

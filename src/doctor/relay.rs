@@ -204,6 +204,7 @@ async fn in_process(
         secrets: vec![secret.clone()],
         health: health.clone(),
         metrics: Arc::default(),
+        cluster_peers: None,
         tls_streams: None,
     };
     let Listeners { turn_udp, turn_tcp, .. } = listeners;

@@ -23,7 +23,11 @@ use super::protocol::{
 };
 use super::stats::Stats;
 use super::store::Writer;
+use crate::cluster::Link;
 use crate::limits::TokenBucket;
+
+#[path = "remote.rs"]
+mod remote;
 
 /// Close code the hub asks a connection to use when it is replaced by a resumed session.
 pub const CLOSE_RESUMED: u16 = 4001;
@@ -135,8 +139,17 @@ struct Session {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Timer {
-    Request { from: Id, to: Id },
-    Grace { id: Id },
+    Request {
+        from: Id,
+        to: Id,
+    },
+    Grace {
+        id: Id,
+    },
+    /// A partner on another node went away (cluster only; see `remote.rs`).
+    RemoteGrace {
+        id: Id,
+    },
 }
 
 /// Settings the state machine needs, copied out of the (live) config; replaced on reload.
@@ -259,6 +272,15 @@ pub struct State {
     /// New identities registered per source, per hour. Separate from `sources`, whose entries go after a minute
     /// of quiet: this budget must outlast that.
     registrations: HashMap<IpAddr, TokenBucket>,
+    /// The cluster link (`[cluster]`); `None` on a single node, where nothing below is used.
+    cluster: Option<Link>,
+    /// How long presence outlives a stopped node (the cluster's TTL), added to remote grace periods.
+    cluster_ttl: Duration,
+    /// Requests from IDs on other nodes to sessions here, with their deadline (the requester's node keeps the
+    /// other half and its own timer).
+    remote_incoming: HashMap<(Id, Id), Instant>,
+    /// Partners on other nodes that went away, with the end of their grace period here.
+    remote_gone: HashMap<Id, Instant>,
 }
 
 fn remove_id(v: &mut Vec<Id>, id: Id) -> bool {
@@ -304,7 +326,18 @@ impl State {
             ids: Identities::default(),
             writer: None,
             registrations: HashMap::new(),
+            cluster: None,
+            cluster_ttl: Duration::ZERO,
+            remote_incoming: HashMap::new(),
+            remote_gone: HashMap::new(),
         }
+    }
+
+    /// Route messages for IDs held by other nodes through `link` (`[cluster]`); `ttl` is the presence TTL.
+    pub fn with_cluster(mut self, link: Link, ttl: Duration) -> State {
+        self.cluster = Some(link);
+        self.cluster_ttl = ttl;
+        self
     }
 
     /// Use `ids` (loaded from the store) and write its changes through `writer`.
@@ -321,9 +354,18 @@ impl State {
     }
 
     /// Hand the identity table's changes to the disk writer (dropped when there is none).
+    /// [`State::flush`], for callers outside the dispatch (the cluster's inbound queue).
+    pub fn flush_now(&mut self) {
+        self.flush();
+    }
+
     fn flush(&mut self) {
         let ops = self.ids.take_ops();
-        if let (Some(w), false) = (&self.writer, ops.is_empty()) {
+        if ops.is_empty() {
+            return;
+        }
+        self.cluster_identities(&ops);
+        if let Some(w) = &self.writer {
             w.send(ops);
         }
     }
@@ -596,7 +638,11 @@ impl State {
                 self.send(id, ServerMsg::PeerAway { peer: *p }.to_text());
             }
             if was_away {
-                self.send(*p, ServerMsg::PeerBack { peer: id }.to_text());
+                if self.is_remote(*p) {
+                    self.notify(remote::Remote::Back { from: id, to: *p });
+                } else {
+                    self.send(*p, ServerMsg::PeerBack { peer: id }.to_text());
+                }
             }
         }
         for (p, initiator) in paired_while_away.into_iter().filter(|(p, _)| peers.contains(p)) {
@@ -739,6 +785,9 @@ impl State {
         for c in self.ids.mutuals(id) {
             if self.sessions.contains_key(&c) {
                 self.send(c, ServerMsg::Presence { peer: id, online }.to_text());
+            } else if self.cluster.is_some() {
+                // Dropped quietly if the contact is online nowhere.
+                self.notify(remote::Remote::Presence { from: id, to: c, online });
             }
         }
     }
@@ -778,6 +827,7 @@ impl State {
         );
         let (ice_servers, ice_expires) = ice(id);
         self.send(id, self.welcome(id, token, how, &ice_servers, ice_expires, Vec::new()));
+        self.cluster_started(id, how == Start::Fresh);
         HelloOutcome::Welcomed(id)
     }
 
@@ -884,7 +934,11 @@ impl State {
         }
         if notify {
             for p in peers {
-                self.send(p, ServerMsg::PeerAway { peer: id }.to_text());
+                if self.is_remote(p) {
+                    self.notify(remote::Remote::Away { from: id, to: p });
+                } else {
+                    self.send(p, ServerMsg::PeerAway { peer: id }.to_text());
+                }
             }
         }
     }
@@ -905,6 +959,12 @@ impl State {
             self.announce(id, false);
         }
         self.source_left(s.source);
+        if self.cluster.is_some() {
+            let requests: Vec<Id> =
+                s.outgoing.iter().map(|(p, _)| *p).chain(s.incoming.iter().map(|(p, _)| *p)).collect();
+            self.cluster_ended(id, &s.peers, &requests);
+            self.remote_incoming.retain(|(_, to), _| *to != id);
+        }
         for p in s.peers {
             if let Some(ps) = self.sessions.get_mut(&p) {
                 remove_id(&mut ps.peers, id);
@@ -934,6 +994,20 @@ impl State {
             }
             let Some(Reverse((at, timer))) = self.timers.pop() else { break };
             match timer {
+                Timer::Request { from, to } if self.is_remote(from) => {
+                    // A request from another node: its half here expires by itself (the requester's node
+                    // tells its client).
+                    if self.remote_incoming.get(&(from, to)).is_some_and(|d| *d <= now) {
+                        self.remote_incoming.remove(&(from, to));
+                        if self.sessions.get_mut(&to).is_some_and(|s| remove_incoming(&mut s.incoming, from)) {
+                            self.send(
+                                to,
+                                ServerMsg::IncomingCancelled { peer: from, reason: CancelReason::Timeout }.to_text(),
+                            );
+                        }
+                    }
+                }
+                Timer::RemoteGrace { id } => self.remote_grace_over(id, at),
                 Timer::Request { from, to } => {
                     let due = self
                         .sessions
@@ -1015,6 +1089,9 @@ impl State {
         if to == me {
             return self.err(me, ErrorCode::SelfConnect, "that is your own ID", R, Some(to));
         }
+        if self.is_remote(to) {
+            return self.connect_remote(me, to, source, now);
+        }
         // Blocked: the same answer as offline, so the blocked side cannot tell.
         if !self.sessions.contains_key(&to) || self.ids.blocks(to, me) {
             return self.err(me, ErrorCode::UnknownPeer, "no client with that ID is online", R, Some(to));
@@ -1059,6 +1136,61 @@ impl State {
         self.send(me, ServerMsg::RequestSent { peer: to }.to_text());
     }
 
+    /// `connect` to an ID that is not here: this node keeps the requester's half (limits per source, the
+    /// timer), the target's node makes the checks that protect the target and answers (`remote.rs`).
+    fn connect_remote(&mut self, me: Id, to: Id, source: IpAddr, now: Instant) {
+        const R: &str = "connect";
+        if !self.cluster_ready(me, R, to) {
+            return;
+        }
+        let Some(s) = self.sessions.get(&me) else { return };
+        if s.peers.contains(&to) {
+            return self.err(me, ErrorCode::AlreadyPaired, "you are already paired with that client", R, Some(to));
+        }
+        if s.outgoing.iter().any(|(p, _)| *p == to) || s.incoming.iter().any(|(p, _)| *p == to) {
+            return self.err(
+                me,
+                ErrorCode::DuplicateRequest,
+                "a request between you two is already pending",
+                R,
+                Some(to),
+            );
+        }
+        let per_target = self.settings.requests_per_target_per_min;
+        let src = self.sources.get_mut(&source).expect("made by connect");
+        src.recent.retain(|(_, at)| now.saturating_duration_since(*at) < MINUTE);
+        if src.recent.iter().filter(|(t, _)| *t == to).count() >= per_target {
+            return self.err(
+                me,
+                ErrorCode::TooManyRequests,
+                "too many requests to that client from your address; wait a minute",
+                R,
+                Some(to),
+            );
+        }
+        let msg = remote::Remote::Connect { from: me, to, key: self.key_str(me), source };
+        // Offline (no node holds it) comes back as `unknown_peer`, as on one node.
+        let bounce = remote::Remote::Refused { from: to, to: me, code: ErrorCode::UnknownPeer, r: R.into() };
+        if self.forward(&msg, Some(bounce)).is_err() {
+            return self.err(
+                me,
+                ErrorCode::ClusterUnavailable,
+                "the cluster is busy or unreachable; try again",
+                R,
+                Some(to),
+            );
+        }
+        if let Some(src) = self.sources.get_mut(&source) {
+            src.recent.push((to, now));
+        }
+        let deadline = now + self.settings.request_timeout;
+        if let Some(s) = self.sessions.get_mut(&me) {
+            s.outgoing.push((to, deadline));
+        }
+        self.timers.push(Reverse((deadline, Timer::Request { from: me, to })));
+        // `request_sent` follows when the target's node accepted the request (`ConnectOk`).
+    }
+
     pub fn cancel(&mut self, me: Id, to_raw: &str) {
         let to = Id::parse(to_raw);
         let removed = match (to, self.sessions.get_mut(&me)) {
@@ -1070,6 +1202,9 @@ impl State {
         };
         if let Some(ts) = self.sessions.get_mut(&to) {
             remove_incoming(&mut ts.incoming, me);
+        }
+        if self.is_remote(to) {
+            self.notify(remote::Remote::Cancel { from: me, to });
         }
         self.send(to, ServerMsg::IncomingCancelled { peer: me, reason: CancelReason::Cancelled }.to_text());
         self.send(me, ServerMsg::RequestCancelled { peer: to }.to_text());
@@ -1093,7 +1228,25 @@ impl State {
     }
 
     pub fn accept(&mut self, me: Id, from_raw: &str) {
+        if let Some(from) = Id::parse(from_raw).filter(|f| self.is_remote(*f)) {
+            if !self.cluster_ready(me, "accept", from) {
+                return;
+            }
+        }
         let Some(from) = self.take_incoming(me, from_raw, "accept") else { return };
+        if self.is_remote(from) {
+            self.remote_incoming.remove(&(from, me));
+            // The requester's node pairs its half when this arrives (or answers `bye` if its request is gone).
+            if self.forward(&remote::Remote::Accept { from: me, to: from }, None).is_err() {
+                return self.err(
+                    me,
+                    ErrorCode::ClusterUnavailable,
+                    "the cluster is busy or unreachable; ask again",
+                    "accept",
+                    Some(from),
+                );
+            }
+        }
         self.pair(from, me);
     }
 
@@ -1147,6 +1300,23 @@ impl State {
         if s.peers.contains(&to) {
             return self.err(me, ErrorCode::AlreadyPaired, "you are already paired with that client", R, Some(to));
         }
+        if self.is_remote(to) {
+            if !self.cluster_ready(me, R, to) {
+                return;
+            }
+            let Some(s) = self.sessions.get_mut(&me) else { return };
+            if !s.rejoin_claims.contains(&to) {
+                if s.rejoin_claims.len() >= MAX_REJOIN_CLAIMS {
+                    return self.err(me, ErrorCode::TooManyRequests, "too many pending rejoins", R, Some(to));
+                }
+                s.rejoin_claims.push(to);
+            }
+            self.send(me, ServerMsg::RejoinWaiting { peer: to }.to_text());
+            // The partner's node pairs its half if its client presented the ticket too (or never left the
+            // pairing) and answers `RejoinDone`; otherwise its own `rejoin` will ask this node.
+            self.notify(remote::Remote::Rejoin { from: me, to, ticket: ticket.to_string() });
+            return;
+        }
         let both = self.sessions.get(&to).is_some_and(|ps| ps.rejoin_claims.contains(&me));
         if !both {
             let Some(s) = self.sessions.get_mut(&me) else { return };
@@ -1172,6 +1342,10 @@ impl State {
 
     pub fn decline(&mut self, me: Id, from_raw: &str) {
         let Some(from) = self.take_incoming(me, from_raw, "decline") else { return };
+        if self.is_remote(from) {
+            self.remote_incoming.remove(&(from, me));
+            self.notify(remote::Remote::Decline { from: me, to: from });
+        }
         self.send(from, ServerMsg::Declined { peer: me }.to_text());
     }
 
@@ -1188,6 +1362,15 @@ impl State {
 
     pub fn signal(&mut self, me: Id, to_raw: &str, data: &RawValue) {
         let Some(to) = self.paired_peer(me, to_raw, "signal") else { return };
+        if self.is_remote(to) {
+            let msg = remote::Remote::Signal { from: me, to, data: data.to_owned() };
+            // A partner whose node stopped is away, as one whose connection dropped.
+            let bounce = remote::Remote::Refused { from: to, to: me, code: ErrorCode::PeerAway, r: "signal".into() };
+            if self.forward(&msg, Some(bounce)).is_err() {
+                self.err(me, ErrorCode::ClusterUnavailable, remote::CLUSTER_UNAVAILABLE, "signal", Some(to));
+            }
+            return;
+        }
         match self.sessions.get(&to).and_then(|s| s.conn.as_ref()) {
             // The sender's ID is stamped here; whatever `from` the client wrote was never parsed.
             Some(h) => {
@@ -1211,6 +1394,9 @@ impl State {
                 remove_id(&mut s.peers, b);
                 remove_id(&mut s.led, b);
             }
+        }
+        if self.is_remote(to) {
+            self.notify(remote::Remote::Bye { from: me, to });
         }
         self.send(to, ServerMsg::PeerLeft { peer: me, reason: LeftReason::Bye }.to_text());
     }
@@ -1273,6 +1459,16 @@ impl State {
                 if online && !was {
                     self.send(peer, ServerMsg::Presence { peer: me, online: true }.to_text());
                 }
+                if mutual && !was && self.is_remote(peer) {
+                    // The peer may be online on another node: it hears of me, and I of it (`Online`).
+                    self.notify(remote::Remote::Presence { from: me, to: peer, online: true });
+                    if let Some(link) = &self.cluster {
+                        let _ = link.send(crate::cluster::Outbound::Online {
+                            for_id: me.as_str().into(),
+                            ids: vec![peer.as_str().into()],
+                        });
+                    }
+                }
             }
         }
     }
@@ -1284,6 +1480,8 @@ impl State {
         self.send(me, ServerMsg::ContactRemoved { peer }.to_text());
         if was && self.sessions.contains_key(&peer) {
             self.send(peer, ServerMsg::Presence { peer: me, online: false }.to_text());
+        } else if was && self.is_remote(peer) {
+            self.notify(remote::Remote::Presence { from: me, to: peer, online: false });
         }
     }
 
@@ -1297,6 +1495,8 @@ impl State {
                 self.send(me, ServerMsg::Blocked { peer }.to_text());
                 if was && self.sessions.contains_key(&peer) {
                     self.send(peer, ServerMsg::Presence { peer: me, online: false }.to_text());
+                } else if was && self.is_remote(peer) {
+                    self.notify(remote::Remote::Presence { from: me, to: peer, online: false });
                 }
             }
         }
@@ -1350,6 +1550,9 @@ impl State {
                 if p == id {
                     return Err(format!("{id} is paired with itself"));
                 }
+                if self.is_remote(p) {
+                    continue; // the other half is on another node
+                }
                 if !self.sessions.get(&p).is_some_and(|ps| ps.peers.contains(&id)) {
                     return Err(format!("pairing {id}-{p} is not symmetric (or {p} is gone)"));
                 }
@@ -1358,7 +1561,9 @@ impl State {
                 if to == id || s.peers.contains(&to) || incoming.contains(&to) {
                     return Err(format!("request {id}->{to} to itself, to a partner, or crossing another"));
                 }
-                if !self.sessions.get(&to).is_some_and(|ts| ts.incoming.iter().any(|(p, _)| *p == id)) {
+                if !self.is_remote(to)
+                    && !self.sessions.get(&to).is_some_and(|ts| ts.incoming.iter().any(|(p, _)| *p == id))
+                {
                     return Err(format!("request {id}->{to} missing from {to}'s incoming"));
                 }
                 if !timer_at(deadline, Timer::Request { from: id, to }) {
@@ -1374,7 +1579,9 @@ impl State {
                 }
             }
             for &(from, _) in &s.incoming {
-                if !self.sessions.get(&from).is_some_and(|fs| fs.outgoing.iter().any(|(p, _)| *p == id)) {
+                if !self.is_remote(from)
+                    && !self.sessions.get(&from).is_some_and(|fs| fs.outgoing.iter().any(|(p, _)| *p == id))
+                {
                     return Err(format!("incoming {from}->{id} missing from {from}'s outgoing"));
                 }
             }
@@ -1478,6 +1685,89 @@ mod tests {
             HelloOutcome::Welcomed(id) => id,
             HelloOutcome::Full => panic!("full"),
         }
+    }
+
+    /// Two nodes' hubs with the cluster task replaced by this shuttle: what one queues for an ID of the other
+    /// is applied there (`apply_cluster`), as the Redis pub/sub would.
+    fn shuttle(from: &mut mpsc::Receiver<crate::cluster::Outbound>, to: &mut State) -> usize {
+        let mut n = 0;
+        while let Ok(o) = from.try_recv() {
+            if let crate::cluster::Outbound::To { body, .. } = o {
+                to.apply_cluster(crate::cluster::Inbound::Envelope { body }, Instant::now());
+                n += 1;
+            }
+        }
+        n
+    }
+
+    #[test]
+    fn cross_node_pairing_keeps_consent_on_both_halves() {
+        let key = SigningKey::random();
+        let (la, mut qa) = crate::cluster::Link::detached("node-a", true);
+        let (lb, mut qb) = crate::cluster::Link::detached("node-b", true);
+        let ttl = Duration::from_secs(3);
+        let mut na = State::new(settings(), Arc::default(), key.clone()).with_cluster(la, ttl);
+        let mut nb = State::new(settings(), Arc::default(), key).with_cluster(lb, ttl);
+        let (mut a, mut b, mut x) = (conn(1), conn_from(2, SRC_B), conn(3));
+        let ia = join(&mut na, &a, None);
+        let ib = join(&mut nb, &b, None);
+        let ix = join(&mut na, &x, None);
+        let now = Instant::now();
+        a.drain();
+        b.drain();
+        x.drain();
+        na.connect(ia, ib.as_str(), now);
+        assert!(a.types().is_empty(), "request_sent waits for the target's node");
+        assert_eq!(shuttle(&mut qa, &mut nb), 1);
+        assert_eq!(b.types(), ["incoming"]);
+        shuttle(&mut qb, &mut na);
+        assert_eq!(a.types(), ["request_sent"]);
+        nb.accept(ib, ia.as_str());
+        assert_eq!(b.types(), ["paired"]);
+        shuttle(&mut qb, &mut na);
+        let paired = a.drain();
+        assert_eq!((paired[0]["type"].as_str(), paired[0]["initiator"].as_bool()), (Some("paired"), Some(true)));
+        let data = RawValue::from_string("{\"n\":1}".into()).unwrap();
+        na.signal(ia, ib.as_str(), &data);
+        shuttle(&mut qa, &mut nb);
+        assert_eq!(b.drain()[0]["data"]["n"], 1);
+        // X (node-a, not paired) cannot send; and an envelope claiming to be from X is not delivered by node-b,
+        // which knows no pairing of X and B: consent is checked on both nodes.
+        na.signal(ix, ib.as_str(), &data);
+        assert_eq!(x.drain()[0]["code"], "not_paired");
+        let forged = format!("{{\"signal\":{{\"from\":\"{ix}\",\"to\":\"{ib}\",\"data\":{{}}}}}}");
+        nb.apply_cluster(crate::cluster::Inbound::Envelope { body: forged }, Instant::now());
+        assert!(b.drain().is_empty(), "a signal without a pairing on this node was delivered");
+        shuttle(&mut qb, &mut na);
+        assert_eq!(x.drain()[0]["code"], "not_paired");
+        // bye on one node removes both halves.
+        nb.bye(ib, ia.as_str());
+        shuttle(&mut qb, &mut na);
+        assert_eq!(a.drain()[0]["type"], "peer_left");
+        assert!(na.peers_of(ia).is_empty() && nb.peers_of(ib).is_empty());
+        na.check_invariants().unwrap();
+        nb.check_invariants().unwrap();
+    }
+
+    #[test]
+    fn cross_node_operations_are_refused_while_redis_is_down() {
+        let (link, mut q) = crate::cluster::Link::detached("node-a", false);
+        let mut st =
+            State::new(settings(), Arc::default(), SigningKey::random()).with_cluster(link, Duration::from_secs(3));
+        let mut a = conn(1);
+        let (ia, ib) = (join(&mut st, &a, None), conn(2));
+        let ib2 = join(&mut st, &ib, None);
+        a.drain();
+        st.connect(ia, "abcd2345", Instant::now());
+        let e = a.drain();
+        assert_eq!(e[0]["code"], "cluster_unavailable", "{e:?}");
+        assert!(st.requests_of(ia).0.is_empty(), "nothing was half done");
+        while let Ok(o) = q.try_recv() {
+            assert!(!matches!(o, crate::cluster::Outbound::To { .. }), "queued while Redis is down: {o:?}");
+        }
+        // The same node still works.
+        st.connect(ia, ib2.as_str(), Instant::now());
+        assert_eq!(a.types(), ["request_sent"]);
     }
 
     /// Issue #7: a token older than `token_max_age` must not resume a live session (and close its owner with

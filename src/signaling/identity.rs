@@ -174,6 +174,48 @@ impl Identities {
         t
     }
 
+    /// A change made on another node of a cluster (or loaded from Redis): applied without being recorded for
+    /// writing. One key, one ID: a record whose key is bound to another ID here is ignored (the first binding wins).
+    pub fn apply_remote(&mut self, op: Op) {
+        match op {
+            Op::Put(id, r) => {
+                if self.by_key.get(&r.key).is_some_and(|other| *other != id) {
+                    tracing::warn!(%id, "cluster: a second ID for one identity key; ignoring it");
+                    return;
+                }
+                if let Some(old) = self.by_id.get(&id) {
+                    if old.key != r.key {
+                        self.by_key.remove(&old.key);
+                    }
+                }
+                self.reserved.remove(&id);
+                self.by_key.insert(r.key, id);
+                self.by_id.insert(id, r);
+            }
+            Op::Delete(id) => {
+                if let Some(r) = self.by_id.remove(&id) {
+                    self.by_key.remove(&r.key);
+                }
+            }
+            Op::Reserve(id, until) => {
+                if !self.by_id.contains_key(&id) {
+                    self.reserved.insert(id, until);
+                }
+            }
+            Op::Unreserve(id) => {
+                self.reserved.remove(&id);
+            }
+        }
+    }
+
+    /// Every binding and reservation as write operations (to fill a store that lost them: a cluster's Redis
+    /// restarted without persistence).
+    pub fn export(&self) -> Vec<Op> {
+        let mut ops: Vec<Op> = self.by_id.iter().map(|(id, r)| Op::Put(*id, r.clone())).collect();
+        ops.extend(self.reserved.iter().map(|(id, until)| Op::Reserve(*id, *until)));
+        ops
+    }
+
     /// Keep at most `n` reserved IDs (applied at the next `forget_unused`).
     pub fn set_max_reserved(&mut self, n: usize) {
         self.max_reserved = n;

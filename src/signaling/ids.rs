@@ -74,6 +74,14 @@ impl serde::Serialize for Id {
     }
 }
 
+/// For the envelopes nodes of a cluster exchange (`signaling/remote.rs`): a malformed ID is an error, never guessed.
+impl<'de> serde::Deserialize<'de> for Id {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        Id::parse(&s).filter(|id| id.as_str() == s).ok_or_else(|| serde::de::Error::custom("not a client ID"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -87,6 +87,16 @@ pub struct Deps {
     pub own_ice: OwnIceServers,
     /// The identity store, loaded (`store::open`); the hub owns it from here on and closes it at shutdown.
     pub identities: store::Opened,
+    /// `[cluster]`: the link to the other nodes and the queue of what they send here.
+    pub cluster: Option<ClusterDeps>,
+}
+
+/// The hub's part of the cluster link (`crate::cluster::Cluster`).
+pub struct ClusterDeps {
+    pub link: crate::cluster::Link,
+    pub inbound: tokio::sync::mpsc::Receiver<crate::cluster::Inbound>,
+    /// The presence TTL (`cluster.presence_ttl_secs`).
+    pub ttl: Duration,
 }
 
 pub struct Hub {
@@ -103,17 +113,24 @@ pub struct Hub {
     /// Refusals a client can provoke at will are logged at most once per [`REFUSAL_LOG_EVERY`].
     origin_log: LogLimiter,
     full_log: LogLimiter,
+    /// Envelopes from other cluster nodes, drained by `run` (taken there).
+    inbound: Mutex<Option<tokio::sync::mpsc::Receiver<crate::cluster::Inbound>>>,
 }
 
 impl Hub {
     pub fn new(deps: Deps) -> Arc<Hub> {
         let settings = hub::Settings::from_config(&deps.live.current());
         let stats = Arc::new(stats::Stats::default());
+        let mut state = hub::State::new(settings, stats.clone(), deps.key)
+            .with_identities(deps.identities.table, deps.identities.writer);
+        let mut inbound = None;
+        if let Some(c) = deps.cluster {
+            state = state.with_cluster(c.link, c.ttl);
+            inbound = Some(c.inbound);
+        }
         let hub = Arc::new(Hub {
-            state: Mutex::new(
-                hub::State::new(settings, stats.clone(), deps.key)
-                    .with_identities(deps.identities.table, deps.identities.writer),
-            ),
+            state: Mutex::new(state),
+            inbound: Mutex::new(inbound),
             conns: ConnCounter::new(),
             stop: CancellationToken::new(),
             tracker: TaskTracker::new(),
@@ -239,9 +256,24 @@ impl Hub {
         let mut watching = true;
         let mut forget = tokio::time::interval(FORGET_EVERY);
         forget.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut inbound = self.inbound.lock().take();
+        let mut batch = Vec::with_capacity(256);
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
+                // Cluster only: what other nodes sent here, applied in order under the lock, a batch at a time.
+                n = async { inbound.as_mut().expect("guarded").recv_many(&mut batch, 256).await }, if inbound.is_some() => {
+                    if n == 0 {
+                        inbound = None;
+                        continue;
+                    }
+                    let now = Instant::now();
+                    let mut st = self.state.lock();
+                    for m in batch.drain(..) {
+                        st.apply_cluster(m, now);
+                    }
+                    st.flush_now();
+                }
                 _ = tick.tick() => self.state.lock().expire(Instant::now()),
                 _ = forget.tick() => self.state.lock().forget_identities(crate::credentials::unix_now()),
                 changed = reloads.changed(), if watching => {

@@ -301,7 +301,7 @@ pub enum LeftReason {
 }
 
 /// Every error code of the contract.
-#[derive(Serialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Serialize, serde::Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
     BadJson,
@@ -330,10 +330,12 @@ pub enum ErrorCode {
     IdentityRequired,
     NotIdentity,
     TooManyContacts,
+    /// A cross-node operation could not be carried out: Redis is unreachable or the cluster queue is full.
+    ClusterUnavailable,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 26] = [
+    pub const ALL: [ErrorCode; 27] = [
         ErrorCode::BadJson,
         ErrorCode::BadMessage,
         ErrorCode::UnknownType,
@@ -360,6 +362,7 @@ impl ErrorCode {
         ErrorCode::IdentityRequired,
         ErrorCode::NotIdentity,
         ErrorCode::TooManyContacts,
+        ErrorCode::ClusterUnavailable,
     ];
 
     /// The wire name (`bad_json`), as serde writes it.
@@ -391,6 +394,7 @@ impl ErrorCode {
             ErrorCode::IdentityRequired => "identity_required",
             ErrorCode::NotIdentity => "not_identity",
             ErrorCode::TooManyContacts => "too_many_contacts",
+            ErrorCode::ClusterUnavailable => "cluster_unavailable",
         }
     }
 }

@@ -354,6 +354,9 @@ pub struct Core {
     /// Replaced as a whole when a config reload changes `allow_peers`/`deny_peers`; read only on requests
     /// that name a peer (CreatePermission, ChannelBind, Send), never on the ChannelData/Data hot path.
     policy: parking_lot::RwLock<PeerPolicy>,
+    /// `turn.allow_peers` / `turn.deny_peers` as last set, and the other cluster nodes' relay addresses
+    /// (`[cluster]`; empty on a single node): the policy is rebuilt from the three whenever one changes.
+    peer_lists: parking_lot::Mutex<(Vec<ipnet::IpNet>, Vec<ipnet::IpNet>, Vec<IpAddr>)>,
     own_ips: Vec<IpAddr>,
     relay_ips: Vec<IpAddr>,
     /// Our relay addresses as clients see them (local and external) → the local relay IP, for addresses the
@@ -419,6 +422,11 @@ impl Core {
             bandwidth: AtomicU64::new(cfg.turn.max_bandwidth_per_allocation),
             auth: Auth::new(&cfg.turn, &cfg.secrets),
             policy: parking_lot::RwLock::new(policy),
+            peer_lists: parking_lot::Mutex::new((
+                cfg.turn.allow_peers.clone(),
+                cfg.turn.deny_peers.clone(),
+                Vec::new(),
+            )),
             own_ips: cfg.own_ips,
             relay_ips: cfg.relay_ips,
             cfg: cfg.turn,
@@ -447,7 +455,35 @@ impl Core {
     /// Apply new `turn.allow_peers`/`turn.deny_peers` (config reload). Existing permissions stay until they
     /// expire or are refreshed; refreshing re-checks the peer against the new policy.
     pub fn set_peer_lists(&self, allow: &[ipnet::IpNet], deny: &[ipnet::IpNet]) {
-        *self.policy.write() = PeerPolicy::new(allow, deny, &self.own_ips);
+        let mut lists = self.peer_lists.lock();
+        lists.0 = allow.to_vec();
+        lists.1 = deny.to_vec();
+        self.rebuild_policy(&lists);
+    }
+
+    /// The relay addresses the other nodes of a cluster announce (`[cluster]`): relaying between allocations
+    /// on different nodes needs them, and they may be addresses the built-in ranges refuse (a private network
+    /// between the nodes, a lab). Each is allowed as that exact host, nothing wider; this node's own addresses
+    /// stay refused.
+    pub fn set_cluster_peers(&self, peers: Vec<IpAddr>) {
+        let mut lists = self.peer_lists.lock();
+        if lists.2 == peers {
+            return;
+        }
+        lists.2 = peers;
+        self.rebuild_policy(&lists);
+    }
+
+    fn rebuild_policy(&self, (allow, deny, peers): &(Vec<ipnet::IpNet>, Vec<ipnet::IpNet>, Vec<IpAddr>)) {
+        let mut allow = allow.clone();
+        allow.extend(
+            peers
+                .iter()
+                .map(|ip| policy::canonical(*ip))
+                .filter(|ip| !self.own_ips.contains(ip))
+                .map(ipnet::IpNet::from),
+        );
+        *self.policy.write() = PeerPolicy::new(&allow, deny, &self.own_ips);
     }
 
     /// Apply a reloaded `[turn]` section: the peer lists, the quotas and per-source bounds, the bandwidth cap,

@@ -817,6 +817,28 @@ fn allow_peers_opens_private_ranges() {
     assert_eq!(code(&t.perm(public("8.8.8.8:1"))), Some(403));
 }
 
+/// `[cluster]`: the other nodes' announced relay addresses are let through as exact hosts (a lab or a private
+/// network between nodes uses ranges the built-in policy refuses), nothing around them, and a config reload of
+/// the peer lists keeps them.
+#[test]
+fn cluster_peers_are_allowed_as_exact_hosts() {
+    let mut c = cfg();
+    c.deny_peers = vec!["8.8.8.0/24".parse().unwrap()];
+    let mut t = T::with(c.clone());
+    t.allocate();
+    assert_eq!(code(&t.perm(public("198.51.100.20:1"))), Some(403), "TEST-NET is refused by default");
+    t.core.set_cluster_peers(vec!["198.51.100.20".parse().unwrap(), "10.0.0.7".parse().unwrap()]);
+    assert_eq!(code(&t.perm(public("198.51.100.20:1"))), None, "another node's relay address");
+    assert_eq!(code(&t.perm(public("10.0.0.7:1"))), None);
+    assert_eq!(code(&t.perm(public("198.51.100.21:1"))), Some(403), "only the exact host");
+    assert_eq!(code(&t.perm(public("8.8.8.8:1"))), Some(403));
+    t.core.set_peer_lists(&c.allow_peers, &c.deny_peers);
+    assert_eq!(code(&t.perm(public("10.0.0.7:2"))), None, "a reload keeps the cluster's peers");
+    t.core.set_cluster_peers(Vec::new());
+    assert_eq!(code(&t.perm(public("10.0.0.8:1"))), Some(403));
+    assert_eq!(code(&t.perm(public("198.51.100.20:3"))), Some(403), "a node that left is refused again");
+}
+
 #[test]
 fn permission_quota_is_508() {
     let mut c = cfg();
@@ -943,6 +965,73 @@ fn bandwidth_cap_drops_excess() {
     assert_eq!(to_peer(&t.feed(&pkt)).len(), 1, "half a second refills 500 bytes");
     let got = (0..5).filter(|_| peer_packet(&t, local(relay), peer, &[0u8; 400]).is_some()).count();
     assert_eq!(got, 2, "the cap applies per direction");
+}
+
+/// A relayed video call's media, one direction: 30 frames/s of 9 × 1150-byte packets sent back to back (a keyframe
+/// of 36 every 2 s) plus Opus audio, 50 × 120 bytes/s: about 2.6 Mbit/s. Each item is (time since start, size).
+fn video_call_flow(secs: u64) -> Vec<(Duration, usize)> {
+    let mut v = Vec::new();
+    for f in 0..secs * 30 {
+        let at = Duration::from_micros(f * 1_000_000 / 30);
+        let n = if f % 60 == 0 { 36 } else { 9 };
+        // A burst leaves the browser's pacer within a millisecond or two: 20 µs apart.
+        v.extend((0..n).map(|i| (at + Duration::from_micros(20 * i), 1150)));
+    }
+    v.extend((0..secs * 50).map(|a| (Duration::from_millis(a * 20 + 7), 120)));
+    v.sort();
+    v
+}
+
+#[test]
+fn default_bandwidth_cap_carries_a_bursty_video_call_and_cuts_a_flood() {
+    let cap = TurnConfig::default().max_bandwidth_per_allocation;
+    assert!(cap > 0, "the default caps the relay bandwidth per allocation");
+    // A screen share's keyframe: a whole 1080p frame at once, 150 kB.
+    let screen_keyframe = 130;
+    for cap in [cap, 500_000] {
+        let mut c = cfg();
+        c.max_bandwidth_per_allocation = cap;
+        let mut t = T::with(c);
+        let relay = t.allocate();
+        let peer = public("8.8.8.8:5000");
+        t.bind(0x4001, peer);
+        let start = t.now;
+        let flow = video_call_flow(10);
+        let bytes: usize = flow.iter().map(|f| f.1).sum();
+        assert!((2_500_000..2_800_000).contains(&(bytes * 8 / 10)), "the flow is about 2.6 Mbit/s: {bytes} B in 10 s");
+        let (mut up, mut down) = (0, 0);
+        for (i, &(at, size)) in flow.iter().enumerate() {
+            t.now = start + at;
+            let mut pkt = vec![0x40, 0x01, (size >> 8) as u8, size as u8];
+            pkt.resize(4 + size, 0);
+            up += to_peer(&t.feed(&pkt)).len();
+            down += peer_packet(&t, local(relay), peer, &pkt[4..]).is_some() as usize;
+            if i == flow.len() / 2 {
+                // Mid-call the other side starts a screen share: one big keyframe burst on top of the video.
+                let burst = [0u8; 1150];
+                let got =
+                    (0..screen_keyframe).filter(|_| peer_packet(&t, local(relay), peer, &burst).is_some()).count();
+                assert_eq!(
+                    got,
+                    screen_keyframe,
+                    "cap {cap}: a {} kB keyframe burst passes",
+                    screen_keyframe * 1150 / 1000
+                );
+            }
+        }
+        assert_eq!(up, flow.len(), "cap {cap}: every packet of a 2.6 Mbit/s call passes, client → peer");
+        assert_eq!(down, flow.len(), "cap {cap}: and peer → client");
+        // A flood on the same allocation, 1200-byte datagrams at 100 Mbit/s for 2 s: what passes stays within the
+        // cap (plus the one-second burst the bucket holds).
+        let flood_start = t.now;
+        let mut passed = 0usize;
+        for i in 0..20_000u64 {
+            t.now = flood_start + Duration::from_micros(i * 100);
+            passed += peer_packet(&t, local(relay), peer, &[0u8; 1200]).is_some() as usize * 1200;
+        }
+        assert!(passed as u64 <= cap * 3, "cap {cap}: a flood is cut to the cap: {passed} B passed in 2 s");
+        assert!(passed as u64 >= cap, "cap {cap}: the flood still gets the cap: {passed} B in 2 s");
+    }
 }
 
 #[test]

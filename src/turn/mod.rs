@@ -445,6 +445,9 @@ pub struct Deps {
     pub secrets: Vec<Secret>,
     pub health: Arc<Health>,
     pub metrics: Arc<Metrics>,
+    /// `[cluster]`: the other nodes' relay addresses, as the cluster task learns them (see
+    /// `Core::set_cluster_peers`); `None` on a single node.
+    pub cluster_peers: Option<tokio::sync::watch::Receiver<Vec<std::net::IpAddr>>>,
     /// TURN-over-TLS connections accepted and decrypted by the TLS listeners (src/tls.rs).
     pub tls_streams: Option<tokio::sync::mpsc::Receiver<TlsConn>>,
 }
@@ -601,6 +604,23 @@ pub async fn serve(mut deps: Deps, sockets: Sockets, shutdown: CancellationToken
                         let cfg = rx.borrow_and_update().clone();
                         shell.core.reload(&cfg.turn);
                     }
+                }
+            }
+        });
+    }
+    // `[cluster]`: the other nodes' relay addresses join the peer policy as they come and go.
+    if let Some(mut rx) = deps.cluster_peers.take() {
+        let shell = shell.clone();
+        tasks.spawn(async move {
+            loop {
+                let peers = rx.borrow_and_update().clone();
+                shell.core.set_cluster_peers(peers);
+                tokio::select! {
+                    _ = shell.shutdown.cancelled() => return Ok(()),
+                    changed = rx.changed() => if changed.is_err() {
+                        shell.shutdown.cancelled().await;
+                        return Ok(());
+                    },
                 }
             }
         });

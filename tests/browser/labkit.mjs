@@ -9,6 +9,8 @@ import { ROOT, CHROMIUM, requirements, launch, newPage, startPonte, openApp, pai
 const NETLAB = path.join(ROOT, 'tests', 'lab', 'netlab.sh');
 export const SRV_IP = '198.51.100.10';
 const HTTP_PORT = 8080;
+/** The web client's origin in the lab (plain http: not a secure context unless the browser is told to treat it so). */
+export const LAB_URL = `http://${SRV_IP}:${HTTP_PORT}`;
 
 export function labMissing() {
   const base = requirements();
@@ -27,8 +29,9 @@ let labCounter = 0;
  * Bring up a lab, ponte in it, and one Chromium per home. Namespaces are named `$LAB_PREFIX<pid><n>-*` (`pw` by
  * default; give runs that may overlap on one machine different prefixes) unless `prefix` names them. `extraToml` is
  * appended to ponte's config right after its `[signaling]` section (so it may add `[[signaling.ice_servers]]`).
+ * `chromeArgs`: more Chromium flags for both browsers (e.g. fake media devices; see LAB_URL for the page's origin).
  */
-export async function startLab({ nat1, nat2, turn = true, prefix, extraToml = '' }) {
+export async function startLab({ nat1, nat2, turn = true, prefix, extraToml = '', chromeArgs = [] }) {
   if (!prefix) {
     const base = (process.env.LAB_PREFIX || 'pw').replace(/[^a-z]/g, '').slice(0, 3) || 'pw';
     prefix = `${base}${process.pid % 10000}${labCounter++}`;
@@ -60,7 +63,7 @@ ${extraToml}`,
       const wrapper = path.join(dir, `chromium-${home}.sh`);
       writeFileSync(wrapper, `#!/bin/sh\nexec ip netns exec ${prefix}-${home} ${CHROMIUM} "$@"\n`);
       chmodSync(wrapper, 0o755);
-      lab.browsers.push(await launch({ executablePath: wrapper }));
+      lab.browsers.push(await launch({ executablePath: wrapper, extraArgs: chromeArgs }));
     }
   } catch (e) {
     await stopLab(lab);

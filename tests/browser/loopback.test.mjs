@@ -440,6 +440,46 @@ listen_tcp = ["127.0.0.1:${turnPort}"]
   });
 });
 
+describe('a refused session says why', { skip: missing || false }, () => {
+  let server;
+  let browser;
+  before(async () => {
+    const turnPort = await freeUdpTcpPort();
+    // One session per source: the second tab from 127.0.0.1 is refused with too_many_sessions and a 1013 close.
+    server = await startPonte({
+      toml: `[http]
+listen = "127.0.0.1:0"
+[turn]
+listen_udp = ["127.0.0.1:${turnPort}"]
+listen_tcp = ["127.0.0.1:${turnPort}"]
+[signaling]
+max_sessions_per_ip = 1
+`,
+    });
+    browser = await launch();
+  });
+  after(async () => {
+    if (browser) await browser.close();
+    if (server) await server.stop();
+  });
+
+  test('too many sessions from one network is named, not shown as "offline"', async () => {
+    const a = await newPage(browser);
+    await openApp(a, server.url);
+    const b = await newPage(browser);
+    await b.goto(server.url);
+    const status = b.getByTestId('server-status');
+    await b.waitForFunction(() => /Too many connections from your network — retrying in \d+ s/
+      .test(document.querySelector('.server-status-text').textContent), null, { timeout: 15000 });
+    assert.equal(await status.getAttribute('data-state'), 'closed');
+    // pt-BR says the same.
+    const c = await newPage(browser, { locale: 'pt-BR' });
+    await c.goto(server.url);
+    await c.waitForFunction(() => /Conexões demais a partir da sua rede/
+      .test(document.querySelector('.server-status-text').textContent), null, { timeout: 15000 });
+  });
+});
+
 async function writeRandomFile(file, size) {
   const hash = createHash('sha256');
   const out = createWriteStream(file);

@@ -90,7 +90,7 @@ test('QR codes have the right size and decode to the text (when zbarimg is insta
 
 // The network side: sockets, WebRTC, file transport, the pairing state and the bus they may talk through. None of
 // them may import a UI module (anything else in www/js), so the network code runs and is tested without a page.
-const NETWORK = new Set(['signaling.js', 'peer.js', 'files.js', 'pairing.js', 'sha256.js', 'bus.js', 'identity.js', 'store.js', 'contactbook.js', 'history.js']); // verify.js and contacts.js are UI
+const NETWORK = new Set(['signaling.js', 'peer.js', 'call.js', 'files.js', 'pairing.js', 'sha256.js', 'bus.js', 'identity.js', 'store.js', 'contactbook.js', 'history.js']); // verify.js and contacts.js are UI
 const JS = path.join(WWW, 'js');
 
 /** module file → the www/js modules it imports (static `import … from`, bare `import '…'`, dynamic `import()`). */

@@ -2,7 +2,7 @@
 //   status.js         server connection line and banner     share.js     my ID, share link, QR
 //   notify.js         sound, notifications, tab title        requests.js  asking and being asked
 //   conversations.js  conversations, pairings, the list      chathead.js  the open conversation's frame
-//   composer.js       writing and sending files
+//   composer.js       writing and sending files             callview.js  calls (call.js: state machine, media)
 // They talk through the bus (bus.js), never by importing each other for that; the network modules (signaling.js,
 // peer.js, files.js, pairing.js) import no UI module at all (tests/browser/unit.test.mjs checks it).
 // All user-provided text goes through textContent; nothing from the network is ever parsed as HTML.
@@ -22,6 +22,7 @@ import { ContactBook } from './contactbook.js';
 import { initContacts } from './contacts.js';
 import { initHistory } from './history.js';
 import { initVerify } from './verify.js';
+import { initCalls } from './callview.js';
 
 setLanguage(detectLanguage());
 fillLanguageSelect($('#lang-select'));
@@ -40,6 +41,7 @@ initRequests(sig, {
 });
 convs = initConversations(sig, { nameOf: (peer) => (book.get(peer) ? book.get(peer).name : null) });
 initComposer({ current: convs.current });
+const calls = initCalls({ conversation: (peer) => convs.get(peer), current: convs.current, nameOf: (peer) => (book.get(peer) ? book.get(peer).name : null) });
 
 $('#theme-toggle').addEventListener('click', () => {
   const mode = window.ponteTheme ? window.ponteTheme.cycle() : 'auto';
@@ -56,6 +58,27 @@ window.ponte = {
   signaling: sig,
   get identityKey() { return sig.identity && sig.identity.key; },
   contacts: book,
+  // Calls (call.js): what the call tests drive and read.
+  calls,
+  startCall: async (peer, { video = true } = {}) => {
+    const c = convs.get(peer);
+    if (!c || c.closed) throw new Error(`no open conversation with ${peer}`);
+    return (await calls.start(c.link, { video })).toJSON();
+  },
+  callState: () => (calls.last ? calls.last.toJSON() : null),
+  acceptCall: () => calls.accept(),
+  declineCall: () => calls.decline(),
+  hangUp: () => calls.hangup(),
+  setMuted: (on) => calls.setMuted(on),
+  setCameraOff: (off) => calls.setCameraOff(off),
+  callStats: async () => {
+    const call = calls.call || calls.last;
+    if (!call || !call.link.pc) return null;
+    const s = await calls.media.stats(call, null);
+    return { outbound: s.outbound, inbound: s.inbound, rtt: s.rtt, path: s.path, state: call.state };
+  },
+  callTracks: () => (calls.last ? calls.last.tracks.map((x) => ({ kind: x.kind, label: x.label, readyState: x.readyState, enabled: x.enabled })) : []),
+  callPc: () => (calls.last ? calls.last.link.pc : null),
 };
 
 // The lasting identity (identity.js) before the first hello; without one the page is anonymous and share.js says why.

@@ -6,7 +6,7 @@
 //
 // Chat channel messages (JSON): {t:"msg", id, text, ts} → {t:"ack", id}; {t:"typing", on}; {t:"path", type,
 // relayProtocol} (my end of the selected candidate pair, so the other side can tell a relay on my side);
-// file-* (see files.js). Unacknowledged messages are re-sent when the channel reopens; the receiver drops duplicates.
+// call* (see call.js); file-* (see files.js). Unacknowledged messages are re-sent when the channel reopens; the receiver drops duplicates.
 
 import { el, timeText } from './dom.js';
 import { t, language } from './i18n.js';
@@ -326,6 +326,15 @@ export class Conversation {
         break;
       case 'id-bind':
         emit('peer-binding', { conv: this, msg });
+        break;
+      case 'call':
+      case 'call-ringing':
+      case 'call-accept':
+      case 'call-decline':
+      case 'call-busy':
+      case 'call-end':
+      case 'call-media':
+        emit('call-message', { conv: this, msg }); // callview.js hands it to call.js
         break;
       default:
         this.files.handle(msg);

@@ -1,6 +1,6 @@
 // Getting the person's attention: the chime, browser notifications (bus event `notify` {title, body, tag}, shown
 // only while the tab is hidden), the notifications button, and the unread count in the tab title (bus events
-// `me` and `attention` {source, count}: each source reports its own count).
+// `me` and `attention` {source, count}: each source reports its own count), and the ring of a call (bus `ring`).
 
 import { $ } from './dom.js';
 import { t } from './i18n.js';
@@ -54,6 +54,25 @@ function notify({ title, body, tag }) {
   }
 }
 
+// The ring of an incoming call: the chime every 2 s while it rings (visible tab or not), and a notification when
+// the tab is hidden. Bus `ring` {on, title, body, tag}.
+let ringTimer = 0;
+let ringNote = null;
+function ring({ on, title, body, tag }) {
+  clearInterval(ringTimer);
+  ringTimer = 0;
+  if (ringNote) { try { ringNote.close(); } catch { /* gone */ } ringNote = null; }
+  if (!on) return;
+  chime();
+  ringTimer = setInterval(chime, 2000);
+  if (document.hidden && 'Notification' in window && Notification.permission === 'granted') {
+    try {
+      ringNote = new Notification(title, { body, tag, icon: '/favicon.svg', requireInteraction: true });
+      ringNote.onclick = () => { window.focus(); ringNote.close(); };
+    } catch { /* some platforms need a service worker for notifications */ }
+  }
+}
+
 export function initNotify() {
   document.addEventListener('pointerdown', unlockAudio, { once: true });
   document.addEventListener('keydown', unlockAudio, { once: true });
@@ -65,6 +84,7 @@ export function initNotify() {
   renderButton();
   document.addEventListener('languagechange', renderButton);
   on('notify', notify);
+  on('ring', ring);
 
   let me = null;
   const counts = new Map(); // source → count

@@ -8,7 +8,7 @@
 // an offer sent into the void would leave the connection stuck, and failing then would be premature.
 //
 // Events: `state` {state: connecting|connected|reconnecting|failed, diagnosis?}, `chat-open`, `chat-close`,
-// `chat-message` {msg}, `file-channel` {channel}, `stats` {path, rtt, local, remote}, `security` {code}.
+// `chat-message` {msg}, `file-channel` {channel}, `stats` {path, rtt, local, remote}, `security` {code}, `closed`.
 
 import { digest } from './sha256.js';
 
@@ -52,6 +52,7 @@ export class PeerLink extends EventTarget {
     this.remoteCandidates = 0;
     this.securityCode = null;
     this.closed = false;
+    this.beforeAnswer = null; // async () => void, run between a remote offer and our answer (call.js)
     // First time each setup step happened, ms since this link was made (diagnostics and benchmarks read it).
     this.t0 = performance.now();
     this.createdAt = Date.now();
@@ -163,6 +164,10 @@ export class PeerLink extends EventTarget {
         this.mark(description.type + '-received');
         this.srdAnswerPending = false;
         if (description.type === 'offer') {
+          // call.js puts its tracks on the transceivers this offer made, so that the answer already sends media.
+          if (this.beforeAnswer) {
+            try { await this.beforeAnswer(); } catch (e) { console.warn('ponte: beforeAnswer', e); }
+          }
           await pc.setLocalDescription();
           this.mark(pc.localDescription.type + '-sent');
           this.signal({ description: pc.localDescription.toJSON() });
@@ -388,6 +393,8 @@ export class PeerLink extends EventTarget {
     clearTimeout(this.resumeTimer);
     clearInterval(this.statsTimer);
     try { this.pc.close(); } catch { /* ignore */ }
+    // pc.close() fires no state event: tell whoever rides this link (a call) that it is gone.
+    this.dispatchEvent(new CustomEvent('closed'));
   }
 }
 

@@ -16,6 +16,9 @@ import { proofBytes } from './identity.js';
 const TOKEN_KEY = 'ponte.token';
 // Errors before the welcome after which the server closes the connection and the identity cannot work here.
 const IDENTITY_FATAL = new Set(['bad_key', 'bad_signature', 'too_many_identities']);
+// Refusals of a new session that end in a 1013 close: the whole server is full, or this network (source address)
+// holds its share of sessions already. The page says which; both retry with the slower backoff.
+const FULL_CODES = new Set(['server_full', 'too_many_sessions']);
 const ID_KEY = 'ponte.id';
 const PING_EVERY_MS = 25000;
 const PONG_TIMEOUT_MS = 10000;
@@ -105,6 +108,7 @@ export class Signaling extends EventTarget {
     }
     this.ws = ws;
     let welcomed = false;
+    let refusal = null; // server_full or too_many_sessions, sent just before a 1013 close
     ws.onopen = () => {
       if (this.ws !== ws) return;
       const hello = { type: 'hello', v: 1, token: this.token };
@@ -122,6 +126,10 @@ export class Signaling extends EventTarget {
           if (this.ws === ws && ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify({ type: 'identity_proof', signature }));
         }, (e) => { console.warn('ponte: cannot sign', e); this.refuseIdentity('sign_failed'); ws.close(1000); });
         return;
+      }
+      if (msg.type === 'error' && !welcomed && FULL_CODES.has(msg.code)) {
+        // The server will close with 1013: remember why, so the status line can say it rather than "offline".
+        refusal = msg.code;
       }
       if (msg.type === 'error' && !welcomed && IDENTITY_FATAL.has(msg.code) && this.usesIdentity) {
         // The server will close this connection: the next one goes without the identity (the anonymous flow).
@@ -171,7 +179,7 @@ export class Signaling extends EventTarget {
         this.setState('closed', { code: ev.code, fatal: true });
         return;
       }
-      this.setState('closed', { code: ev.code, welcomed });
+      this.setState('closed', { code: ev.code, welcomed, refusal: ev.code === 1013 ? refusal : null });
       this.scheduleRetry(ev.code === 1013);
     };
     ws.onerror = () => { /* onclose follows */ };

@@ -12,12 +12,15 @@ import { on } from './bus.js';
 export function initStatus(sig, { liveChats }) {
   let everWelcomed = false;
   let retryTick = 0;
+  let refusal = null; // why the server closed the last attempt (server_full, too_many_sessions), if it said
 
   function render(detail) {
     const box = $('.server-status');
     const text = $('.server-status-text');
     clearInterval(retryTick);
     box.dataset.state = detail.state;
+    if (detail.state === 'closed' && 'refusal' in detail) refusal = detail.refusal;
+    if (detail.state === 'open') refusal = null;
     if (detail.state === 'open') text.textContent = t('server.online');
     else if (detail.state === 'connecting') text.textContent = everWelcomed ? t('server.retrying') : t('server.connecting');
     else if (detail.state === 'replaced') {
@@ -33,7 +36,10 @@ export function initStatus(sig, { liveChats }) {
     } else {
       const tick = () => {
         const s = Math.max(0, Math.ceil((sig.nextRetryAt - Date.now()) / 1000));
-        text.textContent = t(liveChats() ? 'server.offline_chats' : 'server.offline', { s });
+        const key = refusal === 'server_full' ? 'server.full'
+          : refusal === 'too_many_sessions' ? 'server.too_many_sessions'
+            : liveChats() ? 'server.offline_chats' : 'server.offline';
+        text.textContent = t(key, { s });
       };
       tick();
       retryTick = setInterval(tick, 1000);

@@ -1,0 +1,906 @@
+//! Several ponte nodes as one service (`[cluster]`): the Redis link that carries signaling between nodes.
+//!
+//! Why this shape:
+//! - **Redis, not a home-made mesh.** Nodes never talk to each other directly: each node PUBLISHes to the channel
+//!   of the node that holds the target ID, and SUBSCRIBEs to its own channel. Presence (`ID → node`) is a Redis
+//!   string with a TTL that the holder refreshes, so a node killed with `kill -9` frees its IDs by itself.
+//! - **The hub stays synchronous.** `signaling::hub::State` runs under one lock and never awaits. What it wants
+//!   done on another node it hands to [`Link`] (a bounded queue, `try_send`: a full queue is a clear error to
+//!   the sender, never a wait); this module's task drains it. Envelopes from other nodes come back to the hub
+//!   through another bounded queue ([`Inbound`]) that `signaling::Hub::run` applies under the lock.
+//! - **Order per pair.** One task drains the queue in order and writes on one multiplexed connection (a
+//!   pipeline per batch), and each node reads one subscription: two messages from A to B are published, and
+//!   so delivered, in the order A sent them.
+//! - **This layer knows no signaling.** It routes opaque bodies by ID string, keeps presence, replicates the
+//!   identity table as hash operations, and reports up/down. The meaning of an envelope (consent, halves of a
+//!   pairing) is `signaling/remote.rs`'s business. Layer: signaling → cluster → config, metrics, health.
+//! - **Redis down is not fatal.** Pairs on one node keep working (nothing of theirs touches Redis); cross-node
+//!   operations are refused at once with `cluster_unavailable` (the hub checks [`Link::is_up`]); `/healthz`
+//!   says degraded; both connections retry with backoff; on return the presence of every local ID is written
+//!   again. The queues are bounded, so nothing grows while Redis is away.
+//!
+//! Redis layout (P = `cluster.key_prefix`): `P:node:<name>` (heartbeat, JSON with the node's public
+//! addresses, EX ttl), `P:nodes` (set of node names), `P:id:<id>` (node name, EX ttl), `P:identities` and
+//! `P:reserved` (hashes: the identity table), channels `P:node:<name>` (envelopes to one node) and `P:all`
+//! (identity changes, "ID moved" notes).
+
+mod stats;
+
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use parking_lot::Mutex;
+use redis::aio::ConnectionManager;
+use redis::Value;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::ClusterConfig;
+use crate::health::{Component, Health, Status};
+use crate::metrics::Metrics;
+
+pub use stats::Stats;
+
+/// Envelopes waiting for the cluster task; beyond this the hub refuses cross-node operations.
+const OUT_QUEUE: usize = 8192;
+/// Envelopes from other nodes waiting for the hub.
+const IN_QUEUE: usize = 8192;
+/// Most envelopes written in one pipeline.
+const BATCH: usize = 256;
+/// Route cache entries kept at most (IDs on other nodes that this node talked to recently).
+const ROUTES_MAX: usize = 65_536;
+/// How long a cached route is trusted without use before it is looked up again.
+const ROUTE_IDLE: Duration = Duration::from_secs(600);
+/// Reconnection backoff bounds.
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Per-command and connect timeouts: a Redis that hangs must look like a Redis that is down.
+const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
+/// Presence records refreshed per pipeline at each heartbeat.
+const REFRESH_CHUNK: usize = 1000;
+
+/// Deletes `KEYS[1]` only if it still names this node (`ARGV[1]`): an ID that moved on must stay claimed.
+const RELEASE_SCRIPT: &str =
+    "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0";
+
+/// One change to the replicated identity table: a field of `P:identities` (or `P:reserved`) set or deleted.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct HashOp {
+    /// `P:reserved` (forgotten IDs) rather than `P:identities`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub reserved: bool,
+    pub field: String,
+    /// `None`: delete the field.
+    pub value: Option<String>,
+}
+
+/// What the hub asks of the cluster task.
+#[derive(Debug)]
+pub enum Outbound {
+    /// Deliver `body` to the node that holds `to`. If that fails, `bounce` (when given) comes back as
+    /// [`Inbound::Bounced`] so the hub can tell the sender.
+    To { from: String, to: String, body: String, bounce: Option<String> },
+    /// Write presence for `id` (just started here). `exclusive`: a fresh ID, claimed with SET NX
+    /// ([`Inbound::ClaimLost`] if another node holds it); otherwise the ID is taken over from wherever it was.
+    Claim { id: String, exclusive: bool },
+    /// `id`'s session ended here: drop its presence (if it still names this node).
+    Release { id: String },
+    /// Changes to the identity table, to write to Redis and tell the other nodes.
+    Identities(Vec<HashOp>),
+    /// Which of `ids` are online on some node; answered with [`Inbound::Online`].
+    Online { for_id: String, ids: Vec<String> },
+}
+
+/// What the cluster task hands to the hub.
+#[derive(Debug)]
+pub enum Inbound {
+    /// An envelope another node addressed to an ID here.
+    Envelope { body: String },
+    /// An outbound envelope that could not be delivered: `unreachable` if no live node holds the target,
+    /// otherwise Redis is unavailable.
+    Bounced { body: String, unreachable: bool },
+    /// The IDs of the query for `for_id` that are online.
+    Online { for_id: String, ids: Vec<String> },
+    /// A fresh ID turned out to be held by another node (a clash); the session must not keep it.
+    ClaimLost { id: String },
+    /// Another node took this ID over (its browser reconnected there, or opened another tab there).
+    TakeOver { id: String },
+    /// These IDs were on a node that stopped (its heartbeat expired): their partners here must hear they are away.
+    NodeGone { ids: Vec<String> },
+    /// Changes to the identity table made on another node.
+    Identities(Vec<HashOp>),
+    /// The whole identity table as Redis holds it, read at (re)connect. The hub writes back what it holds and
+    /// Redis lacks (a Redis restarted without persistence loses nothing the nodes still know).
+    Snapshot(Vec<HashOp>),
+}
+
+/// Why the hub may not hand a cross-node operation to the cluster now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// Redis is unreachable.
+    Down,
+    /// The queue to the cluster task is full.
+    Full,
+}
+
+/// The hub's handle on the cluster: a bounded queue, the up/down flag, this node's name and the IDs it holds.
+#[derive(Debug, Clone)]
+pub struct Link {
+    tx: mpsc::Sender<Outbound>,
+    up: Arc<AtomicBool>,
+    node: Arc<str>,
+    /// IDs held here, kept by the hub's calls (so it is right even while Redis is away and the queue refuses):
+    /// the heartbeat refreshes their presence, and writes it again after Redis comes back.
+    held: Arc<Mutex<HashSet<String>>>,
+    stats: Arc<Stats>,
+}
+
+impl Link {
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// Redis answered the last command (or the last heartbeat).
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Relaxed)
+    }
+
+    /// Queue a cross-node operation; refused at once when Redis is down or the queue is full (never blocks).
+    pub fn send(&self, o: Outbound) -> Result<(), Refused> {
+        if !self.is_up() {
+            Stats::inc(&self.stats.refused);
+            return Err(Refused::Down);
+        }
+        self.tx.try_send(o).map_err(|_| {
+            Stats::inc(&self.stats.refused);
+            Refused::Full
+        })
+    }
+
+    /// The hub refused a cross-node operation by itself (it checked [`Link::is_up`] first): count it.
+    pub fn refused(&self) {
+        Stats::inc(&self.stats.refused);
+    }
+
+    /// A session for `id` started here.
+    pub fn claim(&self, id: &str, exclusive: bool) {
+        self.held.lock().insert(id.to_string());
+        let _ = self.tx.try_send(Outbound::Claim { id: id.to_string(), exclusive });
+    }
+
+    /// The session for `id` ended here.
+    pub fn release(&self, id: &str) {
+        self.held.lock().remove(id);
+        let _ = self.tx.try_send(Outbound::Release { id: id.to_string() });
+    }
+
+    /// Identity table changes (lost when Redis is away: the table on this node keeps them).
+    pub fn identities(&self, ops: Vec<HashOp>) {
+        if !ops.is_empty() && self.tx.try_send(Outbound::Identities(ops)).is_err() {
+            Stats::inc(&self.stats.identity_ops_lost);
+        }
+    }
+
+    /// A link whose task is not running, for unit tests of the hub (everything sent is simply queued).
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub fn detached(node: &str, up: bool) -> (Link, mpsc::Receiver<Outbound>) {
+        let (tx, rx) = mpsc::channel(OUT_QUEUE);
+        let link = Link {
+            tx,
+            up: Arc::new(AtomicBool::new(up)),
+            node: node.into(),
+            held: Arc::default(),
+            stats: Arc::default(),
+        };
+        (link, rx)
+    }
+}
+
+/// Keys and channels, all under `cluster.key_prefix`.
+#[derive(Debug, Clone)]
+struct Names {
+    prefix: String,
+}
+
+impl Names {
+    fn id(&self, id: &str) -> String {
+        format!("{}:id:{id}", self.prefix)
+    }
+    fn node(&self, node: &str) -> String {
+        format!("{}:node:{node}", self.prefix)
+    }
+    fn nodes(&self) -> String {
+        format!("{}:nodes", self.prefix)
+    }
+    fn all(&self) -> String {
+        format!("{}:all", self.prefix)
+    }
+    fn identities(&self, reserved: bool) -> String {
+        format!("{}:{}", self.prefix, if reserved { "reserved" } else { "identities" })
+    }
+}
+
+/// Where IDs on other nodes live, as last seen (from presence look-ups and from envelopes they sent).
+#[derive(Debug, Default)]
+struct Routes {
+    map: HashMap<String, (Arc<str>, Instant)>,
+}
+
+impl Routes {
+    fn get(&mut self, id: &str, now: Instant) -> Option<Arc<str>> {
+        match self.map.get_mut(id) {
+            Some((node, at)) if now.saturating_duration_since(*at) < ROUTE_IDLE => {
+                *at = now;
+                Some(node.clone())
+            }
+            _ => None,
+        }
+    }
+
+    fn set(&mut self, id: &str, node: Arc<str>, now: Instant) {
+        if self.map.len() >= ROUTES_MAX && !self.map.contains_key(id) {
+            self.map.retain(|_, (_, at)| now.saturating_duration_since(*at) < ROUTE_IDLE);
+            if self.map.len() >= ROUTES_MAX {
+                // Still full of recent routes: forget them all rather than grow (they are looked up again).
+                self.map.clear();
+            }
+        }
+        self.map.insert(id.to_string(), (node, now));
+    }
+
+    fn forget(&mut self, id: &str) {
+        self.map.remove(id);
+    }
+
+    /// Forget every route to `node`; returns the IDs that were on it.
+    fn drop_node(&mut self, node: &str) -> Vec<String> {
+        let ids: Vec<String> = self.map.iter().filter(|(_, (n, _))| &**n == node).map(|(id, _)| id.clone()).collect();
+        for id in &ids {
+            self.map.remove(id);
+        }
+        ids
+    }
+}
+
+/// The cluster link and its task, built from the config before the hub (which takes [`Cluster::link`] and
+/// [`Cluster::inbound`]) and run by the daemon as a core task until shutdown ([`Runner::run`]).
+pub struct Cluster {
+    pub link: Link,
+    pub inbound: mpsc::Receiver<Inbound>,
+    /// The relay addresses the other live nodes announce, for this node's TURN peer policy.
+    pub peers: tokio::sync::watch::Receiver<Vec<IpAddr>>,
+    pub runner: Runner,
+}
+
+/// The cluster task, not started yet.
+pub struct Runner(Task);
+
+impl Runner {
+    /// Write what the hub queues, keep presence, follow the other nodes; until `shutdown`.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        self.0.run(shutdown).await
+    }
+}
+
+impl Cluster {
+    /// `addresses`: this node's public relay addresses, announced to the other nodes.
+    pub fn new(
+        cfg: &ClusterConfig,
+        addresses: Vec<IpAddr>,
+        health: Arc<Health>,
+        metrics: &Metrics,
+    ) -> anyhow::Result<Cluster> {
+        let url = cfg.redis_url.as_ref().ok_or_else(|| anyhow::anyhow!("cluster.redis_url is not set"))?;
+        // The URL may carry a password: the error says which key, never the value.
+        let client =
+            redis::Client::open(url.expose()).map_err(|e| anyhow::anyhow!("cluster.redis_url: {:?}", e.kind()))?;
+        let node: Arc<str> = cfg.node_name.clone().unwrap_or_default().into();
+        let stats = Arc::new(Stats::default());
+        metrics.register(Arc::new(stats::Source(stats.clone())));
+        let (tx, rx) = mpsc::channel(OUT_QUEUE);
+        let (in_tx, inbound) = mpsc::channel(IN_QUEUE);
+        let (peers_tx, peers) = tokio::sync::watch::channel(Vec::new());
+        let up = Arc::new(AtomicBool::new(false));
+        let held: Arc<Mutex<HashSet<String>>> = Arc::default();
+        health.set(Component::Cluster, Status::Starting);
+        let link = Link { tx, up: up.clone(), node: node.clone(), held: held.clone(), stats: stats.clone() };
+        let task = Task {
+            client,
+            names: Names { prefix: cfg.key_prefix.clone() },
+            node,
+            ttl: Duration::from_secs(cfg.presence_ttl_secs),
+            addresses,
+            rx,
+            in_tx,
+            up,
+            held,
+            stats,
+            health,
+            routes: Arc::new(Mutex::new(Routes::default())),
+            conn: None,
+            known_nodes: HashSet::new(),
+            peers_tx,
+            instance: format!("{:016x}", rand::random::<u64>()),
+            sub_up: false,
+            need_load: true,
+        };
+        Ok(Cluster { link, inbound, peers, runner: Runner(task) })
+    }
+}
+
+struct Task {
+    client: redis::Client,
+    names: Names,
+    node: Arc<str>,
+    ttl: Duration,
+    addresses: Vec<IpAddr>,
+    rx: mpsc::Receiver<Outbound>,
+    in_tx: mpsc::Sender<Inbound>,
+    up: Arc<AtomicBool>,
+    held: Arc<Mutex<HashSet<String>>>,
+    stats: Arc<Stats>,
+    health: Arc<Health>,
+    routes: Arc<Mutex<Routes>>,
+    conn: Option<ConnectionManager>,
+    /// Nodes seen alive at the last heartbeat.
+    known_nodes: HashSet<String>,
+    /// The other live nodes' announced relay addresses, for TURN.
+    peers_tx: tokio::sync::watch::Sender<Vec<IpAddr>>,
+    /// Random per process: tells this run's heartbeat from an earlier process's of the same name.
+    instance: String,
+    /// The subscriber task holds a live subscription.
+    sub_up: bool,
+    /// The identity table must be (re)loaded from Redis: set at each (re)subscription, cleared once read.
+    need_load: bool,
+}
+
+/// What the subscriber task tells the main task.
+enum SubEvent {
+    Up,
+    Down,
+}
+
+impl Task {
+    async fn run(mut self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let (ev_tx, mut ev_rx) = mpsc::channel::<SubEvent>(16);
+        let sub = tokio::spawn(subscriber(
+            self.client.clone(),
+            vec![self.names.node(&self.node), self.names.all()],
+            self.node.clone(),
+            self.in_tx.clone(),
+            self.routes.clone(),
+            self.stats.clone(),
+            ev_tx,
+            shutdown.clone(),
+        ));
+        let mut beat = tokio::time::interval(self.ttl / 3);
+        beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut batch = Vec::with_capacity(BATCH);
+        let mut backoff = BACKOFF_MIN;
+        let mut next_try = tokio::time::Instant::now();
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                ev = ev_rx.recv() => match ev {
+                    Some(SubEvent::Up) => {
+                        self.sub_up = true;
+                        // (Re)subscribed: anything written while we were away is missing here. Load the identity
+                        // table and write presence again at once (or at the next heartbeat if a command fails:
+                        // the command connection may notice the outage only now).
+                        self.need_load = true;
+                        if self.ensure_conn().await {
+                            self.need_load = !self.load_identities().await;
+                            self.heartbeat().await;
+                        }
+                    }
+                    Some(SubEvent::Down) => {
+                        self.sub_up = false;
+                        self.set_up(false);
+                    }
+                    None => {}
+                },
+                _ = beat.tick() => {
+                    if self.conn.is_none() && tokio::time::Instant::now() < next_try {
+                        continue;
+                    }
+                    if !self.ensure_conn().await {
+                        next_try = tokio::time::Instant::now() + backoff;
+                        backoff = (backoff * 2).min(BACKOFF_MAX);
+                        continue;
+                    }
+                    backoff = BACKOFF_MIN;
+                    if self.need_load {
+                        self.need_load = !self.load_identities().await;
+                    }
+                    self.heartbeat().await;
+                }
+                n = self.rx.recv_many(&mut batch, BATCH) => {
+                    if n == 0 {
+                        break;
+                    }
+                    let items: Vec<Outbound> = std::mem::take(&mut batch);
+                    self.process(items).await;
+                }
+            }
+        }
+        // Leave cleanly: our IDs and heartbeat go now rather than after the TTL.
+        if let Some(conn) = self.conn.as_mut() {
+            let held: Vec<String> = self.held.lock().drain().collect();
+            let mut pipe = redis::pipe();
+            for id in &held {
+                pipe.cmd("EVAL").arg(RELEASE_SCRIPT).arg(1).arg(self.names.id(id)).arg(&*self.node).ignore();
+            }
+            pipe.del(self.names.node(&self.node)).ignore();
+            pipe.srem(self.names.nodes(), &*self.node).ignore();
+            let _ = tokio::time::timeout(REDIS_TIMEOUT, pipe.query_async::<()>(conn)).await;
+        }
+        sub.abort();
+        self.health.set(Component::Cluster, Status::Stopping);
+        Ok(())
+    }
+
+    fn set_up(&self, up: bool) {
+        let was = self.up.swap(up, Ordering::Relaxed);
+        self.stats.redis_up.store(up as u64, Ordering::Relaxed);
+        self.health.set(Component::Cluster, if up { Status::Ok } else { Status::Failed });
+        if was != up {
+            if up {
+                tracing::info!(node = %self.node, "cluster: Redis reachable; cross-node signaling on");
+            } else {
+                tracing::warn!(
+                    node = %self.node,
+                    "cluster: Redis unreachable; pairs on this node keep working, cross-node operations are \
+                     refused (cluster_unavailable) until it is back"
+                );
+            }
+        }
+    }
+
+    /// A command connection, made if there is none (the connection manager then reconnects by itself).
+    async fn ensure_conn(&mut self) -> bool {
+        if self.conn.is_some() {
+            return true;
+        }
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(REDIS_TIMEOUT))
+            .set_response_timeout(Some(REDIS_TIMEOUT))
+            .set_number_of_retries(2)
+            .set_max_delay(BACKOFF_MAX);
+        match tokio::time::timeout(REDIS_TIMEOUT * 2, self.client.get_connection_manager_with_config(config)).await {
+            Ok(Ok(c)) => {
+                self.conn = Some(c);
+                true
+            }
+            Ok(Err(e)) => {
+                tracing::debug!("cluster: cannot connect to Redis: {:?}", e.kind());
+                self.set_up(false);
+                false
+            }
+            Err(_) => {
+                self.set_up(false);
+                false
+            }
+        }
+    }
+
+    async fn query(&mut self, pipe: &redis::Pipeline, ops: usize) -> Option<Vec<Value>> {
+        let conn = self.conn.as_mut()?;
+        self.stats.redis_ops.fetch_add(ops as u64, Ordering::Relaxed);
+        match tokio::time::timeout(REDIS_TIMEOUT, pipe.query_async::<Vec<Value>>(conn)).await {
+            Ok(Ok(v)) => Some(v),
+            Ok(Err(e)) => {
+                tracing::debug!("cluster: Redis command failed: {:?}", e.kind());
+                self.set_up(false);
+                None
+            }
+            Err(_) => {
+                self.set_up(false);
+                None
+            }
+        }
+    }
+
+    /// Every third of the TTL: our heartbeat and the presence of every ID we hold; then which nodes are gone.
+    async fn heartbeat(&mut self) {
+        if self.conn.is_none() {
+            return;
+        }
+        // After Redis was away (restarted empty, perhaps) the node set is being rebuilt: only nodes whose
+        // heartbeat is seen to expire count as gone, not nodes that merely have not re-registered yet.
+        let was_up = self.up.load(Ordering::Relaxed);
+        let ttl = self.ttl.as_secs();
+        let info = serde_json::json!({ "addresses": self.addresses, "instance": self.instance }).to_string();
+        let mut pipe = redis::pipe();
+        pipe.cmd("SET").arg(self.names.node(&self.node)).arg(&info).arg("EX").arg(ttl).ignore();
+        pipe.sadd(self.names.nodes(), &*self.node).ignore();
+        pipe.smembers(self.names.nodes());
+        let Some(v) = self.query(&pipe, 3).await else { return };
+        let members: Vec<String> =
+            v.into_iter().next().and_then(|m| redis::from_redis_value(m).ok()).unwrap_or_default();
+        let held: Vec<String> = self.held.lock().iter().cloned().collect();
+        for chunk in held.chunks(REFRESH_CHUNK) {
+            let mut pipe = redis::pipe();
+            for id in chunk {
+                pipe.cmd("SET").arg(self.names.id(id)).arg(&*self.node).arg("EX").arg(ttl).ignore();
+            }
+            if self.query(&pipe, chunk.len()).await.is_none() {
+                return;
+            }
+        }
+        // Nodes in the set whose heartbeat expired are gone: their IDs' partners here hear they are away.
+        let others: Vec<&String> = members.iter().filter(|m| **m != *self.node).collect();
+        let mut alive = HashSet::new();
+        let mut dead = Vec::new();
+        let mut addresses: Vec<IpAddr> = Vec::new();
+        if !others.is_empty() {
+            let mut pipe = redis::pipe();
+            for m in &others {
+                pipe.get(self.names.node(m));
+            }
+            let Some(v) = self.query(&pipe, others.len()).await else { return };
+            for (m, e) in others.iter().zip(v) {
+                match redis::from_redis_value::<Option<String>>(e).ok().flatten() {
+                    Some(info) => {
+                        alive.insert((*m).clone());
+                        let info: serde_json::Value = serde_json::from_str(&info).unwrap_or_default();
+                        addresses.extend(
+                            info["addresses"]
+                                .as_array()
+                                .into_iter()
+                                .flatten()
+                                .filter_map(|a| a.as_str()?.parse::<IpAddr>().ok()),
+                        );
+                    }
+                    None => dead.push((*m).clone()),
+                }
+            }
+
+            if !dead.is_empty() {
+                let mut pipe = redis::pipe();
+                for d in &dead {
+                    pipe.srem(self.names.nodes(), d).ignore();
+                }
+                let _ = self.query(&pipe, dead.len()).await;
+            }
+        }
+        addresses.sort();
+        addresses.dedup();
+        self.peers_tx.send_if_modified(|cur| {
+            let changed = *cur != addresses;
+            *cur = addresses;
+            changed
+        });
+        // A node whose heartbeat expired, or that was alive at the last heartbeat and is not now (another node
+        // already removed it from the set).
+        let mut gone: HashSet<&String> = dead.iter().collect();
+        if was_up {
+            gone.extend(self.known_nodes.iter().filter(|n| !alive.contains(*n) && **n != *self.node));
+        }
+        for gone in gone {
+            let ids = self.routes.lock().drop_node(gone);
+            tracing::info!(node = %gone, ids = ids.len(), "cluster: node gone (heartbeat expired)");
+            if !ids.is_empty() && self.in_tx.try_send(Inbound::NodeGone { ids }).is_err() {
+                Stats::inc(&self.stats.inbound_dropped);
+            }
+        }
+        self.stats.nodes.store(alive.len() as u64 + 1, Ordering::Relaxed);
+        self.known_nodes = alive;
+        // Up only with the subscription too: without it, envelopes to this node would be lost.
+        self.set_up(self.sub_up);
+    }
+
+    /// Read the whole identity table (at start and after Redis comes back); false if Redis did not answer.
+    async fn load_identities(&mut self) -> bool {
+        let mut pipe = redis::pipe();
+        pipe.hgetall(self.names.identities(false)).hgetall(self.names.identities(true));
+        let Some(v) = self.query(&pipe, 2).await else { return false };
+        let mut ops = Vec::new();
+        for (reserved, m) in [false, true].into_iter().zip(v) {
+            let map: HashMap<String, String> = redis::from_redis_value(m).unwrap_or_default();
+            ops.extend(map.into_iter().map(|(field, value)| HashOp { reserved, field, value: Some(value) }));
+        }
+        if self.in_tx.send(Inbound::Snapshot(ops)).await.is_err() {
+            Stats::inc(&self.stats.inbound_dropped);
+        }
+        true
+    }
+
+    fn bounce(&self, body: Option<String>, unreachable: bool) {
+        if let Some(body) = body {
+            if self.in_tx.try_send(Inbound::Bounced { body, unreachable }).is_err() {
+                Stats::inc(&self.stats.inbound_dropped);
+            }
+        }
+    }
+
+    /// The node holding `id`: the route cache, else its presence record.
+    async fn resolve(&mut self, id: &str) -> Option<Arc<str>> {
+        if let Some(n) = self.routes.lock().get(id, Instant::now()) {
+            return Some(n);
+        }
+        let mut pipe = redis::pipe();
+        pipe.get(self.names.id(id));
+        let v = self.query(&pipe, 1).await?;
+        let node: Option<String> = v.into_iter().next().and_then(|x| redis::from_redis_value(x).ok());
+        let node: Arc<str> = node?.into();
+        if *node == *self.node {
+            // A stale record of ours (the session just ended): nobody else holds it.
+            return None;
+        }
+        self.routes.lock().set(id, node.clone(), Instant::now());
+        Some(node)
+    }
+
+    fn frame(&self, from: &str, body: &str) -> String {
+        format!("e {} {from}\n{body}", self.node)
+    }
+
+    /// Carry out one batch, in order, as one pipeline (plus look-ups for IDs not in the route cache).
+    async fn process(&mut self, items: Vec<Outbound>) {
+        if self.conn.is_none() || !self.up.load(Ordering::Relaxed) {
+            for item in items {
+                if let Outbound::To { bounce, .. } = item {
+                    Stats::inc(&self.stats.refused);
+                    self.bounce(bounce, false);
+                }
+            }
+            return;
+        }
+        let ttl = self.ttl.as_secs();
+        let mut pipe = redis::pipe();
+        let mut ops = 0;
+        /// What each item expects back, in pipeline order.
+        enum Want {
+            Published { from: String, to: String, body: String, bounce: Option<String>, node: Arc<str> },
+            Claimed { id: String, exclusive: bool },
+            Online { for_id: String, ids: Vec<String> },
+        }
+        let mut wants = Vec::new();
+        for item in items {
+            match item {
+                Outbound::To { from, to, body, bounce } => {
+                    let Some(node) = self.resolve(&to).await else {
+                        Stats::inc(&self.stats.refused);
+                        self.bounce(bounce, self.conn.is_some() && self.up.load(Ordering::Relaxed));
+                        continue;
+                    };
+                    pipe.publish(self.names.node(&node), self.frame(&from, &body));
+                    ops += 1;
+                    wants.push(Want::Published { from, to, body, bounce, node });
+                }
+                Outbound::Claim { id, exclusive } => {
+                    let key = self.names.id(&id);
+                    if exclusive {
+                        pipe.cmd("SET").arg(key).arg(&*self.node).arg("NX").arg("EX").arg(ttl);
+                    } else {
+                        pipe.cmd("SET").arg(key).arg(&*self.node).arg("EX").arg(ttl).arg("GET");
+                        // Other nodes that routed to this ID elsewhere learn where it is now.
+                        pipe.publish(self.names.all(), format!("m {} {id}", self.node)).ignore();
+                        ops += 1;
+                    }
+                    ops += 1;
+                    wants.push(Want::Claimed { id, exclusive });
+                }
+                Outbound::Release { id } => {
+                    pipe.cmd("EVAL").arg(RELEASE_SCRIPT).arg(1).arg(self.names.id(&id)).arg(&*self.node).ignore();
+                    ops += 1;
+                }
+                Outbound::Identities(list) => {
+                    for op in &list {
+                        let key = self.names.identities(op.reserved);
+                        match &op.value {
+                            Some(v) => pipe.hset(key, &op.field, v).ignore(),
+                            None => pipe.hdel(key, &op.field).ignore(),
+                        };
+                        ops += 1;
+                    }
+                    let text = serde_json::to_string(&list).unwrap_or_default();
+                    pipe.publish(self.names.all(), format!("i {}\n{text}", self.node)).ignore();
+                    ops += 1;
+                }
+                Outbound::Online { for_id, ids } => {
+                    if ids.is_empty() {
+                        continue;
+                    }
+                    let keys: Vec<String> = ids.iter().map(|i| self.names.id(i)).collect();
+                    pipe.cmd("MGET").arg(keys);
+                    ops += 1;
+                    wants.push(Want::Online { for_id, ids });
+                }
+            }
+        }
+        if ops == 0 {
+            return;
+        }
+        let Some(results) = self.query(&pipe, ops).await else {
+            for w in wants {
+                if let Want::Published { bounce, .. } = w {
+                    Stats::inc(&self.stats.refused);
+                    self.bounce(bounce, false);
+                }
+            }
+            return;
+        };
+        let mut retry = Vec::new();
+        for (w, v) in wants.into_iter().zip(results) {
+            match w {
+                Want::Published { from, to, body, bounce, node } => {
+                    let receivers: i64 = redis::from_redis_value(v).unwrap_or(0);
+                    if receivers > 0 {
+                        Stats::inc(&self.stats.published);
+                    } else {
+                        // Nobody listens on that node's channel: it is gone (or the ID moved). Look again once.
+                        self.routes.lock().forget(&to);
+                        retry.push((from, to, body, bounce, node));
+                    }
+                }
+                Want::Claimed { id, exclusive } => {
+                    if exclusive {
+                        if matches!(v, Value::Nil) {
+                            tracing::warn!(%id, "cluster: a fresh ID is held by another node; dropping it here");
+                            self.held.lock().remove(&id);
+                            if self.in_tx.try_send(Inbound::ClaimLost { id }).is_err() {
+                                Stats::inc(&self.stats.inbound_dropped);
+                            }
+                        }
+                    } else if let Ok(Some(old)) = redis::from_redis_value::<Option<String>>(v) {
+                        if old != *self.node {
+                            // The ID was held on another node: that node drops its session.
+                            let mut pipe = redis::pipe();
+                            pipe.publish(self.names.node(&old), format!("t {id}")).ignore();
+                            let _ = self.query(&pipe, 1).await;
+                        }
+                    }
+                }
+                Want::Online { for_id, ids } => {
+                    let nodes: Vec<Option<String>> = redis::from_redis_value(v).unwrap_or_default();
+                    let online: Vec<String> = ids
+                        .into_iter()
+                        .zip(nodes)
+                        .filter_map(|(id, n)| n.filter(|n| *n != *self.node).map(|_| id))
+                        .collect();
+                    if !online.is_empty() && self.in_tx.try_send(Inbound::Online { for_id, ids: online }).is_err() {
+                        Stats::inc(&self.stats.inbound_dropped);
+                    }
+                }
+            }
+        }
+        for (from, to, body, bounce, old) in retry {
+            match self.resolve(&to).await {
+                Some(node) if node != old => {
+                    let mut pipe = redis::pipe();
+                    pipe.publish(self.names.node(&node), self.frame(&from, &body));
+                    let n: i64 = self
+                        .query(&pipe, 1)
+                        .await
+                        .and_then(|v| v.into_iter().next())
+                        .and_then(|v| redis::from_redis_value(v).ok())
+                        .unwrap_or(0);
+                    if n > 0 {
+                        Stats::inc(&self.stats.published);
+                        continue;
+                    }
+                    Stats::inc(&self.stats.refused);
+                    self.bounce(bounce, true);
+                }
+                _ => {
+                    Stats::inc(&self.stats.refused);
+                    self.routes.lock().forget(&to);
+                    self.bounce(bounce, true);
+                }
+            }
+        }
+    }
+}
+
+/// One subscription (this node's channel and the broadcast channel), made again with backoff whenever it drops.
+#[allow(clippy::too_many_arguments)]
+async fn subscriber(
+    client: redis::Client,
+    channels: Vec<String>,
+    node: Arc<str>,
+    in_tx: mpsc::Sender<Inbound>,
+    routes: Arc<Mutex<Routes>>,
+    stats: Arc<Stats>,
+    events: mpsc::Sender<SubEvent>,
+    shutdown: CancellationToken,
+) {
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        if shutdown.is_cancelled() {
+            return;
+        }
+        let connected = async {
+            let mut ps = tokio::time::timeout(REDIS_TIMEOUT, client.get_async_pubsub()).await.ok()?.ok()?;
+            for c in &channels {
+                tokio::time::timeout(REDIS_TIMEOUT, ps.subscribe(c)).await.ok()?.ok()?;
+            }
+            Some(ps)
+        }
+        .await;
+        let Some(ps) = connected else {
+            let _ = events.send(SubEvent::Down).await;
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+            continue;
+        };
+        backoff = BACKOFF_MIN;
+        let _ = events.send(SubEvent::Up).await;
+        let mut stream = ps.into_on_message();
+        loop {
+            let msg = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                m = stream.next() => m,
+            };
+            let Some(msg) = msg else { break };
+            let Ok(text) = std::str::from_utf8(msg.get_payload_bytes()) else { continue };
+            if let Some(inbound) = parse_frame(text, &node, &routes) {
+                Stats::inc(&stats.received);
+                if in_tx.try_send(inbound).is_err() {
+                    // The hub is not keeping up: drop rather than grow (the sender's node is not told; the
+                    // messages of one pair stay in order, with a gap).
+                    Stats::inc(&stats.inbound_dropped);
+                }
+            }
+        }
+        tracing::debug!("cluster: subscription to Redis lost; reconnecting");
+        let _ = events.send(SubEvent::Down).await;
+    }
+}
+
+/// One pub/sub message: `e <node> <from-id>\n<body>` (an envelope), `t <id>` (take-over), `m <node> <id>` (an
+/// ID moved), `i <node>\n<json ops>` (identity changes). Our own broadcasts are skipped.
+fn parse_frame(text: &str, me: &str, routes: &Mutex<Routes>) -> Option<Inbound> {
+    let (head, body) = text.split_once('\n').unwrap_or((text, ""));
+    let mut parts = head.split(' ');
+    match (parts.next()?, parts.next(), parts.next()) {
+        ("e", Some(node), Some(from)) => {
+            if !from.is_empty() && node != me {
+                routes.lock().set(from, node.into(), Instant::now());
+            }
+            Some(Inbound::Envelope { body: body.to_string() })
+        }
+        ("t", Some(id), None) => Some(Inbound::TakeOver { id: id.to_string() }),
+        ("m", Some(node), Some(id)) => {
+            if node != me {
+                let mut r = routes.lock();
+                if r.map.contains_key(id) {
+                    r.set(id, node.into(), Instant::now());
+                }
+            }
+            None
+        }
+        ("i", Some(node), None) if node != me => serde_json::from_str(body).ok().map(Inbound::Identities),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_parse_and_teach_routes() {
+        let routes = Mutex::new(Routes::default());
+        let Some(Inbound::Envelope { body }) = parse_frame("e node-b abcd2345\n{\"t\":1}", "node-a", &routes) else {
+            panic!("envelope")
+        };
+        assert_eq!(body, "{\"t\":1}");
+        assert_eq!(routes.lock().get("abcd2345", Instant::now()).as_deref(), Some("node-b"));
+        assert!(matches!(parse_frame("t abcd2345", "node-a", &routes), Some(Inbound::TakeOver { .. })));
+        assert!(parse_frame("m node-c abcd2345", "node-a", &routes).is_none());
+        assert_eq!(routes.lock().get("abcd2345", Instant::now()).as_deref(), Some("node-c"));
+        // Our own identity broadcast is not applied twice.
+        assert!(parse_frame("i node-a\n[]", "node-a", &routes).is_none());
+        assert!(matches!(parse_frame("i node-b\n[]", "node-a", &routes), Some(Inbound::Identities(_))));
+        assert!(parse_frame("garbage", "node-a", &routes).is_none());
+        assert_eq!(routes.lock().drop_node("node-c"), vec!["abcd2345".to_string()]);
+    }
+}

@@ -1,0 +1,614 @@
+//! Several nodes as one service (`[cluster]`, src/cluster/, src/signaling/remote.rs) with real parts: Debian's
+//! `redis-server` on an ephemeral loopback port (no persistence, its own directory) and three ponte processes
+//! (the binary, so a node can be killed with SIGKILL), driven by WebSocket test clients that play browsers on
+//! different nodes. A missing redis-server is a failure, not a skip.
+
+mod common;
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use common::ws::*;
+use ring::rand::SystemRandom;
+use ring::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
+use serde_json::{json, Value};
+
+/// Short timers so that failures show within a test's patience: presence TTL 3 s (heartbeat each second),
+/// grace 4 s.
+const TTL: u64 = 3;
+const GRACE: u64 = 4;
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A redis-server of the test's own, killed when dropped.
+struct Redis {
+    port: u16,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl Redis {
+    fn start() -> Redis {
+        let dir = tempfile::tempdir().unwrap();
+        let mut r = Redis { port: free_port(), dir, child: None };
+        r.spawn();
+        r
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(["--dir", self.dir.path().to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (apt-get install redis-server; tests/setup.sh does it)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not listen within 10 s");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    async fn conn(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.url()).unwrap().get_multiplexed_async_connection().await.unwrap()
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// One ponte process.
+struct Node {
+    name: String,
+    redis_url: String,
+    http: SocketAddr,
+    metrics: SocketAddr,
+    config: PathBuf,
+    child: Option<Child>,
+}
+
+impl Node {
+    fn start(dir: &Path, name: &str, redis: &Redis) -> Node {
+        let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let config = dir.join(format!("{name}.toml"));
+        // Every node shares turn.secret, so the signaling key derived from it is the same on all of them.
+        std::fs::write(
+            &config,
+            format!(
+                r#"
+[http]
+listen = "{http}"
+[turn]
+enabled = false
+secret = "cluster-test-secret-0123456789abcdef"
+[signaling]
+reconnect_grace_secs = {GRACE}
+request_timeout_secs = 30
+[metrics]
+listen = "{metrics}"
+[log]
+level = "warn"
+[cluster]
+redis_url = "{url}"
+node_name = "{name}"
+key_prefix = "t"
+presence_ttl_secs = {TTL}
+"#,
+                url = redis.url()
+            ),
+        )
+        .unwrap();
+        let mut n = Node { name: name.into(), redis_url: redis.url(), http, metrics, config, child: None };
+        n.spawn();
+        n
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new(env!("CARGO_BIN_EXE_ponte"))
+            .arg("-c")
+            .arg(&self.config)
+            .env_remove("STATE_DIRECTORY")
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start ponte");
+        self.child = Some(child);
+    }
+
+    /// SIGKILL: no goodbye to Redis, its records must expire.
+    fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn ws_url(&self) -> String {
+        format!("ws://{}/ws", self.http)
+    }
+
+    async fn healthz(&self) -> Option<Value> {
+        let s = tokio::net::TcpStream::connect(self.http).await.ok()?;
+        drop(s);
+        let (_, _, body) = common::http_get(self.http, "/healthz", &[]).await;
+        serde_json::from_slice(&body).ok()
+    }
+
+    /// Wait until /healthz says `components.cluster == want`.
+    async fn wait_cluster(&self, want: &str, within: Duration) -> Value {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(v) = self.healthz().await {
+                if v["components"]["cluster"] == want {
+                    return v;
+                }
+                assert!(Instant::now() < deadline, "{}: cluster never {want}: {v}", self.name);
+            } else {
+                assert!(Instant::now() < deadline, "{}: no /healthz", self.name);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The node writes an ID's presence a moment after `welcome` (its cluster task does it): wait until Redis
+    /// names this node for `id`, as another node would see it.
+    async fn wait_presence(&self, id: &str) {
+        let mut r =
+            redis::Client::open(self.redis_url.as_str()).unwrap().get_multiplexed_async_connection().await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let holder: Option<String> = redis::cmd("GET").arg(format!("t:id:{id}")).query_async(&mut r).await.unwrap();
+            if holder.as_deref() == Some(self.name.as_str()) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{}: presence of {id} never written ({holder:?})", self.name);
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    async fn metric(&self, name: &str) -> f64 {
+        let (_, _, body) = common::http_get(self.metrics, "/metrics", &[]).await;
+        let text = String::from_utf8(body).unwrap();
+        ponte::metrics::parse_text(&text).into_iter().find(|(k, _)| k == name).map(|(_, v)| v).unwrap_or(-1.0)
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Redis and three nodes, all up.
+struct Cluster {
+    redis: Redis,
+    nodes: Vec<Node>,
+    _dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    async fn start() -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let redis = Redis::start();
+        let nodes: Vec<Node> =
+            ["node-a", "node-b", "node-c"].iter().map(|n| Node::start(dir.path(), n, &redis)).collect();
+        for n in &nodes {
+            n.wait_cluster("ok", Duration::from_secs(20)).await;
+        }
+        Cluster { redis, nodes, _dir: dir }
+    }
+}
+
+struct Client {
+    ws: Ws,
+    id: String,
+    token: String,
+    welcome: Value,
+}
+
+async fn open_url(url: &str) -> Ws {
+    tokio_tungstenite::connect_async(url).await.expect("WebSocket connect").0
+}
+
+async fn client_on(node: &Node, token: Option<&str>) -> Client {
+    let c = client_no_redis(node, token).await;
+    node.wait_presence(&c.id).await;
+    c
+}
+
+/// A client whose presence is not waited for (Redis is down).
+async fn client_no_redis(node: &Node, token: Option<&str>) -> Client {
+    let mut ws = open_url(&node.ws_url()).await;
+    let mut h = json!({"type": "hello", "v": 1});
+    if let Some(t) = token {
+        h["token"] = json!(t);
+    }
+    send(&mut ws, h).await;
+    let welcome = expect(&mut ws, "welcome").await;
+    Client {
+        id: welcome["id"].as_str().unwrap().to_string(),
+        token: welcome["token"].as_str().unwrap().to_string(),
+        ws,
+        welcome,
+    }
+}
+
+/// A connects to B, B accepts: both paired, A the initiator, the same ticket on both sides.
+async fn pair(a: &mut Client, b: &mut Client) -> String {
+    send(&mut a.ws, json!({"type": "connect", "to": b.id})).await;
+    let inc = expect(&mut b.ws, "incoming").await;
+    assert_eq!(inc["peer"], a.id.as_str());
+    expect(&mut a.ws, "request_sent").await;
+    send(&mut b.ws, json!({"type": "accept", "from": a.id})).await;
+    let pa = expect(&mut a.ws, "paired").await;
+    let pb = expect(&mut b.ws, "paired").await;
+    assert_eq!((pa["peer"].as_str(), pa["initiator"].as_bool()), (Some(b.id.as_str()), Some(true)), "{pa}");
+    assert_eq!((pb["peer"].as_str(), pb["initiator"].as_bool()), (Some(a.id.as_str()), Some(false)), "{pb}");
+    let ticket = pa["ticket"].as_str().unwrap().to_string();
+    assert!(!ticket.is_empty());
+    // Either node's ticket re-pairs (shared key); each side keeps the one it got.
+    assert!(pb["ticket"].as_str().is_some_and(|t| !t.is_empty()));
+    ticket
+}
+
+async fn signal(from: &mut Client, to: &mut Client, n: u64) {
+    send(&mut from.ws, json!({"type": "signal", "to": to.id, "data": {"n": n}})).await;
+    let v = expect(&mut to.ws, "signal").await;
+    assert_eq!(v["from"], from.id.as_str(), "{v}");
+    assert_eq!(v["data"]["n"], n, "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_message_type_works_across_nodes() {
+    let c = Cluster::start().await;
+    let (na, nb, nc) = (&c.nodes[0], &c.nodes[1], &c.nodes[2]);
+    let mut a = client_on(na, None).await;
+    let mut b = client_on(nb, None).await;
+    let mut x = client_on(nc, None).await;
+
+    // Presence records: each ID names its node.
+    let mut r = c.redis.conn().await;
+    let holder: Option<String> = redis::cmd("GET").arg(format!("t:id:{}", b.id)).query_async(&mut r).await.unwrap();
+    assert_eq!(holder.as_deref(), Some("node-b"));
+
+    // connect to nobody: the same answer as on one node.
+    send(&mut a.ws, json!({"type": "connect", "to": "zzzz2222"})).await;
+    expect_error(&mut a.ws, "unknown_peer").await;
+
+    // Consent: no signal between IDs that are not paired, whichever node asks.
+    send(&mut x.ws, json!({"type": "signal", "to": a.id, "data": {}})).await;
+    expect_error(&mut x.ws, "not_paired").await;
+
+    // decline across nodes.
+    send(&mut x.ws, json!({"type": "connect", "to": a.id})).await;
+    expect(&mut a.ws, "incoming").await;
+    expect(&mut x.ws, "request_sent").await;
+    send(&mut x.ws, json!({"type": "connect", "to": a.id})).await;
+    expect_error(&mut x.ws, "duplicate_request").await;
+    send(&mut a.ws, json!({"type": "decline", "from": x.id})).await;
+    let d = expect(&mut x.ws, "declined").await;
+    assert_eq!(d["peer"], a.id.as_str());
+
+    // cancel across nodes.
+    send(&mut x.ws, json!({"type": "connect", "to": b.id})).await;
+    expect(&mut b.ws, "incoming").await;
+    expect(&mut x.ws, "request_sent").await;
+    send(&mut x.ws, json!({"type": "cancel", "to": b.id})).await;
+    expect(&mut x.ws, "request_cancelled").await;
+    let ic = expect(&mut b.ws, "incoming_cancelled").await;
+    assert_eq!(ic["reason"], "cancelled");
+    send(&mut b.ws, json!({"type": "accept", "from": x.id})).await;
+    expect_error(&mut b.ws, "no_request").await;
+
+    // Pairing, then signals both ways, in order.
+    let ticket = pair(&mut a, &mut b).await;
+    send(&mut a.ws, json!({"type": "connect", "to": b.id})).await;
+    expect_error(&mut a.ws, "already_paired").await;
+    signal(&mut a, &mut b, 1).await;
+    signal(&mut b, &mut a, 2).await;
+    for n in 0..300u64 {
+        send(&mut a.ws, json!({"type": "signal", "to": b.id, "data": {"n": n}})).await;
+        if n % 40 == 39 {
+            // Stay under the per-connection rate limit (50/s, burst 100).
+            tokio::time::sleep(Duration::from_millis(850)).await;
+        }
+    }
+    for n in 0..300u64 {
+        let v = expect(&mut b.ws, "signal").await;
+        assert_eq!(v["data"]["n"], n, "signals between nodes arrive in order");
+    }
+    // A third party still cannot reach either of them.
+    send(&mut x.ws, json!({"type": "signal", "to": b.id, "data": {}})).await;
+    expect_error(&mut x.ws, "not_paired").await;
+    assert_silent(&mut b.ws, Duration::from_millis(300)).await;
+
+    // Away and back: B drops and resumes on its node.
+    drop(b.ws);
+    let v = expect(&mut a.ws, "peer_away").await;
+    assert_eq!(v["peer"], b.id.as_str());
+    send(&mut a.ws, json!({"type": "signal", "to": b.id, "data": {}})).await;
+    expect_error(&mut a.ws, "peer_away").await;
+    let mut b2 = client_on(nb, Some(&b.token)).await;
+    assert_eq!(b2.id, b.id);
+    assert_eq!(b2.welcome["resumed"], true, "{}", b2.welcome);
+    let v = expect(&mut a.ws, "peer_back").await;
+    assert_eq!(v["peer"], b.id.as_str());
+    signal(&mut a, &mut b2, 3).await;
+
+    // bye: B hears it, and the pairing is gone on both nodes.
+    send(&mut a.ws, json!({"type": "bye", "to": b2.id})).await;
+    let v = expect(&mut b2.ws, "peer_left").await;
+    assert_eq!(v["reason"], "bye");
+    send(&mut b2.ws, json!({"type": "signal", "to": a.id, "data": {}})).await;
+    expect_error(&mut b2.ws, "not_paired").await;
+    send(&mut a.ws, json!({"type": "signal", "to": b2.id, "data": {}})).await;
+    expect_error(&mut a.ws, "not_paired").await;
+
+    // rejoin with the ticket re-pairs them, both presenting it (no request to accept).
+    send(&mut a.ws, json!({"type": "rejoin", "to": b2.id, "ticket": ticket})).await;
+    expect(&mut a.ws, "rejoin_waiting").await;
+    send(&mut b2.ws, json!({"type": "rejoin", "to": a.id, "ticket": ticket})).await;
+    let mut got_paired = false;
+    while !got_paired {
+        let v = recv(&mut b2.ws).await;
+        got_paired = v["type"] == "paired";
+        assert!(["paired", "rejoin_waiting"].contains(&v["type"].as_str().unwrap()), "{v}");
+    }
+    let pa = expect(&mut a.ws, "paired").await;
+    assert_eq!(pa["initiator"], true, "the ticket's roles: A initiated");
+    signal(&mut b2, &mut a, 4).await;
+
+    // Left: B goes for longer than the grace period; A hears peer_left(disconnected).
+    drop(b2.ws);
+    expect(&mut a.ws, "peer_away").await;
+    let v = recv_within(&mut a.ws, Duration::from_secs(GRACE + 3)).await.expect("peer_left after the grace period");
+    assert_eq!((v["type"].as_str(), v["reason"].as_str()), (Some("peer_left"), Some("disconnected")), "{v}");
+
+    // A pending request whose requester leaves is withdrawn on the other node.
+    send(&mut x.ws, json!({"type": "connect", "to": a.id})).await;
+    expect(&mut a.ws, "incoming").await;
+    expect(&mut x.ws, "request_sent").await;
+    drop(x.ws);
+    let v = recv_within(&mut a.ws, Duration::from_secs(GRACE + 3)).await.expect("incoming_cancelled");
+    assert_eq!((v["type"].as_str(), v["reason"].as_str()), (Some("incoming_cancelled"), Some("left")), "{v}");
+
+    // Metrics count what crossed.
+    assert!(na.metric("ponte_cluster_published_total").await > 300.0);
+    assert!(nb.metric("ponte_cluster_received_total").await > 300.0);
+    assert_eq!(na.metric("ponte_cluster_redis_up").await, 1.0);
+    assert_eq!(na.metric("ponte_cluster_nodes").await, 3.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ids_are_unique_across_the_cluster() {
+    let c = Cluster::start().await;
+    let mut ids = std::collections::HashSet::new();
+    let mut clients = Vec::new();
+    for i in 0..30 {
+        let cl = client_on(&c.nodes[i % 3], None).await;
+        assert!(ids.insert(cl.id.clone()), "ID {} handed out twice", cl.id);
+        clients.push(cl);
+    }
+    // A token brings its ID back on another node (the key is shared); the old holder loses it.
+    let first = clients.remove(0);
+    let moved = client_on(&c.nodes[1], Some(&first.token)).await;
+    assert_eq!(moved.id, first.id);
+    assert_eq!(moved.welcome["restored"], true, "{}", moved.welcome);
+    let mut old = first.ws;
+    assert_eq!(close_code(&mut old).await, 4002, "the old node gives the ID up");
+    let mut r = c.redis.conn().await;
+    let holder: Option<String> = redis::cmd("GET").arg(format!("t:id:{}", moved.id)).query_async(&mut r).await.unwrap();
+    assert_eq!(holder.as_deref(), Some("node-b"));
+}
+
+// --- identities: contacts, presence and block across nodes ---
+
+fn b64(b: &[u8]) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
+}
+
+struct Key(EcdsaKeyPair);
+
+impl Key {
+    fn new() -> Key {
+        let rng = SystemRandom::new();
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
+        Key(EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng).unwrap())
+    }
+    fn public(&self) -> String {
+        b64(self.0.public_key().as_ref())
+    }
+    fn prove(&self, challenge: &str) -> String {
+        b64(self.0.sign(&SystemRandom::new(), format!("ponte-identity-v1:{challenge}").as_bytes()).unwrap().as_ref())
+    }
+}
+
+async fn identity_on(node: &Node, key: &Key) -> Client {
+    let mut ws = open_url(&node.ws_url()).await;
+    send(&mut ws, json!({"type": "hello", "v": 1, "identity": {"key": key.public()}})).await;
+    let ch = expect(&mut ws, "identity_challenge").await;
+    send(&mut ws, json!({"type": "identity_proof", "signature": key.prove(ch["challenge"].as_str().unwrap())})).await;
+    let welcome = expect(&mut ws, "welcome").await;
+    node.wait_presence(welcome["id"].as_str().unwrap()).await;
+    Client {
+        id: welcome["id"].as_str().unwrap().to_string(),
+        token: welcome["token"].as_str().unwrap().to_string(),
+        ws,
+        welcome,
+    }
+}
+
+/// The next message of `ty`, skipping others (presence may interleave with replies).
+async fn expect_skip(ws: &mut Ws, ty: &str) -> Value {
+    loop {
+        let v = recv(ws).await;
+        if v["type"] == ty {
+            return v;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn contacts_presence_and_block_across_nodes() {
+    let c = Cluster::start().await;
+    let (ka, kb) = (Key::new(), Key::new());
+    let mut a = identity_on(&c.nodes[0], &ka).await;
+    let mut b = identity_on(&c.nodes[1], &kb).await;
+    // The identity table is replicated through Redis: give node-b's registration a moment to reach node-a.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The identity registered on node-a is known on node-b (the table is shared): contacts work across.
+    send(&mut a.ws, json!({"type": "contact_add", "id": b.id})).await;
+    let v = expect(&mut a.ws, "contact").await;
+    assert_eq!(v["mutual"], false, "{v}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    send(&mut b.ws, json!({"type": "contact_add", "id": a.id})).await;
+    let v = expect(&mut b.ws, "contact").await;
+    assert_eq!(v["mutual"], true, "{v}");
+    // Mutual now: each hears the other online.
+    let v = expect_skip(&mut a.ws, "presence").await;
+    assert_eq!((v["peer"].as_str(), v["online"].as_bool()), (Some(b.id.as_str()), Some(true)), "{v}");
+    let v = expect_skip(&mut b.ws, "presence").await;
+    assert_eq!((v["peer"].as_str(), v["online"].as_bool()), (Some(a.id.as_str()), Some(true)), "{v}");
+
+    // B goes; A hears it offline. B comes back on a third node with its key: the same ID, A hears it online.
+    let b_id = b.id.clone();
+    drop(b.ws);
+    let v = recv_within(&mut a.ws, Duration::from_secs(GRACE + 3)).await.expect("presence offline");
+    assert_eq!((v["type"].as_str(), v["online"].as_bool()), (Some("presence"), Some(false)), "{v}");
+    let mut b = identity_on(&c.nodes[2], &kb).await;
+    assert_eq!(b.id, b_id, "the key's ID is the same on every node");
+    let v = expect_skip(&mut a.ws, "presence").await;
+    assert_eq!((v["peer"].as_str(), v["online"].as_bool()), (Some(b.id.as_str()), Some(true)), "{v}");
+    // Its welcome on node-c lists A as a mutual contact, and presence says A is online (A is on node-a).
+    let contacts = &b.welcome["contacts"];
+    assert!(
+        contacts.as_array().unwrap().iter().any(|x| x["peer"] == a.id.as_str() && x["mutual"] == true),
+        "{contacts}"
+    );
+    let v = expect_skip(&mut b.ws, "presence").await;
+    assert_eq!((v["peer"].as_str(), v["online"].as_bool()), (Some(a.id.as_str()), Some(true)), "{v}");
+
+    // Block across nodes: A blocks B; B sees A offline and its connect looks like an offline ID.
+    send(&mut a.ws, json!({"type": "block", "id": b.id})).await;
+    expect_skip(&mut a.ws, "blocked").await;
+    let v = expect_skip(&mut b.ws, "presence").await;
+    assert_eq!(v["online"], false, "{v}");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    send(&mut b.ws, json!({"type": "connect", "to": a.id})).await;
+    let v = expect_skip(&mut b.ws, "error").await;
+    assert_eq!(v["code"], "unknown_peer", "{v}");
+    assert_silent(&mut a.ws, Duration::from_millis(300)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_node_s_browsers_resume_elsewhere_and_re_pair() {
+    let mut c = Cluster::start().await;
+    let mut a = client_on(&c.nodes[0], None).await;
+    let mut b = client_on(&c.nodes[1], None).await;
+    let ticket = pair(&mut a, &mut b).await;
+    signal(&mut a, &mut b, 1).await;
+
+    c.nodes[1].kill9();
+    // A hears B away once node-b's heartbeat expires (TTL 3 s, checked every second).
+    let t0 = Instant::now();
+    let v = recv_within(&mut a.ws, Duration::from_secs(TTL + 5)).await.expect("peer_away after the node died");
+    assert_eq!((v["type"].as_str(), v["peer"].as_str()), (Some("peer_away"), Some(b.id.as_str())), "{v}");
+    eprintln!("peer_away {:?} after kill -9", t0.elapsed());
+    send(&mut a.ws, json!({"type": "signal", "to": b.id, "data": {}})).await;
+    let v = recv(&mut a.ws).await;
+    assert_eq!(v["type"], "error", "{v}");
+    assert!(["peer_away", "not_paired"].contains(&v["code"].as_str().unwrap()), "{v}");
+
+    // B's browser reconnects (through the load balancer) to node-c with its token: same ID, then rejoin.
+    let mut b2 = client_on(&c.nodes[2], Some(&b.token)).await;
+    assert_eq!(b2.id, b.id);
+    assert_eq!(b2.welcome["restored"], true, "{}", b2.welcome);
+    send(&mut b2.ws, json!({"type": "rejoin", "to": a.id, "ticket": ticket})).await;
+    expect(&mut b2.ws, "rejoin_waiting").await;
+    let p = expect(&mut b2.ws, "paired").await;
+    assert_eq!((p["peer"].as_str(), p["initiator"].as_bool()), (Some(a.id.as_str()), Some(false)), "{p}");
+    let v = expect(&mut a.ws, "peer_back").await;
+    assert_eq!(v["peer"], b.id.as_str());
+    signal(&mut a, &mut b2, 2).await;
+    signal(&mut b2, &mut a, 3).await;
+    // The survivors count two nodes now.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while c.nodes[0].metric("ponte_cluster_nodes").await != 2.0 {
+        assert!(Instant::now() < deadline, "node-a still counts node-b");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restart_degrades_then_recovers() {
+    let mut c = Cluster::start().await;
+    let mut a = client_on(&c.nodes[0], None).await;
+    let mut b = client_on(&c.nodes[1], None).await;
+    pair(&mut a, &mut b).await;
+    let mut l1 = client_on(&c.nodes[0], None).await;
+    let mut l2 = client_on(&c.nodes[0], None).await;
+    pair(&mut l1, &mut l2).await;
+    let k = Key::new();
+    let ident = identity_on(&c.nodes[2], &k).await;
+
+    c.redis.kill();
+    let h = c.nodes[0].wait_cluster("failed", Duration::from_secs(10)).await;
+    assert_eq!(h["status"], "degraded", "{h}");
+    assert_eq!(c.nodes[0].metric("ponte_cluster_redis_up").await, 0.0);
+    // A pair on one node keeps working; a cross-node operation gets a clear error at once.
+    signal(&mut l1, &mut l2, 1).await;
+    send(&mut a.ws, json!({"type": "signal", "to": b.id, "data": {}})).await;
+    expect_error(&mut a.ws, "cluster_unavailable").await;
+    let mut x = client_no_redis(&c.nodes[0], None).await;
+    send(&mut x.ws, json!({"type": "connect", "to": b.id})).await;
+    expect_error(&mut x.ws, "cluster_unavailable").await;
+    let refused = c.nodes[0].metric("ponte_cluster_refused_total").await;
+    assert!(refused >= 2.0, "{refused}");
+
+    // Redis back (empty: no persistence): presence is written again and the cross-node pair works again.
+    c.redis.spawn();
+    for n in &c.nodes {
+        let h = n.wait_cluster("ok", Duration::from_secs(15)).await;
+        assert_eq!(h["status"], "ok", "{h}");
+    }
+    let mut r = c.redis.conn().await;
+    let holder: Option<String> = redis::cmd("GET").arg(format!("t:id:{}", b.id)).query_async(&mut r).await.unwrap();
+    assert_eq!(holder.as_deref(), Some("node-b"), "presence re-published after Redis came back");
+    // The identity table, lost with Redis (no persistence), is written back by the nodes that hold it.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let rec: Option<String> =
+            redis::cmd("HGET").arg("t:identities").arg(&ident.id).query_async(&mut r).await.unwrap();
+        if rec.is_some_and(|r| r.contains(&k.public())) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "identity {} not written back to Redis", ident.id);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    signal(&mut a, &mut b, 2).await;
+    signal(&mut b, &mut a, 3).await;
+    signal(&mut l2, &mut l1, 4).await;
+}
