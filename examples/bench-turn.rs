@@ -3,7 +3,13 @@
 //! same machine, loopback only, printed side by side with the ratio.
 //!
 //!     cargo run --release --example bench-turn [-- --secs 2 --rounds 3 --clients 8 --window 32 --size 100
-//!                                                  --allocations 5000 --rate 20000 --pin N --udp-workers 0]
+//!                                                  --allocations 5000 --rate 20000 --pin N --udp-workers 0
+//!                                                  --main 1 --matrix 1|0|pinned|unpinned --matrix-clients 1,2
+//!                                                  --ab PONTE_UDP_GSO=0]
+//!
+//! `--main 0` skips the Binding and relay phases (only the matrix runs); `--ab NAME=VALUE` adds a second ponte,
+//! started with that environment variable, to the matrix (e.g. `PONTE_UDP_GSO=0`, `PONTE_UDP_SHORT_SLICE=0`), so
+//! that a switch is compared in the same minutes as everything else.
 //!
 //! First, memory per allocation: `--allocations` K allocations (one client socket and username each) are created
 //! against each fresh server, and the server's RSS before and after gives bytes per allocation (relay sockets'
@@ -66,6 +72,16 @@ struct Opts {
     pin: Option<usize>,
     /// Run the relay matrix (pinned and unpinned × 1 and 2 client threads, ponte, coturn and the floor).
     matrix: bool,
+    /// Placements of the matrix: pinned, unpinned (both by default).
+    placements: (bool, bool),
+    /// Client-thread counts of the matrix (1 and 2 by default).
+    matrix_clients: Vec<usize>,
+    /// Run the Binding and relay phases before the matrix (and their fixed-rate latency phases).
+    main: bool,
+    /// Also run a second ponte with this environment variable set (`--ab PONTE_UDP_GSO=0`: GSO off;
+    /// `PONTE_UDP_SHORT_SLICE=0`: default scheduler slice) in the matrix, alternating with the others: an A/B in the
+    /// same minutes.
+    ab: Option<(String, String)>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -87,9 +103,34 @@ fn main() -> anyhow::Result<()> {
         pin: None,
         rate: 20_000,
         matrix: true,
+        placements: (true, true),
+        matrix_clients: vec![1, 2],
+        main: true,
+        ab: None,
     };
     let mut i = 1;
     while i + 1 < args.len() {
+        // Options with words for values first.
+        match (args[i].as_str(), args[i + 1].as_str()) {
+            ("--matrix", "pinned") => o.placements = (true, false),
+            ("--matrix", "unpinned") => o.placements = (false, true),
+            ("--ab", kv) => {
+                let (k, v) = kv.split_once('=').ok_or_else(|| anyhow::anyhow!("--ab wants NAME=VALUE"))?;
+                o.ab = Some((k.to_string(), v.to_string()));
+            }
+            ("--matrix-clients", list) => {
+                o.matrix_clients =
+                    list.split(',').map(|c| c.parse::<usize>().map(|c| c.clamp(1, 64))).collect::<Result<_, _>>()?
+            }
+            _ => {}
+        }
+        if args[i] == "--matrix-clients"
+            || args[i] == "--ab"
+            || (args[i] == "--matrix" && args[i + 1].parse::<usize>().is_err())
+        {
+            i += 2;
+            continue;
+        }
         let v: usize = args[i + 1].parse()?;
         match args[i].as_str() {
             "--secs" => o.secs = v.clamp(1, 60) as u64,
@@ -102,10 +143,12 @@ fn main() -> anyhow::Result<()> {
             "--pin" => o.pin = Some(v),
             "--rate" => o.rate = v.clamp(100, 1_000_000),
             "--matrix" => o.matrix = v != 0,
+            "--main" => o.main = v != 0,
             other => {
                 anyhow::bail!(
                     "unknown option {other}; use --secs, --rounds, --clients, --window, --size, --allocations, \
-                     --udp-workers, --pin, --rate, --matrix"
+                     --udp-workers, --pin, --rate, --matrix 0|1|pinned|unpinned, --matrix-clients 1,2, --main, \
+                     --ab NAME=VALUE"
                 )
             }
         }
@@ -143,19 +186,26 @@ fn main() -> anyhow::Result<()> {
         common::load_average()
     );
 
-    let ponte = turn::spawn_ponte(
-        dir.path(),
-        &format!(
-            "relay_port_min = {PONTE_PORTS_MIN}\nrelay_port_max = {}\nallow_peers = [\"127.0.0.1/32\"]\n\
-             max_allocations_per_user = 100\nmax_allocations = {}\nunauthenticated_rate_per_ip = 1000000\n\
-             udp_workers = {}\nmax_allocations_per_ip = {}\nrelay_port_share_per_ip_percent = 100\n\
-             max_bandwidth_per_allocation = 0\n",
-            PONTE_PORTS_MIN + RELAY_PORTS - 1,
-            o.allocations + 100,
-            o.udp_workers,
-            o.allocations + 100
-        ),
-    )?;
+    let ponte_extra = format!(
+        "relay_port_min = {PONTE_PORTS_MIN}\nrelay_port_max = {}\nallow_peers = [\"127.0.0.1/32\"]\n\
+         max_allocations_per_user = 100\nmax_allocations = {}\nunauthenticated_rate_per_ip = 1000000\n\
+         udp_workers = {}\nmax_allocations_per_ip = {}\nrelay_port_share_per_ip_percent = 100\n\
+         max_bandwidth_per_allocation = 0\n",
+        PONTE_PORTS_MIN + RELAY_PORTS - 1,
+        o.allocations + 100,
+        o.udp_workers,
+        o.allocations + 100
+    );
+    let ponte = turn::spawn_ponte(dir.path(), &ponte_extra)?;
+    // The same ponte with one environment variable set, for an A/B in the same minutes (`--ab NAME=VALUE`).
+    let ponte_b = match &o.ab {
+        Some(kv) => {
+            let b = dir.path().join("b");
+            std::fs::create_dir_all(&b)?;
+            Some(turn::spawn_ponte_with_env(&b, &ponte_extra, Some(kv))?)
+        }
+        None => None,
+    };
     let coturn = turn::spawn_coturn(
         dir.path(),
         COTURN_PORTS_MIN..=COTURN_PORTS_MIN + RELAY_PORTS - 1,
@@ -170,14 +220,17 @@ fn main() -> anyhow::Result<()> {
             .spawn()?;
         (Guard(child), SocketAddr::from(([127, 0, 0, 1], port)))
     };
-    for (name, addr) in [("ponte", ponte.1), ("coturn", coturn.1)] {
+    for (name, addr) in
+        [("ponte", ponte.1), ("coturn", coturn.1)].into_iter().chain(ponte_b.as_ref().map(|p| ("ponte (B)", p.1)))
+    {
         turn::wait_ready(addr).map_err(|e| anyhow::anyhow!("{name} did not answer STUN on {addr}: {e}"))?;
     }
     // The servers start seeing every CPU (so their defaults, e.g. ponte's one UDP worker per CPU, are those of
     // this host) and are restricted afterwards, every thread: the same processes then serve pinned and unpinned.
     let pids = [ponte.0 .0.id(), coturn.0 .0.id(), floor.0 .0.id()];
+    let b_pid = ponte_b.as_ref().map(|p| p.0 .0.id());
     let place = |pin: usize| -> anyhow::Result<()> {
-        for pid in pids {
+        for pid in pids.into_iter().chain(b_pid) {
             set_pid_cpus(pid, if pin > 0 { 0..pin } else { 0..cpus })?;
         }
         // The generator threads (spawned per phase) inherit this thread's CPUs.
@@ -194,12 +247,13 @@ fn main() -> anyhow::Result<()> {
         (None, None)
     };
 
+    let main_rounds = if o.main { o.rounds } else { 0 };
     let (mut pb, mut cb, mut pr, mut cr) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for _ in 0..o.rounds {
+    for _ in 0..main_rounds {
         pb.push(binding_phase(ponte.1, ponte.0 .0.id(), &o, None));
         cb.push(binding_phase(coturn.1, coturn.0 .0.id(), &o, None));
     }
-    for _ in 0..o.rounds {
+    for _ in 0..main_rounds {
         pr.push(relay_phase(ponte.1, ponte.0 .0.id(), &o, None, false).map_err(|e| e.context("ponte relay phase"))?);
         cr.push(relay_phase(coturn.1, coturn.0 .0.id(), &o, None, false).map_err(|e| e.context("coturn relay phase"))?);
     }
@@ -207,7 +261,7 @@ fn main() -> anyhow::Result<()> {
     // RTT is mostly its own queue (in-flight ÷ throughput) and the generator's scheduling, not the server.
     let pace = Some(o.rate as f64 / o.clients as f64);
     let (mut pbl, mut cbl, mut prl, mut crl) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for _ in 0..o.rounds {
+    for _ in 0..main_rounds {
         pbl.push(binding_phase(ponte.1, ponte.0 .0.id(), &o, pace));
         cbl.push(binding_phase(coturn.1, coturn.0 .0.id(), &o, pace));
         prl.push(relay_phase(ponte.1, ponte.0 .0.id(), &o, pace, false).map_err(|e| e.context("ponte relay latency"))?);
@@ -215,50 +269,60 @@ fn main() -> anyhow::Result<()> {
             relay_phase(coturn.1, coturn.0 .0.id(), &o, pace, false).map_err(|e| e.context("coturn relay latency"))?,
         );
     }
-    let (pbl, cbl, prl, crl) = (median(pbl), median(cbl), median(prl), median(crl));
-    let (pb, cb, pr, cr) = (median(pb), median(cb), median(pr), median(cr));
+    let main = if o.main {
+        Some((median(pb), median(cb), median(pr), median(cr), median(pbl), median(cbl), median(prl), median(crl)))
+    } else {
+        None
+    };
     // The relay matrix: both placements and 1 and 2 client threads in one run, with the floor.
     let mut matrix = Vec::new();
     if o.matrix {
         let pinned_cpus = (cpus / 2).max(1);
-        for (label, p) in [("pinned", pinned_cpus), ("unpinned", 0)] {
-            if p >= cpus {
+        for (label, p, on) in [("pinned", pinned_cpus, o.placements.0), ("unpinned", 0, o.placements.1)] {
+            if p >= cpus || !on {
                 continue;
             }
             place(p)?;
-            for clients in [1, 2] {
+            for &clients in &o.matrix_clients {
                 let oc = Opts { clients, ..o.clone() };
-                let (mut a, mut b, mut f) = (Vec::new(), Vec::new(), Vec::new());
+                let (mut a, mut b, mut f, mut g) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
                 for _ in 0..o.rounds {
                     a.push(relay_phase(ponte.1, pids[0], &oc, None, false).map_err(|e| e.context("ponte matrix"))?);
                     b.push(relay_phase(coturn.1, pids[1], &oc, None, false).map_err(|e| e.context("coturn matrix"))?);
                     f.push(relay_phase(floor.1, pids[2], &oc, None, true).map_err(|e| e.context("floor matrix"))?);
+                    if let (Some(n), Some(pid)) = (&ponte_b, b_pid) {
+                        g.push(relay_phase(n.1, pid, &oc, None, false).map_err(|e| e.context("ponte (B)"))?);
+                    }
                 }
-                matrix.push((label, clients, median(a), median(b), median(f), common::load_average()));
+                let g = if g.is_empty() { None } else { Some(median(g)) };
+                matrix.push((label, clients, median(a), median(b), median(f), g, common::load_average()));
             }
         }
         place(pin)?;
     }
     drop(ponte);
+    drop(ponte_b);
     drop(coturn);
     drop(floor);
 
-    println!();
-    println!("{:<32}{:>16}{:>16}{:>16}", "", "ponte", "coturn", "ponte/coturn");
-    row("STUN Binding requests/s", pb.rate, cb.rate);
-    lat("  RTT p50 / p99", &pb, &cb);
-    cpu("  server CPU per request", &pb, &cb);
-    println!("{:<32}{:>16}{:>16}", "  lost", pb.lost, cb.lost);
-    row("TURN relayed packets/s", pr.rate * 2.0, cr.rate * 2.0);
-    row("  (echo round trips/s)", pr.rate, cr.rate);
-    lat("  RTT p50 / p99", &pr, &cr);
-    cpu("  server CPU per packet", &pr, &cr);
-    println!("{:<32}{:>16}{:>16}", "  lost", pr.lost, cr.lost);
-    println!("at a fixed {} operations/s (requests; echo round trips = 2 relayed packets):", o.rate);
-    lat("  STUN Binding RTT p50 / p99", &pbl, &cbl);
-    println!("{:<32}{:>16}{:>16}", "    lost", pbl.lost, cbl.lost);
-    lat("  TURN relay RTT p50 / p99", &prl, &crl);
-    println!("{:<32}{:>16}{:>16}", "    lost", prl.lost, crl.lost);
+    if let Some((pb, cb, pr, cr, pbl, cbl, prl, crl)) = &main {
+        println!();
+        println!("{:<32}{:>16}{:>16}{:>16}", "", "ponte", "coturn", "ponte/coturn");
+        row("STUN Binding requests/s", pb.rate, cb.rate);
+        lat("  RTT p50 / p99", pb, cb);
+        cpu("  server CPU per request", pb, cb);
+        println!("{:<32}{:>16}{:>16}", "  lost", pb.lost, cb.lost);
+        row("TURN relayed packets/s", pr.rate * 2.0, cr.rate * 2.0);
+        row("  (echo round trips/s)", pr.rate, cr.rate);
+        lat("  RTT p50 / p99", pr, cr);
+        cpu("  server CPU per packet", pr, cr);
+        println!("{:<32}{:>16}{:>16}", "  lost", pr.lost, cr.lost);
+        println!("at a fixed {} operations/s (requests; echo round trips = 2 relayed packets):", o.rate);
+        lat("  STUN Binding RTT p50 / p99", pbl, cbl);
+        println!("{:<32}{:>16}{:>16}", "    lost", pbl.lost, cbl.lost);
+        lat("  TURN relay RTT p50 / p99", prl, crl);
+        println!("{:<32}{:>16}{:>16}", "    lost", prl.lost, crl.lost);
+    }
     if let (Some(pa), Some(ca)) = (pa, ca) {
         let mib = |k: u64| format!("{:.1} MiB", k as f64 / 1024.0);
         println!("{:<32}{:>16}{:>16}", "RSS, no allocations", mib(pa.before_kib), mib(ca.before_kib));
@@ -282,8 +346,18 @@ fn main() -> anyhow::Result<()> {
             (cpus / 2).max(1),
             cpus
         );
+        let b_cell = |g: &Option<Stats>| match g {
+            Some(g) => format!(
+                "{:>10.0} {}/{} {:.2} µs",
+                g.rate,
+                g.p50.as_micros(),
+                g.p99.as_micros(),
+                g.cpu_per_op.as_nanos() as f64 / 1000.0
+            ),
+            None => String::new(),
+        };
         println!(
-            "{:<10}{:>8}{:>11}{:>11}{:>11}{:>8}{:>19}{:>19}{:>19}{:>30}{:>21}{:>8}",
+            "{:<10}{:>8}{:>11}{:>11}{:>11}{:>8}{:>19}{:>19}{:>19}{:>30}{:>21}{:>8}  {}",
             "placement",
             "clients",
             "ponte rt/s",
@@ -295,13 +369,17 @@ fn main() -> anyhow::Result<()> {
             "floor",
             "CPU/pkt ponte/coturn/floor",
             "sleeps/1k pkt p/c/f",
-            "load"
+            "load",
+            match &o.ab {
+                Some((k, v)) => format!("ponte with {k}={v}: rt/s p50/p99 µs CPU/pkt"),
+                None => String::new(),
+            }
         );
-        for (label, clients, p, c, f, load) in &matrix {
+        for (label, clients, p, c, f, g, load) in &matrix {
             let us = |s: &Stats| format!("{:.2}", s.cpu_per_op.as_nanos() as f64 / 1000.0);
             let l = |s: &Stats| format!("{}/{}", s.p50.as_micros(), s.p99.as_micros());
             println!(
-                "{:<10}{:>8}{:>11.0}{:>11.0}{:>11.0}{:>8.2}{:>19}{:>19}{:>19}{:>30}{:>21}{:>8}",
+                "{:<10}{:>8}{:>11.0}{:>11.0}{:>11.0}{:>8.2}{:>19}{:>19}{:>19}{:>30}{:>21}{:>8}  {}",
                 label,
                 clients,
                 p.rate,
@@ -313,7 +391,8 @@ fn main() -> anyhow::Result<()> {
                 l(f),
                 format!("{} / {} / {} µs", us(p), us(c), us(f)),
                 format!("{:.0}/{:.0}/{:.0}", p.sleeps_per_k, c.sleeps_per_k, f.sleeps_per_k),
-                load.split_whitespace().next().unwrap_or("-")
+                load.split_whitespace().next().unwrap_or("-"),
+                b_cell(g)
             );
         }
         println!(
@@ -871,7 +950,8 @@ fn forward<'a>(s: &UdpSocket, n: usize, item: impl Fn(usize) -> (SocketAddr, &'a
     let mut sent = 0;
     while sent < n {
         let from = sent;
-        match mmsg::send_many(s.as_raw_fd(), n - from, |k| item(from + k)) {
+        // Runs to one destination as UDP GSO messages, like ponte (so the floor stays the least a relay can spend).
+        match mmsg::send_segmented(s.as_raw_fd(), n - from, |k| item(from + k)) {
             Ok(k) => sent += k.max(1),
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                 let mut p = libc::pollfd { fd: s.as_raw_fd(), events: libc::POLLOUT, revents: 0 };

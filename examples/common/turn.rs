@@ -37,6 +37,15 @@ pub fn free_port() -> u16 {
 /// Start ponte (this example's binary, re-executed with `--serve-ponte`, see [`serve_ponte`]) with a `[turn]`
 /// section made of the listener, secret and relay address plus `turn_extra` (more `key = value` lines).
 pub fn spawn_ponte(dir: &Path, turn_extra: &str) -> anyhow::Result<(Guard, SocketAddr)> {
+    spawn_ponte_with_env(dir, turn_extra, None)
+}
+
+/// [`spawn_ponte`] with one environment variable set for the server (bench-turn's `--ab NAME=VALUE`).
+pub fn spawn_ponte_with_env(
+    dir: &Path,
+    turn_extra: &str,
+    env: Option<&(String, String)>,
+) -> anyhow::Result<(Guard, SocketAddr)> {
     let port = free_port();
     let cfg = dir.join("ponte.toml");
     std::fs::write(
@@ -47,11 +56,12 @@ pub fn spawn_ponte(dir: &Path, turn_extra: &str) -> anyhow::Result<(Guard, Socke
              {turn_extra}"
         ),
     )?;
-    let child = Command::new(std::env::current_exe()?)
-        .args(["--serve-ponte", cfg.to_str().unwrap()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()?;
+    let mut cmd = Command::new(std::env::current_exe()?);
+    cmd.args(["--serve-ponte", cfg.to_str().unwrap()]);
+    if let Some((k, v)) = env {
+        cmd.env(k, v);
+    }
+    let child = cmd.stdout(Stdio::null()).stderr(Stdio::inherit()).spawn()?;
     Ok((Guard(child), SocketAddr::from(([127, 0, 0, 1], port))))
 }
 

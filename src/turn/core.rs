@@ -724,22 +724,26 @@ impl Core {
         match (class, method) {
             (1, METHOD_SEND) => self.send_indication(pkt, from, now, out),
             (1, _) => {} // Binding indications are keepalives; other indications are ignored.
+            (0, METHOD_BINDING) => {
+                // Every ICE agent sends these, so they take the shortest path: no look-up in the answer cache (a
+                // Binding answer is never cached: it is stateless, a retransmission gets the same one anew), no
+                // decoding, no HMAC; encoded directly, one allocation per answer (SOFTWARE read under the lock
+                // rather than cloned).
+                inc(&self.counters.binding_requests);
+                if !self.may_answer_unsigned(from, now) {
+                    return;
+                }
+                let client = SocketAddr::new(policy::canonical(from.client.ip()), from.client.port());
+                let data = {
+                    let limits = self.limits.read();
+                    codec::binding_success(&txid, client, limits.software.as_deref(), fingerprint)
+                };
+                out.push(Action::ToClient { to: from, data });
+            }
             (0, _) => {
                 if let Some(cached) = self.responses.get(&(from, txid)) {
                     // Retransmission: same transaction, same answer (RFC 8489 §6.3.1).
                     out.push(Action::ToClient { to: from, data: cached.1.clone() });
-                    return;
-                }
-                if method == METHOD_BINDING {
-                    inc(&self.counters.binding_requests);
-                    if !self.may_answer_unsigned(from, now) {
-                        return;
-                    }
-                    let client = SocketAddr::new(policy::canonical(from.client.ip()), from.client.port());
-                    // Every ICE agent sends these: encoded directly, one allocation per answer.
-                    let software = self.limits.read().software.clone();
-                    let data = codec::binding_success(&txid, client, software.as_deref(), fingerprint);
-                    out.push(Action::ToClient { to: from, data });
                     return;
                 }
                 let Some(mut msg) = codec::decode(pkt) else {

@@ -5,6 +5,7 @@
 //! request. Linux system calls (ponte targets Linux).
 
 use std::io;
+use std::mem::MaybeUninit;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::{AsRawFd, RawFd};
 
@@ -196,26 +197,145 @@ impl SendBatch {
 /// `sendmmsg` without blocking. Returns how many left; `Err` only when the first one could not.
 pub fn send_many<'a>(fd: RawFd, n: usize, item: impl Fn(usize) -> (SocketAddr, &'a [u8])) -> io::Result<usize> {
     let n = n.min(BATCH);
-    // SAFETY: all-zero is a valid value for these plain C structs.
-    let mut addrs: [libc::sockaddr_storage; BATCH] = unsafe { std::mem::zeroed() };
-    let mut iovs: [libc::iovec; BATCH] = unsafe { std::mem::zeroed() };
-    let mut hdrs: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
+    // Only the `n` entries used are initialised: zeroing the whole arrays (6.6 KB) was ~12 % of the user-space
+    // instructions per Binding answer (callgrind, docs/benchmarks.md), the batch being one datagram when not busy.
+    let mut addrs = [const { MaybeUninit::<libc::sockaddr_storage>::uninit() }; BATCH];
+    let mut iovs = [const { MaybeUninit::<libc::iovec>::uninit() }; BATCH];
+    let mut hdrs = [const { MaybeUninit::<libc::mmsghdr>::uninit() }; BATCH];
     for i in 0..n {
         let (to, data) = item(i);
-        let len = to_storage(to, &mut addrs[i]);
-        iovs[i] = libc::iovec { iov_base: data.as_ptr() as *mut libc::c_void, iov_len: data.len() };
-        hdrs[i].msg_hdr.msg_name = (&mut addrs[i] as *mut libc::sockaddr_storage).cast();
-        hdrs[i].msg_hdr.msg_namelen = len;
-        hdrs[i].msg_hdr.msg_iov = &mut iovs[i];
-        hdrs[i].msg_hdr.msg_iovlen = 1;
+        let (addr, len) = storage(to, &mut addrs[i]);
+        let iov = iovs[i].write(libc::iovec { iov_base: data.as_ptr() as *mut libc::c_void, iov_len: data.len() });
+        // SAFETY: all-zero is a valid mmsghdr (no name, no iovec, no control data).
+        let h = hdrs[i].write(unsafe { std::mem::zeroed() });
+        h.msg_hdr.msg_name = addr.cast();
+        h.msg_hdr.msg_namelen = len;
+        h.msg_hdr.msg_iov = iov;
+        h.msg_hdr.msg_iovlen = 1;
     }
-    // SAFETY: the headers point at the stack arrays above and at the caller's buffers (borrowed for 'a, so alive
-    // across the call); the kernel only reads the data buffers.
-    let r = unsafe { libc::sendmmsg(fd, hdrs.as_mut_ptr(), n as libc::c_uint, libc::MSG_DONTWAIT) };
+    // SAFETY: the first `n` headers are initialised and point at the stack arrays above and at the caller's buffers
+    // (borrowed for 'a, so alive across the call); the kernel reads only those `n` and the data buffers.
+    let r = unsafe { libc::sendmmsg(fd, hdrs.as_mut_ptr().cast(), n as libc::c_uint, libc::MSG_DONTWAIT) };
     if r < 0 {
         return Err(io::Error::last_os_error());
     }
     Ok(r as usize)
+}
+
+/// Most bytes one GSO message may carry: a UDP datagram's payload limit (65 507 for IPv4) with room to spare.
+const GSO_MAX_BYTES: usize = 64_000;
+/// Segments per GSO message: the kernel's UDP_MAX_SEGMENTS is 64 on older kernels (128 since 6.x).
+const GSO_MAX_SEGMENTS: usize = 64;
+
+/// UDP GSO on or off for this process: on unless `PONTE_UDP_GSO=0` (for A/B measurements, see
+/// docs/benchmarks.md) or a device refused it once (`EIO`, as quinn-udp does: the route's device cannot checksum
+/// segmented datagrams).
+static GSO_DISABLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+static GSO_ENV: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+
+/// Whether [`send_segmented`] may coalesce datagrams with UDP GSO.
+pub fn gso_enabled() -> bool {
+    !GSO_DISABLED.load(std::sync::atomic::Ordering::Relaxed)
+        && *GSO_ENV.get_or_init(|| std::env::var("PONTE_UDP_GSO").map_or(true, |v| v != "0"))
+}
+
+/// Like [`send_many`], but runs of consecutive datagrams to the same destination with the same length (the last of
+/// a run may be shorter) leave as **one** message with a `UDP_SEGMENT` control message (UDP GSO, Linux 4.18+):
+/// the kernel builds one large datagram, routes it and walks the IP stack once, and cuts it into the original
+/// datagrams only at the device (or, on loopback, at the receiving socket). The relay's two directions are made of
+/// such runs: a batch of ChannelData from one client to its peer, a batch of the peer's datagrams back to the client.
+/// Different destinations still share one `sendmmsg`. Returns how many *datagrams* left (a GSO message counts as
+/// its segments); `Err` only when the first could not. When the kernel refuses a GSO message (`EIO`: the device
+/// cannot do it, then GSO stays off for the process; `EINVAL`/`EMSGSIZE`: e.g. a segment larger than the path
+/// MTU), the same datagrams are sent again one message each, so nothing is lost to the optimisation.
+pub fn send_segmented<'a>(fd: RawFd, n: usize, item: impl Fn(usize) -> (SocketAddr, &'a [u8])) -> io::Result<usize> {
+    let n = n.min(BATCH);
+    if n < 2 || !gso_enabled() {
+        return send_many(fd, n, item);
+    }
+    // Group items into messages: (first item, items in the message).
+    let mut msgs: [(usize, usize); BATCH] = [(0, 0); BATCH];
+    let mut m = 0;
+    let mut i = 0;
+    let mut coalesced = false;
+    while i < n {
+        let (to, first) = item(i);
+        let seg = first.len();
+        let mut k = 1;
+        if let Some(cap) = GSO_MAX_BYTES.checked_div(seg) {
+            let cap = cap.min(GSO_MAX_SEGMENTS);
+            while i + k < n && k < cap {
+                let (t, d) = item(i + k);
+                if t != to || d.len() > seg || d.is_empty() {
+                    break;
+                }
+                k += 1;
+                if d.len() < seg {
+                    break; // a shorter datagram can only end a run
+                }
+            }
+        }
+        coalesced |= k > 1;
+        msgs[m] = (i, k);
+        m += 1;
+        i += k;
+    }
+    if !coalesced {
+        return send_many(fd, n, item);
+    }
+    // As in `send_many`: only the entries used are initialised.
+    let mut addrs = [const { MaybeUninit::<libc::sockaddr_storage>::uninit() }; BATCH];
+    let mut iovs = [const { MaybeUninit::<libc::iovec>::uninit() }; BATCH];
+    let mut hdrs = [const { MaybeUninit::<libc::mmsghdr>::uninit() }; BATCH];
+    // One control buffer per message: CMSG_SPACE(sizeof(u16)) is 24 bytes on 64-bit Linux; u64 for alignment.
+    let mut ctrl = [[0u64; 4]; BATCH];
+    for (j, iov) in iovs.iter_mut().enumerate().take(n) {
+        let (_, data) = item(j);
+        iov.write(libc::iovec { iov_base: data.as_ptr() as *mut libc::c_void, iov_len: data.len() });
+    }
+    for (j, &(first, k)) in msgs[..m].iter().enumerate() {
+        let (to, data) = item(first);
+        let (addr, len) = storage(to, &mut addrs[j]);
+        // SAFETY: all-zero is a valid mmsghdr.
+        let h = &mut hdrs[j].write(unsafe { std::mem::zeroed() }).msg_hdr;
+        h.msg_name = addr.cast();
+        h.msg_namelen = len;
+        // Items `first..first + k` were initialised in the loop above.
+        h.msg_iov = iovs[first].as_mut_ptr();
+        h.msg_iovlen = k as _;
+        if k > 1 {
+            // SAFETY: the control buffer is 32 bytes, 8-aligned, more than CMSG_SPACE(2); CMSG_FIRSTHDR of a
+            // msghdr whose control length covers one header returns a pointer into that buffer.
+            unsafe {
+                h.msg_control = ctrl[j].as_mut_ptr().cast();
+                h.msg_controllen = libc::CMSG_SPACE(std::mem::size_of::<u16>() as u32) as _;
+                let c = libc::CMSG_FIRSTHDR(h);
+                (*c).cmsg_level = libc::SOL_UDP;
+                (*c).cmsg_type = libc::UDP_SEGMENT;
+                (*c).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<u16>() as u32) as _;
+                std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<u16>(), data.len() as u16);
+            }
+        }
+    }
+    // SAFETY: the headers point at the stack arrays above and at the caller's buffers (borrowed for 'a, so alive
+    // across the call); the kernel only reads them.
+    let r = unsafe { libc::sendmmsg(fd, hdrs.as_mut_ptr().cast(), m as libc::c_uint, libc::MSG_DONTWAIT) };
+    if r > 0 {
+        return Ok(msgs[..r as usize].iter().map(|&(_, k)| k).sum());
+    }
+    let e = if r < 0 { io::Error::last_os_error() } else { io::Error::from(io::ErrorKind::WriteZero) };
+    let (_, k) = msgs[0];
+    match e.raw_os_error() {
+        Some(code) if k > 1 && matches!(code, libc::EIO | libc::EINVAL | libc::EMSGSIZE) => {
+            if code == libc::EIO {
+                GSO_DISABLED.store(true, std::sync::atomic::Ordering::Relaxed);
+                tracing::info!("UDP GSO refused by the kernel ({e}); sending one datagram per message from now on");
+            }
+            // The first run again, without GSO; the caller goes on with the rest.
+            send_many(fd, k, item)
+        }
+        _ => Err(e),
+    }
 }
 
 fn from_storage(s: &libc::sockaddr_storage) -> Option<SocketAddr> {
@@ -242,25 +362,38 @@ fn from_storage(s: &libc::sockaddr_storage) -> Option<SocketAddr> {
     }
 }
 
-fn to_storage(addr: SocketAddr, s: &mut libc::sockaddr_storage) -> libc::socklen_t {
+/// `addr` written into the uninitialised `slot` (only the bytes of its family's struct, zeroed first, rather than
+/// all 128 of a sockaddr_storage): a pointer for `msg_name` and its length.
+fn storage(
+    addr: SocketAddr,
+    slot: &mut MaybeUninit<libc::sockaddr_storage>,
+) -> (*mut libc::sockaddr_storage, libc::socklen_t) {
+    let p = slot.as_mut_ptr();
     match addr {
         SocketAddr::V4(a) => {
-            // SAFETY: sockaddr_storage is large and aligned enough for sockaddr_in.
-            let out = unsafe { &mut *(s as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
-            out.sin_family = libc::AF_INET as libc::sa_family_t;
-            out.sin_port = a.port().to_be();
-            out.sin_addr = libc::in_addr { s_addr: u32::from(*a.ip()).to_be() };
-            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t
+            // SAFETY: sockaddr_storage is large and aligned enough for sockaddr_in; the kernel reads `len` bytes,
+            // all written here.
+            unsafe {
+                let out = p.cast::<libc::sockaddr_in>();
+                out.write(std::mem::zeroed());
+                (*out).sin_family = libc::AF_INET as libc::sa_family_t;
+                (*out).sin_port = a.port().to_be();
+                (*out).sin_addr = libc::in_addr { s_addr: u32::from(*a.ip()).to_be() };
+            }
+            (p, std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t)
         }
         SocketAddr::V6(a) => {
             // SAFETY: as above, for sockaddr_in6.
-            let out = unsafe { &mut *(s as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
-            out.sin6_family = libc::AF_INET6 as libc::sa_family_t;
-            out.sin6_port = a.port().to_be();
-            out.sin6_flowinfo = a.flowinfo();
-            out.sin6_addr = libc::in6_addr { s6_addr: a.ip().octets() };
-            out.sin6_scope_id = a.scope_id();
-            std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t
+            unsafe {
+                let out = p.cast::<libc::sockaddr_in6>();
+                out.write(std::mem::zeroed());
+                (*out).sin6_family = libc::AF_INET6 as libc::sa_family_t;
+                (*out).sin6_port = a.port().to_be();
+                (*out).sin6_flowinfo = a.flowinfo();
+                (*out).sin6_addr = libc::in6_addr { s6_addr: a.ip().octets() };
+                (*out).sin6_scope_id = a.scope_id();
+            }
+            (p, std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t)
         }
     }
 }
@@ -307,6 +440,34 @@ mod tests {
         for i in (0..40).step_by(2) {
             let n = a.recv(&mut buf).unwrap();
             assert_eq!(&buf[..n], &vec![i as u8; 1 + i][..]);
+        }
+    }
+
+    #[test]
+    fn runs_to_one_destination_leave_segmented_and_arrive_as_the_original_datagrams() {
+        let server = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let a = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let b = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let (ta, tb) = (a.local_addr().unwrap(), b.local_addr().unwrap());
+        // Five of 104 bytes to a, a shorter one ending the run, two to b, one to a again, one longer to a.
+        let mut out: Vec<(SocketAddr, Vec<u8>)> = (0..5u8).map(|i| (ta, vec![i; 104])).collect();
+        out.push((ta, vec![5; 40]));
+        out.push((tb, vec![6; 104]));
+        out.push((tb, vec![7; 104]));
+        out.push((ta, vec![8; 104]));
+        out.push((ta, vec![9; 300]));
+        let n = send_segmented(server.as_raw_fd(), out.len(), |k| (out[k].0, &out[k].1[..])).unwrap();
+        assert_eq!(n, out.len(), "every datagram counted as sent");
+        assert!(gso_enabled(), "the kernel took the segmented messages (EIO would have turned GSO off)");
+        for (s, want) in [(&a, vec![0u8, 1, 2, 3, 4, 5, 8, 9]), (&b, vec![6, 7])] {
+            s.set_read_timeout(Some(std::time::Duration::from_secs(2))).unwrap();
+            let mut buf = [0u8; 2048];
+            for w in want {
+                let (len, from) = s.recv_from(&mut buf).unwrap();
+                assert_eq!(from, server.local_addr().unwrap());
+                let expect = out.iter().find(|o| o.1[0] == w).unwrap();
+                assert_eq!(&buf[..len], &expect.1[..], "datagram {w} intact and in order");
+            }
         }
     }
 

@@ -143,7 +143,10 @@ impl Shell {
                     Action::Timeout(at) => timeout = Some(at),
                 }
             }
-            *actions = more;
+            // Appended rather than assigned: `actions` keeps its capacity (the data-path threads reuse one vector
+            // for every packet; assigning `more` here cost an allocation per packet), and `more` allocates only
+            // when an OpenRelay produced something.
+            actions.append(&mut more);
         }
         timeout
     }
@@ -204,7 +207,7 @@ impl Shell {
 pub(crate) const SEND_STALL: Duration = Duration::from_millis(100);
 
 /// The data path's one way to send UDP: datagrams `item(0..n)` (destination, bytes) from `sock`, as many per
-/// `sendmmsg` as fit. Never waits in the common case. When the socket buffer is full, a data-path thread waits for
+/// `sendmmsg` as fit, runs to one destination as one UDP GSO message ([`mmsg::send_segmented`]). Never waits in the common case. When the socket buffer is full, a data-path thread waits for
 /// room (backpressure on that thread's sockets) at most [`SEND_STALL`] in all, then drops the rest; any other
 /// caller (a TCP/TLS client's task, the tick task, on the async runtime) drops at once rather than block a runtime
 /// worker: UDP may lose datagrams, and clients retransmit or tolerate it. A datagram the kernel refuses on its own
@@ -214,7 +217,7 @@ pub(crate) fn send_udp<'a>(sock: &UdpSocket, n: usize, item: impl Fn(usize) -> (
     let mut sent = 0;
     while sent < n {
         let from = sent;
-        match mmsg::send_many(sock.as_raw_fd(), n - from, |k| item(from + k)) {
+        match mmsg::send_segmented(sock.as_raw_fd(), n - from, |k| item(from + k)) {
             Ok(k) => sent += k.max(1),
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                 let now = Instant::now();
@@ -250,7 +253,7 @@ pub(crate) async fn send_datagrams<'a>(
     let mut sent = 0;
     while sent < n {
         let from = sent;
-        match sock.try_io(Interest::WRITABLE, || mmsg::send_many(sock.as_raw_fd(), n - from, |k| item(from + k))) {
+        match sock.try_io(Interest::WRITABLE, || mmsg::send_segmented(sock.as_raw_fd(), n - from, |k| item(from + k))) {
             Ok(k) => sent += k.max(1),
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                 if tokio::time::timeout_at(deadline, sock.writable()).await.is_err() {

@@ -54,6 +54,12 @@ pub fn run(
 ) -> anyhow::Result<()> {
     use std::os::fd::AsRawFd;
     relay::set_current(index);
+    // PONTE_UDP_SHORT_SLICE=0 keeps the default slice (for A/B measurements, docs/benchmarks.md).
+    if std::env::var("PONTE_UDP_SHORT_SLICE").map_or(true, |v| v != "0") {
+        if let Err(e) = request_short_slice() {
+            tracing::debug!("sched_setattr (short slice for the UDP data path) refused: {e}");
+        }
+    }
     let server = match &listener {
         Some(l) => {
             let fd = l.as_raw_fd();
@@ -137,6 +143,56 @@ pub fn run(
             }
         }
     }
+}
+
+/// The scheduler time slice this thread asks for (EEVDF custom slice, Linux 6.12+), in nanoseconds: the shortest
+/// the kernel allows (0.1 ms; the default is 3 ms).
+const SLICE_NS: u64 = 100_000;
+
+/// Ask the kernel for a short time slice for the calling data-path thread, so that its wake-ups preempt whatever
+/// else runs on the CPU.
+///
+/// Why (issue 17, docs/benchmarks.md): on a busy 2-core host, `perf sched` showed the relay's tail made of
+/// wake-ups (a datagram arrived, epoll woke this thread) that then waited 1–10 ms for the CPU while another
+/// process (compilers, in the measurement) finished its 3 ms slice: the woken thread was runnable but not run. Under
+/// EEVDF a task's virtual deadline is its vruntime plus its slice, and a waking task preempts the running one when
+/// its deadline is earlier, so a short slice makes the wake-up preempt at once. It does not change the thread's
+/// CPU share (that is its weight, i.e. nice, untouched here), only how soon it runs after waking; a busy thread just
+/// gets more, shorter turns. Unprivileged (no nice or policy change). Older kernels ignore `sched_runtime` for
+/// SCHED_OTHER; a refusal (e.g. under a real-time policy) is harmless.
+fn request_short_slice() -> io::Result<()> {
+    #[repr(C)]
+    struct SchedAttr {
+        size: u32,
+        policy: u32,
+        flags: u64,
+        nice: i32,
+        priority: u32,
+        runtime: u64,
+        deadline: u64,
+        period: u64,
+    }
+    const SCHED_FLAG_KEEP_POLICY: u64 = 0x08;
+    // SAFETY: getpriority has no memory effects; -1 is also a valid nice value, which is what it means here.
+    let nice = unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) };
+    let attr = SchedAttr {
+        size: std::mem::size_of::<SchedAttr>() as u32, // SCHED_ATTR_SIZE_VER0 (48)
+        // Ignored with SCHED_FLAG_KEEP_POLICY: a unit's CPUSchedulingPolicy= (batch, idle) stays.
+        policy: libc::SCHED_OTHER as u32,
+        flags: SCHED_FLAG_KEEP_POLICY,
+        // sched_setattr sets nice too: keep the thread's (the unit's Nice=, if any).
+        nice,
+        priority: 0,
+        runtime: SLICE_NS,
+        deadline: 0,
+        period: 0,
+    };
+    // SAFETY: a valid, fully initialised sched_attr of the size it declares, for the calling thread (pid 0).
+    let r = unsafe { libc::syscall(libc::SYS_sched_setattr, 0, &attr as *const SchedAttr, 0) };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Read one batch from the listener and handle it: requests to the core, answers and client→peer payloads sent
@@ -228,5 +284,23 @@ fn relay_batch_from(
         Read::Drained
     } else {
         Read::More
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_data_path_thread_gets_the_short_slice() {
+        std::thread::spawn(|| {
+            super::request_short_slice().expect("sched_setattr for SCHED_OTHER with a slice is unprivileged");
+            // The kernel shows the slice where it has custom slices (6.12+) and scheduler debug info.
+            let sched = std::fs::read_to_string("/proc/thread-self/sched").unwrap_or_default();
+            if let Some(line) = sched.lines().find(|l| l.starts_with("se.slice")) {
+                let v: u64 = line.rsplit(' ').next().unwrap().trim().parse().unwrap();
+                assert_eq!(v, super::SLICE_NS, "{line}");
+            }
+        })
+        .join()
+        .unwrap();
     }
 }
