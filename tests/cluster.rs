@@ -612,3 +612,106 @@ async fn redis_restart_degrades_then_recovers() {
     signal(&mut b, &mut a, 3).await;
     signal(&mut l2, &mut l1, 4).await;
 }
+
+/// Two nodes: a browser of a killed node necessarily lands on the node of its partner, which still holds a half
+/// of their pairing made for a partner on another node (issue #16). Its `rejoin` must complete there as on a
+/// third node (`rejoin_waiting`, `paired` with the ticket's role; the partner `peer_back`), for the initiator
+/// and for the responder of a pairing, and the dead node's expiry later must not say `peer_away`/`peer_left`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_moved_onto_its_partner_s_node_re_pairs_there() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = Redis::start();
+    let mut n1 = Node::start(dir.path(), "n1", &redis);
+    let n2 = Node::start(dir.path(), "n2", &redis);
+    for n in [&n1, &n2] {
+        n.wait_cluster("ok", Duration::from_secs(20)).await;
+    }
+    // a@n1 leads its pairing with b@n2; d@n2 leads its pairing with e@n1 (e, the mover, is the responder).
+    let mut a = client_on(&n1, None).await;
+    let mut b = client_on(&n2, None).await;
+    let mut d = client_on(&n2, None).await;
+    let mut e = client_on(&n1, None).await;
+    let ticket_ab = pair(&mut a, &mut b).await;
+    let ticket_de = pair(&mut d, &mut e).await;
+    signal(&mut a, &mut b, 1).await;
+    signal(&mut e, &mut d, 2).await;
+
+    n1.kill9();
+    // The browsers reconnect at once (the load balancer sends them to n2), before n1's presence expires.
+    let mut a2 = client_on(&n2, Some(&a.token)).await;
+    assert_eq!((a2.id.as_str(), &a2.welcome["restored"]), (a.id.as_str(), &json!(true)), "{}", a2.welcome);
+    // Its new session is not paired with b (yet): b hears it away, and a signal to it is refused.
+    let v = expect(&mut b.ws, "peer_away").await;
+    assert_eq!(v["peer"], a.id.as_str(), "{v}");
+    send(&mut b.ws, json!({"type": "signal", "to": a.id, "data": {}})).await;
+    let v = expect_error(&mut b.ws, "peer_away").await;
+    assert_eq!(v["peer"], a.id.as_str(), "{v}");
+    assert_silent(&mut a2.ws, Duration::from_millis(200)).await;
+
+    send(&mut a2.ws, json!({"type": "rejoin", "to": b.id, "ticket": ticket_ab})).await;
+    expect(&mut a2.ws, "rejoin_waiting").await;
+    let p = expect(&mut a2.ws, "paired").await;
+    assert_eq!((p["peer"].as_str(), p["initiator"].as_bool()), (Some(b.id.as_str()), Some(true)), "{p}");
+    assert!(p["ticket"].as_str().is_some_and(|t| !t.is_empty()), "{p}");
+    let v = expect(&mut b.ws, "peer_back").await;
+    assert_eq!(v["peer"], a.id.as_str(), "{v}");
+    signal(&mut a2, &mut b, 3).await;
+    signal(&mut b, &mut a2, 4).await;
+
+    // The responder moves too.
+    let mut e2 = client_on(&n2, Some(&e.token)).await;
+    assert_eq!((e2.id.as_str(), &e2.welcome["restored"]), (e.id.as_str(), &json!(true)), "{}", e2.welcome);
+    expect(&mut d.ws, "peer_away").await;
+    send(&mut e2.ws, json!({"type": "rejoin", "to": d.id, "ticket": ticket_de})).await;
+    expect(&mut e2.ws, "rejoin_waiting").await;
+    let p = expect(&mut e2.ws, "paired").await;
+    assert_eq!((p["peer"].as_str(), p["initiator"].as_bool()), (Some(d.id.as_str()), Some(false)), "{p}");
+    let v = expect(&mut d.ws, "peer_back").await;
+    assert_eq!(v["peer"], e.id.as_str(), "{v}");
+    signal(&mut d, &mut e2, 5).await;
+    signal(&mut e2, &mut d, 6).await;
+    // Rejoining again is refused as on one node (already paired), without touching the pairing.
+    send(&mut e2.ws, json!({"type": "rejoin", "to": d.id, "ticket": ticket_de})).await;
+    expect_error(&mut e2.ws, "already_paired").await;
+
+    // n1's heartbeat expires (TTL) and the grace armed when they moved runs out (grace + TTL): nobody hears
+    // anything about partners that are local and paired now.
+    assert_silent(&mut b.ws, Duration::from_secs(GRACE + TTL + 2)).await;
+    for ws in [&mut a2.ws, &mut d.ws, &mut e2.ws] {
+        assert_silent(ws, Duration::from_millis(100)).await;
+    }
+    signal(&mut a2, &mut b, 7).await;
+    signal(&mut b, &mut a2, 8).await;
+    signal(&mut e2, &mut d, 9).await;
+    // bye ends it on both sides, as on one node.
+    send(&mut b.ws, json!({"type": "bye", "to": a.id})).await;
+    let v = expect(&mut a2.ws, "peer_left").await;
+    assert_eq!((v["peer"].as_str(), v["reason"].as_str()), (Some(b.id.as_str()), Some("bye")), "{v}");
+}
+
+/// A browser that lands on its partner's node and never rejoins: the partner's half ends after the grace period
+/// (`peer_left`), as it would for a partner on another node that never came back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_moved_partner_that_never_rejoins_is_left_after_the_grace() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = Redis::start();
+    let mut n1 = Node::start(dir.path(), "n1", &redis);
+    let n2 = Node::start(dir.path(), "n2", &redis);
+    for n in [&n1, &n2] {
+        n.wait_cluster("ok", Duration::from_secs(20)).await;
+    }
+    let mut a = client_on(&n1, None).await;
+    let mut b = client_on(&n2, None).await;
+    pair(&mut a, &mut b).await;
+    n1.kill9();
+    let mut a2 = client_on(&n2, Some(&a.token)).await;
+    expect(&mut b.ws, "peer_away").await;
+    let t0 = Instant::now();
+    let v = recv_within(&mut b.ws, Duration::from_secs(GRACE + TTL + 3)).await.expect("peer_left after the grace");
+    assert_eq!((v["type"].as_str(), v["peer"].as_str()), (Some("peer_left"), Some(a.id.as_str())), "{v}");
+    assert!(t0.elapsed() >= Duration::from_secs(GRACE), "{:?}", t0.elapsed());
+    // The pairing is gone on b's side too.
+    send(&mut b.ws, json!({"type": "signal", "to": a.id, "data": {}})).await;
+    expect_error(&mut b.ws, "not_paired").await;
+    assert_silent(&mut a2.ws, Duration::from_millis(200)).await;
+}
