@@ -828,7 +828,10 @@ impl State {
         let (ice_servers, ice_expires) = ice(id);
         self.send(id, self.welcome(id, token, how, &ice_servers, ice_expires, Vec::new()));
         self.cluster_started(id, how == Start::Fresh);
-        self.moved_here(id, now);
+        if how != Start::Fresh {
+            // Only an ID that existed before can have partners here (a scan of the sessions: not per fresh hello).
+            self.moved_here(id, now);
+        }
         HelloOutcome::Welcomed(id)
     }
 
