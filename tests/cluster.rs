@@ -90,6 +90,11 @@ struct Node {
 
 impl Node {
     fn start(dir: &Path, name: &str, redis: &Redis) -> Node {
+        Node::start_with(dir, name, redis, "")
+    }
+
+    /// `signaling_extra`: more `[signaling]` keys (one per line).
+    fn start_with(dir: &Path, name: &str, redis: &Redis, signaling_extra: &str) -> Node {
         let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let config = dir.join(format!("{name}.toml"));
@@ -100,12 +105,14 @@ impl Node {
                 r#"
 [http]
 listen = "{http}"
+max_connections_per_ip = 4096
 [turn]
 enabled = false
 secret = "cluster-test-secret-0123456789abcdef"
 [signaling]
 reconnect_grace_secs = {GRACE}
 request_timeout_secs = 30
+{signaling_extra}
 [metrics]
 listen = "{metrics}"
 [log]
@@ -611,4 +618,145 @@ async fn redis_restart_degrades_then_recovers() {
     signal(&mut a, &mut b, 2).await;
     signal(&mut b, &mut a, 3).await;
     signal(&mut l2, &mut l1, 4).await;
+}
+
+/// Two nodes: a browser of a killed node necessarily lands on the node of its partner, which still holds a half
+/// of their pairing made for a partner on another node (issue #16). Its `rejoin` must complete there as on a
+/// third node (`rejoin_waiting`, `paired` with the ticket's role; the partner `peer_back`), for the initiator
+/// and for the responder of a pairing, and the dead node's expiry later must not say `peer_away`/`peer_left`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_moved_onto_its_partner_s_node_re_pairs_there() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = Redis::start();
+    let mut n1 = Node::start(dir.path(), "n1", &redis);
+    let n2 = Node::start(dir.path(), "n2", &redis);
+    for n in [&n1, &n2] {
+        n.wait_cluster("ok", Duration::from_secs(20)).await;
+    }
+    // a@n1 leads its pairing with b@n2; d@n2 leads its pairing with e@n1 (e, the mover, is the responder).
+    let mut a = client_on(&n1, None).await;
+    let mut b = client_on(&n2, None).await;
+    let mut d = client_on(&n2, None).await;
+    let mut e = client_on(&n1, None).await;
+    let ticket_ab = pair(&mut a, &mut b).await;
+    let ticket_de = pair(&mut d, &mut e).await;
+    signal(&mut a, &mut b, 1).await;
+    signal(&mut e, &mut d, 2).await;
+
+    n1.kill9();
+    // The browsers reconnect at once (the load balancer sends them to n2), before n1's presence expires.
+    let mut a2 = client_on(&n2, Some(&a.token)).await;
+    assert_eq!((a2.id.as_str(), &a2.welcome["restored"]), (a.id.as_str(), &json!(true)), "{}", a2.welcome);
+    // Its new session is not paired with b (yet): b hears it away, and a signal to it is refused.
+    let v = expect(&mut b.ws, "peer_away").await;
+    assert_eq!(v["peer"], a.id.as_str(), "{v}");
+    send(&mut b.ws, json!({"type": "signal", "to": a.id, "data": {}})).await;
+    let v = expect_error(&mut b.ws, "peer_away").await;
+    assert_eq!(v["peer"], a.id.as_str(), "{v}");
+    assert_silent(&mut a2.ws, Duration::from_millis(200)).await;
+
+    send(&mut a2.ws, json!({"type": "rejoin", "to": b.id, "ticket": ticket_ab})).await;
+    expect(&mut a2.ws, "rejoin_waiting").await;
+    let p = expect(&mut a2.ws, "paired").await;
+    assert_eq!((p["peer"].as_str(), p["initiator"].as_bool()), (Some(b.id.as_str()), Some(true)), "{p}");
+    assert!(p["ticket"].as_str().is_some_and(|t| !t.is_empty()), "{p}");
+    let v = expect(&mut b.ws, "peer_back").await;
+    assert_eq!(v["peer"], a.id.as_str(), "{v}");
+    signal(&mut a2, &mut b, 3).await;
+    signal(&mut b, &mut a2, 4).await;
+
+    // The responder moves too.
+    let mut e2 = client_on(&n2, Some(&e.token)).await;
+    assert_eq!((e2.id.as_str(), &e2.welcome["restored"]), (e.id.as_str(), &json!(true)), "{}", e2.welcome);
+    expect(&mut d.ws, "peer_away").await;
+    send(&mut e2.ws, json!({"type": "rejoin", "to": d.id, "ticket": ticket_de})).await;
+    expect(&mut e2.ws, "rejoin_waiting").await;
+    let p = expect(&mut e2.ws, "paired").await;
+    assert_eq!((p["peer"].as_str(), p["initiator"].as_bool()), (Some(d.id.as_str()), Some(false)), "{p}");
+    let v = expect(&mut d.ws, "peer_back").await;
+    assert_eq!(v["peer"], e.id.as_str(), "{v}");
+    signal(&mut d, &mut e2, 5).await;
+    signal(&mut e2, &mut d, 6).await;
+    // Rejoining again is refused as on one node (already paired), without touching the pairing.
+    send(&mut e2.ws, json!({"type": "rejoin", "to": d.id, "ticket": ticket_de})).await;
+    expect_error(&mut e2.ws, "already_paired").await;
+
+    // n1's heartbeat expires (TTL) and the grace armed when they moved runs out (grace + TTL): nobody hears
+    // anything about partners that are local and paired now.
+    assert_silent(&mut b.ws, Duration::from_secs(GRACE + TTL + 2)).await;
+    for ws in [&mut a2.ws, &mut d.ws, &mut e2.ws] {
+        assert_silent(ws, Duration::from_millis(100)).await;
+    }
+    signal(&mut a2, &mut b, 7).await;
+    signal(&mut b, &mut a2, 8).await;
+    signal(&mut e2, &mut d, 9).await;
+    // bye ends it on both sides, as on one node.
+    send(&mut b.ws, json!({"type": "bye", "to": a.id})).await;
+    let v = expect(&mut a2.ws, "peer_left").await;
+    assert_eq!((v["peer"].as_str(), v["reason"].as_str()), (Some(b.id.as_str()), Some("bye")), "{v}");
+}
+
+/// A browser that lands on its partner's node and never rejoins: the partner's half ends after the grace period
+/// (`peer_left`), as it would for a partner on another node that never came back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_moved_partner_that_never_rejoins_is_left_after_the_grace() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = Redis::start();
+    let mut n1 = Node::start(dir.path(), "n1", &redis);
+    let n2 = Node::start(dir.path(), "n2", &redis);
+    for n in [&n1, &n2] {
+        n.wait_cluster("ok", Duration::from_secs(20)).await;
+    }
+    let mut a = client_on(&n1, None).await;
+    let mut b = client_on(&n2, None).await;
+    pair(&mut a, &mut b).await;
+    n1.kill9();
+    let mut a2 = client_on(&n2, Some(&a.token)).await;
+    expect(&mut b.ws, "peer_away").await;
+    let t0 = Instant::now();
+    let v = recv_within(&mut b.ws, Duration::from_secs(GRACE + TTL + 3)).await.expect("peer_left after the grace");
+    assert_eq!((v["type"].as_str(), v["peer"].as_str()), (Some("peer_left"), Some(a.id.as_str())), "{v}");
+    assert!(t0.elapsed() >= Duration::from_secs(GRACE), "{:?}", t0.elapsed());
+    // The pairing is gone on b's side too.
+    send(&mut b.ws, json!({"type": "signal", "to": a.id, "data": {}})).await;
+    expect_error(&mut b.ws, "not_paired").await;
+    assert_silent(&mut a2.ws, Duration::from_millis(200)).await;
+}
+
+/// A lone node under a stream of hellos keeps every fresh ID it hands out. Its heartbeat (every second here)
+/// used to write the presence of IDs whose claim (SET NX) was still queued, and the claim then found the key
+/// set, took it for another node's and dropped the session (the bench saw it; 491 of 3000 in a burst on this
+/// box before the fix). Hellos over several heartbeats; then every ID must still be held by this node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_node_keeps_its_fresh_ids_under_a_burst_of_hellos() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = Redis::start();
+    let n = Node::start_with(
+        dir.path(),
+        "lone",
+        &redis,
+        "max_connections_per_ip = 4096\nmax_sessions_per_ip = 4096\nmax_connections = 4096",
+    );
+    n.wait_cluster("ok", Duration::from_secs(20)).await;
+    let mut clients = Vec::new();
+    let t0 = Instant::now();
+    // 3 waves of 1000 hellos at once: bursts that overlap heartbeats.
+    for _ in 0..3 {
+        let wave = futures_util::future::join_all((0..1000).map(|_| client_no_redis(&n, None))).await;
+        clients.extend(wave);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    eprintln!("{} hellos in {:?}", clients.len(), t0.elapsed());
+    // Let the last claims and a heartbeat go through.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut r = redis.conn().await;
+    let keys: Vec<String> = clients.iter().map(|c| format!("t:id:{}", c.id)).collect();
+    let holders: Vec<Option<String>> = redis::cmd("MGET").arg(&keys).query_async(&mut r).await.unwrap();
+    let lost: Vec<&String> =
+        clients.iter().zip(&holders).filter(|(_, h)| h.as_deref() != Some("lone")).map(|(c, _)| &c.id).collect();
+    assert!(lost.is_empty(), "{} of {} fresh IDs dropped: {:?}", lost.len(), clients.len(), &lost[..lost.len().min(5)]);
+    // And their sessions are open: nobody was closed with 1013.
+    for c in clients.iter_mut().step_by(50) {
+        assert_silent(&mut c.ws, Duration::from_millis(20)).await;
+    }
 }

@@ -67,6 +67,15 @@ const REFRESH_CHUNK: usize = 1000;
 const RELEASE_SCRIPT: &str =
     "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0";
 
+/// Claims a fresh ID: sets `KEYS[1]` to this node (`ARGV[1]`, EX `ARGV[2]`) unless another node holds it, and
+/// returns the holder. Idempotent for the same node, unlike a bare `SET NX`: a claim that runs after this node
+/// already wrote the key (its heartbeat refreshed the ID, which the hub marks held before the claim is sent; or a
+/// retry of a claim whose reply was lost) is a success, not a clash. A script rather than `SET … NX GET` so that
+/// Redis 6 works too.
+const CLAIM_SCRIPT: &str = "local v = redis.call('GET', KEYS[1]) \
+    if v == false or v == ARGV[1] then redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2]) return ARGV[1] end \
+    return v";
+
 /// One change to the replicated identity table: a field of `P:identities` (or `P:reserved`) set or deleted.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct HashOp {
@@ -674,8 +683,10 @@ impl Task {
                 }
                 Outbound::Claim { id, exclusive } => {
                     let key = self.names.id(&id);
+                    // The ID lives here now: a route to another node (where it was before) is stale.
+                    self.routes.lock().forget(&id);
                     if exclusive {
-                        pipe.cmd("SET").arg(key).arg(&*self.node).arg("NX").arg("EX").arg(ttl);
+                        pipe.add_command(claim_cmd(&key, &self.node, ttl));
                     } else {
                         pipe.cmd("SET").arg(key).arg(&*self.node).arg("EX").arg(ttl).arg("GET");
                         // Other nodes that routed to this ID elsewhere learn where it is now.
@@ -740,7 +751,7 @@ impl Task {
                 }
                 Want::Claimed { id, exclusive } => {
                     if exclusive {
-                        if matches!(v, Value::Nil) {
+                        if !claimed_by(v, &self.node) {
                             tracing::warn!(%id, "cluster: a fresh ID is held by another node; dropping it here");
                             self.held.lock().remove(&id);
                             if self.in_tx.try_send(Inbound::ClaimLost { id }).is_err() {
@@ -795,6 +806,18 @@ impl Task {
             }
         }
     }
+}
+
+/// The claim of a fresh ID's presence record `key` by `node`; its reply goes to [`claimed_by`].
+fn claim_cmd(key: &str, node: &str, ttl: u64) -> redis::Cmd {
+    let mut c = redis::cmd("EVAL");
+    c.arg(CLAIM_SCRIPT).arg(1).arg(key).arg(node).arg(ttl);
+    c
+}
+
+/// Whether the reply of [`CLAIM_SCRIPT`] names `node` as the holder.
+fn claimed_by(v: Value, node: &str) -> bool {
+    redis::from_redis_value::<Option<String>>(v).ok().flatten().is_some_and(|holder| holder == node)
 }
 
 /// One subscription (this node's channel and the broadcast channel), made again with backoff whenever it drops.
@@ -902,5 +925,58 @@ mod tests {
         assert!(matches!(parse_frame("i node-b\n[]", "node-a", &routes), Some(Inbound::Identities(_))));
         assert!(parse_frame("garbage", "node-a", &routes).is_none());
         assert_eq!(routes.lock().drop_node("node-c"), vec!["abcd2345".to_string()]);
+    }
+
+    /// The claim of a fresh ID against a real redis-server (Debian's; a missing one is a failure): claiming
+    /// again for the same node succeeds (a retried claim, or one that runs after the heartbeat already wrote
+    /// the ID: the bench saw a lone node drop its own fresh IDs), another node's claim fails and changes nothing.
+    #[tokio::test]
+    async fn claiming_a_fresh_id_is_idempotent_for_its_node() {
+        let dir = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        struct Killed(std::process::Child);
+        impl Drop for Killed {
+            fn drop(&mut self) {
+                let _ = self.0.kill();
+                let _ = self.0.wait();
+            }
+        }
+        let _redis = Killed(
+            std::process::Command::new("redis-server")
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+                .args(["--dir", dir.path().to_str().unwrap()])
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .expect("redis-server must be installed (apt-get install redis-server)"),
+        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not listen");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let client = redis::Client::open(format!("redis://127.0.0.1:{port}/0")).unwrap();
+        let mut r = client.get_multiplexed_async_connection().await.unwrap();
+        let claim = |node: &'static str| claim_cmd("p:id:abcd2345", node, 30);
+        let v: Value = claim("node-a").query_async(&mut r).await.unwrap();
+        assert!(claimed_by(v, "node-a"));
+        // Again (a retry whose first reply was lost): still ours.
+        let v: Value = claim("node-a").query_async(&mut r).await.unwrap();
+        assert!(claimed_by(v, "node-a"));
+        // Another node's claim fails, and the record still names node-a.
+        let v: Value = claim("node-b").query_async(&mut r).await.unwrap();
+        assert!(!claimed_by(v, "node-b"));
+        let holder: Option<String> = redis::cmd("GET").arg("p:id:abcd2345").query_async(&mut r).await.unwrap();
+        assert_eq!(holder.as_deref(), Some("node-a"));
+        // The heartbeat's plain SET got there first: the claim is still a success, with the TTL set.
+        let _: () = redis::cmd("SET").arg("p:id:wxyz6789").arg("node-a").query_async(&mut r).await.unwrap();
+        let v: Value = claim_cmd("p:id:wxyz6789", "node-a", 30).query_async(&mut r).await.unwrap();
+        assert!(claimed_by(v, "node-a"));
+        let ttl: i64 = redis::cmd("TTL").arg("p:id:wxyz6789").query_async(&mut r).await.unwrap();
+        assert!((1..=30).contains(&ttl), "ttl {ttl}");
+        // A free ID is claimed with the TTL.
+        let v: Value = claim_cmd("p:id:free2345", "node-b", 30).query_async(&mut r).await.unwrap();
+        assert!(claimed_by(v, "node-b"));
+        let ttl: i64 = redis::cmd("TTL").arg("p:id:free2345").query_async(&mut r).await.unwrap();
+        assert!((1..=30).contains(&ttl), "ttl {ttl}");
     }
 }

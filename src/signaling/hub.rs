@@ -828,6 +828,10 @@ impl State {
         let (ice_servers, ice_expires) = ice(id);
         self.send(id, self.welcome(id, token, how, &ice_servers, ice_expires, Vec::new()));
         self.cluster_started(id, how == Start::Fresh);
+        if how != Start::Fresh {
+            // Only an ID that existed before can have partners here (a scan of the sessions: not per fresh hello).
+            self.moved_here(id, now);
+        }
         HelloOutcome::Welcomed(id)
     }
 
@@ -1317,6 +1321,12 @@ impl State {
             self.notify(remote::Remote::Rejoin { from: me, to, ticket: ticket.to_string() });
             return;
         }
+        if self.sessions.get(&to).is_some_and(|ps| ps.peers.contains(&me)) {
+            // `to` kept its half while I was on another node (that node stopped, or I moved here from it) and I
+            // landed on its node: my half comes back at once, as when `to`'s node answers a remote `rejoin`.
+            tracing::debug!(%me, %to, "pairing restored from its ticket; the partner kept its half");
+            return self.rejoin_half(me, to, c);
+        }
         let both = self.sessions.get(&to).is_some_and(|ps| ps.rejoin_claims.contains(&me));
         if !both {
             let Some(s) = self.sessions.get_mut(&me) else { return };
@@ -1338,6 +1348,36 @@ impl State {
         }
         tracing::debug!(%me, %to, "pairing restored from its ticket");
         self.pair(c.initiator, c.responder);
+    }
+
+    /// `me` presented a valid ticket for `to`, a session here that still holds its half of the pairing (kept
+    /// while `me` was on another node): only `me`'s half is made. `me` gets `rejoin_waiting` and `paired` with
+    /// the ticket's role and `to` gets `peer_back`, exactly what each gets when `me` lands on a third node
+    /// (`RejoinDone` there, `remote_rejoin` here), so a client cannot tell which node its partner came back on.
+    fn rejoin_half(&mut self, me: Id, to: Id, c: keys::TicketClaim) {
+        let leads = c.initiator == me;
+        let Some(s) = self.sessions.get_mut(&me) else { return };
+        remove_outgoing(&mut s.outgoing, to);
+        remove_incoming(&mut s.incoming, to);
+        remove_id(&mut s.rejoin_claims, to);
+        s.peers.push(to);
+        remove_id(&mut s.led, to);
+        if leads {
+            s.led.push(to);
+        }
+        if let Some(ts) = self.sessions.get_mut(&to) {
+            remove_id(&mut ts.rejoin_claims, me);
+            remove_outgoing(&mut ts.outgoing, me);
+            remove_incoming(&mut ts.incoming, me);
+        }
+        let ticket = self.ticket(c.initiator, c.responder);
+        // The same two messages as when the partner is on another node, where the answer takes a round trip.
+        self.send(me, ServerMsg::RejoinWaiting { peer: to }.to_text());
+        self.send(me, ServerMsg::Paired { peer: to, initiator: leads, ticket, peer_key: self.key_str(to) }.to_text());
+        if self.sessions.get(&to).is_some_and(|s| s.conn.is_none()) {
+            self.send(me, ServerMsg::PeerAway { peer: to }.to_text());
+        }
+        self.send(to, ServerMsg::PeerBack { peer: me }.to_text());
     }
 
     pub fn decline(&mut self, me: Id, from_raw: &str) {
@@ -1371,7 +1411,10 @@ impl State {
             }
             return;
         }
-        match self.sessions.get(&to).and_then(|s| s.conn.as_ref()) {
+        // A partner that moved here from another node is not paired with `me` again until it rejoins (consent
+        // on its side too, as a remote node checks): until then it is away.
+        let to_session = self.sessions.get(&to).filter(|s| s.peers.contains(&me));
+        match to_session.and_then(|s| s.conn.as_ref()) {
             // The sender's ID is stamped here; whatever `from` the client wrote was never parsed.
             Some(h) => {
                 Stats::inc(&self.stats.relayed);
@@ -1389,16 +1432,23 @@ impl State {
 
     pub fn bye(&mut self, me: Id, to_raw: &str) {
         let Some(to) = self.paired_peer(me, to_raw, "bye") else { return };
+        let mut had = false;
         for (a, b) in [(me, to), (to, me)] {
             if let Some(s) = self.sessions.get_mut(&a) {
-                remove_id(&mut s.peers, b);
+                let was = remove_id(&mut s.peers, b);
                 remove_id(&mut s.led, b);
+                remove_id(&mut s.rejoin_claims, b);
+                had = a == to && was;
             }
         }
         if self.is_remote(to) {
             self.notify(remote::Remote::Bye { from: me, to });
         }
-        self.send(to, ServerMsg::PeerLeft { peer: me, reason: LeftReason::Bye }.to_text());
+        // `had`: `to`'s side of the pairing. A partner that moved here and has not rejoined yet has none, and
+        // hears nothing (as its remote node would not tell it either).
+        if had {
+            self.send(to, ServerMsg::PeerLeft { peer: me, reason: LeftReason::Bye }.to_text());
+        }
     }
 
     /// The ID a contact message names, if `me` is an identity and the ID is well formed; the error otherwise.

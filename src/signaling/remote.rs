@@ -246,10 +246,20 @@ impl State {
 
     /// The grace timer of a partner on another node ran out.
     pub(super) fn remote_grace_over(&mut self, id: Id, at: Instant) {
-        if self.remote_gone.get(&id) != Some(&at) || self.sessions.contains_key(&id) {
+        if self.remote_gone.get(&id) != Some(&at) {
             return;
         }
         self.remote_gone.remove(&id);
+        if self.sessions.contains_key(&id) {
+            // It moved here: the partners it rejoined are paired with it again (nothing to say); the others
+            // waited long enough.
+            let holders: Vec<Id> =
+                self.sessions.keys().copied().filter(|h| *h != id && self.dangling(*h, id)).collect();
+            for h in holders {
+                self.forget_remote(h, id);
+            }
+            return;
+        }
         let holders: Vec<Id> = self
             .sessions
             .iter()
@@ -323,6 +333,60 @@ impl State {
         }
     }
 
+    /// The node of `id` stopped, or `id` moved here from another node: its partners here hear `peer_away` (once:
+    /// not again while its grace timer runs) and keep their halves until it rejoins or the timer runs out, and
+    /// requests to or from it end, as they cannot be answered any more.
+    fn partner_gone(&mut self, id: Id, now: Instant) {
+        let partners: Vec<Id> =
+            self.sessions.iter().filter(|(k, s)| **k != id && s.peers.contains(&id)).map(|(k, _)| *k).collect();
+        if !partners.is_empty() && !self.remote_gone.contains_key(&id) {
+            for p in &partners {
+                self.send(*p, ServerMsg::PeerAway { peer: id }.to_text());
+            }
+        }
+        let askers: Vec<Id> = self
+            .sessions
+            .iter()
+            .filter(|(k, s)| {
+                **k != id && (s.incoming.iter().any(|(p, _)| *p == id) || s.outgoing.iter().any(|(p, _)| *p == id))
+            })
+            .map(|(k, _)| *k)
+            .collect();
+        for a in askers {
+            if let Some(s) = self.sessions.get_mut(&a) {
+                let asked_me = remove_incoming(&mut s.incoming, id);
+                let i_asked = remove_outgoing(&mut s.outgoing, id);
+                self.remote_incoming.remove(&(id, a));
+                if i_asked {
+                    self.send(a, ServerMsg::PeerLeft { peer: id, reason: LeftReason::Disconnected }.to_text());
+                }
+                if asked_me {
+                    self.send(a, ServerMsg::IncomingCancelled { peer: id, reason: CancelReason::Left }.to_text());
+                }
+            }
+        }
+        if !partners.is_empty() {
+            self.remote_away(id, now);
+        }
+    }
+
+    /// A session for `id` just started here. If `id` was on another node (that node stopped, or the browser
+    /// reconnected here), sessions here may still hold their halves of pairings with it: the new session has
+    /// none, so those partners see it away until it rejoins with its ticket ([`State::rejoin`] then makes its
+    /// half) or its grace ends (`peer_left`). Requests its old session had with them are over.
+    pub(super) fn moved_here(&mut self, id: Id, now: Instant) {
+        if self.cluster.is_some() {
+            self.partner_gone(id, now);
+        }
+    }
+
+    /// `holder`'s half of a pairing with `id` whose other half is missing: `id` is not a session here (another
+    /// node has it, or nobody), or it is but moved here and has not rejoined `holder`.
+    fn dangling(&self, holder: Id, id: Id) -> bool {
+        self.sessions.get(&holder).is_some_and(|s| s.peers.contains(&id))
+            && self.sessions.get(&id).is_none_or(|s| !s.peers.contains(&holder))
+    }
+
     /// Local sessions that list `id` as a contact.
     fn local_contacts_of(&self, id: Id) -> Vec<Id> {
         self.sessions.keys().copied().filter(|c| self.ids.get(*c).is_some_and(|r| r.contacts.contains(&id))).collect()
@@ -365,44 +429,9 @@ impl State {
             }
             Inbound::NodeGone { ids } => {
                 for id in ids.iter().filter_map(|i| Id::parse(i)) {
-                    if self.sessions.contains_key(&id) {
-                        continue;
-                    }
-                    let partners: Vec<Id> =
-                        self.sessions.iter().filter(|(_, s)| s.peers.contains(&id)).map(|(k, _)| *k).collect();
-                    for p in &partners {
-                        self.send(*p, ServerMsg::PeerAway { peer: id }.to_text());
-                    }
-                    // Requests to or from it cannot be answered any more.
-                    let askers: Vec<Id> = self
-                        .sessions
-                        .iter()
-                        .filter(|(_, s)| {
-                            s.incoming.iter().any(|(p, _)| *p == id) || s.outgoing.iter().any(|(p, _)| *p == id)
-                        })
-                        .map(|(k, _)| *k)
-                        .collect();
-                    for a in askers {
-                        if let Some(s) = self.sessions.get_mut(&a) {
-                            let asked_me = remove_incoming(&mut s.incoming, id);
-                            let i_asked = remove_outgoing(&mut s.outgoing, id);
-                            self.remote_incoming.remove(&(id, a));
-                            if i_asked {
-                                self.send(
-                                    a,
-                                    ServerMsg::PeerLeft { peer: id, reason: LeftReason::Disconnected }.to_text(),
-                                );
-                            }
-                            if asked_me {
-                                self.send(
-                                    a,
-                                    ServerMsg::IncomingCancelled { peer: id, reason: CancelReason::Left }.to_text(),
-                                );
-                            }
-                        }
-                    }
-                    if !partners.is_empty() {
-                        self.remote_away(id, now);
+                    // An ID that moved here meanwhile is not gone ([`State::moved_here`] dealt with it).
+                    if !self.sessions.contains_key(&id) {
+                        self.partner_gone(id, now);
                     }
                 }
             }
@@ -460,6 +489,13 @@ impl State {
     fn on_remote(&mut self, msg: Remote, now: Instant) {
         let (from, to) = msg.ids();
         if from == to {
+            return;
+        }
+        if self.sessions.contains_key(&from) {
+            // `from` is a session here now: this was sent by (or on behalf of) its old session on the node it
+            // left, and is stale. Acting on it would undo what its session here did (a `left` would drop a
+            // pairing it rejoined here).
+            tracing::debug!(%from, %to, "cluster: envelope from an ID that now lives on this node; ignored");
             return;
         }
         // Anything from `from` means it is alive on some node.
