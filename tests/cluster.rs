@@ -729,6 +729,10 @@ async fn a_moved_partner_that_never_rejoins_is_left_after_the_grace() {
 /// box before the fix). Hellos over several heartbeats; then every ID must still be held by this node.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lone_node_keeps_its_fresh_ids_under_a_burst_of_hellos() {
+    // 3000 WebSockets: this process and the node it starts (which inherits the limit) need more descriptors than a
+    // default soft limit of 1024; raise the soft limit to the hard one, and say so if that is still too few.
+    let nofile = raise_nofile();
+    assert!(nofile >= 7000, "this test needs RLIMIT_NOFILE >= 7000 (ulimit -n), have {nofile}");
     let dir = tempfile::tempdir().unwrap();
     let redis = Redis::start();
     let n = Node::start_with(
@@ -758,5 +762,20 @@ async fn a_lone_node_keeps_its_fresh_ids_under_a_burst_of_hellos() {
     // And their sessions are open: nobody was closed with 1013.
     for c in clients.iter_mut().step_by(50) {
         assert_silent(&mut c.ws, Duration::from_millis(20)).await;
+    }
+}
+
+/// Raise this process's open-files soft limit to its hard limit (children inherit it); returns the new soft limit.
+fn raise_nofile() -> u64 {
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed to them.
+    unsafe {
+        let mut l = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) != 0 {
+            return 0;
+        }
+        l.rlim_cur = l.rlim_max;
+        libc::setrlimit(libc::RLIMIT_NOFILE, &l);
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut l);
+        l.rlim_cur as u64
     }
 }

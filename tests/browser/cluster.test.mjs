@@ -30,7 +30,6 @@ const missing = clusterMissing();
 // on: its `rejoin` gets `rejoin_waiting` and nothing follows (the partner holds a remote half "A@dead node" that the
 // local rejoin does not match). With two nodes the moved browser always lands on its partner's node, so the two
 // kill -9 cases fail at the re-pairing. They run and report as TODO until the core handles it; remove this then.
-const REPAIR_ON_PARTNER_NODE = 'cluster core: a browser moved to its partner\'s node is not re-paired (rejoin_waiting forever)';
 
 const offline = (p) => p.waitForSelector('[data-testid=server-status]:not([data-state=open]):not([data-state=connecting])', { timeout: 30000 });
 const online = (p, timeout = 45000) => p.waitForSelector('[data-testid=server-status][data-state=open]', { timeout });
@@ -101,7 +100,7 @@ describe('cluster lab', { skip: missing || false, concurrency: 1 }, () => {
       await screenshot(b, 'cluster-direct-360');
     });
 
-    test('kill -9 of a node mid-chat: its browser reconnects through HAProxy to the other node, same ID, re-paired, the chat goes on', { timeout: 120000, todo: REPAIR_ON_PARTNER_NODE }, async () => {
+    test('kill -9 of a node mid-chat: its browser reconnects through HAProxy to the other node, same ID, re-paired, the chat goes on', { timeout: 120000}, async () => {
       assert.ok(a && b, 'the previous test paired a and b');
       const killed = await killNode(lab, 'n1');
       try {
@@ -231,7 +230,7 @@ describe('cluster lab', { skip: missing || false, concurrency: 1 }, () => {
       await screenshot(b, 'cluster-relayed-360');
     });
 
-    test('kill -9 of a node under the relayed chat: its browser moves to the other node, ICE restarts over that node\'s relay', { timeout: 150000, todo: REPAIR_ON_PARTNER_NODE }, async () => {
+    test('kill -9 of a node under the relayed chat: its browser moves to the other node, ICE restarts over that node\'s relay', { timeout: 150000}, async () => {
       assert.ok(a && b, 'the previous test paired a and b');
       // The RTCPeerConnection must survive the move.
       for (const [p, peer] of [[a, idB], [b, idA]]) {
