@@ -776,6 +776,6 @@ fn raise_nofile() -> u64 {
         l.rlim_cur = l.rlim_max;
         libc::setrlimit(libc::RLIMIT_NOFILE, &l);
         libc::getrlimit(libc::RLIMIT_NOFILE, &mut l);
-        l.rlim_cur as u64
+        l.rlim_cur
     }
 }
