@@ -119,7 +119,8 @@ listen_tcp = ["127.0.0.1:${turnPort}"]
     // the label may say relayed; the NAT lab tells them apart for real).
     const kind = await a.getByTestId('call-quality').getAttribute('data-path');
     assert.match(kind, /^(direct|relay)$/);
-    assert.match(await a.getByTestId('call-quality').textContent(), kind === 'direct' ? /Direct · \d+ ms · [\d.]+ % loss · [\d.]+ Mbit\/s/ : /Relayed · \d+ ms · [\d.]+ % loss · [\d.]+ Mbit\/s/);
+    // Spaces inside a figure are no-break spaces (\u00a0), so a figure never wraps inside.
+    assert.match(await a.getByTestId('call-quality').textContent(), kind === 'direct' ? /Direct · \d+\u00a0ms · [\d.]+\u00a0%\u00a0loss · [\d.]+\u00a0Mbit\/s/ : /Relayed · \d+\u00a0ms · [\d.]+\u00a0%\u00a0loss · [\d.]+\u00a0Mbit\/s/);
     // The remote video really plays in the element (the test pattern has a size).
     await b.waitForFunction(() => document.querySelector('[data-testid=call-remote-video]').videoWidth > 0);
     await screenshot(a, 'call-video-desktop');

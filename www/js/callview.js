@@ -242,7 +242,8 @@ export function initCalls({ conversation, current, nameOf = () => null }) {
     if (stats.rtt != null) parts.push(t('conn.rtt_ms', { ms: stats.rtt }));
     if (stats.loss != null) parts.push(t('call.loss', { pct: (stats.loss * 100).toFixed(stats.loss < 0.1 ? 1 : 0) }));
     if (stats.bitrate != null) parts.push(`${(stats.bitrate / 1e6).toFixed(stats.bitrate < 1e6 ? 2 : 1)} Mbit/s`);
-    q.textContent = parts.join(' · ');
+    // A figure never breaks inside ("0.0 % loss" split over two lines at 360 px): no-break spaces within a part.
+    q.textContent = parts.map((x) => x.replace(/ /g, '\u00a0')).join(' · ');
     q.title = path ? pathLabel(path, displayId(call.peer)).text : '';
   }
 
