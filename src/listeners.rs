@@ -200,6 +200,20 @@ pub fn bind_udp_group(addr: SocketAddr, n: usize) -> std::io::Result<Vec<UdpSock
     if n <= 1 {
         return Ok(vec![bind_udp(addr)?]);
     }
+    // With port 0 the probe's port is free only until the probe is dropped: another process (a browser's ICE
+    // socket with SO_REUSEADDR, seen in the test suite) can take it before the group binds, so pick another port
+    // then. A configured port is never changed.
+    let tries = if addr.port() == 0 { 5 } else { 1 };
+    let mut attempt = 1;
+    loop {
+        match bind_udp_group_once(addr, n) {
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && attempt < tries => attempt += 1,
+            result => return result,
+        }
+    }
+}
+
+fn bind_udp_group_once(addr: SocketAddr, n: usize) -> std::io::Result<Vec<UdpSocket>> {
     let probe = bind_udp(addr)?;
     let addr = probe.local_addr()?;
     drop(probe);
