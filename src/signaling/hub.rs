@@ -1100,18 +1100,8 @@ impl State {
         if !self.sessions.contains_key(&to) || self.ids.blocks(to, me) {
             return self.err(me, ErrorCode::UnknownPeer, "no client with that ID is online", R, Some(to));
         }
-        let Some(s) = self.sessions.get_mut(&me) else { return };
-        if s.peers.contains(&to) {
-            return self.err(me, ErrorCode::AlreadyPaired, "you are already paired with that client", R, Some(to));
-        }
-        if s.outgoing.iter().any(|(p, _)| *p == to) || s.incoming.iter().any(|(p, _)| *p == to) {
-            return self.err(
-                me,
-                ErrorCode::DuplicateRequest,
-                "a request between you two is already pending",
-                R,
-                Some(to),
-            );
+        if self.paired_or_pending(me, to) {
+            return;
         }
         let per_target = self.settings.requests_per_target_per_min;
         let src = self.sources.get_mut(&source).expect("made above");
@@ -1140,6 +1130,23 @@ impl State {
         self.send(me, ServerMsg::RequestSent { peer: to }.to_text());
     }
 
+    /// Whether `me` may not ask `to` because the two are paired or a request between them is pending (either
+    /// way); answers `me` with the error then. The same rule for a local and a cross-node `connect`. A session that
+    /// is gone counts as "may not", silently.
+    fn paired_or_pending(&self, me: Id, to: Id) -> bool {
+        const R: &str = "connect";
+        let Some(s) = self.sessions.get(&me) else { return true };
+        if s.peers.contains(&to) {
+            self.err(me, ErrorCode::AlreadyPaired, "you are already paired with that client", R, Some(to));
+            return true;
+        }
+        if s.outgoing.iter().any(|(p, _)| *p == to) || s.incoming.iter().any(|(p, _)| *p == to) {
+            self.err(me, ErrorCode::DuplicateRequest, "a request between you two is already pending", R, Some(to));
+            return true;
+        }
+        false
+    }
+
     /// `connect` to an ID that is not here: this node keeps the requester's half (limits per source, the
     /// timer), the target's node makes the checks that protect the target and answers (`remote.rs`).
     fn connect_remote(&mut self, me: Id, to: Id, source: IpAddr, now: Instant) {
@@ -1147,18 +1154,8 @@ impl State {
         if !self.cluster_ready(me, R, to) {
             return;
         }
-        let Some(s) = self.sessions.get(&me) else { return };
-        if s.peers.contains(&to) {
-            return self.err(me, ErrorCode::AlreadyPaired, "you are already paired with that client", R, Some(to));
-        }
-        if s.outgoing.iter().any(|(p, _)| *p == to) || s.incoming.iter().any(|(p, _)| *p == to) {
-            return self.err(
-                me,
-                ErrorCode::DuplicateRequest,
-                "a request between you two is already pending",
-                R,
-                Some(to),
-            );
+        if self.paired_or_pending(me, to) {
+            return;
         }
         let per_target = self.settings.requests_per_target_per_min;
         let src = self.sources.get_mut(&source).expect("made by connect");
