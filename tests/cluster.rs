@@ -229,13 +229,6 @@ impl Cluster {
     }
 }
 
-struct Client {
-    ws: Ws,
-    id: String,
-    token: String,
-    welcome: Value,
-}
-
 async fn open_url(url: &str) -> Ws {
     tokio_tungstenite::connect_async(url).await.expect("WebSocket connect").0
 }
@@ -248,19 +241,7 @@ async fn client_on(node: &Node, token: Option<&str>) -> Client {
 
 /// A client whose presence is not waited for (Redis is down).
 async fn client_no_redis(node: &Node, token: Option<&str>) -> Client {
-    let mut ws = open_url(&node.ws_url()).await;
-    let mut h = json!({"type": "hello", "v": 1});
-    if let Some(t) = token {
-        h["token"] = json!(t);
-    }
-    send(&mut ws, h).await;
-    let welcome = expect(&mut ws, "welcome").await;
-    Client {
-        id: welcome["id"].as_str().unwrap().to_string(),
-        token: welcome["token"].as_str().unwrap().to_string(),
-        ws,
-        welcome,
-    }
+    hello(open_url(&node.ws_url()).await, token).await
 }
 
 /// A connects to B, B accepts: both paired, A the initiator, the same ticket on both sides.
@@ -460,12 +441,7 @@ async fn identity_on(node: &Node, key: &Key) -> Client {
     send(&mut ws, json!({"type": "identity_proof", "signature": key.prove(ch["challenge"].as_str().unwrap())})).await;
     let welcome = expect(&mut ws, "welcome").await;
     node.wait_presence(welcome["id"].as_str().unwrap()).await;
-    Client {
-        id: welcome["id"].as_str().unwrap().to_string(),
-        token: welcome["token"].as_str().unwrap().to_string(),
-        ws,
-        welcome,
-    }
+    Client::from_welcome(ws, welcome)
 }
 
 /// The next message of `ty`, skipping others (presence may interleave with replies).

@@ -13,7 +13,7 @@ use futures_util::StreamExt;
 use ponte::config::Config;
 use ring::rand::SystemRandom;
 use ring::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
-use serde_json::{json, Value};
+use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 
 fn b64(b: &[u8]) -> String {
@@ -45,13 +45,6 @@ impl Key {
     }
 }
 
-struct Client {
-    ws: Ws,
-    id: String,
-    token: String,
-    welcome: Value,
-}
-
 /// The whole identity handshake: hello{identity} -> identity_challenge -> identity_proof -> welcome.
 async fn identity_client(srv: &TestServer, key: &Key, token: Option<&str>) -> Client {
     let mut ws = open(srv).await;
@@ -66,28 +59,11 @@ async fn identity_client(srv: &TestServer, key: &Key, token: Option<&str>) -> Cl
     send(&mut ws, json!({"type": "identity_proof", "signature": key.prove(challenge)})).await;
     let welcome = expect(&mut ws, "welcome").await;
     assert_eq!(welcome["identity"]["key"], key.public(), "{welcome}");
-    Client {
-        id: welcome["id"].as_str().unwrap().to_string(),
-        token: welcome["token"].as_str().unwrap().to_string(),
-        ws,
-        welcome,
-    }
+    Client::from_welcome(ws, welcome)
 }
 
 async fn anonymous_client(srv: &TestServer, token: Option<&str>) -> Client {
-    let mut ws = open(srv).await;
-    let mut h = json!({"type": "hello", "v": 1});
-    if let Some(t) = token {
-        h["token"] = json!(t);
-    }
-    send(&mut ws, h).await;
-    let welcome = expect(&mut ws, "welcome").await;
-    Client {
-        id: welcome["id"].as_str().unwrap().to_string(),
-        token: welcome["token"].as_str().unwrap().to_string(),
-        ws,
-        welcome,
-    }
+    hello(open(srv).await, token).await
 }
 
 fn config_with_state(dir: &std::path::Path) -> Config {

@@ -18,14 +18,6 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
-/// One test client: a WebSocket plus what its welcome said.
-struct Client {
-    ws: Ws,
-    id: String,
-    token: String,
-    welcome: Value,
-}
-
 /// Open a WebSocket with extra request headers; `Err(status)` when the upgrade is refused.
 async fn open_with(srv: &TestServer, headers: &[(&'static str, &str)]) -> Result<Ws, u16> {
     let mut req = srv.ws_url().into_client_request().unwrap();
@@ -36,21 +28,6 @@ async fn open_with(srv: &TestServer, headers: &[(&'static str, &str)]) -> Result
         Ok((ws, _)) => Ok(ws),
         Err(WsError::Http(resp)) => Err(resp.status().as_u16()),
         Err(e) => panic!("unexpected WebSocket error: {e}"),
-    }
-}
-
-async fn hello(mut ws: Ws, token: Option<&str>) -> Client {
-    let mut h = json!({"type": "hello", "v": 1});
-    if let Some(t) = token {
-        h["token"] = json!(t);
-    }
-    send(&mut ws, h).await;
-    let welcome = expect(&mut ws, "welcome").await;
-    Client {
-        id: welcome["id"].as_str().unwrap().to_string(),
-        token: welcome["token"].as_str().unwrap().to_string(),
-        ws,
-        welcome,
     }
 }
 

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use serde_json::Value;
+use serde_json::{json, Value};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
@@ -73,4 +73,34 @@ pub async fn assert_silent(ws: &mut Ws, d: Duration) {
     if let Some(v) = recv_within(ws, d).await {
         panic!("expected silence, got {v}");
     }
+}
+
+/// One test client: a WebSocket plus what its welcome said.
+pub struct Client {
+    pub ws: Ws,
+    pub id: String,
+    pub token: String,
+    pub welcome: Value,
+}
+
+impl Client {
+    pub fn from_welcome(ws: Ws, welcome: Value) -> Client {
+        Client {
+            id: welcome["id"].as_str().unwrap().to_string(),
+            token: welcome["token"].as_str().unwrap().to_string(),
+            ws,
+            welcome,
+        }
+    }
+}
+
+/// Say hello on `ws` (with a token: resume or restore that ID) and wait for the welcome.
+pub async fn hello(mut ws: Ws, token: Option<&str>) -> Client {
+    let mut h = json!({"type": "hello", "v": 1});
+    if let Some(t) = token {
+        h["token"] = json!(t);
+    }
+    send(&mut ws, h).await;
+    let welcome = expect(&mut ws, "welcome").await;
+    Client::from_welcome(ws, welcome)
 }
