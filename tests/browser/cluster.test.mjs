@@ -81,16 +81,7 @@ describe('cluster lab', { skip: missing || false, concurrency: 1 }, () => {
     });
 
     test('two browsers on different nodes pair and chat, directly', { timeout: 90000 }, async () => {
-      a = await newPage(lab.browsers[0]);
-      b = await newPage(lab.browsers[1], { mobile: true });
-      lab.pages.push(a, b);
-      idA = await openApp(a, lab.urlFor.n1);
-      idB = await openApp(b, lab.urlFor.n2);
-      assert.equal(await nodeOf(a), 'n1');
-      assert.equal(await nodeOf(b), 'n2');
-      await pair(a, b, idB);
-      await waitConnected(a, 40000);
-      await waitConnected(b, 40000);
+      ({ a, b, idA, idB } = await pairAcrossNodes(lab));
       await chat(a, b, 'hello from node 1');
       await chat(b, a, 'hello from node 2');
       await a.waitForSelector('[data-testid=message-status][data-status=delivered]');
@@ -207,16 +198,7 @@ describe('cluster lab', { skip: missing || false, concurrency: 1 }, () => {
     let idA;
     let idB;
     test('relayed between allocations on different nodes, node to node', { timeout: 90000 }, async () => {
-      a = await newPage(lab.browsers[0]);
-      b = await newPage(lab.browsers[1], { mobile: true });
-      lab.pages.push(a, b);
-      idA = await openApp(a, lab.urlFor.n1);
-      idB = await openApp(b, lab.urlFor.n2);
-      assert.equal(await nodeOf(a), 'n1');
-      assert.equal(await nodeOf(b), 'n2');
-      await pair(a, b, idB);
-      await waitConnected(a, 40000);
-      await waitConnected(b, 40000);
+      ({ a, b, idA, idB } = await pairAcrossNodes(lab));
       await chat(a, b, 'relayed hello');
       await chat(b, a, 'relayed back');
       assert.match(await pathText(a, /relayed.*TURN/), /relayed through this server \(TURN (udp|tcp)/i);
@@ -262,3 +244,18 @@ describe('cluster lab', { skip: missing || false, concurrency: 1 }, () => {
     });
   });
 });
+
+/** A desktop on n1 and a phone on n2 (asserted from their ICE servers) pair and connect. */
+async function pairAcrossNodes(lab) {
+  const a = await newPage(lab.browsers[0]);
+  const b = await newPage(lab.browsers[1], { mobile: true });
+  lab.pages.push(a, b);
+  const idA = await openApp(a, lab.urlFor.n1);
+  const idB = await openApp(b, lab.urlFor.n2);
+  assert.equal(await nodeOf(a), 'n1');
+  assert.equal(await nodeOf(b), 'n2');
+  await pair(a, b, idB);
+  await waitConnected(a, 40000);
+  await waitConnected(b, 40000);
+  return { a, b, idA, idB };
+}
