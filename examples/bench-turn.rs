@@ -5,11 +5,12 @@
 //!     cargo run --release --example bench-turn [-- --secs 2 --rounds 3 --clients 8 --window 32 --size 100
 //!                                                  --allocations 5000 --rate 20000 --pin N --udp-workers 0
 //!                                                  --main 1 --matrix 1|0|pinned|unpinned --matrix-clients 1,2
-//!                                                  --ab PONTE_UDP_GSO=0]
+//!                                                  --ab PONTE_UDP_GSO=0 --generator-gso 0]
 //!
 //! `--main 0` skips the Binding and relay phases (only the matrix runs); `--ab NAME=VALUE` adds a second ponte,
-//! started with that environment variable, to the matrix (e.g. `PONTE_UDP_GSO=0`, `PONTE_UDP_SHORT_SLICE=0`), so
-//! that a switch is compared in the same minutes as everything else.
+//! started with that environment variable (e.g. `PONTE_UDP_GSO=0`, `PONTE_UDP_SHORT_SLICE=0`) or, for a lowercase
+//! NAME, that `[turn]` setting (e.g. `udp_workers=1`), to the matrix, so that a switch is compared in the same
+//! minutes as everything else.
 //!
 //! First, memory per allocation: `--allocations` K allocations (one client socket and username each) are created
 //! against each fresh server, and the server's RSS before and after gives bytes per allocation (relay sockets'
@@ -82,6 +83,12 @@ struct Opts {
     /// `PONTE_UDP_SHORT_SLICE=0`: default scheduler slice) in the matrix, alternating with the others: an A/B in the
     /// same minutes.
     ab: Option<(String, String)>,
+    /// `--generator-gso 1`: the generator and the echo peer send their runs to one destination with UDP GSO. Off by
+    /// default (one datagram per message, the generator issue 17 measured with). Either way the servers receive the
+    /// same separate datagrams (none of them asks for GRO); GSO lowers the generator's own CPU per packet, which
+    /// otherwise dilutes the difference between servers where it shares the CPUs with them, and it makes a window
+    /// arrive at once instead of datagram by datagram (docs/benchmarks.md shows what that does to each server).
+    generator_gso: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -107,6 +114,7 @@ fn main() -> anyhow::Result<()> {
         matrix_clients: vec![1, 2],
         main: true,
         ab: None,
+        generator_gso: false,
     };
     let mut i = 1;
     while i + 1 < args.len() {
@@ -144,11 +152,12 @@ fn main() -> anyhow::Result<()> {
             "--rate" => o.rate = v.clamp(100, 1_000_000),
             "--matrix" => o.matrix = v != 0,
             "--main" => o.main = v != 0,
+            "--generator-gso" => o.generator_gso = v != 0,
             other => {
                 anyhow::bail!(
                     "unknown option {other}; use --secs, --rounds, --clients, --window, --size, --allocations, \
                      --udp-workers, --pin, --rate, --matrix 0|1|pinned|unpinned, --matrix-clients 1,2, --main, \
-                     --ab NAME=VALUE"
+                     --ab NAME=VALUE, --generator-gso 0|1"
                 )
             }
         }
@@ -202,7 +211,17 @@ fn main() -> anyhow::Result<()> {
         Some(kv) => {
             let b = dir.path().join("b");
             std::fs::create_dir_all(&b)?;
-            Some(turn::spawn_ponte_with_env(&b, &ponte_extra, Some(kv))?)
+            // A lowercase NAME is a `[turn]` key of the second ponte's config (`--ab udp_workers=1`), anything
+            // else an environment variable (`--ab PONTE_UDP_GSO=0`).
+            if kv.0.bytes().all(|c| c.is_ascii_lowercase() || c == b'_') {
+                let key = format!("{} =", kv.0);
+                let mut extra: String =
+                    ponte_extra.lines().filter(|l| !l.starts_with(&key)).map(|l| format!("{l}\n")).collect();
+                extra.push_str(&format!("{} = {}\n", kv.0, kv.1));
+                Some(turn::spawn_ponte(&b, &extra)?)
+            } else {
+                Some(turn::spawn_ponte_with_env(&b, &ponte_extra, Some(kv))?)
+            }
         }
         None => None,
     };
@@ -275,7 +294,7 @@ fn main() -> anyhow::Result<()> {
         None
     };
     // The relay matrix: both placements and 1 and 2 client threads in one run, with the floor.
-    let mut matrix = Vec::new();
+    let (mut matrix, mut fixed) = (Vec::new(), Vec::new());
     if o.matrix {
         let pinned_cpus = (cpus / 2).max(1);
         for (label, p, on) in [("pinned", pinned_cpus, o.placements.0), ("unpinned", 0, o.placements.1)] {
@@ -296,6 +315,21 @@ fn main() -> anyhow::Result<()> {
                 }
                 let g = if g.is_empty() { None } else { Some(median(g)) };
                 matrix.push((label, clients, median(a), median(b), median(f), g, common::load_average()));
+                // The same cell at one fixed offered load for every server (`--rate` round trips/s in all, below
+                // each one's capacity): the latency a server adds when it is not the bottleneck, which the closed
+                // loop (where a faster server is also offered more) cannot show.
+                let pace = Some(o.rate as f64 / clients as f64);
+                let (mut a, mut b, mut f, mut g) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+                for _ in 0..o.rounds {
+                    a.push(relay_phase(ponte.1, pids[0], &oc, pace, false).map_err(|e| e.context("ponte fixed"))?);
+                    b.push(relay_phase(coturn.1, pids[1], &oc, pace, false).map_err(|e| e.context("coturn fixed"))?);
+                    f.push(relay_phase(floor.1, pids[2], &oc, pace, true).map_err(|e| e.context("floor fixed"))?);
+                    if let (Some(n), Some(pid)) = (&ponte_b, b_pid) {
+                        g.push(relay_phase(n.1, pid, &oc, pace, false).map_err(|e| e.context("ponte (B) fixed"))?);
+                    }
+                }
+                let g = if g.is_empty() { None } else { Some(median(g)) };
+                fixed.push((label, clients, median(a), median(b), median(f), g, common::load_average()));
             }
         }
         place(pin)?;
@@ -398,6 +432,41 @@ fn main() -> anyhow::Result<()> {
         println!(
             "(rt/s: echo round trips per second, 2 relayed packets each; CPU per relayed packet, all server threads)"
         );
+        println!(
+            "\nThe same cells at one fixed offered load for every server: {} echo round trips/s in all, paced (the \
+             latency a server adds when it is not the bottleneck):",
+            o.rate
+        );
+        println!(
+            "{:<10}{:>8}{:>19}{:>19}{:>19}{:>10}{:>30}{:>8}  {}",
+            "placement",
+            "clients",
+            "p50/p99 ponte µs",
+            "coturn",
+            "floor",
+            "p99 c/p",
+            "CPU/pkt ponte/coturn/floor",
+            "load",
+            if o.ab.is_some() { "ponte (B): p50/p99 µs CPU/pkt" } else { "" }
+        );
+        for (label, clients, p, c, f, g, load) in &fixed {
+            let us = |s: &Stats| format!("{:.2}", s.cpu_per_op.as_nanos() as f64 / 1000.0);
+            let l = |s: &Stats| format!("{}/{}", s.p50.as_micros(), s.p99.as_micros());
+            let lost = p.lost + c.lost + f.lost;
+            println!(
+                "{:<10}{:>8}{:>19}{:>19}{:>19}{:>10.2}{:>30}{:>8}  {}{}",
+                label,
+                clients,
+                l(p),
+                l(c),
+                l(f),
+                c.p99.as_secs_f64() / p.p99.as_secs_f64().max(1e-9),
+                format!("{} / {} / {} µs", us(p), us(c), us(f)),
+                load.split_whitespace().next().unwrap_or("-"),
+                g.as_ref().map_or(String::new(), |g| format!("{} {}", l(g), us(g))),
+                if lost > 0 { format!("  (lost p/c/f: {}/{}/{})", p.lost, c.lost, f.lost) } else { String::new() }
+            );
+        }
     }
     println!("\n(relayed packets count both directions: client→peer and peer→client through the relay;");
     println!(
@@ -484,7 +553,7 @@ fn binding_phase(server: SocketAddr, pid: u32, o: &Opts, pace: Option<f64>) -> S
                     // server under test; both servers face exactly the same generator.
                     let s = UdpSocket::bind("127.0.0.1:0").unwrap();
                     s.set_nonblocking(true).unwrap();
-                    let (mut rx, mut tx) = (mmsg::RecvBatch::new(), mmsg::SendBatch::default());
+                    let (mut rx, mut tx) = (mmsg::RecvBatch::new(), mmsg::SendBatch::segmented(o.generator_gso));
                     let mut rtts = Vec::with_capacity(1 << 20);
                     let (mut sent, mut seq) = (0u64, 0u32);
                     let mut queue = |tx: &mut mmsg::SendBatch, sent: &mut u64| {
@@ -587,6 +656,7 @@ fn relay_phase(server: SocketAddr, pid: u32, o: &Opts, pace: Option<f64>, floor:
     let stop = Arc::new(AtomicBool::new(false));
     let echo = {
         let stop = stop.clone();
+        let gso = o.generator_gso;
         std::thread::spawn(move || {
             use std::os::fd::AsRawFd;
             let mut rx = mmsg::RecvBatch::new();
@@ -603,7 +673,12 @@ fn relay_phase(server: SocketAddr, pid: u32, o: &Opts, pace: Option<f64>, floor:
                         let (data, from) = rx.get(rest[k]).expect("checked above");
                         (from, data)
                     };
-                    match mmsg::send_many(peer.as_raw_fd(), rest.len(), item) {
+                    let sent_now = if gso {
+                        mmsg::send_segmented(peer.as_raw_fd(), rest.len(), item)
+                    } else {
+                        mmsg::send_many(peer.as_raw_fd(), rest.len(), item)
+                    };
+                    match sent_now {
                         Ok(k) => sent += k.max(1),
                         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                             let mut p = libc::pollfd { fd: peer.as_raw_fd(), events: libc::POLLOUT, revents: 0 };
@@ -649,7 +724,7 @@ fn relay_phase(server: SocketAddr, pid: u32, o: &Opts, pace: Option<f64>, floor:
                 sc.spawn(move || {
                     // Batched like the Binding generator (see there).
                     c.s.set_nonblocking(true).unwrap();
-                    let (mut rx, mut tx) = (mmsg::RecvBatch::new(), mmsg::SendBatch::default());
+                    let (mut rx, mut tx) = (mmsg::RecvBatch::new(), mmsg::SendBatch::segmented(o.generator_gso));
                     let mut frame = vec![0u8; 4 + size];
                     frame[0..2].copy_from_slice(&0x4000u16.to_be_bytes());
                     frame[2..4].copy_from_slice(&(size as u16).to_be_bytes());

@@ -147,12 +147,19 @@ impl RecvBatch {
 /// Send side: datagrams queued with [`SendBatch::push`] and sent together by [`SendBatch::flush`].
 #[derive(Default)]
 pub struct SendBatch {
+    /// Send runs to one destination as UDP GSO messages ([`send_segmented`]) instead of one datagram each.
+    pub segmented: bool,
     queue: Vec<(SocketAddr, Vec<u8>)>,
     /// Index of the first datagram not yet sent.
     sent: usize,
 }
 
 impl SendBatch {
+    /// A batch that sends runs to one destination as UDP GSO messages ([`send_segmented`]).
+    pub fn segmented(on: bool) -> Self {
+        SendBatch { segmented: on, ..Default::default() }
+    }
+
     pub fn push(&mut self, to: SocketAddr, data: Vec<u8>) {
         self.queue.push((to, data));
     }
@@ -189,7 +196,12 @@ impl SendBatch {
 
     fn send_some(&mut self, fd: RawFd) -> io::Result<usize> {
         let pending = &self.queue[self.sent..];
-        send_many(fd, pending.len().min(BATCH), |i| (pending[i].0, &pending[i].1[..]))
+        let item = |i: usize| (pending[i].0, &pending[i].1[..]);
+        if self.segmented {
+            send_segmented(fd, pending.len().min(BATCH), item)
+        } else {
+            send_many(fd, pending.len().min(BATCH), item)
+        }
     }
 }
 
