@@ -37,7 +37,7 @@ mod common;
 mod turn;
 
 use std::net::{SocketAddr, UdpSocket};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -232,7 +232,7 @@ fn main() -> anyhow::Result<()> {
     )?;
     let floor = {
         let port = turn::free_port();
-        let child = Command::new(std::env::current_exe()?)
+        let child = turn::server_command(std::env::current_exe()?)
             .args(["--serve-floor", &port.to_string()])
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
@@ -935,14 +935,15 @@ fn floor_setup(s: &UdpSocket, floor: SocketAddr, peer: SocketAddr) -> anyhow::Re
 /// of that socket to the peer, and the peer's datagrams come back as ChannelData (0x4000). Its CPU per relayed
 /// packet is what the kernel's UDP path costs: the least any relay on this machine can spend.
 fn serve_floor(port: &str) -> anyhow::Result<()> {
-    use std::collections::HashMap;
     use std::os::fd::AsRawFd;
     const LISTENER: mio::Token = mio::Token(usize::MAX);
     let listener = UdpSocket::bind(("127.0.0.1", port.parse::<u16>()?))?;
     listener.set_nonblocking(true)?;
     let mut poll = mio::Poll::new()?;
     poll.registry().register(&mut mio::unix::SourceFd(&listener.as_raw_fd()), LISTENER, mio::Interest::READABLE)?;
-    let mut by_client: HashMap<SocketAddr, (usize, SocketAddr)> = HashMap::new();
+    // aHash, like ponte's data path (SipHash would make the floor spend more than ponte in user space).
+    let mut by_client: std::collections::HashMap<SocketAddr, (usize, SocketAddr), ahash::RandomState> =
+        Default::default();
     let mut relays: Vec<(UdpSocket, SocketAddr)> = Vec::new();
     let mut rx = mmsg::RecvBatch::with_layout(mmsg::BATCH, 4, 2048, 0);
     let mut events = mio::Events::with_capacity(256);

@@ -15,12 +15,37 @@ use stun::message::{Message, Setter};
 pub const SECRET: &str = "bench-secret-0123456789abcdef";
 pub const REALM: &str = "ponte";
 
-/// A server process, killed when dropped.
+/// A server process, stopped when dropped: SIGTERM, then SIGKILL if it has not exited within 10 s (a server run
+/// under a profiler, see [`server_command`], writes its profile on SIGTERM).
 pub struct Guard(pub Child);
 impl Drop for Guard {
     fn drop(&mut self) {
+        // SAFETY: kill(2) on our own child's pid; no memory is involved.
+        unsafe { libc::kill(self.0.id() as libc::pid_t, libc::SIGTERM) };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
         let _ = self.0.kill();
         let _ = self.0.wait();
+    }
+}
+
+/// The command that starts a server under test: `program`, or, with `BENCH_SERVER_PREFIX` set (e.g.
+/// `valgrind --tool=callgrind --callgrind-out-file=/tmp/cg.%p`), that command line followed by `program`, to count
+/// each server's instructions per operation in the same run.
+pub fn server_command(program: impl AsRef<std::ffi::OsStr>) -> Command {
+    match std::env::var("BENCH_SERVER_PREFIX") {
+        Ok(prefix) if !prefix.trim().is_empty() => {
+            let mut words = prefix.split_whitespace();
+            let mut cmd = Command::new(words.next().expect("not empty"));
+            cmd.args(words).arg(program);
+            cmd
+        }
+        _ => Command::new(program),
     }
 }
 
@@ -56,7 +81,7 @@ pub fn spawn_ponte_with_env(
              {turn_extra}"
         ),
     )?;
-    let mut cmd = Command::new(std::env::current_exe()?);
+    let mut cmd = server_command(std::env::current_exe()?);
     cmd.args(["--serve-ponte", cfg.to_str().unwrap()]);
     if let Some((k, v)) = env {
         cmd.env(k, v);
@@ -72,7 +97,7 @@ pub fn spawn_coturn(
     extra: &[String],
 ) -> anyhow::Result<(Guard, SocketAddr)> {
     let port = free_port();
-    let child = Command::new("turnserver")
+    let child = server_command("turnserver")
         .current_dir(dir)
         .args([
             "-n",

@@ -8,14 +8,12 @@
 //! hot paths take one shard read-lock and one uncontended sync lock — never an async lock — and allocate
 //! nothing (payloads are referenced by range, headers are written into the caller's headroom).
 
-use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dashmap::DashMap;
 use parking_lot::Mutex;
 use stun::attributes::AttrType;
 use stun::message::{Message, Setter};
@@ -23,6 +21,7 @@ use stun::message::{Message, Setter};
 use super::auth::{self, Auth, Integrity, KeyError, NonceCheck};
 use super::codec::{self, *};
 use super::policy::{self, Denied, PeerPolicy};
+use super::{FastDashMap, FastMap};
 use crate::config::{Secret, TurnConfig};
 
 pub const DEFAULT_ALLOCATION_LIFETIME: Duration = Duration::from_secs(600);
@@ -259,9 +258,9 @@ struct AllocState {
     /// names a family, together when it does not).
     relay_expires: [Option<Instant>; 2],
     /// Keyed by canonical peer IP (permissions ignore the port, RFC 8656 §9).
-    perms: HashMap<IpAddr, Instant>,
-    channels: HashMap<u16, (SocketAddr, Instant)>,
-    by_peer: HashMap<SocketAddr, u16>,
+    perms: FastMap<IpAddr, Instant>,
+    channels: FastMap<u16, (SocketAddr, Instant)>,
+    by_peer: FastMap<SocketAddr, u16>,
     up: Bucket,
     down: Bucket,
 }
@@ -299,14 +298,14 @@ impl Allocation {
 #[derive(Debug, Default)]
 struct Usage {
     total: usize,
-    per_user: HashMap<String, usize>,
+    per_user: FastMap<String, usize>,
     /// Relay ports held per source (allocations and EVEN-PORT reservations).
-    per_source: HashMap<IpAddr, usize>,
+    per_source: FastMap<IpAddr, usize>,
     /// Cached responses per source (the retransmission cache), so one source cannot fill it for everyone.
-    cached_per_source: HashMap<IpAddr, usize>,
+    cached_per_source: FastMap<IpAddr, usize>,
 }
 
-fn decrement<K: std::hash::Hash + Eq>(map: &mut HashMap<K, usize>, key: &K, n: usize) {
+fn decrement<K: std::hash::Hash + Eq>(map: &mut FastMap<K, usize>, key: &K, n: usize) {
     if let Some(c) = map.get_mut(key) {
         *c = c.saturating_sub(n);
         if *c == 0 {
@@ -363,12 +362,12 @@ pub struct Core {
     /// policy would refuse as "own". Peers there are reachable only at a live relay port: relay↔relay (both
     /// browsers relayed by this server) must work, the server's other services must not.
     relay_aliases: Vec<(IpAddr, IpAddr)>,
-    allocs: DashMap<FiveTuple, Arc<Allocation>>,
-    by_relay: DashMap<SocketAddr, Arc<Allocation>>,
+    allocs: FastDashMap<FiveTuple, Arc<Allocation>>,
+    by_relay: FastDashMap<SocketAddr, Arc<Allocation>>,
     usage: Mutex<Usage>,
-    responses: DashMap<(FiveTuple, [u8; 12]), (Instant, Vec<u8>)>,
+    responses: FastDashMap<(FiveTuple, [u8; 12]), (Instant, Vec<u8>)>,
     /// RESERVATION-TOKEN → (reserved local relay address, expiry, source holding it).
-    reservations: DashMap<[u8; 8], (SocketAddr, Instant, IpAddr)>,
+    reservations: FastDashMap<[u8; 8], (SocketAddr, Instant, IpAddr)>,
     counters: Arc<Counters>,
     start: Instant,
     start_unix: u64,
@@ -430,11 +429,11 @@ impl Core {
             own_ips: cfg.own_ips,
             relay_ips: cfg.relay_ips,
             cfg: cfg.turn,
-            allocs: DashMap::new(),
-            by_relay: DashMap::new(),
+            allocs: FastDashMap::default(),
+            by_relay: FastDashMap::default(),
             usage: Mutex::new(Usage::default()),
-            responses: DashMap::new(),
-            reservations: DashMap::new(),
+            responses: FastDashMap::default(),
+            reservations: FastDashMap::default(),
             counters: Arc::default(),
             start: now,
             start_unix: now_unix,
@@ -1080,9 +1079,9 @@ impl Core {
                     st: Mutex::new(AllocState {
                         expires: now + req.lifetime,
                         relay_expires: [Some(now + req.lifetime), relay2.map(|_| now + req.lifetime)],
-                        perms: HashMap::new(),
-                        channels: HashMap::new(),
-                        by_peer: HashMap::new(),
+                        perms: FastMap::default(),
+                        channels: FastMap::default(),
+                        by_peer: FastMap::default(),
                         up: Bucket { tokens: bw, last: now },
                         down: Bucket { tokens: bw, last: now },
                     }),
@@ -1382,7 +1381,7 @@ impl Core {
         for (a, i) in expired_relays {
             self.close_one(&a, i, out);
         }
-        let mut uncached: HashMap<IpAddr, usize> = HashMap::new();
+        let mut uncached: FastMap<IpAddr, usize> = FastMap::default();
         self.responses.retain(|(t, _), (at, _)| {
             let expires = *at + RESPONSE_CACHE_TTL;
             let keep = expires > now;

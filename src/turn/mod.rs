@@ -12,11 +12,19 @@ pub mod mmsg;
 pub mod policy;
 pub(crate) mod relay;
 pub mod selftest;
+
+/// The hash maps of the data path, keyed with aHash instead of std's SipHash: every relayed datagram looks up its
+/// allocation, permission, channel and relay socket, and SipHash was ~40 % of the relay's user-space instructions
+/// (callgrind, docs/benchmarks.md). aHash's keys are random per process, so clients who choose their addresses and
+/// ports still cannot aim for collisions.
+mod fast {
+    pub type FastMap<K, V> = std::collections::HashMap<K, V, ahash::RandomState>;
+    pub type FastDashMap<K, V> = dashmap::DashMap<K, V, ahash::RandomState>;
+}
 pub(crate) mod stun_alt;
 pub(crate) mod tcp;
 pub(crate) mod udp;
 
-use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
 use std::ops::Range;
 use std::os::fd::AsRawFd;
@@ -25,11 +33,11 @@ use std::time::{Duration, Instant};
 
 use tokio::io::Interest;
 
-use dashmap::DashMap;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use self::core::{Action, Core, CoreConfig, FiveTuple, Transport, MAX_TICK};
+pub(crate) use self::fast::{FastDashMap, FastMap};
 use crate::config::{Secret, TurnConfig};
 use crate::health::{Component, Health, Status};
 use crate::live::LiveConfig;
@@ -42,16 +50,16 @@ pub(crate) struct Shell {
     pub core: Core,
     /// Our UDP listening sockets by local address (responses and relayed data to UDP clients leave from the
     /// address the client talked to).
-    pub udp: HashMap<SocketAddr, Arc<UdpSocket>>,
+    pub udp: FastMap<SocketAddr, Arc<UdpSocket>>,
     /// Send queues of live TCP and TLS client connections.
-    pub streams: DashMap<FiveTuple, tcp::StreamTx>,
+    pub streams: FastDashMap<FiveTuple, tcp::StreamTx>,
     /// Open TCP/TLS client connections per source ([`core::source_of`](self::core::source_of)), for `turn.max_tcp_connections_per_ip`.
     /// An entry is removed when its count drops to zero.
-    pub tcp_per_source: parking_lot::Mutex<HashMap<IpAddr, usize>>,
+    pub tcp_per_source: parking_lot::Mutex<FastMap<IpAddr, usize>>,
     /// Relay sockets by local address.
-    pub relays: DashMap<SocketAddr, relay::Relay>,
+    pub relays: FastDashMap<SocketAddr, relay::Relay>,
     /// Ports held for RESERVATION-TOKENs (bound, not yet relaying).
-    pub reserved: DashMap<SocketAddr, UdpSocket>,
+    pub reserved: FastDashMap<SocketAddr, UdpSocket>,
     /// Free ports of the relay range.
     pub ports: relay::PortPool,
     pub shutdown: CancellationToken,
@@ -517,7 +525,7 @@ pub async fn serve(mut deps: Deps, sockets: Sockets, shutdown: CancellationToken
     );
 
     let mut udp_socks = Vec::new();
-    let mut udp_map = HashMap::new();
+    let mut udp_map = FastMap::default();
     for s in udp {
         let addr = s.local_addr()?;
         s.set_nonblocking(true)?;
@@ -535,10 +543,10 @@ pub async fn serve(mut deps: Deps, sockets: Sockets, shutdown: CancellationToken
     let shell = Arc::new(Shell {
         core,
         udp: udp_map,
-        streams: DashMap::new(),
-        tcp_per_source: parking_lot::Mutex::new(HashMap::new()),
-        relays: DashMap::new(),
-        reserved: DashMap::new(),
+        streams: FastDashMap::default(),
+        tcp_per_source: parking_lot::Mutex::new(FastMap::default()),
+        relays: FastDashMap::default(),
+        reserved: FastDashMap::default(),
         ports: relay::PortPool::new((cfg.relay_port_min, cfg.relay_port_max)),
         shutdown: shutdown.child_token(),
         pollers,

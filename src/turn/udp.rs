@@ -15,7 +15,6 @@
 //! of a batch leave in one `sendmmsg` per destination socket ([`Shell::flush`]). No per-packet allocation on either
 //! direction (payloads go out straight from the receive slots, headers written into their headroom).
 
-use std::collections::HashMap;
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::{Arc, Weak};
@@ -25,6 +24,7 @@ use super::codec::{HEADROOM, TAILROOM};
 use super::core::{FiveTuple, Transport};
 use super::mmsg::{RecvBatch, BATCH};
 use super::relay::{self, Change, LISTENER, RELAY_SLOT, WAKE};
+use super::FastMap;
 use super::{Batch, Shell};
 
 /// A relay socket as its thread knows it.
@@ -74,11 +74,11 @@ pub fn run(
     let mut batch = Batch { listener: server, ..Batch::default() };
     let mut relay_batch = Batch::default();
     let mut actions = Vec::with_capacity(BATCH);
-    let mut relays: HashMap<mio::Token, Polled> = HashMap::new();
+    let mut relays: FastMap<mio::Token, Polled> = FastMap::default();
     let mut ready: Vec<mio::Token> = Vec::new();
     let mut listener_ready = server.is_some();
     let mut changes = Vec::new();
-    let apply = |changes: &mut Vec<Change>, relays: &mut HashMap<mio::Token, Polled>, ready: &mut Vec<mio::Token>| {
+    let apply = |changes: &mut Vec<Change>, relays: &mut FastMap<mio::Token, Polled>, ready: &mut Vec<mio::Token>| {
         shell.pollers[index].take_changes(changes);
         for c in changes.drain(..) {
             match c {
