@@ -1,7 +1,8 @@
 // Calls between Chromium pages on loopback, against the real ponte: a video call placed and answered (both sides
 // receive audio packets and decode video frames), mute and camera-off stop the outgoing RTP, hang-up ends every
 // local track on both sides, decline, busy (a third page calls someone already in a call), missed (the caller
-// cancels), a voice-only call, and a second call on the same connection. Fake devices: Chromium's
+// cancels), unanswered (the ring times out; shortened through window.ponte.setRingTimeout), a voice-only call, and
+// a second call on the same connection. Fake devices: Chromium's
 // --use-fake-device-for-media-stream (a test pattern and a beep) with --use-fake-ui-for-media-stream (no prompt).
 //
 //   cd tests/browser && node --test call.test.mjs     (needs target/debug/ponte and /usr/bin/chromium)
@@ -370,6 +371,51 @@ listen_tcp = ["127.0.0.1:${turnPort}"]
     await b.waitForTimeout(2500);
     assert.equal(await b.evaluate(() => window.chimes), c2, 'the ring stopped');
     assert.match(await callLine(b, 'call-missed'), /Chamada perdida de/);
+  });
+
+  test('nobody answers: the caller gets "no answer", the callee a missed call, the ring stops, both are idle again', async () => {
+    const [a, b, idA, idB] = await connected({}, { mobile: true });
+    // 30 s of ringing would make the test slow: the test-only hook shortens it on both pages (docs/web-client.md).
+    for (const p of [a, b]) await p.evaluate(() => window.ponte.setRingTimeout(3000));
+    await b.evaluate(() => {
+      window.chimes = 0;
+      const orig = AudioContext.prototype.createOscillator;
+      AudioContext.prototype.createOscillator = function (...args) { window.chimes += 1; return orig.apply(this, args); };
+    });
+    const placed = Date.now();
+    await a.getByTestId('call-video').click();
+    await panelState(b, 'incoming');
+    await a.waitForFunction(() => window.ponte.callState().ringing);
+    await b.waitForFunction(() => window.chimes > 0, null, { timeout: 5000 });
+    await panelState(a, 'ended', 10000);
+    await panelState(b, 'ended', 10000);
+    const rang = Date.now() - placed;
+    assert.ok(rang >= 2500, `it rang for the set time before giving up (${rang} ms)`);
+    assert.equal((await state(a)).reason, 'unanswered');
+    assert.equal((await state(b)).reason, 'missed', 'the caller\'s call-end timeout reaches the callee');
+    assert.equal(await callLine(a, 'call-unanswered'), `No answer from ${idB.slice(0, 4)}-${idB.slice(4)}`);
+    assert.equal(await callLine(b, 'call-missed'), `Missed call from ${idA.slice(0, 4)}-${idA.slice(4)}`);
+    // Both idle: no live call, the panels are gone, the caller's preview camera is released, the callee never opened one.
+    for (const p of [a, b]) {
+      assert.equal(await p.evaluate(() => window.ponte.calls.call), null);
+      assert.equal(await p.getByTestId('call-panel').isVisible(), false);
+    }
+    assert.deepEqual((await a.evaluate(() => window.ponte.callTracks())).filter((t) => t.readyState !== 'ended'), []);
+    assert.deepEqual(await b.evaluate(() => window.ponte.callTracks()), []);
+    const chimes = await b.evaluate(() => window.chimes);
+    await b.waitForTimeout(2500);
+    assert.equal(await b.evaluate(() => window.chimes), chimes, 'the ring stopped');
+    await screenshot(b, 'call-missed-360');
+    // Idle for real: the next call rings and is answered.
+    await a.getByTestId('call-voice').click();
+    await panelState(b, 'incoming');
+    await b.getByTestId('call-accept').click();
+    await panelState(a, 'active');
+    await panelState(b, 'active');
+    await a.getByTestId('call-hangup').click();
+    await panelState(b, 'ended');
+    assert.deepEqual(a.errors, []);
+    assert.deepEqual(b.errors, []);
   });
 
   test('ending the conversation ends the call on both sides', async () => {
