@@ -9,11 +9,15 @@
 
 import { test, describe, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { requirements, launch, newPage, startPonte, freeTcpPort, freeUdpTcpPort, openApp, pair, waitConnected, screenshot } from './lib.mjs';
+import { requirements, launch, newPage, startPonte, freeTcpPort, loopbackToml, loopbackSetup, openApp, pair, waitConnected, screenshot } from './lib.mjs';
+import { FAKE_MEDIA_ARGS } from './callkit.mjs';
 
 const missing = requirements();
 
-export const FAKE_MEDIA_ARGS = ['--use-fake-device-for-media-stream', '--use-fake-ui-for-media-stream', '--autoplay-policy=no-user-gesture-required', '--auto-select-desktop-capture-source=Entire screen'];
+// callkit's fake devices with two cameras (so that "switch camera" shows on the phone page), the ring allowed to
+// play, and the screen picked without a prompt.
+const CALL_ARGS = [...FAKE_MEDIA_ARGS.map((x) => (x === '--use-fake-device-for-media-stream' ? `${x}=device-count=2` : x)),
+  '--autoplay-policy=no-user-gesture-required', '--auto-select-desktop-capture-source=Entire screen'];
 
 /** The page's call stats (window.ponte.callStats()). */
 const stats = (p) => p.evaluate(() => window.ponte.callStats());
@@ -49,15 +53,9 @@ async function callLine(p, kind, timeout = 10000) {
 }
 
 describe('calls on loopback', { skip: missing || false }, () => {
+  let setup;
   let server;
-  let browser;
-  const pages = [];
-  const open = async (opts) => {
-    const p = await newPage(browser, opts);
-    await p.context().grantPermissions(['camera', 'microphone']);
-    pages.push(p);
-    return p;
-  };
+  const open = (opts) => setup.open(opts);
   /** Two pages with a connected conversation; returns [a, b, idA, idB]. */
   const connected = async (optsA, optsB) => {
     const a = await open(optsA);
@@ -73,25 +71,12 @@ describe('calls on loopback', { skip: missing || false }, () => {
   };
 
   before(async () => {
-    const turnPort = await freeUdpTcpPort();
-    server = await startPonte({
-      toml: `[http]
-listen = "127.0.0.1:0"
-[turn]
-listen_udp = ["127.0.0.1:${turnPort}"]
-listen_tcp = ["127.0.0.1:${turnPort}"]
-`,
-    });
-    // Two fake cameras, so that "switch camera" shows on the phone page.
-    browser = await launch({ extraArgs: ['--allow-loopback-in-peer-connection', ...FAKE_MEDIA_ARGS.map((x) => (x === '--use-fake-device-for-media-stream' ? `${x}=device-count=2` : x))] });
+    setup = await loopbackSetup({ chromeArgs: CALL_ARGS, permissions: ['camera', 'microphone'] });
+    ({ server } = setup);
   });
 
   after(async () => {
-    for (const p of pages) {
-      if (p.errors.length) console.log(`page errors: ${p.errors.join(' | ')}`);
-    }
-    if (browser) await browser.close();
-    if (server) await server.stop();
+    if (setup) await setup.close();
   });
 
   test('video call: ring, accept, media both ways, mute and camera-off stop the outgoing RTP, hang-up ends every track', async () => {
@@ -296,18 +281,11 @@ listen_tcp = ["127.0.0.1:${turnPort}"]
   test('over plain http on a real host name (not a secure context) the call buttons explain instead of failing', async () => {
     // ponte.test resolves to 127.0.0.1 in this browser only; http on a name that is not localhost is insecure.
     const port = await freeTcpPort();
-    const turnPort = await freeUdpTcpPort();
     const plain = await startPonte({
       name: 'ponte-plain-http',
-      toml: `[http]
-listen = "127.0.0.1:${port}"
-allowed_origins = ["http://ponte.test:${port}"]
-[turn]
-listen_udp = ["127.0.0.1:${turnPort}"]
-listen_tcp = ["127.0.0.1:${turnPort}"]
-`,
+      toml: await loopbackToml({ port, http: `allowed_origins = ["http://ponte.test:${port}"]` }),
     });
-    const insecure = await launch({ extraArgs: ['--allow-loopback-in-peer-connection', ...FAKE_MEDIA_ARGS, '--host-resolver-rules=MAP ponte.test 127.0.0.1'] });
+    const insecure = await launch({ extraArgs: ['--allow-loopback-in-peer-connection', ...CALL_ARGS, '--host-resolver-rules=MAP ponte.test 127.0.0.1'] });
     try {
       const url = `http://ponte.test:${port}`;
       const a = await newPage(insecure);
