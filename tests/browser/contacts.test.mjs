@@ -114,12 +114,7 @@ describe('contacts', { skip: missing || false }, () => {
   test('rename, block (the chat ends, their requests do not arrive), unblock', async () => {
     const a = await appPage(await browser(profile()), server.url);
     const b = await appPage(await browser(profile()), server.url);
-    const idA = await a.evaluate(() => window.ponte.id);
-    const idB = await b.evaluate(() => window.ponte.id);
-    await a.getByTestId('peer-id-input').fill(idB);
-    await a.getByTestId('connect').click();
-    await b.getByTestId('accept').click();
-    await waitConnected(a);
+    const { idA, idB } = await connectPages(a, b);
     await saveContact(a, 'Bob');
     // Rename is an in-page dialog (no window.prompt()): Escape cancels, Enter saves.
     const browserDialogs = [];

@@ -87,7 +87,7 @@ export async function launchIn(lab, node, extraArgs = []) {
 export async function teardownLab(lab, script, stopServices) {
   if (!lab) return;
   for (const p of lab.pages) if (p.errors && p.errors.length) console.log(`[${lab.prefix}] page errors: ${p.errors.join(' | ')}`);
-  for (const b of lab.browsers) await b.close().catch(() => {});
+  for (const b of Object.values(lab.browsers)) await b.close().catch(() => {}); // an array, or by node
   await stopServices();
   try { labScript(script, 'down', lab.prefix); } catch { /* best effort */ }
   if (lab.dir) rmSync(lab.dir, { recursive: true, force: true });

@@ -1,4 +1,5 @@
-# Shared steps of the network-namespace labs (netlab.sh, clusterlab.sh): sourced, never run by itself.
+# Shared steps of the network-namespace labs (netlab.sh, clusterlab.sh, homelab.sh, dslite.sh): sourced, never run
+# by itself.
 #
 # The sourcing script sets, before sourcing:
 #   NODES   the short names of its namespaces (each becomes PREFIX-name)
@@ -59,11 +60,12 @@ lab_plug() {
   ip -n "$P-$2" link set "$3" up
 }
 
-# lab_home I MASQ_FLAGS: router natI (its `wan` already plugged) with a LAN 10.77.I.0/24 to host hI (10.77.I.2).
-# The router drops unsolicited inbound packets before conntrack confirms them: otherwise a peer's early punch
-# packet creates an inbound conntrack entry that makes the NAT pick a different port for the outgoing flow.
+# lab_home I MASQ_FLAGS [ROUTER]: router ROUTER (default natI; its `wan` already plugged) with a LAN 10.77.I.0/24
+# to host hI (10.77.I.2). The router drops unsolicited inbound packets before conntrack confirms them: otherwise a
+# peer's early punch packet creates an inbound conntrack entry that makes the NAT pick a different port for the
+# outgoing flow.
 lab_home() {
-  local i=$1 flags=$2 r="$P-nat$1" h="$P-h$1"
+  local i=$1 flags=$2 r="$P-${3:-nat$1}" h="$P-h$1"
   ip -n "$r" link add lan type veth peer name eth0 netns "$h"
   ip -n "$r" addr add "10.77.$i.1/24" dev lan
   ip -n "$r" link set lan up
