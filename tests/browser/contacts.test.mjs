@@ -115,11 +115,11 @@ describe('contacts', { skip: missing || false }, () => {
     const a = await appPage(await browser(profile()), server.url);
     const b = await appPage(await browser(profile()), server.url);
     const { idA, idB } = await connectPages(a, b);
-    await saveContact(a, 'Bob');
-    // Rename is an in-page dialog (no window.prompt()): Escape cancels, Enter saves.
+    // Save and rename ask in an in-page dialog (no window.prompt()): Escape cancels, Enter saves.
     const browserDialogs = [];
     const noBrowserDialog = (d) => { browserDialogs.push(d.message()); d.dismiss(); };
     a.on('dialog', noBrowserDialog);
+    await saveContact(a, 'Bob');
     const dialog = a.getByTestId('name-dialog');
     const input = a.getByTestId('name-input');
     const openRename = async () => {
@@ -128,6 +128,7 @@ describe('contacts', { skip: missing || false }, () => {
       await dialog.waitFor();
     };
     await openRename();
+    assert.equal(await a.locator('#name-dialog-title').textContent(), 'Rename contact');
     assert.equal(await input.inputValue(), 'Bob', 'the dialog starts with the current name');
     assert.equal(await a.evaluate(() => document.activeElement?.dataset.testid), 'name-input', 'the name field has the focus');
     assert.match(await a.locator('#name-label').textContent(), new RegExp(`New name for ${idB.slice(0, 4)}`));
@@ -166,7 +167,7 @@ describe('contacts', { skip: missing || false }, () => {
     await a.getByTestId('lang-select').selectOption('en');
     await a.setViewportSize({ width: 1280, height: 800 });
     a.off('dialog', noBrowserDialog);
-    assert.deepEqual(browserDialogs, [], 'no window.prompt()/confirm() during the renames');
+    assert.deepEqual(browserDialogs, [], 'no window.prompt()/confirm() while saving and renaming');
 
     await contact(a, idB).getByTestId('contact-menu').click();
     answerNextDialog(a, '');
