@@ -1,18 +1,23 @@
 // Calls between Chromium pages on loopback, against the real ponte: a video call placed and answered (both sides
 // receive audio packets and decode video frames), mute and camera-off stop the outgoing RTP, hang-up ends every
 // local track on both sides, decline, busy (a third page calls someone already in a call), missed (the caller
-// cancels), a voice-only call, and a second call on the same connection. Fake devices: Chromium's
+// cancels), unanswered (the ring times out; shortened through window.ponte.setRingTimeout), a voice-only call, and
+// a second call on the same connection. Fake devices: Chromium's
 // --use-fake-device-for-media-stream (a test pattern and a beep) with --use-fake-ui-for-media-stream (no prompt).
 //
 //   cd tests/browser && node --test call.test.mjs     (needs target/debug/ponte and /usr/bin/chromium)
 
 import { test, describe, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { requirements, launch, newPage, startPonte, freeTcpPort, freeUdpTcpPort, openApp, pair, waitConnected, screenshot } from './lib.mjs';
+import { requirements, launch, newPage, startPonte, freeTcpPort, loopbackToml, loopbackSetup, openApp, pair, waitConnected, screenshot } from './lib.mjs';
+import { FAKE_MEDIA_ARGS } from './callkit.mjs';
 
 const missing = requirements();
 
-export const FAKE_MEDIA_ARGS = ['--use-fake-device-for-media-stream', '--use-fake-ui-for-media-stream', '--autoplay-policy=no-user-gesture-required', '--auto-select-desktop-capture-source=Entire screen'];
+// callkit's fake devices with two cameras (so that "switch camera" shows on the phone page), the ring allowed to
+// play, and the screen picked without a prompt.
+const CALL_ARGS = [...FAKE_MEDIA_ARGS.map((x) => (x === '--use-fake-device-for-media-stream' ? `${x}=device-count=2` : x)),
+  '--autoplay-policy=no-user-gesture-required', '--auto-select-desktop-capture-source=Entire screen'];
 
 /** The page's call stats (window.ponte.callStats()). */
 const stats = (p) => p.evaluate(() => window.ponte.callStats());
@@ -48,15 +53,9 @@ async function callLine(p, kind, timeout = 10000) {
 }
 
 describe('calls on loopback', { skip: missing || false }, () => {
+  let setup;
   let server;
-  let browser;
-  const pages = [];
-  const open = async (opts) => {
-    const p = await newPage(browser, opts);
-    await p.context().grantPermissions(['camera', 'microphone']);
-    pages.push(p);
-    return p;
-  };
+  const open = (opts) => setup.open(opts);
   /** Two pages with a connected conversation; returns [a, b, idA, idB]. */
   const connected = async (optsA, optsB) => {
     const a = await open(optsA);
@@ -72,25 +71,12 @@ describe('calls on loopback', { skip: missing || false }, () => {
   };
 
   before(async () => {
-    const turnPort = await freeUdpTcpPort();
-    server = await startPonte({
-      toml: `[http]
-listen = "127.0.0.1:0"
-[turn]
-listen_udp = ["127.0.0.1:${turnPort}"]
-listen_tcp = ["127.0.0.1:${turnPort}"]
-`,
-    });
-    // Two fake cameras, so that "switch camera" shows on the phone page.
-    browser = await launch({ extraArgs: ['--allow-loopback-in-peer-connection', ...FAKE_MEDIA_ARGS.map((x) => (x === '--use-fake-device-for-media-stream' ? `${x}=device-count=2` : x))] });
+    setup = await loopbackSetup({ chromeArgs: CALL_ARGS, permissions: ['camera', 'microphone'] });
+    ({ server } = setup);
   });
 
   after(async () => {
-    for (const p of pages) {
-      if (p.errors.length) console.log(`page errors: ${p.errors.join(' | ')}`);
-    }
-    if (browser) await browser.close();
-    if (server) await server.stop();
+    if (setup) await setup.close();
   });
 
   test('video call: ring, accept, media both ways, mute and camera-off stop the outgoing RTP, hang-up ends every track', async () => {
@@ -295,18 +281,11 @@ listen_tcp = ["127.0.0.1:${turnPort}"]
   test('over plain http on a real host name (not a secure context) the call buttons explain instead of failing', async () => {
     // ponte.test resolves to 127.0.0.1 in this browser only; http on a name that is not localhost is insecure.
     const port = await freeTcpPort();
-    const turnPort = await freeUdpTcpPort();
     const plain = await startPonte({
       name: 'ponte-plain-http',
-      toml: `[http]
-listen = "127.0.0.1:${port}"
-allowed_origins = ["http://ponte.test:${port}"]
-[turn]
-listen_udp = ["127.0.0.1:${turnPort}"]
-listen_tcp = ["127.0.0.1:${turnPort}"]
-`,
+      toml: await loopbackToml({ port, http: `allowed_origins = ["http://ponte.test:${port}"]` }),
     });
-    const insecure = await launch({ extraArgs: ['--allow-loopback-in-peer-connection', ...FAKE_MEDIA_ARGS, '--host-resolver-rules=MAP ponte.test 127.0.0.1'] });
+    const insecure = await launch({ extraArgs: ['--allow-loopback-in-peer-connection', ...CALL_ARGS, '--host-resolver-rules=MAP ponte.test 127.0.0.1'] });
     try {
       const url = `http://ponte.test:${port}`;
       const a = await newPage(insecure);
@@ -370,6 +349,51 @@ listen_tcp = ["127.0.0.1:${turnPort}"]
     await b.waitForTimeout(2500);
     assert.equal(await b.evaluate(() => window.chimes), c2, 'the ring stopped');
     assert.match(await callLine(b, 'call-missed'), /Chamada perdida de/);
+  });
+
+  test('nobody answers: the caller gets "no answer", the callee a missed call, the ring stops, both are idle again', async () => {
+    const [a, b, idA, idB] = await connected({}, { mobile: true });
+    // 30 s of ringing would make the test slow: the test-only hook shortens it on both pages (docs/web-client.md).
+    for (const p of [a, b]) await p.evaluate(() => window.ponte.setRingTimeout(3000));
+    await b.evaluate(() => {
+      window.chimes = 0;
+      const orig = AudioContext.prototype.createOscillator;
+      AudioContext.prototype.createOscillator = function (...args) { window.chimes += 1; return orig.apply(this, args); };
+    });
+    const placed = Date.now();
+    await a.getByTestId('call-video').click();
+    await panelState(b, 'incoming');
+    await a.waitForFunction(() => window.ponte.callState().ringing);
+    await b.waitForFunction(() => window.chimes > 0, null, { timeout: 5000 });
+    await panelState(a, 'ended', 10000);
+    await panelState(b, 'ended', 10000);
+    const rang = Date.now() - placed;
+    assert.ok(rang >= 2500, `it rang for the set time before giving up (${rang} ms)`);
+    assert.equal((await state(a)).reason, 'unanswered');
+    assert.equal((await state(b)).reason, 'missed', 'the caller\'s call-end timeout reaches the callee');
+    assert.equal(await callLine(a, 'call-unanswered'), `No answer from ${idB.slice(0, 4)}-${idB.slice(4)}`);
+    assert.equal(await callLine(b, 'call-missed'), `Missed call from ${idA.slice(0, 4)}-${idA.slice(4)}`);
+    // Both idle: no live call, the panels are gone, the caller's preview camera is released, the callee never opened one.
+    for (const p of [a, b]) {
+      assert.equal(await p.evaluate(() => window.ponte.calls.call), null);
+      assert.equal(await p.getByTestId('call-panel').isVisible(), false);
+    }
+    assert.deepEqual((await a.evaluate(() => window.ponte.callTracks())).filter((t) => t.readyState !== 'ended'), []);
+    assert.deepEqual(await b.evaluate(() => window.ponte.callTracks()), []);
+    const chimes = await b.evaluate(() => window.chimes);
+    await b.waitForTimeout(2500);
+    assert.equal(await b.evaluate(() => window.chimes), chimes, 'the ring stopped');
+    await screenshot(b, 'call-missed-360');
+    // Idle for real: the next call rings and is answered.
+    await a.getByTestId('call-voice').click();
+    await panelState(b, 'incoming');
+    await b.getByTestId('call-accept').click();
+    await panelState(a, 'active');
+    await panelState(b, 'active');
+    await a.getByTestId('call-hangup').click();
+    await panelState(b, 'ended');
+    assert.deepEqual(a.errors, []);
+    assert.deepEqual(b.errors, []);
   });
 
   test('ending the conversation ends the call on both sides', async () => {

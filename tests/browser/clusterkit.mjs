@@ -10,13 +10,13 @@
 // through HAProxy, as in production.
 
 import { execFileSync, spawn } from 'node:child_process';
-import { mkdtempSync, writeFileSync, rmSync, chmodSync, readFileSync } from 'node:fs';
+import { mkdtempSync, writeFileSync, readFileSync } from 'node:fs';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { ROOT, CHROMIUM, requirements, launch, startPonte, which } from './lib.mjs';
+import { ROOT, startPonte } from './lib.mjs';
+import { labMissing, labPrefix, labScript, settleLab, launchIn, teardownLab } from './labkit.mjs';
 
-const CLUSTERLAB = path.join(ROOT, 'tests', 'lab', 'clusterlab.sh');
 export const LB_IP = '198.51.100.10';
 export const REDIS_IP = '10.78.0.5';
 /** Each node: its public address (TURN, relay) and its address on the private network (HTTP for HAProxy). */
@@ -28,15 +28,7 @@ const HTTP_PORT = 8080;
 const TURN_SECRET = 'cluster-lab-secret-not-for-production';
 
 export function clusterMissing() {
-  const base = requirements();
-  if (base) return base;
-  const why = [];
-  if (process.getuid && process.getuid() !== 0) why.push('root (network namespaces)');
-  for (const [cmd, pkg] of [['ip', 'iproute2'], ['iptables', 'iptables'], ['ping', 'iputils-ping'], ['redis-server', 'redis-server'], ['redis-cli', 'redis-server'], ['haproxy', 'haproxy']]) {
-    if (!which(cmd)) why.push(`${cmd} (apt-get install ${pkg})`);
-  }
-  if (why.length && process.env.CI === 'true') throw new Error(`cluster lab tests cannot run, missing: ${why.join(', ')}`);
-  return why.length ? `cluster lab needs ${why.join(', ')}` : null;
+  return labMissing({ what: 'cluster lab', tools: [['redis-server', 'redis-server'], ['redis-cli', 'redis-server'], ['haproxy', 'haproxy']] });
 }
 
 /**
@@ -91,22 +83,18 @@ ${servers('n2')}
 `;
 }
 
-let labCounter = 0;
-
 /**
  * Bring up the lab: namespaces, Redis, both nodes, HAProxy (waits until it sees both nodes up), one Chromium per
  * home. `lab.url` is the balanced entry, `lab.urlFor.n1` / `.n2` the pinned ones.
  */
 export async function startCluster({ nat1, nat2, prefix }) {
-  if (!prefix) {
-    const base = (process.env.LAB_PREFIX || 'cl').replace(/[^a-z]/g, '').slice(0, 3) || 'cl';
-    prefix = `${base}${process.pid % 10000}${labCounter++}`;
-  }
-  execFileSync('bash', [CLUSTERLAB, 'up', prefix, nat1, nat2], { stdio: 'inherit' });
+  prefix = prefix || labPrefix('cl');
+  labScript('clusterlab.sh', 'up', prefix, nat1, nat2);
   const dir = mkdtempSync(path.join(tmpdir(), 'ponte-cluster-'));
   const lab = { prefix, dir, browsers: [], pages: [], nodes: {}, redis: null, haproxy: null };
   try {
-    await settle(prefix);
+    await settleLab(prefix, ['lb', 'n1', 'n2', 'db', 'h1', 'h2', 'nat1', 'nat2'],
+      [['h1', LB_IP], ['h2', LB_IP], ['h1', NODES.n2.wan], ['h2', NODES.n1.wan], ['lb', NODES.n1.dc], ['n2', REDIS_IP]]);
     await startRedis(lab);
     for (const name of Object.keys(NODES)) await startNode(lab, name);
     const cfg = path.join(dir, 'haproxy.cfg');
@@ -122,37 +110,12 @@ export async function startCluster({ nat1, nat2, prefix }) {
     });
     lab.url = `http://${LB_IP}:${HTTP_PORT}`;
     lab.urlFor = { n1: `http://${LB_IP}:8081`, n2: `http://${LB_IP}:8082` };
-    for (const home of ['h1', 'h2']) {
-      const wrapper = path.join(dir, `chromium-${home}.sh`);
-      writeFileSync(wrapper, `#!/bin/sh\nexec ip netns exec ${prefix}-${home} ${CHROMIUM} "$@"\n`);
-      chmodSync(wrapper, 0o755);
-      lab.browsers.push(await launch({ executablePath: wrapper }));
-    }
+    for (const home of ['h1', 'h2']) lab.browsers.push(await launchIn(lab, home));
   } catch (e) {
     await stopCluster(lab);
     throw e;
   }
   return lab;
-}
-
-async function settle(prefix) {
-  const deadline = Date.now() + 15000;
-  for (const node of ['lb', 'n1', 'n2', 'db', 'h1', 'h2', 'nat1', 'nat2']) {
-    while (execFileSync('ip', ['-n', `${prefix}-${node}`, 'addr', 'show', 'tentative'], { encoding: 'utf8' }).trim()) {
-      if (Date.now() > deadline) throw new Error(`${prefix}-${node}: addresses still tentative`);
-      await new Promise((r) => setTimeout(r, 200));
-    }
-  }
-  for (const [node, target] of [['h1', LB_IP], ['h2', LB_IP], ['h1', NODES.n2.wan], ['h2', NODES.n1.wan], ['lb', NODES.n1.dc], ['n2', REDIS_IP]]) {
-    for (;;) {
-      try {
-        execFileSync('ip', ['netns', 'exec', `${prefix}-${node}`, 'ping', '-c', '1', '-W', '1', target], { stdio: 'ignore' });
-        break;
-      } catch {
-        if (Date.now() > deadline) throw new Error(`${prefix}-${node} cannot reach ${target}`);
-      }
-    }
-  }
 }
 
 /** A process in one of the lab's namespaces whose output is kept (printed when the lab stops after a failure). */
@@ -318,17 +281,14 @@ export async function healthz(page, url) {
 }
 
 export async function stopCluster(lab) {
-  if (!lab) return;
-  for (const p of lab.pages) if (p.errors && p.errors.length) console.log(`[${lab.prefix}] page errors: ${p.errors.join(' | ')}`);
-  for (const b of lab.browsers) await b.close().catch(() => {});
-  for (const n of Object.values(lab.nodes)) await n.stop().catch(() => {});
-  for (const p of [lab.haproxy, lab.redis]) {
-    if (p && p.exitCode === null && p.signalCode === null) { p.kill('SIGTERM'); await p.exited; }
-  }
-  if (process.env.DEBUG_CLUSTER) {
-    for (const [n, h] of Object.entries(lab.nodes)) console.log(`--- ${n} log ---\n${h.log.slice(-5000)}`);
-    if (lab.haproxy) console.log(`--- haproxy ---\n${lab.haproxy.logText}`);
-  }
-  try { execFileSync('bash', [CLUSTERLAB, 'down', lab.prefix], { stdio: 'inherit' }); } catch { /* best effort */ }
-  rmSync(lab.dir, { recursive: true, force: true });
+  await teardownLab(lab, 'clusterlab.sh', async () => {
+    for (const n of Object.values(lab.nodes)) await n.stop().catch(() => {});
+    for (const p of [lab.haproxy, lab.redis]) {
+      if (p && p.exitCode === null && p.signalCode === null) { p.kill('SIGTERM'); await p.exited; }
+    }
+    if (process.env.DEBUG_CLUSTER) {
+      for (const [n, h] of Object.entries(lab.nodes)) console.log(`--- ${n} log ---\n${h.log.slice(-5000)}`);
+      if (lab.haproxy) console.log(`--- haproxy ---\n${lab.haproxy.logText}`);
+    }
+  });
 }

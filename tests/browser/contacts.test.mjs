@@ -5,7 +5,7 @@
 
 import { test, describe, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { requirements, waitConnected } from './lib.mjs';
+import { requirements, waitConnected, screenshot } from './lib.mjs';
 import { startMockServer, newIdentities } from './mock-server.mjs';
 import { appPage, saveContact, profiles, connectPages } from './profiles.mjs';
 
@@ -114,18 +114,60 @@ describe('contacts', { skip: missing || false }, () => {
   test('rename, block (the chat ends, their requests do not arrive), unblock', async () => {
     const a = await appPage(await browser(profile()), server.url);
     const b = await appPage(await browser(profile()), server.url);
-    const idA = await a.evaluate(() => window.ponte.id);
-    const idB = await b.evaluate(() => window.ponte.id);
-    await a.getByTestId('peer-id-input').fill(idB);
-    await a.getByTestId('connect').click();
-    await b.getByTestId('accept').click();
-    await waitConnected(a);
+    const { idA, idB } = await connectPages(a, b);
+    // Save and rename ask in an in-page dialog (no window.prompt()): Escape cancels, Enter saves.
+    const browserDialogs = [];
+    const noBrowserDialog = (d) => { browserDialogs.push(d.message()); d.dismiss(); };
+    a.on('dialog', noBrowserDialog);
     await saveContact(a, 'Bob');
-    await contact(a, idB).getByTestId('contact-menu').click();
-    answerNextDialog(a, 'Robert');
-    await contact(a, idB).getByTestId('contact-rename').click();
+    const dialog = a.getByTestId('name-dialog');
+    const input = a.getByTestId('name-input');
+    const openRename = async () => {
+      await contact(a, idB).getByTestId('contact-menu').click();
+      await contact(a, idB).getByTestId('contact-rename').click();
+      await dialog.waitFor();
+    };
+    await openRename();
+    assert.equal(await a.locator('#name-dialog-title').textContent(), 'Rename contact');
+    assert.equal(await input.inputValue(), 'Bob', 'the dialog starts with the current name');
+    assert.equal(await a.evaluate(() => document.activeElement?.dataset.testid), 'name-input', 'the name field has the focus');
+    assert.match(await a.locator('#name-label').textContent(), new RegExp(`New name for ${idB.slice(0, 4)}`));
+    await input.fill('Not this');
+    await input.press('Escape');
+    await dialog.waitFor({ state: 'hidden' });
+    assert.equal(await contact(a, idB).getByTestId('contact-name').textContent(), 'Bob', 'Escape keeps the old name');
+    await openRename();
+    assert.equal(await input.inputValue(), 'Bob');
+    await input.fill('Robert');
+    await input.press('Enter');
+    await dialog.waitFor({ state: 'hidden' });
     await a.locator('[data-testid=contact-name]:text-is("Robert")').waitFor();
     assert.equal(await a.locator(`[data-testid=conversation][data-peer="${idB}"] .conv-name`).textContent(), 'Robert', 'the conversation list follows');
+
+    // At 360 px, light and dark, in pt-BR: the dialog fits the screen; Cancel keeps the name.
+    await a.setViewportSize({ width: 360, height: 740 });
+    await a.getByTestId('lang-select').selectOption('pt-BR');
+    await a.getByTestId('back').click();
+    await openRename();
+    assert.equal(await a.locator('#name-dialog-title').textContent(), 'Renomear contato');
+    assert.equal(await a.getByTestId('name-save').textContent(), 'Salvar');
+    const box = await dialog.boundingBox();
+    assert.ok(box.x >= 0 && box.x + box.width <= 360, `the dialog fits 360 px: ${JSON.stringify(box)}`);
+    const saveBox = await a.getByTestId('name-save').boundingBox();
+    assert.ok(saveBox.x + saveBox.width <= box.x + box.width, 'the buttons stay inside the dialog');
+    await screenshot(a, 'contact-rename-360');
+    await a.emulateMedia({ colorScheme: 'dark' });
+    assert.notEqual(await dialog.evaluate((d) => getComputedStyle(d).backgroundColor), 'rgb(255, 255, 255)', 'dark surface');
+    await screenshot(a, 'contact-rename-360-dark');
+    await input.fill('Nope');
+    await a.getByTestId('name-cancel').click();
+    await dialog.waitFor({ state: 'hidden' });
+    assert.equal(await contact(a, idB).getByTestId('contact-name').textContent(), 'Robert', 'Cancel keeps the name');
+    await a.emulateMedia({ colorScheme: 'light' });
+    await a.getByTestId('lang-select').selectOption('en');
+    await a.setViewportSize({ width: 1280, height: 800 });
+    a.off('dialog', noBrowserDialog);
+    assert.deepEqual(browserDialogs, [], 'no window.prompt()/confirm() while saving and renaming');
 
     await contact(a, idB).getByTestId('contact-menu').click();
     answerNextDialog(a, '');

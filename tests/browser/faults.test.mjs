@@ -18,7 +18,7 @@ import { test, describe, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import {
-  requirements, launch, newPage, startPonte, freeTcpPort, freeUdpTcpPort, openApp, pair, waitConnected, sendMessage,
+  requirements, launch, newPage, startPonte, freeTcpPort, loopbackToml, openApp, pair, waitConnected, sendMessage,
   waitForMessage, screenshot,
 } from './lib.mjs';
 import { labMissing, startLab, stopLab, twoPeers, restartServer } from './labkit.mjs';
@@ -186,14 +186,7 @@ describe('faults on loopback', { skip: loopWhy || false }, () => {
   });
 
   test('SIGTERM during traffic: exit 0 within 5 s, clean close 1001, the stream goes on, the pages reconnect', { timeout: 150000 }, async () => {
-    const port = await freeTcpPort();
-    const turnPort = await freeUdpTcpPort();
-    const toml = `[http]
-listen = "127.0.0.1:${port}"
-[turn]
-listen_udp = ["127.0.0.1:${turnPort}"]
-listen_tcp = ["127.0.0.1:${turnPort}"]
-`;
+    const toml = await loopbackToml({ port: await freeTcpPort() });
     let server = await startPonte({ toml, name: 'ponte to be stopped' });
     let stopPump = false;
     let pump = null;

@@ -9,7 +9,7 @@ import { test, describe, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { existsSync } from 'node:fs';
 import puppeteer from 'puppeteer-core';
-import { requirements, startPonte, freeUdpTcpPort, launch, newPage, openApp as openChromium } from './lib.mjs';
+import { requirements, loopbackSetup, openApp as openChromium } from './lib.mjs';
 import {
   FAKE_MEDIA_ARGS, FIREFOX_FAKE_MEDIA_PREFS, until, waitCallState, assertMediaFlows, assertTracksReleased,
 } from './callkit.mjs';
@@ -25,24 +25,18 @@ function missing() {
 }
 
 describe('calls between Firefox and Chromium', { skip: missing() || false, concurrency: 1 }, () => {
+  let setup;
   let server;
   let firefox;
-  let chromium;
   let f;
   let c;
   let idF;
   let idC;
 
   before(async () => {
-    const turnPort = await freeUdpTcpPort();
-    server = await startPonte({
-      toml: `[http]
-listen = "127.0.0.1:0"
-[turn]
-listen_udp = ["127.0.0.1:${turnPort}"]
-listen_tcp = ["127.0.0.1:${turnPort}"]
-`,
-    });
+    // ponte on 127.0.0.1 and the Chromium side, as in the other loopback tests (lib.mjs).
+    setup = await loopbackSetup({ chromeArgs: ['--autoplay-policy=no-user-gesture-required', ...FAKE_MEDIA_ARGS], permissions: ['camera', 'microphone'] });
+    ({ server } = setup);
     firefox = await puppeteer.launch({
       browser: 'firefox',
       executablePath: FIREFOX,
@@ -55,7 +49,6 @@ listen_tcp = ["127.0.0.1:${turnPort}"]
         ...FIREFOX_FAKE_MEDIA_PREFS,
       },
     });
-    chromium = await launch({ extraArgs: ['--allow-loopback-in-peer-connection', '--autoplay-policy=no-user-gesture-required', ...FAKE_MEDIA_ARGS] });
     // 127.0.0.1 is a secure context in both browsers, so getUserMedia is allowed on plain http there.
     const ctx = await firefox.createBrowserContext();
     f = await ctx.newPage();
@@ -65,8 +58,7 @@ listen_tcp = ["127.0.0.1:${turnPort}"]
     await f.goto(server.url);
     await f.waitForFunction(() => window.ponte && window.ponte.id, { timeout: 20000 });
     idF = await f.evaluate(() => window.ponte.id);
-    c = await newPage(chromium, { mobile: true });
-    await c.context().grantPermissions(['camera', 'microphone']);
+    c = await setup.open({ mobile: true });
     idC = await openChromium(c, server.url);
     // Firefox requests, Chromium accepts.
     await f.type('[data-testid=peer-id-input]', idC);
@@ -81,8 +73,7 @@ listen_tcp = ["127.0.0.1:${turnPort}"]
 
   after(async () => {
     if (firefox) await firefox.close().catch(() => {});
-    if (chromium) await chromium.close().catch(() => {});
-    if (server) await server.stop();
+    if (setup) await setup.close();
   });
 
   test('Firefox calls Chromium (video): media both ways, Chromium hangs up, every track released', { timeout: 90000 }, async () => {

@@ -48,8 +48,11 @@ const connected = (page) => page.waitForSelector('[data-testid=connection-state]
 
 async function saveContact(page, name) {
   await page.waitForSelector('[data-testid=save-contact]:not([hidden])');
-  page.once('dialog', (d) => d.accept(name));
+  // The name dialog of the page (contacts.js), typed into and submitted with Enter.
   await click(page, '[data-testid=save-contact]');
+  await page.waitForSelector('[data-testid=name-dialog][open]');
+  await page.type('[data-testid=name-input]', name);
+  await page.keyboard.press('Enter');
   await page.waitForFunction((n) => [...document.querySelectorAll('[data-testid=contact-name]')].some((x) => x.textContent === n), {}, name);
 }
 

@@ -9,7 +9,7 @@ import { test, describe, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { existsSync } from 'node:fs';
 import puppeteer from 'puppeteer-core';
-import { requirements, startPonte, freeUdpTcpPort } from './lib.mjs';
+import { requirements, startPonte, loopbackToml } from './lib.mjs';
 
 export const FIREFOX = process.env.FIREFOX || '/usr/bin/firefox-esr';
 
@@ -70,15 +70,7 @@ describe('web client in Firefox', { skip: missingFirefox() || false }, () => {
   let browser;
 
   before(async () => {
-    const turnPort = await freeUdpTcpPort();
-    server = await startPonte({
-      toml: `[http]
-listen = "127.0.0.1:0"
-[turn]
-listen_udp = ["127.0.0.1:${turnPort}"]
-listen_tcp = ["127.0.0.1:${turnPort}"]
-`,
-    });
+    server = await startPonte({ toml: await loopbackToml() });
     browser = await launchFirefox();
   });
 

@@ -16,15 +16,14 @@ import { test, describe, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import dgram from 'node:dgram';
 import net from 'node:net';
-import { execFileSync } from 'node:child_process';
-import { mkdtempSync, writeFileSync, rmSync, chmodSync } from 'node:fs';
+import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import {
-  ROOT, CHROMIUM, PONTE, requirements, launch, newPage, startPonte, openApp, pair, waitConnected, sendMessage,
+  PONTE, requirements, launch, newPage, startPonte, openApp, pair, waitConnected, sendMessage,
   waitForMessage, screenshot,
 } from './lib.mjs';
-import { labMissing } from './labkit.mjs';
+import { labMissing, labPrefix, labScript, settleLab, launchIn, teardownLab, inNode } from './labkit.mjs';
 
 const missing = requirements();
 
@@ -153,29 +152,18 @@ self_test = false
 
 // ---------------------------------------------------------------- the DS-Lite lab (tests/lab/dslite.sh)
 
-const DSLITE = path.join(ROOT, 'tests', 'lab', 'dslite.sh');
 const SRV6 = '2001:db8:1::10';
 const URL6 = `http://[${SRV6}]:8080`;
-let dsCounter = 0;
 
 /** The lab, ponte on the home server configured for an IPv6-only home, one Chromium per node (h1, h2, h3). */
 async function startDsLite(phones) {
-  const prefix = `ds${process.pid % 10000}${dsCounter++}`;
+  const prefix = labPrefix('ds', { env: false });
   const lab = { prefix, browsers: {}, pages: [] };
   lab.dir = mkdtempSync(path.join(tmpdir(), 'ponte-dslite-'));
   try {
-    execFileSync('bash', [DSLITE, 'up', prefix, phones], { stdio: 'inherit' });
-    const deadline = Date.now() + 15000;
-    for (const node of ['h1', 'h2', 'h3']) {
-      for (;;) {
-        try {
-          execFileSync('ip', ['netns', 'exec', `${prefix}-${node}`, 'ping', '-c', '1', '-W', '1', SRV6], { stdio: 'ignore' });
-          break;
-        } catch {
-          if (Date.now() > deadline) throw new Error(`${prefix}-${node} cannot reach ${SRV6}`);
-        }
-      }
-    }
+    labScript('dslite.sh', 'up', prefix, phones);
+    // No address waits for duplicate-address detection here (dslite.sh adds them with nodad): only the pings.
+    await settleLab(prefix, [], ['h1', 'h2', 'h3'].map((node) => [node, SRV6]));
     // The configuration docs/deploy.md gives for a DS-Lite home; the lab's peers live in 2001:db8::/32, which the
     // peer policy refuses unless allowed.
     lab.server = await startPonte({
@@ -196,12 +184,7 @@ secret = "lab-secret-not-for-production"
 state_dir = "${path.join(lab.dir, 'state')}"
 `,
     });
-    for (const node of ['h1', 'h2', 'h3']) {
-      const wrapper = path.join(lab.dir, `chromium-${node}.sh`);
-      writeFileSync(wrapper, `#!/bin/sh\nexec ip netns exec ${prefix}-${node} ${CHROMIUM} "$@"\n`);
-      chmodSync(wrapper, 0o755);
-      lab.browsers[node] = await launch({ executablePath: wrapper });
-    }
+    for (const node of ['h1', 'h2', 'h3']) lab.browsers[node] = await launchIn(lab, node);
   } catch (e) {
     await stopDsLite(lab);
     throw e;
@@ -210,16 +193,7 @@ state_dir = "${path.join(lab.dir, 'state')}"
 }
 
 async function stopDsLite(lab) {
-  if (!lab) return;
-  for (const p of lab.pages) if (p.errors && p.errors.length) console.log(`[${lab.prefix}] page errors: ${p.errors.join(' | ')}`);
-  for (const b of Object.values(lab.browsers)) await b.close().catch(() => {});
-  if (lab.server) await lab.server.stop().catch(() => {});
-  try { execFileSync('bash', [DSLITE, 'down', lab.prefix], { stdio: 'inherit' }); } catch { /* best effort */ }
-  if (lab.dir) rmSync(lab.dir, { recursive: true, force: true });
-}
-
-function inNode(lab, node, cmd, args) {
-  return execFileSync('ip', ['netns', 'exec', `${lab.prefix}-${node}`, cmd, ...args], { encoding: 'utf8' });
+  await teardownLab(lab, 'dslite.sh', async () => { if (lab.server) await lab.server.stop().catch(() => {}); });
 }
 
 async function iceUrls(page) {

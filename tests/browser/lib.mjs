@@ -148,6 +148,54 @@ export async function startPonte({ toml, netns, name = 'ponte' }) {
   return handle;
 }
 
+/**
+ * The config of a ponte on 127.0.0.1 for the loopback tests: HTTP on `port` (0: any), TURN on a free UDP+TCP port.
+ * `http`: more lines for [http]; `more`: sections after [turn] (e.g. "[signaling]\nrequest_timeout_secs = 60").
+ */
+export async function loopbackToml({ port = 0, http = '', more = '' } = {}) {
+  const turnPort = await freeUdpTcpPort();
+  return `[http]
+listen = "127.0.0.1:${port}"
+${http ? `${http}\n` : ''}[turn]
+listen_udp = ["127.0.0.1:${turnPort}"]
+listen_tcp = ["127.0.0.1:${turnPort}"]
+${more ? `${more}\n` : ''}`;
+}
+
+/**
+ * The set-up of a loopback suite, for its before(): ponte on 127.0.0.1 (`loopbackToml({http, more})`) and one
+ * Chromium whose pages connect over 127.0.0.1 host candidates (`chromeArgs`: more flags). `open(opts)` makes a
+ * page (newPage's options; `permissions` granted to its context, e.g. camera and microphone) and keeps it;
+ * `close()`, for after(), prints the kept pages' errors, closes the browser and stops ponte.
+ */
+export async function loopbackSetup({ http, more, chromeArgs = [], permissions = [] } = {}) {
+  const server = await startPonte({ toml: await loopbackToml({ http, more }) });
+  let browser;
+  try {
+    browser = await launch({ extraArgs: ['--allow-loopback-in-peer-connection', ...chromeArgs] });
+  } catch (e) {
+    await server.stop();
+    throw e;
+  }
+  const pages = [];
+  return {
+    server,
+    browser,
+    pages,
+    async open(opts) {
+      const p = await newPage(browser, opts);
+      if (permissions.length) await p.context().grantPermissions(permissions);
+      pages.push(p);
+      return p;
+    },
+    async close() {
+      for (const p of pages) if (p.errors.length) console.log(`page errors: ${p.errors.join(' | ')}`);
+      await browser.close().catch(() => {});
+      await server.stop();
+    },
+  };
+}
+
 export async function screenshot(page, name, { fullPage = false } = {}) {
   mkdirSync(SHOTS, { recursive: true });
   await page.waitForTimeout(150); // let transitions settle

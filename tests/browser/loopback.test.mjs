@@ -10,45 +10,25 @@ import { createReadStream, createWriteStream, mkdtempSync, rmSync } from 'node:f
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import {
-  requirements, launch, newPage, startPonte, freeTcpPort, freeUdpTcpPort, openApp, pair, waitConnected, sendMessage,
-  waitForMessage, screenshot, which,
+  requirements, launch, newPage, startPonte, freeTcpPort, loopbackToml, loopbackSetup, openApp, pair, waitConnected,
+  sendMessage, waitForMessage, screenshot, which,
 } from './lib.mjs';
 import { execFileSync } from 'node:child_process';
 
 const missing = requirements();
 
 describe('web client on loopback', { skip: missing || false }, () => {
+  let setup;
   let server;
-  let browser;
-  const pages = [];
-  const open = async (opts) => {
-    const p = await newPage(browser, opts);
-    pages.push(p);
-    return p;
-  };
+  const open = (opts) => setup.open(opts);
 
   before(async () => {
-    const turnPort = await freeUdpTcpPort();
-    server = await startPonte({
-      toml: `[http]
-listen = "127.0.0.1:0"
-[turn]
-listen_udp = ["127.0.0.1:${turnPort}"]
-listen_tcp = ["127.0.0.1:${turnPort}"]
-[signaling]
-request_timeout_secs = 60
-`,
-    });
-    // Loopback host candidates, so the two contexts connect over 127.0.0.1.
-    browser = await launch({ extraArgs: ['--allow-loopback-in-peer-connection'] });
+    setup = await loopbackSetup({ more: '[signaling]\nrequest_timeout_secs = 60' });
+    ({ server } = setup);
   });
 
   after(async () => {
-    for (const p of pages) {
-      if (p.errors.length) console.log(`page errors: ${p.errors.join(' | ')}`);
-    }
-    if (browser) await browser.close();
-    if (server) await server.stop();
+    if (setup) await setup.close();
   });
 
   test('start screen shows my ID, copy button and share link', async () => {
@@ -335,14 +315,8 @@ request_timeout_secs = 60
   });
 
   test('a direct chat keeps working while the signaling server restarts; the new ID is announced', { timeout: 120000 }, async () => {
-    const port = await freeTcpPort();
-    const turnPort = await freeUdpTcpPort();
-    const toml = `[http]
-listen = "127.0.0.1:${port}"
-[turn]
-listen_udp = ["127.0.0.1:${turnPort}"]
-listen_tcp = ["127.0.0.1:${turnPort}"]
-`;
+    // A fixed port: the restarted ponte must be where the pages reconnect to.
+    const toml = await loopbackToml({ port: await freeTcpPort() });
     let own = await startPonte({ toml, name: 'restartable ponte' });
     try {
       const a = await open();
@@ -444,18 +418,8 @@ describe('a refused session says why', { skip: missing || false }, () => {
   let server;
   let browser;
   before(async () => {
-    const turnPort = await freeUdpTcpPort();
     // One session per source: the second tab from 127.0.0.1 is refused with too_many_sessions and a 1013 close.
-    server = await startPonte({
-      toml: `[http]
-listen = "127.0.0.1:0"
-[turn]
-listen_udp = ["127.0.0.1:${turnPort}"]
-listen_tcp = ["127.0.0.1:${turnPort}"]
-[signaling]
-max_sessions_per_ip = 1
-`,
-    });
+    server = await startPonte({ toml: await loopbackToml({ more: '[signaling]\nmax_sessions_per_ip = 1' }) });
     browser = await launch();
   });
   after(async () => {

@@ -30,12 +30,15 @@ export async function appPage(ctx, url) {
 }
 
 
-/** Save the open conversation's person as a contact named `name` (answers the name prompt). `state`: how the new
- * contact row must be present (`attached` where the contacts card may be folded away, e.g. at 360 px). */
+/** Save the open conversation's person as a contact named `name` (typed into the page's name dialog, Enter).
+ * `state`: how the new contact row must be present (`attached` where the contacts card may be folded away, e.g. at
+ * 360 px). */
 export async function saveContact(page, name, { state = 'visible' } = {}) {
   await page.getByTestId('save-contact').waitFor();
-  page.once('dialog', (d) => d.accept(name));
   await page.getByTestId('save-contact').click();
+  await page.getByTestId('name-input').fill(name);
+  await page.getByTestId('name-input').press('Enter');
+  await page.getByTestId('name-dialog').waitFor({ state: 'hidden' });
   await page.locator(`[data-testid=contact-name]:text-is("${name}")`).waitFor({ state });
 }
 

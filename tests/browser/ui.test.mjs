@@ -6,7 +6,7 @@
 import { test, describe, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import {
-  requirements, launch, newPage, startPonte, freeUdpTcpPort, openApp, pair, waitConnected, sendMessage, waitForMessage,
+  requirements, loopbackSetup, openApp, pair, waitConnected, sendMessage, waitForMessage,
 } from './lib.mjs';
 
 const missing = requirements();
@@ -33,32 +33,17 @@ function brokenCells(page, selector) {
 }
 
 describe('what the pages look like', { skip: missing || false }, () => {
+  let setup;
   let server;
-  let browser;
-  const pages = [];
-  const open = async (opts) => {
-    const p = await newPage(browser, opts);
-    pages.push(p);
-    return p;
-  };
+  const open = (opts) => setup.open(opts);
 
   before(async () => {
-    const turnPort = await freeUdpTcpPort();
-    server = await startPonte({
-      toml: `[http]
-listen = "127.0.0.1:0"
-[turn]
-listen_udp = ["127.0.0.1:${turnPort}"]
-listen_tcp = ["127.0.0.1:${turnPort}"]
-`,
-    });
-    browser = await launch({ extraArgs: ['--allow-loopback-in-peer-connection'] });
+    setup = await loopbackSetup();
+    ({ server } = setup);
   });
 
   after(async () => {
-    for (const p of pages) if (p.errors.length) console.log(`page errors: ${p.errors.join(' | ')}`);
-    if (browser) await browser.close();
-    if (server) await server.stop();
+    if (setup) await setup.close();
   });
 
   test('opening the connection details keeps the newest message fully in view (360 px and desktop)', async () => {

@@ -22,83 +22,33 @@
 #
 # cone      = iptables MASQUERADE: keeps the source port → endpoint-independent mapping, hole punching works.
 # symmetric = MASQUERADE --random-fully: a new random port per destination → only a relay (TURN) gets through.
-# Both drop unsolicited inbound packets (as tests/lab/netlab.sh explains).
+# Both drop unsolicited inbound packets (lab-lib.sh, lab_home, says why). The steps shared with netlab.sh are in
+# lab-lib.sh.
 set -Eeuo pipefail
 
-usage() { echo "usage: $0 up PREFIX [cone|symmetric] [cone|symmetric] | down PREFIX" >&2; exit 2; }
-[ $# -ge 2 ] || usage
-cmd=$1 P=$2
 NODES="inet dc lb n1 n2 db nat1 nat2 h1 h2"
-
-down() {
-  for n in $NODES; do
-    ns="$P-$n"
-    ip netns list 2>/dev/null | grep -qw -- "$ns" || continue
-    for pid in $(ip netns pids "$ns" 2>/dev/null); do kill -9 "$pid" 2>/dev/null || true; done
-    ip netns del "$ns" 2>/dev/null || true
-  done
-}
-
-nat_mode() {
-  case "$1" in
-    cone) echo "" ;;
-    symmetric) echo "--random-fully" ;;
-    *) echo "unknown NAT type '$1' (cone|symmetric)" >&2; exit 2 ;;
-  esac
-}
+USAGE="up PREFIX [cone|symmetric] [cone|symmetric] | down PREFIX"
+# shellcheck source=lab-lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lab-lib.sh"
 
 up() {
   local m1 m2
-  m1=$(nat_mode "${1:-cone}"); m2=$(nat_mode "${2:-cone}")
-  down
-  trap 'down' ERR
-  for n in $NODES; do
-    ip netns add "$P-$n"
-    ip -n "$P-$n" link set lo up
-  done
-  for sw in inet dc; do
-    ip -n "$P-$sw" link add br0 type bridge
-    ip -n "$P-$sw" link set br0 up
-  done
-
-  # plug SWITCH NODE IFNAME ADDR: an interface IFNAME in NODE on SWITCH's bridge
-  plug() {
-    ip -n "$P-$1" link add "v-$2" type veth peer name "$3" netns "$P-$2"
-    ip -n "$P-$1" link set "v-$2" master br0 up
-    ip -n "$P-$2" addr add "$4/24" dev "$3"
-    ip -n "$P-$2" link set "$3" up
-  }
-  plug inet lb wan 198.51.100.10
-  plug inet n1 wan 198.51.100.11
-  plug inet n2 wan 198.51.100.12
-  plug inet nat1 wan 198.51.100.21
-  plug inet nat2 wan 198.51.100.22
-  plug dc lb dc 10.78.0.10
-  plug dc n1 dc 10.78.0.11
-  plug dc n2 dc 10.78.0.12
-  plug dc db dc 10.78.0.5
-
-  # home I MASQ_FLAGS: router natI with a LAN to host hI
-  home() {
-    local i=$1 flags=$2 r="$P-nat$1" h="$P-h$1"
-    ip -n "$r" link add lan type veth peer name eth0 netns "$h"
-    ip -n "$r" addr add "10.77.$i.1/24" dev lan
-    ip -n "$r" link set lan up
-    ip -n "$h" addr add "10.77.$i.2/24" dev eth0
-    ip -n "$h" link set eth0 up
-    ip -n "$h" route add default via "10.77.$i.1"
-    ip netns exec "$r" sysctl -qw net.ipv4.ip_forward=1
-    # shellcheck disable=SC2086
-    ip netns exec "$r" iptables -t nat -A POSTROUTING -o wan -j MASQUERADE $flags
-    ip netns exec "$r" iptables -t mangle -A PREROUTING -i wan -m conntrack --ctstate NEW -j DROP
-  }
-  home 1 "$m1"
-  home 2 "$m2"
+  m1=$(lab_nat_mode "${1:-cone}"); m2=$(lab_nat_mode "${2:-cone}")
+  lab_begin
+  lab_switch inet
+  lab_switch dc
+  lab_plug inet lb wan 198.51.100.10
+  lab_plug inet n1 wan 198.51.100.11
+  lab_plug inet n2 wan 198.51.100.12
+  lab_plug inet nat1 wan 198.51.100.21
+  lab_plug inet nat2 wan 198.51.100.22
+  lab_plug dc lb dc 10.78.0.10
+  lab_plug dc n1 dc 10.78.0.11
+  lab_plug dc n2 dc 10.78.0.12
+  lab_plug dc db dc 10.78.0.5
+  lab_home 1 "$m1"
+  lab_home 2 "$m2"
   trap - ERR
 }
 
-case "$cmd" in
-  up) shift 2; up "$@" ;;
-  down) down ;;
-  *) usage ;;
-esac
+lab_main "$@"

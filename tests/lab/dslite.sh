@@ -29,22 +29,13 @@
 #           do): no direct path between the phones, they must relay through ponte's IPv6 relay.
 set -Eeuo pipefail
 
-usage() { echo "usage: $0 up PREFIX punch|nopunch | down PREFIX" >&2; exit 2; }
-[ $# -ge 2 ] || usage
-cmd=$1 P=$2
 NODES="inet cgn r1 srv h1 r2 h2 r3 h3"
+USAGE="up PREFIX punch|nopunch | down PREFIX"
+# shellcheck source=lab-lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lab-lib.sh"
 SRV6=2001:db8:1::10
 FWD_UDP="3478,49160:49200"
 FWD_TCP="8080,3478"
-
-down() {
-  for n in $NODES; do
-    ns="$P-$n"
-    ip netns list 2>/dev/null | grep -qw -- "$ns" || continue
-    for pid in $(ip netns pids "$ns" 2>/dev/null); do kill -9 "$pid" 2>/dev/null || true; done
-    ip netns del "$ns" 2>/dev/null || true
-  done
-}
 
 # Address without duplicate address detection: the lab's addresses are unique by construction, and waiting for
 # DAD would leave them "tentative" (unusable) for a second or two.
@@ -53,17 +44,13 @@ addr6() { ip -n "$P-$1" -6 addr add "$2" dev "$3" nodad; }
 up() {
   local phones=${1:-punch}
   case "$phones" in punch|nopunch) ;; *) usage ;; esac
-  down
-  trap 'down' ERR
+  lab_begin
   for n in $NODES; do
-    ip netns add "$P-$n"
     ip netns exec "$P-$n" sysctl -qw net.ipv6.conf.all.accept_dad=0 net.ipv6.conf.default.accept_dad=0
     # No router advertisements or autoconfigured addresses: every address and route is set below.
     ip netns exec "$P-$n" sysctl -qw net.ipv6.conf.all.accept_ra=0 net.ipv6.conf.default.accept_ra=0
-    ip -n "$P-$n" link set lo up
   done
-  ip -n "$P-inet" link add br0 type bridge
-  ip -n "$P-inet" link set br0 up
+  lab_switch inet
 
   # A router's wan port on the internet bridge. $2: IPv4 (or -), $3: IPv6 (or -).
   wan() {
@@ -148,8 +135,4 @@ up() {
   trap - ERR
 }
 
-case "$cmd" in
-  up) shift 2; up "$@" ;;
-  down) down ;;
-  *) usage ;;
-esac
+lab_main "$@"

@@ -25,44 +25,23 @@
 # (MASQUERADE --random-fully). Both routers drop unsolicited inbound packets except r1's forwarded ports.
 set -Eeuo pipefail
 
-usage() { echo "usage: $0 up PREFIX loopback|noloopback cone|symmetric | down PREFIX" >&2; exit 2; }
-[ $# -ge 2 ] || usage
-cmd=$1 P=$2
 NODES="inet r1 r2 srv h1 h3 h2"
+USAGE="up PREFIX loopback|noloopback cone|symmetric | down PREFIX"
+# shellcheck source=lab-lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lab-lib.sh"
 PUB1=198.51.100.21
 SRV=10.77.1.10
 FWD_UDP="3478,3479,49160:49200"
 FWD_TCP="8080,3478"
 
-down() {
-  for n in $NODES; do
-    ns="$P-$n"
-    ip netns list 2>/dev/null | grep -qw -- "$ns" || continue
-    for pid in $(ip netns pids "$ns" 2>/dev/null); do kill -9 "$pid" 2>/dev/null || true; done
-    ip netns del "$ns" 2>/dev/null || true
-  done
-}
-
 up() {
   local loopback=${1:-noloopback} phone=${2:-cone} m2
   case "$loopback" in loopback|noloopback) ;; *) usage ;; esac
-  case "$phone" in cone) m2="" ;; symmetric) m2="--random-fully" ;; *) usage ;; esac
-  down
-  trap 'down' ERR
-  for n in $NODES; do
-    ip netns add "$P-$n"
-    ip -n "$P-$n" link set lo up
-  done
-  ip -n "$P-inet" link add br0 type bridge
-  ip -n "$P-inet" link set br0 up
-  wan() {
-    ip -n "$P-inet" link add "v-$1" type veth peer name wan netns "$P-$1"
-    ip -n "$P-inet" link set "v-$1" master br0 up
-    ip -n "$P-$1" addr add "$2/24" dev wan
-    ip -n "$P-$1" link set wan up
-  }
-  wan r1 "$PUB1"
-  wan r2 198.51.100.22
+  case "$phone" in cone|symmetric) m2=$(lab_nat_mode "$phone") ;; *) usage ;; esac
+  lab_begin
+  lab_switch inet
+  lab_plug inet r1 wan "$PUB1"
+  lab_plug inet r2 wan 198.51.100.22
 
   # Home 1: the router's LAN is a bridge with the server and two laptops on it.
   ip -n "$P-r1" link add lan type bridge
@@ -95,21 +74,8 @@ up() {
   fi
 
   # Home 2: the phone behind its own NAT.
-  ip -n "$P-r2" link add lan type veth peer name eth0 netns "$P-h2"
-  ip -n "$P-r2" addr add 10.77.2.1/24 dev lan
-  ip -n "$P-r2" link set lan up
-  ip -n "$P-h2" addr add 10.77.2.2/24 dev eth0
-  ip -n "$P-h2" link set eth0 up
-  ip -n "$P-h2" route add default via 10.77.2.1
-  ip netns exec "$P-r2" sysctl -qw net.ipv4.ip_forward=1
-  # shellcheck disable=SC2086
-  ip netns exec "$P-r2" iptables -t nat -A POSTROUTING -o wan -j MASQUERADE $m2
-  ip netns exec "$P-r2" iptables -t mangle -A PREROUTING -i wan -m conntrack --ctstate NEW -j DROP
+  lab_home 2 "$m2" r2
   trap - ERR
 }
 
-case "$cmd" in
-  up) shift 2; up "$@" ;;
-  down) down ;;
-  *) usage ;;
-esac
+lab_main "$@"

@@ -16,77 +16,28 @@
 #
 # cone      = iptables MASQUERADE: keeps the source port → endpoint-independent mapping, hole punching works.
 # symmetric = MASQUERADE --random-fully: a new random port per destination → only a relay (TURN) gets through.
-# Both drop unsolicited inbound packets before conntrack confirms them: otherwise a peer's early punch packet
-# creates an inbound conntrack entry that makes the NAT pick a different port for the outgoing flow.
+# Both drop unsolicited inbound packets before conntrack confirms them (lab-lib.sh, lab_home, says why).
+# The steps shared with clusterlab.sh are in lab-lib.sh.
 set -Eeuo pipefail
 
-usage() { echo "usage: $0 up PREFIX [cone|symmetric] [cone|symmetric] | down PREFIX" >&2; exit 2; }
-[ $# -ge 2 ] || usage
-cmd=$1 P=$2
 NODES="inet srv peer nat1 nat2 h1 h2"
-
-down() {
-  for n in $NODES; do
-    ns="$P-$n"
-    ip netns list 2>/dev/null | grep -qw -- "$ns" || continue
-    for pid in $(ip netns pids "$ns" 2>/dev/null); do kill -9 "$pid" 2>/dev/null || true; done
-    ip netns del "$ns" 2>/dev/null || true
-  done
-}
-
-nat_mode() {
-  case "$1" in
-    cone) echo "" ;;
-    symmetric) echo "--random-fully" ;;
-    *) echo "unknown NAT type '$1' (cone|symmetric)" >&2; exit 2 ;;
-  esac
-}
+USAGE="up PREFIX [cone|symmetric] [cone|symmetric] | down PREFIX"
+# shellcheck source=lab-lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lab-lib.sh"
 
 up() {
   local m1 m2
-  m1=$(nat_mode "${1:-cone}"); m2=$(nat_mode "${2:-cone}")
-  down
-  trap 'down' ERR
-  for n in $NODES; do
-    ip netns add "$P-$n"
-    ip -n "$P-$n" link set lo up
-  done
-  ip -n "$P-inet" link add br0 type bridge
-  ip -n "$P-inet" link set br0 up
-
-  # attach NODE ADDR: a "public" interface `wan` on the shared bridge
-  attach() {
-    ip -n "$P-inet" link add "v-$1" type veth peer name wan netns "$P-$1"
-    ip -n "$P-inet" link set "v-$1" master br0 up
-    ip -n "$P-$1" addr add "$2/24" dev wan
-    ip -n "$P-$1" link set wan up
-  }
-  attach srv 198.51.100.10
-  attach peer 198.51.100.30
-  attach nat1 198.51.100.21
-  attach nat2 198.51.100.22
-
-  # home I MASQ_FLAGS: router natI with a LAN to host hI
-  home() {
-    local i=$1 flags=$2 r="$P-nat$1" h="$P-h$1"
-    ip -n "$r" link add lan type veth peer name eth0 netns "$h"
-    ip -n "$r" addr add "10.77.$i.1/24" dev lan
-    ip -n "$r" link set lan up
-    ip -n "$h" addr add "10.77.$i.2/24" dev eth0
-    ip -n "$h" link set eth0 up
-    ip -n "$h" route add default via "10.77.$i.1"
-    ip netns exec "$r" sysctl -qw net.ipv4.ip_forward=1
-    # shellcheck disable=SC2086
-    ip netns exec "$r" iptables -t nat -A POSTROUTING -o wan -j MASQUERADE $flags
-    ip netns exec "$r" iptables -t mangle -A PREROUTING -i wan -m conntrack --ctstate NEW -j DROP
-  }
-  home 1 "$m1"
-  home 2 "$m2"
+  m1=$(lab_nat_mode "${1:-cone}"); m2=$(lab_nat_mode "${2:-cone}")
+  lab_begin
+  lab_switch inet
+  # the "public" hosts: an interface `wan` each on the shared bridge
+  lab_plug inet srv wan 198.51.100.10
+  lab_plug inet peer wan 198.51.100.30
+  lab_plug inet nat1 wan 198.51.100.21
+  lab_plug inet nat2 wan 198.51.100.22
+  lab_home 1 "$m1"
+  lab_home 2 "$m2"
   trap - ERR
 }
 
-case "$cmd" in
-  up) shift 2; up "$@" ;;
-  down) down ;;
-  *) usage ;;
-esac
+lab_main "$@"

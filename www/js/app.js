@@ -79,6 +79,10 @@ window.ponte = {
   },
   callTracks: () => (calls.last ? calls.last.tracks.map((x) => ({ kind: x.kind, label: x.label, readyState: x.readyState, enabled: x.enabled })) : []),
   callPc: () => (calls.last ? calls.last.link.pc : null),
+  // Tests only: how long an outgoing call rings before it ends `unanswered` (default RING_MS, 30 s; the callee gives
+  // up RING_GRACE_MS after its own value). Applies to the calls placed or received after it; nothing in the page
+  // calls it, so a person never meets a shorter ring.
+  setRingTimeout: (ms) => { calls.ringMs = ms; },
 };
 
 // The lasting identity (identity.js) before the first hello; without one the page is anonymous and share.js says why.

@@ -1,4 +1,4 @@
-// Contacts (UI): the sidebar list (name, ID, online dot; one click connects or opens the chat), rename / remove /
+// Contacts (UI): the sidebar list (name, ID, online dot; one click connects or opens the chat), rename (in a dialog) / remove /
 // block, the "save contact" button of the open conversation, the auto-accept setting, and the warning when a
 // contact's identity key changed. The state lives in the ContactBook (contactbook.js, network side).
 //
@@ -42,8 +42,8 @@ export function initContacts(sig, book, { conversation, history }) {
       const menu = el('details', { class: 'contact-menu' },
         el('summary', { class: 'icon-btn small', 'data-testid': 'contact-menu', 'aria-label': t('contacts.menu', { name: c.name }), title: t('contacts.menu', { name: c.name }) }, '⋯'),
         el('div', { class: 'menu' },
-          action('contact-rename', t('contacts.rename'), () => {
-            const name = prompt(t('contacts.rename_prompt', { id: d }), c.name);
+          action('contact-rename', t('contacts.rename'), async () => {
+            const name = await askName(t('contacts.rename_title'), t('contacts.rename_prompt', { id: d }), c.name);
             if (name != null) book.rename(c.id, name);
           }),
           action('contact-remove', t('contacts.remove'), () => {
@@ -81,6 +81,27 @@ export function initContacts(sig, book, { conversation, history }) {
     renderSave();
   }
 
+  // The name dialog, for "rename" and "save contact" (a modal <dialog>, not window.prompt(): that one cannot be
+  // styled, translated or themed, and some browsers block it). Enter submits the form (the Save button's value
+  // becomes returnValue), Escape and Cancel close it with an empty returnValue, as does a click on the backdrop.
+  // Resolves to the text or null.
+  const dialog = $('#name-dialog');
+  const nameInput = $('#name-input');
+  $('#name-cancel').addEventListener('click', () => dialog.close(''));
+  // A click whose target is the <dialog> itself landed on the backdrop (the form fills the box).
+  dialog.addEventListener('click', (e) => { if (e.target === dialog) dialog.close(''); });
+  function askName(title, label, value) {
+    return new Promise((resolve) => {
+      $('#name-dialog-title').textContent = title;
+      $('#name-label').textContent = label;
+      nameInput.value = value;
+      dialog.returnValue = '';
+      dialog.addEventListener('close', () => resolve(dialog.returnValue === 'save' ? nameInput.value : null), { once: true });
+      dialog.showModal();
+      nameInput.select();
+    });
+  }
+
   function action(testid, label, run) {
     const b = el('button', { type: 'button', class: 'menu-item', 'data-testid': testid }, label);
     b.addEventListener('click', (e) => { e.target.closest('details').open = false; run(); });
@@ -96,10 +117,10 @@ export function initContacts(sig, book, { conversation, history }) {
     $('#chat-contact-name').textContent = saved ? saved.name : '';
   }
 
-  $('#save-contact').addEventListener('click', () => {
+  $('#save-contact').addEventListener('click', async () => {
     const c = current;
     if (!c || !c.peerKey) return;
-    const name = prompt(t('contacts.save_prompt', { id: displayId(c.peer) }), '');
+    const name = await askName(t('contacts.save'), t('contacts.save_prompt', { id: displayId(c.peer) }), '');
     if (name == null) return;
     book.save(c.peer, name || displayId(c.peer), c.peerKey).then(async () => {
       c.system('contacts.saved', { name: book.get(c.peer).name });

@@ -304,6 +304,9 @@ const en = {
   'call.peer_muted': 'their microphone is off',
   'call.minimize': 'Show the chat (the call goes on)',
   'call.expand': 'Back to the call',
+  'contacts.rename_title': 'Rename contact',
+  'contacts.rename_save': 'Save',
+  'contacts.rename_cancel': 'Cancel',
 };
 
 const ptBR = {
@@ -608,6 +611,9 @@ const ptBR = {
   'call.peer_muted': 'o microfone da outra pessoa está desligado',
   'call.minimize': 'Mostrar a conversa (a chamada continua)',
   'call.expand': 'Voltar para a chamada',
+  'contacts.rename_title': 'Renomear contato',
+  'contacts.rename_save': 'Salvar',
+  'contacts.rename_cancel': 'Cancelar',
 };
 
 export const LANGUAGES = {
