@@ -20,6 +20,8 @@ use serde_json::{json, Value};
 /// grace 4 s.
 const TTL: u64 = 3;
 const GRACE: u64 = 4;
+/// Every node's `turn.secret` (the signaling key is derived from it, so it must be the same on all of them).
+const SECRET: &str = "cluster-test-secret-0123456789abcdef";
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
@@ -95,6 +97,18 @@ impl Node {
 
     /// `signaling_extra`: more `[signaling]` keys (one per line).
     fn start_with(dir: &Path, name: &str, redis: &Redis, signaling_extra: &str) -> Node {
+        Node::start_cfg(dir, name, redis, signaling_extra, "enabled = false", "")
+    }
+
+    /// `turn`: the `[turn]` keys besides the shared secret; `cluster_extra`: more `[cluster]` keys.
+    fn start_cfg(
+        dir: &Path,
+        name: &str,
+        redis: &Redis,
+        signaling_extra: &str,
+        turn: &str,
+        cluster_extra: &str,
+    ) -> Node {
         let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let config = dir.join(format!("{name}.toml"));
@@ -107,8 +121,8 @@ impl Node {
 listen = "{http}"
 max_connections_per_ip = 4096
 [turn]
-enabled = false
-secret = "cluster-test-secret-0123456789abcdef"
+{turn}
+secret = "{SECRET}"
 [signaling]
 reconnect_grace_secs = {GRACE}
 request_timeout_secs = 30
@@ -122,6 +136,7 @@ redis_url = "{url}"
 node_name = "{name}"
 key_prefix = "t"
 presence_ttl_secs = {TTL}
+{cluster_extra}
 "#,
                 url = redis.url()
             ),
@@ -754,4 +769,62 @@ fn raise_nofile() -> u64 {
         libc::getrlimit(libc::RLIMIT_NOFILE, &mut l);
         l.rlim_cur
     }
+}
+
+/// Issue #16's closing note: another node's announced relay address was allowed as a TURN peer on every port.
+/// Node n2 announces 10.0.0.7 (an address the built-in policy refuses) with its relay range 50000-50099; a TURN
+/// client of n1 may open a permission to 10.0.0.7 at a port of that range, and is refused (403) at any other
+/// port (its SSH, its HTTP) — while n2's announcement is live, and until it is the address is refused entirely.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_node_s_address_is_a_turn_peer_only_at_its_relay_ports() {
+    use common::turn_client::{code, peer_attr, Client as Turn, Conn};
+    use ponte::turn::codec::METHOD_CREATE_PERMISSION;
+    let dir = tempfile::tempdir().unwrap();
+    let redis = Redis::start();
+    let turn_port = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let n1 = Node::start_cfg(
+        dir.path(),
+        "n1",
+        &redis,
+        "",
+        &format!(
+            "enabled = true\nlisten_udp = [\"127.0.0.1:{turn_port}\"]\nlisten_tcp = []\nrelay_ip = \"127.0.0.1\"\n\
+             relay_port_min = 40000\nrelay_port_max = 40999"
+        ),
+        "",
+    );
+    let n2 = Node::start_cfg(
+        dir.path(),
+        "n2",
+        &redis,
+        "",
+        "enabled = false\nrelay_port_min = 50000\nrelay_port_max = 50099",
+        "public_addresses = [\"10.0.0.7\"]",
+    );
+    for n in [&n1, &n2] {
+        n.wait_cluster("ok", Duration::from_secs(20)).await;
+    }
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let mut t = Turn::with_secret(Conn::Udp(sock, format!("127.0.0.1:{turn_port}").parse().unwrap()), SECRET);
+    t.allocate().await;
+    async fn perm_on(t: &mut Turn, peer: &str) -> Option<u16> {
+        let peer: SocketAddr = peer.parse().unwrap();
+        code(&t.request(METHOD_CREATE_PERMISSION, &|m| peer_attr(m, peer)).await)
+    }
+    // n1 learns n2's record at its next heartbeat (every TTL/3).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while perm_on(&mut t, "10.0.0.7:50050").await.is_some() {
+        assert!(Instant::now() < deadline, "n2's relay address never became a peer on n1");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(perm_on(&mut t, "10.0.0.7:50000").await, None, "first port of n2's relay range");
+    assert_eq!(perm_on(&mut t, "10.0.0.7:50099").await, None, "last port of n2's relay range");
+    for port in [22, 80, 6379, 49999, 50100, 40500] {
+        assert_eq!(
+            perm_on(&mut t, &format!("10.0.0.7:{port}")).await,
+            Some(403),
+            "10.0.0.7:{port} is not one of n2's relays"
+        );
+    }
+    assert_eq!(perm_on(&mut t, "10.0.0.8:50050").await, Some(403), "only the announced host");
 }

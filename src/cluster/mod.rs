@@ -280,8 +280,9 @@ impl Routes {
 pub struct Cluster {
     pub link: Link,
     pub inbound: mpsc::Receiver<Inbound>,
-    /// The relay addresses the other live nodes announce, for this node's TURN peer policy.
-    pub peers: tokio::sync::watch::Receiver<Vec<IpAddr>>,
+    /// The relay addresses and relay port ranges the other live nodes announce, for this node's TURN peer
+    /// policy (`(address, first port, last port)`).
+    pub peers: tokio::sync::watch::Receiver<Vec<(IpAddr, u16, u16)>>,
     pub runner: Runner,
 }
 
@@ -296,10 +297,12 @@ impl Runner {
 }
 
 impl Cluster {
-    /// `addresses`: this node's public relay addresses, announced to the other nodes.
+    /// `addresses`: this node's public relay addresses, announced to the other nodes with `relay_ports` (its
+    /// `turn.relay_port_min..=relay_port_max`): the other nodes' TURN lets their relays reach these ports only.
     pub fn new(
         cfg: &ClusterConfig,
         addresses: Vec<IpAddr>,
+        relay_ports: (u16, u16),
         health: Arc<Health>,
         metrics: &Metrics,
     ) -> anyhow::Result<Cluster> {
@@ -323,6 +326,7 @@ impl Cluster {
             node,
             ttl: Duration::from_secs(cfg.presence_ttl_secs),
             addresses,
+            relay_ports,
             rx,
             in_tx,
             up,
@@ -347,6 +351,7 @@ struct Task {
     node: Arc<str>,
     ttl: Duration,
     addresses: Vec<IpAddr>,
+    relay_ports: (u16, u16),
     rx: mpsc::Receiver<Outbound>,
     in_tx: mpsc::Sender<Inbound>,
     up: Arc<AtomicBool>,
@@ -358,7 +363,7 @@ struct Task {
     /// Nodes seen alive at the last heartbeat.
     known_nodes: HashSet<String>,
     /// The other live nodes' announced relay addresses, for TURN.
-    peers_tx: tokio::sync::watch::Sender<Vec<IpAddr>>,
+    peers_tx: tokio::sync::watch::Sender<Vec<(IpAddr, u16, u16)>>,
     /// Random per process: tells this run's heartbeat from an earlier process's of the same name.
     instance: String,
     /// The subscriber task holds a live subscription.
@@ -522,7 +527,12 @@ impl Task {
         // heartbeat is seen to expire count as gone, not nodes that merely have not re-registered yet.
         let was_up = self.up.load(Ordering::Relaxed);
         let ttl = self.ttl.as_secs();
-        let info = serde_json::json!({ "addresses": self.addresses, "instance": self.instance }).to_string();
+        let info = serde_json::json!({
+            "addresses": self.addresses,
+            "relay_ports": [self.relay_ports.0, self.relay_ports.1],
+            "instance": self.instance,
+        })
+        .to_string();
         let mut pipe = redis::pipe();
         pipe.cmd("SET").arg(self.names.node(&self.node)).arg(&info).arg("EX").arg(ttl).ignore();
         pipe.sadd(self.names.nodes(), &*self.node).ignore();
@@ -544,7 +554,7 @@ impl Task {
         let others: Vec<&String> = members.iter().filter(|m| **m != *self.node).collect();
         let mut alive = HashSet::new();
         let mut dead = Vec::new();
-        let mut addresses: Vec<IpAddr> = Vec::new();
+        let mut addresses: Vec<(IpAddr, u16, u16)> = Vec::new();
         if !others.is_empty() {
             let mut pipe = redis::pipe();
             for m in &others {
@@ -556,12 +566,14 @@ impl Task {
                     Some(info) => {
                         alive.insert((*m).clone());
                         let info: serde_json::Value = serde_json::from_str(&info).unwrap_or_default();
+                        let (lo, hi) = relay_ports_of(&info);
                         addresses.extend(
                             info["addresses"]
                                 .as_array()
                                 .into_iter()
                                 .flatten()
-                                .filter_map(|a| a.as_str()?.parse::<IpAddr>().ok()),
+                                .filter_map(|a| a.as_str()?.parse::<IpAddr>().ok())
+                                .map(|a| (a, lo, hi)),
                         );
                     }
                     None => dead.push((*m).clone()),
@@ -808,6 +820,16 @@ impl Task {
     }
 }
 
+/// The relay port range a node record announces; a record without one (a node of an earlier version) gets the
+/// default `turn.relay_port_min..=relay_port_max`.
+fn relay_ports_of(info: &serde_json::Value) -> (u16, u16) {
+    let port = |i: usize| info["relay_ports"].get(i).and_then(|p| p.as_u64()).and_then(|p| u16::try_from(p).ok());
+    match (port(0), port(1)) {
+        (Some(lo), Some(hi)) if lo <= hi => (lo, hi),
+        _ => (49152, 65535),
+    }
+}
+
 /// The claim of a fresh ID's presence record `key` by `node`; its reply goes to [`claimed_by`].
 fn claim_cmd(key: &str, node: &str, ttl: u64) -> redis::Cmd {
     let mut c = redis::cmd("EVAL");
@@ -925,6 +947,16 @@ mod tests {
         assert!(matches!(parse_frame("i node-b\n[]", "node-a", &routes), Some(Inbound::Identities(_))));
         assert!(parse_frame("garbage", "node-a", &routes).is_none());
         assert_eq!(routes.lock().drop_node("node-c"), vec!["abcd2345".to_string()]);
+    }
+
+    #[test]
+    fn node_records_announce_their_relay_ports() {
+        let rec = |t: &str| serde_json::from_str::<serde_json::Value>(t).unwrap();
+        assert_eq!(relay_ports_of(&rec(r#"{"addresses":[],"relay_ports":[50000,50099]}"#)), (50000, 50099));
+        // An earlier node's record, or a damaged one: the default relay range, never every port.
+        assert_eq!(relay_ports_of(&rec(r#"{"addresses":[]}"#)), (49152, 65535));
+        assert_eq!(relay_ports_of(&rec(r#"{"relay_ports":[70000,80000]}"#)), (49152, 65535));
+        assert_eq!(relay_ports_of(&rec(r#"{"relay_ports":[60000,50000]}"#)), (49152, 65535));
     }
 
     /// The claim of a fresh ID against a real redis-server (Debian's; a missing one is a failure): claiming
