@@ -828,3 +828,50 @@ async fn another_node_s_address_is_a_turn_peer_only_at_its_relay_ports() {
     }
     assert_eq!(perm_on(&mut t, "10.0.0.8:50050").await, Some(403), "only the announced host");
 }
+
+/// Issue #16's closing note: a partner whose node is killed and who never comes back must end the pairing for
+/// its partner on another node (`peer_away`, then `peer_left` after the grace), whatever this node's route cache
+/// says about it. Here A@node-a is paired with B, who moved from node-c to node-b and rejoined A there (its route
+/// changed with the move); node-b is killed; A's next signal to B finds nobody listening on node-b's channel, which
+/// drops the cached route, so when node-b's heartbeat expires no route ties B to it. A must still hear
+/// `peer_away` and then `peer_left` within TTL (detection) + grace + TTL (the remote grace timer).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partner_whose_node_died_is_left_even_without_a_route_to_it() {
+    let mut c = Cluster::start().await;
+    let mut a = client_on(&c.nodes[0], None).await;
+    let mut b = client_on(&c.nodes[2], None).await;
+    let ticket = pair(&mut a, &mut b).await;
+    signal(&mut a, &mut b, 1).await;
+    // B moves to node-b and rejoins A from there.
+    let mut b2 = client_on(&c.nodes[1], Some(&b.token)).await;
+    assert_eq!(b2.id, b.id, "{}", b2.welcome);
+    expect_skip(&mut a.ws, "peer_away").await;
+    send(&mut b2.ws, json!({"type": "rejoin", "to": a.id, "ticket": ticket})).await;
+    expect_skip(&mut b2.ws, "paired").await;
+    expect_skip(&mut a.ws, "peer_back").await;
+    signal(&mut a, &mut b2, 2).await;
+    signal(&mut b2, &mut a, 3).await;
+
+    c.nodes[1].kill9();
+    let t0 = Instant::now();
+    // A's browser sends an ICE restart at once: nobody listens on node-b's channel any more.
+    send(&mut a.ws, json!({"type": "signal", "to": b.id, "data": {"n": 4}})).await;
+    let within = Duration::from_secs(TTL + GRACE + TTL + 4);
+    let mut away = false;
+    loop {
+        let left = within.saturating_sub(t0.elapsed());
+        let v = recv_within(&mut a.ws, left).await.unwrap_or_else(|| {
+            panic!("no peer_left for B within {within:?} of its node's death (peer_away seen: {away})")
+        });
+        match v["type"].as_str() {
+            Some("peer_away") if v["peer"] == b.id.as_str() => away = true,
+            Some("peer_left") if v["peer"] == b.id.as_str() => break,
+            Some("error") => {} // the signal could not be delivered
+            _ => panic!("unexpected {v}"),
+        }
+    }
+    assert!(away, "peer_away comes before peer_left");
+    assert!(t0.elapsed() >= Duration::from_secs(GRACE), "peer_left only after the grace: {:?}", t0.elapsed());
+    send(&mut a.ws, json!({"type": "signal", "to": b.id, "data": {}})).await;
+    expect_error(&mut a.ws, "not_paired").await;
+}

@@ -102,6 +102,11 @@ pub enum Outbound {
     Identities(Vec<HashOp>),
     /// Which of `ids` are online on some node; answered with [`Inbound::Online`].
     Online { for_id: String, ids: Vec<String> },
+    /// Which of `ids` (IDs on other nodes that sessions here are paired with or asked) are held by no live node
+    /// any more: no presence, or presence naming one of the `gone` nodes. Answered with [`Inbound::NodeGone`]
+    /// (with no `nodes`). The route cache alone cannot say: a route forgotten after a failed delivery, or
+    /// pointing elsewhere after a move, would leave a partner waiting for ever.
+    Locate { ids: Vec<String>, gone: Vec<String> },
 }
 
 /// What the cluster task hands to the hub.
@@ -119,7 +124,9 @@ pub enum Inbound {
     /// Another node took this ID over (its browser reconnected there, or opened another tab there).
     TakeOver { id: String },
     /// These IDs were on a node that stopped (its heartbeat expired): their partners here must hear they are away.
-    NodeGone { ids: Vec<String> },
+    /// `nodes`: the nodes that stopped (empty in the answer to [`Outbound::Locate`]); the hub then locates the
+    /// other remote partners of its sessions, which the route cache may not have tied to those nodes.
+    NodeGone { ids: Vec<String>, nodes: Vec<String> },
     /// Changes to the identity table made on another node.
     Identities(Vec<HashOp>),
     /// The whole identity table as Redis holds it, read at (re)connect. The hub writes back what it holds and
@@ -601,10 +608,11 @@ impl Task {
         if was_up {
             gone.extend(self.known_nodes.iter().filter(|n| !alive.contains(*n) && **n != *self.node));
         }
+        // Always told, even with no route to it: the hub locates its sessions' other remote partners then.
         for gone in gone {
             let ids = self.routes.lock().drop_node(gone);
             tracing::info!(node = %gone, ids = ids.len(), "cluster: node gone (heartbeat expired)");
-            if !ids.is_empty() && self.in_tx.try_send(Inbound::NodeGone { ids }).is_err() {
+            if self.in_tx.try_send(Inbound::NodeGone { ids, nodes: vec![gone.clone()] }).is_err() {
                 Stats::inc(&self.stats.inbound_dropped);
             }
         }
@@ -679,6 +687,7 @@ impl Task {
             Published { from: String, to: String, body: String, bounce: Option<String>, node: Arc<str> },
             Claimed { id: String, exclusive: bool },
             Online { for_id: String, ids: Vec<String> },
+            Located { ids: Vec<String>, gone: Vec<String> },
         }
         let mut wants = Vec::new();
         for item in items {
@@ -734,6 +743,15 @@ impl Task {
                     ops += 1;
                     wants.push(Want::Online { for_id, ids });
                 }
+                Outbound::Locate { ids, gone } => {
+                    if ids.is_empty() {
+                        continue;
+                    }
+                    let keys: Vec<String> = ids.iter().map(|i| self.names.id(i)).collect();
+                    pipe.cmd("MGET").arg(keys);
+                    ops += 1;
+                    wants.push(Want::Located { ids, gone });
+                }
             }
         }
         if ops == 0 {
@@ -788,6 +806,26 @@ impl Task {
                         .collect();
                     if !online.is_empty() && self.in_tx.try_send(Inbound::Online { for_id, ids: online }).is_err() {
                         Stats::inc(&self.stats.inbound_dropped);
+                    }
+                }
+                Want::Located { ids, gone } => {
+                    let nodes: Vec<Option<String>> = redis::from_redis_value(v).unwrap_or_default();
+                    let lost: Vec<String> = ids
+                        .into_iter()
+                        .zip(nodes)
+                        .filter(|(_, n)| n.as_ref().is_none_or(|n| gone.contains(n)))
+                        .map(|(id, _)| id)
+                        .collect();
+                    if !lost.is_empty() {
+                        {
+                            let mut routes = self.routes.lock();
+                            for id in &lost {
+                                routes.forget(id);
+                            }
+                        }
+                        if self.in_tx.try_send(Inbound::NodeGone { ids: lost, nodes: Vec::new() }).is_err() {
+                            Stats::inc(&self.stats.inbound_dropped);
+                        }
                     }
                 }
             }

@@ -370,6 +370,32 @@ impl State {
         }
     }
 
+    /// Some nodes stopped. The route cache named `known` as theirs; other remote IDs that sessions here are
+    /// paired with or have requests with may have been there too (a route forgotten after a failed delivery,
+    /// or pointing at another node after a move): ask the cluster which of them no live node holds, and treat
+    /// those as gone too (the answer comes back as a `NodeGone` without nodes). Partners already in their grace
+    /// period are not asked about again.
+    fn locate_remote_partners(&self, known: &[Id], gone: Vec<String>) {
+        let Some(link) = &self.cluster else { return };
+        let mut ids: Vec<Id> = self
+            .sessions
+            .values()
+            .flat_map(|s| {
+                s.peers
+                    .iter()
+                    .copied()
+                    .chain(s.incoming.iter().map(|(p, _)| *p))
+                    .chain(s.outgoing.iter().map(|(p, _)| *p))
+            })
+            .filter(|p| !self.sessions.contains_key(p) && !known.contains(p) && !self.remote_gone.contains_key(p))
+            .collect();
+        ids.sort();
+        ids.dedup();
+        if !ids.is_empty() {
+            let _ = link.send(Outbound::Locate { ids: ids.iter().map(|i| i.as_str().into()).collect(), gone });
+        }
+    }
+
     /// A session for `id` just started here. If `id` was on another node (that node stopped, or the browser
     /// reconnected here), sessions here may still hold their halves of pairings with it: the new session has
     /// none, so those partners see it away until it rejoins with its ticket ([`State::rejoin`] then makes its
@@ -427,12 +453,16 @@ impl State {
                     self.taken_over(id, now);
                 }
             }
-            Inbound::NodeGone { ids } => {
-                for id in ids.iter().filter_map(|i| Id::parse(i)) {
+            Inbound::NodeGone { ids, nodes } => {
+                let ids: Vec<Id> = ids.iter().filter_map(|i| Id::parse(i)).collect();
+                for &id in &ids {
                     // An ID that moved here meanwhile is not gone ([`State::moved_here`] dealt with it).
                     if !self.sessions.contains_key(&id) {
                         self.partner_gone(id, now);
                     }
+                }
+                if !nodes.is_empty() {
+                    self.locate_remote_partners(&ids, nodes);
                 }
             }
             Inbound::Snapshot(ops) => {
