@@ -875,3 +875,68 @@ async fn a_partner_whose_node_died_is_left_even_without_a_route_to_it() {
     send(&mut a.ws, json!({"type": "signal", "to": b.id, "data": {}})).await;
     expect_error(&mut a.ws, "not_paired").await;
 }
+
+/// Issue #16's closing note: two nodes registering the same new identity key at the same instant could bind it to
+/// two IDs (each bound it locally, wrote its record, and ignored the other's). The binding is claimed in Redis
+/// now: for each of a few new keys, 8 browsers (4 per node) get their challenge, then all prove at once. Exactly
+/// one ID may result: one record for the key in Redis, and a later hello with that key gets that ID on both
+/// nodes. Sessions that were handed a losing ID are closed (1013, like a lost ID claim; 4002 is the newest tab
+/// of one identity winning on its node).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_new_key_registered_on_two_nodes_at_once_gets_one_id() {
+    let c = Cluster::start().await;
+    let (na, nb) = (&c.nodes[0], &c.nodes[1]);
+    let mut r = c.redis.conn().await;
+    for round in 0..4 {
+        let key = Key::new();
+        let mut socks = Vec::new();
+        for i in 0..8 {
+            let node = if i % 2 == 0 { na } else { nb };
+            let mut ws = open_url(&node.ws_url()).await;
+            send(&mut ws, json!({"type": "hello", "v": 1, "identity": {"key": key.public()}})).await;
+            socks.push(ws);
+        }
+        let mut proofs = Vec::new();
+        for ws in &mut socks {
+            let ch = expect(ws, "identity_challenge").await;
+            proofs.push(key.prove(ch["challenge"].as_str().unwrap()));
+        }
+        futures_util::future::join_all(
+            socks
+                .iter_mut()
+                .zip(&proofs)
+                .map(|(ws, sig)| send(ws, json!({"type": "identity_proof", "signature": sig}))),
+        )
+        .await;
+        let mut handed = Vec::new();
+        for ws in &mut socks {
+            let v = expect_skip(ws, "welcome").await;
+            handed.push(v["id"].as_str().unwrap().to_string());
+        }
+        // Let the claims, any loser's clean-up and the broadcasts go through.
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        let table: std::collections::HashMap<String, String> =
+            redis::cmd("HGETALL").arg("t:identities").query_async(&mut r).await.unwrap();
+        let bound: Vec<&String> = table
+            .iter()
+            .filter(|(_, rec)| serde_json::from_str::<Value>(rec).unwrap()["key"] == key.public())
+            .map(|(id, _)| id)
+            .collect();
+        handed.sort();
+        handed.dedup();
+        assert_eq!(
+            bound.len(),
+            1,
+            "round {round}: the key is bound to {bound:?} in Redis (IDs handed out: {handed:?})"
+        );
+        let id = bound[0].clone();
+        for node in [na, nb] {
+            let again = identity_on(node, &key).await;
+            assert_eq!(again.id, id, "round {round}: {} hands out another ID for the key", node.name);
+        }
+        let index: Option<String> =
+            redis::cmd("HGET").arg("t:identity_keys").arg(key.public()).query_async(&mut r).await.unwrap();
+        assert_eq!(index.as_deref(), Some(id.as_str()), "round {round}");
+        eprintln!("round {round}: IDs handed out at first: {handed:?}; bound: {id}");
+    }
+}

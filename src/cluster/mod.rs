@@ -76,6 +76,30 @@ const CLAIM_SCRIPT: &str = "local v = redis.call('GET', KEYS[1]) \
     if v == false or v == ARGV[1] then redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2]) return ARGV[1] end \
     return v";
 
+/// Sets field `ARGV[1]` of `KEYS[1]` (`P:identities`) to `ARGV[3]` unless another live field holds its unique
+/// value `ARGV[2]` (the identity key; `KEYS[2]` = `P:identity_keys`, unique value → field, and `KEYS[3]` =
+/// `P:identity_key_of`, field → unique value, kept in step). Returns `{1}` when written, `{0, holder, value}` when
+/// the holder keeps it. An index entry whose field is gone or holds another value is stale and is replaced.
+const PUT_SCRIPT: &str = "local cur = redis.call('HGET', KEYS[2], ARGV[2]) \
+    if cur and cur ~= ARGV[1] and redis.call('HGET', KEYS[3], cur) == ARGV[2] \
+        and redis.call('HEXISTS', KEYS[1], cur) == 1 then \
+        return {0, cur, redis.call('HGET', KEYS[1], cur)} end \
+    local old = redis.call('HGET', KEYS[3], ARGV[1]) \
+    if old and old ~= ARGV[2] and redis.call('HGET', KEYS[2], old) == ARGV[1] then redis.call('HDEL', KEYS[2], old) end \
+    redis.call('HSET', KEYS[2], ARGV[2], ARGV[1]) \
+    redis.call('HSET', KEYS[3], ARGV[1], ARGV[2]) \
+    redis.call('HSET', KEYS[1], ARGV[1], ARGV[3]) \
+    return {1}";
+
+/// Deletes field `ARGV[1]` of `KEYS[1]` (`P:identities`) and its entries in the unique index (keys as in
+/// [`PUT_SCRIPT`]), so that its key may be bound again.
+const DELETE_SCRIPT: &str = "local k = redis.call('HGET', KEYS[3], ARGV[1]) \
+    if k then \
+        if redis.call('HGET', KEYS[2], k) == ARGV[1] then redis.call('HDEL', KEYS[2], k) end \
+        redis.call('HDEL', KEYS[3], ARGV[1]) \
+    end \
+    return redis.call('HDEL', KEYS[1], ARGV[1])";
+
 /// One change to the replicated identity table: a field of `P:identities` (or `P:reserved`) set or deleted.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct HashOp {
@@ -85,6 +109,11 @@ pub struct HashOp {
     pub field: String,
     /// `None`: delete the field.
     pub value: Option<String>,
+    /// A value no other field of `P:identities` may hold at the same time (the identity's public key): a set is
+    /// written only if no other live field holds it, atomically in Redis ([`PUT_SCRIPT`]); otherwise the hub
+    /// hears [`Inbound::BindingLost`]. So two nodes that bind one new key at the same instant end with one ID.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unique: Option<String>,
 }
 
 /// What the hub asks of the cluster task.
@@ -129,6 +158,9 @@ pub enum Inbound {
     NodeGone { ids: Vec<String>, nodes: Vec<String> },
     /// Changes to the identity table made on another node.
     Identities(Vec<HashOp>),
+    /// This node's set of `field` was refused: another node bound the same unique value (identity key) to
+    /// `holder` first, whose record is `value`. The hub drops its own binding and takes the holder's.
+    BindingLost { field: String, holder: String, value: String },
     /// The whole identity table as Redis holds it, read at (re)connect. The hub writes back what it holds and
     /// Redis lacks (a Redis restarted without persistence loses nothing the nodes still know).
     Snapshot(Vec<HashOp>),
@@ -237,6 +269,30 @@ impl Names {
     }
     fn identities(&self, reserved: bool) -> String {
         format!("{}:{}", self.prefix, if reserved { "reserved" } else { "identities" })
+    }
+    /// The unique index of `P:identities`: identity key → ID, and ID → identity key.
+    fn unique(&self) -> [String; 2] {
+        [format!("{}:identity_keys", self.prefix), format!("{}:identity_key_of", self.prefix)]
+    }
+    /// The command that writes one identity table change (see [`PUT_SCRIPT`], [`DELETE_SCRIPT`]); whether its
+    /// reply says if a set was refused.
+    fn write(&self, op: &HashOp) -> (redis::Cmd, bool) {
+        let key = self.identities(op.reserved);
+        let [index, of] = self.unique();
+        match (&op.value, &op.unique, op.reserved) {
+            (Some(v), Some(u), false) => {
+                let mut c = redis::cmd("EVAL");
+                c.arg(PUT_SCRIPT).arg(3).arg(key).arg(index).arg(of).arg(&op.field).arg(u).arg(v);
+                (c, true)
+            }
+            (None, _, false) => {
+                let mut c = redis::cmd("EVAL");
+                c.arg(DELETE_SCRIPT).arg(3).arg(key).arg(index).arg(of).arg(&op.field);
+                (c, false)
+            }
+            (Some(v), _, _) => (redis::Cmd::hset(key, &op.field, v), false),
+            (None, _, true) => (redis::Cmd::hdel(key, &op.field), false),
+        }
     }
 }
 
@@ -630,7 +686,12 @@ impl Task {
         let mut ops = Vec::new();
         for (reserved, m) in [false, true].into_iter().zip(v) {
             let map: HashMap<String, String> = redis::from_redis_value(m).unwrap_or_default();
-            ops.extend(map.into_iter().map(|(field, value)| HashOp { reserved, field, value: Some(value) }));
+            ops.extend(map.into_iter().map(|(field, value)| HashOp {
+                reserved,
+                field,
+                value: Some(value),
+                unique: None,
+            }));
         }
         if self.in_tx.send(Inbound::Snapshot(ops)).await.is_err() {
             Stats::inc(&self.stats.inbound_dropped);
@@ -684,11 +745,33 @@ impl Task {
         let mut ops = 0;
         /// What each item expects back, in pipeline order.
         enum Want {
-            Published { from: String, to: String, body: String, bounce: Option<String>, node: Arc<str> },
-            Claimed { id: String, exclusive: bool },
-            Online { for_id: String, ids: Vec<String> },
-            Located { ids: Vec<String>, gone: Vec<String> },
+            Published {
+                from: String,
+                to: String,
+                body: String,
+                bounce: Option<String>,
+                node: Arc<str>,
+            },
+            Claimed {
+                id: String,
+                exclusive: bool,
+            },
+            Online {
+                for_id: String,
+                ids: Vec<String>,
+            },
+            Located {
+                ids: Vec<String>,
+                gone: Vec<String>,
+            },
+            /// The reply of [`PUT_SCRIPT`] for op `idx` of identity list `list`.
+            Put {
+                list: usize,
+                idx: usize,
+            },
         }
+        // Identity changes are announced on `P:all` after the pipeline, without the sets Redis refused.
+        let mut lists: Vec<(Vec<HashOp>, Vec<bool>)> = Vec::new();
         let mut wants = Vec::new();
         for item in items {
             match item {
@@ -722,17 +805,18 @@ impl Task {
                     ops += 1;
                 }
                 Outbound::Identities(list) => {
-                    for op in &list {
-                        let key = self.names.identities(op.reserved);
-                        match &op.value {
-                            Some(v) => pipe.hset(key, &op.field, v).ignore(),
-                            None => pipe.hdel(key, &op.field).ignore(),
-                        };
+                    for (idx, op) in list.iter().enumerate() {
+                        let (cmd, checked) = self.names.write(op);
+                        if checked {
+                            pipe.add_command(cmd);
+                            wants.push(Want::Put { list: lists.len(), idx });
+                        } else {
+                            pipe.add_command(cmd).ignore();
+                        }
                         ops += 1;
                     }
-                    let text = serde_json::to_string(&list).unwrap_or_default();
-                    pipe.publish(self.names.all(), format!("i {}\n{text}", self.node)).ignore();
-                    ops += 1;
+                    let n = list.len();
+                    lists.push((list, vec![true; n]));
                 }
                 Outbound::Online { for_id, ids } => {
                     if ids.is_empty() {
@@ -808,6 +892,24 @@ impl Task {
                         Stats::inc(&self.stats.inbound_dropped);
                     }
                 }
+                Want::Put { list, idx } => {
+                    // `{1}`: written. `{0, holder, value}`: another ID holds this key.
+                    let reply: Vec<Value> = redis::from_redis_value(v).unwrap_or_default();
+                    if let [_, holder, value] = reply.as_slice() {
+                        let (Ok(holder), Ok(value)) =
+                            (redis::from_redis_value::<String>(holder.clone()), redis::from_redis_value(value.clone()))
+                        else {
+                            continue;
+                        };
+                        let entry = &mut lists[list];
+                        entry.1[idx] = false;
+                        let field = entry.0[idx].field.clone();
+                        tracing::warn!(id = %field, %holder, "cluster: an identity key was bound to another ID first; keeping that one");
+                        if self.in_tx.try_send(Inbound::BindingLost { field, holder, value }).is_err() {
+                            Stats::inc(&self.stats.inbound_dropped);
+                        }
+                    }
+                }
                 Want::Located { ids, gone } => {
                     let nodes: Vec<Option<String>> = redis::from_redis_value(v).unwrap_or_default();
                     let lost: Vec<String> = ids
@@ -829,6 +931,19 @@ impl Task {
                     }
                 }
             }
+        }
+        let mut announce = redis::pipe();
+        let mut n = 0;
+        for (list, written) in lists {
+            let list: Vec<HashOp> = list.into_iter().zip(written).filter(|(_, w)| *w).map(|(op, _)| op).collect();
+            if !list.is_empty() {
+                let text = serde_json::to_string(&list).unwrap_or_default();
+                announce.publish(self.names.all(), format!("i {}\n{text}", self.node)).ignore();
+                n += 1;
+            }
+        }
+        if n > 0 {
+            let _ = self.query(&announce, n).await;
         }
         for (from, to, body, bounce, old) in retry {
             match self.resolve(&to).await {

@@ -153,16 +153,18 @@ pub(super) const CLUSTER_UNAVAILABLE: &str =
 pub(super) fn to_hash_ops(ops: &[Op]) -> Vec<HashOp> {
     ops.iter()
         .map(|op| match op {
+            // One key, one ID across the cluster: Redis refuses the set if another ID holds the key.
             Op::Put(id, r) => HashOp {
                 reserved: false,
                 field: id.as_str().into(),
                 value: Some(String::from_utf8_lossy(&r.to_bytes()).into_owned()),
+                unique: Some(r.key.encode()),
             },
-            Op::Delete(id) => HashOp { reserved: false, field: id.as_str().into(), value: None },
+            Op::Delete(id) => HashOp { reserved: false, field: id.as_str().into(), value: None, unique: None },
             Op::Reserve(id, until) => {
-                HashOp { reserved: true, field: id.as_str().into(), value: Some(until.to_string()) }
+                HashOp { reserved: true, field: id.as_str().into(), value: Some(until.to_string()), unique: None }
             }
-            Op::Unreserve(id) => HashOp { reserved: true, field: id.as_str().into(), value: None },
+            Op::Unreserve(id) => HashOp { reserved: true, field: id.as_str().into(), value: None, unique: None },
         })
         .collect()
 }
@@ -447,6 +449,22 @@ impl State {
                     c.ctl.kill(1013);
                 }
                 self.end_session(id, false);
+            }
+            Inbound::BindingLost { field, holder, value } => {
+                // Another node bound the same new key first (two browsers of one profile, or a reload, hit two
+                // nodes at the same instant): its ID is the key's. Our binding goes before the session ends (so
+                // the session's end writes no record for it), the session closes with 1013 like a lost ID claim,
+                // and the browser's reconnection, on any node, is handed the holder's ID.
+                let (Some(lost), Some(holder)) = (Id::parse(&field), Id::parse(&holder)) else { return };
+                let Some(record) = Record::from_bytes(value.as_bytes()) else { return };
+                if self.ids.key_of(lost).is_some_and(|k| k == record.key) {
+                    self.ids.apply_remote(Op::Delete(lost));
+                    if let Some(c) = self.sessions.get(&lost).and_then(|s| s.conn.as_ref()) {
+                        c.ctl.kill(1013);
+                    }
+                    self.end_session(lost, false);
+                }
+                self.ids.apply_remote(Op::Put(holder, record));
             }
             Inbound::TakeOver { id } => {
                 if let Some(id) = Id::parse(&id) {
