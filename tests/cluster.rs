@@ -940,3 +940,58 @@ async fn one_new_key_registered_on_two_nodes_at_once_gets_one_id() {
         eprintln!("round {round}: IDs handed out at first: {handed:?}; bound: {id}");
     }
 }
+
+/// Issue #16's closing note: identity deletions made while Redis was unreachable were not replayed when it
+/// returned, so a forgotten identity came back (Redis kept its record, and the node loaded it again). An identity
+/// last seen in 1970 is in Redis when the node starts (kept: `identity_forget_after_days` is 100 years). Redis
+/// is saved and stopped; the node is reloaded (SIGHUP) with a 1-day period, which forgets it at once, while Redis
+/// is away. Redis restarts with its saved data; the node must apply the deletion before reloading the table: the
+/// record is gone from Redis and from the node (its key gets a new ID), and its ID stays reserved.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_identity_forgotten_while_redis_was_away_stays_forgotten() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut redis = Redis::start();
+    let key = Key::new();
+    let old = "qqqx2345";
+    {
+        let mut r = redis.conn().await;
+        let rec = json!({"key": key.public(), "last_seen": 1000, "contacts": [], "blocks": []}).to_string();
+        let _: () = redis::cmd("HSET").arg("t:identities").arg(old).arg(rec).query_async(&mut r).await.unwrap();
+    }
+    let n = Node::start_with(dir.path(), "n1", &redis, "identity_forget_after_days = 36500");
+    n.wait_cluster("ok", Duration::from_secs(20)).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while n.metric("ponte_signaling_identities").await != 1.0 {
+        assert!(Instant::now() < deadline, "the node never loaded the identity from Redis");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    {
+        let mut r = redis.conn().await;
+        let _: () = redis::cmd("SAVE").query_async(&mut r).await.unwrap();
+    }
+    redis.kill();
+    n.wait_cluster("failed", Duration::from_secs(15)).await;
+    // Forget it now, while Redis is away.
+    let cfg = std::fs::read_to_string(&n.config).unwrap().replace("= 36500", "= 1");
+    std::fs::write(&n.config, cfg).unwrap();
+    let pid = n.child.as_ref().unwrap().id() as libc::pid_t;
+    // SAFETY: sending a signal to our own child process.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGHUP) }, 0);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while n.metric("ponte_signaling_identities").await != 0.0 {
+        assert!(Instant::now() < deadline, "the reload did not forget the identity");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Redis comes back with what it had saved, the record included.
+    redis.spawn();
+    n.wait_cluster("ok", Duration::from_secs(20)).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut r = redis.conn().await;
+    let rec: Option<String> = redis::cmd("HGET").arg("t:identities").arg(old).query_async(&mut r).await.unwrap();
+    assert_eq!(rec, None, "the deletion made while Redis was away was not applied");
+    assert_eq!(n.metric("ponte_signaling_identities").await, 0.0, "the forgotten identity was loaded again");
+    let reserved: Option<String> = redis::cmd("HGET").arg("t:reserved").arg(old).query_async(&mut r).await.unwrap();
+    assert!(reserved.is_some(), "the forgotten ID is reserved in Redis too");
+    let again = identity_on(&n, &key).await;
+    assert_ne!(again.id, old, "the forgotten identity came back");
+}

@@ -62,6 +62,9 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
 /// Presence records refreshed per pipeline at each heartbeat.
 const REFRESH_CHUNK: usize = 1000;
+/// Identity deletions made while Redis was unreachable, kept to apply when it is back; beyond this they are
+/// counted as lost (`ponte_cluster_identity_ops_lost`).
+const PENDING_DELETIONS_MAX: usize = 65_536;
 
 /// Deletes `KEYS[1]` only if it still names this node (`ARGV[1]`): an ID that moved on must stay claimed.
 const RELEASE_SCRIPT: &str =
@@ -184,7 +187,48 @@ pub struct Link {
     /// IDs held here, kept by the hub's calls (so it is right even while Redis is away and the queue refuses):
     /// the heartbeat refreshes their presence, and writes it again after Redis comes back.
     held: Arc<Mutex<HashSet<String>>>,
+    /// Identity deletions Redis has not seen yet (see [`Pending`]).
+    pending: Arc<Mutex<Pending>>,
     stats: Arc<Stats>,
+}
+
+/// Identity table deletions that could not be written (Redis away, a command failed, the queue full), to apply
+/// when Redis is back and before the table is read again. Without them a deleted identity came back: the record
+/// Redis kept (or another node wrote back) was loaded again. Writes need no such record: what Redis lacks is
+/// written back from the table after the reload. Keyed by (`reserved`, field); a later write to a field
+/// supersedes its deletion. Bounded: beyond [`PENDING_DELETIONS_MAX`] deletions are counted as lost.
+#[derive(Debug, Default)]
+struct Pending {
+    deletions: HashSet<(bool, String)>,
+}
+
+impl Pending {
+    /// `ops` were not written: remember their deletions. Returns how many could not be kept.
+    fn note(&mut self, ops: &[HashOp]) -> u64 {
+        let mut lost = 0;
+        for op in ops {
+            let k = (op.reserved, op.field.clone());
+            match op.value {
+                Some(_) => {
+                    self.deletions.remove(&k);
+                }
+                None if self.deletions.len() < PENDING_DELETIONS_MAX || self.deletions.contains(&k) => {
+                    self.deletions.insert(k);
+                }
+                None => lost += 1,
+            }
+        }
+        lost
+    }
+
+    /// `ops` were written: deletions pending for their fields are settled (a write or a deletion since).
+    fn settled(&mut self, ops: &[HashOp]) {
+        if !self.deletions.is_empty() {
+            for op in ops {
+                self.deletions.remove(&(op.reserved, op.field.clone()));
+            }
+        }
+    }
 }
 
 impl Link {
@@ -226,10 +270,19 @@ impl Link {
         let _ = self.tx.try_send(Outbound::Release { id: id.to_string() });
     }
 
-    /// Identity table changes (lost when Redis is away: the table on this node keeps them).
+    /// Identity table changes. While Redis is away the table on this node keeps the writes (written back when
+    /// it returns) and [`Pending`] the deletions (applied when it returns).
     pub fn identities(&self, ops: Vec<HashOp>) {
-        if !ops.is_empty() && self.tx.try_send(Outbound::Identities(ops)).is_err() {
-            Stats::inc(&self.stats.identity_ops_lost);
+        if ops.is_empty() {
+            return;
+        }
+        if let Err(e) = self.tx.try_send(Outbound::Identities(ops)) {
+            let (mpsc::error::TrySendError::Full(o) | mpsc::error::TrySendError::Closed(o)) = e;
+            if let Outbound::Identities(ops) = o {
+                // The batch's writes wait for the next write-back; its deletions are kept unless over the bound.
+                let lost = self.pending.lock().note(&ops);
+                self.stats.identity_ops_lost.fetch_add(1 + lost, Ordering::Relaxed);
+            }
         }
     }
 
@@ -242,6 +295,7 @@ impl Link {
             up: Arc::new(AtomicBool::new(up)),
             node: node.into(),
             held: Arc::default(),
+            pending: Arc::default(),
             stats: Arc::default(),
         };
         (link, rx)
@@ -382,7 +436,15 @@ impl Cluster {
         let up = Arc::new(AtomicBool::new(false));
         let held: Arc<Mutex<HashSet<String>>> = Arc::default();
         health.set(Component::Cluster, Status::Starting);
-        let link = Link { tx, up: up.clone(), node: node.clone(), held: held.clone(), stats: stats.clone() };
+        let pending: Arc<Mutex<Pending>> = Arc::default();
+        let link = Link {
+            tx,
+            up: up.clone(),
+            node: node.clone(),
+            held: held.clone(),
+            pending: pending.clone(),
+            stats: stats.clone(),
+        };
         let task = Task {
             client,
             names: Names { prefix: cfg.key_prefix.clone() },
@@ -394,6 +456,7 @@ impl Cluster {
             in_tx,
             up,
             held,
+            pending,
             stats,
             health,
             routes: Arc::new(Mutex::new(Routes::default())),
@@ -419,6 +482,7 @@ struct Task {
     in_tx: mpsc::Sender<Inbound>,
     up: Arc<AtomicBool>,
     held: Arc<Mutex<HashSet<String>>>,
+    pending: Arc<Mutex<Pending>>,
     stats: Arc<Stats>,
     health: Arc<Health>,
     routes: Arc<Mutex<Routes>>,
@@ -492,6 +556,9 @@ impl Task {
                     backoff = BACKOFF_MIN;
                     if self.need_load {
                         self.need_load = !self.load_identities().await;
+                    } else {
+                        // A command failed while the subscription stayed up: its deletions are due now.
+                        self.apply_pending().await;
                     }
                     self.heartbeat().await;
                 }
@@ -678,8 +745,41 @@ impl Task {
         self.set_up(self.sub_up);
     }
 
-    /// Read the whole identity table (at start and after Redis comes back); false if Redis did not answer.
+    /// Write the deletions made while Redis was away ([`Pending`]) and announce them to the other nodes; false
+    /// if Redis did not answer (they stay pending).
+    async fn apply_pending(&mut self) -> bool {
+        let due: Vec<(bool, String)> = self.pending.lock().deletions.iter().cloned().collect();
+        if due.is_empty() {
+            return true;
+        }
+        let ops: Vec<HashOp> =
+            due.into_iter().map(|(reserved, field)| HashOp { reserved, field, value: None, unique: None }).collect();
+        for chunk in ops.chunks(REFRESH_CHUNK) {
+            let mut pipe = redis::pipe();
+            for op in chunk {
+                pipe.add_command(self.names.write(op).0).ignore();
+            }
+            let text = serde_json::to_string(chunk).unwrap_or_default();
+            pipe.publish(self.names.all(), format!("i {}\n{text}", self.node)).ignore();
+            if self.query(&pipe, chunk.len() + 1).await.is_none() {
+                return false;
+            }
+            let mut p = self.pending.lock();
+            for op in chunk {
+                p.deletions.remove(&(op.reserved, op.field.clone()));
+            }
+        }
+        tracing::info!(count = ops.len(), "cluster: identity deletions made while Redis was away applied");
+        true
+    }
+
+    /// Read the whole identity table (at start and after Redis comes back), after applying the deletions made
+    /// while it was away (so that what they deleted is not loaded again, nor written back); false if Redis did
+    /// not answer.
     async fn load_identities(&mut self) -> bool {
+        if !self.apply_pending().await {
+            return false;
+        }
         let mut pipe = redis::pipe();
         pipe.hgetall(self.names.identities(false)).hgetall(self.names.identities(true));
         let Some(v) = self.query(&pipe, 2).await else { return false };
@@ -697,6 +797,14 @@ impl Task {
             Stats::inc(&self.stats.inbound_dropped);
         }
         true
+    }
+
+    /// Identity changes that did not reach Redis: keep their deletions for later ([`Pending`]).
+    fn not_written(&self, ops: &[HashOp]) {
+        let lost = self.pending.lock().note(ops);
+        if lost > 0 {
+            self.stats.identity_ops_lost.fetch_add(lost, Ordering::Relaxed);
+        }
     }
 
     fn bounce(&self, body: Option<String>, unreachable: bool) {
@@ -733,9 +841,13 @@ impl Task {
     async fn process(&mut self, items: Vec<Outbound>) {
         if self.conn.is_none() || !self.up.load(Ordering::Relaxed) {
             for item in items {
-                if let Outbound::To { bounce, .. } = item {
-                    Stats::inc(&self.stats.refused);
-                    self.bounce(bounce, false);
+                match item {
+                    Outbound::To { bounce, .. } => {
+                        Stats::inc(&self.stats.refused);
+                        self.bounce(bounce, false);
+                    }
+                    Outbound::Identities(ops) => self.not_written(&ops),
+                    _ => {}
                 }
             }
             return;
@@ -848,8 +960,17 @@ impl Task {
                     self.bounce(bounce, false);
                 }
             }
+            for (list, _) in &lists {
+                self.not_written(list);
+            }
             return;
         };
+        {
+            let mut p = self.pending.lock();
+            for (list, _) in &lists {
+                p.settled(list);
+            }
+        }
         let mut retry = Vec::new();
         for (w, v) in wants.into_iter().zip(results) {
             match w {
@@ -1100,6 +1221,32 @@ mod tests {
         assert!(matches!(parse_frame("i node-b\n[]", "node-a", &routes), Some(Inbound::Identities(_))));
         assert!(parse_frame("garbage", "node-a", &routes).is_none());
         assert_eq!(routes.lock().drop_node("node-c"), vec!["abcd2345".to_string()]);
+    }
+
+    #[test]
+    fn deletions_made_while_redis_is_away_are_kept_bounded_and_superseded_by_writes() {
+        let op = |reserved, field: &str, value: Option<&str>| HashOp {
+            reserved,
+            field: field.into(),
+            value: value.map(Into::into),
+            unique: None,
+        };
+        let mut p = Pending::default();
+        // A forgotten identity: its record deleted, its ID reserved.
+        assert_eq!(p.note(&[op(false, "abcd2345", None), op(true, "abcd2345", Some("99"))]), 0);
+        assert!(p.deletions.contains(&(false, "abcd2345".into())));
+        // A later write to the same field supersedes the deletion (the write-back carries it).
+        assert_eq!(p.note(&[op(true, "wxyz6789", None), op(true, "wxyz6789", Some("5"))]), 0);
+        assert!(!p.deletions.contains(&(true, "wxyz6789".into())));
+        // Written later (Redis back): settled.
+        p.settled(&[op(false, "abcd2345", Some("{}"))]);
+        assert!(p.deletions.is_empty());
+        // Bounded: beyond the cap deletions are counted as lost; one already pending is not counted twice.
+        for i in 0..PENDING_DELETIONS_MAX {
+            assert_eq!(p.note(&[op(false, &i.to_string(), None)]), 0);
+        }
+        assert_eq!(p.note(&[op(false, "one-more", None), op(false, "0", None)]), 1);
+        assert_eq!(p.deletions.len(), PENDING_DELETIONS_MAX);
     }
 
     #[test]
