@@ -20,8 +20,9 @@
 //!   again. The queues are bounded, so nothing grows while Redis is away.
 //!
 //! Redis layout (P = `cluster.key_prefix`): `P:node:<name>` (heartbeat, JSON with the node's public
-//! addresses, EX ttl), `P:nodes` (set of node names), `P:id:<id>` (node name, EX ttl), `P:identities` and
-//! `P:reserved` (hashes: the identity table), channels `P:node:<name>` (envelopes to one node) and `P:all`
+//! addresses and relay port range, EX ttl), `P:nodes` (set of node names), `P:id:<id>` (node name, EX ttl),
+//! `P:identities` and `P:reserved` (hashes: the identity table), `P:identity_keys` and `P:identity_key_of`
+//! (hashes: the unique index key ↔ ID, written with the records by one script), channels `P:node:<name>` (envelopes to one node) and `P:all`
 //! (identity changes, "ID moved" notes).
 
 mod stats;
@@ -1259,35 +1260,83 @@ mod tests {
         assert_eq!(relay_ports_of(&rec(r#"{"relay_ports":[60000,50000]}"#)), (49152, 65535));
     }
 
-    /// The claim of a fresh ID against a real redis-server (Debian's; a missing one is a failure): claiming
-    /// again for the same node succeeds (a retried claim, or one that runs after the heartbeat already wrote
-    /// the ID: the bench saw a lone node drop its own fresh IDs), another node's claim fails and changes nothing.
-    #[tokio::test]
-    async fn claiming_a_fresh_id_is_idempotent_for_its_node() {
+    /// A redis-server of the test's own (Debian's; a missing one is a failure), killed when dropped, with its
+    /// directory (removed after it).
+    struct TestRedis {
+        child: std::process::Child,
+        _dir: tempfile::TempDir,
+    }
+
+    impl Drop for TestRedis {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    async fn test_redis() -> (TestRedis, redis::aio::MultiplexedConnection) {
         let dir = tempfile::tempdir().unwrap();
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        struct Killed(std::process::Child);
-        impl Drop for Killed {
-            fn drop(&mut self) {
-                let _ = self.0.kill();
-                let _ = self.0.wait();
-            }
-        }
-        let _redis = Killed(
-            std::process::Command::new("redis-server")
-                .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-                .args(["--dir", dir.path().to_str().unwrap()])
-                .stdout(std::process::Stdio::null())
-                .spawn()
-                .expect("redis-server must be installed (apt-get install redis-server)"),
-        );
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(["--dir", dir.path().to_str().unwrap()])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (apt-get install redis-server)");
+        let guard = TestRedis { child, _dir: dir };
         let deadline = Instant::now() + Duration::from_secs(10);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             assert!(Instant::now() < deadline, "redis-server did not listen");
             std::thread::sleep(Duration::from_millis(20));
         }
         let client = redis::Client::open(format!("redis://127.0.0.1:{port}/0")).unwrap();
-        let mut r = client.get_multiplexed_async_connection().await.unwrap();
+        (guard, client.get_multiplexed_async_connection().await.unwrap())
+    }
+
+    /// The identity writes against a real redis-server: one key, one live ID; the loser learns the holder and its
+    /// record; a deletion frees the key; stale index entries (a deleted ID, an ID now bound to another key) do not
+    /// block; a write for an existing binding (last seen, contacts) goes through.
+    #[tokio::test]
+    async fn identity_keys_are_bound_to_one_id_in_redis() {
+        let (_redis, mut r) = test_redis().await;
+        let names = Names { prefix: "p".into() };
+        let put = |id: &str, key: &str, v: &str| HashOp {
+            reserved: false,
+            field: id.into(),
+            value: Some(v.into()),
+            unique: Some(key.into()),
+        };
+        let del = |id: &str| HashOp { reserved: false, field: id.into(), value: None, unique: None };
+        let mut run = async |op: HashOp| -> Vec<Value> {
+            let v: Value = names.write(&op).0.query_async(&mut r).await.unwrap();
+            redis::from_redis_value(v).unwrap_or_default()
+        };
+        assert_eq!(run(put("aaaa2345", "K1", "a1")).await.len(), 1, "a new key is bound");
+        let lost = run(put("bbbb2345", "K1", "b1")).await;
+        assert_eq!(lost.len(), 3, "another ID for the same key is refused");
+        assert_eq!(redis::from_redis_value::<String>(lost[1].clone()).unwrap(), "aaaa2345");
+        assert_eq!(redis::from_redis_value::<String>(lost[2].clone()).unwrap(), "a1");
+        assert_eq!(run(put("aaaa2345", "K1", "a2")).await.len(), 1, "the holder updates its record");
+        // Deleted (forgotten): the key is free again.
+        run(del("aaaa2345")).await;
+        assert_eq!(run(put("bbbb2345", "K1", "b1")).await.len(), 1);
+        // An ID bound to another key later (after its reservation ran out) does not hold the first key.
+        assert_eq!(run(put("bbbb2345", "K2", "b2")).await.len(), 1);
+        assert_eq!(run(put("cccc2345", "K1", "c1")).await.len(), 1, "K1's index entry was stale");
+        assert_eq!(run(put("dddd2345", "K2", "d1")).await.len(), 3, "K2 is bbbb2345's");
+        let records: HashMap<String, String> =
+            redis::cmd("HGETALL").arg("p:identities").query_async(&mut r).await.unwrap();
+        assert_eq!(records.len(), 2, "{records:?}");
+        assert_eq!(records.get("cccc2345").map(String::as_str), Some("c1"));
+        assert_eq!(records.get("bbbb2345").map(String::as_str), Some("b2"));
+    }
+
+    /// The claim of a fresh ID against a real redis-server: claiming again for the same node succeeds (a retried
+    /// claim, or one that runs after the heartbeat already wrote the ID: the bench saw a lone node drop its own
+    /// fresh IDs), another node's claim fails and changes nothing.
+    #[tokio::test]
+    async fn claiming_a_fresh_id_is_idempotent_for_its_node() {
+        let (_redis, mut r) = test_redis().await;
         let claim = |node: &'static str| claim_cmd("p:id:abcd2345", node, 30);
         let v: Value = claim("node-a").query_async(&mut r).await.unwrap();
         assert!(claimed_by(v, "node-a"));
