@@ -995,3 +995,67 @@ async fn an_identity_forgotten_while_redis_was_away_stays_forgotten() {
     let again = identity_on(&n, &key).await;
     assert_ne!(again.id, old, "the forgotten identity came back");
 }
+
+/// The other half of the same gap: a node that was away longer than the one that forgot an identity must not
+/// write it back. n1 and n2 both hold an identity last seen in 1970; Redis is saved and stopped; n1 forgets the
+/// identity (a reload with a 1-day period); n2 is frozen (SIGSTOP) while Redis restarts with its saved data and
+/// n1 replays its deletion, so n2 hears neither. When n2 resumes and reloads the table, Redis lacks the record
+/// but kept its data (the same identity epoch): n2 must drop its copy, not write it back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_missed_a_deletion_does_not_write_the_identity_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut redis = Redis::start();
+    let key = Key::new();
+    let old = "qqqy2345";
+    {
+        let mut r = redis.conn().await;
+        let rec = json!({"key": key.public(), "last_seen": 1000, "contacts": [], "blocks": []}).to_string();
+        let _: () = redis::cmd("HSET").arg("t:identities").arg(old).arg(rec).query_async(&mut r).await.unwrap();
+    }
+    let n1 = Node::start_with(dir.path(), "n1", &redis, "identity_forget_after_days = 36500");
+    let n2 = Node::start_with(dir.path(), "n2", &redis, "identity_forget_after_days = 36500");
+    async fn identities(n: &Node, want: f64, what: &str) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while n.metric("ponte_signaling_identities").await != want {
+            assert!(Instant::now() < deadline, "{}: {what}", n.name);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    for n in [&n1, &n2] {
+        n.wait_cluster("ok", Duration::from_secs(20)).await;
+        identities(n, 1.0, "the identity was never loaded from Redis").await;
+    }
+    {
+        let mut r = redis.conn().await;
+        let _: () = redis::cmd("SAVE").query_async(&mut r).await.unwrap();
+    }
+    redis.kill();
+    for n in [&n1, &n2] {
+        n.wait_cluster("failed", Duration::from_secs(15)).await;
+    }
+    let cfg = std::fs::read_to_string(&n1.config).unwrap().replace("= 36500", "= 1");
+    std::fs::write(&n1.config, cfg).unwrap();
+    let signal = |n: &Node, sig: libc::c_int| {
+        // SAFETY: sending a signal to our own child process.
+        assert_eq!(unsafe { libc::kill(n.child.as_ref().unwrap().id() as libc::pid_t, sig) }, 0);
+    };
+    signal(&n1, libc::SIGHUP);
+    identities(&n1, 0.0, "the reload did not forget the identity").await;
+    signal(&n2, libc::SIGSTOP);
+    redis.spawn();
+    n1.wait_cluster("ok", Duration::from_secs(20)).await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let mut r = redis.conn().await;
+    let rec: Option<String> = redis::cmd("HGET").arg("t:identities").arg(old).query_async(&mut r).await.unwrap();
+    assert_eq!(rec, None, "n1 did not apply its deletion");
+    signal(&n2, libc::SIGCONT);
+    n2.wait_cluster("ok", Duration::from_secs(20)).await;
+    identities(&n2, 0.0, "kept the identity n1 deleted").await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let rec: Option<String> = redis::cmd("HGET").arg("t:identities").arg(old).query_async(&mut r).await.unwrap();
+    assert_eq!(rec, None, "n2 wrote the deleted identity back");
+    for n in [&n1, &n2] {
+        let again = identity_on(n, &key).await;
+        assert_ne!(again.id, old, "{}: the forgotten identity came back", n.name);
+    }
+}

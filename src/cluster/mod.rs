@@ -22,7 +22,8 @@
 //! Redis layout (P = `cluster.key_prefix`): `P:node:<name>` (heartbeat, JSON with the node's public
 //! addresses and relay port range, EX ttl), `P:nodes` (set of node names), `P:id:<id>` (node name, EX ttl),
 //! `P:identities` and `P:reserved` (hashes: the identity table), `P:identity_keys` and `P:identity_key_of`
-//! (hashes: the unique index key ↔ ID, written with the records by one script), channels `P:node:<name>` (envelopes to one node) and `P:all`
+//! (hashes: the unique index key ↔ ID, written with the records by one script), `P:identity_epoch` (random,
+//! set once: tells a Redis that kept its data from one that lost it), channels `P:node:<name>` (envelopes to one node) and `P:all`
 //! (identity changes, "ID moved" notes).
 
 mod stats;
@@ -140,6 +141,10 @@ pub enum Outbound {
     /// (with no `nodes`). The route cache alone cannot say: a route forgotten after a failed delivery, or
     /// pointing elsewhere after a move, would leave a partner waiting for ever.
     Locate { ids: Vec<String>, gone: Vec<String> },
+    /// Identity fields (reserved, field) this node holds that the last snapshot lacked while Redis kept its data:
+    /// deleted by another node while this one could not hear, unless a write of this node queued before this
+    /// one put them back. Those Redis still lacks come back as [`Inbound::Identities`] deletions.
+    Confirm(Vec<(bool, String)>),
 }
 
 /// What the cluster task hands to the hub.
@@ -166,8 +171,12 @@ pub enum Inbound {
     /// `holder` first, whose record is `value`. The hub drops its own binding and takes the holder's.
     BindingLost { field: String, holder: String, value: String },
     /// The whole identity table as Redis holds it, read at (re)connect. The hub writes back what it holds and
-    /// Redis lacks (a Redis restarted without persistence loses nothing the nodes still know).
-    Snapshot(Vec<HashOp>),
+    /// Redis lacks (a Redis restarted without persistence loses nothing the nodes still know) — unless
+    /// `kept` says Redis kept its data since this node's last load, and then only what this node wrote while
+    /// it could not reach Redis (`written`): anything else it holds and Redis lacks was deleted by another node
+    /// meanwhile, and goes here too. `written`: (reserved, field) of the writes that did not reach Redis; `None`
+    /// if there were more than could be kept (then everything missing is written back).
+    Snapshot { ops: Vec<HashOp>, kept: bool, written: Option<HashSet<(bool, String)>> },
 }
 
 /// Why the hub may not hand a cross-node operation to the cluster now.
@@ -201,6 +210,10 @@ pub struct Link {
 #[derive(Debug, Default)]
 struct Pending {
     deletions: HashSet<(bool, String)>,
+    /// Fields written here that did not reach Redis (the next load writes them back even where Redis kept its
+    /// data); `writes_overflow`: more than [`PENDING_DELETIONS_MAX`] of them.
+    writes: HashSet<(bool, String)>,
+    writes_overflow: bool,
 }
 
 impl Pending {
@@ -212,11 +225,20 @@ impl Pending {
             match op.value {
                 Some(_) => {
                     self.deletions.remove(&k);
+                    if self.writes.len() < PENDING_DELETIONS_MAX || self.writes.contains(&k) {
+                        self.writes.insert(k);
+                    } else {
+                        self.writes_overflow = true;
+                    }
                 }
                 None if self.deletions.len() < PENDING_DELETIONS_MAX || self.deletions.contains(&k) => {
+                    self.writes.remove(&k);
                     self.deletions.insert(k);
                 }
-                None => lost += 1,
+                None => {
+                    self.writes.remove(&k);
+                    lost += 1;
+                }
             }
         }
         lost
@@ -224,9 +246,11 @@ impl Pending {
 
     /// `ops` were written: deletions pending for their fields are settled (a write or a deletion since).
     fn settled(&mut self, ops: &[HashOp]) {
-        if !self.deletions.is_empty() {
+        if !self.deletions.is_empty() || !self.writes.is_empty() {
             for op in ops {
-                self.deletions.remove(&(op.reserved, op.field.clone()));
+                let k = (op.reserved, op.field.clone());
+                self.deletions.remove(&k);
+                self.writes.remove(&k);
             }
         }
     }
@@ -287,6 +311,15 @@ impl Link {
         }
     }
 
+    /// Ask which of these identity fields other nodes deleted ([`Outbound::Confirm`]). Queued even while the
+    /// link is not up yet (it is asked right after a load); dropped if the queue is full (the next load asks
+    /// again).
+    pub fn confirm_deleted(&self, fields: Vec<(bool, String)>) {
+        if !fields.is_empty() && self.tx.try_send(Outbound::Confirm(fields)).is_err() {
+            Stats::inc(&self.stats.refused);
+        }
+    }
+
     /// A link whose task is not running, for unit tests of the hub (everything sent is simply queued).
     #[cfg(any(test, feature = "fuzzing"))]
     pub fn detached(node: &str, up: bool) -> (Link, mpsc::Receiver<Outbound>) {
@@ -324,6 +357,11 @@ impl Names {
     }
     fn identities(&self, reserved: bool) -> String {
         format!("{}:{}", self.prefix, if reserved { "reserved" } else { "identities" })
+    }
+    /// A random value set once per data set: a different (or no) value at the next load means Redis lost its
+    /// data meanwhile (restarted without persistence, flushed).
+    fn epoch(&self) -> String {
+        format!("{}:identity_epoch", self.prefix)
     }
     /// The unique index of `P:identities`: identity key → ID, and ID → identity key.
     fn unique(&self) -> [String; 2] {
@@ -467,6 +505,7 @@ impl Cluster {
             instance: format!("{:016x}", rand::random::<u64>()),
             sub_up: false,
             need_load: true,
+            epoch: None,
         };
         Ok(Cluster { link, inbound, peers, runner: Runner(task) })
     }
@@ -498,6 +537,8 @@ struct Task {
     sub_up: bool,
     /// The identity table must be (re)loaded from Redis: set at each (re)subscription, cleared once read.
     need_load: bool,
+    /// The identity data set this node last loaded ([`Names::epoch`]).
+    epoch: Option<String>,
 }
 
 /// What the subscriber task tells the main task.
@@ -782,8 +823,20 @@ impl Task {
             return false;
         }
         let mut pipe = redis::pipe();
+        pipe.cmd("SETNX").arg(self.names.epoch()).arg(format!("{:016x}", rand::random::<u64>())).ignore();
+        pipe.get(self.names.epoch());
         pipe.hgetall(self.names.identities(false)).hgetall(self.names.identities(true));
-        let Some(v) = self.query(&pipe, 2).await else { return false };
+        let Some(v) = self.query(&pipe, 4).await else { return false };
+        let mut v = v.into_iter();
+        let epoch: Option<String> = v.next().and_then(|e| redis::from_redis_value(e).ok());
+        let kept = epoch.is_some() && self.epoch.is_some() && epoch == self.epoch;
+        self.epoch = epoch;
+        let written = {
+            let mut p = self.pending.lock();
+            let overflow = std::mem::take(&mut p.writes_overflow);
+            let w = std::mem::take(&mut p.writes);
+            (!overflow).then_some(w)
+        };
         let mut ops = Vec::new();
         for (reserved, m) in [false, true].into_iter().zip(v) {
             let map: HashMap<String, String> = redis::from_redis_value(m).unwrap_or_default();
@@ -794,7 +847,7 @@ impl Task {
                 unique: None,
             }));
         }
-        if self.in_tx.send(Inbound::Snapshot(ops)).await.is_err() {
+        if self.in_tx.send(Inbound::Snapshot { ops, kept, written }).await.is_err() {
             Stats::inc(&self.stats.inbound_dropped);
         }
         true
@@ -877,6 +930,10 @@ impl Task {
                 ids: Vec<String>,
                 gone: Vec<String>,
             },
+            Confirmed {
+                reserved: bool,
+                field: String,
+            },
             /// The reply of [`PUT_SCRIPT`] for op `idx` of identity list `list`.
             Put {
                 list: usize,
@@ -885,6 +942,8 @@ impl Task {
         }
         // Identity changes are announced on `P:all` after the pipeline, without the sets Redis refused.
         let mut lists: Vec<(Vec<HashOp>, Vec<bool>)> = Vec::new();
+        // Fields of [`Outbound::Confirm`] that Redis lacks.
+        let mut deleted: Vec<HashOp> = Vec::new();
         let mut wants = Vec::new();
         for item in items {
             match item {
@@ -939,6 +998,13 @@ impl Task {
                     pipe.cmd("MGET").arg(keys);
                     ops += 1;
                     wants.push(Want::Online { for_id, ids });
+                }
+                Outbound::Confirm(fields) => {
+                    for (reserved, field) in fields {
+                        pipe.hexists(self.names.identities(reserved), &field);
+                        ops += 1;
+                        wants.push(Want::Confirmed { reserved, field });
+                    }
                 }
                 Outbound::Locate { ids, gone } => {
                     if ids.is_empty() {
@@ -1032,6 +1098,11 @@ impl Task {
                         }
                     }
                 }
+                Want::Confirmed { reserved, field } => {
+                    if !redis::from_redis_value::<bool>(v).unwrap_or(true) {
+                        deleted.push(HashOp { reserved, field, value: None, unique: None });
+                    }
+                }
                 Want::Located { ids, gone } => {
                     let nodes: Vec<Option<String>> = redis::from_redis_value(v).unwrap_or_default();
                     let lost: Vec<String> = ids
@@ -1052,6 +1123,12 @@ impl Task {
                         }
                     }
                 }
+            }
+        }
+        if !deleted.is_empty() {
+            tracing::info!(count = deleted.len(), "cluster: identities other nodes deleted while this one was away");
+            if self.in_tx.try_send(Inbound::Identities(deleted)).is_err() {
+                Stats::inc(&self.stats.inbound_dropped);
             }
         }
         let mut announce = redis::pipe();
@@ -1239,9 +1316,11 @@ mod tests {
         // A later write to the same field supersedes the deletion (the write-back carries it).
         assert_eq!(p.note(&[op(true, "wxyz6789", None), op(true, "wxyz6789", Some("5"))]), 0);
         assert!(!p.deletions.contains(&(true, "wxyz6789".into())));
+        // Writes that did not reach Redis are remembered too (the next load writes them back over what Redis kept).
+        assert!(p.writes.contains(&(true, "abcd2345".into())) && p.writes.contains(&(true, "wxyz6789".into())));
         // Written later (Redis back): settled.
-        p.settled(&[op(false, "abcd2345", Some("{}"))]);
-        assert!(p.deletions.is_empty());
+        p.settled(&[op(false, "abcd2345", Some("{}")), op(true, "abcd2345", Some("99")), op(true, "wxyz6789", None)]);
+        assert!(p.deletions.is_empty() && p.writes.is_empty());
         // Bounded: beyond the cap deletions are counted as lost; one already pending is not counted twice.
         for i in 0..PENDING_DELETIONS_MAX {
             assert_eq!(p.note(&[op(false, &i.to_string(), None)]), 0);

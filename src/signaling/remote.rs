@@ -483,23 +483,46 @@ impl State {
                     self.locate_remote_partners(&ids, nodes);
                 }
             }
-            Inbound::Snapshot(ops) => {
+            Inbound::Snapshot { ops, kept, written } => {
                 let known: std::collections::HashSet<(bool, &str)> =
                     ops.iter().map(|h| (h.reserved, h.field.as_str())).collect();
-                for op in ops.iter().filter_map(from_hash_op) {
-                    self.ids.apply_remote(op);
+                let mine = |reserved: bool, id: Id| {
+                    written.as_ref().is_some_and(|w| w.contains(&(reserved, id.as_str().to_string())))
+                };
+                for h in &ops {
+                    // A field this node wrote while Redis was away keeps this node's (newer) value.
+                    if Id::parse(&h.field).is_some_and(|id| mine(h.reserved, id)) {
+                        continue;
+                    }
+                    if let Some(op) = from_hash_op(h) {
+                        self.ids.apply_remote(op);
+                    }
                 }
-                // What this node holds and Redis lacks (it restarted empty, or missed changes while away).
-                let missing: Vec<Op> = self
-                    .ids
-                    .export()
-                    .into_iter()
-                    .filter(|op| match op {
-                        Op::Put(id, _) => !known.contains(&(false, id.as_str())),
-                        Op::Reserve(id, _) => !known.contains(&(true, id.as_str())),
-                        _ => false,
-                    })
-                    .collect();
+                // What this node holds and Redis lacks: Redis lost it (restarted empty), or another node deleted
+                // it while this one could not hear (when Redis kept its data and this node did not write it). The
+                // latter is confirmed behind this node's queued writes before it is dropped here: a record this
+                // node wrote after the snapshot was read is not missing.
+                let mut missing = Vec::new();
+                let mut confirm = Vec::new();
+                for op in self.ids.export() {
+                    let (reserved, id) = match &op {
+                        Op::Put(id, _) => (false, *id),
+                        Op::Reserve(id, _) => (true, *id),
+                        _ => continue,
+                    };
+                    if mine(reserved, id) {
+                        missing.push(op);
+                    } else if !known.contains(&(reserved, id.as_str())) {
+                        if kept && written.is_some() {
+                            confirm.push((reserved, id.as_str().to_string()));
+                        } else {
+                            missing.push(op);
+                        }
+                    }
+                }
+                if let Some(link) = &self.cluster {
+                    link.confirm_deleted(confirm);
+                }
                 if !missing.is_empty() {
                     tracing::info!(count = missing.len(), "cluster: writing identities Redis lacks back to it");
                     self.cluster_identities(&missing);
