@@ -222,7 +222,8 @@ pub async fn run_with(daemon: Arc<Daemon>, listeners: Listeners, shutdown: Cance
         if addresses.is_empty() {
             addresses.extend(daemon.config.turn.external_ip.or(daemon.config.turn.relay_ip));
         }
-        let cluster = crate::cluster::Cluster::new(c, addresses, daemon.health.clone(), &daemon.metrics)?;
+        let relay_ports = (daemon.config.turn.relay_port_min, daemon.config.turn.relay_port_max);
+        let cluster = crate::cluster::Cluster::new(c, addresses, relay_ports, daemon.health.clone(), &daemon.metrics)?;
         cluster_peers = Some(cluster.peers);
         cluster_deps = Some(crate::signaling::ClusterDeps {
             link: cluster.link,

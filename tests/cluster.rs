@@ -20,6 +20,8 @@ use serde_json::{json, Value};
 /// grace 4 s.
 const TTL: u64 = 3;
 const GRACE: u64 = 4;
+/// Every node's `turn.secret` (the signaling key is derived from it, so it must be the same on all of them).
+const SECRET: &str = "cluster-test-secret-0123456789abcdef";
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
@@ -95,6 +97,18 @@ impl Node {
 
     /// `signaling_extra`: more `[signaling]` keys (one per line).
     fn start_with(dir: &Path, name: &str, redis: &Redis, signaling_extra: &str) -> Node {
+        Node::start_cfg(dir, name, redis, signaling_extra, "enabled = false", "")
+    }
+
+    /// `turn`: the `[turn]` keys besides the shared secret; `cluster_extra`: more `[cluster]` keys.
+    fn start_cfg(
+        dir: &Path,
+        name: &str,
+        redis: &Redis,
+        signaling_extra: &str,
+        turn: &str,
+        cluster_extra: &str,
+    ) -> Node {
         let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let config = dir.join(format!("{name}.toml"));
@@ -107,8 +121,8 @@ impl Node {
 listen = "{http}"
 max_connections_per_ip = 4096
 [turn]
-enabled = false
-secret = "cluster-test-secret-0123456789abcdef"
+{turn}
+secret = "{SECRET}"
 [signaling]
 reconnect_grace_secs = {GRACE}
 request_timeout_secs = 30
@@ -122,6 +136,7 @@ redis_url = "{url}"
 node_name = "{name}"
 key_prefix = "t"
 presence_ttl_secs = {TTL}
+{cluster_extra}
 "#,
                 url = redis.url()
             ),
@@ -753,5 +768,294 @@ fn raise_nofile() -> u64 {
         libc::setrlimit(libc::RLIMIT_NOFILE, &l);
         libc::getrlimit(libc::RLIMIT_NOFILE, &mut l);
         l.rlim_cur
+    }
+}
+
+/// Issue #16's closing note: another node's announced relay address was allowed as a TURN peer on every port.
+/// Node n2 announces 10.0.0.7 (an address the built-in policy refuses) with its relay range 50000-50099; a TURN
+/// client of n1 may open a permission to 10.0.0.7 at a port of that range, and is refused (403) at any other
+/// port (its SSH, its HTTP) — while n2's announcement is live, and until it is the address is refused entirely.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_node_s_address_is_a_turn_peer_only_at_its_relay_ports() {
+    use common::turn_client::{code, peer_attr, Client as Turn, Conn};
+    use ponte::turn::codec::METHOD_CREATE_PERMISSION;
+    let dir = tempfile::tempdir().unwrap();
+    let redis = Redis::start();
+    let turn_port = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let n1 = Node::start_cfg(
+        dir.path(),
+        "n1",
+        &redis,
+        "",
+        &format!(
+            "enabled = true\nlisten_udp = [\"127.0.0.1:{turn_port}\"]\nlisten_tcp = []\nrelay_ip = \"127.0.0.1\"\n\
+             relay_port_min = 40000\nrelay_port_max = 40999"
+        ),
+        "",
+    );
+    let n2 = Node::start_cfg(
+        dir.path(),
+        "n2",
+        &redis,
+        "",
+        "enabled = false\nrelay_port_min = 50000\nrelay_port_max = 50099",
+        "public_addresses = [\"10.0.0.7\"]",
+    );
+    for n in [&n1, &n2] {
+        n.wait_cluster("ok", Duration::from_secs(20)).await;
+    }
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let mut t = Turn::with_secret(Conn::Udp(sock, format!("127.0.0.1:{turn_port}").parse().unwrap()), SECRET);
+    t.allocate().await;
+    async fn perm_on(t: &mut Turn, peer: &str) -> Option<u16> {
+        let peer: SocketAddr = peer.parse().unwrap();
+        code(&t.request(METHOD_CREATE_PERMISSION, &|m| peer_attr(m, peer)).await)
+    }
+    // n1 learns n2's record at its next heartbeat (every TTL/3).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while perm_on(&mut t, "10.0.0.7:50050").await.is_some() {
+        assert!(Instant::now() < deadline, "n2's relay address never became a peer on n1");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(perm_on(&mut t, "10.0.0.7:50000").await, None, "first port of n2's relay range");
+    assert_eq!(perm_on(&mut t, "10.0.0.7:50099").await, None, "last port of n2's relay range");
+    for port in [22, 80, 6379, 49999, 50100, 40500] {
+        assert_eq!(
+            perm_on(&mut t, &format!("10.0.0.7:{port}")).await,
+            Some(403),
+            "10.0.0.7:{port} is not one of n2's relays"
+        );
+    }
+    assert_eq!(perm_on(&mut t, "10.0.0.8:50050").await, Some(403), "only the announced host");
+}
+
+/// Issue #16's closing note: a partner whose node is killed and who never comes back must end the pairing for
+/// its partner on another node (`peer_away`, then `peer_left` after the grace), whatever this node's route cache
+/// says about it. Here A@node-a is paired with B, who moved from node-c to node-b and rejoined A there (its route
+/// changed with the move); node-b is killed; A's next signal to B finds nobody listening on node-b's channel, which
+/// drops the cached route, so when node-b's heartbeat expires no route ties B to it. A must still hear
+/// `peer_away` and then `peer_left` within TTL (detection) + grace + TTL (the remote grace timer).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partner_whose_node_died_is_left_even_without_a_route_to_it() {
+    let mut c = Cluster::start().await;
+    let mut a = client_on(&c.nodes[0], None).await;
+    let mut b = client_on(&c.nodes[2], None).await;
+    let ticket = pair(&mut a, &mut b).await;
+    signal(&mut a, &mut b, 1).await;
+    // B moves to node-b and rejoins A from there.
+    let mut b2 = client_on(&c.nodes[1], Some(&b.token)).await;
+    assert_eq!(b2.id, b.id, "{}", b2.welcome);
+    expect_skip(&mut a.ws, "peer_away").await;
+    send(&mut b2.ws, json!({"type": "rejoin", "to": a.id, "ticket": ticket})).await;
+    expect_skip(&mut b2.ws, "paired").await;
+    expect_skip(&mut a.ws, "peer_back").await;
+    signal(&mut a, &mut b2, 2).await;
+    signal(&mut b2, &mut a, 3).await;
+
+    c.nodes[1].kill9();
+    let t0 = Instant::now();
+    // A's browser sends an ICE restart at once: nobody listens on node-b's channel any more.
+    send(&mut a.ws, json!({"type": "signal", "to": b.id, "data": {"n": 4}})).await;
+    let within = Duration::from_secs(TTL + GRACE + TTL + 4);
+    let mut away = false;
+    loop {
+        let left = within.saturating_sub(t0.elapsed());
+        let v = recv_within(&mut a.ws, left).await.unwrap_or_else(|| {
+            panic!("no peer_left for B within {within:?} of its node's death (peer_away seen: {away})")
+        });
+        match v["type"].as_str() {
+            Some("peer_away") if v["peer"] == b.id.as_str() => away = true,
+            Some("peer_left") if v["peer"] == b.id.as_str() => break,
+            Some("error") => {} // the signal could not be delivered
+            _ => panic!("unexpected {v}"),
+        }
+    }
+    assert!(away, "peer_away comes before peer_left");
+    assert!(t0.elapsed() >= Duration::from_secs(GRACE), "peer_left only after the grace: {:?}", t0.elapsed());
+    send(&mut a.ws, json!({"type": "signal", "to": b.id, "data": {}})).await;
+    expect_error(&mut a.ws, "not_paired").await;
+}
+
+/// Issue #16's closing note: two nodes registering the same new identity key at the same instant could bind it to
+/// two IDs (each bound it locally, wrote its record, and ignored the other's). The binding is claimed in Redis
+/// now: for each of a few new keys, 8 browsers (4 per node) get their challenge, then all prove at once. Exactly
+/// one ID may result: one record for the key in Redis, and a later hello with that key gets that ID on both
+/// nodes. Sessions that were handed a losing ID are closed (1013, like a lost ID claim; 4002 is the newest tab
+/// of one identity winning on its node).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_new_key_registered_on_two_nodes_at_once_gets_one_id() {
+    let c = Cluster::start().await;
+    let (na, nb) = (&c.nodes[0], &c.nodes[1]);
+    let mut r = c.redis.conn().await;
+    for round in 0..4 {
+        let key = Key::new();
+        let mut socks = Vec::new();
+        for i in 0..8 {
+            let node = if i % 2 == 0 { na } else { nb };
+            let mut ws = open_url(&node.ws_url()).await;
+            send(&mut ws, json!({"type": "hello", "v": 1, "identity": {"key": key.public()}})).await;
+            socks.push(ws);
+        }
+        let mut proofs = Vec::new();
+        for ws in &mut socks {
+            let ch = expect(ws, "identity_challenge").await;
+            proofs.push(key.prove(ch["challenge"].as_str().unwrap()));
+        }
+        futures_util::future::join_all(
+            socks
+                .iter_mut()
+                .zip(&proofs)
+                .map(|(ws, sig)| send(ws, json!({"type": "identity_proof", "signature": sig}))),
+        )
+        .await;
+        let mut handed = Vec::new();
+        for ws in &mut socks {
+            let v = expect_skip(ws, "welcome").await;
+            handed.push(v["id"].as_str().unwrap().to_string());
+        }
+        // Let the claims, any loser's clean-up and the broadcasts go through.
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        let table: std::collections::HashMap<String, String> =
+            redis::cmd("HGETALL").arg("t:identities").query_async(&mut r).await.unwrap();
+        let bound: Vec<&String> = table
+            .iter()
+            .filter(|(_, rec)| serde_json::from_str::<Value>(rec).unwrap()["key"] == key.public())
+            .map(|(id, _)| id)
+            .collect();
+        handed.sort();
+        handed.dedup();
+        assert_eq!(
+            bound.len(),
+            1,
+            "round {round}: the key is bound to {bound:?} in Redis (IDs handed out: {handed:?})"
+        );
+        let id = bound[0].clone();
+        for node in [na, nb] {
+            let again = identity_on(node, &key).await;
+            assert_eq!(again.id, id, "round {round}: {} hands out another ID for the key", node.name);
+        }
+        let index: Option<String> =
+            redis::cmd("HGET").arg("t:identity_keys").arg(key.public()).query_async(&mut r).await.unwrap();
+        assert_eq!(index.as_deref(), Some(id.as_str()), "round {round}");
+        eprintln!("round {round}: IDs handed out at first: {handed:?}; bound: {id}");
+    }
+}
+
+/// Issue #16's closing note: identity deletions made while Redis was unreachable were not replayed when it
+/// returned, so a forgotten identity came back (Redis kept its record, and the node loaded it again). An identity
+/// last seen in 1970 is in Redis when the node starts (kept: `identity_forget_after_days` is 100 years). Redis
+/// is saved and stopped; the node is reloaded (SIGHUP) with a 1-day period, which forgets it at once, while Redis
+/// is away. Redis restarts with its saved data; the node must apply the deletion before reloading the table: the
+/// record is gone from Redis and from the node (its key gets a new ID), and its ID stays reserved.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_identity_forgotten_while_redis_was_away_stays_forgotten() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut redis = Redis::start();
+    let key = Key::new();
+    let old = "qqqx2345";
+    {
+        let mut r = redis.conn().await;
+        let rec = json!({"key": key.public(), "last_seen": 1000, "contacts": [], "blocks": []}).to_string();
+        let _: () = redis::cmd("HSET").arg("t:identities").arg(old).arg(rec).query_async(&mut r).await.unwrap();
+    }
+    let n = Node::start_with(dir.path(), "n1", &redis, "identity_forget_after_days = 36500");
+    n.wait_cluster("ok", Duration::from_secs(20)).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while n.metric("ponte_signaling_identities").await != 1.0 {
+        assert!(Instant::now() < deadline, "the node never loaded the identity from Redis");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    {
+        let mut r = redis.conn().await;
+        let _: () = redis::cmd("SAVE").query_async(&mut r).await.unwrap();
+    }
+    redis.kill();
+    n.wait_cluster("failed", Duration::from_secs(15)).await;
+    // Forget it now, while Redis is away.
+    let cfg = std::fs::read_to_string(&n.config).unwrap().replace("= 36500", "= 1");
+    std::fs::write(&n.config, cfg).unwrap();
+    let pid = n.child.as_ref().unwrap().id() as libc::pid_t;
+    // SAFETY: sending a signal to our own child process.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGHUP) }, 0);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while n.metric("ponte_signaling_identities").await != 0.0 {
+        assert!(Instant::now() < deadline, "the reload did not forget the identity");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Redis comes back with what it had saved, the record included.
+    redis.spawn();
+    n.wait_cluster("ok", Duration::from_secs(20)).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut r = redis.conn().await;
+    let rec: Option<String> = redis::cmd("HGET").arg("t:identities").arg(old).query_async(&mut r).await.unwrap();
+    assert_eq!(rec, None, "the deletion made while Redis was away was not applied");
+    assert_eq!(n.metric("ponte_signaling_identities").await, 0.0, "the forgotten identity was loaded again");
+    let reserved: Option<String> = redis::cmd("HGET").arg("t:reserved").arg(old).query_async(&mut r).await.unwrap();
+    assert!(reserved.is_some(), "the forgotten ID is reserved in Redis too");
+    let again = identity_on(&n, &key).await;
+    assert_ne!(again.id, old, "the forgotten identity came back");
+}
+
+/// The other half of the same gap: a node that was away longer than the one that forgot an identity must not
+/// write it back. n1 and n2 both hold an identity last seen in 1970; Redis is saved and stopped; n1 forgets the
+/// identity (a reload with a 1-day period); n2 is frozen (SIGSTOP) while Redis restarts with its saved data and
+/// n1 replays its deletion, so n2 hears neither. When n2 resumes and reloads the table, Redis lacks the record
+/// but kept its data (the same identity epoch): n2 must drop its copy, not write it back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_missed_a_deletion_does_not_write_the_identity_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut redis = Redis::start();
+    let key = Key::new();
+    let old = "qqqy2345";
+    {
+        let mut r = redis.conn().await;
+        let rec = json!({"key": key.public(), "last_seen": 1000, "contacts": [], "blocks": []}).to_string();
+        let _: () = redis::cmd("HSET").arg("t:identities").arg(old).arg(rec).query_async(&mut r).await.unwrap();
+    }
+    let n1 = Node::start_with(dir.path(), "n1", &redis, "identity_forget_after_days = 36500");
+    let n2 = Node::start_with(dir.path(), "n2", &redis, "identity_forget_after_days = 36500");
+    async fn identities(n: &Node, want: f64, what: &str) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while n.metric("ponte_signaling_identities").await != want {
+            assert!(Instant::now() < deadline, "{}: {what}", n.name);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    for n in [&n1, &n2] {
+        n.wait_cluster("ok", Duration::from_secs(20)).await;
+        identities(n, 1.0, "the identity was never loaded from Redis").await;
+    }
+    {
+        let mut r = redis.conn().await;
+        let _: () = redis::cmd("SAVE").query_async(&mut r).await.unwrap();
+    }
+    redis.kill();
+    for n in [&n1, &n2] {
+        n.wait_cluster("failed", Duration::from_secs(15)).await;
+    }
+    let cfg = std::fs::read_to_string(&n1.config).unwrap().replace("= 36500", "= 1");
+    std::fs::write(&n1.config, cfg).unwrap();
+    let signal = |n: &Node, sig: libc::c_int| {
+        // SAFETY: sending a signal to our own child process.
+        assert_eq!(unsafe { libc::kill(n.child.as_ref().unwrap().id() as libc::pid_t, sig) }, 0);
+    };
+    signal(&n1, libc::SIGHUP);
+    identities(&n1, 0.0, "the reload did not forget the identity").await;
+    signal(&n2, libc::SIGSTOP);
+    redis.spawn();
+    n1.wait_cluster("ok", Duration::from_secs(20)).await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let mut r = redis.conn().await;
+    let rec: Option<String> = redis::cmd("HGET").arg("t:identities").arg(old).query_async(&mut r).await.unwrap();
+    assert_eq!(rec, None, "n1 did not apply its deletion");
+    signal(&n2, libc::SIGCONT);
+    n2.wait_cluster("ok", Duration::from_secs(20)).await;
+    identities(&n2, 0.0, "kept the identity n1 deleted").await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let rec: Option<String> = redis::cmd("HGET").arg("t:identities").arg(old).query_async(&mut r).await.unwrap();
+    assert_eq!(rec, None, "n2 wrote the deleted identity back");
+    for n in [&n1, &n2] {
+        let again = identity_on(n, &key).await;
+        assert_ne!(again.id, old, "{}: the forgotten identity came back", n.name);
     }
 }

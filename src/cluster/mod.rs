@@ -20,8 +20,10 @@
 //!   again. The queues are bounded, so nothing grows while Redis is away.
 //!
 //! Redis layout (P = `cluster.key_prefix`): `P:node:<name>` (heartbeat, JSON with the node's public
-//! addresses, EX ttl), `P:nodes` (set of node names), `P:id:<id>` (node name, EX ttl), `P:identities` and
-//! `P:reserved` (hashes: the identity table), channels `P:node:<name>` (envelopes to one node) and `P:all`
+//! addresses and relay port range, EX ttl), `P:nodes` (set of node names), `P:id:<id>` (node name, EX ttl),
+//! `P:identities` and `P:reserved` (hashes: the identity table), `P:identity_keys` and `P:identity_key_of`
+//! (hashes: the unique index key ↔ ID, written with the records by one script), `P:identity_epoch` (random,
+//! set once: tells a Redis that kept its data from one that lost it), channels `P:node:<name>` (envelopes to one node) and `P:all`
 //! (identity changes, "ID moved" notes).
 
 mod stats;
@@ -62,6 +64,9 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
 /// Presence records refreshed per pipeline at each heartbeat.
 const REFRESH_CHUNK: usize = 1000;
+/// Identity deletions made while Redis was unreachable, kept to apply when it is back; beyond this they are
+/// counted as lost (`ponte_cluster_identity_ops_lost`).
+const PENDING_DELETIONS_MAX: usize = 65_536;
 
 /// Deletes `KEYS[1]` only if it still names this node (`ARGV[1]`): an ID that moved on must stay claimed.
 const RELEASE_SCRIPT: &str =
@@ -76,6 +81,30 @@ const CLAIM_SCRIPT: &str = "local v = redis.call('GET', KEYS[1]) \
     if v == false or v == ARGV[1] then redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2]) return ARGV[1] end \
     return v";
 
+/// Sets field `ARGV[1]` of `KEYS[1]` (`P:identities`) to `ARGV[3]` unless another live field holds its unique
+/// value `ARGV[2]` (the identity key; `KEYS[2]` = `P:identity_keys`, unique value → field, and `KEYS[3]` =
+/// `P:identity_key_of`, field → unique value, kept in step). Returns `{1}` when written, `{0, holder, value}` when
+/// the holder keeps it. An index entry whose field is gone or holds another value is stale and is replaced.
+const PUT_SCRIPT: &str = "local cur = redis.call('HGET', KEYS[2], ARGV[2]) \
+    if cur and cur ~= ARGV[1] and redis.call('HGET', KEYS[3], cur) == ARGV[2] \
+        and redis.call('HEXISTS', KEYS[1], cur) == 1 then \
+        return {0, cur, redis.call('HGET', KEYS[1], cur)} end \
+    local old = redis.call('HGET', KEYS[3], ARGV[1]) \
+    if old and old ~= ARGV[2] and redis.call('HGET', KEYS[2], old) == ARGV[1] then redis.call('HDEL', KEYS[2], old) end \
+    redis.call('HSET', KEYS[2], ARGV[2], ARGV[1]) \
+    redis.call('HSET', KEYS[3], ARGV[1], ARGV[2]) \
+    redis.call('HSET', KEYS[1], ARGV[1], ARGV[3]) \
+    return {1}";
+
+/// Deletes field `ARGV[1]` of `KEYS[1]` (`P:identities`) and its entries in the unique index (keys as in
+/// [`PUT_SCRIPT`]), so that its key may be bound again.
+const DELETE_SCRIPT: &str = "local k = redis.call('HGET', KEYS[3], ARGV[1]) \
+    if k then \
+        if redis.call('HGET', KEYS[2], k) == ARGV[1] then redis.call('HDEL', KEYS[2], k) end \
+        redis.call('HDEL', KEYS[3], ARGV[1]) \
+    end \
+    return redis.call('HDEL', KEYS[1], ARGV[1])";
+
 /// One change to the replicated identity table: a field of `P:identities` (or `P:reserved`) set or deleted.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct HashOp {
@@ -85,6 +114,11 @@ pub struct HashOp {
     pub field: String,
     /// `None`: delete the field.
     pub value: Option<String>,
+    /// A value no other field of `P:identities` may hold at the same time (the identity's public key): a set is
+    /// written only if no other live field holds it, atomically in Redis ([`PUT_SCRIPT`]); otherwise the hub
+    /// hears [`Inbound::BindingLost`]. So two nodes that bind one new key at the same instant end with one ID.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unique: Option<String>,
 }
 
 /// What the hub asks of the cluster task.
@@ -102,6 +136,15 @@ pub enum Outbound {
     Identities(Vec<HashOp>),
     /// Which of `ids` are online on some node; answered with [`Inbound::Online`].
     Online { for_id: String, ids: Vec<String> },
+    /// Which of `ids` (IDs on other nodes that sessions here are paired with or asked) are held by no live node
+    /// any more: no presence, or presence naming one of the `gone` nodes. Answered with [`Inbound::NodeGone`]
+    /// (with no `nodes`). The route cache alone cannot say: a route forgotten after a failed delivery, or
+    /// pointing elsewhere after a move, would leave a partner waiting for ever.
+    Locate { ids: Vec<String>, gone: Vec<String> },
+    /// Identity fields (reserved, field) this node holds that the last snapshot lacked while Redis kept its data:
+    /// deleted by another node while this one could not hear, unless a write of this node queued before this
+    /// one put them back. Those Redis still lacks come back as [`Inbound::Identities`] deletions.
+    Confirm(Vec<(bool, String)>),
 }
 
 /// What the cluster task hands to the hub.
@@ -119,12 +162,21 @@ pub enum Inbound {
     /// Another node took this ID over (its browser reconnected there, or opened another tab there).
     TakeOver { id: String },
     /// These IDs were on a node that stopped (its heartbeat expired): their partners here must hear they are away.
-    NodeGone { ids: Vec<String> },
+    /// `nodes`: the nodes that stopped (empty in the answer to [`Outbound::Locate`]); the hub then locates the
+    /// other remote partners of its sessions, which the route cache may not have tied to those nodes.
+    NodeGone { ids: Vec<String>, nodes: Vec<String> },
     /// Changes to the identity table made on another node.
     Identities(Vec<HashOp>),
+    /// This node's set of `field` was refused: another node bound the same unique value (identity key) to
+    /// `holder` first, whose record is `value`. The hub drops its own binding and takes the holder's.
+    BindingLost { field: String, holder: String, value: String },
     /// The whole identity table as Redis holds it, read at (re)connect. The hub writes back what it holds and
-    /// Redis lacks (a Redis restarted without persistence loses nothing the nodes still know).
-    Snapshot(Vec<HashOp>),
+    /// Redis lacks (a Redis restarted without persistence loses nothing the nodes still know) — unless
+    /// `kept` says Redis kept its data since this node's last load, and then only what this node wrote while
+    /// it could not reach Redis (`written`): anything else it holds and Redis lacks was deleted by another node
+    /// meanwhile, and goes here too. `written`: (reserved, field) of the writes that did not reach Redis; `None`
+    /// if there were more than could be kept (then everything missing is written back).
+    Snapshot { ops: Vec<HashOp>, kept: bool, written: Option<HashSet<(bool, String)>> },
 }
 
 /// Why the hub may not hand a cross-node operation to the cluster now.
@@ -145,7 +197,63 @@ pub struct Link {
     /// IDs held here, kept by the hub's calls (so it is right even while Redis is away and the queue refuses):
     /// the heartbeat refreshes their presence, and writes it again after Redis comes back.
     held: Arc<Mutex<HashSet<String>>>,
+    /// Identity deletions Redis has not seen yet (see [`Pending`]).
+    pending: Arc<Mutex<Pending>>,
     stats: Arc<Stats>,
+}
+
+/// Identity table deletions that could not be written (Redis away, a command failed, the queue full), to apply
+/// when Redis is back and before the table is read again. Without them a deleted identity came back: the record
+/// Redis kept (or another node wrote back) was loaded again. Writes need no such record: what Redis lacks is
+/// written back from the table after the reload. Keyed by (`reserved`, field); a later write to a field
+/// supersedes its deletion. Bounded: beyond [`PENDING_DELETIONS_MAX`] deletions are counted as lost.
+#[derive(Debug, Default)]
+struct Pending {
+    deletions: HashSet<(bool, String)>,
+    /// Fields written here that did not reach Redis (the next load writes them back even where Redis kept its
+    /// data); `writes_overflow`: more than [`PENDING_DELETIONS_MAX`] of them.
+    writes: HashSet<(bool, String)>,
+    writes_overflow: bool,
+}
+
+impl Pending {
+    /// `ops` were not written: remember their deletions. Returns how many could not be kept.
+    fn note(&mut self, ops: &[HashOp]) -> u64 {
+        let mut lost = 0;
+        for op in ops {
+            let k = (op.reserved, op.field.clone());
+            match op.value {
+                Some(_) => {
+                    self.deletions.remove(&k);
+                    if self.writes.len() < PENDING_DELETIONS_MAX || self.writes.contains(&k) {
+                        self.writes.insert(k);
+                    } else {
+                        self.writes_overflow = true;
+                    }
+                }
+                None if self.deletions.len() < PENDING_DELETIONS_MAX || self.deletions.contains(&k) => {
+                    self.writes.remove(&k);
+                    self.deletions.insert(k);
+                }
+                None => {
+                    self.writes.remove(&k);
+                    lost += 1;
+                }
+            }
+        }
+        lost
+    }
+
+    /// `ops` were written: deletions pending for their fields are settled (a write or a deletion since).
+    fn settled(&mut self, ops: &[HashOp]) {
+        if !self.deletions.is_empty() || !self.writes.is_empty() {
+            for op in ops {
+                let k = (op.reserved, op.field.clone());
+                self.deletions.remove(&k);
+                self.writes.remove(&k);
+            }
+        }
+    }
 }
 
 impl Link {
@@ -187,10 +295,28 @@ impl Link {
         let _ = self.tx.try_send(Outbound::Release { id: id.to_string() });
     }
 
-    /// Identity table changes (lost when Redis is away: the table on this node keeps them).
+    /// Identity table changes. While Redis is away the table on this node keeps the writes (written back when
+    /// it returns) and [`Pending`] the deletions (applied when it returns).
     pub fn identities(&self, ops: Vec<HashOp>) {
-        if !ops.is_empty() && self.tx.try_send(Outbound::Identities(ops)).is_err() {
-            Stats::inc(&self.stats.identity_ops_lost);
+        if ops.is_empty() {
+            return;
+        }
+        if let Err(e) = self.tx.try_send(Outbound::Identities(ops)) {
+            let (mpsc::error::TrySendError::Full(o) | mpsc::error::TrySendError::Closed(o)) = e;
+            if let Outbound::Identities(ops) = o {
+                // The batch's writes wait for the next write-back; its deletions are kept unless over the bound.
+                let lost = self.pending.lock().note(&ops);
+                self.stats.identity_ops_lost.fetch_add(1 + lost, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Ask which of these identity fields other nodes deleted ([`Outbound::Confirm`]). Queued even while the
+    /// link is not up yet (it is asked right after a load); dropped if the queue is full (the next load asks
+    /// again).
+    pub fn confirm_deleted(&self, fields: Vec<(bool, String)>) {
+        if !fields.is_empty() && self.tx.try_send(Outbound::Confirm(fields)).is_err() {
+            Stats::inc(&self.stats.refused);
         }
     }
 
@@ -203,6 +329,7 @@ impl Link {
             up: Arc::new(AtomicBool::new(up)),
             node: node.into(),
             held: Arc::default(),
+            pending: Arc::default(),
             stats: Arc::default(),
         };
         (link, rx)
@@ -230,6 +357,35 @@ impl Names {
     }
     fn identities(&self, reserved: bool) -> String {
         format!("{}:{}", self.prefix, if reserved { "reserved" } else { "identities" })
+    }
+    /// A random value set once per data set: a different (or no) value at the next load means Redis lost its
+    /// data meanwhile (restarted without persistence, flushed).
+    fn epoch(&self) -> String {
+        format!("{}:identity_epoch", self.prefix)
+    }
+    /// The unique index of `P:identities`: identity key → ID, and ID → identity key.
+    fn unique(&self) -> [String; 2] {
+        [format!("{}:identity_keys", self.prefix), format!("{}:identity_key_of", self.prefix)]
+    }
+    /// The command that writes one identity table change (see [`PUT_SCRIPT`], [`DELETE_SCRIPT`]); whether its
+    /// reply says if a set was refused.
+    fn write(&self, op: &HashOp) -> (redis::Cmd, bool) {
+        let key = self.identities(op.reserved);
+        let [index, of] = self.unique();
+        match (&op.value, &op.unique, op.reserved) {
+            (Some(v), Some(u), false) => {
+                let mut c = redis::cmd("EVAL");
+                c.arg(PUT_SCRIPT).arg(3).arg(key).arg(index).arg(of).arg(&op.field).arg(u).arg(v);
+                (c, true)
+            }
+            (None, _, false) => {
+                let mut c = redis::cmd("EVAL");
+                c.arg(DELETE_SCRIPT).arg(3).arg(key).arg(index).arg(of).arg(&op.field);
+                (c, false)
+            }
+            (Some(v), _, _) => (redis::Cmd::hset(key, &op.field, v), false),
+            (None, _, true) => (redis::Cmd::hdel(key, &op.field), false),
+        }
     }
 }
 
@@ -280,8 +436,9 @@ impl Routes {
 pub struct Cluster {
     pub link: Link,
     pub inbound: mpsc::Receiver<Inbound>,
-    /// The relay addresses the other live nodes announce, for this node's TURN peer policy.
-    pub peers: tokio::sync::watch::Receiver<Vec<IpAddr>>,
+    /// The relay addresses and relay port ranges the other live nodes announce, for this node's TURN peer
+    /// policy (`(address, first port, last port)`).
+    pub peers: tokio::sync::watch::Receiver<Vec<(IpAddr, u16, u16)>>,
     pub runner: Runner,
 }
 
@@ -296,10 +453,12 @@ impl Runner {
 }
 
 impl Cluster {
-    /// `addresses`: this node's public relay addresses, announced to the other nodes.
+    /// `addresses`: this node's public relay addresses, announced to the other nodes with `relay_ports` (its
+    /// `turn.relay_port_min..=relay_port_max`): the other nodes' TURN lets their relays reach these ports only.
     pub fn new(
         cfg: &ClusterConfig,
         addresses: Vec<IpAddr>,
+        relay_ports: (u16, u16),
         health: Arc<Health>,
         metrics: &Metrics,
     ) -> anyhow::Result<Cluster> {
@@ -316,17 +475,27 @@ impl Cluster {
         let up = Arc::new(AtomicBool::new(false));
         let held: Arc<Mutex<HashSet<String>>> = Arc::default();
         health.set(Component::Cluster, Status::Starting);
-        let link = Link { tx, up: up.clone(), node: node.clone(), held: held.clone(), stats: stats.clone() };
+        let pending: Arc<Mutex<Pending>> = Arc::default();
+        let link = Link {
+            tx,
+            up: up.clone(),
+            node: node.clone(),
+            held: held.clone(),
+            pending: pending.clone(),
+            stats: stats.clone(),
+        };
         let task = Task {
             client,
             names: Names { prefix: cfg.key_prefix.clone() },
             node,
             ttl: Duration::from_secs(cfg.presence_ttl_secs),
             addresses,
+            relay_ports,
             rx,
             in_tx,
             up,
             held,
+            pending,
             stats,
             health,
             routes: Arc::new(Mutex::new(Routes::default())),
@@ -336,6 +505,7 @@ impl Cluster {
             instance: format!("{:016x}", rand::random::<u64>()),
             sub_up: false,
             need_load: true,
+            epoch: None,
         };
         Ok(Cluster { link, inbound, peers, runner: Runner(task) })
     }
@@ -347,10 +517,12 @@ struct Task {
     node: Arc<str>,
     ttl: Duration,
     addresses: Vec<IpAddr>,
+    relay_ports: (u16, u16),
     rx: mpsc::Receiver<Outbound>,
     in_tx: mpsc::Sender<Inbound>,
     up: Arc<AtomicBool>,
     held: Arc<Mutex<HashSet<String>>>,
+    pending: Arc<Mutex<Pending>>,
     stats: Arc<Stats>,
     health: Arc<Health>,
     routes: Arc<Mutex<Routes>>,
@@ -358,13 +530,15 @@ struct Task {
     /// Nodes seen alive at the last heartbeat.
     known_nodes: HashSet<String>,
     /// The other live nodes' announced relay addresses, for TURN.
-    peers_tx: tokio::sync::watch::Sender<Vec<IpAddr>>,
+    peers_tx: tokio::sync::watch::Sender<Vec<(IpAddr, u16, u16)>>,
     /// Random per process: tells this run's heartbeat from an earlier process's of the same name.
     instance: String,
     /// The subscriber task holds a live subscription.
     sub_up: bool,
     /// The identity table must be (re)loaded from Redis: set at each (re)subscription, cleared once read.
     need_load: bool,
+    /// The identity data set this node last loaded ([`Names::epoch`]).
+    epoch: Option<String>,
 }
 
 /// What the subscriber task tells the main task.
@@ -424,6 +598,9 @@ impl Task {
                     backoff = BACKOFF_MIN;
                     if self.need_load {
                         self.need_load = !self.load_identities().await;
+                    } else {
+                        // A command failed while the subscription stayed up: its deletions are due now.
+                        self.apply_pending().await;
                     }
                     self.heartbeat().await;
                 }
@@ -522,7 +699,12 @@ impl Task {
         // heartbeat is seen to expire count as gone, not nodes that merely have not re-registered yet.
         let was_up = self.up.load(Ordering::Relaxed);
         let ttl = self.ttl.as_secs();
-        let info = serde_json::json!({ "addresses": self.addresses, "instance": self.instance }).to_string();
+        let info = serde_json::json!({
+            "addresses": self.addresses,
+            "relay_ports": [self.relay_ports.0, self.relay_ports.1],
+            "instance": self.instance,
+        })
+        .to_string();
         let mut pipe = redis::pipe();
         pipe.cmd("SET").arg(self.names.node(&self.node)).arg(&info).arg("EX").arg(ttl).ignore();
         pipe.sadd(self.names.nodes(), &*self.node).ignore();
@@ -544,7 +726,7 @@ impl Task {
         let others: Vec<&String> = members.iter().filter(|m| **m != *self.node).collect();
         let mut alive = HashSet::new();
         let mut dead = Vec::new();
-        let mut addresses: Vec<IpAddr> = Vec::new();
+        let mut addresses: Vec<(IpAddr, u16, u16)> = Vec::new();
         if !others.is_empty() {
             let mut pipe = redis::pipe();
             for m in &others {
@@ -556,12 +738,14 @@ impl Task {
                     Some(info) => {
                         alive.insert((*m).clone());
                         let info: serde_json::Value = serde_json::from_str(&info).unwrap_or_default();
+                        let (lo, hi) = relay_ports_of(&info);
                         addresses.extend(
                             info["addresses"]
                                 .as_array()
                                 .into_iter()
                                 .flatten()
-                                .filter_map(|a| a.as_str()?.parse::<IpAddr>().ok()),
+                                .filter_map(|a| a.as_str()?.parse::<IpAddr>().ok())
+                                .map(|a| (a, lo, hi)),
                         );
                     }
                     None => dead.push((*m).clone()),
@@ -589,10 +773,11 @@ impl Task {
         if was_up {
             gone.extend(self.known_nodes.iter().filter(|n| !alive.contains(*n) && **n != *self.node));
         }
+        // Always told, even with no route to it: the hub locates its sessions' other remote partners then.
         for gone in gone {
             let ids = self.routes.lock().drop_node(gone);
             tracing::info!(node = %gone, ids = ids.len(), "cluster: node gone (heartbeat expired)");
-            if !ids.is_empty() && self.in_tx.try_send(Inbound::NodeGone { ids }).is_err() {
+            if self.in_tx.try_send(Inbound::NodeGone { ids, nodes: vec![gone.clone()] }).is_err() {
                 Stats::inc(&self.stats.inbound_dropped);
             }
         }
@@ -602,20 +787,78 @@ impl Task {
         self.set_up(self.sub_up);
     }
 
-    /// Read the whole identity table (at start and after Redis comes back); false if Redis did not answer.
+    /// Write the deletions made while Redis was away ([`Pending`]) and announce them to the other nodes; false
+    /// if Redis did not answer (they stay pending).
+    async fn apply_pending(&mut self) -> bool {
+        let due: Vec<(bool, String)> = self.pending.lock().deletions.iter().cloned().collect();
+        if due.is_empty() {
+            return true;
+        }
+        let ops: Vec<HashOp> =
+            due.into_iter().map(|(reserved, field)| HashOp { reserved, field, value: None, unique: None }).collect();
+        for chunk in ops.chunks(REFRESH_CHUNK) {
+            let mut pipe = redis::pipe();
+            for op in chunk {
+                pipe.add_command(self.names.write(op).0).ignore();
+            }
+            let text = serde_json::to_string(chunk).unwrap_or_default();
+            pipe.publish(self.names.all(), format!("i {}\n{text}", self.node)).ignore();
+            if self.query(&pipe, chunk.len() + 1).await.is_none() {
+                return false;
+            }
+            let mut p = self.pending.lock();
+            for op in chunk {
+                p.deletions.remove(&(op.reserved, op.field.clone()));
+            }
+        }
+        tracing::info!(count = ops.len(), "cluster: identity deletions made while Redis was away applied");
+        true
+    }
+
+    /// Read the whole identity table (at start and after Redis comes back), after applying the deletions made
+    /// while it was away (so that what they deleted is not loaded again, nor written back); false if Redis did
+    /// not answer.
     async fn load_identities(&mut self) -> bool {
+        if !self.apply_pending().await {
+            return false;
+        }
         let mut pipe = redis::pipe();
+        pipe.cmd("SETNX").arg(self.names.epoch()).arg(format!("{:016x}", rand::random::<u64>())).ignore();
+        pipe.get(self.names.epoch());
         pipe.hgetall(self.names.identities(false)).hgetall(self.names.identities(true));
-        let Some(v) = self.query(&pipe, 2).await else { return false };
+        let Some(v) = self.query(&pipe, 4).await else { return false };
+        let mut v = v.into_iter();
+        let epoch: Option<String> = v.next().and_then(|e| redis::from_redis_value(e).ok());
+        let kept = epoch.is_some() && self.epoch.is_some() && epoch == self.epoch;
+        self.epoch = epoch;
+        let written = {
+            let mut p = self.pending.lock();
+            let overflow = std::mem::take(&mut p.writes_overflow);
+            let w = std::mem::take(&mut p.writes);
+            (!overflow).then_some(w)
+        };
         let mut ops = Vec::new();
         for (reserved, m) in [false, true].into_iter().zip(v) {
             let map: HashMap<String, String> = redis::from_redis_value(m).unwrap_or_default();
-            ops.extend(map.into_iter().map(|(field, value)| HashOp { reserved, field, value: Some(value) }));
+            ops.extend(map.into_iter().map(|(field, value)| HashOp {
+                reserved,
+                field,
+                value: Some(value),
+                unique: None,
+            }));
         }
-        if self.in_tx.send(Inbound::Snapshot(ops)).await.is_err() {
+        if self.in_tx.send(Inbound::Snapshot { ops, kept, written }).await.is_err() {
             Stats::inc(&self.stats.inbound_dropped);
         }
         true
+    }
+
+    /// Identity changes that did not reach Redis: keep their deletions for later ([`Pending`]).
+    fn not_written(&self, ops: &[HashOp]) {
+        let lost = self.pending.lock().note(ops);
+        if lost > 0 {
+            self.stats.identity_ops_lost.fetch_add(lost, Ordering::Relaxed);
+        }
     }
 
     fn bounce(&self, body: Option<String>, unreachable: bool) {
@@ -652,9 +895,13 @@ impl Task {
     async fn process(&mut self, items: Vec<Outbound>) {
         if self.conn.is_none() || !self.up.load(Ordering::Relaxed) {
             for item in items {
-                if let Outbound::To { bounce, .. } = item {
-                    Stats::inc(&self.stats.refused);
-                    self.bounce(bounce, false);
+                match item {
+                    Outbound::To { bounce, .. } => {
+                        Stats::inc(&self.stats.refused);
+                        self.bounce(bounce, false);
+                    }
+                    Outbound::Identities(ops) => self.not_written(&ops),
+                    _ => {}
                 }
             }
             return;
@@ -664,10 +911,39 @@ impl Task {
         let mut ops = 0;
         /// What each item expects back, in pipeline order.
         enum Want {
-            Published { from: String, to: String, body: String, bounce: Option<String>, node: Arc<str> },
-            Claimed { id: String, exclusive: bool },
-            Online { for_id: String, ids: Vec<String> },
+            Published {
+                from: String,
+                to: String,
+                body: String,
+                bounce: Option<String>,
+                node: Arc<str>,
+            },
+            Claimed {
+                id: String,
+                exclusive: bool,
+            },
+            Online {
+                for_id: String,
+                ids: Vec<String>,
+            },
+            Located {
+                ids: Vec<String>,
+                gone: Vec<String>,
+            },
+            Confirmed {
+                reserved: bool,
+                field: String,
+            },
+            /// The reply of [`PUT_SCRIPT`] for op `idx` of identity list `list`.
+            Put {
+                list: usize,
+                idx: usize,
+            },
         }
+        // Identity changes are announced on `P:all` after the pipeline, without the sets Redis refused.
+        let mut lists: Vec<(Vec<HashOp>, Vec<bool>)> = Vec::new();
+        // Fields of [`Outbound::Confirm`] that Redis lacks.
+        let mut deleted: Vec<HashOp> = Vec::new();
         let mut wants = Vec::new();
         for item in items {
             match item {
@@ -701,17 +977,18 @@ impl Task {
                     ops += 1;
                 }
                 Outbound::Identities(list) => {
-                    for op in &list {
-                        let key = self.names.identities(op.reserved);
-                        match &op.value {
-                            Some(v) => pipe.hset(key, &op.field, v).ignore(),
-                            None => pipe.hdel(key, &op.field).ignore(),
-                        };
+                    for (idx, op) in list.iter().enumerate() {
+                        let (cmd, checked) = self.names.write(op);
+                        if checked {
+                            pipe.add_command(cmd);
+                            wants.push(Want::Put { list: lists.len(), idx });
+                        } else {
+                            pipe.add_command(cmd).ignore();
+                        }
                         ops += 1;
                     }
-                    let text = serde_json::to_string(&list).unwrap_or_default();
-                    pipe.publish(self.names.all(), format!("i {}\n{text}", self.node)).ignore();
-                    ops += 1;
+                    let n = list.len();
+                    lists.push((list, vec![true; n]));
                 }
                 Outbound::Online { for_id, ids } => {
                     if ids.is_empty() {
@@ -721,6 +998,22 @@ impl Task {
                     pipe.cmd("MGET").arg(keys);
                     ops += 1;
                     wants.push(Want::Online { for_id, ids });
+                }
+                Outbound::Confirm(fields) => {
+                    for (reserved, field) in fields {
+                        pipe.hexists(self.names.identities(reserved), &field);
+                        ops += 1;
+                        wants.push(Want::Confirmed { reserved, field });
+                    }
+                }
+                Outbound::Locate { ids, gone } => {
+                    if ids.is_empty() {
+                        continue;
+                    }
+                    let keys: Vec<String> = ids.iter().map(|i| self.names.id(i)).collect();
+                    pipe.cmd("MGET").arg(keys);
+                    ops += 1;
+                    wants.push(Want::Located { ids, gone });
                 }
             }
         }
@@ -734,8 +1027,17 @@ impl Task {
                     self.bounce(bounce, false);
                 }
             }
+            for (list, _) in &lists {
+                self.not_written(list);
+            }
             return;
         };
+        {
+            let mut p = self.pending.lock();
+            for (list, _) in &lists {
+                p.settled(list);
+            }
+        }
         let mut retry = Vec::new();
         for (w, v) in wants.into_iter().zip(results) {
             match w {
@@ -778,7 +1080,69 @@ impl Task {
                         Stats::inc(&self.stats.inbound_dropped);
                     }
                 }
+                Want::Put { list, idx } => {
+                    // `{1}`: written. `{0, holder, value}`: another ID holds this key.
+                    let reply: Vec<Value> = redis::from_redis_value(v).unwrap_or_default();
+                    if let [_, holder, value] = reply.as_slice() {
+                        let (Ok(holder), Ok(value)) =
+                            (redis::from_redis_value::<String>(holder.clone()), redis::from_redis_value(value.clone()))
+                        else {
+                            continue;
+                        };
+                        let entry = &mut lists[list];
+                        entry.1[idx] = false;
+                        let field = entry.0[idx].field.clone();
+                        tracing::warn!(id = %field, %holder, "cluster: an identity key was bound to another ID first; keeping that one");
+                        if self.in_tx.try_send(Inbound::BindingLost { field, holder, value }).is_err() {
+                            Stats::inc(&self.stats.inbound_dropped);
+                        }
+                    }
+                }
+                Want::Confirmed { reserved, field } => {
+                    if !redis::from_redis_value::<bool>(v).unwrap_or(true) {
+                        deleted.push(HashOp { reserved, field, value: None, unique: None });
+                    }
+                }
+                Want::Located { ids, gone } => {
+                    let nodes: Vec<Option<String>> = redis::from_redis_value(v).unwrap_or_default();
+                    let lost: Vec<String> = ids
+                        .into_iter()
+                        .zip(nodes)
+                        .filter(|(_, n)| n.as_ref().is_none_or(|n| gone.contains(n)))
+                        .map(|(id, _)| id)
+                        .collect();
+                    if !lost.is_empty() {
+                        {
+                            let mut routes = self.routes.lock();
+                            for id in &lost {
+                                routes.forget(id);
+                            }
+                        }
+                        if self.in_tx.try_send(Inbound::NodeGone { ids: lost, nodes: Vec::new() }).is_err() {
+                            Stats::inc(&self.stats.inbound_dropped);
+                        }
+                    }
+                }
             }
+        }
+        if !deleted.is_empty() {
+            tracing::info!(count = deleted.len(), "cluster: identities other nodes deleted while this one was away");
+            if self.in_tx.try_send(Inbound::Identities(deleted)).is_err() {
+                Stats::inc(&self.stats.inbound_dropped);
+            }
+        }
+        let mut announce = redis::pipe();
+        let mut n = 0;
+        for (list, written) in lists {
+            let list: Vec<HashOp> = list.into_iter().zip(written).filter(|(_, w)| *w).map(|(op, _)| op).collect();
+            if !list.is_empty() {
+                let text = serde_json::to_string(&list).unwrap_or_default();
+                announce.publish(self.names.all(), format!("i {}\n{text}", self.node)).ignore();
+                n += 1;
+            }
+        }
+        if n > 0 {
+            let _ = self.query(&announce, n).await;
         }
         for (from, to, body, bounce, old) in retry {
             match self.resolve(&to).await {
@@ -805,6 +1169,16 @@ impl Task {
                 }
             }
         }
+    }
+}
+
+/// The relay port range a node record announces; a record without one (a node of an earlier version) gets the
+/// default `turn.relay_port_min..=relay_port_max`.
+fn relay_ports_of(info: &serde_json::Value) -> (u16, u16) {
+    let port = |i: usize| info["relay_ports"].get(i).and_then(|p| p.as_u64()).and_then(|p| u16::try_from(p).ok());
+    match (port(0), port(1)) {
+        (Some(lo), Some(hi)) if lo <= hi => (lo, hi),
+        _ => (49152, 65535),
     }
 }
 
@@ -927,35 +1301,121 @@ mod tests {
         assert_eq!(routes.lock().drop_node("node-c"), vec!["abcd2345".to_string()]);
     }
 
-    /// The claim of a fresh ID against a real redis-server (Debian's; a missing one is a failure): claiming
-    /// again for the same node succeeds (a retried claim, or one that runs after the heartbeat already wrote
-    /// the ID: the bench saw a lone node drop its own fresh IDs), another node's claim fails and changes nothing.
-    #[tokio::test]
-    async fn claiming_a_fresh_id_is_idempotent_for_its_node() {
+    #[test]
+    fn deletions_made_while_redis_is_away_are_kept_bounded_and_superseded_by_writes() {
+        let op = |reserved, field: &str, value: Option<&str>| HashOp {
+            reserved,
+            field: field.into(),
+            value: value.map(Into::into),
+            unique: None,
+        };
+        let mut p = Pending::default();
+        // A forgotten identity: its record deleted, its ID reserved.
+        assert_eq!(p.note(&[op(false, "abcd2345", None), op(true, "abcd2345", Some("99"))]), 0);
+        assert!(p.deletions.contains(&(false, "abcd2345".into())));
+        // A later write to the same field supersedes the deletion (the write-back carries it).
+        assert_eq!(p.note(&[op(true, "wxyz6789", None), op(true, "wxyz6789", Some("5"))]), 0);
+        assert!(!p.deletions.contains(&(true, "wxyz6789".into())));
+        // Writes that did not reach Redis are remembered too (the next load writes them back over what Redis kept).
+        assert!(p.writes.contains(&(true, "abcd2345".into())) && p.writes.contains(&(true, "wxyz6789".into())));
+        // Written later (Redis back): settled.
+        p.settled(&[op(false, "abcd2345", Some("{}")), op(true, "abcd2345", Some("99")), op(true, "wxyz6789", None)]);
+        assert!(p.deletions.is_empty() && p.writes.is_empty());
+        // Bounded: beyond the cap deletions are counted as lost; one already pending is not counted twice.
+        for i in 0..PENDING_DELETIONS_MAX {
+            assert_eq!(p.note(&[op(false, &i.to_string(), None)]), 0);
+        }
+        assert_eq!(p.note(&[op(false, "one-more", None), op(false, "0", None)]), 1);
+        assert_eq!(p.deletions.len(), PENDING_DELETIONS_MAX);
+    }
+
+    #[test]
+    fn node_records_announce_their_relay_ports() {
+        let rec = |t: &str| serde_json::from_str::<serde_json::Value>(t).unwrap();
+        assert_eq!(relay_ports_of(&rec(r#"{"addresses":[],"relay_ports":[50000,50099]}"#)), (50000, 50099));
+        // An earlier node's record, or a damaged one: the default relay range, never every port.
+        assert_eq!(relay_ports_of(&rec(r#"{"addresses":[]}"#)), (49152, 65535));
+        assert_eq!(relay_ports_of(&rec(r#"{"relay_ports":[70000,80000]}"#)), (49152, 65535));
+        assert_eq!(relay_ports_of(&rec(r#"{"relay_ports":[60000,50000]}"#)), (49152, 65535));
+    }
+
+    /// A redis-server of the test's own (Debian's; a missing one is a failure), killed when dropped, with its
+    /// directory (removed after it).
+    struct TestRedis {
+        child: std::process::Child,
+        _dir: tempfile::TempDir,
+    }
+
+    impl Drop for TestRedis {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    async fn test_redis() -> (TestRedis, redis::aio::MultiplexedConnection) {
         let dir = tempfile::tempdir().unwrap();
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        struct Killed(std::process::Child);
-        impl Drop for Killed {
-            fn drop(&mut self) {
-                let _ = self.0.kill();
-                let _ = self.0.wait();
-            }
-        }
-        let _redis = Killed(
-            std::process::Command::new("redis-server")
-                .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-                .args(["--dir", dir.path().to_str().unwrap()])
-                .stdout(std::process::Stdio::null())
-                .spawn()
-                .expect("redis-server must be installed (apt-get install redis-server)"),
-        );
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(["--dir", dir.path().to_str().unwrap()])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (apt-get install redis-server)");
+        let guard = TestRedis { child, _dir: dir };
         let deadline = Instant::now() + Duration::from_secs(10);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             assert!(Instant::now() < deadline, "redis-server did not listen");
             std::thread::sleep(Duration::from_millis(20));
         }
         let client = redis::Client::open(format!("redis://127.0.0.1:{port}/0")).unwrap();
-        let mut r = client.get_multiplexed_async_connection().await.unwrap();
+        (guard, client.get_multiplexed_async_connection().await.unwrap())
+    }
+
+    /// The identity writes against a real redis-server: one key, one live ID; the loser learns the holder and its
+    /// record; a deletion frees the key; stale index entries (a deleted ID, an ID now bound to another key) do not
+    /// block; a write for an existing binding (last seen, contacts) goes through.
+    #[tokio::test]
+    async fn identity_keys_are_bound_to_one_id_in_redis() {
+        let (_redis, mut r) = test_redis().await;
+        let names = Names { prefix: "p".into() };
+        let put = |id: &str, key: &str, v: &str| HashOp {
+            reserved: false,
+            field: id.into(),
+            value: Some(v.into()),
+            unique: Some(key.into()),
+        };
+        let del = |id: &str| HashOp { reserved: false, field: id.into(), value: None, unique: None };
+        let mut run = async |op: HashOp| -> Vec<Value> {
+            let v: Value = names.write(&op).0.query_async(&mut r).await.unwrap();
+            redis::from_redis_value(v).unwrap_or_default()
+        };
+        assert_eq!(run(put("aaaa2345", "K1", "a1")).await.len(), 1, "a new key is bound");
+        let lost = run(put("bbbb2345", "K1", "b1")).await;
+        assert_eq!(lost.len(), 3, "another ID for the same key is refused");
+        assert_eq!(redis::from_redis_value::<String>(lost[1].clone()).unwrap(), "aaaa2345");
+        assert_eq!(redis::from_redis_value::<String>(lost[2].clone()).unwrap(), "a1");
+        assert_eq!(run(put("aaaa2345", "K1", "a2")).await.len(), 1, "the holder updates its record");
+        // Deleted (forgotten): the key is free again.
+        run(del("aaaa2345")).await;
+        assert_eq!(run(put("bbbb2345", "K1", "b1")).await.len(), 1);
+        // An ID bound to another key later (after its reservation ran out) does not hold the first key.
+        assert_eq!(run(put("bbbb2345", "K2", "b2")).await.len(), 1);
+        assert_eq!(run(put("cccc2345", "K1", "c1")).await.len(), 1, "K1's index entry was stale");
+        assert_eq!(run(put("dddd2345", "K2", "d1")).await.len(), 3, "K2 is bbbb2345's");
+        let records: HashMap<String, String> =
+            redis::cmd("HGETALL").arg("p:identities").query_async(&mut r).await.unwrap();
+        assert_eq!(records.len(), 2, "{records:?}");
+        assert_eq!(records.get("cccc2345").map(String::as_str), Some("c1"));
+        assert_eq!(records.get("bbbb2345").map(String::as_str), Some("b2"));
+    }
+
+    /// The claim of a fresh ID against a real redis-server: claiming again for the same node succeeds (a retried
+    /// claim, or one that runs after the heartbeat already wrote the ID: the bench saw a lone node drop its own
+    /// fresh IDs), another node's claim fails and changes nothing.
+    #[tokio::test]
+    async fn claiming_a_fresh_id_is_idempotent_for_its_node() {
+        let (_redis, mut r) = test_redis().await;
         let claim = |node: &'static str| claim_cmd("p:id:abcd2345", node, 30);
         let v: Value = claim("node-a").query_async(&mut r).await.unwrap();
         assert!(claimed_by(v, "node-a"));

@@ -54,7 +54,7 @@ impl crate::metrics::Source for Source {
         ));
         out.push(Sample::counter(
             "cluster_identity_ops_lost",
-            "Identity table changes that could not be queued for Redis",
+            "Identity table change batches that could not be queued for Redis, and deletions beyond the bound kept while Redis is away",
             get(&s.identity_ops_lost),
         ));
     }

@@ -283,7 +283,10 @@ impl Hub {
                         continue;
                     }
                     let settings = hub::Settings::from_config(&reloads.borrow_and_update());
-                    self.state.lock().set_settings(settings);
+                    let mut st = self.state.lock();
+                    st.set_settings(settings);
+                    // A shortened signaling.identity_forget_after_days applies now, not at the next minute's sweep.
+                    st.forget_identities(crate::credentials::unix_now());
                 }
             }
         }

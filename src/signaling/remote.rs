@@ -153,16 +153,18 @@ pub(super) const CLUSTER_UNAVAILABLE: &str =
 pub(super) fn to_hash_ops(ops: &[Op]) -> Vec<HashOp> {
     ops.iter()
         .map(|op| match op {
+            // One key, one ID across the cluster: Redis refuses the set if another ID holds the key.
             Op::Put(id, r) => HashOp {
                 reserved: false,
                 field: id.as_str().into(),
                 value: Some(String::from_utf8_lossy(&r.to_bytes()).into_owned()),
+                unique: Some(r.key.encode()),
             },
-            Op::Delete(id) => HashOp { reserved: false, field: id.as_str().into(), value: None },
+            Op::Delete(id) => HashOp { reserved: false, field: id.as_str().into(), value: None, unique: None },
             Op::Reserve(id, until) => {
-                HashOp { reserved: true, field: id.as_str().into(), value: Some(until.to_string()) }
+                HashOp { reserved: true, field: id.as_str().into(), value: Some(until.to_string()), unique: None }
             }
-            Op::Unreserve(id) => HashOp { reserved: true, field: id.as_str().into(), value: None },
+            Op::Unreserve(id) => HashOp { reserved: true, field: id.as_str().into(), value: None, unique: None },
         })
         .collect()
 }
@@ -370,6 +372,32 @@ impl State {
         }
     }
 
+    /// Some nodes stopped. The route cache named `known` as theirs; other remote IDs that sessions here are
+    /// paired with or have requests with may have been there too (a route forgotten after a failed delivery,
+    /// or pointing at another node after a move): ask the cluster which of them no live node holds, and treat
+    /// those as gone too (the answer comes back as a `NodeGone` without nodes). Partners already in their grace
+    /// period are not asked about again.
+    fn locate_remote_partners(&self, known: &[Id], gone: Vec<String>) {
+        let Some(link) = &self.cluster else { return };
+        let mut ids: Vec<Id> = self
+            .sessions
+            .values()
+            .flat_map(|s| {
+                s.peers
+                    .iter()
+                    .copied()
+                    .chain(s.incoming.iter().map(|(p, _)| *p))
+                    .chain(s.outgoing.iter().map(|(p, _)| *p))
+            })
+            .filter(|p| !self.sessions.contains_key(p) && !known.contains(p) && !self.remote_gone.contains_key(p))
+            .collect();
+        ids.sort();
+        ids.dedup();
+        if !ids.is_empty() {
+            let _ = link.send(Outbound::Locate { ids: ids.iter().map(|i| i.as_str().into()).collect(), gone });
+        }
+    }
+
     /// A session for `id` just started here. If `id` was on another node (that node stopped, or the browser
     /// reconnected here), sessions here may still hold their halves of pairings with it: the new session has
     /// none, so those partners see it away until it rejoins with its ticket ([`State::rejoin`] then makes its
@@ -422,36 +450,79 @@ impl State {
                 }
                 self.end_session(id, false);
             }
+            Inbound::BindingLost { field, holder, value } => {
+                // Another node bound the same new key first (two browsers of one profile, or a reload, hit two
+                // nodes at the same instant): its ID is the key's. Our binding goes before the session ends (so
+                // the session's end writes no record for it), the session closes with 1013 like a lost ID claim,
+                // and the browser's reconnection, on any node, is handed the holder's ID.
+                let (Some(lost), Some(holder)) = (Id::parse(&field), Id::parse(&holder)) else { return };
+                let Some(record) = Record::from_bytes(value.as_bytes()) else { return };
+                if self.ids.key_of(lost).is_some_and(|k| k == record.key) {
+                    self.ids.apply_remote(Op::Delete(lost));
+                    if let Some(c) = self.sessions.get(&lost).and_then(|s| s.conn.as_ref()) {
+                        c.ctl.kill(1013);
+                    }
+                    self.end_session(lost, false);
+                }
+                self.ids.apply_remote(Op::Put(holder, record));
+            }
             Inbound::TakeOver { id } => {
                 if let Some(id) = Id::parse(&id) {
                     self.taken_over(id, now);
                 }
             }
-            Inbound::NodeGone { ids } => {
-                for id in ids.iter().filter_map(|i| Id::parse(i)) {
+            Inbound::NodeGone { ids, nodes } => {
+                let ids: Vec<Id> = ids.iter().filter_map(|i| Id::parse(i)).collect();
+                for &id in &ids {
                     // An ID that moved here meanwhile is not gone ([`State::moved_here`] dealt with it).
                     if !self.sessions.contains_key(&id) {
                         self.partner_gone(id, now);
                     }
                 }
+                if !nodes.is_empty() {
+                    self.locate_remote_partners(&ids, nodes);
+                }
             }
-            Inbound::Snapshot(ops) => {
+            Inbound::Snapshot { ops, kept, written } => {
                 let known: std::collections::HashSet<(bool, &str)> =
                     ops.iter().map(|h| (h.reserved, h.field.as_str())).collect();
-                for op in ops.iter().filter_map(from_hash_op) {
-                    self.ids.apply_remote(op);
+                let mine = |reserved: bool, id: Id| {
+                    written.as_ref().is_some_and(|w| w.contains(&(reserved, id.as_str().to_string())))
+                };
+                for h in &ops {
+                    // A field this node wrote while Redis was away keeps this node's (newer) value.
+                    if Id::parse(&h.field).is_some_and(|id| mine(h.reserved, id)) {
+                        continue;
+                    }
+                    if let Some(op) = from_hash_op(h) {
+                        self.ids.apply_remote(op);
+                    }
                 }
-                // What this node holds and Redis lacks (it restarted empty, or missed changes while away).
-                let missing: Vec<Op> = self
-                    .ids
-                    .export()
-                    .into_iter()
-                    .filter(|op| match op {
-                        Op::Put(id, _) => !known.contains(&(false, id.as_str())),
-                        Op::Reserve(id, _) => !known.contains(&(true, id.as_str())),
-                        _ => false,
-                    })
-                    .collect();
+                // What this node holds and Redis lacks: Redis lost it (restarted empty), or another node deleted
+                // it while this one could not hear (when Redis kept its data and this node did not write it). The
+                // latter is confirmed behind this node's queued writes before it is dropped here: a record this
+                // node wrote after the snapshot was read is not missing.
+                let mut missing = Vec::new();
+                let mut confirm = Vec::new();
+                for op in self.ids.export() {
+                    let (reserved, id) = match &op {
+                        Op::Put(id, _) => (false, *id),
+                        Op::Reserve(id, _) => (true, *id),
+                        _ => continue,
+                    };
+                    if mine(reserved, id) {
+                        missing.push(op);
+                    } else if !known.contains(&(reserved, id.as_str())) {
+                        if kept && written.is_some() {
+                            confirm.push((reserved, id.as_str().to_string()));
+                        } else {
+                            missing.push(op);
+                        }
+                    }
+                }
+                if let Some(link) = &self.cluster {
+                    link.confirm_deleted(confirm);
+                }
                 if !missing.is_empty() {
                     tracing::info!(count = missing.len(), "cluster: writing identities Redis lacks back to it");
                     self.cluster_identities(&missing);

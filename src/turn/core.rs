@@ -355,7 +355,7 @@ pub struct Core {
     policy: parking_lot::RwLock<PeerPolicy>,
     /// `turn.allow_peers` / `turn.deny_peers` as last set, and the other cluster nodes' relay addresses
     /// (`[cluster]`; empty on a single node): the policy is rebuilt from the three whenever one changes.
-    peer_lists: parking_lot::Mutex<(Vec<ipnet::IpNet>, Vec<ipnet::IpNet>, Vec<IpAddr>)>,
+    peer_lists: parking_lot::Mutex<(Vec<ipnet::IpNet>, Vec<ipnet::IpNet>, Vec<policy::ClusterRelay>)>,
     own_ips: Vec<IpAddr>,
     relay_ips: Vec<IpAddr>,
     /// Our relay addresses as clients see them (local and external) → the local relay IP, for addresses the
@@ -460,11 +460,11 @@ impl Core {
         self.rebuild_policy(&lists);
     }
 
-    /// The relay addresses the other nodes of a cluster announce (`[cluster]`): relaying between allocations
-    /// on different nodes needs them, and they may be addresses the built-in ranges refuse (a private network
-    /// between the nodes, a lab). Each is allowed as that exact host, nothing wider; this node's own addresses
-    /// stay refused.
-    pub fn set_cluster_peers(&self, peers: Vec<IpAddr>) {
+    /// The relay addresses and relay port ranges the other nodes of a cluster announce (`[cluster]`): relaying
+    /// between allocations on different nodes needs them, and they may be addresses the built-in ranges refuse
+    /// (a private network between the nodes, a lab). Each such address is allowed as that exact host and only at
+    /// its node's relay ports (its other services stay out of reach); this node's own addresses stay refused.
+    pub fn set_cluster_peers(&self, peers: Vec<policy::ClusterRelay>) {
         let mut lists = self.peer_lists.lock();
         if lists.2 == peers {
             return;
@@ -473,16 +473,8 @@ impl Core {
         self.rebuild_policy(&lists);
     }
 
-    fn rebuild_policy(&self, (allow, deny, peers): &(Vec<ipnet::IpNet>, Vec<ipnet::IpNet>, Vec<IpAddr>)) {
-        let mut allow = allow.clone();
-        allow.extend(
-            peers
-                .iter()
-                .map(|ip| policy::canonical(*ip))
-                .filter(|ip| !self.own_ips.contains(ip))
-                .map(ipnet::IpNet::from),
-        );
-        *self.policy.write() = PeerPolicy::new(&allow, deny, &self.own_ips);
+    fn rebuild_policy(&self, (allow, deny, peers): &(Vec<ipnet::IpNet>, Vec<ipnet::IpNet>, Vec<policy::ClusterRelay>)) {
+        *self.policy.write() = PeerPolicy::new(allow, deny, &self.own_ips).with_cluster(peers);
     }
 
     /// Apply a reloaded `[turn]` section: the peer lists, the quotas and per-source bounds, the bandwidth cap,
@@ -621,6 +613,10 @@ impl Core {
             return drop_it();
         }
         drop(st);
+        // A permission covers every port of its address; another cluster node's is usable at its relay ports only.
+        if self.policy.read().cluster_port_refused(peer) {
+            return drop_it();
+        }
         let Some(peer) = self.dest(peer) else {
             inc(&self.counters.dropped_packets);
             return;
@@ -1230,18 +1226,18 @@ impl Core {
             let Some(p) = codec::decode_xor_addr(&a.value, &req.txid) else {
                 return Err(req.error(400, "Bad XOR-PEER-ADDRESS"));
             };
-            let checked = match self.policy.read().check(p.ip()) {
+            let checked = match self.policy.read().check_peer(p) {
                 Err(Denied::OwnAddress) if self.relay_aliases.iter().any(|(a, _)| *a == policy::canonical(p.ip())) => {
-                    Ok(policy::canonical(p.ip()))
+                    Ok(SocketAddr::new(policy::canonical(p.ip()), p.port()))
                 }
                 other => other,
             };
             match checked {
-                Ok(ip) => {
-                    if alloc.relay_for(&alloc.st.lock(), ip).is_none() {
+                Ok(peer) => {
+                    if alloc.relay_for(&alloc.st.lock(), peer.ip()).is_none() {
                         return Err(req.error(443, "Peer Address Family Mismatch"));
                     }
-                    peers.push(SocketAddr::new(ip, p.port()));
+                    peers.push(peer);
                 }
                 Err(why) => {
                     inc(&self.counters.denied_peers);
@@ -1249,6 +1245,7 @@ impl Core {
                         Denied::SpecialPurpose(r) => r,
                         Denied::OwnAddress => "this server's own address",
                         Denied::Configured => "turn.deny_peers",
+                        Denied::OutsideClusterRelayRange => "another cluster node's address outside its relay ports",
                     };
                     tracing::info!(client = %req.from.client, peer = %p.ip(), "TURN peer refused (403): {what}");
                     return Err(req.error(403, "Forbidden"));

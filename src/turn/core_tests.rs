@@ -818,25 +818,35 @@ fn allow_peers_opens_private_ranges() {
 }
 
 /// `[cluster]`: the other nodes' announced relay addresses are let through as exact hosts (a lab or a private
-/// network between nodes uses ranges the built-in policy refuses), nothing around them, and a config reload of
-/// the peer lists keeps them.
+/// network between nodes uses ranges the built-in policy refuses) and only at their announced relay ports —
+/// nothing around them, not their other services (a permission covers every port of an address, so a Send
+/// indication to another port is dropped too) — and a config reload of the peer lists keeps them.
 #[test]
-fn cluster_peers_are_allowed_as_exact_hosts() {
+fn cluster_peers_are_allowed_as_exact_hosts_at_their_relay_ports() {
     let mut c = cfg();
     c.deny_peers = vec!["8.8.8.0/24".parse().unwrap()];
     let mut t = T::with(c.clone());
-    t.allocate();
-    assert_eq!(code(&t.perm(public("198.51.100.20:1"))), Some(403), "TEST-NET is refused by default");
-    t.core.set_cluster_peers(vec!["198.51.100.20".parse().unwrap(), "10.0.0.7".parse().unwrap()]);
-    assert_eq!(code(&t.perm(public("198.51.100.20:1"))), None, "another node's relay address");
-    assert_eq!(code(&t.perm(public("10.0.0.7:1"))), None);
-    assert_eq!(code(&t.perm(public("198.51.100.21:1"))), Some(403), "only the exact host");
-    assert_eq!(code(&t.perm(public("8.8.8.8:1"))), Some(403));
+    let relay = t.allocate();
+    assert_eq!(code(&t.perm(public("198.51.100.20:50000"))), Some(403), "TEST-NET is refused by default");
+    t.core.set_cluster_peers(vec![
+        ("198.51.100.20".parse().unwrap(), 50000, 50099),
+        ("10.0.0.7".parse().unwrap(), 49152, 65535),
+    ]);
+    assert_eq!(code(&t.perm(public("198.51.100.20:50000"))), None, "another node's relay address");
+    assert_eq!(code(&t.perm(public("198.51.100.20:50100"))), Some(403), "outside its relay range");
+    assert_eq!(code(&t.perm(public("10.0.0.7:22"))), Some(403), "its SSH is not a relay");
+    assert_eq!(code(&t.perm(public("10.0.0.7:49152"))), None);
+    assert_eq!(code(&t.perm(public("198.51.100.21:50000"))), Some(403), "only the exact host");
+    assert_eq!(code(&t.perm(public("8.8.8.8:50000"))), Some(403));
+    // The permission for 10.0.0.7 is per address: Send reaches its relay ports, not its other ports.
+    assert_eq!(to_peer(&t.feed(&send_indication(public("10.0.0.7:60000"), b"x"))).len(), 1);
+    assert!(to_peer(&t.feed(&send_indication(public("10.0.0.7:22"), b"x"))).is_empty());
+    let _ = relay;
     t.core.set_peer_lists(&c.allow_peers, &c.deny_peers);
-    assert_eq!(code(&t.perm(public("10.0.0.7:2"))), None, "a reload keeps the cluster's peers");
+    assert_eq!(code(&t.perm(public("10.0.0.7:50002"))), None, "a reload keeps the cluster's peers");
     t.core.set_cluster_peers(Vec::new());
-    assert_eq!(code(&t.perm(public("10.0.0.8:1"))), Some(403));
-    assert_eq!(code(&t.perm(public("198.51.100.20:3"))), Some(403), "a node that left is refused again");
+    assert_eq!(code(&t.perm(public("10.0.0.8:50000"))), Some(403));
+    assert_eq!(code(&t.perm(public("198.51.100.20:50003"))), Some(403), "a node that left is refused again");
 }
 
 #[test]

@@ -455,7 +455,7 @@ pub struct Deps {
     pub metrics: Arc<Metrics>,
     /// `[cluster]`: the other nodes' relay addresses, as the cluster task learns them (see
     /// `Core::set_cluster_peers`); `None` on a single node.
-    pub cluster_peers: Option<tokio::sync::watch::Receiver<Vec<std::net::IpAddr>>>,
+    pub cluster_peers: Option<tokio::sync::watch::Receiver<Vec<policy::ClusterRelay>>>,
     /// TURN-over-TLS connections accepted and decrypted by the TLS listeners (src/tls.rs).
     pub tls_streams: Option<tokio::sync::mpsc::Receiver<TlsConn>>,
 }

@@ -5,7 +5,7 @@
 //! into an SSRF tool. coturn's CVE-2020-26262 was exactly an alternate encoding (`0.0.0.0`, `[::]`) reaching
 //! loopback past its checks, so every address is canonicalised *before* any list is consulted.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
@@ -18,7 +18,13 @@ pub enum Denied {
     OwnAddress,
     /// `turn.deny_peers`.
     Configured,
+    /// Another cluster node's relay address, at a port outside the relay range it announces: only its relays
+    /// are reachable through this one, not its other services.
+    OutsideClusterRelayRange,
 }
+
+/// Another cluster node's announced relay address and its relay port range (`turn.relay_port_min..=max` there).
+pub type ClusterRelay = (IpAddr, u16, u16);
 
 /// IPv4 special-purpose ranges (IANA IPv4 Special-Purpose Address Registry plus multicast and reserved).
 ///
@@ -107,6 +113,9 @@ pub struct PeerPolicy {
     own: Vec<IpAddr>,
     allow: Vec<IpNet>,
     deny: Vec<IpNet>,
+    /// Other cluster nodes' relay addresses that the lists above refuse (a private network between the nodes,
+    /// a lab), each let through at its node's relay port range only. Sorted by address.
+    cluster: Vec<ClusterRelay>,
 }
 
 impl PeerPolicy {
@@ -126,7 +135,55 @@ impl PeerPolicy {
             own,
             allow: allow.iter().map(canonical_net).collect(),
             deny: deny.iter().map(canonical_net).collect(),
+            cluster: Vec::new(),
         }
+    }
+
+    /// This policy plus the other cluster nodes' relays: each address the policy refuses becomes reachable at
+    /// its announced relay ports (and no other port). Addresses the policy allows anyway stay ordinary peers
+    /// (any port, like any host on the Internet); this server's own addresses stay refused.
+    pub fn with_cluster(mut self, relays: &[ClusterRelay]) -> PeerPolicy {
+        let mut cluster: Vec<ClusterRelay> = relays
+            .iter()
+            .map(|(ip, lo, hi)| (canonical(*ip), *lo, *hi))
+            .filter(|(ip, lo, hi)| lo <= hi && !self.own.contains(ip) && self.check(*ip).is_err())
+            .collect();
+        cluster.sort();
+        cluster.dedup();
+        self.cluster = cluster;
+        self
+    }
+
+    /// Check a peer with its port (CreatePermission, ChannelBind): [`PeerPolicy::check`], plus the cluster
+    /// exception at the announced relay ports. Returns the canonical address or why not.
+    pub fn check_peer(&self, peer: SocketAddr) -> Result<SocketAddr, Denied> {
+        match self.check(peer.ip()) {
+            Ok(ip) => Ok(SocketAddr::new(ip, peer.port())),
+            Err(why) => {
+                let ip = canonical(peer.ip());
+                let mut ranges = self.cluster.iter().filter(|(a, _, _)| *a == ip).peekable();
+                if ranges.peek().is_none() {
+                    return Err(why);
+                }
+                if ranges.any(|(_, lo, hi)| (*lo..=*hi).contains(&peer.port())) {
+                    Ok(SocketAddr::new(ip, peer.port()))
+                } else {
+                    Err(Denied::OutsideClusterRelayRange)
+                }
+            }
+        }
+    }
+
+    /// A permission for a cluster node's address covers all its ports (permissions are per address, RFC 8656
+    /// §9): a Send indication to one of its ports outside the relay range is refused here. Cheap when there is
+    /// no cluster (the list is empty).
+    pub fn cluster_port_refused(&self, peer: SocketAddr) -> bool {
+        if self.cluster.is_empty() {
+            return false;
+        }
+        let ip = canonical(peer.ip());
+        let mut ranges = self.cluster.iter().filter(|(a, _, _)| *a == ip).peekable();
+        ranges.peek().is_some() && !ranges.any(|(_, lo, hi)| (*lo..=*hi).contains(&peer.port()))
     }
 
     /// Check a peer. Returns the canonical address to use (so callers send where they checked) or why not.
@@ -326,5 +383,40 @@ mod tests {
         // Naming the host exactly is a deliberate choice and is honoured.
         let pol = PeerPolicy::new(&["192.168.1.10/32".parse().unwrap()], &[], &own);
         assert!(pol.check("192.168.1.10".parse().unwrap()).is_ok());
+    }
+
+    /// `[cluster]`: another node's relay address that the policy refuses is reachable at its announced relay
+    /// ports only (its SSH, HTTP, metrics stay out of reach); a public node address is an ordinary peer; this
+    /// server's own address is never opened by an announcement.
+    #[test]
+    fn cluster_relays_open_only_their_relay_ports() {
+        let own: Vec<IpAddr> = vec!["10.0.0.5".parse().unwrap()];
+        let pol = PeerPolicy::new(&[], &[], &own).with_cluster(&[
+            ("10.0.0.7".parse().unwrap(), 49152, 65535),
+            ("::ffff:198.51.100.20".parse().unwrap(), 40000, 40099),
+            ("8.8.8.8".parse().unwrap(), 50000, 50010),
+            ("10.0.0.5".parse().unwrap(), 1, 65535),
+        ]);
+        let sa = |s: &str| s.parse::<SocketAddr>().unwrap();
+        assert_eq!(pol.check_peer(sa("10.0.0.7:49152")), Ok(sa("10.0.0.7:49152")));
+        assert_eq!(pol.check_peer(sa("10.0.0.7:65535")), Ok(sa("10.0.0.7:65535")));
+        assert_eq!(pol.check_peer(sa("10.0.0.7:22")), Err(Denied::OutsideClusterRelayRange));
+        assert_eq!(pol.check_peer(sa("10.0.0.7:49151")), Err(Denied::OutsideClusterRelayRange));
+        assert!(pol.cluster_port_refused(sa("10.0.0.7:8080")));
+        assert!(!pol.cluster_port_refused(sa("10.0.0.7:50000")));
+        // Announced in mapped form, checked in canonical form.
+        assert_eq!(pol.check_peer(sa("198.51.100.20:40050")), Ok(sa("198.51.100.20:40050")));
+        assert_eq!(pol.check_peer(sa("[::ffff:198.51.100.20]:40100")), Err(Denied::OutsideClusterRelayRange));
+        // Only the exact host.
+        assert_eq!(pol.check_peer(sa("10.0.0.8:50000")), Err(Denied::SpecialPurpose("private (RFC 1918)")));
+        // A public node is an ordinary peer: any port, no port check on Send.
+        assert_eq!(pol.check_peer(sa("8.8.8.8:22")), Ok(sa("8.8.8.8:22")));
+        assert!(!pol.cluster_port_refused(sa("8.8.8.8:22")));
+        // Our own address stays refused whatever another node announces.
+        assert_eq!(pol.check_peer(sa("10.0.0.5:50000")), Err(Denied::OwnAddress));
+        // Without a cluster nothing changes.
+        let plain = PeerPolicy::new(&[], &[], &own);
+        assert!(plain.check_peer(sa("10.0.0.7:50000")).is_err());
+        assert!(!plain.cluster_port_refused(sa("10.0.0.7:22")));
     }
 }

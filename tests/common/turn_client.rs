@@ -37,6 +37,12 @@ impl Client {
     pub async fn tcp(server: SocketAddr, srv: &TestServer) -> Client {
         Client::with(Conn::Tcp(TcpStream::connect(server).await.unwrap(), Vec::new()), srv)
     }
+    /// A client of a server run as a process with TURN REST secret `secret` (no [`TestServer`] at hand).
+    pub fn with_secret(conn: Conn, secret: &str) -> Client {
+        let secret = ponte::config::Secret::new(secret);
+        let cred = ponte::credentials::mint(&secret, "itest", ponte::credentials::unix_now(), 3600);
+        Client { conn, user: cred.username, pass: cred.password, realm: Vec::new(), nonce: Vec::new() }
+    }
     pub fn with(conn: Conn, srv: &TestServer) -> Client {
         let cred = ponte::credentials::mint(&srv.ctx.turn_secret, "itest", ponte::credentials::unix_now(), 3600);
         Client { conn, user: cred.username, pass: cred.password, realm: Vec::new(), nonce: Vec::new() }
