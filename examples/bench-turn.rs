@@ -304,32 +304,37 @@ fn main() -> anyhow::Result<()> {
             place(p)?;
             for &clients in &o.matrix_clients {
                 let oc = Opts { clients, ..o.clone() };
-                let (mut a, mut b, mut f, mut g) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-                for _ in 0..o.rounds {
-                    a.push(relay_phase(ponte.1, pids[0], &oc, None, false).map_err(|e| e.context("ponte matrix"))?);
-                    b.push(relay_phase(coturn.1, pids[1], &oc, None, false).map_err(|e| e.context("coturn matrix"))?);
-                    f.push(relay_phase(floor.1, pids[2], &oc, None, true).map_err(|e| e.context("floor matrix"))?);
-                    if let (Some(n), Some(pid)) = (&ponte_b, b_pid) {
-                        g.push(relay_phase(n.1, pid, &oc, None, false).map_err(|e| e.context("ponte (B)"))?);
+                // One cell: every server in turn for `o.rounds` rounds at `pace`, medians.
+                let cell = |pace: Option<f64>, what: &str| -> anyhow::Result<_> {
+                    let (mut a, mut b, mut f, mut g) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+                    for _ in 0..o.rounds {
+                        a.push(
+                            relay_phase(ponte.1, pids[0], &oc, pace, false)
+                                .map_err(|e| e.context(format!("ponte {what}")))?,
+                        );
+                        b.push(
+                            relay_phase(coturn.1, pids[1], &oc, pace, false)
+                                .map_err(|e| e.context(format!("coturn {what}")))?,
+                        );
+                        f.push(
+                            relay_phase(floor.1, pids[2], &oc, pace, true)
+                                .map_err(|e| e.context(format!("floor {what}")))?,
+                        );
+                        if let (Some(n), Some(pid)) = (&ponte_b, b_pid) {
+                            g.push(
+                                relay_phase(n.1, pid, &oc, pace, false)
+                                    .map_err(|e| e.context(format!("ponte (B) {what}")))?,
+                            );
+                        }
                     }
-                }
-                let g = if g.is_empty() { None } else { Some(median(g)) };
-                matrix.push((label, clients, median(a), median(b), median(f), g, common::load_average()));
+                    let g = if g.is_empty() { None } else { Some(median(g)) };
+                    Ok((label, clients, median(a), median(b), median(f), g, common::load_average()))
+                };
+                matrix.push(cell(None, "matrix")?);
                 // The same cell at one fixed offered load for every server (`--rate` round trips/s in all, below
                 // each one's capacity): the latency a server adds when it is not the bottleneck, which the closed
                 // loop (where a faster server is also offered more) cannot show.
-                let pace = Some(o.rate as f64 / clients as f64);
-                let (mut a, mut b, mut f, mut g) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-                for _ in 0..o.rounds {
-                    a.push(relay_phase(ponte.1, pids[0], &oc, pace, false).map_err(|e| e.context("ponte fixed"))?);
-                    b.push(relay_phase(coturn.1, pids[1], &oc, pace, false).map_err(|e| e.context("coturn fixed"))?);
-                    f.push(relay_phase(floor.1, pids[2], &oc, pace, true).map_err(|e| e.context("floor fixed"))?);
-                    if let (Some(n), Some(pid)) = (&ponte_b, b_pid) {
-                        g.push(relay_phase(n.1, pid, &oc, pace, false).map_err(|e| e.context("ponte (B) fixed"))?);
-                    }
-                }
-                let g = if g.is_empty() { None } else { Some(median(g)) };
-                fixed.push((label, clients, median(a), median(b), median(f), g, common::load_average()));
+                fixed.push(cell(Some(o.rate as f64 / clients as f64), "fixed")?);
             }
         }
         place(pin)?;
