@@ -880,17 +880,24 @@ async fn a_partner_whose_node_died_is_left_even_without_a_route_to_it() {
 /// two IDs (each bound it locally, wrote its record, and ignored the other's). The binding is claimed in Redis
 /// now: for each of a few new keys, 8 browsers (4 per node) get their challenge, then all prove at once. Exactly
 /// one ID may result: one record for the key in Redis, and a later hello with that key gets that ID on both
-/// nodes. Sessions that were handed a losing ID are closed (1013, like a lost ID claim; 4002 is the newest tab
-/// of one identity winning on its node).
+/// nodes. The node whose binding lost welcomes its connection again in place with the key's ID (`restored`, as a
+/// returning identity), without closing it (it used to close with 1013 and the browser had to reconnect): the
+/// only close is 4002, the newest connection of one identity winning (on its node, or across nodes as for any
+/// returning identity). In the rounds with one browser per node (two tabs of one profile, or a reload and a tab,
+/// hitting two nodes), exactly one connection ends holding the ID, on the node Redis names for it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_new_key_registered_on_two_nodes_at_once_gets_one_id() {
     let c = Cluster::start().await;
     let (na, nb) = (&c.nodes[0], &c.nodes[1]);
     let mut r = c.redis.conn().await;
-    for round in 0..4 {
+    let mut raced = 0;
+    for round in 0..8 {
+        // Rounds 0-3: 4 browsers per node; rounds 4-7: one per node (two tabs of one profile, or a reload and a
+        // tab, landing on two nodes at the same instant).
+        let socks_n = if round < 4 { 8 } else { 2 };
         let key = Key::new();
         let mut socks = Vec::new();
-        for i in 0..8 {
+        for i in 0..socks_n {
             let node = if i % 2 == 0 { na } else { nb };
             let mut ws = open_url(&node.ws_url()).await;
             send(&mut ws, json!({"type": "hello", "v": 1, "identity": {"key": key.public()}})).await;
@@ -908,12 +915,12 @@ async fn one_new_key_registered_on_two_nodes_at_once_gets_one_id() {
                 .map(|(ws, sig)| send(ws, json!({"type": "identity_proof", "signature": sig}))),
         )
         .await;
-        let mut handed = Vec::new();
+        let mut first = Vec::new();
         for ws in &mut socks {
             let v = expect_skip(ws, "welcome").await;
-            handed.push(v["id"].as_str().unwrap().to_string());
+            first.push(v["id"].as_str().unwrap().to_string());
         }
-        // Let the claims, any loser's clean-up and the broadcasts go through.
+        // Let the claims, the loser's re-welcome, the take-overs and the broadcasts go through.
         tokio::time::sleep(Duration::from_millis(1000)).await;
         let table: std::collections::HashMap<String, String> =
             redis::cmd("HGETALL").arg("t:identities").query_async(&mut r).await.unwrap();
@@ -922,6 +929,7 @@ async fn one_new_key_registered_on_two_nodes_at_once_gets_one_id() {
             .filter(|(_, rec)| serde_json::from_str::<Value>(rec).unwrap()["key"] == key.public())
             .map(|(id, _)| id)
             .collect();
+        let mut handed = first.clone();
         handed.sort();
         handed.dedup();
         assert_eq!(
@@ -930,6 +938,47 @@ async fn one_new_key_registered_on_two_nodes_at_once_gets_one_id() {
             "round {round}: the key is bound to {bound:?} in Redis (IDs handed out: {handed:?})"
         );
         let id = bound[0].clone();
+        // How each connection ended: still open, or closed with 4002 by a newer connection of the identity; any
+        // welcome after its first carries the key's ID.
+        let mut open = Vec::new();
+        let mut rewelcomed = 0;
+        for (i, ws) in socks.iter_mut().enumerate() {
+            let (msgs, close) = settle(ws).await;
+            let again: Vec<&Value> = msgs.iter().filter(|m| m["type"] == "welcome").collect();
+            for w in &again {
+                assert_eq!(w["id"], id.as_str(), "round {round}: connection {i} welcomed again with another ID: {w}");
+                assert_eq!(w["restored"], true, "round {round}: {w}");
+                rewelcomed += 1;
+            }
+            let last = again.last().map_or(first[i].as_str(), |w| w["id"].as_str().unwrap());
+            match close {
+                None => open.push((i, last.to_string())),
+                Some(4002) => {}
+                Some(code) => panic!(
+                    "round {round}: connection {i} (first welcomed as {}) closed with {code}; messages: {msgs:?}",
+                    first[i]
+                ),
+            }
+        }
+        for (i, held) in &open {
+            assert_eq!(held, &id, "round {round}: open connection {i} holds another ID");
+        }
+        if socks_n == 2 {
+            // One browser per node: the other one's connection is taken over (the newest wins), this one holds the
+            // ID where Redis says it is.
+            assert_eq!(open.len(), 1, "round {round}: connections left open: {open:?}");
+            let node = if open[0].0 % 2 == 0 { na } else { nb };
+            node.wait_presence(&id).await;
+        } else {
+            // Several per node: the take-overs of one ID on two nodes at the same instant can cross (each node's
+            // claim finds the other's and tells it to drop its session), so all may end closed with 4002 — the
+            // known limit of cross-node take-over (docs/architecture.md), not of the binding.
+            assert!(open.len() <= 1, "round {round}: connections left open: {open:?}");
+        }
+        if handed.len() > 1 {
+            raced += 1;
+            assert!(rewelcomed > 0, "round {round}: a node's binding lost ({handed:?}) but nobody was welcomed again");
+        }
         for node in [na, nb] {
             let again = identity_on(node, &key).await;
             assert_eq!(again.id, id, "round {round}: {} hands out another ID for the key", node.name);
@@ -937,7 +986,25 @@ async fn one_new_key_registered_on_two_nodes_at_once_gets_one_id() {
         let index: Option<String> =
             redis::cmd("HGET").arg("t:identity_keys").arg(key.public()).query_async(&mut r).await.unwrap();
         assert_eq!(index.as_deref(), Some(id.as_str()), "round {round}");
-        eprintln!("round {round}: IDs handed out at first: {handed:?}; bound: {id}");
+        eprintln!("round {round}: IDs handed out at first: {handed:?}; bound: {id}; welcomed again: {rewelcomed}");
+    }
+    assert!(raced > 0, "no round made the two nodes bind the key at once: the loser's path was not exercised");
+}
+
+/// Everything `ws` receives until it is closed (with its close code) or quiet for 300 ms (`None`: still open).
+async fn settle(ws: &mut Ws) -> (Vec<Value>, Option<u16>) {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let mut msgs = Vec::new();
+    loop {
+        match tokio::time::timeout(Duration::from_millis(300), ws.next()).await {
+            Err(_) => return (msgs, None),
+            Ok(Some(Ok(Message::Text(t)))) => msgs.push(serde_json::from_str(&t).unwrap()),
+            Ok(Some(Ok(Message::Close(f)))) => return (msgs, Some(f.map_or(1005, |f| u16::from(f.code)))),
+            Ok(Some(Ok(_))) => {}
+            Ok(Some(Err(e))) => panic!("connection failed instead of closing cleanly: {e}; after {msgs:?}"),
+            Ok(None) => return (msgs, Some(1006)),
+        }
     }
 }
 

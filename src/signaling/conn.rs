@@ -16,6 +16,7 @@ use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 
 use super::hub::{push, Applied, ConnCtl, ConnHandle, Proving, CLOSE_RESUMED, CLOSE_SLOW, CLOSE_TAKEN_OVER};
+use super::identity::PublicKey;
 use super::ids::Id;
 use super::protocol::{self, ErrorCode, ParseError, ServerMsg};
 use super::stats::Stats;
@@ -164,6 +165,14 @@ pub async fn run(hub: Arc<Hub>, mut ws: Ws, info: ConnInfo, slot: Slot) {
                     Message::Close(_) => break End::Gone,
                 }
             }
+            // Another node bound this connection's identity key first: welcome it again with the key's ID.
+            _ = ctl.rebind_wake.notified() => {
+                if let Some(key) = ctl.take_rebind() {
+                    if let Some(end) = c.rebind(key) {
+                        break end;
+                    }
+                }
+            }
             _ = renew.tick(), if c.id.is_some() => {
                 if let Some(id) = c.id {
                     let msg = hub.state.lock().renewed_tokens(id, conn_id, crate::credentials::unix_now());
@@ -292,6 +301,25 @@ impl Conn {
             hub.state.lock().apply(&self.handle, self.id, &mut self.proving, msg, (Instant::now(), now_unix), |id| {
                 ice::servers_for(&hub.own_ice, cfg, host, id, now_unix)
             });
+        self.applied(applied)
+    }
+
+    /// The hub ended this connection's session and asked for it to be welcomed again as `key`
+    /// ([`super::hub::ConnCtl::rebind`]); `Some` ends the connection.
+    fn rebind(&mut self, key: PublicKey) -> Option<End> {
+        let hub = self.hub.clone();
+        let (host, cfg) = (self.info.ice_host.as_deref(), &self.info.cfg);
+        let now_unix = crate::credentials::unix_now();
+        let applied = hub.state.lock().rebind(&self.handle, self.id, key, (Instant::now(), now_unix), |id| {
+            ice::servers_for(&hub.own_ice, cfg, host, id, now_unix)
+        });
+        self.applied(applied)
+    }
+
+    /// Act on what the hub decided; `Some` ends the connection.
+    fn applied(&mut self, applied: Applied) -> Option<End> {
+        let hub = self.hub.clone();
+        let now_unix = crate::credentials::unix_now();
         match applied {
             Applied::Continue => None,
             Applied::Welcomed(id) => {

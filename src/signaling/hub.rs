@@ -65,11 +65,35 @@ pub struct ConnCtl {
     /// More than this queued means the client is not reading. Counted in bytes, not messages: 256 queued
     /// 64 KiB signals would otherwise let one stalled client pin 16 MiB.
     pub max_queued: usize,
+    /// The identity key this connection proved, set when the hub ended its session because another node of the
+    /// cluster had bound that key to another ID first (`remote.rs`, `BindingLost`): the connection task hands it
+    /// back to [`State::rebind`], which welcomes the connection again with the key's ID, without a close.
+    rebind: parking_lot::Mutex<Option<PublicKey>>,
+    /// Wakes the connection task when `rebind` is set.
+    pub rebind_wake: tokio::sync::Notify,
 }
 
 impl ConnCtl {
     pub fn new(cancel: CancellationToken, max_queued: usize) -> Arc<ConnCtl> {
-        Arc::new(ConnCtl { close_code: AtomicU16::new(0), cancel, queued: AtomicUsize::new(0), max_queued })
+        Arc::new(ConnCtl {
+            close_code: AtomicU16::new(0),
+            cancel,
+            queued: AtomicUsize::new(0),
+            max_queued,
+            rebind: parking_lot::Mutex::new(None),
+            rebind_wake: tokio::sync::Notify::new(),
+        })
+    }
+
+    /// Ask the task to have the connection welcomed again as the identity `key` ([`State::rebind`]).
+    pub fn rebind(&self, key: PublicKey) {
+        *self.rebind.lock() = Some(key);
+        self.rebind_wake.notify_one();
+    }
+
+    /// The key of a pending [`ConnCtl::rebind`], taken.
+    pub fn take_rebind(&self) -> Option<PublicKey> {
+        self.rebind.lock().take()
     }
 
     /// The writer sent a message of `len` bytes.
@@ -737,6 +761,31 @@ impl State {
             self.announce(id, true);
         }
         out
+    }
+
+    /// The connection `conn` (holding `me`, if anything) proved `key`, and the session it was welcomed with ended
+    /// because another node of the cluster had bound the key to another ID first ([`ConnCtl::rebind`]): welcome
+    /// it again in place, as a returning identity (`restored`, the key's ID; if that ID's session is connected
+    /// here or on another node, the newest connection wins as for any returning identity, and the older one is
+    /// closed with 4002), rather than closing it and making the browser reconnect to learn the ID.
+    pub fn rebind(
+        &mut self,
+        conn: &ConnHandle,
+        me: Option<Id>,
+        key: PublicKey,
+        (now, now_unix): (Instant, u64),
+        ice: impl FnOnce(Id) -> (Vec<IceServer>, u64),
+    ) -> Applied {
+        // A connection that holds a session (a stale wake-up) keeps it.
+        if me.is_some_and(|id| self.is_current(id, conn.conn_id)) {
+            return Applied::Continue;
+        }
+        let applied = match self.identity_hello(conn.clone(), key, None, now, now_unix, ice) {
+            HelloOutcome::Welcomed(id) => Applied::Welcomed(id),
+            HelloOutcome::Full => Applied::Close { code: 1013, reason: "server full, try again later" },
+        };
+        self.flush();
+        applied
     }
 
     /// A key never seen: bind it to a new ID, within the per-source and total limits.
@@ -1794,6 +1843,75 @@ mod tests {
         assert!(na.peers_of(ia).is_empty() && nb.peers_of(ib).is_empty());
         na.check_invariants().unwrap();
         nb.check_invariants().unwrap();
+    }
+
+    /// Two nodes bound one new identity key at the same instant and Redis kept node-b's binding: node-a's
+    /// connection is not closed (it was, with 1013, and the browser had to reconnect to learn the ID); its task is
+    /// asked to rebind, and is welcomed again in place with the holder's ID, claimed as a returning identity's
+    /// (a take-over of the holder's session on node-b, newest connection wins).
+    #[test]
+    fn a_binding_lost_to_another_node_welcomes_the_connection_again_with_the_holder_s_id() {
+        use crate::cluster::{Inbound, Outbound};
+        let key = SigningKey::random();
+        let (la, mut qa) = crate::cluster::Link::detached("node-a", true);
+        let (lb, _qb) = crate::cluster::Link::detached("node-b", true);
+        let ttl = Duration::from_secs(3);
+        let mut na = State::new(settings(), Arc::default(), key.clone()).with_cluster(la, ttl);
+        let mut nb = State::new(settings(), Arc::default(), key).with_cluster(lb, ttl);
+        // The hub never checks the proof (the connection did), only the key's form.
+        let mut raw = [7u8; identity::KEY_LEN];
+        raw[0] = 4;
+        let pk = PublicKey(raw);
+        let (mut a, mut b) = (conn(1), conn_from(2, SRC_B));
+        let now = Instant::now();
+        let no_ice = |_: Id| (Vec::new(), 0);
+        let HelloOutcome::Welcomed(ia) = na.identity_hello(a.handle.clone(), pk, None, now, 1000, no_ice) else {
+            panic!("full")
+        };
+        let HelloOutcome::Welcomed(ib) = nb.identity_hello(b.handle.clone(), pk, None, now, 1000, no_ice) else {
+            panic!("full")
+        };
+        assert_ne!(ia, ib, "two fresh IDs for one key, one per node");
+        na.flush_now();
+        a.drain();
+        b.drain();
+        while qa.try_recv().is_ok() {}
+
+        let record = nb.identities_snapshot().get(ib).expect("node-b bound it").clone();
+        let value = String::from_utf8(record.to_bytes()).unwrap();
+        na.apply_cluster(
+            Inbound::BindingLost { field: ia.as_str().into(), holder: ib.as_str().into(), value },
+            Instant::now(),
+        );
+        assert!(!a.handle.ctl.cancel.is_cancelled(), "the connection was closed (code {:?})", a.handle.ctl.close_code);
+        assert!(!na.is_current(ia, 1), "the losing ID's session ended");
+        assert_eq!(na.identities_snapshot().id_of(&pk), Some(ib), "the key is the holder's here too");
+        assert_eq!(a.handle.ctl.take_rebind(), Some(pk), "the connection task was asked to rebind");
+
+        let applied = na.rebind(&a.handle, Some(ia), pk, (Instant::now(), 1000), no_ice);
+        assert_eq!(applied, Applied::Welcomed(ib));
+        let got = a.drain();
+        let w = got.iter().find(|m| m["type"] == "welcome").unwrap_or_else(|| panic!("no welcome: {got:?}"));
+        assert_eq!((w["id"].as_str(), w["restored"].as_bool()), (Some(ib.as_str()), Some(true)), "{w}");
+        assert_eq!(w["identity"]["key"], pk.encode(), "{w}");
+        assert!(na.is_current(ib, 1));
+        // Claimed as a returning identity's ID (not exclusively): node-b's session, if still there, is taken over
+        // (4002, newest wins); the losing ID's presence is released.
+        let out: Vec<Outbound> = std::iter::from_fn(|| qa.try_recv().ok()).collect();
+        assert!(
+            out.iter().any(|o| matches!(o, Outbound::Claim { id, exclusive: false } if id == ib.as_str())),
+            "{out:?}"
+        );
+        assert!(out.iter().any(|o| matches!(o, Outbound::Release { id } if id == ia.as_str())), "{out:?}");
+        // No record of the losing ID is written.
+        let rewritten = out.iter().any(|o| {
+            matches!(o, Outbound::Identities(ops) if ops.iter().any(|h| h.field == ia.as_str() && h.value.is_some()))
+        });
+        assert!(!rewritten, "{out:?}");
+        // A stale wake-up does nothing: the connection holds the key's ID now.
+        assert_eq!(na.rebind(&a.handle, Some(ib), pk, (Instant::now(), 1000), no_ice), Applied::Continue);
+        assert!(a.drain().is_empty());
+        na.check_invariants().unwrap();
     }
 
     #[test]

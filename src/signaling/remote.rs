@@ -453,14 +453,15 @@ impl State {
             Inbound::BindingLost { field, holder, value } => {
                 // Another node bound the same new key first (two browsers of one profile, or a reload, hit two
                 // nodes at the same instant): its ID is the key's. Our binding goes before the session ends (so
-                // the session's end writes no record for it), the session closes with 1013 like a lost ID claim,
-                // and the browser's reconnection, on any node, is handed the holder's ID.
+                // the session's end writes no record for it). The connection stays open: its task is asked to
+                // have it welcomed again ([`State::rebind`]: it takes the hub's lock after this, so it finds the
+                // holder's record put below) as a returning identity is welcomed, with the holder's ID.
                 let (Some(lost), Some(holder)) = (Id::parse(&field), Id::parse(&holder)) else { return };
                 let Some(record) = Record::from_bytes(value.as_bytes()) else { return };
                 if self.ids.key_of(lost).is_some_and(|k| k == record.key) {
                     self.ids.apply_remote(Op::Delete(lost));
                     if let Some(c) = self.sessions.get(&lost).and_then(|s| s.conn.as_ref()) {
-                        c.ctl.kill(1013);
+                        c.ctl.rebind(record.key);
                     }
                     self.end_session(lost, false);
                 }
