@@ -1126,3 +1126,93 @@ async fn a_node_that_missed_a_deletion_does_not_write_the_identity_back() {
         assert_ne!(again.id, old, "{}: the forgotten identity came back", n.name);
     }
 }
+
+/// Issue #16's last closing note: after a Redis outage longer than the node-record expiry, every node's record
+/// looks expired (Redis kept its data) or is gone (Redis lost it) until that node's next heartbeat, and the nodes
+/// notice Redis's return at different times; the dead-node check used to declare live nodes dead then, and their
+/// partners on other nodes heard `peer_away`. Here A@n1 is paired with B@n2 and D@n1 with C@n3; Redis is stopped
+/// for longer than the TTL, n3 is killed (-9) meanwhile, and Redis comes back. A and B must hear nothing and still
+/// reach each other; D must still hear C `peer_away`, then `peer_left` after the grace.
+async fn a_long_redis_outage_declares_only_the_dead_node_dead(keep_data: bool) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut redis = Redis::start();
+    let n1 = Node::start(dir.path(), "n1", &redis);
+    let n2 = Node::start(dir.path(), "n2", &redis);
+    let mut n3 = Node::start(dir.path(), "n3", &redis);
+    for n in [&n1, &n2, &n3] {
+        n.wait_cluster("ok", Duration::from_secs(20)).await;
+    }
+    let mut a = client_on(&n1, None).await;
+    let mut b = client_on(&n2, None).await;
+    let mut c = client_on(&n3, None).await;
+    let mut d = client_on(&n1, None).await;
+    pair(&mut a, &mut b).await;
+    pair(&mut d, &mut c).await;
+    signal(&mut a, &mut b, 1).await;
+    signal(&mut c, &mut d, 2).await;
+    // A cluster that has run a while: every node has seen the others alive.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for n in [&n1, &n2, &n3] {
+        while n.metric("ponte_cluster_nodes").await != 3.0 {
+            assert!(Instant::now() < deadline, "{} never counted three nodes", n.name);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    if keep_data {
+        let mut r = redis.conn().await;
+        let _: () = redis::cmd("SET").arg("test:kept").arg(1).query_async(&mut r).await.unwrap();
+        let _: () = redis::cmd("SAVE").query_async(&mut r).await.unwrap();
+    } else {
+        assert!(!redis.dir.path().join("dump.rdb").exists(), "Redis would come back with data");
+    }
+    redis.kill();
+    for n in [&n1, &n2] {
+        n.wait_cluster("failed", Duration::from_secs(15)).await;
+    }
+    n3.kill9();
+    // Longer than the node-record expiry: every record has expired when Redis returns.
+    tokio::time::sleep(Duration::from_secs(TTL + 2)).await;
+    redis.spawn();
+    for n in [&n1, &n2] {
+        n.wait_cluster("ok", Duration::from_secs(20)).await;
+    }
+    let mut r = redis.conn().await;
+    let kept: Option<String> = redis::cmd("GET").arg("test:kept").query_async(&mut r).await.unwrap();
+    assert_eq!(kept.is_some(), keep_data, "Redis came back with{} its data", if keep_data { "out" } else { "" });
+
+    // D hears the killed node's C away (once n1 has been up for the expiry plus 7 s, the reconnection backoff and
+    // a connection timeout), then left after the grace.
+    let t0 = Instant::now();
+    let within = Duration::from_secs(TTL + 7 + 4 + GRACE + TTL + 3);
+    let mut away = None;
+    loop {
+        let v = recv_within(&mut d.ws, within.saturating_sub(t0.elapsed())).await.unwrap_or_else(|| {
+            panic!("D: no peer_left for C within {within:?} of Redis's return (peer_away after {away:?})")
+        });
+        match v["type"].as_str() {
+            Some("peer_away") if v["peer"] == c.id.as_str() && away.is_none() => away = Some(t0.elapsed()),
+            Some("peer_left") if v["peer"] == c.id.as_str() && away.is_some() => break,
+            _ => panic!("D: unexpected {v} (peer_away after {away:?})"),
+        }
+    }
+    eprintln!("keep_data {keep_data}: C away {:?}, left {:?} after Redis was back", away.unwrap(), t0.elapsed());
+    // A and B heard nothing all that time (longer than the grace the nodes give each other), and still reach
+    // each other.
+    assert_silent(&mut a.ws, Duration::from_millis(300)).await;
+    assert_silent(&mut b.ws, Duration::from_millis(300)).await;
+    signal(&mut a, &mut b, 3).await;
+    signal(&mut b, &mut a, 4).await;
+    assert_eq!(n1.metric("ponte_cluster_nodes").await, 2.0, "n1 counts n2 and itself");
+    assert_eq!(n2.metric("ponte_cluster_nodes").await, 2.0, "n2 counts n1 and itself");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_redis_outage_declares_only_the_dead_node_dead_when_redis_kept_its_data() {
+    a_long_redis_outage_declares_only_the_dead_node_dead(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_redis_outage_declares_only_the_dead_node_dead_when_redis_lost_its_data() {
+    a_long_redis_outage_declares_only_the_dead_node_dead(false).await;
+}

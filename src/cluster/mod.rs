@@ -17,7 +17,8 @@
 //! - **Redis down is not fatal.** Pairs on one node keep working (nothing of theirs touches Redis); cross-node
 //!   operations are refused at once with `cluster_unavailable` (the hub checks [`Link::is_up`]); `/healthz`
 //!   says degraded; both connections retry with backoff; on return the presence of every local ID is written
-//!   again. The queues are bounded, so nothing grows while Redis is away.
+//!   again, and no other node is judged dead before every live one has had time to write its record again
+//!   ([`NodeWatch`]). The queues are bounded, so nothing grows while Redis is away.
 //!
 //! Redis layout (P = `cluster.key_prefix`): `P:node:<name>` (heartbeat, JSON with the node's public
 //! addresses and relay port range, EX ttl), `P:nodes` (set of node names), `P:id:<id>` (node name, EX ttl),
@@ -500,7 +501,7 @@ impl Cluster {
             health,
             routes: Arc::new(Mutex::new(Routes::default())),
             conn: None,
-            known_nodes: HashSet::new(),
+            watch: NodeWatch::new(Duration::from_secs(cfg.presence_ttl_secs)),
             peers_tx,
             instance: format!("{:016x}", rand::random::<u64>()),
             sub_up: false,
@@ -508,6 +509,70 @@ impl Cluster {
             epoch: None,
         };
         Ok(Cluster { link, inbound, peers, runner: Runner(task) })
+    }
+}
+
+/// Which other nodes are alive, judged at each heartbeat, and when this node may call one dead.
+///
+/// A node is dead when its heartbeat record expired (it is in `P:nodes` without a record), or when it was seen
+/// alive and is not any more (another node already removed it from the set, or Redis lost the set). Neither is
+/// evidence just after Redis was away: nobody could refresh a record then, so when Redis returns every record
+/// looks expired (or is gone, if Redis lost its data) until its node's next heartbeat, and the nodes notice
+/// Redis's return at different times (their reconnection backoffs). So after a reconnection a node is declared
+/// dead only once this node has been up (Redis reachable, subscription live) without a break for
+/// [`NodeWatch::grace`]: the heartbeat expiry plus the longest reconnection backoff and one connection timeout,
+/// time enough for every live node to have reconnected (within a backoff and a timeout of Redis's return) and
+/// written its record again (within a third of the expiry, two thirds if its first command after the outage
+/// failed). Until then nothing is declared dead, every node seen alive is remembered (so a node killed during
+/// the outage is still judged, and found dead, once the grace is over, even if Redis lost the node set), and a
+/// node whose record reappears is simply alive. The first connection needs no grace: cross-node operations are
+/// refused until then, so no session here has a half with another node that a wrong verdict could end.
+#[derive(Debug)]
+struct NodeWatch {
+    /// Other nodes seen alive (since the last judgement, while unsettled).
+    known: HashSet<String>,
+    /// From when this node's readings are evidence; `None` while it is not up.
+    settled_at: Option<Instant>,
+    /// This node has been up before (a connection now is a reconnection).
+    was_up: bool,
+    grace: Duration,
+}
+
+impl NodeWatch {
+    fn new(ttl: Duration) -> NodeWatch {
+        NodeWatch { known: HashSet::new(), settled_at: None, was_up: false, grace: ttl + BACKOFF_MAX + REDIS_TIMEOUT }
+    }
+
+    /// This node's link went up or down.
+    fn set_up(&mut self, up: bool, now: Instant) {
+        if !up {
+            self.settled_at = None;
+        } else if self.settled_at.is_none() {
+            self.settled_at = Some(if self.was_up { now + self.grace } else { now });
+            self.was_up = true;
+        }
+    }
+
+    /// Up long enough for an absent record to mean a dead node.
+    fn settled(&self, now: Instant) -> bool {
+        self.settled_at.is_some_and(|t| now >= t)
+    }
+
+    /// One heartbeat's reading: `alive`, the other nodes with a record; `expired`, those in the node set
+    /// without one. Returns the nodes to declare dead (and to remove from the set): none until settled.
+    fn judge(&mut self, alive: HashSet<String>, expired: Vec<String>, now: Instant) -> Vec<String> {
+        if !self.settled(now) {
+            self.known.extend(alive);
+            return Vec::new();
+        }
+        let mut gone: Vec<String> = self.known.iter().filter(|n| !alive.contains(*n)).cloned().collect();
+        for e in expired {
+            if !gone.contains(&e) {
+                gone.push(e);
+            }
+        }
+        self.known = alive;
+        gone
     }
 }
 
@@ -527,8 +592,8 @@ struct Task {
     health: Arc<Health>,
     routes: Arc<Mutex<Routes>>,
     conn: Option<ConnectionManager>,
-    /// Nodes seen alive at the last heartbeat.
-    known_nodes: HashSet<String>,
+    /// Which other nodes are alive, and whether this node may call one dead yet.
+    watch: NodeWatch,
     /// The other live nodes' announced relay addresses, for TURN.
     peers_tx: tokio::sync::watch::Sender<Vec<(IpAddr, u16, u16)>>,
     /// Random per process: tells this run's heartbeat from an earlier process's of the same name.
@@ -629,8 +694,9 @@ impl Task {
         Ok(())
     }
 
-    fn set_up(&self, up: bool) {
+    fn set_up(&mut self, up: bool) {
         let was = self.up.swap(up, Ordering::Relaxed);
+        self.watch.set_up(up, Instant::now());
         self.stats.redis_up.store(up as u64, Ordering::Relaxed);
         self.health.set(Component::Cluster, if up { Status::Ok } else { Status::Failed });
         if was != up {
@@ -695,9 +761,6 @@ impl Task {
         if self.conn.is_none() {
             return;
         }
-        // After Redis was away (restarted empty, perhaps) the node set is being rebuilt: only nodes whose
-        // heartbeat is seen to expire count as gone, not nodes that merely have not re-registered yet.
-        let was_up = self.up.load(Ordering::Relaxed);
         let ttl = self.ttl.as_secs();
         let info = serde_json::json!({
             "addresses": self.addresses,
@@ -722,10 +785,11 @@ impl Task {
                 return;
             }
         }
-        // Nodes in the set whose heartbeat expired are gone: their IDs' partners here hear they are away.
+        // Nodes in the set whose heartbeat expired are gone (once [`NodeWatch`] trusts the reading): their IDs'
+        // partners here hear they are away.
         let others: Vec<&String> = members.iter().filter(|m| **m != *self.node).collect();
         let mut alive = HashSet::new();
-        let mut dead = Vec::new();
+        let mut expired = Vec::new();
         let mut addresses: Vec<(IpAddr, u16, u16)> = Vec::new();
         if !others.is_empty() {
             let mut pipe = redis::pipe();
@@ -748,17 +812,18 @@ impl Task {
                                 .map(|a| (a, lo, hi)),
                         );
                     }
-                    None => dead.push((*m).clone()),
+                    None => expired.push((*m).clone()),
                 }
             }
-
-            if !dead.is_empty() {
-                let mut pipe = redis::pipe();
-                for d in &dead {
-                    pipe.srem(self.names.nodes(), d).ignore();
-                }
-                let _ = self.query(&pipe, dead.len()).await;
+        }
+        let nodes = alive.len() as u64 + 1;
+        let dead = self.watch.judge(alive, expired, Instant::now());
+        if !dead.is_empty() {
+            let mut pipe = redis::pipe();
+            for d in &dead {
+                pipe.srem(self.names.nodes(), d).ignore();
             }
+            let _ = self.query(&pipe, dead.len()).await;
         }
         addresses.sort();
         addresses.dedup();
@@ -767,22 +832,15 @@ impl Task {
             *cur = addresses;
             changed
         });
-        // A node whose heartbeat expired, or that was alive at the last heartbeat and is not now (another node
-        // already removed it from the set).
-        let mut gone: HashSet<&String> = dead.iter().collect();
-        if was_up {
-            gone.extend(self.known_nodes.iter().filter(|n| !alive.contains(*n) && **n != *self.node));
-        }
         // Always told, even with no route to it: the hub locates its sessions' other remote partners then.
-        for gone in gone {
-            let ids = self.routes.lock().drop_node(gone);
+        for gone in dead {
+            let ids = self.routes.lock().drop_node(&gone);
             tracing::info!(node = %gone, ids = ids.len(), "cluster: node gone (heartbeat expired)");
-            if self.in_tx.try_send(Inbound::NodeGone { ids, nodes: vec![gone.clone()] }).is_err() {
+            if self.in_tx.try_send(Inbound::NodeGone { ids, nodes: vec![gone] }).is_err() {
                 Stats::inc(&self.stats.inbound_dropped);
             }
         }
-        self.stats.nodes.store(alive.len() as u64 + 1, Ordering::Relaxed);
-        self.known_nodes = alive;
+        self.stats.nodes.store(nodes, Ordering::Relaxed);
         // Up only with the subscription too: without it, envelopes to this node would be lost.
         self.set_up(self.sub_up);
     }
@@ -1327,6 +1385,59 @@ mod tests {
         }
         assert_eq!(p.note(&[op(false, "one-more", None), op(false, "0", None)]), 1);
         assert_eq!(p.deletions.len(), PENDING_DELETIONS_MAX);
+    }
+
+    /// The dead-node check after a Redis outage: until this node has been up again for the grace (expiry plus
+    /// the longest backoff and a connection timeout), records missing because nobody could refresh them are no
+    /// evidence. A node that writes its record again within the grace is alive; one killed meanwhile is found
+    /// dead once the grace is over, whether Redis kept the node set (its record expired) or lost it (it was seen
+    /// alive before the outage). The first connection judges at once (no cross-node half exists before it).
+    #[test]
+    fn nodes_are_declared_dead_only_after_a_grace_of_continuous_uptime() {
+        let set = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<HashSet<String>>();
+        let ttl = Duration::from_secs(3);
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let mut w = NodeWatch::new(ttl);
+        assert_eq!(w.grace, Duration::from_secs(10), "TTL + backoff + connection timeout");
+        // Not up yet: no verdict.
+        assert!(w.judge(set(&["n2"]), vec!["old".into()], at(0)).is_empty());
+        // First connection: a record that expired is a dead node at once, and only once.
+        w.set_up(true, at(1));
+        assert_eq!(w.judge(set(&["n2", "n3"]), vec!["old".into()], at(1)), vec!["old".to_string()]);
+        assert!(w.judge(set(&["n2", "n3"]), vec![], at(2)).is_empty());
+        w.set_up(true, at(3));
+        assert!(w.settled(at(3)), "staying up is no reconnection");
+
+        // Redis goes away; the link is down.
+        w.set_up(false, at(12));
+        assert!(!w.settled(at(30)));
+        // Back at 30 s (the outage outlived every record). Redis kept its data: n2 and n3 look expired at the first
+        // heartbeats (n2 notices the return later); Redis lost it: they are not in the set at all.
+        w.set_up(true, at(30));
+        assert!(w.judge(set(&[]), vec!["n2".into(), "n3".into()], at(30)).is_empty(), "expired during the outage");
+        assert!(w.judge(set(&[]), vec![], at(31)).is_empty(), "not re-registered yet");
+        // n2 writes its record again within the grace; n3 was killed during the outage and never does.
+        assert!(w.judge(set(&["n2"]), vec!["n3".into()], at(36)).is_empty());
+        assert!(w.judge(set(&["n2"]), vec!["n3".into()], at(39)).is_empty());
+        // Grace over: n3 is dead (its record expired, Redis kept the set), n2 is not.
+        assert_eq!(w.judge(set(&["n2"]), vec!["n3".into()], at(40)), vec!["n3".to_string()]);
+        assert!(w.judge(set(&["n2"]), vec![], at(41)).is_empty(), "declared once");
+
+        // The same outage with Redis emptied: n3 is in no set, but it was seen alive before and is not now.
+        let mut w = NodeWatch::new(ttl);
+        w.set_up(true, at(0));
+        assert!(w.judge(set(&["n2", "n3"]), vec![], at(1)).is_empty());
+        w.set_up(false, at(12));
+        w.set_up(true, at(30));
+        assert!(w.judge(set(&[]), vec![], at(30)).is_empty());
+        assert!(w.judge(set(&["n2"]), vec![], at(32)).is_empty());
+        // A break in the uptime (Redis blinked) restarts the grace.
+        w.set_up(false, at(35));
+        w.set_up(true, at(36));
+        assert!(w.judge(set(&["n2"]), vec![], at(45)).is_empty(), "grace restarted at 36 s");
+        assert_eq!(w.judge(set(&["n2"]), vec![], at(46)), vec!["n3".to_string()]);
+        assert!(w.judge(set(&["n2"]), vec![], at(47)).is_empty());
     }
 
     #[test]
