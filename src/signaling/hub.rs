@@ -1776,9 +1776,11 @@ mod tests {
         // hello{identity} → challenge → a correctly signed proof; `check` decides whether it counts.
         let mut handshake = |c: &mut TestConn, check: bool| {
             let mut proving = None;
-            let hello =
-                ClientMsg::Hello { v: 1, token: None, identity: Some(b64(kp.public_key().as_ref())) };
-            assert_eq!(st.apply(&c.handle, None, &mut proving, hello, (now, unix), |_| (Vec::new(), 0)), Applied::Continue);
+            let hello = ClientMsg::Hello { v: 1, token: None, identity: Some(b64(kp.public_key().as_ref())) };
+            assert_eq!(
+                st.apply(&c.handle, None, &mut proving, hello, (now, unix), |_| (Vec::new(), 0)),
+                Applied::Continue
+            );
             let challenge = c.drain()[0]["challenge"].as_str().unwrap().to_string();
             let msg = format!("{}{challenge}", identity::SIGN_PREFIX);
             let signature = b64(kp.sign(&rng, msg.as_bytes()).unwrap().as_ref());
