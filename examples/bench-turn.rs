@@ -142,7 +142,7 @@ fn main() -> anyhow::Result<()> {
         let v: usize = args[i + 1].parse()?;
         match args[i].as_str() {
             "--secs" => o.secs = v.clamp(1, 60) as u64,
-            "--rounds" => o.rounds = v.clamp(1, 15),
+            "--rounds" => o.rounds = v.clamp(1, 40),
             "--clients" => o.clients = v.clamp(1, 64),
             "--window" => o.window = v.clamp(1, 1024),
             "--size" => o.size = v.clamp(16, 1200),
@@ -289,7 +289,7 @@ fn main() -> anyhow::Result<()> {
         );
     }
     let main = if o.main {
-        Some((median(pb), median(cb), median(pr), median(cr), median(pbl), median(cbl), median(prl), median(crl)))
+        Some((median(pb), median(cb), median(pr), median(cr), pooled(pbl), pooled(cbl), pooled(prl), pooled(crl)))
     } else {
         None
     };
@@ -327,8 +327,52 @@ fn main() -> anyhow::Result<()> {
                             );
                         }
                     }
-                    let g = if g.is_empty() { None } else { Some(median(g)) };
-                    Ok((label, clients, median(a), median(b), median(f), g, common::load_average()))
+                    let steal: Duration = a.iter().chain(&b).chain(&f).chain(&g).map(|s| s.steal).sum();
+                    if std::env::var_os("BENCH_ROUNDS").is_some() {
+                        let r = |s: &Stats| format!("{}/{}/{}", s.rate as u64, s.p99.as_micros(), s.steal.as_millis());
+                        for i in 0..a.len() {
+                            eprintln!(
+                                "round {what} {label} {clients}: rt/s / p99 µs / steal ms: ponte {} coturn {} floor {}",
+                                r(&a[i]),
+                                r(&b[i]),
+                                r(&f[i])
+                            );
+                        }
+                    }
+                    // At a fixed load a phase counts only if the hypervisor took (almost) no time from this VM
+                    // during it: a vCPU that is not running delays whichever server is in its phase by
+                    // milliseconds, which is the machine's tail, not the server's. Each server is judged on its
+                    // calm phases (all of them if it had none), and the sign test on the rounds where both ponte's
+                    // and coturn's phases were calm.
+                    let calm_phase = |s: &Stats| s.steal <= STEAL_CALM;
+                    let mut calm = [a.len(); 3];
+                    let won = if pace.is_some() {
+                        let both: Vec<bool> = a
+                            .iter()
+                            .zip(&b)
+                            .filter(|(p, c)| calm_phase(p) && calm_phase(c))
+                            .map(|(p, c)| p.p99 <= c.p99)
+                            .collect();
+                        calm = [&a, &b, &f].map(|v| v.iter().filter(|s| calm_phase(s)).count());
+                        let keep = |v: Vec<Stats>| -> Vec<Stats> {
+                            if v.iter().any(calm_phase) {
+                                v.into_iter().filter(calm_phase).collect()
+                            } else {
+                                v
+                            }
+                        };
+                        (a, b, f, g) = (keep(a), keep(b), keep(f), keep(g));
+                        (both.iter().filter(|&&w| w).count(), both.len())
+                    } else {
+                        // Rounds in which ponte's p99 was at or below coturn's.
+                        (a.iter().zip(&b).filter(|(p, c)| p.p99 <= c.p99).count(), a.len())
+                    };
+                    // In a closed loop, the round with the median rate; at a fixed load every round has the same
+                    // rate, so the median round would be a random one: there the percentiles are of every round's
+                    // round trips together.
+                    let m = if pace.is_some() { pooled } else { median };
+                    let g = if g.is_empty() { None } else { Some(m(g)) };
+                    Ok((label, clients, m(a), m(b), m(f), g, common::load_average(), won, (steal, calm)))
                 };
                 matrix.push(cell(None, "matrix")?);
                 // The same cell at one fixed offered load for every server (`--rate` round trips/s in all, below
@@ -396,7 +440,7 @@ fn main() -> anyhow::Result<()> {
             None => String::new(),
         };
         println!(
-            "{:<10}{:>8}{:>11}{:>11}{:>11}{:>8}{:>19}{:>19}{:>19}{:>30}{:>21}{:>8}  {}",
+            "{:<10}{:>8}{:>11}{:>11}{:>11}{:>8}{:>19}{:>19}{:>19}{:>30}{:>21}{:>8}{:>10}  {}",
             "placement",
             "clients",
             "ponte rt/s",
@@ -409,16 +453,17 @@ fn main() -> anyhow::Result<()> {
             "CPU/pkt ponte/coturn/floor",
             "sleeps/1k pkt p/c/f",
             "load",
+            "steal",
             match &o.ab {
                 Some((k, v)) => format!("ponte with {k}={v}: rt/s p50/p99 µs CPU/pkt"),
                 None => String::new(),
             }
         );
-        for (label, clients, p, c, f, g, load) in &matrix {
+        for (label, clients, p, c, f, g, load, _, (steal, _)) in &matrix {
             let us = |s: &Stats| format!("{:.2}", s.cpu_per_op.as_nanos() as f64 / 1000.0);
             let l = |s: &Stats| format!("{}/{}", s.p50.as_micros(), s.p99.as_micros());
             println!(
-                "{:<10}{:>8}{:>11.0}{:>11.0}{:>11.0}{:>8.2}{:>19}{:>19}{:>19}{:>30}{:>21}{:>8}  {}",
+                "{:<10}{:>8}{:>11.0}{:>11.0}{:>11.0}{:>8.2}{:>19}{:>19}{:>19}{:>30}{:>21}{:>8}{:>10}  {}",
                 label,
                 clients,
                 p.rate,
@@ -431,6 +476,7 @@ fn main() -> anyhow::Result<()> {
                 format!("{} / {} / {} µs", us(p), us(c), us(f)),
                 format!("{:.0}/{:.0}/{:.0}", p.sleeps_per_k, c.sleeps_per_k, f.sleeps_per_k),
                 load.split_whitespace().next().unwrap_or("-"),
+                format!("{} ms", steal.as_millis()),
                 b_cell(g)
             );
         }
@@ -439,35 +485,45 @@ fn main() -> anyhow::Result<()> {
         );
         println!(
             "\nThe same cells at one fixed offered load for every server: {} echo round trips/s in all, paced (the \
-             latency a server adds when it is not the bottleneck):",
-            o.rate
+             latency a server adds when it is not the bottleneck); percentiles of all round trips of a server's calm \
+             phases (at most {} ms of steal time, the hypervisor's time taken from this VM; calm: how many of {} \
+             rounds were, per server), p<=c: in how many rounds with both calm ponte's p99 was at or below coturn's:",
+            o.rate,
+            STEAL_CALM.as_millis(),
+            o.rounds
         );
         println!(
-            "{:<10}{:>8}{:>19}{:>19}{:>19}{:>10}{:>30}{:>8}  {}",
+            "{:<10}{:>8}{:>19}{:>19}{:>19}{:>10}{:>8}{:>30}{:>8}{:>10}{:>12}  {}",
             "placement",
             "clients",
             "p50/p99 ponte µs",
             "coturn",
             "floor",
             "p99 c/p",
+            "p<=c",
             "CPU/pkt ponte/coturn/floor",
             "load",
+            "steal",
+            "calm p/c/f",
             if o.ab.is_some() { "ponte (B): p50/p99 µs CPU/pkt" } else { "" }
         );
-        for (label, clients, p, c, f, g, load) in &fixed {
+        for (label, clients, p, c, f, g, load, won, (steal, calm)) in &fixed {
             let us = |s: &Stats| format!("{:.2}", s.cpu_per_op.as_nanos() as f64 / 1000.0);
             let l = |s: &Stats| format!("{}/{}", s.p50.as_micros(), s.p99.as_micros());
             let lost = p.lost + c.lost + f.lost;
             println!(
-                "{:<10}{:>8}{:>19}{:>19}{:>19}{:>10.2}{:>30}{:>8}  {}{}",
+                "{:<10}{:>8}{:>19}{:>19}{:>19}{:>10.2}{:>8}{:>30}{:>8}{:>10}{:>12}  {}{}",
                 label,
                 clients,
                 l(p),
                 l(c),
                 l(f),
                 c.p99.as_secs_f64() / p.p99.as_secs_f64().max(1e-9),
+                format!("{}/{}", won.0, won.1),
                 format!("{} / {} / {} µs", us(p), us(c), us(f)),
                 load.split_whitespace().next().unwrap_or("-"),
+                format!("{} ms", steal.as_millis()),
+                format!("{}/{}/{}", calm[0], calm[1], calm[2]),
                 g.as_ref().map_or(String::new(), |g| format!("{} {}", l(g), us(g))),
                 if lost > 0 { format!("  (lost p/c/f: {}/{}/{})", p.lost, c.lost, f.lost) } else { String::new() }
             );
@@ -505,6 +561,10 @@ fn lat(name: &str, p: &Stats, c: &Stats) {
     );
 }
 
+/// A fixed-load phase counts for the latencies if the hypervisor took at most this much from the VM during it
+/// (steal time is reported in 10 ms ticks).
+const STEAL_CALM: Duration = Duration::from_millis(10);
+
 /// The round with the median rate (its latencies come along), with the losses of all rounds.
 fn median(mut v: Vec<Stats>) -> Stats {
     let lost = v.iter().map(|s| s.lost).sum();
@@ -512,6 +572,34 @@ fn median(mut v: Vec<Stats>) -> Stats {
     let mut m = v.swap_remove(v.len() / 2);
     m.lost = lost;
     m
+}
+
+/// Every round together: percentiles of all round trips, mean rate and CPU per operation, the losses summed.
+fn pooled(v: Vec<Stats>) -> Stats {
+    let n = v.len().max(1) as f64;
+    let rate = v.iter().map(|s| s.rate).sum::<f64>() / n;
+    let cpu = v.iter().map(|s| s.cpu_per_op.as_secs_f64()).sum::<f64>() / n;
+    let sleeps_per_k = v.iter().map(|s| s.sleeps_per_k).sum::<f64>() / n;
+    let lost = v.iter().map(|s| s.lost).sum();
+    let v_steal = v.iter().map(|s| s.steal).sum();
+    let mut rtts: Vec<u32> = v.into_iter().flat_map(|s| s.rtts).collect();
+    rtts.sort_unstable();
+    let pct = |p: f64| percentile(&rtts, p);
+    Stats {
+        rate,
+        cpu_per_op: Duration::from_secs_f64(cpu),
+        p50: pct(0.50),
+        p99: pct(0.99),
+        lost,
+        sleeps_per_k,
+        rtts,
+        steal: v_steal,
+    }
+}
+
+fn percentile(sorted: &[u32], p: f64) -> Duration {
+    let i = ((sorted.len() as f64 * p) as usize).min(sorted.len().saturating_sub(1));
+    Duration::from_nanos(sorted.get(i).copied().unwrap_or(0) as u64)
 }
 
 struct Stats {
@@ -524,20 +612,24 @@ struct Stats {
     lost: u64,
     /// Server threads' voluntary context switches (each one a sleep and a later wake-up) per 1000 operations.
     sleeps_per_k: f64,
+    /// Every round trip of the phase, sorted (for `pooled`).
+    rtts: Vec<u32>,
+    /// The machine's steal time during the phase (relay phases only).
+    steal: Duration,
 }
 
 fn stats(mut rtts: Vec<u32>, elapsed: Duration, sent: u64, cpu: Duration, ops_per_rtt: u32) -> Stats {
     rtts.sort_unstable();
     let ops = (rtts.len() as u32).max(1) * ops_per_rtt;
-    let pct =
-        |p: f64| rtts.get(((rtts.len() as f64 * p) as usize).min(rtts.len().saturating_sub(1))).copied().unwrap_or(0);
     Stats {
         rate: rtts.len() as f64 / elapsed.as_secs_f64(),
         cpu_per_op: cpu / ops,
-        p50: Duration::from_nanos(pct(0.50) as u64),
-        p99: Duration::from_nanos(pct(0.99) as u64),
+        p50: percentile(&rtts, 0.50),
+        p99: percentile(&rtts, 0.99),
         lost: sent.saturating_sub(rtts.len() as u64),
         sleeps_per_k: 0.0,
+        rtts,
+        steal: Duration::ZERO,
     }
 }
 
@@ -557,6 +649,7 @@ fn binding_phase(server: SocketAddr, pid: u32, o: &Opts, pace: Option<f64>) -> S
                     // system call (recvmmsg/sendmmsg), so that on a small machine most of the CPU is left to the
                     // server under test; both servers face exactly the same generator.
                     let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+                    turn::big_buffers(&s);
                     s.set_nonblocking(true).unwrap();
                     let (mut rx, mut tx) = (mmsg::RecvBatch::new(), mmsg::SendBatch::segmented(o.generator_gso));
                     let mut rtts = Vec::with_capacity(1 << 20);
@@ -656,6 +749,7 @@ fn relay_phase(server: SocketAddr, pid: u32, o: &Opts, pace: Option<f64>, floor:
     // The echo peer: one socket, one thread, returns every datagram to its sender, in batches (recvmmsg/sendmmsg)
     // like the clients, so that the generator leaves as much CPU as it can to the server under test.
     let peer = UdpSocket::bind("127.0.0.1:0")?;
+    turn::big_buffers(&peer);
     peer.set_nonblocking(true)?;
     let peer_addr = peer.local_addr()?;
     let stop = Arc::new(AtomicBool::new(false));
@@ -716,6 +810,7 @@ fn relay_phase(server: SocketAddr, pid: u32, o: &Opts, pace: Option<f64>, floor:
         clients.push(c);
     }
     let cpu0 = cpu_time(pid);
+    let steal0 = turn::steal_time();
     let sleeps0 = sleeps(pid);
     let epoch = Instant::now();
     let deadline = epoch + Duration::from_secs(o.secs);
@@ -810,6 +905,7 @@ fn relay_phase(server: SocketAddr, pid: u32, o: &Opts, pace: Option<f64>, floor:
         hs.into_iter().map(|h| h.join().unwrap()).collect()
     });
     let cpu = cpu_time(pid) - cpu0;
+    let steal = turn::steal_time().saturating_sub(steal0);
     let slept = sleeps(pid).saturating_sub(sleeps0);
     stop.store(true, Ordering::Relaxed);
     let _ = echo.join();
@@ -830,6 +926,7 @@ fn relay_phase(server: SocketAddr, pid: u32, o: &Opts, pace: Option<f64>, floor:
     // Two relayed packets per echo round trip (client→peer, peer→client).
     let mut st = stats(results.into_iter().flat_map(|r| r.0).collect(), elapsed, sent, cpu, 2);
     st.sleeps_per_k = slept as f64 * 1000.0 / (st.rate * elapsed.as_secs_f64() * 2.0).max(1.0);
+    st.steal = steal;
     Ok(st)
 }
 
@@ -943,6 +1040,7 @@ fn serve_floor(port: &str) -> anyhow::Result<()> {
     use std::os::fd::AsRawFd;
     const LISTENER: mio::Token = mio::Token(usize::MAX);
     let listener = UdpSocket::bind(("127.0.0.1", port.parse::<u16>()?))?;
+    turn::big_buffers(&listener);
     listener.set_nonblocking(true)?;
     let mut poll = mio::Poll::new()?;
     poll.registry().register(&mut mio::unix::SourceFd(&listener.as_raw_fd()), LISTENER, mio::Interest::READABLE)?;
@@ -980,6 +1078,7 @@ fn serve_floor(port: &str) -> anyhow::Result<()> {
                     if data.len() == 6 && &data[..4] == b"PEER" {
                         let peer = SocketAddr::from(([127, 0, 0, 1], u16::from_be_bytes([data[4], data[5]])));
                         let r = UdpSocket::bind("127.0.0.1:0")?;
+                        turn::big_buffers(&r);
                         r.set_nonblocking(true)?;
                         let tok = mio::Token(relays.len());
                         poll.registry().register(

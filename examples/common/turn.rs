@@ -188,6 +188,28 @@ pub fn cpu_time(pid: u32) -> Duration {
     Duration::from_micros(ticks * 1_000_000 / hz)
 }
 
+/// Large socket buffers for the benchmark's own sockets (generator, echo peer, floor), like ponte's: after the VM
+/// or a thread stalls for a few milliseconds, a paced generator catches up in one burst, and a fast relay passes
+/// it on back to back; with the default 208 KiB the burst was dropped at the benchmark's sockets, which counted as
+/// the server's loss (and hid those round trips from its latency).
+pub fn big_buffers(s: &UdpSocket) {
+    let s = socket2::SockRef::from(s);
+    let _ = s.set_recv_buffer_size(4 << 20);
+    let _ = s.set_send_buffer_size(4 << 20);
+}
+
+/// The machine's steal time so far (all CPUs): time this VM's CPUs wanted to run but the hypervisor ran something
+/// else. A phase with steal has latencies that no server caused, so latency comparisons leave such rounds out.
+pub fn steal_time() -> Duration {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    // "cpu  user nice system idle iowait irq softirq steal ...": steal is the 8th number.
+    let ticks =
+        stat.lines().next().and_then(|l| l.split_whitespace().nth(8)).and_then(|x| x.parse().ok()).unwrap_or(0u64);
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Duration::from_micros(ticks * 1_000_000 / hz)
+}
+
 /// Wait up to `ms` for the socket to have something to read.
 pub fn wait_readable(s: &UdpSocket, ms: i32) -> bool {
     use std::os::fd::AsRawFd;
@@ -241,6 +263,7 @@ impl TurnClient {
     /// A client on its own socket with its own TURN REST username (`bench<id>`), as a browser tab would have.
     pub fn new(server: SocketAddr, id: usize) -> anyhow::Result<TurnClient> {
         let s = UdpSocket::bind("127.0.0.1:0")?;
+        big_buffers(&s);
         s.set_read_timeout(Some(Duration::from_secs(2)))?;
         let cred = ponte::credentials::mint(
             &ponte::config::Secret::new(SECRET),

@@ -297,6 +297,7 @@ impl Conn {
         let hub = self.hub.clone();
         let (host, cfg) = (self.info.ice_host.as_deref(), &self.info.cfg);
         let now_unix = crate::credentials::unix_now();
+        Proving::check(&mut self.proving, &msg);
         let applied =
             hub.state.lock().apply(&self.handle, self.id, &mut self.proving, msg, (Instant::now(), now_unix), |id| {
                 ice::servers_for(&hub.own_ice, cfg, host, id, now_unix)

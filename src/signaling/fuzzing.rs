@@ -406,6 +406,7 @@ impl Sim {
         let handle = self.conns[i].handle.clone();
         let (me, now, unix) = (self.conns[i].id, self.now, self.unix());
         let mut proving = self.conns[i].proving.take();
+        Proving::check(&mut proving, &msg);
         let applied = self.st.apply(&handle, me, &mut proving, msg, (now, unix), |_| (Vec::new(), 0));
         self.conns[i].proving = proving;
         match applied {

@@ -260,6 +260,20 @@ pub struct Proving {
     pub key: PublicKey,
     pub challenge: String,
     pub token: Option<String>,
+    /// Set by [`Proving::check`] before the hub's lock is taken; `apply` trusts only this.
+    verified: bool,
+}
+
+impl Proving {
+    /// Verify an `identity_proof` against the outstanding challenge, if `msg` is one. The connection task calls
+    /// this before it locks the hub: an ECDSA P-256 verification costs ~0.1 ms of CPU, and every connection's
+    /// messages wait on that lock, so a stream of fresh connections with proofs (valid or not) must not be able
+    /// to serialize everyone else behind their signature checks.
+    pub fn check(proving: &mut Option<Proving>, msg: &ClientMsg<'_>) {
+        if let (Some(p), ClientMsg::IdentityProof { signature }) = (proving.as_mut(), msg) {
+            p.verified = p.key.verify(&p.challenge, signature);
+        }
+    }
 }
 
 /// What [`State::apply`] asks of the connection task, beyond the messages it already queued.
@@ -477,12 +491,12 @@ impl State {
         Stats::inc(&self.stats.by_type[msg.index()]);
         let Some(me) = me else {
             if let Some(p) = proving.take() {
-                let ClientMsg::IdentityProof { signature } = msg else {
+                let ClientMsg::IdentityProof { .. } = msg else {
                     *proving = Some(p);
                     self.reply_err(conn, ErrorCode::ProofRequired, "send identity_proof first", msg.type_name());
                     return Applied::Continue;
                 };
-                if !p.key.verify(&p.challenge, &signature) {
+                if !p.verified {
                     self.reply_err(
                         conn,
                         ErrorCode::BadSignature,
@@ -521,7 +535,7 @@ impl State {
                 };
                 let challenge = identity::challenge();
                 push(conn, ServerMsg::IdentityChallenge { challenge: challenge.clone() }.to_text());
-                *proving = Some(Proving { key, challenge, token });
+                *proving = Some(Proving { key, challenge, token, verified: false });
                 return Applied::Continue;
             }
             return match self.hello(conn.clone(), token.as_deref(), now, now_unix, ice) {
@@ -1794,6 +1808,41 @@ mod tests {
             }
         }
         n
+    }
+
+    /// The signature check runs before the hub's lock (`Proving::check`, in the connection task); `apply` must
+    /// act on that result only, never on a proof nobody checked, and never verify under the lock itself.
+    #[test]
+    fn identity_proofs_count_only_when_checked_before_the_lock() {
+        use base64::Engine as _;
+        use ring::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
+        let rng = ring::rand::SystemRandom::new();
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
+        let kp = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng).unwrap();
+        let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+        let mut st = State::new(settings(), Arc::default(), SigningKey::random());
+        let (now, unix) = (Instant::now(), 1000);
+        // hello{identity} → challenge → a correctly signed proof; `check` decides whether it counts.
+        let mut handshake = |c: &mut TestConn, check: bool| {
+            let mut proving = None;
+            let hello = ClientMsg::Hello { v: 1, token: None, identity: Some(b64(kp.public_key().as_ref())) };
+            assert_eq!(
+                st.apply(&c.handle, None, &mut proving, hello, (now, unix), |_| (Vec::new(), 0)),
+                Applied::Continue
+            );
+            let challenge = c.drain()[0]["challenge"].as_str().unwrap().to_string();
+            let msg = format!("{}{challenge}", identity::SIGN_PREFIX);
+            let signature = b64(kp.sign(&rng, msg.as_bytes()).unwrap().as_ref());
+            let proof = ClientMsg::IdentityProof { signature };
+            if check {
+                Proving::check(&mut proving, &proof);
+            }
+            st.apply(&c.handle, None, &mut proving, proof, (now, unix), |_| (Vec::new(), 0))
+        };
+        let (mut a, mut b) = (conn(1), conn(2));
+        assert_eq!(handshake(&mut a, false), Applied::Close { code: 1008, reason: "identity proof failed" });
+        assert!(matches!(handshake(&mut b, true), Applied::Welcomed(_)));
+        st.check_invariants().unwrap();
     }
 
     #[test]

@@ -1,8 +1,9 @@
 // Calls between Chromium pages on loopback, against the real ponte: a video call placed and answered (both sides
 // receive audio packets and decode video frames), mute and camera-off stop the outgoing RTP, hang-up ends every
 // local track on both sides, decline, busy (a third page calls someone already in a call), missed (the caller
-// cancels), unanswered (the ring times out; shortened through window.ponte.setRingTimeout), a voice-only call, and
-// a second call on the same connection. Fake devices: Chromium's
+// cancels), unanswered (the ring times out; shortened through window.ponte.setRingTimeout), a voice-only call,
+// a second call on the same connection, and the speaker choice (setSinkId on the remote element, kept for the next
+// call). Fake devices: Chromium's
 // --use-fake-device-for-media-stream (a test pattern and a beep) with --use-fake-ui-for-media-stream (no prompt).
 //
 //   cd tests/browser && node --test call.test.mjs     (needs target/debug/ponte and /usr/bin/chromium)
@@ -230,6 +231,70 @@ describe('calls on loopback', { skip: missing || false }, () => {
     for (const p of [a, b]) {
       assert.deepEqual((await p.evaluate(() => window.ponte.callTracks())).filter((t) => t.readyState !== 'ended'), []);
     }
+    assert.deepEqual(a.errors, []);
+    assert.deepEqual(b.errors, []);
+  });
+
+  test('the speaker: the device menu lists the audio outputs, picking one moves the remote audio there (sinkId), the next call keeps it', async () => {
+    // Chromium's --use-fake-device-for-media-stream fakes audio outputs too ("Fake Default Audio Output", "Fake Audio
+    // Output 1", ...; checked with Debian's chromium 156, headless, on a machine without a sound card), so the menu
+    // has a real choice and setSinkId() really switches (Chromium checks the ID against the devices it listed).
+    const [a, b] = await connected({}, {});
+    const remote = (p) => p.evaluate(() => { const v = document.querySelector('[data-testid=call-remote-video]'); return { sinkId: v.sinkId, paused: v.paused, audio: !!(v.srcObject && v.srcObject.getAudioTracks().length) }; });
+    const speakers = () => a.$$eval('[data-testid=call-speaker-select] option', (os) => os.map((o) => ({ id: o.value, label: o.textContent, selected: o.selected })));
+    const openMenu = async () => {
+      await a.getByTestId('call-devices').click();
+      await a.getByTestId('call-devices-menu').waitFor();
+      await a.waitForFunction(() => document.querySelectorAll('[data-testid=call-speaker-select] option').length > 0);
+    };
+
+    await a.getByTestId('call-voice').click();
+    await panelState(b, 'incoming');
+    await b.getByTestId('call-accept').click();
+    await panelState(a, 'active');
+    await grows(a, (s) => s.inbound.audio.packetsReceived, 'inbound audio packets');
+    const before = await remote(a);
+    assert.equal(before.sinkId, '', 'the remote audio starts on the default output');
+    assert.equal(before.audio, true, 'the remote element carries the call\'s audio');
+    await openMenu();
+    assert.equal(await a.locator('#call-speaker-row').isVisible(), true, 'outputs listed: the speaker row shows');
+    const listed = await speakers();
+    const outputs = await a.evaluate(async () => (await navigator.mediaDevices.enumerateDevices()).filter((d) => d.kind === 'audiooutput').map((d) => d.deviceId));
+    assert.deepEqual(listed.map((o) => o.id), outputs, 'every output the browser lists, in its order');
+    assert.equal(listed[0].id, 'default');
+    assert.equal(listed[0].selected, true, 'the default output is shown as chosen');
+    const other = listed.find((o) => o.id !== 'default');
+    assert.ok(other, `an output other than the default: ${JSON.stringify(listed)}`);
+    assert.match(other.label, /^Fake Audio Output \d$/, 'named as the browser names it');
+    await a.getByTestId('call-speaker-select').selectOption(other.id);
+    await a.waitForFunction((id) => document.querySelector('[data-testid=call-remote-video]').sinkId === id, other.id, { timeout: 10000 });
+    // The audio goes on arriving and the element goes on playing on the new output.
+    await grows(a, (s) => s.inbound.audio.packetsReceived, 'inbound audio packets after choosing the speaker');
+    assert.equal((await remote(a)).paused, false);
+    assert.equal((await remote(b)).sinkId, '', 'the other side keeps its own output');
+    await screenshot(a, 'call-speaker-desktop');
+    await a.getByTestId('call-hangup').click();
+    await panelState(a, 'ended');
+    await panelState(b, 'ended');
+
+    // The next call (the other side calls this time) plays on the chosen output: the page keeps one remote media
+    // element for all its calls, and the menu shows the choice. (Within the page only: the client does not store the
+    // choice, nor say that it does; a reload starts on the default output.)
+    await b.getByTestId('call-voice').click();
+    await panelState(a, 'incoming');
+    await a.getByTestId('call-accept').click();
+    await panelState(a, 'active');
+    await grows(a, (s) => s.inbound.audio.packetsReceived, 'inbound audio packets (second call)');
+    const again = await remote(a);
+    assert.equal(again.sinkId, other.id, 'the second call plays on the chosen output');
+    assert.equal(again.paused, false);
+    await openMenu();
+    assert.deepEqual((await speakers()).filter((o) => o.selected).map((o) => o.id), [other.id], 'the menu shows the choice');
+    // Back to the default output.
+    await a.getByTestId('call-speaker-select').selectOption('default');
+    await a.waitForFunction(() => document.querySelector('[data-testid=call-remote-video]').sinkId === 'default', null, { timeout: 10000 });
+    await a.getByTestId('call-hangup').click();
+    await panelState(b, 'ended');
     assert.deepEqual(a.errors, []);
     assert.deepEqual(b.errors, []);
   });

@@ -5,16 +5,11 @@
 
 import { test, describe, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { requirements, waitConnected, screenshot } from './lib.mjs';
+import { requirements, waitConnected, screenshot, sendMessage } from './lib.mjs';
 import { startMockServer, newIdentities } from './mock-server.mjs';
-import { appPage, saveContact, profiles, connectPages } from './profiles.mjs';
+import { appPage, saveContact, profiles, connectPages, answerConfirm } from './profiles.mjs';
 
 const missing = requirements({ needPonte: false });
-
-/** Answer the next prompt()/confirm() with `text`. */
-function answerNextDialog(page, text) {
-  page.once('dialog', (d) => d.accept(text));
-}
 
 const contact = (page, id) => page.locator(`[data-testid=contact][data-peer="${id}"]`);
 
@@ -169,9 +164,20 @@ describe('contacts', { skip: missing || false }, () => {
     a.off('dialog', noBrowserDialog);
     assert.deepEqual(browserDialogs, [], 'no window.prompt()/confirm() while saving and renaming');
 
-    await contact(a, idB).getByTestId('contact-menu').click();
-    answerNextDialog(a, '');
-    await contact(a, idB).getByTestId('contact-block').click();
+    // Block asks in the page's confirmation dialog: Cancel keeps the contact and the chat; "Block" blocks.
+    const openBlock = async () => {
+      await contact(a, idB).getByTestId('contact-menu').click();
+      await contact(a, idB).getByTestId('contact-block').click();
+    };
+    await answerConfirm(a, openBlock, { text: /^Block Robert\? They will not be able to reach you/, action: 'Block', confirm: false });
+    await a.waitForTimeout(300);
+    assert.equal(await contact(a, idB).count(), 1, 'Cancel keeps the contact');
+    assert.equal(await a.locator(`[data-testid=blocked][data-peer="${idB}"]`).count(), 0, 'Cancel does not block');
+    assert.equal(await b.getByTestId('connection-state').getAttribute('data-state'), 'connected', 'Cancel keeps the chat');
+    a.on('dialog', noBrowserDialog);
+    await answerConfirm(a, openBlock, { action: 'Block', confirm: true });
+    a.off('dialog', noBrowserDialog);
+    assert.deepEqual(browserDialogs, [], 'no window.confirm() for block');
     await a.locator(`[data-testid=blocked][data-peer="${idB}"]`).waitFor({ state: 'attached' });
     assert.equal(await contact(a, idB).count(), 0, 'no longer a contact');
     await b.waitForSelector(`[data-testid=conversation][data-peer="${idA}"][data-state=closed]`);
@@ -186,6 +192,127 @@ describe('contacts', { skip: missing || false }, () => {
     await a.waitForSelector('[data-testid=blocked-box][hidden]', { state: 'attached' });
     await b.getByTestId('connect').click();
     await a.locator(`[data-testid=incoming-request][data-peer="${idB}"]`).waitFor();
+  });
+
+  test('remove and "clear everything" ask in the page: Enter, Escape, a click outside and Cancel keep; the named button removes', async () => {
+    const a = await appPage(await browser(profile()), server.url);
+    const b = await appPage(await browser(profile()), server.url);
+    const { idA, idB } = await connectPages(a, b);
+    // Never the browser's own confirm(): it blocks the page's thread (signaling included) while it waits.
+    const browserDialogs = [];
+    a.on('dialog', (d) => { browserDialogs.push(d.message()); d.dismiss(); });
+    await saveContact(a, 'Bob');
+    await sendMessage(a, 'kept on the device');
+    await a.waitForSelector('[data-testid=message-status][data-status=delivered]');
+    const stored = () => a.evaluate(() => new Promise((resolve) => {
+      const r = indexedDB.open('ponte');
+      r.onsuccess = () => { const q = r.result.transaction('messages').objectStore('messages').count(); q.onsuccess = () => resolve(q.result); };
+    }));
+    // IndexedDB writes follow the page's events: poll (5 s at most) rather than read once.
+    const until = async (check, why) => {
+      for (let i = 0; i < 50; i++) { if (await check()) return; await a.waitForTimeout(100); }
+      assert.fail(why);
+    };
+    await until(async () => await stored() > 0, 'the message is kept for the saved contact');
+
+    const dialog = a.getByTestId('confirm-dialog');
+    const openRemove = async () => {
+      await contact(a, idB).getByTestId('contact-menu').click();
+      await contact(a, idB).getByTestId('contact-remove').click();
+      await dialog.waitFor();
+    };
+    const closed = () => dialog.waitFor({ state: 'hidden' });
+    const stillThere = async (why) => {
+      await a.waitForTimeout(200);
+      assert.equal(await contact(a, idB).count(), 1, why);
+      assert.ok(await a.evaluate((id) => !!window.ponte.contacts.get(id), idB), why);
+    };
+
+    // The focus starts on Cancel, so an Enter right away does not remove.
+    await openRemove();
+    assert.equal(await a.getByTestId('confirm-text').textContent(), 'Remove Bob from your contacts?');
+    assert.equal(await a.getByTestId('confirm-ok').textContent(), 'Remove', 'the button is named for the action');
+    assert.equal(await a.getByTestId('confirm-cancel').textContent(), 'Cancel');
+    assert.match(await a.getByTestId('confirm-ok').getAttribute('class'), /\bdestructive\b/);
+    assert.equal(await a.evaluate(() => document.activeElement?.dataset.testid), 'confirm-cancel', 'the focus starts on Cancel');
+    await a.keyboard.press('Enter');
+    await closed();
+    await stillThere('Enter on the first focus keeps the contact');
+    await openRemove();
+    await a.keyboard.press('Escape');
+    await closed();
+    await stillThere('Escape keeps the contact');
+    await openRemove();
+    await a.mouse.click(4, 4); // the backdrop, outside the box
+    await closed();
+    await stillThere('a click outside keeps the contact');
+    await answerConfirm(a, openRemove, { action: 'Remove', confirm: false });
+    await stillThere('Cancel keeps the contact');
+
+    // At 360 px, light and dark, in English and pt-BR: the dialog and both buttons fit; the action's button is red.
+    await a.setViewportSize({ width: 360, height: 740 });
+    await a.getByTestId('back').click();
+    const fits = async () => {
+      const box = await dialog.boundingBox();
+      assert.ok(box.x >= 0 && box.x + box.width <= 360, `the dialog fits 360 px: ${JSON.stringify(box)}`);
+      for (const id of ['confirm-ok', 'confirm-cancel']) {
+        const bb = await a.getByTestId(id).boundingBox();
+        assert.ok(bb.x >= box.x && bb.x + bb.width <= box.x + box.width && bb.y + bb.height <= box.y + box.height, `${id} inside the dialog`);
+      }
+    };
+    // The buttons' colours ease over a moment (.btn's transition): wait for the colour rather than read it once.
+    const okColour = (want, why) => a.waitForFunction((c) => getComputedStyle(document.querySelector('[data-testid=confirm-ok]')).backgroundColor === c, want, { timeout: 3000 })
+      .catch(async () => assert.fail(`${why}: ${await a.getByTestId('confirm-ok').evaluate((x) => getComputedStyle(x).backgroundColor)}`));
+    const surface = () => dialog.evaluate((d) => getComputedStyle(d).backgroundColor);
+    await openRemove();
+    await fits();
+    await okColour('rgb(192, 38, 45)', 'light: the "bad" red');
+    assert.equal(await surface(), 'rgb(255, 255, 255)');
+    await screenshot(a, 'confirm-remove-360');
+    await a.emulateMedia({ colorScheme: 'dark' });
+    await okColour('rgb(255, 123, 128)', 'dark: the dark theme\'s red');
+    assert.notEqual(await surface(), 'rgb(255, 255, 255)', 'dark surface');
+    await screenshot(a, 'confirm-remove-360-dark');
+    await a.keyboard.press('Escape');
+    await closed();
+    await a.emulateMedia({ colorScheme: 'light' });
+    await a.getByTestId('lang-select').selectOption('pt-BR');
+    await openRemove();
+    assert.equal(await a.getByTestId('confirm-text').textContent(), 'Remover Bob dos seus contatos?');
+    assert.equal(await a.getByTestId('confirm-ok').textContent(), 'Remover');
+    assert.equal(await a.getByTestId('confirm-cancel').textContent(), 'Cancelar');
+    await fits();
+    await screenshot(a, 'confirm-remove-360-pt');
+    await a.emulateMedia({ colorScheme: 'dark' });
+    await screenshot(a, 'confirm-remove-360-pt-dark');
+    // "Remover" removes: the contact, and what was kept of the conversation.
+    await a.getByTestId('confirm-ok').click();
+    await closed();
+    await contact(a, idB).waitFor({ state: 'detached' });
+    assert.equal(await a.evaluate((id) => window.ponte.contacts.get(id) || null, idB), null, 'removed from the contact book');
+    await until(async () => await stored() === 0, 'the kept messages went with the contact');
+    await a.emulateMedia({ colorScheme: 'light' });
+    await a.getByTestId('lang-select').selectOption('en');
+    await a.setViewportSize({ width: 1280, height: 800 });
+    await a.locator(`[data-testid=conversation][data-peer="${idB}"]`).click(); // back to the chat (the 360 px "back" left it)
+
+    // "Clear everything on this device": Cancel keeps the contact and its messages; "Clear" deletes them, the ID stays.
+    await saveContact(a, 'Bob again');
+    await sendMessage(a, 'kept again');
+    await until(async () => await stored() > 0, 'the message is kept for the saved contact again');
+    const openClear = () => a.getByTestId('clear-all').click();
+    await answerConfirm(a, openClear, { text: /^Delete all contacts, messages and settings from this device\? Your ID stays\.$/, action: 'Clear', confirm: false });
+    await a.waitForTimeout(300);
+    assert.equal(await contact(a, idB).count(), 1, 'Cancel keeps the contacts');
+    assert.ok(await stored() > 0, 'Cancel keeps the messages');
+    const reloaded = a.waitForEvent('load');
+    await answerConfirm(a, openClear, { action: 'Clear', confirm: true });
+    await reloaded;
+    await a.waitForFunction(() => window.ponte && window.ponte.id, null, { timeout: 15000 });
+    assert.equal(await a.evaluate(() => window.ponte.id), idA, 'the ID stays');
+    assert.equal(await contact(a, idB).count(), 0, 'no contact left');
+    assert.equal(await stored(), 0, 'no message left');
+    assert.deepEqual(browserDialogs, [], 'no window.confirm()');
   });
 
   test('"keep history" off: nothing is stored for a saved contact', async () => {

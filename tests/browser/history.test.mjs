@@ -8,7 +8,7 @@ import { test, describe, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { requirements, sendMessage, waitForMessage } from './lib.mjs';
 import { startMockServer, newIdentities } from './mock-server.mjs';
-import { appPage, saveContact, profiles, connectPages } from './profiles.mjs';
+import { appPage, saveContact, profiles, connectPages, answerConfirm } from './profiles.mjs';
 
 const missing = requirements({ needPonte: false });
 
@@ -72,15 +72,26 @@ describe('history on the device', { skip: missing || false }, () => {
     assert.match(await b.getByTestId('history-file').textContent(), /notes\.txt/, 'the receiver keeps the card too');
     assert.deepEqual(await texts(a), ['before saving', 'after saving', 'written while you were away'], 'no duplicate');
 
-    // "Delete conversation" forgets it: after a reload nothing is shown for Bob.
-    await a.locator(`[data-testid=contact][data-peer="${idB}"] [data-testid=contact-menu]`).click();
-    a.once('dialog', (d) => d.accept());
-    await a.locator(`[data-testid=contact][data-peer="${idB}"] [data-testid=contact-delete-history]`).click();
-    await a.waitForTimeout(300);
-    const stored = await a.evaluate((peer) => new Promise((resolve) => {
+    // "Delete conversation" asks in the page's dialog (never window.confirm()): Cancel keeps the messages, "Delete"
+    // forgets them.
+    const browserDialogs = [];
+    a.on('dialog', (d) => { browserDialogs.push(d.message()); d.dismiss(); });
+    const stored = () => a.evaluate((peer) => new Promise((resolve) => {
       const r = indexedDB.open('ponte');
       r.onsuccess = () => { const q = r.result.transaction('messages').objectStore('messages').index('peer').count(peer); q.onsuccess = () => resolve(q.result); };
     }), idB);
-    assert.equal(stored, 0);
+    const before = await stored();
+    assert.ok(before >= 3, `the conversation is kept (${before} records)`);
+    const openDelete = async () => {
+      await a.locator(`[data-testid=contact][data-peer="${idB}"] [data-testid=contact-menu]`).click();
+      await a.locator(`[data-testid=contact][data-peer="${idB}"] [data-testid=contact-delete-history]`).click();
+    };
+    await answerConfirm(a, openDelete, { text: /^Delete the messages with Bob from this device\?$/, action: 'Delete', confirm: false });
+    await a.waitForTimeout(300);
+    assert.equal(await stored(), before, 'Cancel keeps the messages');
+    await answerConfirm(a, openDelete, { action: 'Delete', confirm: true });
+    for (let i = 0; i < 50 && await stored() > 0; i++) await a.waitForTimeout(100);
+    assert.equal(await stored(), 0, '"Delete" forgets them');
+    assert.deepEqual(browserDialogs, [], 'no window.confirm()');
   });
 });

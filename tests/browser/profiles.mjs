@@ -4,6 +4,7 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
+import assert from 'node:assert/strict';
 import { chromium } from 'playwright-core';
 import { CHROMIUM, CHROME_ARGS, waitConnected } from './lib.mjs';
 
@@ -74,4 +75,18 @@ export async function connectPages(a, b) {
   await waitConnected(a);
   await waitConnected(b);
   return { idA, idB };
+}
+
+/** The page's confirmation dialog (dialog.js), opened by `open()`: checks the question matches `text`, that the
+ * destructive button is named `action` and that the focus starts on Cancel, then answers with the action's button
+ * (`confirm: true`) or Cancel. Resolves once the dialog is closed. */
+export async function answerConfirm(page, open, { text, action, confirm }) {
+  const dialog = page.getByTestId('confirm-dialog');
+  await open();
+  await dialog.waitFor();
+  if (text) assert.match(await page.getByTestId('confirm-text').textContent(), text);
+  if (action) assert.equal(await page.getByTestId('confirm-ok').textContent(), action);
+  assert.equal(await page.evaluate(() => document.activeElement?.dataset.testid), 'confirm-cancel', 'the focus starts on Cancel');
+  await page.getByTestId(confirm ? 'confirm-ok' : 'confirm-cancel').click();
+  await dialog.waitFor({ state: 'hidden' });
 }

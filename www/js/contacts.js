@@ -1,6 +1,7 @@
-// Contacts (UI): the sidebar list (name, ID, online dot; one click connects or opens the chat), rename (in a dialog) / remove /
-// block, the "save contact" button of the open conversation, the auto-accept setting, and the warning when a
-// contact's identity key changed. The state lives in the ContactBook (contactbook.js, network side).
+// Contacts (UI): the sidebar list (name, ID, online dot; one click connects or opens the chat), rename / remove / block /
+// delete conversation (each asked in an in-page dialog, dialog.js), the "save contact" button of the open
+// conversation, the auto-accept setting, "clear everything", and the warning when a contact's identity key changed.
+// The state lives in the ContactBook (contactbook.js, network side).
 //
 // Bus: listens to `conversation-selected`, `conversation-changed`, `me`; emits `connect-to` {peer} (requests.js
 // asks), `open-conversation` {peer}, `open-history` {peer}, `contacts-changed` {}, `banner`.
@@ -9,6 +10,7 @@ import { $, el, avatarColor } from './dom.js';
 import { t } from './i18n.js';
 import { displayId } from './signaling.js';
 import { emit, on } from './bus.js';
+import { askName, confirmAction } from './dialog.js';
 
 /**
  * @param {import('./signaling.js').Signaling} sig
@@ -46,16 +48,16 @@ export function initContacts(sig, book, { conversation, history }) {
             const name = await askName(t('contacts.rename_title'), t('contacts.rename_prompt', { id: d }), c.name);
             if (name != null) book.rename(c.id, name);
           }),
-          action('contact-remove', t('contacts.remove'), () => {
-            if (!confirm(t('contacts.remove_confirm', { name: c.name }))) return;
+          action('contact-remove', t('contacts.remove'), async () => {
+            if (!await confirmAction(t('contacts.remove_confirm', { name: c.name }), t('contacts.remove'))) return;
             history.deleteConversation(c.id);
             book.remove(c.id);
           }),
-          action('contact-delete-history', t('history.delete'), () => {
-            if (confirm(t('history.delete_confirm', { name: c.name }))) history.deleteConversation(c.id);
+          action('contact-delete-history', t('history.delete'), async () => {
+            if (await confirmAction(t('history.delete_confirm', { name: c.name }), t('dialog.delete'))) history.deleteConversation(c.id);
           }),
-          action('contact-block', t('contacts.block'), () => {
-            if (!confirm(t('contacts.block_confirm', { name: c.name }))) return;
+          action('contact-block', t('contacts.block'), async () => {
+            if (!await confirmAction(t('contacts.block_confirm', { name: c.name }), t('contacts.block'))) return;
             // A block does not end a live pairing by itself: end it here.
             if (openConv(c.id)) sig.send({ type: 'bye', to: c.id });
             history.deleteConversation(c.id);
@@ -79,27 +81,6 @@ export function initContacts(sig, book, { conversation, history }) {
     $('#auto-accept').checked = !!book.settings.autoAccept;
     $('#keep-history').checked = book.settings.keepHistory !== false;
     renderSave();
-  }
-
-  // The name dialog, for "rename" and "save contact" (a modal <dialog>, not window.prompt(): that one cannot be
-  // styled, translated or themed, and some browsers block it). Enter submits the form (the Save button's value
-  // becomes returnValue), Escape and Cancel close it with an empty returnValue, as does a click on the backdrop.
-  // Resolves to the text or null.
-  const dialog = $('#name-dialog');
-  const nameInput = $('#name-input');
-  $('#name-cancel').addEventListener('click', () => dialog.close(''));
-  // A click whose target is the <dialog> itself landed on the backdrop (the form fills the box).
-  dialog.addEventListener('click', (e) => { if (e.target === dialog) dialog.close(''); });
-  function askName(title, label, value) {
-    return new Promise((resolve) => {
-      $('#name-dialog-title').textContent = title;
-      $('#name-label').textContent = label;
-      nameInput.value = value;
-      dialog.returnValue = '';
-      dialog.addEventListener('close', () => resolve(dialog.returnValue === 'save' ? nameInput.value : null), { once: true });
-      dialog.showModal();
-      nameInput.select();
-    });
   }
 
   function action(testid, label, run) {
@@ -132,7 +113,7 @@ export function initContacts(sig, book, { conversation, history }) {
   $('#auto-accept').addEventListener('change', (e) => book.setSetting('autoAccept', e.target.checked));
   $('#keep-history').addEventListener('change', (e) => book.setSetting('keepHistory', e.target.checked));
   $('#clear-all').addEventListener('click', async () => {
-    if (!confirm(t('history.clear_all_confirm'))) return;
+    if (!await confirmAction(t('history.clear_all_confirm'), t('dialog.clear'))) return;
     await history.clearEverything();
     for (const c of book.list()) await book.remove(c.id);
     for (const id of [...book.blocked]) await book.unblock(id);

@@ -307,6 +307,9 @@ const en = {
   'contacts.rename_title': 'Rename contact',
   'contacts.rename_save': 'Save',
   'contacts.rename_cancel': 'Cancel',
+  'dialog.cancel': 'Cancel',
+  'dialog.delete': 'Delete',
+  'dialog.clear': 'Clear',
 };
 
 const ptBR = {
@@ -614,6 +617,9 @@ const ptBR = {
   'contacts.rename_title': 'Renomear contato',
   'contacts.rename_save': 'Salvar',
   'contacts.rename_cancel': 'Cancelar',
+  'dialog.cancel': 'Cancelar',
+  'dialog.delete': 'Apagar',
+  'dialog.clear': 'Limpar',
 };
 
 export const LANGUAGES = {
