@@ -27,6 +27,28 @@ fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// A free port for a redis-server that a test may stop and start again: outside the kernel's ephemeral range
+/// (`net.ipv4.ip_local_port_range`), where `free_port` (a bind to port 0) and outgoing connections take theirs, so
+/// no other test running in parallel can take it while Redis is down (two clusters on one Redis, both with nodes
+/// called n1 and n2, made a parallel test fail once).
+fn redis_port() -> u16 {
+    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap_or_default();
+    let low: u16 = range.split_whitespace().next().and_then(|p| p.parse().ok()).unwrap_or(32768);
+    let (from, to) = (10_000u16, low.clamp(11_000, 32768));
+    let mut seed = std::process::id() as u64
+        ^ std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
+    loop {
+        // xorshift: enough to spread parallel tests over the range.
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let port = from + (seed % u64::from(to - from)) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
 /// A redis-server of the test's own, killed when dropped.
 struct Redis {
     port: u16,
@@ -37,7 +59,7 @@ struct Redis {
 impl Redis {
     fn start() -> Redis {
         let dir = tempfile::tempdir().unwrap();
-        let mut r = Redis { port: free_port(), dir, child: None };
+        let mut r = Redis { port: redis_port(), dir, child: None };
         r.spawn();
         r
     }
@@ -56,6 +78,10 @@ impl Redis {
             assert!(Instant::now() < deadline, "redis-server did not listen within 10 s");
             std::thread::sleep(Duration::from_millis(20));
         }
+        // What listens is ours: a redis-server that could not bind the port has exited.
+        std::thread::sleep(Duration::from_millis(50));
+        let exited = self.child.as_mut().unwrap().try_wait().unwrap();
+        assert!(exited.is_none(), "redis-server exited ({exited:?}): port {} is taken by another process", self.port);
     }
 
     fn kill(&mut self) {
