@@ -15,7 +15,9 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 
-use super::hub::{push, Applied, ConnCtl, ConnHandle, Proving, CLOSE_RESUMED, CLOSE_SLOW, CLOSE_TAKEN_OVER};
+use super::hub::{
+    push, Applied, ConnCtl, ConnHandle, Proving, CLOSE_ID_CLASH, CLOSE_RESUMED, CLOSE_SLOW, CLOSE_TAKEN_OVER,
+};
 use super::identity::PublicKey;
 use super::ids::Id;
 use super::protocol::{self, ErrorCode, ParseError, ServerMsg};
@@ -57,6 +59,19 @@ enum End {
     Gone,
     /// We close with this code and reason, after flushing the outbox when `flush` is set.
     Close { code: u16, reason: &'static str, flush: bool },
+}
+
+/// How a connection the hub ended ([`ConnCtl::kill`]) closes: the hub's code with its reason, 1001 when the
+/// server is stopping (a cancel without a code). A code missing here would reach the client as 1001 ("server
+/// shutting down"), which a browser treats as "come back later", not as what happened.
+fn closing(code: u16) -> End {
+    match code {
+        CLOSE_RESUMED => End::Close { code, reason: "session resumed elsewhere", flush: true },
+        CLOSE_TAKEN_OVER => End::Close { code, reason: "identity opened in another tab", flush: true },
+        CLOSE_SLOW => End::Close { code, reason: "too slow: outbox overflow", flush: false },
+        CLOSE_ID_CLASH => End::Close { code, reason: "this ID was taken on another node: reconnect", flush: true },
+        _ => End::Close { code: 1001, reason: "server shutting down", flush: true },
+    }
 }
 
 struct Conn {
@@ -103,17 +118,11 @@ pub async fn run(hub: Arc<Hub>, mut ws: Ws, info: ConnInfo, slot: Slot) {
         tokio::select! {
             biased;
             _ = ctl.cancel.cancelled() => {
-                break match ctl.close_code.load(Ordering::Relaxed) {
-                    CLOSE_RESUMED => End::Close { code: CLOSE_RESUMED, reason: "session resumed elsewhere", flush: true },
-                    CLOSE_TAKEN_OVER => {
-                        End::Close { code: CLOSE_TAKEN_OVER, reason: "identity opened in another tab", flush: true }
-                    }
-                    CLOSE_SLOW => {
-                        Stats::inc(&hub.stats.slow_disconnects);
-                        End::Close { code: CLOSE_SLOW, reason: "too slow: outbox overflow", flush: false }
-                    }
-                    _ => End::Close { code: 1001, reason: "server shutting down", flush: true },
-                };
+                let code = ctl.close_code.load(Ordering::Relaxed);
+                if code == CLOSE_SLOW {
+                    Stats::inc(&hub.stats.slow_disconnects);
+                }
+                break closing(code);
             }
             Some(first) = rx.recv() => {
                 if write_batch(&mut ws, first, &mut rx, &ctl).await.is_err() {
@@ -338,5 +347,21 @@ impl Conn {
                 None
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every code the hub ends a connection with reaches the browser as that code (ClaimLost's 1013 had been
+    /// turned into 1001 "server shutting down"); a cancel without a code is the server stopping.
+    #[test]
+    fn every_close_code_of_the_hub_reaches_the_client() {
+        for code in [CLOSE_RESUMED, CLOSE_TAKEN_OVER, CLOSE_SLOW, CLOSE_ID_CLASH] {
+            let End::Close { code: sent, .. } = closing(code) else { panic!("{code}: no close frame") };
+            assert_eq!(sent, code);
+        }
+        assert!(matches!(closing(0), End::Close { code: 1001, .. }));
     }
 }

@@ -35,6 +35,9 @@ pub const CLOSE_RESUMED: u16 = 4001;
 pub const CLOSE_SLOW: u16 = 1008;
 /// Close code for the older connection of an identity that a newer tab (or browser window) took over.
 pub const CLOSE_TAKEN_OVER: u16 = 4002;
+/// Close code ("try again later") for a session whose fresh ID another node handed out first: reconnecting gets
+/// another ID.
+pub const CLOSE_ID_CLASH: u16 = 1013;
 /// The window of `identity_registrations_per_hour`.
 const HOUR_SECS: f64 = 3600.0;
 /// Pending `rejoin`s one session may hold (each needs a valid ticket naming it, so a real client has a handful).

@@ -446,7 +446,7 @@ impl State {
                 // cannot keep it. The browser reconnects and gets another.
                 let Some(id) = Id::parse(&id) else { return };
                 if let Some(c) = self.sessions.get(&id).and_then(|s| s.conn.as_ref()) {
-                    c.ctl.kill(1013);
+                    c.ctl.kill(super::CLOSE_ID_CLASH);
                 }
                 self.end_session(id, false);
             }
