@@ -165,7 +165,7 @@ pub struct TurnConfig {
     /// At start, relay a test packet between two allocations on our own TURN server and log the result.
     pub self_test: bool,
     /// Sockets (and tasks) per `listen_udp` address, sharing the port through SO_REUSEPORT so that STUN/TURN over
-    /// UDP uses several cores; the kernel keeps each client on one socket. 0 = one per CPU, at most 8.
+    /// UDP uses several cores; the kernel keeps each client on one socket. 0 = one per two CPUs (at least 1, at most 8).
     pub udp_workers: usize,
     /// A second UDP address answering STUN Binding requests only (no TURN, no relay), on another port than
     /// `listen_udp`. With two STUN destinations /diag compares the public ports a browser's NAT picks for each and

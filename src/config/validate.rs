@@ -70,7 +70,7 @@ fn turn(t: &TurnConfig, p: &mut Problems) {
         p.bad(
             "turn.udp_workers",
             format!(
-                "{} sockets per address is more than any machine can use; use 0 (one per CPU) or 1-64",
+                "{} sockets per address is more than any machine can use; use 0 (one per two CPUs) or 1-64",
                 t.udp_workers
             ),
         );
