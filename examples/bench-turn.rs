@@ -64,7 +64,7 @@ struct Opts {
     window: usize,
     size: usize,
     allocations: usize,
-    /// ponte's `turn.udp_workers` (0: its default, one per CPU).
+    /// ponte's `turn.udp_workers` (0: its default, one per two CPUs).
     udp_workers: usize,
     /// Offered load of the fixed-rate latency phases, operations/s in all (Binding requests; relay round trips).
     rate: usize,
