@@ -48,6 +48,15 @@ async function panelState(p, s, timeout = 20000) {
   await p.waitForSelector(`[data-testid=call-panel][data-state=${s}]`, { state: 'attached', timeout });
 }
 
+/** `caller` starts a call of `kind` ('voice' or 'video'), `callee` answers it, and both reach 'active'. */
+async function answeredCall(caller, callee, kind = 'voice') {
+  await caller.getByTestId(`call-${kind}`).click();
+  await panelState(callee, 'incoming');
+  await callee.getByTestId('call-accept').click();
+  await panelState(caller, 'active');
+  await panelState(callee, 'active');
+}
+
 async function callLine(p, kind, timeout = 10000) {
   await p.waitForSelector(`[data-testid=system-message][data-kind=${kind}]`, { state: 'attached', timeout });
   return p.locator(`[data-testid=system-message][data-kind=${kind}]`).last().textContent();
@@ -248,10 +257,7 @@ describe('calls on loopback', { skip: missing || false }, () => {
       await a.waitForFunction(() => document.querySelectorAll('[data-testid=call-speaker-select] option').length > 0);
     };
 
-    await a.getByTestId('call-voice').click();
-    await panelState(b, 'incoming');
-    await b.getByTestId('call-accept').click();
-    await panelState(a, 'active');
+    await answeredCall(a, b);
     await grows(a, (s) => s.inbound.audio.packetsReceived, 'inbound audio packets');
     const before = await remote(a);
     assert.equal(before.sinkId, '', 'the remote audio starts on the default output');
@@ -280,10 +286,7 @@ describe('calls on loopback', { skip: missing || false }, () => {
     // The next call (the other side calls this time) plays on the chosen output: the page keeps one remote media
     // element for all its calls, and the menu shows the choice. (Within the page only: the client does not store the
     // choice, nor say that it does; a reload starts on the default output.)
-    await b.getByTestId('call-voice').click();
-    await panelState(a, 'incoming');
-    await a.getByTestId('call-accept').click();
-    await panelState(a, 'active');
+    await answeredCall(b, a);
     await grows(a, (s) => s.inbound.audio.packetsReceived, 'inbound audio packets (second call)');
     const again = await remote(a);
     assert.equal(again.sinkId, other.id, 'the second call plays on the chosen output');
@@ -322,10 +325,7 @@ describe('calls on loopback', { skip: missing || false }, () => {
     assert.match(await callLine(a, 'call-cancelled'), /cancelled/);
 
     // Busy: A and B are in a call; C (connected to B) calls B.
-    await a.getByTestId('call-voice').click();
-    await panelState(b, 'incoming');
-    await b.getByTestId('call-accept').click();
-    await panelState(a, 'active');
+    await answeredCall(a, b);
     const c = await open({ mobile: true });
     await openApp(c, server.url);
     await pair(c, b, idB);
@@ -450,11 +450,7 @@ describe('calls on loopback', { skip: missing || false }, () => {
     assert.equal(await b.evaluate(() => window.chimes), chimes, 'the ring stopped');
     await screenshot(b, 'call-missed-360');
     // Idle for real: the next call rings and is answered.
-    await a.getByTestId('call-voice').click();
-    await panelState(b, 'incoming');
-    await b.getByTestId('call-accept').click();
-    await panelState(a, 'active');
-    await panelState(b, 'active');
+    await answeredCall(a, b);
     await a.getByTestId('call-hangup').click();
     await panelState(b, 'ended');
     assert.deepEqual(a.errors, []);
@@ -463,10 +459,7 @@ describe('calls on loopback', { skip: missing || false }, () => {
 
   test('ending the conversation ends the call on both sides', async () => {
     const [a, b] = await connected();
-    await a.getByTestId('call-video').click();
-    await panelState(b, 'incoming');
-    await b.getByTestId('call-accept').click();
-    await panelState(a, 'active');
+    await answeredCall(a, b, 'video');
     await a.getByTestId('end-chat').click();
     await panelState(a, 'ended');
     await panelState(b, 'ended');
